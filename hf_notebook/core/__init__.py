@@ -1,0 +1,1 @@
+"""The plain-Python core: no IPython or ipywidgets imports, torch imported lazily."""

@@ -1,0 +1,64 @@
+"""One error hierarchy for the whole package.
+
+Every error is an :class:`HfNotebookError` and also a builtin exception that fits its
+nature (``LookupError`` for an unknown repo, ``ValueError`` for bad input, ...), so callers
+can catch either. Each carries a ``hint``: the next thing the user should do.
+"""
+
+from __future__ import annotations
+
+
+class HfNotebookError(Exception):
+    """Base class: a message that states the problem, and a hint that says what to do."""
+
+    def __init__(self, message: str, *, hint: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return f"{self.message}\n{self.hint}" if self.hint else self.message
+
+
+class SpecError(HfNotebookError, ValueError):
+    """A model spec (``org/name@rev`` or a folder) that cannot be parsed or found."""
+
+
+class OptionError(HfNotebookError, ValueError):
+    """An option value that does not parse (``--max-memory``, ``--device-map``, ``--dtype``)."""
+
+
+class RepoNotFoundError(HfNotebookError, LookupError):
+    """The repository does not exist (or is private and no token was sent)."""
+
+
+class RevisionNotFoundError(HfNotebookError, LookupError):
+    """The revision is not a branch, tag, commit or pull request of the repository."""
+
+    def __init__(self, message: str, *, hint: str | None = None, available: list[str] | None = None):
+        super().__init__(message, hint=hint)
+        self.available = available or []
+
+
+class AuthError(HfNotebookError, PermissionError):
+    """The repository needs a token (private or gated) that was not given or not accepted."""
+
+
+class OfflineError(HfNotebookError, FileNotFoundError):
+    """Offline mode is on and files needed for the load are not in the cache."""
+
+    def __init__(self, message: str, *, hint: str | None = None, missing: list[str] | None = None):
+        super().__init__(message, hint=hint)
+        self.missing = missing or []
+
+
+class DeviceError(HfNotebookError, ValueError):
+    """A device that this machine does not have."""
+
+
+class PlanError(HfNotebookError, RuntimeError):
+    """A placement that cannot be made: the model does not fit, or would spill when told not to."""
+
+
+class LoadError(HfNotebookError, RuntimeError):
+    """Loading failed after the plan was made (bad checkpoint, unsupported format, ...)."""

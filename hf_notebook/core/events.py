@@ -1,0 +1,96 @@
+"""Typed progress events emitted by the core; renderers (widgets, text) consume them.
+
+The core never prints: every stage reports through an ``on_event`` callback taking one of
+the dataclasses below. ``emit`` is the null-safe way to call it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional, Union
+
+
+@dataclass(frozen=True)
+class StageStarted:
+    """A pipeline stage began: ``resolve``, ``fetch``, ``plan``, ``load``, ``save``, ``push``."""
+
+    stage: str
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """A revision was pinned to a commit sha."""
+
+    repo_id: str
+    revision: Optional[str]  # what the user asked for (None: the default branch)
+    sha: str
+    kind: str  # "branch" | "tag" | "pr" | "sha" | "local"
+
+    @property
+    def pinned_spec(self) -> str:
+        return f"{self.repo_id}@{self.sha}"
+
+    @property
+    def was_floating(self) -> bool:
+        """True when the user's revision can move (a branch, or none given)."""
+        return self.kind == "branch"
+
+
+@dataclass(frozen=True)
+class FileProgress:
+    """Bytes of one file downloaded so far (``done == total`` when finished)."""
+
+    filename: str
+    done: int
+    total: Optional[int]
+    cached: bool = False  # already in the cache: no bytes were transferred
+
+
+@dataclass(frozen=True)
+class ShardProgress:
+    """Tensors of one checkpoint shard materialized so far."""
+
+    shard: str
+    index: int  # 0-based position among ``count`` shards
+    count: int
+    tensors_done: int
+    tensors_total: int
+    bytes_done: int
+    bytes_total: int
+
+
+@dataclass(frozen=True)
+class StageDone:
+    """A stage finished; ``result`` is the stage's summary object, ``seconds`` its wall time."""
+
+    stage: str
+    seconds: float
+    result: Any = None
+
+
+@dataclass(frozen=True)
+class Failed:
+    """The action failed; renderers turn red and show ``error``."""
+
+    stage: str
+    error: BaseException
+
+
+@dataclass(frozen=True)
+class Message:
+    """A line worth showing the user (a warning, a note about pinning, ...)."""
+
+    text: str
+    level: str = "info"  # "info" | "warning"
+    extra: dict = field(default_factory=dict)
+
+
+Event = Union[StageStarted, Resolved, FileProgress, ShardProgress, StageDone, Failed, Message]
+OnEvent = Callable[[Event], None]
+
+
+def emit(on_event: Optional[OnEvent], event: Event) -> None:
+    """Send ``event`` to ``on_event`` if there is one."""
+    if on_event is not None:
+        on_event(event)

@@ -1,0 +1,1 @@
+"""Test and demo helpers: a local Hub stand-in and tiny real-architecture models."""

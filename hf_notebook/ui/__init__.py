@@ -1,0 +1,1 @@
+"""Renderers: ipywidgets panels with a plain-text fallback for terminal IPython."""
