@@ -25,7 +25,7 @@ class Resolved:
     repo_id: str
     revision: Optional[str]  # what the user asked for (None: the default branch)
     sha: str
-    kind: str  # "branch" | "tag" | "pr" | "sha" | "local"
+    kind: str  # "branch" | "tag" | "pr" | "sha" | "local" | "ref" (a name resolved offline)
 
     @property
     def pinned_spec(self) -> str:
@@ -33,8 +33,8 @@ class Resolved:
 
     @property
     def was_floating(self) -> bool:
-        """True when the user's revision can move (a branch, or none given)."""
-        return self.kind == "branch"
+        """True when the user's revision can move (a branch, a pull request, or none given)."""
+        return self.kind in ("branch", "ref", "pr")
 
 
 @dataclass(frozen=True)

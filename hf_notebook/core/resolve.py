@@ -1,0 +1,162 @@
+"""Pin a revision to a commit sha: through the Hub when online, from the local cache offline."""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from .errors import AuthError, HfNotebookError, OfflineError, RepoNotFoundError, RevisionNotFoundError
+from .events import Resolved
+from .spec import ModelSpec
+
+log = logging.getLogger(__name__)
+_HEX = re.compile(r"^[0-9a-f]{7,40}$")
+LOGIN_HINT = "Log in with `hf auth login` (or set HF_TOKEN), then run the cell again."
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """Where a model comes from: the pin and, when known, the repo's file sizes at that sha."""
+
+    pin: Resolved
+    file_sizes: dict[str, Optional[int]] = field(default_factory=dict)  # empty when offline or local
+    local_path: Optional[Path] = None
+
+    @property
+    def repo_id(self) -> str:
+        return self.pin.repo_id
+
+    @property
+    def sha(self) -> str:
+        return self.pin.sha
+
+
+def resolve(spec: ModelSpec, *, offline: bool = False, cache_dir: str | Path | None = None,
+            token: str | bool | None = None) -> Resolution:
+    """Turn ``spec`` into a :class:`Resolution`; every later step uses ``pin.sha`` only."""
+    if spec.is_local:
+        pin = Resolved(repo_id=str(spec.local_path), revision=None, sha="local", kind="local")
+        return Resolution(pin=pin, local_path=spec.local_path)
+    if offline:
+        return _resolve_from_cache(spec, cache_dir)
+    return _resolve_online(spec, token)
+
+
+def _resolve_online(spec: ModelSpec, token) -> Resolution:
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+    from huggingface_hub.errors import RevisionNotFoundError as HubRevisionNotFound
+
+    api = HfApi(token=token)
+    try:
+        info = api.model_info(spec.repo_id, revision=spec.revision, files_metadata=True)
+    except GatedRepoError:
+        raise AuthError(f"{spec.repo_id} is gated: your account has not been granted access.",
+                        hint=f"Request access on the model's page, then {LOGIN_HINT[0].lower()}{LOGIN_HINT[1:]}") from None
+    except RepositoryNotFoundError as exc:
+        raise _repo_not_found(spec.repo_id, exc, api) from None
+    except HubRevisionNotFound:
+        raise _revision_not_found(spec, api) from None
+    except HfNotebookError:
+        raise
+    except Exception as exc:  # network down, DNS, TLS, ...
+        raise _unreachable(spec, exc) from None
+    kind = _kind_of(spec.revision, info.sha, api, spec.repo_id)
+    sizes = {s.rfilename: s.size for s in info.siblings or []}
+    return Resolution(pin=Resolved(spec.repo_id, spec.revision, info.sha, kind), file_sizes=sizes)
+
+
+def _kind_of(revision: Optional[str], sha: str, api, repo_id: str) -> str:
+    if revision is None:
+        return "branch"
+    if revision.startswith("refs/pr/"):
+        return "pr"
+    if _HEX.match(revision) and sha.startswith(revision):
+        return "sha"
+    refs = api.list_repo_refs(repo_id)
+    return "tag" if revision in {t.name for t in refs.tags} else "branch"
+
+
+def _repo_not_found(repo_id: str, exc, api) -> HfNotebookError:
+    status = getattr(getattr(exc, "response", None), "status_code", None)
+    if status == 401:
+        return AuthError(f"{repo_id} was not found, or it is private and no valid token was sent.",
+                         hint=f"Check the spelling. If it is private: {LOGIN_HINT}")
+    return RepoNotFoundError(f"Repository {repo_id} does not exist on {_endpoint()}.",
+                             hint="Check the spelling (org/name); private repos also need a login: " + LOGIN_HINT)
+
+
+def _revision_not_found(spec: ModelSpec, api) -> RevisionNotFoundError:
+    names: list[str] = []
+    try:
+        refs = api.list_repo_refs(spec.repo_id)
+        names = [b.name for b in refs.branches] + [t.name for t in refs.tags]
+    except Exception:  # the listing is only a hint
+        log.debug("could not list refs of %s", spec.repo_id, exc_info=True)
+    shown = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
+    hint = f"Existing branches and tags: {shown}." if names else "Use a branch, tag, commit sha or refs/pr/N."
+    return RevisionNotFoundError(f"{spec.repo_id} has no revision {spec.revision!r}.", hint=hint, available=names)
+
+
+def _unreachable(spec: ModelSpec, exc: Exception) -> HfNotebookError:
+    return HfNotebookError(
+        f"Could not reach the Hub at {_endpoint()} to resolve {spec}: {type(exc).__name__}: {exc}",
+        hint="Check the network (or HF_ENDPOINT). If the model is already in the cache, add --offline.",
+    )
+
+
+def _endpoint() -> str:
+    from huggingface_hub import constants
+
+    return constants.ENDPOINT
+
+
+def repo_cache_folder(repo_id: str, cache_dir: str | Path | None = None) -> Path:
+    """The huggingface_hub cache folder of a model repo (``models--org--name``)."""
+    from huggingface_hub import constants
+
+    root = Path(cache_dir) if cache_dir is not None else Path(constants.HF_HUB_CACHE)
+    return root / ("models--" + repo_id.replace("/", "--"))
+
+
+def _resolve_from_cache(spec: ModelSpec, cache_dir) -> Resolution:
+    """Offline: a ref name through ``refs/<name>``, a (short) sha through ``snapshots/``."""
+    folder = repo_cache_folder(spec.repo_id, cache_dir)
+    revision = spec.revision or "main"
+    fetch_cmd = f"%load_model {spec}  (on a machine with network, then copy {folder.parent} here)"
+    if not folder.is_dir():
+        raise OfflineError(f"Offline, and {spec.repo_id} is not in the cache at {folder.parent}.",
+                           hint=f"Fetch it first: {fetch_cmd}", missing=["(whole repo)"])
+    ref_file = folder / "refs" / revision
+    if ref_file.is_file():
+        sha = ref_file.read_text().strip()
+        kind = "pr" if revision.startswith("refs/pr/") else "ref"
+    else:
+        snapshots = folder / "snapshots"
+        matches = [p.name for p in snapshots.iterdir()] if snapshots.is_dir() else []
+        matches = [name for name in matches if _HEX.match(revision) and name.startswith(revision)]
+        if len(matches) != 1:
+            cached = sorted(p.name for p in (folder / "refs").glob("*")) if (folder / "refs").is_dir() else []
+            raise OfflineError(
+                f"Offline, and revision {revision!r} of {spec.repo_id} is not in the cache.",
+                hint=f"Cached refs: {', '.join(cached) or 'none'}. Fetch it first: {fetch_cmd}", missing=[revision])
+        sha, kind = matches[0], "sha"
+    return Resolution(pin=Resolved(spec.repo_id, spec.revision, sha, kind))
+
+
+def record_ref(resolution: Resolution, cache_dir: str | Path | None = None) -> None:
+    """Write ``refs/<name>`` in the cache, as huggingface_hub does, so an offline load finds the name.
+
+    Files are fetched by sha, which records no ref; without this a model loaded online as
+    ``org/name`` could not be loaded offline as ``org/name`` afterwards.
+    """
+    pin = resolution.pin
+    if pin.kind in ("sha", "local", "ref"):
+        return
+    ref = repo_cache_folder(pin.repo_id, cache_dir) / "refs" / (pin.revision or "main")
+    ref.parent.mkdir(parents=True, exist_ok=True)
+    if not ref.is_file() or ref.read_text().strip() != pin.sha:
+        ref.write_text(pin.sha)

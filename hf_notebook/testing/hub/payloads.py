@@ -1,0 +1,176 @@
+"""The Hub's JSON shapes, built from store objects, and the parsing of commit requests."""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .lfs import LFS_SUFFIXES, LfsObjects
+from .store import Commit, FileEntry, Snapshot
+
+USER = "user"  # the one account of the stand-in: new repos without an organization land under it
+GITATTRIBUTES = "".join(f"*{suffix} filter=lfs diff=lfs merge=lfs -text\n" for suffix in LFS_SUFFIXES).encode()
+
+
+def whoami() -> dict:
+    """``/api/whoami-v2`` for the stand-in's user, holding a write token."""
+    return {
+        "type": "user",
+        "id": "0" * 24,
+        "name": USER,
+        "fullname": "Local Hub User",
+        "isPro": False,
+        "orgs": [],
+        "auth": {"type": "access_token", "accessToken": {"displayName": "hub-standin", "role": "write"}},
+    }
+
+
+def model_info(repo_id: str, snapshot: Snapshot | None, *, private: bool, blobs: bool) -> dict:
+    """``/api/models/{repo}[/revision/{rev}]``; ``snapshot`` is None for a repo without commits."""
+    files = sorted(snapshot.files.values(), key=lambda entry: entry.path) if snapshot else []
+    return {
+        "id": repo_id,
+        "modelId": repo_id,
+        "author": repo_id.split("/")[0],
+        "sha": snapshot.sha if snapshot else None,
+        "lastModified": snapshot.date if snapshot else None,
+        "private": private,
+        "gated": False,
+        "disabled": False,
+        "downloads": 0,
+        "likes": 0,
+        "tags": [],
+        "library_name": "transformers" if snapshot and "config.json" in snapshot.files else None,
+        "siblings": [_sibling(entry, blobs) for entry in files],
+        "spaces": [],
+    }
+
+
+def _sibling(entry: FileEntry, blobs: bool) -> dict:
+    sibling: dict = {"rfilename": entry.path}
+    if blobs:
+        sibling.update(size=entry.size, blobId=entry.blob_id)
+        if entry.lfs:
+            sibling["lfs"] = {"sha256": entry.lfs.oid, "size": entry.lfs.size, "pointerSize": entry.lfs.pointer_size}
+    return sibling
+
+
+def file_item(entry: FileEntry) -> dict:
+    """A file as the tree and paths-info endpoints list it."""
+    item: dict = {"type": "file", "oid": entry.blob_id, "size": entry.size, "path": entry.path}
+    if entry.lfs:
+        item["lfs"] = {"oid": entry.lfs.oid, "size": entry.lfs.size, "pointerSize": entry.lfs.pointer_size}
+    return item
+
+
+def folder_item(path: str, oid: str) -> dict:
+    """A folder as the tree and paths-info endpoints list it."""
+    return {"type": "directory", "oid": oid, "size": 0, "path": path}
+
+
+def tree(snapshot: Snapshot, folder: str, *, recursive: bool) -> list[dict]:
+    """``/tree/{rev}/{folder}``: the entries below ``folder`` ("" for the root), sorted by path."""
+    prefix = f"{folder}/" if folder else ""
+
+    def wanted(path: str) -> bool:
+        return path.startswith(prefix) and (recursive or "/" not in path[len(prefix) :])
+
+    items = [folder_item(path, oid) for path, oid in snapshot.dirs.items() if wanted(path)]
+    items += [file_item(entry) for path, entry in snapshot.files.items() if wanted(path)]
+    return sorted(items, key=lambda item: item["path"])
+
+
+def paths_info(snapshot: Snapshot, paths: list[str]) -> list[dict]:
+    """``/paths-info/{rev}``: the requested paths that exist, files and folders alike."""
+    items = []
+    for path in (path.strip("/") for path in paths):
+        if path in snapshot.files:
+            items.append(file_item(snapshot.files[path]))
+        elif path in snapshot.dirs:
+            items.append(folder_item(path, snapshot.dirs[path]))
+    return items
+
+
+def refs(store_refs: dict, *, include_prs: bool) -> dict:
+    """``/refs`` from :meth:`RepoStore.refs`; pull requests only when asked for, like the Hub."""
+
+    def items(names: dict[str, str], prefix: str) -> list[dict]:
+        return [{"name": name, "ref": f"{prefix}{name}", "targetCommit": sha} for name, sha in sorted(names.items())]
+
+    out = {
+        "branches": items(store_refs["branches"], "refs/heads/"),
+        "converts": [],
+        "tags": items(store_refs["tags"], "refs/tags/"),
+    }
+    if include_prs:
+        out["pullRequests"] = items(store_refs["pulls"], "")
+    return out
+
+
+def commits(history: list[Commit]) -> list[dict]:
+    """``/commits/{rev}``, newest first."""
+    return [
+        {"id": c.sha, "title": c.title, "message": c.message, "date": c.date, "authors": [{"user": c.author}]}
+        for c in history
+    ]
+
+
+def pull_request(repo_id: str, number: int, head: Commit) -> dict:
+    """``/discussions/{num}`` for pull request ``number``, titled after its head commit."""
+    return {
+        "num": number,
+        "title": head.title,
+        "status": "open",
+        "isPullRequest": True,
+        "createdAt": head.date,
+        "author": {"name": USER},
+        "repo": {"name": repo_id, "type": "model"},
+        "events": [],
+        "changes": {"base": "refs/heads/main"},
+        "filesWithConflicts": [],
+    }
+
+
+@dataclass
+class CommitRequest:
+    """The parsed NDJSON body of ``/commit/{rev}``."""
+
+    message: str = ""
+    parent: str | None = None
+    files: dict[str, bytes | Path] = field(default_factory=dict)
+    deleted_files: list[str] = field(default_factory=list)
+    deleted_folders: list[str] = field(default_factory=list)
+
+
+def parse_commit(body: bytes, lfs: LfsObjects) -> CommitRequest:
+    """Parse header, ``file`` (base64), ``lfsFile`` (content already in ``lfs``) and deletion lines."""
+    request = CommitRequest()
+    for line in body.splitlines():
+        if not line.strip():
+            continue
+        item = json.loads(line)
+        key, value = item["key"], item["value"]
+        if key == "header":
+            description = value.get("description") or ""
+            request.message = value["summary"] + (f"\n\n{description}" if description else "")
+            request.parent = value.get("parentCommit")
+        elif key == "file":
+            request.files[value["path"]] = base64.b64decode(value["content"])
+        elif key == "lfsFile":
+            request.files[value["path"]] = _existing_lfs_object(lfs, value["oid"])
+        elif key == "deletedFile":
+            request.deleted_files.append(value["path"])
+        elif key == "deletedFolder":
+            request.deleted_folders.append(value["path"].rstrip("/"))
+        else:
+            raise ValueError(f"Unknown commit operation: {key!r}")
+    return request
+
+
+def _existing_lfs_object(lfs: LfsObjects, oid: str) -> Path:
+    path = lfs.path(oid)
+    if not path.exists():
+        raise ValueError(f"LFS object {oid} was never uploaded")
+    return path

@@ -1,0 +1,436 @@
+"""The Hub's HTTP API over a :class:`RepoStore`, with knobs that tests turn: throttle, broken downloads, counters.
+
+Only model repos. Files are served straight from ``/resolve`` (no CDN redirect) with the Hub's
+headers: ``X-Repo-Commit``, ``ETag`` (git blob oid, or the sha256 for LFS files),
+``X-Linked-Etag``/``X-Linked-Size`` for LFS files, and ``Range`` support. Errors carry the Hub's
+``X-Error-Code`` so the client raises the same exception types as against the Hub.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import socket
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import BinaryIO
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from . import payloads
+from .store import Conflict, NotFound, RepoStore
+
+logger = logging.getLogger(__name__)
+
+_CHUNK = 32 * 1024
+_RANGE_RE = re.compile(r"bytes=(\d*)-(\d*)")
+_REPO = r"/api/models/(?P<repo>[^/]+/[^/]+)"
+_ROUTES = [
+    ("GET", r"/api/whoami-v2", "whoami"),
+    ("POST", r"/api/repos/create", "create_repo"),
+    ("POST", r"/api/validate-yaml", "validate_yaml"),
+    ("GET", _REPO + r"(?:/revision/(?P<rev>[^/]+))?", "model_info"),
+    ("GET", _REPO + r"/tree/(?P<rev>[^/]+)(?:/(?P<path>.*))?", "tree"),
+    ("POST", _REPO + r"/paths-info/(?P<rev>[^/]+)", "paths_info"),
+    ("GET", _REPO + r"/refs", "refs"),
+    ("GET", _REPO + r"/commits/(?P<rev>[^/]+)", "commits"),
+    ("POST", _REPO + r"/preupload/(?P<rev>[^/]+)", "preupload"),
+    ("POST", _REPO + r"/commit/(?P<rev>[^/]+)", "commit"),
+    ("POST", _REPO + r"/branch/(?P<rev>[^/]+)", "create_branch"),
+    ("DELETE", _REPO + r"/branch/(?P<rev>[^/]+)", "delete_branch"),
+    ("POST", _REPO + r"/discussions", "open_pull_request"),
+    ("GET", _REPO + r"/discussions/(?P<num>\d+)", "pull_request"),
+    ("POST", _REPO + r"/tag/(?P<rev>[^/]+)", "create_tag"),
+    ("DELETE", _REPO + r"/tag/(?P<rev>[^/]+)", "delete_tag"),
+    ("GET", r"/(?P<repo>[^/]+/[^/]+)/resolve/(?P<rev>[^/]+)/(?P<path>.+)", "resolve"),
+    ("HEAD", r"/(?P<repo>[^/]+/[^/]+)/resolve/(?P<rev>[^/]+)/(?P<path>.+)", "resolve"),
+]
+_COMPILED_ROUTES = [(method, re.compile(pattern), name) for method, pattern, name in _ROUTES]
+
+
+class HttpError(Exception):
+    """An error answer: status, the Hub's ``X-Error-Code`` (if any), a message, extra headers."""
+
+    def __init__(self, status: int, code: str | None, message: str, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status, self.code, self.message, self.headers = status, code, message, headers or {}
+
+
+class HubServer:
+    """A local Hub on ``endpoint`` serving the repos of ``store``; with ``token``, private repos and writes need it.
+
+    Without a token nothing is checked. The socket is bound on construction (``port=0`` picks a
+    free one), so ``endpoint`` is known before :meth:`start`.
+    """
+
+    def __init__(
+        self, store: RepoStore | str | os.PathLike, *, host: str = "127.0.0.1", port: int = 0, token: str | None = None
+    ):
+        self.store = store if isinstance(store, RepoStore) else RepoStore(store)
+        self.token = token
+        self.throttle_bytes_per_s: float | None = None
+        self.fail_after_bytes: int | None = None
+        self.requests: list[tuple[str, str]] = []
+        self._bytes: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self._httpd = _HTTPServer((host, port), _Handler, self)
+        self.endpoint = f"http://{host}:{self._httpd.server_address[1]}"
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> HubServer:
+        """Serve in a daemon thread; return self."""
+        self._thread = threading.Thread(target=self._httpd.serve_forever, name="hub-standin", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving and drop open connections, so clients see a Hub that is gone."""
+        if self._thread is not None:
+            self._httpd.shutdown()
+            self._thread.join()
+            self._thread = None
+        self._httpd.close_connections()
+        self._httpd.server_close()
+
+    def __enter__(self) -> HubServer:
+        return self.start()
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
+
+    def bytes_served(self, repo_id: str | None = None) -> int:
+        """File-body bytes sent by ``/resolve`` GETs, for one repo or in total."""
+        with self._lock:
+            return self._bytes.get(repo_id, 0) if repo_id else sum(self._bytes.values())
+
+    def reset_counters(self) -> None:
+        """Zero the byte counters and clear the request log."""
+        with self._lock:
+            self._bytes.clear()
+            self.requests.clear()
+
+    def _count(self, repo_id: str, n: int) -> None:
+        with self._lock:
+            self._bytes[repo_id] = self._bytes.get(repo_id, 0) + n
+
+    def _log(self, method: str, path: str) -> None:
+        with self._lock:
+            self.requests.append((method, path))
+
+    def _take_fail_after(self, length: int) -> int | None:
+        """The byte count after which this body breaks off, if the knob is set below ``length`` (then cleared)."""
+        with self._lock:
+            limit = self.fail_after_bytes
+            if limit is None or limit >= length:
+                return None
+            self.fail_after_bytes = None
+            return limit
+
+
+class _HTTPServer(ThreadingHTTPServer):
+    """Keeps track of open connections so that :meth:`HubServer.stop` can cut idle keep-alives."""
+
+    daemon_threads = True
+
+    def __init__(self, address, handler, hub: HubServer):
+        self.hub = hub
+        self.connections: set[socket.socket] = set()
+        super().__init__(address, handler)
+
+    def close_connections(self) -> None:
+        for connection in list(self.connections):
+            try:
+                connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: _HTTPServer
+
+    # -- plumbing ----------------------------------------------------------------------------
+
+    def setup(self) -> None:
+        super().setup()
+        self.server.connections.add(self.connection)
+
+    def finish(self) -> None:
+        self.server.connections.discard(self.connection)
+        super().finish()
+
+    def log_message(self, format: str, *args) -> None:
+        logger.debug("%s " + format, self.address_string(), *args)
+
+    def do_GET(self) -> None:
+        self._dispatch()
+
+    do_HEAD = do_POST = do_DELETE = do_GET
+
+    @property
+    def hub(self) -> HubServer:
+        return self.server.hub
+
+    @property
+    def store(self) -> RepoStore:
+        return self.server.hub.store
+
+    def _dispatch(self) -> None:
+        url = urlsplit(self.path)
+        self.query = parse_qs(url.query)
+        self.body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.hub._log(self.command, unquote(url.path))
+        try:
+            route, params = self._route(url.path)
+            getattr(self, f"_{route}")(**params)
+        except HttpError as error:
+            self._send_error(error)
+        except NotFound as error:
+            self._send_error(HttpError(404, type(error).__name__, str(error)))
+        except Conflict as error:
+            self._send_error(HttpError(409, None, str(error)))
+        except (ValueError, KeyError) as error:
+            self._send_error(HttpError(400, None, f"Bad request: {error}"))
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
+        except Exception as error:  # a bug here: answer 500 rather than drop the connection
+            logger.exception("%s %s failed", self.command, self.path)
+            self._send_error(HttpError(500, None, f"Internal error: {error!r}"))
+
+    def _route(self, path: str) -> tuple[str, dict[str, str]]:
+        for method, pattern, name in _COMPILED_ROUTES:
+            match = pattern.fullmatch(path)
+            if match and method == self.command:
+                return name, {key: unquote(value) for key, value in match.groupdict().items() if value is not None}
+        raise HttpError(404, None, f"Not found: {self.command} {path}")
+
+    def _send(self, status: int, body: bytes = b"", headers: dict[str, str] | None = None) -> None:
+        self.send_response(status)
+        for name, value in {"Content-Type": "application/json", **(headers or {})}.items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _send_json(self, data: object, headers: dict[str, str] | None = None) -> None:
+        self._send(200, json.dumps(data).encode(), headers)
+
+    def _send_error(self, error: HttpError) -> None:
+        headers = {"X-Error-Message": error.message, **error.headers}
+        if error.code:
+            headers["X-Error-Code"] = error.code
+        self._send(error.status, json.dumps({"error": error.message}).encode(), headers)
+
+    def _param(self, name: str) -> bool:
+        return self.query.get(name, [""])[0].lower() in ("1", "true")
+
+    # -- access ------------------------------------------------------------------------------
+
+    def _authorized(self) -> bool:
+        return self.hub.token is None or self.headers.get("Authorization") == f"Bearer {self.hub.token}"
+
+    def _check_access(self, repo: str) -> None:
+        """404 for a missing repo; 401 for a private one without the token (both ``RepoNotFound``, as on the Hub)."""
+        if not self.store.exists(repo):
+            raise HttpError(404, "RepoNotFound", f"Repository not found: {repo}")
+        if self.store.is_private(repo) and not self._authorized():
+            raise HttpError(401, "RepoNotFound", f"Repository not found: {repo}")
+
+    def _check_write(self) -> None:
+        if not self._authorized():
+            raise HttpError(401, None, "Invalid credentials in Authorization header")
+
+    # -- account and repos -------------------------------------------------------------------
+
+    def _whoami(self) -> None:
+        if "Authorization" not in self.headers or not self._authorized():
+            raise HttpError(401, None, "Invalid credentials in Authorization header")
+        self._send_json(payloads.whoami())
+
+    def _create_repo(self) -> None:
+        self._check_write()
+        request = json.loads(self.body)
+        if request.get("type", "model") != "model":
+            raise ValueError("the stand-in hosts model repos only")
+        repo = f"{request.get('organization') or payloads.USER}/{request['name']}"
+        private = request.get("visibility") == "private" or request.get("private") is True
+        url = f"{self.hub.endpoint}/{repo}"
+        try:
+            self.store.create_repo(repo, private=private)
+        except Conflict as error:  # the client reads "url" even from this answer (create_repo(exist_ok=True))
+            self._send(409, json.dumps({"error": str(error), "url": url}).encode())
+            return
+        # Like the Hub, a new repo starts with one commit holding .gitattributes, so `main` exists.
+        self.store.commit(repo, {".gitattributes": payloads.GITATTRIBUTES}, message="initial commit")
+        self._send_json({"url": url, "name": repo})
+
+    def _validate_yaml(self) -> None:
+        self._send_json({"errors": [], "warnings": []})
+
+    # -- reads -------------------------------------------------------------------------------
+
+    def _model_info(self, repo: str, rev: str | None = None) -> None:
+        self._check_access(repo)
+        empty = rev is None and not any(self.store.refs(repo).values())
+        snapshot = None if empty else self.store.snapshot(repo, rev)
+        private = self.store.is_private(repo)
+        self._send_json(payloads.model_info(repo, snapshot, private=private, blobs=self._param("blobs")))
+
+    def _tree(self, repo: str, rev: str, path: str = "") -> None:
+        self._check_access(repo)
+        snapshot = self.store.snapshot(repo, rev)
+        folder = path.strip("/")
+        if folder and folder not in snapshot.dirs:
+            raise HttpError(404, "EntryNotFound", f"{folder} is not a folder at {snapshot.sha}")
+        self._send_json(payloads.tree(snapshot, folder, recursive=self._param("recursive")))
+
+    def _paths_info(self, repo: str, rev: str) -> None:
+        self._check_access(repo)
+        paths = parse_qs(self.body.decode()).get("paths", [])
+        self._send_json(payloads.paths_info(self.store.snapshot(repo, rev), paths))
+
+    def _refs(self, repo: str) -> None:
+        self._check_access(repo)
+        include_prs = self._param("include_prs")
+        self._send_json(payloads.refs(self.store.refs(repo), include_prs=include_prs))
+
+    def _commits(self, repo: str, rev: str) -> None:
+        self._check_access(repo)
+        self._send_json(payloads.commits(self.store.history(repo, rev)))
+
+    def _resolve(self, repo: str, rev: str, path: str) -> None:
+        self._check_access(repo)
+        snapshot = self.store.snapshot(repo, rev)
+        entry = snapshot.files.get(path)
+        if entry is None:
+            # X-Repo-Commit lets the client cache that the file does not exist at this commit.
+            headers = {"X-Repo-Commit": snapshot.sha}
+            raise HttpError(404, "EntryNotFound", f"{path} does not exist at {snapshot.sha}", headers)
+        headers = {
+            "X-Repo-Commit": snapshot.sha,
+            "ETag": f'"{entry.lfs.oid if entry.lfs else entry.blob_id}"',
+            "Accept-Ranges": "bytes",
+            "Content-Type": "application/octet-stream",
+        }
+        if entry.lfs:
+            headers.update({"X-Linked-Etag": f'"{entry.lfs.oid}"', "X-Linked-Size": str(entry.size)})
+        byte_range = _byte_range(self.headers.get("Range"), entry.size)
+        start, end = byte_range or (0, entry.size)
+        if byte_range:
+            headers["Content-Range"] = f"bytes {start}-{end - 1}/{entry.size}"
+        self.send_response(206 if byte_range else 200)
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(end - start))
+        self.end_headers()
+        if self.command == "GET":
+            with self.store.open(repo, entry) as stream:
+                stream.seek(start)
+                self._send_body(repo, stream, end - start)
+
+    def _send_body(self, repo: str, stream: BinaryIO, length: int) -> None:
+        """Write ``length`` bytes, counted per repo, slowed by the throttle, cut off by ``fail_after_bytes``."""
+        limit = self.hub._take_fail_after(length)
+        stop = length if limit is None else limit
+        sent, started = 0, time.monotonic()
+        while sent < stop:
+            chunk = stream.read(min(_CHUNK, stop - sent))
+            self.hub._count(repo, len(chunk))  # before writing: a client that has the bytes sees them counted
+            self.wfile.write(chunk)
+            sent += len(chunk)
+            throttle = self.hub.throttle_bytes_per_s
+            if throttle:
+                time.sleep(max(0.0, sent / throttle - (time.monotonic() - started)))
+        if limit is not None:
+            self.close_connection = True
+            self.connection.shutdown(socket.SHUT_RDWR)
+
+    # -- writes ------------------------------------------------------------------------------
+
+    def _preupload(self, repo: str, rev: str) -> None:
+        self._check_write()
+        self._check_access(repo)
+        files = json.loads(self.body)["files"]
+        # "regular" for all: "lfs" would send a client with hf_xet installed to Xet storage.
+        answer = [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False, "oid": None} for f in files]
+        self._send_json({"files": answer})
+
+    def _commit(self, repo: str, rev: str) -> None:
+        self._check_write()
+        self._check_access(repo)
+        request = payloads.parse_commit(self.body, self.store.lfs)
+        deletes = request.deleted_files + self._files_under(repo, rev, request.deleted_folders)
+        pr_url = None
+        if self._param("create_pr"):
+            number, sha = self.store.create_pr(repo, request.files, message=request.message, base=rev, delete=deletes)
+            pr_url = f"{self.hub.endpoint}/{repo}/discussions/{number}"
+        else:
+            sha = self.store.commit(
+                repo, request.files, branch=rev, message=request.message, delete=deletes, parent=request.parent
+            )
+        self._send_json(
+            {"success": True, "commitOid": sha, "commitUrl": f"{self.hub.endpoint}/{repo}/commit/{sha}", "pullRequestUrl": pr_url}
+        )
+
+    def _open_pull_request(self, repo: str) -> None:
+        """Open a pull request the way ``upload_folder`` does when hf_xet is installed: first an empty PR."""
+        self._check_write()
+        self._check_access(repo)
+        request = json.loads(self.body)
+        if not request.get("pullRequest"):
+            raise ValueError("the stand-in has pull requests only, no discussions")
+        number, _sha = self.store.create_pr(repo, {}, message=request["title"])
+        self._send_json({"num": number})
+
+    def _pull_request(self, repo: str, num: str) -> None:
+        self._check_access(repo)
+        head = self.store.history(repo, f"refs/pr/{num}")[0]
+        self._send_json(payloads.pull_request(repo, int(num), head))
+
+    def _files_under(self, repo: str, rev: str, folders: list[str]) -> list[str]:
+        if not folders:
+            return []
+        files = self.store.list_files(repo, rev)
+        return [path for path in files if any(path.startswith(f"{folder}/") for folder in folders)]
+
+    def _create_branch(self, repo: str, rev: str) -> None:
+        self._check_write()
+        self._check_access(repo)
+        starting_point = json.loads(self.body or b"{}").get("startingPoint") or "main"
+        self.store.create_branch(repo, rev, revision=starting_point)
+        self._send_json({})
+
+    def _delete_branch(self, repo: str, rev: str) -> None:
+        self._check_write()
+        self._check_access(repo)
+        self.store.delete_branch(repo, rev)
+        self._send_json({})
+
+    def _create_tag(self, repo: str, rev: str) -> None:
+        self._check_write()
+        self._check_access(repo)
+        self.store.create_tag(repo, json.loads(self.body)["tag"], revision=rev)
+        self._send_json({})
+
+    def _delete_tag(self, repo: str, rev: str) -> None:
+        self._check_write()
+        self._check_access(repo)
+        self.store.delete_tag(repo, rev)
+        self._send_json({})
+
+
+def _byte_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """``[start, end)`` of a single ``Range: bytes=a-b`` (or ``a-``, ``-n``); None when absent or malformed."""
+    match = _RANGE_RE.fullmatch(header.strip()) if header else None
+    if match is None or match.groups() == ("", ""):
+        return None
+    first, last = match.groups()
+    if first == "":
+        return max(size - int(last), 0), size
+    start, end = int(first), min(int(last) + 1, size) if last else size
+    if start >= size:
+        raise HttpError(416, None, f"Range {header} is outside a file of {size} bytes", {"Content-Range": f"bytes */{size}"})
+    return (start, end) if start < end else None

@@ -1,0 +1,32 @@
+"""Shared fixtures. The plugin starts the local Hub stand-in and isolates HF_HOME/HF_ENDPOINT
+before anything imports huggingface_hub, so no test module may import it at top level."""
+
+import pytest
+
+pytest_plugins = ["hf_notebook.testing.pytest_plugin"]
+
+
+@pytest.fixture(scope="session")
+def tiny_hub(hub_store, tmp_path_factory):
+    """The tiny models of every architecture, published once into the session's stand-in."""
+    from hf_notebook.testing.models import publish_tiny_models
+
+    return publish_tiny_models(hub_store, workdir=tmp_path_factory.mktemp("tiny-models"))
+
+
+@pytest.fixture
+def shell():
+    """A real InteractiveShell with the extension loaded; module state reset around each test."""
+    from IPython.core.interactiveshell import InteractiveShell
+
+    from hf_notebook.core.registry import registry
+
+    sh = InteractiveShell.instance()
+    sh.run_line_magic("load_ext", "hf_notebook")
+    registry().clear()
+    yield sh
+    sh.run_line_magic("unload_ext", "hf_notebook")
+    sh.config.pop("HFNotebook", None)  # %config values live on the shell, not on the magics
+    for name in [n for n in sh.user_ns if not n.startswith("_") and n not in sh.user_ns_hidden]:
+        sh.user_ns.pop(name, None)
+    registry().clear()

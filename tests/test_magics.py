@@ -1,0 +1,144 @@
+"""%load_model through a real InteractiveShell against the local Hub stand-in."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from IPython.core.error import UsageError
+
+from hf_notebook.testing.models import build_model
+
+
+def weights_equal(model, expected):
+    a, b = model.state_dict(), expected.state_dict()
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_load_ext_is_instant_and_imports_no_heavy_library():
+    code = (
+        "import sys, time; from IPython.core.interactiveshell import InteractiveShell; sh = InteractiveShell.instance();"
+        "t = time.perf_counter(); sh.run_line_magic('load_ext', 'hf_notebook'); t = time.perf_counter() - t;"
+        "import json; print(json.dumps({'heavy': [m for m in ('torch', 'transformers', 'accelerate',"
+        " 'huggingface_hub', 'ipywidgets') if m in sys.modules], 'magic': 'load_model' in sh.magics_manager.magics['line'],"
+        " 'seconds': t}))"
+    )
+    out = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+    assert out["heavy"] == [] and out["magic"]
+    assert out["seconds"] < 1.0
+
+
+def test_load_branch_binds_model_and_shows_pin(shell, tiny_hub, hf_cache, capsys):
+    repo = tiny_hub["llama"]
+    shell.run_line_magic("load_model", "tiny/llama --as m")
+    out = capsys.readouterr().out
+    assert repo.commits["main"] in out or repo.commits["main"][:12] in out
+    assert f"tiny/llama@{repo.commits['main']}" in out  # floating branch: the pinned spelling to copy
+    model = shell.user_ns["m"]
+    assert weights_equal(model, build_model("llama", seed=repo.seeds["main"]))
+    assert model.hf_device_map == {"": "cpu"}
+
+
+@pytest.mark.parametrize("label", ["v1", "pr1", "short-sha"])
+def test_load_pinned_revisions(shell, tiny_hub, hf_cache, label):
+    repo = tiny_hub["qwen2"]
+    rev = {"v1": "v1", "pr1": "refs/pr/1", "short-sha": repo.commits["v1"][:8]}[label]
+    seed = repo.seeds["pr1" if label == "pr1" else "v1"]
+    shell.run_line_magic("load_model", f"tiny/qwen2@{rev} --as m --dtype float32")
+    assert weights_equal(shell.user_ns["m"], build_model("qwen2", seed=seed))
+    assert not weights_equal(shell.user_ns["m"], build_model("qwen2", seed=repo.seeds["main"]))
+
+
+def test_config_sets_defaults(shell, tiny_hub, hf_cache):
+    shell.run_line_magic("config", "HFNotebook.dtype = 'bfloat16'")
+    shell.run_line_magic("load_model", "tiny/gpt2")
+    assert shell.user_ns["model"].dtype == torch.bfloat16
+
+
+def test_help_documents_every_flag(shell):
+    doc = shell.find_line_magic("load_model").__doc__
+    for flag in ("--as", "--class", "--dtype", "--device-map", "--max-memory", "--offload-folder",
+                 "--cache-dir", "--offline", "--force-download", "--no-offload"):
+        assert flag in doc
+
+
+@pytest.mark.parametrize("line, fragment", [
+    ("org//bad", "not a valid Hub repo id"),
+    ("tiny/no-such-model", "does not exist"),
+    ("tiny/llama@no-such-branch", "Existing branches and tags:"),
+    ("tiny/llama --max-memory cpu", "DEVICE=SIZE"),
+    ("tiny/llama --device-map everywhere", "Cannot read --device-map"),
+    ("tiny/llama --device-map cuda:3", "this machine has"),
+    ("tiny/llama --dtype int3", "Unknown dtype"),
+    ("tiny/llama --as 1bad", "not a valid Python variable name"),
+    ("tiny/llama --max-memory cpu=100KB --no-offload", "--no-offload"),
+])
+def test_errors_are_usage_errors_and_leave_namespace_alone(shell, tiny_hub, hf_cache, line, fragment):
+    shell.user_ns["model"] = sentinel = object()
+    with pytest.raises(UsageError) as info:
+        shell.run_line_magic("load_model", line)
+    assert fragment in str(info.value)
+    assert shell.user_ns["model"] is sentinel
+
+
+def test_unknown_revision_lists_existing_ones(shell, tiny_hub, hf_cache):
+    with pytest.raises(UsageError) as info:
+        shell.run_line_magic("load_model", "tiny/llama@nope")
+    for name in ("main", "dev", "v1"):
+        assert name in str(info.value)
+
+
+def test_private_repo_needs_token(shell, hub_store, hub_server, hub_token, hf_cache, tmp_path, monkeypatch):
+    from hf_notebook.testing.models import save_model
+
+    folder = save_model("llama", tmp_path / "m")
+    hub_store.create_repo("tiny/private-llama", private=True, exist_ok=True)
+    hub_store.commit("tiny/private-llama", {p.name: p for p in folder.iterdir()})
+    with pytest.raises(UsageError, match="hf auth login"):
+        shell.run_line_magic("load_model", "tiny/private-llama")
+    monkeypatch.setenv("HF_TOKEN", hub_token)
+    shell.run_line_magic("load_model", "tiny/private-llama --as private")
+    assert "private" in shell.user_ns
+    assert hub_token not in str(shell.user_ns["private"].config)
+
+
+def test_offline_after_online(shell, tiny_hub, hf_cache, hub_server, capsys):
+    sha = tiny_hub["bert"].commits["main"]
+    with pytest.raises(UsageError) as info:
+        shell.run_line_magic("load_model", f"tiny/bert@{sha} --offline")
+    assert "not in the cache" in str(info.value) and f"%load_model tiny/bert@{sha}" in str(info.value)
+    shell.run_line_magic("load_model", "tiny/bert --as online")  # by branch: the cache records main -> sha
+    hub_server.reset_counters()
+    shell.run_line_magic("load_model", f"tiny/bert@{sha} --offline --as offline")
+    shell.run_line_magic("load_model", "tiny/bert --offline --as offline_main")  # refs/main from the cache
+    assert hub_server.bytes_served() == 0 and not hub_server.requests
+    assert weights_equal(shell.user_ns["offline"], shell.user_ns["online"])
+    assert weights_equal(shell.user_ns["offline_main"], shell.user_ns["online"])
+
+
+def test_offline_names_missing_shards(shell, tiny_hub, hf_cache):
+    sha = tiny_hub["t5"].commits["main"]
+    shell.run_line_magic("load_model", f"tiny/t5@{sha} --as t5")
+    snapshot = next(hf_cache.glob(f"models--tiny--t5/snapshots/{sha}"))
+    victim = sorted(snapshot.glob("model-*.safetensors"))[1]
+    victim.unlink()
+    with pytest.raises(UsageError) as info:
+        shell.run_line_magic("load_model", f"tiny/t5@{sha} --offline --as t5_again")
+    assert victim.name in str(info.value) and "t5_again" not in shell.user_ns
+
+
+def test_explicit_map_with_disk_and_widget_summary(shell, tiny_hub, hf_cache, tmp_path):
+    layers = {f"model.layers.{i}": ("cpu" if i < 1 else "disk") for i in range(2)}
+    device_map = {"model.embed_tokens": "cpu", **layers, "model.norm": "cpu", "model.rotary_emb": "cpu",
+                  "lm_head": "cpu"}
+    (tmp_path / "map.json").write_text(json.dumps(device_map))
+    shell.run_line_magic("config", "HFNotebook.display = 'widget'")
+    shell.run_line_magic("load_model", f"tiny/llama --device-map @{tmp_path / 'map.json'} "
+                                       f"--offload-folder {tmp_path / 'off'} --as off")
+    assert shell.user_ns["off"].hf_device_map == device_map
+    assert any((tmp_path / "off").iterdir())  # offloaded weights really went to the folder
+    from hf_notebook.core.registry import registry
+
+    result = registry().get("off")
+    assert result.placement.bytes_by_device["disk"] > 0 and result.placement.bytes_by_device["cpu"] > 0
