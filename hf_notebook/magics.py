@@ -15,6 +15,28 @@ from traitlets import Bool, CaselessStrEnum, Unicode
 
 from .core.errors import HfNotebookError
 
+_SPEC_HELP = "org/name, org/name@REV (branch, tag, commit sha, refs/pr/N) or a local folder."
+_PLACEMENT_ARGS = (
+    argument("--class", dest="class_name", default=None,
+             help="Model class, e.g. AutoModelForCausalLM (default: from the config's architectures)."),
+    argument("--dtype", default=None, help="auto | float32 | bfloat16 | float16 (default: auto, the checkpoint's)."),
+    argument("--device-map", default=None,
+             help="auto | balanced | balanced_low_0 | sequential | cpu | cuda:N | @map.json | JSON dict."),
+    argument("--max-memory", default=None,
+             help="Budget per device, e.g. 0=20GiB,cpu=30GiB (may name devices of another machine when planning)."),
+    argument("--no-offload", action="store_true", help="Fail instead of spilling to CPU or disk when it does not fit."),
+    argument("--cache-dir", default=None, help="Hub cache folder for this call."),
+    argument("--offline", action="store_true", help="Use the cache only; fail clearly if files are missing."),
+    argument("--trust-remote-code", action="store_true", help="Allow the repo's own Python code to run."),
+)
+
+
+def _placement_args(func):
+    """The options %load_model and %plan_model share."""
+    for decorator in reversed(_PLACEMENT_ARGS):
+        func = decorator(func)
+    return func
+
 
 @magics_class
 class HFNotebook(Magics):
@@ -32,35 +54,27 @@ class HFNotebook(Magics):
                               help="Progress display: widgets in Jupyter, text in a terminal (auto), or forced.")
 
     @magic_arguments()
-    @argument("spec", help="org/name, org/name@REV (branch, tag, commit sha, refs/pr/N) or a local folder.")
-    @argument("--as", dest="name", default="model", help="Notebook variable to bind the model to (default: model).")
-    @argument("--class", dest="class_name", default=None,
-              help="Model class, e.g. AutoModelForCausalLM (default: from the config's architectures).")
-    @argument("--dtype", default=None, help="auto | float32 | bfloat16 | float16 (default: auto, the checkpoint's).")
-    @argument("--device-map", default=None,
-              help="auto | balanced | balanced_low_0 | sequential | cpu | cuda:N | @map.json | JSON dict.")
-    @argument("--max-memory", default=None, help="Budget per device, e.g. 0=20GiB,cpu=30GiB.")
+    @argument("spec", help=_SPEC_HELP)
+    @argument("--as", dest="name", default=None,
+              help="Notebook variable to bind the model to (default: model; with --plan-only, the plan, if given).")
+    @_placement_args
     @argument("--offload-folder", default=None, help="Folder for weights placed on disk.")
-    @argument("--cache-dir", default=None, help="Hub cache folder for this load.")
-    @argument("--offline", action="store_true", help="Load from the cache only; fail clearly if files are missing.")
     @argument("--force-download", action="store_true", help="Download again even if the files are cached.")
-    @argument("--no-offload", action="store_true", help="Fail instead of spilling to CPU or disk when it does not fit.")
-    @argument("--trust-remote-code", action="store_true", help="Allow the repo's own Python code to run.")
+    @argument("--plan-only", action="store_true", help="Only plan (like %%plan_model): download no weights.")
     @line_magic
     def load_model(self, line: str):
         """Resolve, download, place and load a Hugging Face model, then bind it to a variable."""
+        args = parse_argstring(self.load_model, line)
+        if args.plan_only:
+            return self._plan(args, plot=False)
         from .core.api import load_model
 
-        args = parse_argstring(self.load_model, line)
-        name = _check_name(args.name)
+        name = _check_name(args.name or "model")
         renderer = self._renderer()
         try:
-            result = load_model(
-                args.spec, class_name=args.class_name, dtype=args.dtype or self.dtype,
-                device_map=args.device_map or self.device_map, max_memory=args.max_memory or self.max_memory or None,
-                offload_folder=args.offload_folder or self.offload_folder, cache_dir=args.cache_dir or self.cache_dir,
-                offline=args.offline or self.offline, force_download=args.force_download, no_offload=args.no_offload,
-                trust_remote_code=args.trust_remote_code, name=name, on_event=renderer)
+            result = load_model(args.spec, offload_folder=args.offload_folder or self.offload_folder,
+                                force_download=args.force_download, name=name, on_event=renderer,
+                                **self._placement(args))
         except HfNotebookError as exc:
             raise UsageError(str(exc)) from None
         finally:
@@ -70,12 +84,86 @@ class HFNotebook(Magics):
 
         registry().add(name, result)
 
+    @magic_arguments()
+    @argument("spec", help=_SPEC_HELP)
+    @_placement_args
+    @argument("--as", dest="name", default=None, help="Bind the Plan object to this variable.")
+    @argument("--plot", action="store_true", help="Also draw the memory per device as a static figure.")
+    @line_magic
+    def plan_model(self, line: str):
+        """Where would this model go, and will it fit? From config and safetensors headers only."""
+        args = parse_argstring(self.plan_model, line)
+        return self._plan(args, plot=args.plot)
+
+    @line_magic
+    def models(self, line: str = ""):
+        """List the models loaded by hf_notebook in this kernel: name, repo@sha, class, dtype, bytes per device."""
+        from IPython.display import display
+
+        from .core.registry import registry
+        from .ui.views import ModelsTable
+
+        display(ModelsTable(registry().items()))
+
+    @magic_arguments()
+    @argument("name", help="The variable a model was loaded into (see %%models).")
+    @line_magic
+    def unload_model(self, line: str):
+        """Remove a model's hooks and references, free its memory, and report what came back."""
+        from .core.registry import registry
+        from .core.unload import unload
+
+        name = parse_argstring(self.unload_model, line).name
+        result = registry().pop(name)
+        if result is None:
+            loaded = ", ".join(n for n, _ in registry().items()) or "none"
+            raise UsageError(f"No model named {name!r} was loaded by hf_notebook (loaded: {loaded}). See %models.")
+        print(unload(name, result, [self.shell.user_ns]).to_text())
+
+    def _plan(self, args, plot: bool):
+        from IPython.display import display
+
+        from .core.api import plan_model
+        from .ui.views import PlanReport
+
+        name = _check_name(args.name) if args.name else None
+        try:
+            plan = plan_model(args.spec, **self._placement(args))
+        except HfNotebookError as exc:
+            raise UsageError(str(exc)) from None
+        display(PlanReport(plan))
+        if plot:
+            display(_figure_image(plan))
+        if name:
+            self.shell.user_ns[name] = plan
+
+    def _placement(self, args) -> dict:
+        """Options shared by plan and load, with the configurable's defaults filled in."""
+        return dict(class_name=args.class_name, dtype=args.dtype or self.dtype,
+                    device_map=args.device_map or self.device_map,
+                    max_memory=args.max_memory or self.max_memory or None, no_offload=args.no_offload,
+                    cache_dir=args.cache_dir or self.cache_dir, offline=args.offline or self.offline,
+                    trust_remote_code=args.trust_remote_code)
+
     def _renderer(self):
         from .ui import make_renderer
 
         renderer = make_renderer(self.shell, mode=self.display)
         renderer.display()
         return renderer
+
+
+def _figure_image(plan):
+    """The memory figure as a PNG image: static, so it survives nbval and HTML export."""
+    import io
+
+    from IPython.display import Image
+
+    from .ui.views import memory_figure
+
+    buffer = io.BytesIO()
+    memory_figure(plan.placement(), plan.budget, title=plan.source).savefig(buffer, format="png", dpi=96)
+    return Image(data=buffer.getvalue(), format="png")
 
 
 def _check_name(name: str) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -10,7 +12,7 @@ from typing import Any, Optional
 
 from .errors import HfNotebookError
 from .events import Failed, OnEvent, Resolved, StageDone, StageStarted, emit
-from .fetch import fetch_config, fetch_weights
+from .fetch import fetch_config, fetch_weights, shard_names
 from .options import parse_device_map, parse_dtype, parse_max_memory
 from .plan import Plan, check_devices_exist, plan_placement
 from .resolve import record_ref, resolve
@@ -27,6 +29,7 @@ class LoadResult:
     placement: Any  # core.placement.Placement
     seconds: float
     offload_folder: Optional[str] = None
+    owns_offload_folder: bool = False  # we made it (a temp folder): unloading removes it
     name: Optional[str] = None  # the notebook variable it is bound to
     timings: dict = field(default_factory=dict)
 
@@ -66,65 +69,156 @@ class _Stages:
         emit(self.on_event, Failed(self.current or "start", error))
 
 
+@dataclass(frozen=True)
+class _Options:
+    """What every action shares: where files come from and how the model is placed."""
+
+    class_name: Optional[str]
+    dtype: str
+    device_map: Any
+    max_memory: Optional[dict]
+    no_offload: bool
+    trust_remote_code: bool
+    io: dict  # cache_dir, offline, force_download, token
+
+
+def _options(dtype, device_map, max_memory, class_name, no_offload, trust_remote_code, cache_dir, offline,
+             force_download, token) -> _Options:
+    io = dict(cache_dir=cache_dir, offline=offline or _hub_offline(), force_download=force_download, token=token)
+    return _Options(class_name, parse_dtype(dtype), parse_device_map(device_map), parse_max_memory(max_memory),
+                    no_offload, trust_remote_code, io)
+
+
+def plan_model(spec: str | ModelSpec, *, class_name: Optional[str] = None, dtype: Optional[str] = "auto",
+               device_map: Any = "auto", max_memory: Any = None, no_offload: bool = False,
+               trust_remote_code: bool = False, cache_dir: Optional[str] = None, offline: bool = False,
+               token: Any = None, on_event: OnEvent | None = None) -> Plan:
+    """Where a model would go with these options, from its config and safetensors headers only."""
+    stages = _Stages(on_event)
+    try:
+        opts = _options(dtype, device_map, max_memory, class_name, no_offload, trust_remote_code,
+                        cache_dir, offline, False, token)
+        with _library_bars_off():
+            plan, _, _ = _plan(spec, opts, stages, on_event, read_headers=True)
+        return plan
+    except BaseException as exc:
+        stages.failed(exc)
+        raise
+
+
 def load_model(spec: str | ModelSpec, *, class_name: Optional[str] = None, dtype: Optional[str] = "auto",
                device_map: Any = "auto", max_memory: Any = None, offload_folder: Optional[str] = None,
                cache_dir: Optional[str] = None, offline: bool = False, force_download: bool = False,
                no_offload: bool = False, trust_remote_code: bool = False, token: Any = None,
                name: Optional[str] = None, on_event: OnEvent | None = None) -> LoadResult:
-    """Resolve, plan, fetch and load a model; see the module docs of each stage."""
+    """Resolve, plan, fetch and load a model: the plan is made before any weight byte is fetched."""
     stages = _Stages(on_event)
     t0 = time.perf_counter()
     try:
-        spec = spec if isinstance(spec, ModelSpec) else parse_spec(spec)
-        dtype, device_map, max_memory = parse_dtype(dtype), parse_device_map(device_map), parse_max_memory(max_memory)
-        offline = offline or _hub_offline()
-        io = dict(cache_dir=cache_dir, offline=offline, force_download=force_download, token=token)
+        opts = _options(dtype, device_map, max_memory, class_name, no_offload, trust_remote_code,
+                        cache_dir, offline, force_download, token)
+        with _library_bars_off():
+            return _load(spec, opts, stages, on_event, offload_folder, name, t0)
+    except BaseException as exc:
+        stages.failed(exc)
+        raise
 
-        stages.start("resolve", str(spec))
-        resolution = resolve(spec, offline=offline, cache_dir=cache_dir, token=token)
-        emit(on_event, resolution.pin)
-        stages.done(resolution.pin)
 
-        stages.start("config")
-        config_file = fetch_config(resolution, on_event=on_event, **io)
-        config = _read_config(config_file, trust_remote_code)
-        checkpoint = None
-        if dtype == "auto" and _config_dtype(config) is None:  # the weights tell: fetch them first
-            checkpoint = fetch_weights(resolution, config_file, on_event=on_event, **io)
-        dtype = _concrete_dtype(dtype, config, checkpoint)
-        stages.done(config)
-
-        stages.start("plan")
-        plan = plan_placement(config, class_name=class_name, dtype=dtype, device_map=device_map,
-                              max_memory=max_memory, no_offload=no_offload)
+def _load(spec, opts: _Options, stages: _Stages, on_event, offload_folder, name, t0) -> LoadResult:
+    """The load pipeline proper; a temp offload folder it made is removed if it fails."""
+    owns_offload = False
+    try:
+        plan, resolution, config = _plan(spec, opts, stages, on_event, read_headers=False)
         check_devices_exist(plan.device_map)
-        stages.done(plan)
 
         stages.start("fetch")
-        if checkpoint is None:
-            checkpoint = fetch_weights(resolution, config_file, on_event=on_event, **io)
-        if not offline:
-            record_ref(resolution, cache_dir)
+        checkpoint = fetch_weights(resolution, config.config_file, on_event=on_event, **opts.io)
+        if not opts.io["offline"]:
+            record_ref(resolution, opts.io["cache_dir"])
         stages.done(checkpoint)
 
         stages.start("load", plan.model_class)
         from .load import materialize
         from .placement import measure_placement
 
-        if "disk" in plan.devices and offload_folder is None:
+        owns_offload = "disk" in plan.devices and offload_folder is None
+        if owns_offload:
             offload_folder = tempfile.mkdtemp(prefix="hf_notebook-offload-")
-        source = resolution.repo_id if resolution.local_path is None else str(resolution.local_path)
-        model = materialize(checkpoint, config, plan, offload_folder=offload_folder, name_or_path=source,
-                            on_event=on_event)
+        model = materialize(checkpoint, config.config, plan, offload_folder=offload_folder,
+                            name_or_path=resolution.repo_id, on_event=on_event)
         result = LoadResult(model=model, pin=resolution.pin, plan=plan,
                             placement=measure_placement(model, model.hf_device_map),
                             seconds=time.perf_counter() - t0, offload_folder=offload_folder,
-                            name=name, timings=stages.timings)
+                            owns_offload_folder=owns_offload, name=name, timings=stages.timings)
         stages.done(result)
         return result
-    except BaseException as exc:
-        stages.failed(exc)
+    except BaseException:
+        if owns_offload:
+            shutil.rmtree(offload_folder, ignore_errors=True)
         raise
+
+
+@dataclass(frozen=True)
+class _Config:
+    config: Any
+    config_file: Path
+
+
+def _plan(spec, opts: _Options, stages: _Stages, on_event, *, read_headers: bool):
+    """Resolve, fetch the config (and headers when needed), plan. Shared by plan and load."""
+    spec = spec if isinstance(spec, ModelSpec) else parse_spec(spec)
+    stages.start("resolve", str(spec))
+    resolution = resolve(spec, offline=opts.io["offline"], cache_dir=opts.io["cache_dir"], token=opts.io["token"])
+    emit(on_event, resolution.pin)
+    stages.done(resolution.pin)
+
+    stages.start("config")
+    config_file = fetch_config(resolution, on_event=on_event, **opts.io)
+    config = _read_config(config_file, opts.trust_remote_code)
+    dtype = opts.dtype if opts.dtype != "auto" else _config_dtype(config)
+    headers = _headers(resolution, config_file, opts) if read_headers or dtype is None else None
+    dtype = dtype or (headers.float_dtype if headers else None) or "float32"
+    stages.done(config)
+
+    stages.start("plan")
+    source = resolution.pin.pinned_spec if resolution.local_path is None else str(resolution.local_path)
+    plan = plan_placement(config, class_name=opts.class_name, dtype=dtype, device_map=opts.device_map,
+                          max_memory=opts.max_memory, no_offload=opts.no_offload, headers=headers, source=source)
+    stages.done(plan)
+    return plan, resolution, _Config(config, config_file)
+
+
+def _headers(resolution, config_file: Path, opts: _Options):
+    """Safetensors headers: remote through Range requests, or from local/cached shards (None if absent)."""
+    from .errors import OfflineError
+    from .headers import local_headers, remote_headers
+
+    if resolution.local_path is None and not opts.io["offline"]:
+        names = shard_names(resolution, **{**opts.io, "force_download": False})
+        return remote_headers(resolution.repo_id, resolution.sha, names, token=opts.io["token"])
+    try:
+        checkpoint = fetch_weights(resolution, config_file, **{**opts.io, "force_download": False})
+    except OfflineError:
+        return None
+    return local_headers(checkpoint.shards)
+
+
+@contextlib.contextmanager
+def _library_bars_off():
+    """Silence huggingface_hub's and transformers' own tqdm bars: our events carry that progress."""
+    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+    from transformers.utils import logging as tf_logging
+
+    hub_was_off, tf_was_on = are_progress_bars_disabled(), tf_logging.is_progress_bar_enabled()
+    disable_progress_bars()
+    tf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if not hub_was_off:
+            enable_progress_bars()
+        if tf_was_on:
+            tf_logging.enable_progress_bar()
 
 
 def _hub_offline() -> bool:
@@ -150,11 +244,3 @@ def _config_dtype(config) -> Optional[str]:
     if value is None:
         return None
     return str(value).removeprefix("torch.")
-
-
-def _concrete_dtype(dtype: str, config, checkpoint) -> str:
-    if dtype != "auto":
-        return dtype
-    from .load import checkpoint_dtype
-
-    return _config_dtype(config) or (checkpoint_dtype(checkpoint) if checkpoint else None) or "float32"

@@ -46,6 +46,15 @@ def fetch_config(resolution: Resolution, *, cache_dir=None, force_download: bool
     return config
 
 
+def shard_names(resolution: Resolution, *, cache_dir=None, force_download: bool = False, offline: bool = False,
+                token=None, on_event: OnEvent | None = None) -> list[str]:
+    """The safetensors files of the checkpoint (fetches only the small index, if there is one)."""
+    getter = _CachedFiles(resolution, cache_dir, offline, force_download, token, on_event)
+    names = getter.shard_names()
+    getter.raise_missing()
+    return names
+
+
 def fetch_weights(resolution: Resolution, config_file: Path, *, cache_dir=None, force_download: bool = False,
                   offline: bool = False, token=None, on_event: OnEvent | None = None,
                   max_workers: int = 4) -> Checkpoint:

@@ -16,10 +16,9 @@ from typing import Optional
 
 from .events import OnEvent, ShardProgress, emit
 from .fetch import Checkpoint
+from .headers import ITEMSIZE, TORCH_NAMES
 from .plan import Plan, model_class_for, torch_dtype
 
-_FLOAT_CODES = {"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2"}
-_CODE_TO_DTYPE = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16"}
 
 
 class _ShardCounter:
@@ -63,18 +62,6 @@ class _LazyTensor:
 
     def get_shape(self):
         return self._slice.get_shape()
-
-
-def checkpoint_dtype(checkpoint: Checkpoint) -> Optional[str]:
-    """The dtype of the first floating tensor in the checkpoint (what ``dtype="auto"`` falls back to)."""
-    from safetensors import safe_open
-
-    with safe_open(checkpoint.shards[0], framework="pt") as handle:
-        for key in handle.keys():
-            code = handle.get_slice(key).get_dtype()
-            if code in _FLOAT_CODES:
-                return _CODE_TO_DTYPE.get(code)
-    return None
 
 
 def materialize(checkpoint: Checkpoint, config, plan: Plan, *, offload_folder: str | Path | None = None,
@@ -142,18 +129,15 @@ def _alias_tied(state_dict: dict, tied: dict[str, str]) -> None:
 
 
 def _converts(code: str, target: str) -> bool:
-    return code in _FLOAT_CODES and _CODE_TO_DTYPE.get(code) != target
-
-
-_ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
-             "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1, "U16": 2, "U32": 4, "U64": 8}
+    """A floating tensor stored in another dtype than the target (fp8 included: never kept as is)."""
+    return (code in TORCH_NAMES or code.startswith("F8")) and TORCH_NAMES.get(code) != target
 
 
 def _nbytes(tensor_slice) -> int:
     numel = 1
     for dim in tensor_slice.get_shape():
         numel *= dim
-    return numel * _ITEMSIZE.get(tensor_slice.get_dtype(), 4)
+    return numel * ITEMSIZE.get(tensor_slice.get_dtype(), 4)
 
 
 def _release() -> None:

@@ -301,3 +301,22 @@ def _module_order(name: str, order: dict[str, int]) -> int:
 
 def _sorted_nonzero(d: dict[str, int]) -> dict[str, int]:
     return {k: d[k] for k in sorted(d, key=device_sort_key) if d[k]}
+
+
+def planned_placement(device_map: Mapping[str, Any], module_sizes: Mapping[str, int],
+                      param_bytes: Optional[dict] = None, buffer_bytes: Optional[dict] = None,
+                      blocks: Optional[Mapping[str, int]] = None) -> Placement:
+    """A :class:`Placement` from a plan's estimates (sizes per map entry) instead of tensors.
+
+    A one-device map (``{"": "cpu"}``) is shown by ``blocks`` so it still reads layer by layer.
+    """
+    if list(device_map) == [""] and blocks:
+        device = normalize_device(device_map[""])
+        rows = [(name, device, int(size)) for name, size in blocks.items()]
+    else:
+        rows = [(name, normalize_device(dev), int(module_sizes.get(name, 0))) for name, dev in device_map.items()]
+    groups = _collapse(rows)
+    totals: dict[str, int] = {}
+    for group in groups:
+        totals[group.device] = totals.get(group.device, 0) + group.nbytes
+    return Placement(groups, totals, dict(param_bytes or {}), dict(buffer_bytes or {}))

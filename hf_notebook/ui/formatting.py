@@ -177,7 +177,7 @@ class LoadState:
         elif isinstance(event, StageDone):
             st = self.stages.setdefault(event.stage, StageState(event.stage))
             st.seconds = event.seconds
-            if getattr(event.result, "placement", None) is not None:
+            if event.stage == "load" and event.result is not None:
                 self.result, self.result_seconds = event.result, event.seconds
         elif isinstance(event, Resolved):
             self.resolved = event

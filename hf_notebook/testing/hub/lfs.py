@@ -60,17 +60,21 @@ class LfsObjects:
     def put(self, source: Path) -> LfsInfo:
         """Copy the file at ``source`` into the store (once per content) and describe it."""
         with open(source, "rb") as src, tempfile.NamedTemporaryFile(dir=self.root, delete=False) as tmp:
-            digest = _copy_hashing(src, tmp)
-        oid = digest.hexdigest()
+            try:
+                oid = _copy_hashing(src, tmp)
+            except BaseException:
+                os.unlink(tmp.name)
+                raise
         size = os.path.getsize(tmp.name)
         os.chmod(tmp.name, 0o644)
         os.replace(tmp.name, self.path(oid))
         return LfsInfo(oid=oid, size=size, pointer_size=len(pointer(oid, size)))
 
 
-def _copy_hashing(src: BinaryIO, dst: BinaryIO) -> "hashlib._Hash":
+def _copy_hashing(src: BinaryIO, dst: BinaryIO) -> str:
+    """Copy ``src`` to ``dst`` and return the sha256 of what was copied."""
     digest = hashlib.sha256()
     while chunk := src.read(_COPY_CHUNK):
         digest.update(chunk)
         dst.write(chunk)
-    return digest
+    return digest.hexdigest()

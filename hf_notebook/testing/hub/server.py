@@ -1,4 +1,4 @@
-"""The Hub's HTTP API over a :class:`RepoStore`, with knobs that tests turn: throttle, broken downloads, counters.
+"""The Hub's HTTP API over a :class:`RepoStore`, with knobs for tests: throttle, broken bodies, byte counters.
 
 Only model repos. Files are served straight from ``/resolve`` (no CDN redirect) with the Hub's
 headers: ``X-Repo-Commit``, ``ETag`` (git blob oid, or the sha256 for LFS files),
@@ -13,41 +13,49 @@ import logging
 import os
 import re
 import socket
+import sys
 import threading
 import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import BinaryIO
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from . import payloads
-from .store import Conflict, NotFound, RepoStore
+from .store import Conflict, FileEntry, NotFound, RepoStore
 
 logger = logging.getLogger(__name__)
 
 _CHUNK = 32 * 1024
 _RANGE_RE = re.compile(r"bytes=(\d*)-(\d*)")
 _REPO = r"/api/models/(?P<repo>[^/]+/[^/]+)"
+_REV = r"(?P<rev>[^/]+)"  # one path segment: the client quotes '/' in revisions as %2F
+_NAME = r"(?P<name>[^/]+)"  # a branch or tag name, quoted the same way
 _ROUTES = [
     ("GET", r"/api/whoami-v2", "whoami"),
+    ("GET", r"/api/agent-harnesses", "agent_harnesses"),
     ("POST", r"/api/repos/create", "create_repo"),
     ("POST", r"/api/validate-yaml", "validate_yaml"),
-    ("GET", _REPO + r"(?:/revision/(?P<rev>[^/]+))?", "model_info"),
-    ("GET", _REPO + r"/tree/(?P<rev>[^/]+)(?:/(?P<path>.*))?", "tree"),
-    ("POST", _REPO + r"/paths-info/(?P<rev>[^/]+)", "paths_info"),
-    ("GET", _REPO + r"/refs", "refs"),
-    ("GET", _REPO + r"/commits/(?P<rev>[^/]+)", "commits"),
-    ("POST", _REPO + r"/preupload/(?P<rev>[^/]+)", "preupload"),
-    ("POST", _REPO + r"/commit/(?P<rev>[^/]+)", "commit"),
-    ("POST", _REPO + r"/branch/(?P<rev>[^/]+)", "create_branch"),
-    ("DELETE", _REPO + r"/branch/(?P<rev>[^/]+)", "delete_branch"),
-    ("POST", _REPO + r"/discussions", "open_pull_request"),
-    ("GET", _REPO + r"/discussions/(?P<num>\d+)", "pull_request"),
-    ("POST", _REPO + r"/tag/(?P<rev>[^/]+)", "create_tag"),
-    ("DELETE", _REPO + r"/tag/(?P<rev>[^/]+)", "delete_tag"),
-    ("GET", r"/(?P<repo>[^/]+/[^/]+)/resolve/(?P<rev>[^/]+)/(?P<path>.+)", "resolve"),
-    ("HEAD", r"/(?P<repo>[^/]+/[^/]+)/resolve/(?P<rev>[^/]+)/(?P<path>.+)", "resolve"),
+    ("GET", rf"{_REPO}(?:/revision/{_REV})?", "model_info"),
+    ("GET", rf"{_REPO}/tree/{_REV}(?:/(?P<path>.*))?", "tree"),
+    ("POST", rf"{_REPO}/paths-info/{_REV}", "paths_info"),
+    ("GET", rf"{_REPO}/refs", "refs"),
+    ("GET", rf"{_REPO}/commits/{_REV}", "commits"),
+    ("GET HEAD", rf"/(?P<repo>[^/]+/[^/]+)/resolve/{_REV}/(?P<path>.+)", "resolve"),
+    ("POST", rf"{_REPO}/preupload/{_REV}", "preupload"),
+    ("POST", rf"{_REPO}/commit/{_REV}", "commit"),
+    ("POST", rf"{_REPO}/branch/{_NAME}", "create_branch"),
+    ("DELETE", rf"{_REPO}/branch/{_NAME}", "delete_branch"),
+    ("POST", rf"{_REPO}/tag/{_REV}", "create_tag"),
+    ("DELETE", rf"{_REPO}/tag/{_NAME}", "delete_tag"),
+    ("POST", rf"{_REPO}/discussions", "open_pull_request"),
+    ("GET", rf"{_REPO}/discussions/(?P<num>\d+)", "pull_request"),
 ]
-_COMPILED_ROUTES = [(method, re.compile(pattern), name) for method, pattern, name in _ROUTES]
+_COMPILED_ROUTES = [(methods.split(), re.compile(pattern), name) for methods, pattern, name in _ROUTES]
+_WRITES = {
+    "create_repo", "preupload", "commit", "create_branch", "delete_branch", "create_tag", "delete_tag",
+    "open_pull_request",
+}
 
 
 class HttpError(Exception):
@@ -59,14 +67,23 @@ class HttpError(Exception):
 
 
 class HubServer:
-    """A local Hub on ``endpoint`` serving the repos of ``store``; with ``token``, private repos and writes need it.
+    """A local Hub on ``endpoint`` serving the repos of ``store``.
 
-    Without a token nothing is checked. The socket is bound on construction (``port=0`` picks a
-    free one), so ``endpoint`` is known before :meth:`start`.
+    With ``token``, private repos and all writes need ``Authorization: Bearer <token>``; without
+    one nothing is checked. The socket is bound on construction (``port=0`` picks a free port),
+    so ``endpoint`` is known before :meth:`start`. Test knobs, settable at any time:
+    ``throttle_bytes_per_s`` slows every file body down; ``fail_after_bytes`` makes the next file
+    body longer than that break off after that many bytes (then resets to None).
+    ``requests`` logs ``(method, unquoted path)``.
     """
 
     def __init__(
-        self, store: RepoStore | str | os.PathLike, *, host: str = "127.0.0.1", port: int = 0, token: str | None = None
+        self,
+        store: RepoStore | str | os.PathLike,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        token: str | None = None,
     ):
         self.store = store if isinstance(store, RepoStore) else RepoStore(store)
         self.token = token
@@ -81,7 +98,9 @@ class HubServer:
 
     def start(self) -> HubServer:
         """Serve in a daemon thread; return self."""
-        self._thread = threading.Thread(target=self._httpd.serve_forever, name="hub-standin", daemon=True)
+        serve = self._httpd.serve_forever
+        # A short poll interval makes stop() quick: shutdown() waits for the loop to look at its flag.
+        self._thread = threading.Thread(target=serve, kwargs={"poll_interval": 0.05}, name="hub-standin", daemon=True)
         self._thread.start()
         return self
 
@@ -120,7 +139,7 @@ class HubServer:
             self.requests.append((method, path))
 
     def _take_fail_after(self, length: int) -> int | None:
-        """The byte count after which this body breaks off, if the knob is set below ``length`` (then cleared)."""
+        """Where a body of ``length`` bytes breaks off: the knob's value if below ``length`` (then cleared)."""
         with self._lock:
             limit = self.fail_after_bytes
             if limit is None or limit >= length:
@@ -146,9 +165,15 @@ class _HTTPServer(ThreadingHTTPServer):
             except OSError:
                 pass
 
+    def handle_error(self, request, client_address) -> None:
+        """Stay quiet about clients that hang up (or connections cut by ``stop``); log anything else."""
+        if not isinstance(sys.exc_info()[1], OSError):
+            logger.exception("Request from %s failed", client_address)
+
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body go out in separate writes: no 40 ms delayed-ACK stalls
     server: _HTTPServer
 
     # -- plumbing ----------------------------------------------------------------------------
@@ -183,8 +208,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         self.hub._log(self.command, unquote(url.path))
         try:
-            route, params = self._route(url.path)
-            getattr(self, f"_{route}")(**params)
+            handler, params = self._route(url.path)
+            handler(**params)
         except HttpError as error:
             self._send_error(error)
         except NotFound as error:
@@ -199,27 +224,38 @@ class _Handler(BaseHTTPRequestHandler):
             logger.exception("%s %s failed", self.command, self.path)
             self._send_error(HttpError(500, None, f"Internal error: {error!r}"))
 
-    def _route(self, path: str) -> tuple[str, dict[str, str]]:
-        for method, pattern, name in _COMPILED_ROUTES:
+    def _route(self, path: str) -> tuple[Callable[..., None], dict[str, str]]:
+        """The handler for this request and its URL parameters, once the token and repo access are checked."""
+        for methods, pattern, name in _COMPILED_ROUTES:
             match = pattern.fullmatch(path)
-            if match and method == self.command:
-                return name, {key: unquote(value) for key, value in match.groupdict().items() if value is not None}
-        raise HttpError(404, None, f"Not found: {self.command} {path}")
+            if match and self.command in methods:
+                params = {key: unquote(value) for key, value in match.groupdict().items() if value is not None}
+                if name in _WRITES and not self._authorized():
+                    raise HttpError(401, None, "Invalid credentials in Authorization header")
+                if "repo" in params:
+                    self._check_access(params["repo"])
+                return getattr(self, f"_{name}"), params
+        # Repo-shaped paths that match no route name a repo id the store cannot hold (e.g. "gpt2").
+        code = "RepoNotFound" if path.startswith("/api/models/") or "/resolve/" in path else None
+        raise HttpError(404, code, f"Not found: {self.command} {path}")
 
-    def _send(self, status: int, body: bytes = b"", headers: dict[str, str] | None = None) -> None:
+    def _send_head(self, status: int, headers: dict[str, str], length: int) -> None:
         self.send_response(status)
-        for name, value in {"Content-Type": "application/json", **(headers or {})}.items():
+        for name, value in headers.items():
             self.send_header(name, value)
-        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Content-Length", str(length))
         self.end_headers()
+
+    def _send(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
+        self._send_head(status, {"Content-Type": "application/json", **(headers or {})}, len(body))
         if self.command != "HEAD":
             self.wfile.write(body)
 
-    def _send_json(self, data: object, headers: dict[str, str] | None = None) -> None:
-        self._send(200, json.dumps(data).encode(), headers)
+    def _send_json(self, data: object) -> None:
+        self._send(200, json.dumps(data).encode())
 
     def _send_error(self, error: HttpError) -> None:
-        headers = {"X-Error-Message": error.message, **error.headers}
+        headers = {"X-Error-Message": _header_safe(error.message), **error.headers}
         if error.code:
             headers["X-Error-Code"] = error.code
         self._send(error.status, json.dumps({"error": error.message}).encode(), headers)
@@ -233,15 +269,11 @@ class _Handler(BaseHTTPRequestHandler):
         return self.hub.token is None or self.headers.get("Authorization") == f"Bearer {self.hub.token}"
 
     def _check_access(self, repo: str) -> None:
-        """404 for a missing repo; 401 for a private one without the token (both ``RepoNotFound``, as on the Hub)."""
+        """``RepoNotFound`` like the Hub: 404 for a missing repo, 401 for a private one without the token."""
         if not self.store.exists(repo):
             raise HttpError(404, "RepoNotFound", f"Repository not found: {repo}")
         if self.store.is_private(repo) and not self._authorized():
             raise HttpError(401, "RepoNotFound", f"Repository not found: {repo}")
-
-    def _check_write(self) -> None:
-        if not self._authorized():
-            raise HttpError(401, None, "Invalid credentials in Authorization header")
 
     # -- account and repos -------------------------------------------------------------------
 
@@ -250,8 +282,11 @@ class _Handler(BaseHTTPRequestHandler):
             raise HttpError(401, None, "Invalid credentials in Authorization header")
         self._send_json(payloads.whoami())
 
+    def _agent_harnesses(self) -> None:
+        """The registry that huggingface_hub 2.x fetches on first use, to name the AI agent it runs in: empty."""
+        self._send_json({"standardEnvVars": [], "harnesses": {}})
+
     def _create_repo(self) -> None:
-        self._check_write()
         request = json.loads(self.body)
         if request.get("type", "model") != "model":
             raise ValueError("the stand-in hosts model repos only")
@@ -260,7 +295,7 @@ class _Handler(BaseHTTPRequestHandler):
         url = f"{self.hub.endpoint}/{repo}"
         try:
             self.store.create_repo(repo, private=private)
-        except Conflict as error:  # the client reads "url" even from this answer (create_repo(exist_ok=True))
+        except Conflict as error:  # create_repo(exist_ok=True) reads "url" even from this answer
             self._send(409, json.dumps({"error": str(error), "url": url}).encode())
             return
         # Like the Hub, a new repo starts with one commit holding .gitattributes, so `main` exists.
@@ -273,14 +308,12 @@ class _Handler(BaseHTTPRequestHandler):
     # -- reads -------------------------------------------------------------------------------
 
     def _model_info(self, repo: str, rev: str | None = None) -> None:
-        self._check_access(repo)
         empty = rev is None and not any(self.store.refs(repo).values())
         snapshot = None if empty else self.store.snapshot(repo, rev)
         private = self.store.is_private(repo)
         self._send_json(payloads.model_info(repo, snapshot, private=private, blobs=self._param("blobs")))
 
     def _tree(self, repo: str, rev: str, path: str = "") -> None:
-        self._check_access(repo)
         snapshot = self.store.snapshot(repo, rev)
         folder = path.strip("/")
         if folder and folder not in snapshot.dirs:
@@ -288,44 +321,29 @@ class _Handler(BaseHTTPRequestHandler):
         self._send_json(payloads.tree(snapshot, folder, recursive=self._param("recursive")))
 
     def _paths_info(self, repo: str, rev: str) -> None:
-        self._check_access(repo)
         paths = parse_qs(self.body.decode()).get("paths", [])
         self._send_json(payloads.paths_info(self.store.snapshot(repo, rev), paths))
 
     def _refs(self, repo: str) -> None:
-        self._check_access(repo)
         include_prs = self._param("include_prs")
         self._send_json(payloads.refs(self.store.refs(repo), include_prs=include_prs))
 
     def _commits(self, repo: str, rev: str) -> None:
-        self._check_access(repo)
         self._send_json(payloads.commits(self.store.history(repo, rev)))
 
     def _resolve(self, repo: str, rev: str, path: str) -> None:
-        self._check_access(repo)
         snapshot = self.store.snapshot(repo, rev)
         entry = snapshot.files.get(path)
         if entry is None:
             # X-Repo-Commit lets the client cache that the file does not exist at this commit.
-            headers = {"X-Repo-Commit": snapshot.sha}
-            raise HttpError(404, "EntryNotFound", f"{path} does not exist at {snapshot.sha}", headers)
-        headers = {
-            "X-Repo-Commit": snapshot.sha,
-            "ETag": f'"{entry.lfs.oid if entry.lfs else entry.blob_id}"',
-            "Accept-Ranges": "bytes",
-            "Content-Type": "application/octet-stream",
-        }
-        if entry.lfs:
-            headers.update({"X-Linked-Etag": f'"{entry.lfs.oid}"', "X-Linked-Size": str(entry.size)})
+            message = f"{path} does not exist at {snapshot.sha}"
+            raise HttpError(404, "EntryNotFound", message, {"X-Repo-Commit": snapshot.sha})
+        headers = _file_headers(snapshot.sha, entry)
         byte_range = _byte_range(self.headers.get("Range"), entry.size)
         start, end = byte_range or (0, entry.size)
         if byte_range:
             headers["Content-Range"] = f"bytes {start}-{end - 1}/{entry.size}"
-        self.send_response(206 if byte_range else 200)
-        for name, value in headers.items():
-            self.send_header(name, value)
-        self.send_header("Content-Length", str(end - start))
-        self.end_headers()
+        self._send_head(206 if byte_range else 200, headers, end - start)
         if self.command == "GET":
             with self.store.open(repo, entry) as stream:
                 stream.seek(start)
@@ -338,7 +356,7 @@ class _Handler(BaseHTTPRequestHandler):
         sent, started = 0, time.monotonic()
         while sent < stop:
             chunk = stream.read(min(_CHUNK, stop - sent))
-            self.hub._count(repo, len(chunk))  # before writing: a client that has the bytes sees them counted
+            self.hub._count(repo, len(chunk))  # before the write: once a client has the bytes, they are counted
             self.wfile.write(chunk)
             sent += len(chunk)
             throttle = self.hub.throttle_bytes_per_s
@@ -351,34 +369,31 @@ class _Handler(BaseHTTPRequestHandler):
     # -- writes ------------------------------------------------------------------------------
 
     def _preupload(self, repo: str, rev: str) -> None:
-        self._check_write()
-        self._check_access(repo)
-        files = json.loads(self.body)["files"]
         # "regular" for all: "lfs" would send a client with hf_xet installed to Xet storage.
-        answer = [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False, "oid": None} for f in files]
-        self._send_json({"files": answer})
+        files = [
+            {"path": f["path"], "uploadMode": "regular", "shouldIgnore": False, "oid": None}
+            for f in json.loads(self.body)["files"]
+        ]
+        self._send_json({"files": files})
 
     def _commit(self, repo: str, rev: str) -> None:
-        self._check_write()
-        self._check_access(repo)
         request = payloads.parse_commit(self.body, self.store.lfs)
         deletes = request.deleted_files + self._files_under(repo, rev, request.deleted_folders)
         pr_url = None
         if self._param("create_pr"):
-            number, sha = self.store.create_pr(repo, request.files, message=request.message, base=rev, delete=deletes)
+            number, sha = self.store.create_pr(
+                repo, request.files, message=request.message, base=rev, delete=deletes
+            )
             pr_url = f"{self.hub.endpoint}/{repo}/discussions/{number}"
         else:
             sha = self.store.commit(
                 repo, request.files, branch=rev, message=request.message, delete=deletes, parent=request.parent
             )
-        self._send_json(
-            {"success": True, "commitOid": sha, "commitUrl": f"{self.hub.endpoint}/{repo}/commit/{sha}", "pullRequestUrl": pr_url}
-        )
+        commit_url = f"{self.hub.endpoint}/{repo}/commit/{sha}"
+        self._send_json({"success": True, "commitOid": sha, "commitUrl": commit_url, "pullRequestUrl": pr_url})
 
     def _open_pull_request(self, repo: str) -> None:
         """Open a pull request the way ``upload_folder`` does when hf_xet is installed: first an empty PR."""
-        self._check_write()
-        self._check_access(repo)
         request = json.loads(self.body)
         if not request.get("pullRequest"):
             raise ValueError("the stand-in has pull requests only, no discussions")
@@ -386,7 +401,6 @@ class _Handler(BaseHTTPRequestHandler):
         self._send_json({"num": number})
 
     def _pull_request(self, repo: str, num: str) -> None:
-        self._check_access(repo)
         head = self.store.history(repo, f"refs/pr/{num}")[0]
         self._send_json(payloads.pull_request(repo, int(num), head))
 
@@ -396,30 +410,35 @@ class _Handler(BaseHTTPRequestHandler):
         files = self.store.list_files(repo, rev)
         return [path for path in files if any(path.startswith(f"{folder}/") for folder in folders)]
 
-    def _create_branch(self, repo: str, rev: str) -> None:
-        self._check_write()
-        self._check_access(repo)
+    def _create_branch(self, repo: str, name: str) -> None:
         starting_point = json.loads(self.body or b"{}").get("startingPoint") or "main"
-        self.store.create_branch(repo, rev, revision=starting_point)
+        self.store.create_branch(repo, name, revision=starting_point)
         self._send_json({})
 
-    def _delete_branch(self, repo: str, rev: str) -> None:
-        self._check_write()
-        self._check_access(repo)
-        self.store.delete_branch(repo, rev)
+    def _delete_branch(self, repo: str, name: str) -> None:
+        self.store.delete_branch(repo, name)
         self._send_json({})
 
     def _create_tag(self, repo: str, rev: str) -> None:
-        self._check_write()
-        self._check_access(repo)
         self.store.create_tag(repo, json.loads(self.body)["tag"], revision=rev)
         self._send_json({})
 
-    def _delete_tag(self, repo: str, rev: str) -> None:
-        self._check_write()
-        self._check_access(repo)
-        self.store.delete_tag(repo, rev)
+    def _delete_tag(self, repo: str, name: str) -> None:
+        self.store.delete_tag(repo, name)
         self._send_json({})
+
+
+def _file_headers(sha: str, entry: FileEntry) -> dict[str, str]:
+    """What ``/resolve`` tells of a file: its commit, its ETag, and for LFS files the linked oid and size."""
+    headers = {
+        "Content-Type": "application/octet-stream",
+        "Accept-Ranges": "bytes",
+        "X-Repo-Commit": sha,
+        "ETag": f'"{entry.lfs.oid if entry.lfs else entry.blob_id}"',
+    }
+    if entry.lfs:
+        headers.update({"X-Linked-Etag": f'"{entry.lfs.oid}"', "X-Linked-Size": str(entry.size)})
+    return headers
 
 
 def _byte_range(header: str | None, size: int) -> tuple[int, int] | None:
@@ -432,5 +451,11 @@ def _byte_range(header: str | None, size: int) -> tuple[int, int] | None:
         return max(size - int(last), 0), size
     start, end = int(first), min(int(last) + 1, size) if last else size
     if start >= size:
-        raise HttpError(416, None, f"Range {header} is outside a file of {size} bytes", {"Content-Range": f"bytes */{size}"})
+        message = f"Range {header} starts after the {size} bytes of the file"
+        raise HttpError(416, None, message, {"Content-Range": f"bytes */{size}"})
     return (start, end) if start < end else None
+
+
+def _header_safe(text: str) -> str:
+    """``text`` on one line of ASCII, fit for a header even when it quotes a path from the request."""
+    return " ".join(text.split()).encode("ascii", "backslashreplace").decode()

@@ -55,7 +55,7 @@ class Conflict(FileExistsError):
 
 @dataclass(frozen=True)
 class FileEntry:
-    """A file of a commit: ``blob_id`` is the git oid (of the pointer, for LFS files), ``size`` the content's."""
+    """A file of a commit: ``blob_id`` is the git oid (the pointer's, for LFS files), ``size`` the content's."""
 
     path: str
     blob_id: str
@@ -85,7 +85,7 @@ class Commit:
 
 
 def folder_files(folder: str | os.PathLike) -> dict[str, Path]:
-    """Every file under ``folder`` keyed by its posix path relative to it, ready for :meth:`RepoStore.commit`."""
+    """Every file under ``folder``, keyed by its posix path relative to it: ready for :meth:`RepoStore.commit`."""
     root = Path(folder)
     return {path.relative_to(root).as_posix(): path for path in sorted(root.rglob("*")) if path.is_file()}
 
@@ -206,7 +206,8 @@ class RepoStore:
                 return refs[name]
         if _HEX_RE.fullmatch(revision):
             try:
-                return run_git(git_dir, "rev-parse", "--verify", "--quiet", f"{revision}^{{commit}}").decode().strip()
+                out = run_git(git_dir, "rev-parse", "--verify", "--quiet", f"{revision}^{{commit}}")
+                return out.decode().strip()
             except GitError:
                 pass
         raise RevisionNotFound(f"Invalid rev id: {revision}")
@@ -259,12 +260,13 @@ class RepoStore:
         sha = self.resolve(repo_id, revision)
         out = run_git(self._git_dir(repo_id), "log", "--format=%H%x1f%an%x1f%ct%x1f%s%x1f%b%x1e", sha)
         records = [record.strip("\n").split("\x1f") for record in out.decode().split("\x1e") if record.strip()]
-        return [Commit(sha, author, _hub_date(time), title, body.strip()) for sha, author, time, title, body in records]
+        return [Commit(sha, author, _hub_date(ts), title, body.strip()) for sha, author, ts, title, body in records]
 
     # -- internals ---------------------------------------------------------------------------
 
     def _repo_path(self, repo_id: str) -> Path:
-        if _REPO_ID_RE.fullmatch(repo_id) is None or repo_id.endswith(".git") or ".." in repo_id or "--" in repo_id:
+        malformed = _REPO_ID_RE.fullmatch(repo_id) is None or repo_id.endswith(".git")
+        if malformed or ".." in repo_id or "--" in repo_id:  # the client refuses '..' and '--' too
             raise ValueError(f"Repo id must be 'namespace/name' (letters, digits, '-', '_', '.'): {repo_id!r}")
         return self.root / f"{repo_id}.git"
 
@@ -292,7 +294,12 @@ class RepoStore:
             run_git(git_dir, "update-ref", "-d", ref)
 
     def _write_commit(
-        self, repo_id: str, parent: str | None, files: Mapping[str, FileContent], delete: Iterable[str], message: str
+        self,
+        repo_id: str,
+        parent: str | None,
+        files: Mapping[str, FileContent],
+        delete: Iterable[str],
+        message: str,
     ) -> str:
         """Write a commit object (no ref moves) with ``files`` added to and ``delete`` removed from ``parent``."""
         git_dir = self._git_dir(repo_id)
@@ -305,9 +312,10 @@ class RepoStore:
             env = git_env(GIT_INDEX_FILE=str(Path(tmp) / "index"))
             run_git(git_dir, "read-tree", parent or "--empty", env=env)
             blobs = self._write_blobs(git_dir, files, Path(tmp))
-            lines = [f"0 {ZERO_SHA}\t{path}" for path in delete]
-            lines += [f"100644 {blob}\t{path}" for path, blob in blobs.items()]
-            run_git(git_dir, "update-index", "-z", "--index-info", input="".join(f"{line}\0" for line in lines).encode(), env=env)
+            # Index lines "<mode> <oid>\t<path>"; mode 0 removes the path.
+            lines = [f"0 {ZERO_SHA}\t{path}\0" for path in delete]
+            lines += [f"100644 {blob}\t{path}\0" for path, blob in blobs.items()]
+            run_git(git_dir, "update-index", "-z", "--index-info", input="".join(lines).encode(), env=env)
             tree = run_git(git_dir, "write-tree", env=env).decode().strip()
         parents = ["-p", parent] if parent else []
         return run_git(git_dir, "commit-tree", tree, *parents, "-m", message).decode().strip()
@@ -326,7 +334,8 @@ class RepoStore:
             sources.append(str(source.resolve()))
         if not sources:
             return {}
-        oids = run_git(git_dir, "hash-object", "-w", "--no-filters", "--stdin-paths", input="\n".join(sources).encode())
+        paths = "\n".join(sources).encode()
+        oids = run_git(git_dir, "hash-object", "-w", "--no-filters", "--stdin-paths", input=paths)
         return dict(zip(files, oids.decode().split()))
 
 

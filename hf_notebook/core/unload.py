@@ -1,0 +1,124 @@
+"""Free a loaded model: hooks, references, offload folder, allocator caches; report what came back."""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import gc
+import os
+import shutil
+import weakref
+from dataclasses import dataclass, field
+from typing import Iterable
+
+
+@dataclass(frozen=True)
+class UnloadReport:
+    """What unloading gave back, measured (process RSS, CUDA allocations) and what it held."""
+
+    name: str
+    held: dict[str, int] = field(default_factory=dict)  # bytes per device while loaded
+    rss_freed: int = 0
+    cuda_freed: int = 0
+    removed_names: tuple[str, ...] = ()
+    still_referenced: bool = False
+
+    def to_text(self) -> str:
+        from .placement import format_bytes
+
+        held = ", ".join(f"{d} {format_bytes(n)}" for d, n in self.held.items()) or "nothing"
+        lines = [f"unloaded {self.name}: it held {held}; process RSS fell by {format_bytes(max(self.rss_freed, 0))}"
+                 + (f", CUDA memory by {format_bytes(self.cuda_freed)}" if self.cuda_freed else "") + "."]
+        if len(self.removed_names) > 1:
+            lines.append(f"Also removed other names bound to it: {', '.join(self.removed_names[1:])}.")
+        if self.still_referenced:
+            lines.append("Something else still references the model (a list, a closure, a traceback): "
+                         "memory comes back once that reference is dropped.")
+        return "\n".join(lines)
+
+
+def unload(name: str, result, namespaces: Iterable[dict]) -> UnloadReport:
+    """Drop every reference we know of to ``result.model`` and free its memory."""
+    model = result.model
+    ref = weakref.ref(model)
+    rss_before, cuda_before = process_rss(), _cuda_allocated()
+    _remove_hooks(model)
+    removed = _unbind(model, namespaces, first=name)
+    result.model = None
+    del model
+    _release_memory()
+    if result.offload_folder and getattr(result, "owns_offload_folder", False):
+        shutil.rmtree(result.offload_folder, ignore_errors=True)
+    return UnloadReport(name=name, held=dict(result.placement.bytes_by_device),
+                        rss_freed=rss_before - process_rss(), cuda_freed=cuda_before - _cuda_allocated(),
+                        removed_names=tuple(removed), still_referenced=ref() is not None)
+
+
+def _remove_hooks(model) -> None:
+    try:
+        from accelerate.hooks import remove_hook_from_submodules
+    except ImportError:  # pragma: no cover - accelerate is a dependency
+        return
+    remove_hook_from_submodules(model)
+
+
+def _unbind(model, namespaces: Iterable[dict], first: str) -> list[str]:
+    """Remove names bound to ``model`` (and IPython's output cache entries holding it)."""
+    removed = []
+    for namespace in namespaces:
+        for key in [k for k, v in namespace.items() if v is model]:
+            del namespace[key]
+            removed.append(key)
+        outputs = namespace.get("Out")
+        if isinstance(outputs, dict):
+            for key in [k for k, v in outputs.items() if v is model]:
+                del outputs[key]
+    return sorted(set(removed), key=lambda k: (k != first, k))
+
+
+def _release_memory() -> None:
+    gc.collect()
+    if _cuda_ready():
+        import torch
+
+        torch.cuda.empty_cache()
+    _malloc_trim()
+
+
+def _malloc_trim() -> None:
+    """Hand freed heap pages back to the OS (glibc keeps them otherwise)."""
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name)
+        libc.malloc_trim(0)
+    except (OSError, AttributeError, TypeError):
+        pass
+
+
+def _cuda_ready() -> bool:
+    import sys
+
+    torch = sys.modules.get("torch")
+    return bool(torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized())
+
+
+def _cuda_allocated() -> int:
+    if not _cuda_ready():
+        return 0
+    import torch
+
+    return sum(torch.cuda.memory_allocated(i) for i in range(torch.cuda.device_count()))
+
+
+def process_rss() -> int:
+    """Resident set size of this process in bytes (Linux /proc; psutil elsewhere; 0 if neither)."""
+    try:
+        with open("/proc/self/statm") as handle:
+            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        try:
+            import psutil
+
+            return psutil.Process().memory_info().rss
+        except ImportError:
+            return 0

@@ -1,0 +1,110 @@
+"""Planning from config + safetensors headers only: zero weight bytes, same maps as accelerate."""
+
+import json
+import struct
+
+import pytest
+from IPython.core.error import UsageError
+
+from hf_notebook.core.api import plan_model
+from hf_notebook.testing.models import BIG_CONFIGS, synthetic_checkpoint
+
+GIB = 2**30
+
+
+def header_bytes(folder):
+    """Bytes a plan may fetch: config and index, plus the 8-byte length and JSON header per shard."""
+    total = sum((folder / name).stat().st_size for name in ("config.json", "model.safetensors.index.json"))
+    for shard in folder.glob("*.safetensors"):
+        with open(shard, "rb") as handle:
+            total += 8 + struct.unpack("<Q", handle.read(8))[0]
+    return total
+
+
+@pytest.fixture(scope="module")
+def big_repos(hub_store, tmp_path_factory):
+    """Header-only checkpoints of big real shapes, published into the stand-in."""
+    repos = {}
+    for name in ("llama-70b", "mixtral-8x7b", "t5-11b"):
+        folder = synthetic_checkpoint(BIG_CONFIGS[name](), tmp_path_factory.mktemp(name))
+        repo_id = f"big/{name}"
+        hub_store.create_repo(repo_id, exist_ok=True)
+        hub_store.commit(repo_id, {p.name: p for p in folder.iterdir()}, message="synthetic headers")
+        repos[name] = (repo_id, folder)
+    return repos
+
+
+def accelerate_map(name, budget):
+    """accelerate's own answer on an independently built meta model."""
+    import torch
+    import transformers
+    from accelerate import infer_auto_device_map, init_empty_weights
+
+    config = BIG_CONFIGS[name]()
+    auto = transformers.AutoModelForSeq2SeqLM if config.is_encoder_decoder else transformers.AutoModelForCausalLM
+    with init_empty_weights():
+        model = auto.from_config(config, dtype=torch.bfloat16)
+    return infer_auto_device_map(model, max_memory=budget, no_split_module_classes=model._no_split_modules)
+
+
+@pytest.mark.parametrize("name", ["llama-70b", "mixtral-8x7b", "t5-11b"])
+def test_big_plans_agree_with_accelerate_and_fetch_no_weights(big_repos, hub_server, hf_cache, name):
+    repo_id, folder = big_repos[name]
+    budget = {0: 80 * GIB, "cpu": 100 * GIB}
+    plan = plan_model(repo_id, dtype="bfloat16", max_memory=budget)
+    assert plan.device_map == accelerate_map(name, budget)
+    assert 0 < hub_server.bytes_served(repo_id) <= header_bytes(folder)
+    assert plan.headers.total_params == json.loads((folder / "model.safetensors.index.json").read_text()
+                                                    )["metadata"]["total_size"] // 2
+
+
+def test_70b_plan_explains_the_spill(big_repos, hf_cache):
+    plan = plan_model("big/llama-70b", dtype="bfloat16", max_memory="0=80GiB,cpu=100GiB")
+    assert plan.spilled == ["cpu"]
+    assert 70.5e9 < plan.headers.param_counts["BF16"] < 70.6e9
+    text = "\n".join(plan.explain())
+    assert "cuda:0 filled up" in text and "spill to cpu" in text and "--max-memory 0=" in text
+    assert plan.bytes_by_device["cuda:0"] <= 80 * GIB
+
+
+def test_no_offload_turns_a_spill_into_an_error(shell, big_repos, hf_cache):
+    with pytest.raises(UsageError, match="--no-offload"):
+        shell.run_line_magic("plan_model", "big/llama-70b --dtype bfloat16 --max-memory 0=80GiB,cpu=100GiB --no-offload")
+    shell.run_line_magic("plan_model", "big/llama-70b --dtype bfloat16 --max-memory 0=200GiB --no-offload --as p")
+    assert set(shell.user_ns["p"].device_map.values()) == {0}
+
+
+def test_plan_as_binds_a_map_that_load_model_reads(shell, tiny_hub, hub_server, hf_cache, tmp_path, capsys):
+    shell.run_line_magic("plan_model", "tiny/llama --max-memory cpu=300KB --as plan")
+    plan = shell.user_ns["plan"]
+    assert hub_server.bytes_served("tiny/llama") <= header_bytes(tiny_hub["llama"].folders["main"])
+    assert {"cpu", "disk"} == {str(d) for d in plan.device_map.values()}
+    out = capsys.readouterr().out
+    assert "disk" in out and "spill to disk" in out
+    plan.to_json(tmp_path / "map.json")
+    shell.run_line_magic("load_model", f"tiny/llama --device-map @{tmp_path / 'map.json'} --as m")
+    assert shell.user_ns["m"].hf_device_map == plan.device_map
+
+
+def test_plan_only_is_the_same_plan(shell, tiny_hub, hf_cache):
+    shell.run_line_magic("load_model", "tiny/t5 --plan-only --max-memory cpu=300KB")
+    shell.run_line_magic("plan_model", "tiny/t5 --max-memory cpu=300KB --as p")
+    assert "model" not in shell.user_ns  # nothing was loaded
+
+
+def test_plot_is_a_static_png(shell, tiny_hub, hf_cache, monkeypatch):
+    shown = []
+    monkeypatch.setattr(shell.display_pub, "publish", lambda data, metadata=None, **kw: shown.append(data))
+    shell.run_line_magic("plan_model", "tiny/gpt2 --plot")
+    assert any("image/png" in d and d["image/png"] for d in shown)
+
+
+def test_load_refuses_a_gpu_this_machine_lacks_but_plan_accepts_it(shell, tiny_hub, hf_cache):
+    import torch
+
+    if torch.cuda.device_count() > 3:
+        pytest.skip("this machine has cuda:3")
+    shell.run_line_magic("plan_model", "tiny/llama --device-map cuda:3 --as p")
+    assert shell.user_ns["p"].device_map == {"": 3}
+    with pytest.raises(UsageError, match="this machine has"):
+        shell.run_line_magic("load_model", "tiny/llama --device-map cuda:3")

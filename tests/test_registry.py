@@ -1,0 +1,61 @@
+"""%models lists what was loaded; %unload_model frees it, and the process really shrinks."""
+
+import gc
+
+import pytest
+import torch
+from IPython.core.error import UsageError
+
+from hf_notebook.core.registry import registry
+from hf_notebook.core.unload import process_rss
+
+
+@pytest.fixture(scope="module")
+def medium_folder(tmp_path_factory):
+    """A ~230 MB float32 llama: big enough that freeing it shows in the process RSS."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(hidden_size=512, intermediate_size=1376, num_hidden_layers=8, num_attention_heads=8,
+                         num_key_value_heads=8, vocab_size=32000, tie_word_embeddings=False,
+                         architectures=["LlamaForCausalLM"])
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = LlamaForCausalLM(config)
+    folder = tmp_path_factory.mktemp("medium")
+    model.save_pretrained(folder, max_shard_size="80MB")
+    del model
+    gc.collect()
+    return folder
+
+
+def test_models_lists_pins_and_bytes(shell, tiny_hub, hf_cache, capsys):
+    shell.run_line_magic("load_model", "tiny/llama@v1 --as a")
+    shell.run_line_magic("load_model", "tiny/gpt2 --dtype bfloat16 --as b")
+    capsys.readouterr()
+    shell.run_line_magic("models", "")
+    out = capsys.readouterr().out
+    assert [name for name, _ in registry().items()] == ["a", "b"]
+    assert f"tiny/llama@{tiny_hub['llama'].commits['v1'][:12]}" in out
+    assert "GPT2LMHeadModel" in out and "bfloat16" in out and "cpu" in out
+
+
+def test_unload_frees_memory(shell, medium_folder, capsys):
+    gc.collect()
+    baseline = process_rss()
+    shell.run_line_magic("load_model", f"{medium_folder} --dtype bfloat16 --as big")
+    resident = registry().get("big").placement.bytes_by_device["cpu"]
+    assert resident > 100e6
+    shell.user_ns["alias"] = shell.user_ns["big"]  # a second name must not keep it alive
+    loaded = process_rss()
+    assert loaded - baseline > 0.8 * resident
+    capsys.readouterr()
+    shell.run_line_magic("unload_model", "big")
+    out = capsys.readouterr().out
+    assert "big" not in shell.user_ns and "alias" not in shell.user_ns and registry().get("big") is None
+    assert loaded - process_rss() > 0.8 * resident  # the memory really came back
+    assert "unloaded big" in out and "alias" in out
+
+
+def test_unload_unknown_name(shell):
+    with pytest.raises(UsageError, match="%models"):
+        shell.run_line_magic("unload_model", "nothing_here")

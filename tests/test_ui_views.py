@@ -1,0 +1,256 @@
+"""ui/views.py: device map, memory, figure, reports and models table, python-side (no browser)."""
+
+from __future__ import annotations
+
+import io
+from html import escape
+
+import pytest
+
+from hf_notebook.core.placement import Placement, PlacementGroup, format_bytes
+from hf_notebook.ui.views import (
+    EMPTY_REGISTRY,
+    DeviceMapView,
+    MemoryView,
+    ModelsTable,
+    PlanReport,
+    ResultReport,
+    member_names,
+    memory_figure,
+)
+
+SPLIT = {"model.embed_tokens": "cpu", "model.layers.0": "cpu", "model.layers.1": "disk", "model.norm": "cpu",
+         "model.rotary_emb": "cpu", "lm_head": "cpu"}
+GB = 1_000_000_000
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    from hf_notebook.testing.models import save_model
+
+    return save_model("llama", tmp_path_factory.mktemp("views") / "llama")
+
+
+@pytest.fixture(scope="module")
+def split_plan(folder):
+    from hf_notebook.core.api import plan_model
+
+    return plan_model(str(folder), device_map=SPLIT)
+
+
+@pytest.fixture(scope="module")
+def spill_plan(folder):
+    """Everything on disk: a 100 kB cpu budget; the plan's one-device map reads by blocks."""
+    from hf_notebook.core.api import plan_model
+
+    return plan_model(str(folder), max_memory="cpu=100KB")
+
+
+@pytest.fixture(scope="module")
+def big_plan(tmp_path_factory):
+    from hf_notebook.core.api import plan_model
+    from hf_notebook.testing.models import BIG_CONFIGS, synthetic_checkpoint
+
+    folder = tmp_path_factory.mktemp("views") / "big"
+    synthetic_checkpoint(BIG_CONFIGS["llama-70b"](), folder)
+    return plan_model(str(folder), dtype="bfloat16", max_memory={0: "80GiB", "cpu": "100GiB"})
+
+
+@pytest.fixture(scope="module")
+def split_result(folder, tmp_path_factory):
+    from hf_notebook.core.api import load_model
+
+    return load_model(str(folder), device_map=SPLIT, offload_folder=str(tmp_path_factory.mktemp("off")), name="m")
+
+
+def _over_budget() -> tuple[Placement, dict]:
+    groups = [PlacementGroup("model.layers.0-31", "cuda:0", 90 * GB), PlacementGroup("lm_head", "cpu", 2 * GB),
+              PlacementGroup("model.layers.32-39", "disk", 20 * GB)]
+    totals = {"cuda:0": 90 * GB, "cpu": 2 * GB, "disk": 20 * GB}
+    return Placement(groups, totals, buffer_bytes_by_device={"cuda:0": 5 * GB}), {"cuda:0": 80 * GB, "cpu": 30 * GB}
+
+
+def test_member_names_parse_only_ranges():
+    assert member_names("model.layers.0-3") == [f"model.layers.{i}" for i in range(4)]
+    assert member_names("model.layers.7") == member_names("lm_head") == []
+
+
+# -- device map ------------------------------------------------------------------------------
+def test_device_map_has_a_section_per_device_in_order(split_plan):
+    view = DeviceMapView.from_plan(split_plan)
+    assert list(view.sections) == ["cpu", "disk"]
+    assert [r.group.label for r in view.sections["disk"].rows] == ["model.layers.1"]
+    assert view.sections["cpu"].row("model.layers.0") is not None
+    for section in view.sections.values():  # row bytes are the plan's module sizes
+        for row in section.rows:
+            assert format_bytes(split_plan.module_sizes[row.group.label]) in row.size.value
+
+
+def test_expanding_a_range_reveals_its_members(spill_plan):
+    view = DeviceMapView.from_plan(spill_plan)
+    assert list(view.sections) == ["disk"]
+    row = view.row("model.layers.0-1")
+    assert row.toggle is not None and not row.expanded and row.member_box.children == ()
+    row.toggle.click()
+    assert row.expanded and row.toggle.icon == "caret-down"
+    names = [r.children[0].value for r in row.member_box.children]
+    sizes = [r.children[1].value for r in row.member_box.children]
+    assert names == ["<code>model.layers.0</code>", "<code>model.layers.1</code>"]
+    for i, size in enumerate(sizes):
+        assert format_bytes(spill_plan.blocks[f"model.layers.{i}"]) in size and "planned" not in size
+    row.toggle.click()
+    assert not row.expanded
+    assert view.row("lm_head").toggle is None  # nothing to expand
+    text = view.to_text(expand=True)
+    assert "model.layers.0-1" in text and "  model.layers.1 " in text
+
+
+def test_device_map_of_a_loaded_model_marks_member_sizes_as_planned(split_result):
+    view = DeviceMapView.from_result(split_result)
+    assert [r.group.label for r in view.sections["disk"].rows] == ["model.layers.1"]
+    placement = Placement([PlacementGroup("model.layers.0-1", "cpu", 10)], {"cpu": 10})
+    row = DeviceMapView(placement, sizes={"model.layers.0": 5}, estimated=True).row("model.layers.0-1")
+    row.expand()
+    assert "≈ 5 B (planned)" in row.member_box.children[0].children[1].value
+    assert "size unknown" in row.member_box.children[1].children[1].value
+
+
+def test_device_map_text_and_bundle(split_plan):
+    view = DeviceMapView.from_plan(split_plan)
+    text = view.to_text()
+    assert text.index("CPU RAM (cpu)") < text.index("disk (offload)")
+    for label, size in split_plan.module_sizes.items():
+        assert f"{label}" in text and format_bytes(size) in text
+    bundle = view._repr_mimebundle_()
+    assert bundle["text/plain"] == text == repr(view)
+    assert "application/vnd.jupyter.widget-view+json" in bundle
+
+
+# -- memory ---------------------------------------------------------------------------------
+def test_memory_view_one_bar_per_device_within_budget(split_plan):
+    view = MemoryView.from_plan(split_plan)
+    assert list(view.bars) == ["cpu", "disk"]
+    cpu = view.bars["cpu"]
+    assert cpu.bar_style != "danger" and cpu.max == split_plan.budget["cpu"]
+    used = split_plan.placement().bytes_by_device
+    assert cpu.value == used["cpu"]
+    assert f"{format_bytes(used['cpu'])} of {format_bytes(split_plan.budget['cpu'])}" in view.labels["cpu"].value
+    assert view.bars["disk"].layout.visibility == "hidden"  # no budget: just the bytes
+    assert format_bytes(used["disk"]) in view.labels["disk"].value
+    text = view.to_text()
+    assert "planned" in text and format_bytes(used["cpu"]) in text and "OVER" not in text
+
+
+def test_memory_view_over_budget_turns_red(folder):
+    from hf_notebook.core.api import plan_model
+
+    plan = plan_model(str(folder), device_map={k: "cpu" for k in SPLIT}, max_memory="cpu=100KB")
+    view = MemoryView.from_plan(plan)
+    assert view.bars["cpu"].bar_style == "danger"
+    over = format_bytes(plan.placement().bytes_by_device["cpu"] - 100_000)
+    assert f"{over} over budget" in view.labels["cpu"].value and f"{over} over budget" in view.to_text()
+
+    placement, budget = _over_budget()
+    view = MemoryView(placement, budget, kind="resident")
+    assert list(view.bars) == ["cuda:0", "cpu", "disk"]
+    assert [view.bars[d].bar_style for d in view.bars] == ["danger", "", ""]
+    assert "90.0 GB of 80.0 GB, 10.0 GB over budget" in view.labels["cuda:0"].value
+    assert "params 85.0 GB · buffers 5.00 GB" in view.labels["cuda:0"].value
+    assert "resident" in view.to_text() and "OVER BUDGET" in view.to_text()
+    with pytest.raises(ValueError):
+        MemoryView(placement, kind="hoped")
+
+
+def test_memory_view_of_a_loaded_model(split_result):
+    view = MemoryView.from_result(split_result)
+    measured = split_result.placement.bytes_by_device
+    assert view.kind == "resident" and list(view.bars) == ["cpu", "disk"]
+    assert format_bytes(measured["cpu"]) in view.labels["cpu"].value
+    assert format_bytes(measured["disk"]) in view.to_text()
+
+
+# -- figure ---------------------------------------------------------------------------------
+def test_memory_figure_bars_budget_and_png():
+    from matplotlib.figure import Figure
+
+    placement, budget = _over_budget()
+    fig = memory_figure(placement, budget, title="70B on one GPU")
+    assert isinstance(fig, Figure)
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["GPU 0 (cuda:0)", "CPU RAM (cpu)", "disk (offload)"]
+    bars = ax.patches  # params bars, then buffers bars, one per device each
+    assert len(bars) == 6
+    assert [round(b.get_width(), 3) for b in bars[:3]] == [85.0, 2.0, 20.0]  # GB
+    red, blue = (0.839, 0.153, 0.157), (0.122, 0.467, 0.706)
+    assert [tuple(round(c, 3) for c in b.get_facecolor()[:3]) for b in bars[:3]] == [red, blue, blue]
+    assert len(ax.collections) == 2  # budget marks for the GPU and the cpu, none for disk
+    assert any("10.0 GB over budget" in t.get_text() for t in ax.texts)
+    png = io.BytesIO()
+    fig.savefig(png, format="png")
+    assert png.getvalue().startswith(b"\x89PNG")
+
+
+# -- reports --------------------------------------------------------------------------------
+def test_plan_report_of_a_70b_plan(big_plan):
+    report = PlanReport(big_plan)
+    text = report.to_text()
+    assert "cuda:0" in text and "cpu" in text and "spill to cpu" in text
+    assert "LlamaForCausalLM · bfloat16" in text and "70.6B parameters" in text
+    assert format_bytes(big_plan.headers.total_bytes) in text
+    assert "model.layers.47-79" in text
+    assert list(report.device_map.sections) == ["cuda:0", "cpu"]
+    assert "color:#c35a00" in report.explain_html.value  # the spill line is orange
+    assert report._repr_mimebundle_()["text/plain"] == text
+
+
+def test_plan_report_marks_disk_spill_red(spill_plan):
+    report = PlanReport(spill_plan)
+    spill = next(s for s in report.explanation if "spill to disk" in s)
+    assert f"<div style='color:#b71c1c'>{escape(spill)}</div>" in report.explain_html.value
+
+
+def test_result_report(split_result):
+    report = ResultReport(split_result)
+    text = report.to_text()
+    assert text.startswith("m = ") and "measured after loading" in text and "resident" in text
+    assert "offloaded to disk" in text
+    assert list(report.device_map.sections) == ["cpu", "disk"]
+
+
+# -- %models --------------------------------------------------------------------------------
+@pytest.fixture
+def two_loaded(hub_store, hub_repo_id, hf_cache, tmp_path):
+    """Two tiny models published to the Hub stand-in and loaded, so their pins carry real shas."""
+    from hf_notebook.core.api import load_model
+    from hf_notebook.testing.models import model_files, save_model
+
+    results = []
+    for arch in ("llama", "gpt2"):
+        repo_id = f"{hub_repo_id}-{arch}"
+        files = {n: p.read_bytes() for n, p in model_files(save_model(arch, tmp_path / arch)).items()}
+        hub_store.create_repo(repo_id)
+        hub_store.commit(repo_id, files, message="weights")
+        results.append(load_model(repo_id, device_map="cpu"))
+    return results
+
+
+def test_models_table_rows_and_escaping(two_loaded):
+    llama, gpt2 = two_loaded
+    table = ModelsTable([("llama", llama), ("<script>alert(1)</script>", gpt2)])
+    assert len(table.rows) == 2 and table.devices == ["cpu"]
+    for row, r in zip(table.rows, two_loaded):
+        assert row[1] == f"{r.pin.repo_id}@{r.pin.sha[:12]}"
+        assert row[2:4] == [r.plan.model_class, r.plan.dtype]
+        assert row[4] == format_bytes(r.placement.bytes_by_device["cpu"])
+    html = table._repr_mimebundle_()["text/html"]
+    assert "<script>" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert html.count("<tr>") == 3 and llama.pin.sha[:12] in html and "GPT2LMHeadModel" in html
+    lines = table.to_text().splitlines()
+    assert len(lines) == 3 and lines[0].split() == ["name", "model", "class", "dtype", "cpu"]
+    assert lines[1].index("LlamaForCausalLM") == lines[2].index("GPT2LMHeadModel")  # aligned columns
+    assert repr(table) == table.to_text() and table.widget.value == html
+
+
+def test_models_table_empty():
+    table = ModelsTable([])
+    assert table.to_text() == EMPTY_REGISTRY and EMPTY_REGISTRY in table.to_html()
