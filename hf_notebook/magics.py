@@ -95,15 +95,24 @@ class HFNotebook(Magics):
         args = parse_argstring(self.plan_model, line)
         return self._plan(args, plot=args.plot)
 
+    @magic_arguments()
+    @argument("name", nargs="?", default=None, help="Show where this model's blocks are and the memory per device.")
     @line_magic
     def models(self, line: str = ""):
-        """List the models loaded by hf_notebook in this kernel: name, repo@sha, class, dtype, bytes per device."""
+        """List the models loaded by hf_notebook in this kernel (name, repo@sha, class, dtype, bytes per device);
+        with a NAME, show that model's device map and memory views, measured from its tensors."""
         from IPython.display import display
 
         from .core.registry import registry
-        from .ui.views import ModelsTable
+        from .ui.views import ModelsTable, ResultReport
 
-        display(ModelsTable(registry().items()))
+        name = parse_argstring(self.models, line).name
+        if name is None:
+            return display(ModelsTable(registry().items()))
+        result = registry().get(name)
+        if result is None:
+            raise UsageError(f"No model named {name!r} was loaded by hf_notebook. See %models.")
+        display(ResultReport(result))
 
     @magic_arguments()
     @argument("name", help="The variable a model was loaded into (see %%models).")

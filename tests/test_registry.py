@@ -59,3 +59,17 @@ def test_unload_frees_memory(shell, medium_folder, capsys):
 def test_unload_unknown_name(shell):
     with pytest.raises(UsageError, match="%models"):
         shell.run_line_magic("unload_model", "nothing_here")
+
+
+def test_models_name_shows_the_measured_views(shell, tiny_hub, hf_cache, tmp_path, capsys):
+    shell.run_line_magic("load_model", f"tiny/llama --max-memory cpu=300KB --offload-folder {tmp_path} --as m")
+    capsys.readouterr()
+    shell.run_line_magic("models", "m")
+    out = capsys.readouterr().out
+    placement = registry().get("m").placement
+    assert "disk" in out and "cpu" in out
+    from hf_notebook.core.placement import format_bytes
+
+    assert format_bytes(placement.bytes_by_device["disk"]) in out
+    with pytest.raises(UsageError, match="%models"):
+        shell.run_line_magic("models", "nope")

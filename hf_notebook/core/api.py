@@ -144,8 +144,8 @@ def _load(spec, opts: _Options, stages: _Stages, on_event, offload_folder, name,
         owns_offload = "disk" in plan.devices and offload_folder is None
         if owns_offload:
             offload_folder = tempfile.mkdtemp(prefix="hf_notebook-offload-")
-        model = materialize(checkpoint, config.config, plan, offload_folder=offload_folder,
-                            name_or_path=resolution.repo_id, on_event=on_event)
+        model = materialize(checkpoint, config.config, plan, offload_folder=offload_folder, on_event=on_event)
+        model.config._name_or_path = resolution.repo_id  # the repo, not the cache folder it was read from
         result = LoadResult(model=model, pin=resolution.pin, plan=plan,
                             placement=measure_placement(model, model.hf_device_map),
                             seconds=time.perf_counter() - t0, offload_folder=offload_folder,

@@ -1,15 +1,23 @@
 """Materialize a checkpoint onto its planned devices, tensor by tensor, with shard progress.
 
-transformers' ``from_pretrained`` does the model work (renames, fused experts, tied
-weights, disk offload); we hand it lazy tensors through its ``state_dict`` argument, so we
-see each tensor as it is read (progress) and choose how it is read: memory-mapped views
-when the dtype is kept (zero copy, as ``from_pretrained``), ``pread`` into fresh memory when
-it is converted, so the source pages never pile up in RSS.
+The load IS transformers' ``from_pretrained`` on the local snapshot folder (renames, fused
+experts, tied weights, disk offload, generation config: all theirs, so the result is the
+same). We only observe it: while it runs, the ``safe_open`` it calls is wrapped for our
+checkpoint's files, so we see each tensor as it is read (progress), and when a tensor's
+dtype is converted, its memory-mapped source pages are dropped from the process
+(``madvise(MADV_DONTNEED)``) as soon as the copy is made: a float32 -> bfloat16 load does
+not keep every float32 page resident until the end. If transformers stops reading through
+that name, loads stay correct and only the progress goes quiet.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import gc
+import mmap
+import os
+import sys
 import threading
 from pathlib import Path
 from typing import Optional
@@ -39,23 +47,132 @@ class _ShardCounter:
         emit(self.on_event, event)
 
 
+class _PageReleaser:
+    """Drops the mapped pages of converted source tensors once their copy is done.
+
+    transformers converts a tensor right after reading it, in the reading thread; so when a
+    thread reads its next tensor, its previous one is converted and its source pages can go.
+    Dropping clean pages of a read-only file mapping is always safe: touched again, they are
+    faulted back in from the page cache.
+    """
+
+    def __init__(self):
+        self._last: dict[int, tuple[int, int]] = {}  # thread id -> (address, length) not yet released
+        self._lock = threading.Lock()
+
+    def read(self, tensor) -> None:
+        span = (tensor.data_ptr(), tensor.numel() * tensor.element_size())
+        with self._lock:
+            previous = self._last.get(threading.get_ident())
+            self._last[threading.get_ident()] = span
+        if previous is not None:
+            _dontneed(*previous)
+
+    def finish(self) -> None:
+        with self._lock:
+            spans, self._last = list(self._last.values()), {}
+        for span in spans:
+            _dontneed(*span)
+
+
+def _dontneed(address: int, length: int) -> None:
+    """``madvise(MADV_DONTNEED)`` on the whole pages inside ``[address, address + length)`` (Linux)."""
+    page = mmap.PAGESIZE
+    start, end = -(-address // page) * page, (address + length) // page * page
+    if end > start and _LIBC is not None:
+        _LIBC.madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), 4)  # 4: MADV_DONTNEED
+
+
+def _load_libc():
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+        return libc
+    except (OSError, AttributeError):
+        return None
+
+
+_LIBC = _load_libc()
+_M_MMAP_THRESHOLD = -3
+
+
+def _fix_mmap_threshold() -> None:
+    """Pin glibc's mmap threshold at its 128 KiB default (once per process).
+
+    glibc raises the threshold after freeing large blocks, so later tensors (converted in
+    transformers' worker threads) land in per-thread heaps that are never given back:
+    unloading a model then leaves its memory in the process. A fixed threshold keeps every
+    large tensor in its own mapping, returned to the OS when freed.
+    """
+    if _LIBC is not None and hasattr(_LIBC, "mallopt"):
+        _LIBC.mallopt(_M_MMAP_THRESHOLD, 128 * 1024)
+
+
 class _LazyTensor:
     """A safetensors slice that reports when ``tensor[...]`` materializes it."""
 
-    __slots__ = ("_slice", "_nbytes", "_counter")
+    __slots__ = ("_slice", "_nbytes", "_counter", "_releaser")
 
-    def __init__(self, tensor_slice, nbytes: int, counter: Optional[_ShardCounter]):
-        self._slice, self._nbytes, self._counter = tensor_slice, nbytes, counter
+    def __init__(self, tensor_slice, nbytes: int, counter: Optional[_ShardCounter],
+                 releaser: Optional[_PageReleaser] = None):
+        self._slice, self._nbytes, self._counter, self._releaser = tensor_slice, nbytes, counter, releaser
 
     def __getitem__(self, index):
         tensor = self._slice[index]
+        if self._releaser is not None:
+            self._releaser.read(tensor)
         if self._counter is not None:
             self._counter.add(self._nbytes)
         return tensor
 
-    def uncounted(self) -> "_LazyTensor":
-        """The same tensor, read without counting it again (for tied aliases)."""
-        return _LazyTensor(self._slice, self._nbytes, None)
+    def __getattr__(self, name):  # get_dtype, get_shape, ... of the wrapped slice
+        return getattr(self._slice, name)
+
+
+class _ObservedHandle:
+    """A ``safe_open`` handle whose slices report their reads."""
+
+    def __init__(self, handle, counter: _ShardCounter, releaser: _PageReleaser, target: str):
+        self._handle, self._counter, self._releaser, self._target = handle, counter, releaser, target
+
+    def get_slice(self, key: str) -> _LazyTensor:
+        tensor_slice = self._handle.get_slice(key)
+        converted = _converts(tensor_slice.get_dtype(), self._target)
+        return _LazyTensor(tensor_slice, _nbytes(tensor_slice), self._counter, self._releaser if converted else None)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return self._handle.__exit__(*exc)
+
+    def __getattr__(self, name):  # keys, metadata, get_tensor, ...
+        return getattr(self._handle, name)
+
+
+_PATCH_LOCK = threading.RLock()
+
+
+@contextlib.contextmanager
+def _observing(counters: dict[str, _ShardCounter], releaser: _PageReleaser, target: str):
+    """Wrap transformers' ``safe_open`` for the files in ``counters`` (by real path) while loading."""
+    from transformers import modeling_utils
+
+    original = modeling_utils.safe_open
+
+    def observed(path, *args, **kwargs):
+        handle = original(path, *args, **kwargs)
+        counter = counters.get(os.path.realpath(path))
+        return handle if counter is None else _ObservedHandle(handle, counter, releaser, target)
+
+    with _PATCH_LOCK:
+        modeling_utils.safe_open = observed
+        try:
+            yield
+        finally:
+            modeling_utils.safe_open = original
 
     def get_dtype(self):
         return self._slice.get_dtype()
@@ -65,67 +182,41 @@ class _LazyTensor:
 
 
 def materialize(checkpoint: Checkpoint, config, plan: Plan, *, offload_folder: str | Path | None = None,
-                name_or_path: Optional[str] = None, on_event: OnEvent | None = None):
-    """Build the model of ``plan`` from ``checkpoint``; the result equals ``from_pretrained``'s."""
+                on_event: OnEvent | None = None):
+    """Load ``checkpoint`` as ``plan`` says, through ``from_pretrained``, reporting shard progress."""
     cls = model_class_for(config, plan.model_class)
     dtype = torch_dtype(plan.dtype)
-    handles: list = []
+    _fix_mmap_threshold()
+    releaser = _PageReleaser()
+    counters = _shard_counters(checkpoint, on_event)
     try:
-        state_dict = _lazy_state_dict(checkpoint, dtype, handles, on_event)
-        if "disk" in plan.devices:
-            _alias_tied(state_dict, plan.tied)
-        model = cls.from_pretrained(None, config=config, state_dict=state_dict, dtype=dtype,
-                                    device_map=dict(plan.device_map), offload_folder=offload_folder)
+        with _observing(counters, releaser, plan.dtype):
+            model = cls.from_pretrained(str(checkpoint.folder), config=config, dtype=dtype,
+                                        device_map=dict(plan.device_map), offload_folder=offload_folder,
+                                        use_safetensors=True, local_files_only=True)
     except BaseException:
-        state_dict = None
         _release()
         raise
     finally:
-        for handle in handles:
-            handle.__exit__(None, None, None)
-    if not hasattr(model, "hf_device_map"):
+        releaser.finish()
+    if not hasattr(model, "hf_device_map"):  # transformers sets none for a single device
         model.hf_device_map = dict(plan.device_map)
-    if checkpoint.generation_config_file is not None and getattr(model, "generation_config", None) is not None:
-        from transformers import GenerationConfig
-
-        model.generation_config = GenerationConfig.from_pretrained(checkpoint.folder)
-    if name_or_path:
-        model.config._name_or_path = name_or_path
     return model
 
 
-def _lazy_state_dict(checkpoint: Checkpoint, dtype, handles: list, on_event: OnEvent | None) -> dict:
+def _shard_counters(checkpoint: Checkpoint, on_event: OnEvent | None) -> dict[str, _ShardCounter]:
+    """A counter per shard (by real path), sized from its header; announces each shard at 0."""
     from safetensors import safe_open
 
-    state_dict = {}
+    counters = {}
     count = len(checkpoint.shards)
-    target = str(dtype).removeprefix("torch.")
     for index, path in enumerate(checkpoint.shards):
-        mapped = safe_open(path, framework="pt")
-        handles.append(mapped)
-        converting = any(_converts(mapped.get_slice(k).get_dtype(), target) for k in mapped.keys())
-        reader = mapped
-        if converting:  # read converted tensors with pread: no source page stays resident
-            reader = safe_open(path, framework="pt", backend="pread")
-            handles.append(reader)
-        slices = {key: reader.get_slice(key) for key in mapped.keys()}
-        sizes = {key: _nbytes(s) for key, s in slices.items()}
+        with safe_open(path, framework="pt") as handle:
+            sizes = {key: _nbytes(handle.get_slice(key)) for key in handle.keys()}
         counter = _ShardCounter(Path(path).name, index, count, sizes, on_event)
+        counters[os.path.realpath(path)] = counter
         emit(on_event, ShardProgress(counter.name, index, count, 0, counter.tensors_total, 0, counter.bytes_total))
-        for key, tensor_slice in slices.items():
-            state_dict[key] = _LazyTensor(tensor_slice, sizes[key], counter)
-    return state_dict
-
-
-def _alias_tied(state_dict: dict, tied: dict[str, str]) -> None:
-    """Give tied parameters their source's tensor, so disk offload indexes them too.
-
-    transformers builds the offload index of a ``state_dict`` load from the keys it sees; a
-    tied key (``lm_head.weight``) is absent from checkpoints and would be missing there.
-    """
-    for target, source in tied.items():
-        if target not in state_dict and source in state_dict:
-            state_dict[target] = state_dict[source].uncounted()
+    return counters
 
 
 def _converts(code: str, target: str) -> bool:
