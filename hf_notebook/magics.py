@@ -31,6 +31,19 @@ _PLACEMENT_ARGS = (
 )
 
 
+def _parse(magic, line: str):
+    """``parse_argstring``, then one pair of matching outer quotes off every string value.
+
+    IPython splits magic lines without shell rules, so ``--device-map '{"a": 0}'`` arrives
+    with its quotes; users write them to keep spaces together, as in a shell.
+    """
+    args = parse_argstring(magic, line)
+    for key, value in vars(args).items():
+        if isinstance(value, str) and len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            setattr(args, key, value[1:-1])
+    return args
+
+
 def _placement_args(func):
     """The options %load_model and %plan_model share."""
     for decorator in reversed(_PLACEMENT_ARGS):
@@ -64,7 +77,7 @@ class HFNotebook(Magics):
     @line_magic
     def load_model(self, line: str):
         """Resolve, download, place and load a Hugging Face model, then bind it to a variable."""
-        args = parse_argstring(self.load_model, line)
+        args = _parse(self.load_model, line)
         if args.plan_only:
             return self._plan(args, plot=False)
         from .core.api import load_model
@@ -92,7 +105,7 @@ class HFNotebook(Magics):
     @line_magic
     def plan_model(self, line: str):
         """Where would this model go, and will it fit? From config and safetensors headers only."""
-        args = parse_argstring(self.plan_model, line)
+        args = _parse(self.plan_model, line)
         return self._plan(args, plot=args.plot)
 
     @magic_arguments()
@@ -106,7 +119,7 @@ class HFNotebook(Magics):
         from .core.registry import registry
         from .ui.views import ModelsTable, ResultReport
 
-        name = parse_argstring(self.models, line).name
+        name = _parse(self.models, line).name
         if name is None:
             return display(ModelsTable(registry().items()))
         result = registry().get(name)
@@ -122,7 +135,7 @@ class HFNotebook(Magics):
         from .core.registry import registry
         from .core.unload import unload
 
-        name = parse_argstring(self.unload_model, line).name
+        name = _parse(self.unload_model, line).name
         result = registry().pop(name)
         if result is None:
             loaded = ", ".join(n for n, _ in registry().items()) or "none"

@@ -30,3 +30,15 @@ def shell():
     for name in [n for n in sh.user_ns if not n.startswith("_") and n not in sh.user_ns_hidden]:
         sh.user_ns.pop(name, None)
     registry().clear()
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``gpu`` skip where CUDA is absent (CI, most laptops)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

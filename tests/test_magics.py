@@ -195,3 +195,10 @@ def test_widget_panel_state_after_a_real_load(shell, tiny_hub, hf_cache, hub_ser
     assert hub_server.bytes_served("tiny/mixtral") >= sum(f.total for f in panel.state.files.values()
                                                           if not f.cached)
     assert "model.layers.0-1" in text or "model" in text
+
+
+def test_quoted_option_values_as_in_a_shell(shell, tiny_hub, hf_cache):
+    device_map = ('{"model.embed_tokens": "cpu", "model.layers.0": "cpu", "model.layers.1": "disk", '
+                  '"model.norm": "cpu", "model.rotary_emb": "cpu", "lm_head": "cpu"}')
+    shell.run_line_magic("load_model", f"tiny/llama --device-map '{device_map}' --max-memory \"cpu=1GB\" --as q")
+    assert shell.user_ns["q"].hf_device_map["model.layers.1"] == "disk"

@@ -147,7 +147,7 @@ def _load(spec, opts: _Options, stages: _Stages, on_event, offload_folder, name,
         model = materialize(checkpoint, config.config, plan, offload_folder=offload_folder, on_event=on_event)
         model.config._name_or_path = resolution.repo_id  # the repo, not the cache folder it was read from
         result = LoadResult(model=model, pin=resolution.pin, plan=plan,
-                            placement=measure_placement(model, model.hf_device_map),
+                            placement=measure_placement(model, _summary_map(plan, model.hf_device_map)),
                             seconds=time.perf_counter() - t0, offload_folder=offload_folder,
                             owns_offload_folder=owns_offload, name=name, timings=stages.timings)
         stages.done(result)
@@ -201,6 +201,13 @@ def _headers(resolution, config_file: Path, opts: _Options):
     except OfflineError:
         return None
     return local_headers(checkpoint.shards)
+
+
+def _summary_map(plan: Plan, device_map: dict) -> dict:
+    """The map to report by: a one-device map is spelled out per block (embeddings, layers, head)."""
+    if list(device_map) == [""] and plan.blocks:
+        return {block: device_map[""] for block in plan.blocks}
+    return device_map
 
 
 @contextlib.contextmanager

@@ -277,8 +277,8 @@ def _assemble(declared: dict[str, str], unit_bytes: dict, kinds: dict, order: di
             device = max(nonzero, key=lambda d: (nonzero[d], d == declared.get(unit)))
         else:
             device = declared.get(unit) or next(iter(per_dev), "")
-        if not device:
-            continue  # a unit with no tensors and no declared device (e.g. a bare root)
+        if not device or (not unit and not nonzero and unit not in declared):
+            continue  # no tensors and no declared device, or only tied copies counted elsewhere
         rows.append((unit or "(root)", device, sum(per_dev.values())))
     totals: dict[str, int] = {}
     for kind in kinds.values():

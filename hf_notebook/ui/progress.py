@@ -42,6 +42,13 @@ def _bar_row(label: str) -> tuple[W.HBox, W.HTML, W.FloatProgress, W.HTML]:
     return W.HBox([name, bar, info]), name, bar, info
 
 
+def _walk(widget: Any):
+    """A widget and all its descendants."""
+    yield widget
+    for child in getattr(widget, "children", ()):
+        yield from _walk(child)
+
+
 def _set(widget: Any, **traits: Any) -> None:
     """Assign traits that changed (no comm message for unchanged values)."""
     for key, value in traits.items():
@@ -104,10 +111,17 @@ class LoadPanel:
                 self._dirty = True
 
     def close(self) -> None:
-        """Draw whatever the rate limit held back; the panel stays on screen."""
+        """Draw whatever the rate limit held back, then resend every widget's full state.
+
+        Progress arrives from transformers' loading threads; their updates can reach the
+        front end out of order, and a redraw that changes no value sends nothing. Resending
+        from the caller's thread at the end leaves the browser showing the final state.
+        """
         with self._lock:
             if self._dirty:
                 self._draw()
+            for widget in _walk(self.widget):
+                widget.send_state()
 
     def display(self) -> None:
         from IPython.display import display

@@ -97,7 +97,9 @@ class HubServer:
         self._thread: threading.Thread | None = None
 
     def start(self) -> HubServer:
-        """Serve in a daemon thread; return self."""
+        """Serve in a daemon thread; return self. Starting a running server does nothing."""
+        if self._thread is not None:
+            return self
         serve = self._httpd.serve_forever
         # A short poll interval makes stop() quick: shutdown() waits for the loop to look at its flag.
         self._thread = threading.Thread(target=serve, kwargs={"poll_interval": 0.05}, name="hub-standin", daemon=True)
