@@ -7,7 +7,6 @@ then read what a user would see: cell errors, printed text, and the load panels'
 
 import os
 import re
-from pathlib import Path
 
 import pytest
 
