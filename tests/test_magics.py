@@ -202,3 +202,21 @@ def test_quoted_option_values_as_in_a_shell(shell, tiny_hub, hf_cache):
                   '"model.norm": "cpu", "model.rotary_emb": "cpu", "lm_head": "cpu"}')
     shell.run_line_magic("load_model", f"tiny/llama --device-map '{device_map}' --max-memory \"cpu=1GB\" --as q")
     assert shell.user_ns["q"].hf_device_map["model.layers.1"] == "disk"
+
+
+def test_force_download_fetches_again_and_cache_does_not(shell, tiny_hub, hf_cache, hub_server):
+    shell.run_line_magic("load_model", "tiny/gpt2 --as first")
+    first = hub_server.bytes_served("tiny/gpt2")
+    hub_server.reset_counters()
+    shell.run_line_magic("load_model", "tiny/gpt2 --as cached")
+    assert hub_server.bytes_served("tiny/gpt2") == 0  # everything from the cache
+    shell.run_line_magic("load_model", "tiny/gpt2 --force-download --as again")
+    assert hub_server.bytes_served("tiny/gpt2") >= first * 0.9
+    assert weights_equal(shell.user_ns["again"], shell.user_ns["first"])
+
+
+def test_a_broken_download_is_retried_and_the_weights_are_right(shell, tiny_hub, hf_cache, hub_server):
+    hub_server.fail_after_bytes = 20_000  # the next file body breaks off after 20 kB
+    shell.run_line_magic("load_model", "tiny/bert --as bert")
+    assert hub_server.fail_after_bytes is None  # the failure really happened
+    assert weights_equal(shell.user_ns["bert"], build_model("bert", seed=tiny_hub["bert"].seeds["main"]))
