@@ -87,6 +87,11 @@ def local_headers(shards: list[Path]) -> HeaderInfo:
     return _tally(map(read, shards))
 
 
+def tensor_nbytes(dtype_code: str, shape) -> int:
+    """Bytes of a tensor of safetensors dtype ``dtype_code`` and ``shape``."""
+    return _numel(shape) * ITEMSIZE.get(dtype_code, 4)
+
+
 def _tally(headers) -> HeaderInfo:
     counts: dict[str, int] = {}
     shard_bytes: dict[str, int] = {}
@@ -96,7 +101,7 @@ def _tally(headers) -> HeaderInfo:
         for tensor in header.values():
             numel = _numel(tensor["shape"])
             counts[tensor["dtype"]] = counts.get(tensor["dtype"], 0) + numel
-            shard_bytes[name] += numel * ITEMSIZE.get(tensor["dtype"], 4)
+            shard_bytes[name] += tensor_nbytes(tensor["dtype"], tensor["shape"])
     return HeaderInfo(counts, shard_bytes)
 
 

@@ -24,7 +24,7 @@ from typing import Optional
 
 from .events import OnEvent, ShardProgress, emit
 from .fetch import Checkpoint
-from .headers import ITEMSIZE, TORCH_NAMES
+from .headers import TORCH_NAMES, tensor_nbytes
 from .plan import Plan, model_class_for, torch_dtype
 
 
@@ -225,10 +225,7 @@ def _converts(code: str, target: str) -> bool:
 
 
 def _nbytes(tensor_slice) -> int:
-    numel = 1
-    for dim in tensor_slice.get_shape():
-        numel *= dim
-    return numel * ITEMSIZE.get(tensor_slice.get_dtype(), 4)
+    return tensor_nbytes(tensor_slice.get_dtype(), tensor_slice.get_shape())
 
 
 def _release() -> None:

@@ -15,6 +15,8 @@ from typing import Any, Optional
 
 from .errors import DeviceError, LoadError, PlanError
 from .headers import HeaderInfo
+from .placement import format_bytes
+from .placement import normalize_device as device_label
 from .options import Device, DeviceMap
 
 # Default class per task when the config names none we know (order matters: first match wins).
@@ -81,11 +83,6 @@ class Plan:
         if path is not None:
             Path(path).write_text(text + "\n")
         return text
-
-
-def device_label(device: Device) -> str:
-    """``0`` -> ``"cuda:0"``; names stay names."""
-    return f"cuda:{device}" if isinstance(device, int) else str(device)
 
 
 def torch_dtype(name: str):
@@ -227,31 +224,25 @@ def explain(plan: Plan) -> list[str]:
     total = sum(used.values())
     spilled = plan.spilled
     if not spilled:
-        where = ", ".join(f"{d} ({_gib(b)})" for d, b in used.items())
+        where = ", ".join(f"{d} ({format_bytes(b)})" for d, b in used.items())
         return [f"Fits without offloading: {where}."]
     candidates = [d for d in plan.budget if d != "disk"] + list(used)
     fast = [d for d in dict.fromkeys(candidates) if d not in spilled]
     lines = []
     for device in fast:
         budget = plan.budget.get(device)
-        of = f" of its {_gib(budget)} budget" if budget else ""
-        lines.append(f"{device} filled up: {_gib(used.get(device, 0))} planned{of}; the next block did not fit.")
+        of = f" of its {format_bytes(budget)} budget" if budget else ""
+        lines.append(f"{device} filled up: {format_bytes(used.get(device, 0))} planned{of}; the next block did not fit.")
     for device in spilled:
-        lines.append(f"{_gib(used.get(device, 0))} spill to {device}"
+        lines.append(f"{format_bytes(used.get(device, 0))} spill to {device}"
                      + (" (slow: read from disk at every forward pass)." if device == "disk" else " (slower)."))
     target = fast[0] if fast else "cpu"
     need = total * 1.1  # accelerate keeps headroom for the largest layer and activations
     key = target.removeprefix("cuda:")
-    lines.append(f"To fit on {target} alone it needs about {_gib(need)}: --max-memory {key}={_gib_arg(need)}.")
+    lines.append(f"To fit on {target} alone it needs about {format_bytes(need)}: --max-memory {key}={_gib_arg(need)}.")
     if plan.dtype == "float32":
-        lines.append(f"In bfloat16 it would need about {_gib(need / 2)}: --dtype bfloat16.")
+        lines.append(f"In bfloat16 it would need about {format_bytes(need / 2)}: --dtype bfloat16.")
     return lines
-
-
-def _gib(nbytes: float) -> str:
-    from .placement import format_bytes  # one unit system in every view
-
-    return format_bytes(nbytes)
 
 
 def _gib_arg(nbytes: float) -> str:
@@ -269,7 +260,7 @@ def spilled_devices(device_map: dict) -> list[str]:
 
 def _spill_message(plan: Plan, spilled: list[str]) -> str:
     sizes = plan.bytes_by_device
-    parts = ", ".join(f"{sizes.get(name, 0) / 2**20:.1f} MiB to {name}" for name in spilled)
+    parts = ", ".join(f"{format_bytes(sizes.get(name, 0))} to {name}" for name in spilled)
     return f"The model does not fit on the fastest device: {parts} would be offloaded, and --no-offload forbids it."
 
 
