@@ -66,6 +66,12 @@ class HFNotebook(Magics):
     display = CaselessStrEnum(("auto", "widget", "text"), "auto", config=True,
                               help="Progress display: widgets in Jupyter, text in a terminal (auto), or forced.")
 
+    def __init__(self, shell=None, **kwargs):
+        super().__init__(shell=shell, **kwargs)
+        from .core.registry import Registry
+
+        self.registry = Registry()  # this shell's loaded models
+
     @magic_arguments()
     @argument("spec", help=_SPEC_HELP)
     @argument("--as", dest="name", default=None,
@@ -81,21 +87,23 @@ class HFNotebook(Magics):
         if args.plan_only:
             return self._plan(args, plot=False)
         from .core.api import load_model
+        from .ui.record import load_record, stopped_record
 
         name = _check_name(args.name or "model")
+        options = self._options(args, offload_folder=args.offload_folder or self.offload_folder,
+                                force_download=args.force_download)
         renderer = self._renderer()
         try:
-            result = load_model(args.spec, offload_folder=args.offload_folder or self.offload_folder,
-                                force_download=args.force_download, name=name, on_event=renderer,
-                                **self._placement(args))
-        except HfNotebookError as exc:
-            raise UsageError(str(exc)) from None
-        finally:
-            renderer.close()
+            result = load_model(args.spec, options, name=name, on_event=renderer)
+        except BaseException as exc:
+            if renderer.state.failed is not None:
+                renderer.finish(stopped_record(renderer.state))
+            if isinstance(exc, HfNotebookError):
+                raise UsageError(str(exc)) from None
+            raise
         self.shell.user_ns[name] = result.model
-        from .core.registry import registry
-
-        registry().add(name, result)
+        self.registry.add(name, result)
+        renderer.finish(load_record(result))
 
     @magic_arguments()
     @argument("spec", help=_SPEC_HELP)
@@ -113,59 +121,63 @@ class HFNotebook(Magics):
     @line_magic
     def models(self, line: str = ""):
         """List the models loaded by hf_notebook in this kernel (name, repo@sha, class, dtype, bytes per device);
-        with a NAME, show that model's device map and memory views, measured from its tensors."""
+        with a NAME, show that model's record: pin, device map and memory per device, measured from its tensors."""
         from IPython.display import display
 
-        from .core.registry import registry
-        from .ui.views import ModelsTable, ResultReport
+        from .ui.record import load_record, models_record
 
         name = _parse(self.models, line).name
         if name is None:
-            return display(ModelsTable(registry().items()))
-        result = registry().get(name)
+            return display(models_record(self.registry.items()))
+        result = self.registry.get(name)
         if result is None:
             raise UsageError(f"No model named {name!r} was loaded by hf_notebook. See %models.")
-        display(ResultReport(result))
+        display(load_record(result))
 
     @magic_arguments()
     @argument("name", help="The variable a model was loaded into (see %%models).")
     @line_magic
     def unload_model(self, line: str):
         """Remove a model's hooks and references, free its memory, and report what came back."""
-        from .core.registry import registry
+        from IPython.display import display
+
         from .core.unload import unload
 
         name = _parse(self.unload_model, line).name
-        result = registry().pop(name)
+        result = self.registry.pop(name)
         if result is None:
-            loaded = ", ".join(n for n, _ in registry().items()) or "none"
+            loaded = ", ".join(self.registry.names()) or "none"
             raise UsageError(f"No model named {name!r} was loaded by hf_notebook (loaded: {loaded}). See %models.")
-        print(unload(name, result, [self.shell.user_ns]).to_text())
+        display(unload(name, result, [self.shell.user_ns]))
 
     def _plan(self, args, plot: bool):
         from IPython.display import display
 
         from .core.api import plan_model
-        from .ui.views import PlanReport
 
         name = _check_name(args.name) if args.name else None
         try:
-            plan = plan_model(args.spec, **self._placement(args))
+            plan = plan_model(args.spec, self._options(args))
         except HfNotebookError as exc:
             raise UsageError(str(exc)) from None
-        display(PlanReport(plan))
+        display(plan)
         if plot:
             display(_figure_image(plan))
         if name:
             self.shell.user_ns[name] = plan
 
-    def _placement(self, args) -> dict:
-        """Options shared by plan and load, with the configurable's defaults filled in."""
-        return dict(class_name=args.class_name, dtype=args.dtype or self.dtype,
-                    device_map=args.device_map or self.device_map,
-                    max_memory=args.max_memory or self.max_memory or None, no_offload=args.no_offload,
-                    cache_dir=args.cache_dir or self.cache_dir, offline=args.offline or self.offline,
-                    trust_remote_code=args.trust_remote_code)
+    def _options(self, args, **load_only):
+        """Options shared by plan and load, with the configurable's defaults filled in, validated."""
+        from .core.options import LoadOptions
+
+        try:
+            return LoadOptions.parse(
+                class_name=args.class_name, dtype=args.dtype or self.dtype, device_map=args.device_map or self.device_map,
+                max_memory=args.max_memory or self.max_memory or None, no_offload=args.no_offload,
+                cache_dir=args.cache_dir or self.cache_dir, offline=args.offline or self.offline,
+                trust_remote_code=args.trust_remote_code, **load_only)
+        except HfNotebookError as exc:
+            raise UsageError(str(exc)) from None
 
     def _renderer(self):
         from .ui import make_renderer
@@ -192,6 +204,14 @@ def _check_name(name: str) -> str:
     if not name.isidentifier() or keyword.iskeyword(name):
         raise UsageError(f"--as {name!r} is not a valid Python variable name.")
     return name
+
+
+def instance(shell) -> HFNotebook:
+    """The ``HFNotebook`` configurable registered with ``shell`` (its registry, its settings)."""
+    found = next((c for c in shell.configurables if isinstance(c, HFNotebook)), None)
+    if found is None:
+        raise LookupError("hf_notebook is not loaded in this shell: run %load_ext hf_notebook")
+    return found
 
 
 def register(shell) -> None:

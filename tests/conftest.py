@@ -19,17 +19,21 @@ def shell():
     """A real InteractiveShell with the extension loaded; module state reset around each test."""
     from IPython.core.interactiveshell import InteractiveShell
 
-    from hf_notebook.core.registry import registry
-
     sh = InteractiveShell.instance()
     sh.run_line_magic("load_ext", "hf_notebook")
-    registry().clear()
     yield sh
-    sh.run_line_magic("unload_ext", "hf_notebook")
+    sh.run_line_magic("unload_ext", "hf_notebook")  # the registry goes with the extension's instance
     sh.config.pop("HFNotebook", None)  # %config values live on the shell, not on the magics
     for name in [n for n in sh.user_ns if not n.startswith("_") and n not in sh.user_ns_hidden]:
         sh.user_ns.pop(name, None)
-    registry().clear()
+
+
+@pytest.fixture
+def loaded(shell):
+    """The shell's registry of loaded models (name -> LoadResult)."""
+    from hf_notebook.magics import instance
+
+    return instance(shell).registry
 
 
 def pytest_collection_modifyitems(config, items):

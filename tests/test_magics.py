@@ -128,7 +128,7 @@ def test_offline_names_missing_shards(shell, tiny_hub, hf_cache):
     assert victim.name in str(info.value) and "t5_again" not in shell.user_ns
 
 
-def test_explicit_map_with_disk_and_widget_summary(shell, tiny_hub, hf_cache, tmp_path):
+def test_explicit_map_with_disk_and_widget_summary(shell, loaded, tiny_hub, hf_cache, tmp_path):
     layers = {f"model.layers.{i}": ("cpu" if i < 1 else "disk") for i in range(2)}
     device_map = {"model.embed_tokens": "cpu", **layers, "model.norm": "cpu", "model.rotary_emb": "cpu",
                   "lm_head": "cpu"}
@@ -137,45 +137,41 @@ def test_explicit_map_with_disk_and_widget_summary(shell, tiny_hub, hf_cache, tm
     shell.run_line_magic("load_model", f"tiny/llama --device-map @{tmp_path / 'map.json'} "
                                        f"--offload-folder {tmp_path / 'off'} --as off")
     assert shell.user_ns["off"].hf_device_map == device_map
-    from hf_notebook.core.registry import registry
 
-    result = registry().get("off")
+    result = loaded.get("off")
     assert result.placement.bytes_by_device["disk"] > 0 and result.placement.bytes_by_device["cpu"] > 0
 
 
-def test_interrupted_load_binds_nothing_and_cleans_up(shell, tiny_hub, hf_cache, monkeypatch):
+def test_interrupted_load_binds_nothing_and_cleans_up(shell, loaded, tiny_hub, hf_cache, monkeypatch):
     """Ctrl-C in the middle of materializing: no variable, no registry entry, no temp offload folder."""
     import glob
     import tempfile
 
     from hf_notebook import ui
     from hf_notebook.core.events import ShardProgress
-    from hf_notebook.core.registry import registry
 
-    class Interrupting:
-        def __init__(self):
-            self.events = []
+    import io
+
+    from hf_notebook.ui.text import TextRenderer
+
+    class Interrupting(TextRenderer):
+        """A real renderer, and the user presses Ctrl-C when the first tensor is read."""
 
         def __call__(self, event):
-            self.events.append(event)
+            super().__call__(event)
             if isinstance(event, ShardProgress) and event.tensors_done == 1:
                 raise KeyboardInterrupt
 
-        def display(self):
-            pass
-
-        def close(self):
-            pass
-
-    renderer = Interrupting()
+    renderer = Interrupting(io.StringIO())
     monkeypatch.setattr(ui, "make_renderer", lambda *a, **k: renderer)
     before = set(glob.glob(f"{tempfile.gettempdir()}/hf_notebook-offload-*"))
     shell.user_ns["model"] = sentinel = object()
     with pytest.raises(KeyboardInterrupt):
         shell.run_line_magic("load_model", "tiny/llama --max-memory cpu=300KB")
-    assert shell.user_ns["model"] is sentinel and registry().get("model") is None
+    assert shell.user_ns["model"] is sentinel and loaded.get("model") is None
     assert set(glob.glob(f"{tempfile.gettempdir()}/hf_notebook-offload-*")) == before
-    assert type(renderer.events[-1]).__name__ == "Failed"
+    assert renderer.final.text.startswith("■ tiny/llama @ (default branch)")  # the panel says so...
+    assert "cancelled during load" in renderer.final.text and "✓" not in renderer.final.text  # ...not done
 
 
 def test_widget_panel_state_after_a_real_load(shell, tiny_hub, hf_cache, hub_server, monkeypatch):

@@ -8,12 +8,18 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from hf_notebook.core.placement import (  # noqa: E402
+    DeviceBytes,
     Placement,
     PlacementGroup,
-    collapse_device_map,
-    format_bytes,
     measure_placement,
+    planned_placement,
 )
+from hf_notebook.core.units import format_bytes  # noqa: E402
+
+
+def collapse_device_map(device_map):
+    """(label, device) of each group a plan with these entries shows."""
+    return [(g.label, g.device) for g in planned_placement(device_map, {}).groups]
 
 LLAMA_MAP = {
     "model.embed_tokens": "cpu",
@@ -110,6 +116,18 @@ def test_collapse_breaks_on_device_change_and_gaps():
     ]
 
 
+def test_groups_carry_their_members_and_bytes_by_kind():
+    dm = {"model.embed_tokens": 0, **{f"model.layers.{i}": 0 for i in range(3)}, "model.layers.3": "disk"}
+    sizes = {"model.embed_tokens": (100, 0), **{f"model.layers.{i}": (10, 1) for i in range(4)}}
+    p = planned_placement(dm, sizes, offloaded=frozenset({"disk"}))
+    layers, disk = p.groups[1], p.groups[2]
+    assert layers.members == ("model.layers.0", "model.layers.1", "model.layers.2") and layers.label == "model.layers.0-2"
+    assert (layers.param_bytes, layers.buffer_bytes, layers.offloaded) == (30, 3, False)
+    assert (disk.members, disk.offloaded) == (("model.layers.3",), True)
+    assert p.devices == {"cuda:0": DeviceBytes("cuda:0", 130, 3, 0), "disk": DeviceBytes("disk", 10, 1, 11)}
+    assert p.group_of("model.layers.1") is layers and not p.measured
+
+
 def test_collapse_keeps_deeper_keys_apart():
     dm = {"layers.0": "cpu", "layers.1.attn": "cpu", "layers.1.mlp": "disk", "layers.2": "disk"}
     assert collapse_device_map(dm) == [
@@ -140,9 +158,9 @@ def test_llama_cpu_and_disk(llama_dir, tmp_path):
     assert groups["lm_head"].nbytes == 0  # tied to embed_tokens, counted there
     assert p.buffer_bytes_by_device == {"cpu": _unique_resident_bytes(model.model.rotary_emb, "cpu")}
     assert sum(g.nbytes for g in p.groups) == p.total_bytes < _naive_bytes(model)
-
-    text = p.to_text()
-    assert "model.layers.0-1" in text and "-> disk" in text and text.splitlines()[-1].startswith("total: cpu")
+    assert groups["model.layers.2-3"].members == ("model.layers.2", "model.layers.3")
+    assert groups["model.layers.2-3"].offloaded and not groups["model.layers.0-1"].offloaded
+    assert p.devices["disk"].offloaded_bytes == p.bytes_by_device["disk"] and p.devices["cpu"].offloaded_bytes == 0
 
 
 def test_tied_weights_both_on_disk_count_once(llama_dir, tmp_path):
@@ -153,7 +171,7 @@ def test_tied_weights_both_on_disk_count_once(llama_dir, tmp_path):
     expected = embed + _meta_bytes_under(model, ("model.layers.2.", "model.layers.3."))
     assert p.bytes_by_device["disk"] == expected
     groups = {g.label: g for g in p.groups}
-    assert groups["model.embed_tokens"].nbytes == embed and groups["lm_head"] == PlacementGroup("lm_head", "disk", 0)
+    assert groups["model.embed_tokens"].nbytes == embed and groups["lm_head"] == PlacementGroup("disk", ("lm_head",), 0, 0, False)
 
 
 def test_plain_model_on_one_device(llama_dir, tmp_path):
@@ -211,7 +229,9 @@ def test_cpu_offload_hooks_count_as_cpu(tmp_path):
     p = measure_placement(model, dm)
     layer = _meta_bytes_under(model, ("model.layers.3.",))
     assert p.bytes_by_device == {"cpu": before - layer, "disk": layer}
-    assert [(g.label, g.device) for g in p.groups][1:3] == [("model.layers.0-2", "cpu"), ("model.layers.3", "disk")]
+    assert [(g.label, g.device, g.offloaded) for g in p.groups][1:4] == [
+        ("model.layers.0-1", "cpu", False), ("model.layers.2", "cpu", True), ("model.layers.3", "disk", True)]
+    assert p.devices["cpu"].offloaded_bytes == _meta_bytes_under(model, ("model.layers.2.",)) > 0
 
 
 def test_accelerate_cpu_offload_counts_as_cpu():
@@ -238,7 +258,5 @@ def test_views_of_one_storage_count_once():
     module.a = torch.nn.Parameter(base[:6])
     module.b = torch.nn.Parameter(base[4:])  # overlaps rows 4-5 of a
     p = measure_placement(module, {"": "cpu"})
-    assert p == Placement(
-        groups=[PlacementGroup("(root)", "cpu", 40 * 4)],
-        bytes_by_device={"cpu": 160}, param_bytes_by_device={"cpu": 160}, buffer_bytes_by_device={},
-    )
+    assert p == Placement(groups=(PlacementGroup("cpu", ("",), 40 * 4, 0, False),),
+                          devices={"cpu": DeviceBytes("cpu", 160, 0, 0)})

@@ -62,8 +62,12 @@ def test_70b_plan_explains_the_spill(big_repos, hf_cache):
     plan = plan_model("big/llama-70b", dtype="bfloat16", max_memory="0=80GiB,cpu=100GiB")
     assert plan.spilled == ["cpu"]
     assert 70.5e9 < plan.headers.param_counts["BF16"] < 70.6e9
-    text = "\n".join(plan.explain())
-    assert "cuda:0 filled up" in text and "spill to cpu" in text and "--max-memory 0=" in text
+    findings = {f.kind: f for f in plan.explain()}
+    assert findings["filled"].device == "cuda:0" and findings["filled"].budget <= 80 * GIB
+    assert findings["spill"].device == "cpu" and findings["spill"].severity == "warning"
+    assert findings["spill"].nbytes == plan.bytes_by_device["cpu"] > 0
+    need = findings["needs"]
+    assert need.nbytes > sum(plan.bytes_by_device.values()) and need.option.startswith("--max-memory 0=")
     assert plan.bytes_by_device["cuda:0"] <= 80 * GIB
 
 
@@ -87,9 +91,13 @@ def test_plan_as_binds_a_map_that_load_model_reads(shell, tiny_hub, hub_server, 
 
 
 def test_plan_only_is_the_same_plan(shell, tiny_hub, hf_cache):
-    shell.run_line_magic("load_model", "tiny/t5 --plan-only --max-memory cpu=300KB")
+    shell.run_line_magic("load_model", "tiny/t5 --plan-only --max-memory cpu=300KB --as only")
     shell.run_line_magic("plan_model", "tiny/t5 --max-memory cpu=300KB --as p")
+    only, plan = shell.user_ns["only"], shell.user_ns["p"]
     assert "model" not in shell.user_ns  # nothing was loaded
+    assert "disk" in only.device_map.values()  # a real spill, so the comparison below means something
+    assert (only.model_class, only.dtype, only.device_map, only.module_bytes, only.source) == (
+        plan.model_class, plan.dtype, plan.device_map, plan.module_bytes, plan.source)
 
 
 def test_plot_is_a_static_png(shell, tiny_hub, hf_cache, monkeypatch):

@@ -5,7 +5,9 @@ import json
 import pytest
 
 from hf_notebook.core.errors import OptionError, SpecError
-from hf_notebook.core.options import parse_device_map, parse_dtype, parse_max_memory, parse_size
+from hf_notebook.core.dtypes import parse_dtype
+from hf_notebook.core.options import parse_device_map, parse_max_memory
+from hf_notebook.core.units import parse_size
 from hf_notebook.core.spec import ModelSpec, parse_spec
 
 

@@ -8,22 +8,20 @@ from types import SimpleNamespace
 
 import pytest
 
+from hf_notebook.core.api import LoadResult
 from hf_notebook.core.errors import LoadError
-from hf_notebook.core.events import (
-    Failed,
-    FileProgress,
-    Message,
-    Resolved,
-    ShardProgress,
-    StageDone,
-    StageStarted,
-)
+from hf_notebook.core.events import Failed, FileProgress, Resolved, ShardProgress, StageDone, StageStarted
+from hf_notebook.core.fetch import FileFacts
+from hf_notebook.core.options import LoadOptions
+from hf_notebook.core.plan import Plan
 from hf_notebook.ui import make_renderer
 from hf_notebook.ui.progress import LoadPanel
+from hf_notebook.ui.record import load_record, stopped_record
 from hf_notebook.ui.text import TextRenderer
 
 SHA = "0123456789abcdef0123456789abcdef01234567"
 MB = 1_000_000
+SHARDS = ("model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors")
 
 
 class FakeClock:
@@ -33,6 +31,16 @@ class FakeClock:
     def __call__(self) -> float:
         self.now += self.step
         return self.now
+
+
+class Handle:
+    """Stands in for IPython's DisplayHandle: records what the live output was replaced by."""
+
+    def __init__(self):
+        self.updates = []
+
+    def update(self, obj):
+        self.updates.append(obj._repr_mimebundle_())
 
 
 @pytest.fixture(scope="module")
@@ -51,34 +59,40 @@ def placement():
     return measure_placement(model, dm)
 
 
-def load_events(placement, shards: int = 2) -> list:
-    result = SimpleNamespace(
-        placement=placement, sha=SHA, repo_id="org/tiny", dtype="bfloat16",
-        device_map={}, seconds=0.25, name="model",
-    )
+@pytest.fixture(scope="module")
+def result(placement):
+    pin = Resolved("org/tiny", "main", SHA, "branch")
+    plan = Plan(model_class="LlamaForCausalLM", dtype="bfloat16", device_map={"": "cpu"})
+    files = (FileFacts("config.json", 700, True), *(FileFacts(n, MB, False) for n in SHARDS))
+    return LoadResult(model=None, pin=pin, plan=plan, placement=placement, seconds=0.85,
+                      options=LoadOptions.parse(dtype="bfloat16"), files=files, name="model",
+                      timings={"resolve": 0.1, "config": 0.0, "plan": 0.0, "fetch": 0.5, "load": 0.25})
+
+
+def load_events(result, shards: int = 2) -> list:
     events = [
         StageStarted("resolve", "org/tiny@main"),
         Resolved("org/tiny", "main", SHA, "branch"),
         StageDone("resolve", 0.1),
-        StageStarted("fetch", "3 files"),
+        StageStarted("config"),
         FileProgress("config.json", 700, 700, cached=True),
+        StageDone("config", 0.0),
+        StageStarted("fetch"),
     ]
-    for name in ("model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"):
+    for name in SHARDS:
         events += [FileProgress(name, i * MB // 4, MB) for i in range(5)]
     events += [StageDone("fetch", 0.5), StageStarted("load")]
     for i in range(shards):
-        name = f"model-0000{i + 1}-of-0000{shards}.safetensors"
-        events += [ShardProgress(name, i, shards, t, 4, t * MB // 4, MB) for t in range(1, 5)]
-    events += [Message("some weights were not used: <x>", "warning"), StageDone("load", 0.25, result)]
+        events += [ShardProgress(SHARDS[i], i, shards, t, 4, t * MB // 4, MB) for t in range(1, 5)]
+    events += [StageDone("load", 0.25, result)]
     return events
 
 
 # -- LoadPanel ---------------------------------------------------------------------------
-def test_panel_full_load(placement):
+def test_panel_full_load_ends_in_the_static_record(result):
     panel = LoadPanel(clock=FakeClock(step=0.001))
-    for event in load_events(placement):
+    for event in load_events(result):
         panel(event)
-    panel.close()
 
     assert "0123456789ab" in panel.header.value
     assert f"org/tiny@{SHA}" in panel.header.value  # the pinned spelling for a floating branch
@@ -90,51 +104,60 @@ def test_panel_full_load(placement):
         _, bar, _ = row.children
         assert bar.value == bar.max == MB and bar.bar_style == "success"
     assert panel.download_bar.value == panel.download_bar.max == 2 * MB
-    assert "1 cached" in panel.download_info.value
-    assert panel.load_bar.value == panel.load_bar.max == 2
-    assert "shard 2/2" in panel.load_info.value
+    assert "2 files" in panel.download_info.value  # the weights, not the config read while planning
+    assert panel.load_bar.value == panel.load_bar.max == 2 and panel.load_bar.bar_style == "success"
+    assert "2/2 shards" in panel.load_info.value and "2.00 MB / 2.00 MB" in panel.load_info.value
     assert "load ✓" in panel.stages.value
-    assert "model.layers.0-1" in panel.summary.value and "cpu" in panel.summary.value
-    assert "CPU RAM" in panel.summary.value and "model = org/tiny@0123456789ab" in panel.summary.value
-    assert "&lt;x&gt;" in panel.messages.value and "#c35a00" in panel.messages.value
-    assert panel.error.value == ""
+
+    panel._handle = handle = Handle()
+    panel.finish(load_record(result))
+    (bundle,) = handle.updates
+    assert set(bundle) == {"text/html", "text/plain"}  # no widget view: a saved notebook keeps this
+    assert SHA in bundle["text/html"] and "model.layers.0-1" in bundle["text/html"] and "CPU RAM" in bundle["text/html"]
+    assert bundle["text/plain"].startswith("✓ model = org/tiny@0123456789ab")
+    assert f"%load_model org/tiny@{SHA} --dtype bfloat16 --as model" in bundle["text/plain"]
+    assert panel.widget.comm is None and panel.load_bar.comm is None  # the live widgets are closed
+    assert repr(panel) == bundle["text/plain"]
+    panel(ShardProgress(SHARDS[0], 0, 2, 1, 4, MB // 4, MB))  # a straggler changes nothing
+    assert repr(panel) == bundle["text/plain"]
 
 
-def test_panel_text_form(placement):
+def test_progress_is_monotonic_when_events_overtake_each_other():
+    """Loader threads emit from several shards; an older event arriving late must not move a bar back."""
     panel = LoadPanel()
-    for event in load_events(placement):
+    for t in (1, 3, 2, 4, 3):
+        panel(ShardProgress(SHARDS[1], 1, 2, t, 4, t * MB // 4, MB))
+    panel(ShardProgress(SHARDS[0], 0, 2, 4, 4, MB, MB))
+    assert panel.state.shards[1].tensors_done == 4
+    assert [s.index for s in panel.state.shards.values()] == [0, 1]  # listed in shard order
+    assert panel.load_bar.value == panel.load_bar.max == 2 and panel.load_bar.bar_style == "success"
+
+
+def test_panel_failure_is_shown_once_and_escaped(result):
+    panel = LoadPanel()
+    for event in load_events(result)[:9]:
         panel(event)
-    text = repr(panel)
-    assert text.splitlines()[:2] == [
-        "org/tiny @ main -> 0123456789ab",
-        f"main can move; pinned: org/tiny@{SHA}",
-    ]
-    assert "model.layers.0-1" in text and "<" not in text.replace("<x>", "")
-    bundle = panel._repr_mimebundle_()
-    assert bundle["text/plain"] == text
-    assert bundle["application/vnd.jupyter.widget-view+json"]["model_id"] == panel.widget.model_id
-
-
-def test_panel_failure_turns_red_and_escapes(placement):
-    panel = LoadPanel()
-    panel(FileProgress("config.json", 10, 10))
-    panel(FileProgress("model.safetensors", MB // 2, MB))
     token = "hf_" + "a" * 34
-    panel(Failed("fetch", LoadError(f"<script>alert(1)</script> with {token}", hint="retry & see")))
+    error = LoadError(f"<script>alert(1)</script> with {token}", hint="retry & see")
+    panel(Failed("fetch", error))
+    panel._handle = handle = Handle()
+    panel.finish(stopped_record(panel.state))
+    (bundle,) = handle.updates
+    assert bundle["text/plain"].startswith("✗ org/tiny @ main -> 0123456789ab: failed during fetch")
+    assert "config.json" in bundle["text/plain"]  # what did complete
+    # the reason is not repeated here: the UsageError right below the panel says it
+    assert "alert" not in bundle["text/plain"] and "<script>" not in bundle["text/html"]
+    assert token not in bundle["text/html"] + bundle["text/plain"] + repr(panel)
+    assert "#d32f2f" in bundle["text/html"] and "✓" not in bundle["text/plain"]
 
-    bars = [row.children[1] for row in panel.files.children]
-    assert [b.bar_style for b in bars] == ["success", "danger"]
-    assert panel.download_bar.bar_style == "danger"
-    assert "<script>" not in panel.error.value
-    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in panel.error.value
-    assert "retry &amp; see" in panel.error.value and "LoadError" in panel.error.value
-    assert token not in panel.error.value and token not in repr(panel)
-    assert "red" in panel.error.value or "#d32f2f" in panel.error.value
-    panel(FileProgress("model.safetensors", MB, MB))  # late events do not paint it green
-    assert bars[1].bar_style == "danger"
-    assert repr(panel).splitlines()[-2:] == [
-        "FAILED: fetch: LoadError: <script>alert(1)</script> with hf_***", "retry & see",
-    ]
+
+def test_panel_cancelled(result):
+    panel = LoadPanel()
+    for event in load_events(result)[:12]:
+        panel(event)
+    panel(Failed("fetch", KeyboardInterrupt()))
+    record = stopped_record(panel.state)
+    assert record.text.startswith("■ org/tiny @ main -> 0123456789ab: cancelled during fetch")
 
 
 def test_panel_rate_limits_progress_but_not_endings():
@@ -144,8 +167,8 @@ def test_panel_rate_limits_progress_but_not_endings():
     for i in range(1000):
         panel(FileProgress("model.safetensors", i * 1000, 1_000_000))
     assert panel.redraws - start <= 3
-    panel.close()  # flushes what the limit held back
-    assert panel.files.children[0].children[1].value == 999_000
+    panel(FileProgress("model.safetensors", 999_000, 1_000_000, cached=False))
+    assert panel.state.files["model.safetensors"].done == 999_000
     before = panel.redraws
     panel(FileProgress("model.safetensors", 1_000_000, 1_000_000))  # an ending draws at once
     assert panel.redraws == before + 1
@@ -173,14 +196,14 @@ def test_panel_is_thread_safe():
         t.start()
     for t in threads:
         t.join()
-    panel.close()
+    panel(StageStarted("fetch"))  # an ending: draws what the rate limit held back
     assert len(panel.files.children) == 4
     assert all(row.children[1].value == 20_000 for row in panel.files.children)
-    assert panel.download_bar.value == panel.download_bar.max == 80_000
 
 
 def test_panel_unknown_size_shows_info_bar():
     panel = LoadPanel()
+    panel(StageStarted("fetch"))
     panel(FileProgress("README.md", 300, None))
     bar = panel.files.children[0].children[1]
     assert (bar.bar_style, bar.value, bar.max) == ("info", 1.0, 1.0)
@@ -201,31 +224,28 @@ def test_panel_header_for_local_folder_and_pinned_sha():
 
 
 # -- TextRenderer ------------------------------------------------------------------------
-def test_text_non_tty_is_short_and_exact(placement):
+def test_text_non_tty_is_short_and_exact(result):
     out = io.StringIO()
     renderer = TextRenderer(out, clock=FakeClock(step=0.001))
     renderer.display()
-    for event in load_events(placement):
+    for event in load_events(result):
         renderer(event)
-    renderer(Failed("bind", LoadError("name <model> is taken")))
-    renderer.close()
+    renderer.finish(load_record(result))
     assert out.getvalue().splitlines() == [
         "resolved org/tiny @ main -> 0123456789ab",
         f"pinned: org/tiny@{SHA} (main can move)",
         "resolve done in 0.10 s",
         "  cached config.json (700 B)",
+        "config done in 0.00 s",
         "  fetched model-00001-of-00002.safetensors (1.00 MB)",
         "  fetched model-00002-of-00002.safetensors (1.00 MB)",
         "fetch done in 0.50 s",
         "  loaded shard 1/2 model-00001-of-00002.safetensors (4 tensors, 1.00 MB)",
         "  loaded shard 2/2 model-00002-of-00002.safetensors (4 tensors, 1.00 MB)",
-        "warning: some weights were not used: <x>",
         "load done in 0.25 s",
-        "model = org/tiny@0123456789ab (bfloat16, 0.25 s)",
-        *[f"  {line}" for line in placement.to_text().splitlines()],
-        "FAILED: bind: LoadError: name <model> is taken",
+        *load_record(result).text.splitlines(),
     ]
-    assert "\r" not in out.getvalue()
+    assert "\r" not in out.getvalue() and "\x1b" not in out.getvalue()
 
 
 def test_text_unknown_size_finishes_with_fetch():
@@ -249,7 +269,6 @@ def test_text_tty_updates_one_line_in_place():
     for i in range(100):
         renderer(FileProgress("model.safetensors", i * 10_000, MB))
     renderer(FileProgress("model.safetensors", MB, MB))
-    renderer.close()
     value = out.getvalue()
     assert renderer.redraws <= 3
     assert "\r" in value and value.count("\n") == 1

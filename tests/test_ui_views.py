@@ -1,4 +1,4 @@
-"""ui/views.py: device map, memory, figure, reports and models table, python-side (no browser)."""
+"""ui/views.py and ui/record.py: widget views, the figure, and the static records, python-side (no browser)."""
 
 from __future__ import annotations
 
@@ -7,17 +7,10 @@ from html import escape
 
 import pytest
 
-from hf_notebook.core.placement import Placement, PlacementGroup, format_bytes
-from hf_notebook.ui.views import (
-    EMPTY_REGISTRY,
-    DeviceMapView,
-    MemoryView,
-    ModelsTable,
-    PlanReport,
-    ResultReport,
-    member_names,
-    memory_figure,
-)
+from hf_notebook.core.placement import DeviceBytes, Placement, PlacementGroup
+from hf_notebook.core.units import format_bytes
+from hf_notebook.ui.record import EMPTY_REGISTRY, load_record, models_record, plan_record
+from hf_notebook.ui.views import DeviceMapView, MemoryView, memory_figure
 
 SPLIT = {"model.embed_tokens": "cpu", "model.layers.0": "cpu", "model.layers.1": "disk", "model.norm": "cpu",
          "model.rotary_emb": "cpu", "lm_head": "cpu"}
@@ -63,16 +56,21 @@ def split_result(folder, tmp_path_factory):
     return load_model(str(folder), device_map=SPLIT, offload_folder=str(tmp_path_factory.mktemp("off")), name="m")
 
 
+def _layers(first: int, last: int) -> tuple[str, ...]:
+    return tuple(f"model.layers.{i}" for i in range(first, last + 1))
+
+
 def _over_budget() -> tuple[Placement, dict]:
-    groups = [PlacementGroup("model.layers.0-31", "cuda:0", 90 * GB), PlacementGroup("lm_head", "cpu", 2 * GB),
-              PlacementGroup("model.layers.32-39", "disk", 20 * GB)]
-    totals = {"cuda:0": 90 * GB, "cpu": 2 * GB, "disk": 20 * GB}
-    return Placement(groups, totals, buffer_bytes_by_device={"cuda:0": 5 * GB}), {"cuda:0": 80 * GB, "cpu": 30 * GB}
+    groups = (PlacementGroup("cuda:0", _layers(0, 31), 85 * GB, 5 * GB), PlacementGroup("cpu", ("lm_head",), 2 * GB),
+              PlacementGroup("disk", _layers(32, 39), 20 * GB, 0, True))
+    devices = {"cuda:0": DeviceBytes("cuda:0", 85 * GB, 5 * GB), "cpu": DeviceBytes("cpu", 2 * GB),
+               "disk": DeviceBytes("disk", 20 * GB, 0, 20 * GB)}
+    return Placement(groups, devices), {"cuda:0": 80 * GB, "cpu": 30 * GB}
 
 
-def test_member_names_parse_only_ranges():
-    assert member_names("model.layers.0-3") == [f"model.layers.{i}" for i in range(4)]
-    assert member_names("model.layers.7") == member_names("lm_head") == []
+def test_group_labels_come_from_members():
+    placement, _ = _over_budget()
+    assert [g.label for g in placement.groups] == ["model.layers.0-31", "lm_head", "model.layers.32-39"]
 
 
 # -- device map ------------------------------------------------------------------------------
@@ -97,7 +95,7 @@ def test_expanding_a_range_reveals_its_members(spill_plan):
     sizes = [r.children[1].value for r in row.member_box.children]
     assert names == ["<code>model.layers.0</code>", "<code>model.layers.1</code>"]
     for i, size in enumerate(sizes):
-        assert format_bytes(spill_plan.blocks[f"model.layers.{i}"]) in size and "planned" not in size
+        assert format_bytes(spill_plan.module_sizes[f"model.layers.{i}"]) in size and "planned" not in size
     row.toggle.click()
     assert not row.expanded
     assert view.row("lm_head").toggle is None  # nothing to expand
@@ -108,7 +106,7 @@ def test_expanding_a_range_reveals_its_members(spill_plan):
 def test_device_map_of_a_loaded_model_marks_member_sizes_as_planned(split_result):
     view = DeviceMapView.from_result(split_result)
     assert [r.group.label for r in view.sections["disk"].rows] == ["model.layers.1"]
-    placement = Placement([PlacementGroup("model.layers.0-1", "cpu", 10)], {"cpu": 10})
+    placement = Placement((PlacementGroup("cpu", _layers(0, 1), 10),), {"cpu": DeviceBytes("cpu", 10)})
     row = DeviceMapView(placement, sizes={"model.layers.0": 5}, estimated=True).row("model.layers.0-1")
     row.expand()
     assert "≈ 5 B (planned)" in row.member_box.children[0].children[1].value
@@ -119,8 +117,8 @@ def test_device_map_text_and_bundle(split_plan):
     view = DeviceMapView.from_plan(split_plan)
     text = view.to_text()
     assert text.index("CPU RAM (cpu)") < text.index("disk (offload)")
-    for label, size in split_plan.module_sizes.items():
-        assert f"{label}" in text and format_bytes(size) in text
+    for name in split_plan.device_map:
+        assert f"{name}" in text and format_bytes(split_plan.module_sizes[name]) in text
     bundle = view._repr_mimebundle_()
     assert bundle["text/plain"] == text == repr(view)
     assert "application/vnd.jupyter.widget-view+json" in bundle
@@ -190,31 +188,36 @@ def test_memory_figure_bars_budget_and_png():
     assert png.getvalue().startswith(b"\x89PNG")
 
 
-# -- reports --------------------------------------------------------------------------------
-def test_plan_report_of_a_70b_plan(big_plan):
-    report = PlanReport(big_plan)
-    text = report.to_text()
+# -- static records -------------------------------------------------------------------------
+def test_plan_record_of_a_70b_plan(big_plan):
+    record = plan_record(big_plan)
+    text, html = record.text, record.html
     assert "cuda:0" in text and "cpu" in text and "spill to cpu" in text
-    assert "LlamaForCausalLM · bfloat16" in text and "70.6B parameters" in text
+    assert "LlamaForCausalLM" in text and "70.6B (70.6B BF16)" in text
     assert format_bytes(big_plan.headers.total_bytes) in text
-    assert "model.layers.47-79" in text
-    assert list(report.device_map.sections) == ["cuda:0", "cpu"]
-    assert "color:#c35a00" in report.explain_html.value  # the spill line is orange
-    assert report._repr_mimebundle_()["text/plain"] == text
+    assert "model.layers.47-79" in text and "(33 modules)" in text
+    assert "<details><summary><code>model.layers.47-79</code>" in html  # expandable without a kernel
+    spill = next(f for f in big_plan.explain() if f.kind == "spill")
+    assert f"<div style='color:#c35a00'>{escape(format_bytes(spill.nbytes))} spill to cpu" in html  # orange
+    assert record.bundle() == big_plan._repr_mimebundle_() and set(record.bundle()) == {"text/html", "text/plain"}
 
 
-def test_plan_report_marks_disk_spill_red(spill_plan):
-    report = PlanReport(spill_plan)
-    spill = next(s for s in report.explanation if "spill to disk" in s)
-    assert f"<div style='color:#b71c1c'>{escape(spill)}</div>" in report.explain_html.value
+def test_plan_record_marks_disk_spill_red(spill_plan):
+    html = plan_record(spill_plan).html
+    assert "<div style='color:#b71c1c'>" in html and "spill to disk" in html
 
 
-def test_result_report(split_result):
-    report = ResultReport(split_result)
-    text = report.to_text()
-    assert text.startswith("m = ") and "measured after loading" in text and "resident" in text
-    assert "offloaded to disk" in text
-    assert list(report.device_map.sections) == ["cpu", "disk"]
+def test_load_record_of_a_split_load(split_result):
+    record = load_record(split_result)
+    text = record.text
+    assert text.startswith("✓ m = ") and "resident" in text and "offloaded" in text
+    assert "offload folder" in text and split_result.offload_folder in text
+    rows = {line.split()[0]: line.split() for line in text.splitlines() if line.startswith("  CPU") or
+            line.startswith("  disk")}
+    disk = split_result.placement.devices["disk"]
+    assert rows["disk"][-1] == format_bytes(disk.nbytes).split()[-1]
+    assert f"%load_model {split_result.pin.repo_id} --dtype float32 --device-map" in text
+    assert split_result._repr_mimebundle_() == record.bundle()
 
 
 # -- %models --------------------------------------------------------------------------------
@@ -234,23 +237,21 @@ def two_loaded(hub_store, hub_repo_id, hf_cache, tmp_path):
     return results
 
 
-def test_models_table_rows_and_escaping(two_loaded):
+def test_models_record_rows_and_escaping(two_loaded):
     llama, gpt2 = two_loaded
-    table = ModelsTable([("llama", llama), ("<script>alert(1)</script>", gpt2)])
-    assert len(table.rows) == 2 and table.devices == ["cpu"]
-    for row, r in zip(table.rows, two_loaded):
-        assert row[1] == f"{r.pin.repo_id}@{r.pin.sha[:12]}"
-        assert row[2:4] == [r.plan.model_class, r.plan.dtype]
-        assert row[4] == format_bytes(r.placement.bytes_by_device["cpu"])
-    html = table._repr_mimebundle_()["text/html"]
+    record = models_record([("llama", llama), ("<script>alert(1)</script>", gpt2)])
+    lines = record.text.splitlines()
+    assert len(lines) == 3 and lines[0].split() == ["name", "model", "class", "dtype", "cpu"]
+    for line, r in zip(lines[1:], two_loaded):
+        assert f"{r.pin.repo_id}@{r.pin.sha[:12]}" in line and r.plan.model_class in line
+        assert line.endswith(format_bytes(r.placement.bytes_by_device["cpu"]))
+    assert lines[1].index("LlamaForCausalLM") == lines[2].index("GPT2LMHeadModel")  # aligned columns
+    html = record.html
     assert "<script>" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
     assert html.count("<tr>") == 3 and llama.pin.sha[:12] in html and "GPT2LMHeadModel" in html
-    lines = table.to_text().splitlines()
-    assert len(lines) == 3 and lines[0].split() == ["name", "model", "class", "dtype", "cpu"]
-    assert lines[1].index("LlamaForCausalLM") == lines[2].index("GPT2LMHeadModel")  # aligned columns
-    assert repr(table) == table.to_text() and table.widget.value == html
+    assert "padding" in html  # cells do not run into each other
 
 
-def test_models_table_empty():
-    table = ModelsTable([])
-    assert table.to_text() == EMPTY_REGISTRY and EMPTY_REGISTRY in table.to_html()
+def test_models_record_empty():
+    record = models_record([])
+    assert record.text == EMPTY_REGISTRY and EMPTY_REGISTRY in record.html

@@ -1,10 +1,16 @@
-"""The core's face: one function per user action, explicit arguments, an ``on_event`` callback."""
+"""The core's face: one function per user action, typed options, an ``on_event`` callback.
+
+A call runs the pipeline once, each stage handing its product to the next:
+``spec -> resolve (pin) -> files (config, shard names) -> plan -> fetch (checkpoint) -> load``.
+Nothing is resolved, listed, read or planned twice.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import shutil
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,10 +18,11 @@ from typing import Any, Optional
 
 from .errors import HfNotebookError
 from .events import Failed, OnEvent, Resolved, StageDone, StageStarted, emit
-from .fetch import fetch_config, fetch_weights, shard_names
-from .options import parse_device_map, parse_dtype, parse_max_memory
+from .fetch import Checkpoint, FileFacts, HubFiles, SourceFiles, source_files
+from .options import LoadOptions
+from .placement import Placement
 from .plan import Plan, check_devices_exist, plan_placement
-from .resolve import record_ref, resolve
+from .resolve import Resolution, record_ref, resolve
 from .spec import ModelSpec, parse_spec
 
 
@@ -26,12 +33,14 @@ class LoadResult:
     model: Any
     pin: Resolved
     plan: Plan
-    placement: Any  # core.placement.Placement
-    seconds: float
+    placement: Placement
+    seconds: float  # the whole call, resolve to bound
+    options: LoadOptions = field(default_factory=LoadOptions)
+    files: tuple[FileFacts, ...] = ()
     offload_folder: Optional[str] = None
     owns_offload_folder: bool = False  # we made it (a temp folder): unloading removes it
     name: Optional[str] = None  # the notebook variable it is bound to
-    timings: dict = field(default_factory=dict)
+    timings: dict = field(default_factory=dict)  # stage -> seconds
 
     @property
     def repo_id(self) -> str:
@@ -48,6 +57,14 @@ class LoadResult:
     @property
     def device_map(self) -> dict:
         return dict(getattr(self.model, "hf_device_map", self.plan.device_map))
+
+    def __repr__(self) -> str:
+        return f"LoadResult({self.name or 'model'} = {self.pin.pinned_spec}, {self.plan.model_class}, {self.dtype})"
+
+    def _repr_mimebundle_(self, **_):
+        from hf_notebook.ui.record import load_record
+
+        return load_record(self).bundle()
 
 
 class _Stages:
@@ -69,138 +86,124 @@ class _Stages:
         emit(self.on_event, Failed(self.current or "start", error))
 
 
-@dataclass(frozen=True)
-class _Options:
-    """What every action shares: where files come from and how the model is placed."""
-
-    class_name: Optional[str]
-    dtype: str
-    device_map: Any
-    max_memory: Optional[dict]
-    no_offload: bool
-    trust_remote_code: bool
-    io: dict  # cache_dir, offline, force_download, token
+def _options(options: Optional[LoadOptions], raw: dict) -> LoadOptions:
+    if options is not None and raw:
+        raise TypeError(f"pass either options or keyword options, not both: {', '.join(raw)}")
+    options = options if options is not None else LoadOptions.parse(**raw)
+    return options.with_(offline=True) if not options.offline and _hub_offline() else options
 
 
-def _options(dtype, device_map, max_memory, class_name, no_offload, trust_remote_code, cache_dir, offline,
-             force_download, token) -> _Options:
-    io = dict(cache_dir=cache_dir, offline=offline or _hub_offline(), force_download=force_download, token=token)
-    return _Options(class_name, parse_dtype(dtype), parse_device_map(device_map), parse_max_memory(max_memory),
-                    no_offload, trust_remote_code, io)
+def plan_model(spec: str | ModelSpec, options: Optional[LoadOptions] = None, *, on_event: OnEvent | None = None,
+               **raw: Any) -> Plan:
+    """Where a model would go with these options, from its config and safetensors headers only.
 
-
-def plan_model(spec: str | ModelSpec, *, class_name: Optional[str] = None, dtype: Optional[str] = "auto",
-               device_map: Any = "auto", max_memory: Any = None, no_offload: bool = False,
-               trust_remote_code: bool = False, cache_dir: Optional[str] = None, offline: bool = False,
-               token: Any = None, on_event: OnEvent | None = None) -> Plan:
-    """Where a model would go with these options, from its config and safetensors headers only."""
+    ``options`` is a :class:`LoadOptions`; or give its fields as keywords (``dtype="bfloat16"``).
+    """
     stages = _Stages(on_event)
     try:
-        opts = _options(dtype, device_map, max_memory, class_name, no_offload, trust_remote_code,
-                        cache_dir, offline, False, token)
-        with _library_bars_off():
-            plan, _, _ = _plan(spec, opts, stages, on_event, read_headers=True)
-        return plan
+        opts = _options(options, raw)
+        with library_bars_off():
+            return _Pipeline(spec, opts, stages, on_event).plan(read_headers=True)
     except BaseException as exc:
         stages.failed(exc)
         raise
 
 
-def load_model(spec: str | ModelSpec, *, class_name: Optional[str] = None, dtype: Optional[str] = "auto",
-               device_map: Any = "auto", max_memory: Any = None, offload_folder: Optional[str] = None,
-               cache_dir: Optional[str] = None, offline: bool = False, force_download: bool = False,
-               no_offload: bool = False, trust_remote_code: bool = False, token: Any = None,
-               name: Optional[str] = None, on_event: OnEvent | None = None) -> LoadResult:
+def load_model(spec: str | ModelSpec, options: Optional[LoadOptions] = None, *, name: Optional[str] = None,
+               on_event: OnEvent | None = None, **raw: Any) -> LoadResult:
     """Resolve, plan, fetch and load a model: the plan is made before any weight byte is fetched."""
     stages = _Stages(on_event)
     t0 = time.perf_counter()
     try:
-        opts = _options(dtype, device_map, max_memory, class_name, no_offload, trust_remote_code,
-                        cache_dir, offline, force_download, token)
-        with _library_bars_off():
-            return _load(spec, opts, stages, on_event, offload_folder, name, t0)
+        opts = _options(options, raw)
+        with library_bars_off():
+            return _Pipeline(spec, opts, stages, on_event).load(name, t0)
     except BaseException as exc:
         stages.failed(exc)
         raise
 
 
-def _load(spec, opts: _Options, stages: _Stages, on_event, offload_folder, name, t0) -> LoadResult:
-    """The load pipeline proper; a temp offload folder it made is removed if it fails."""
-    owns_offload = False
-    try:
-        plan, resolution, config = _plan(spec, opts, stages, on_event, read_headers=False)
+class _Pipeline:
+    """One action's run: each stage's product is kept and handed to the next."""
+
+    def __init__(self, spec, opts: LoadOptions, stages: _Stages, on_event):
+        self.spec = spec if isinstance(spec, ModelSpec) else parse_spec(spec)
+        self.opts, self.stages, self.on_event = opts, stages, on_event
+        self.resolution: Optional[Resolution] = None
+        self.files: Optional[SourceFiles] = None
+        self.config = None
+        self.headers = None
+
+    def plan(self, *, read_headers: bool) -> Plan:
+        """Resolve, read the config (and headers when needed), plan."""
+        opts, stages = self.opts, self.stages
+        stages.start("resolve", str(self.spec))
+        self.resolution = resolve(self.spec, offline=opts.offline, cache_dir=opts.cache_dir, token=opts.token)
+        emit(self.on_event, self.resolution.pin)
+        stages.done(self.resolution.pin)
+
+        stages.start("config")
+        self.files = source_files(self.resolution, cache_dir=opts.cache_dir, offline=opts.offline,
+                                  force_download=opts.force_download, token=opts.token, on_event=self.on_event)
+        self.config = _read_config(self.files.config(), opts.trust_remote_code)
+        dtype = opts.dtype if opts.dtype != "auto" else _config_dtype(self.config)
+        if read_headers or dtype is None:
+            self.headers = self._headers()
+        dtype = dtype or (self.headers.float_dtype if self.headers else None) or "float32"
+        stages.done(self.config)
+
+        stages.start("plan")
+        pin = self.resolution.pin
+        source = pin.pinned_spec if self.resolution.local_path is None else str(self.resolution.local_path)
+        plan = plan_placement(self.config, class_name=opts.class_name, dtype=dtype, device_map=opts.device_map,
+                              max_memory=opts.max_memory, no_offload=opts.no_offload, headers=self.headers,
+                              source=source)
+        stages.done(plan)
+        return plan
+
+    def _headers(self):
+        """Safetensors headers: remote through Range requests, or from local/cached shards (None if absent)."""
+        from .headers import local_headers, remote_headers
+
+        names = self.files.shard_names()
+        if isinstance(self.files, HubFiles) and not self.opts.offline:
+            return remote_headers(self.resolution.repo_id, self.resolution.sha, names, token=self.opts.token)
+        checkpoint = self.files.cached_checkpoint() if isinstance(self.files, HubFiles) else self.files.checkpoint()
+        return local_headers(checkpoint.shards) if checkpoint is not None else None
+
+    def load(self, name: Optional[str], t0: float) -> LoadResult:
+        """The load pipeline proper; a temp offload folder it made is removed if it fails."""
+        opts, stages = self.opts, self.stages
+        plan = self.plan(read_headers=False)
         check_devices_exist(plan.device_map)
 
         stages.start("fetch")
-        checkpoint = fetch_weights(resolution, config.config_file, on_event=on_event, **opts.io)
-        if not opts.io["offline"]:
-            record_ref(resolution, opts.io["cache_dir"])
+        checkpoint: Checkpoint = self.files.checkpoint(self.headers)
+        if not opts.offline:
+            record_ref(self.resolution, opts.cache_dir)
         stages.done(checkpoint)
 
         stages.start("load", plan.model_class)
         from .load import materialize
         from .placement import measure_placement
 
-        owns_offload = "disk" in plan.devices and offload_folder is None
+        offload_folder, owns_offload = opts.offload_folder, "disk" in plan.devices and opts.offload_folder is None
         if owns_offload:
             offload_folder = tempfile.mkdtemp(prefix="hf_notebook-offload-")
-        model = materialize(checkpoint, config.config, plan, offload_folder=offload_folder, on_event=on_event)
-        model.config._name_or_path = resolution.repo_id  # the repo, not the cache folder it was read from
-        result = LoadResult(model=model, pin=resolution.pin, plan=plan,
-                            placement=measure_placement(model, _summary_map(plan, model.hf_device_map)),
-                            seconds=time.perf_counter() - t0, offload_folder=offload_folder,
-                            owns_offload_folder=owns_offload, name=name, timings=stages.timings)
+        try:
+            model = materialize(checkpoint, self.config, plan, offload_folder=offload_folder, on_event=self.on_event)
+            model.config._name_or_path = self.resolution.repo_id  # the repo, not the cache folder it was read from
+            placement = measure_placement(model, _summary_map(plan, model.hf_device_map))
+        except BaseException:
+            if owns_offload:
+                shutil.rmtree(offload_folder, ignore_errors=True)
+            raise
+        result = LoadResult(model=model, pin=self.resolution.pin, plan=plan, placement=placement,
+                            seconds=time.perf_counter() - t0, options=opts, files=checkpoint.files,
+                            offload_folder=offload_folder, owns_offload_folder=owns_offload, name=name,
+                            timings=stages.timings)
         stages.done(result)
         return result
-    except BaseException:
-        if owns_offload:
-            shutil.rmtree(offload_folder, ignore_errors=True)
-        raise
-
-
-@dataclass(frozen=True)
-class _Config:
-    config: Any
-    config_file: Path
-
-
-def _plan(spec, opts: _Options, stages: _Stages, on_event, *, read_headers: bool):
-    """Resolve, fetch the config (and headers when needed), plan. Shared by plan and load."""
-    spec = spec if isinstance(spec, ModelSpec) else parse_spec(spec)
-    stages.start("resolve", str(spec))
-    resolution = resolve(spec, offline=opts.io["offline"], cache_dir=opts.io["cache_dir"], token=opts.io["token"])
-    emit(on_event, resolution.pin)
-    stages.done(resolution.pin)
-
-    stages.start("config")
-    config_file = fetch_config(resolution, on_event=on_event, **opts.io)
-    config = _read_config(config_file, opts.trust_remote_code)
-    dtype = opts.dtype if opts.dtype != "auto" else _config_dtype(config)
-    headers = _headers(resolution, config_file, opts) if read_headers or dtype is None else None
-    dtype = dtype or (headers.float_dtype if headers else None) or "float32"
-    stages.done(config)
-
-    stages.start("plan")
-    source = resolution.pin.pinned_spec if resolution.local_path is None else str(resolution.local_path)
-    plan = plan_placement(config, class_name=opts.class_name, dtype=dtype, device_map=opts.device_map,
-                          max_memory=opts.max_memory, no_offload=opts.no_offload, headers=headers, source=source)
-    stages.done(plan)
-    return plan, resolution, _Config(config, config_file)
-
-
-def _headers(resolution, config_file: Path, opts: _Options):
-    """Safetensors headers: remote through Range requests, or from local/cached shards (None if absent)."""
-    from .errors import OfflineError
-    from .headers import local_headers, remote_headers
-
-    if resolution.local_path is None and not opts.io["offline"]:
-        names = shard_names(resolution, **{**opts.io, "force_download": False})
-        return remote_headers(resolution.repo_id, resolution.sha, names, token=opts.io["token"])
-    try:
-        checkpoint = fetch_weights(resolution, config_file, **{**opts.io, "force_download": False})
-    except OfflineError:
-        return None
-    return local_headers(checkpoint.shards)
 
 
 def _summary_map(plan: Plan, device_map: dict) -> dict:
@@ -210,22 +213,40 @@ def _summary_map(plan: Plan, device_map: dict) -> dict:
     return device_map
 
 
+_BARS_LOCK = threading.Lock()
+_BARS_USERS = 0
+_BARS_SAVED: tuple[bool, bool] = (False, True)
+
+
 @contextlib.contextmanager
-def _library_bars_off():
-    """Silence huggingface_hub's and transformers' own tqdm bars: our events carry that progress."""
+def library_bars_off():
+    """Silence huggingface_hub's and transformers' own tqdm bars while any of our calls runs.
+
+    Our events carry that progress. Those switches are process-wide, so concurrent and nested
+    calls share one silence: the first in saves the user's settings, the last out restores
+    exactly them.
+    """
+    global _BARS_USERS, _BARS_SAVED
     from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
     from transformers.utils import logging as tf_logging
 
-    hub_was_off, tf_was_on = are_progress_bars_disabled(), tf_logging.is_progress_bar_enabled()
-    disable_progress_bars()
-    tf_logging.disable_progress_bar()
+    with _BARS_LOCK:
+        if _BARS_USERS == 0:
+            _BARS_SAVED = (are_progress_bars_disabled(), tf_logging.is_progress_bar_enabled())
+            disable_progress_bars()
+            tf_logging.disable_progress_bar()
+        _BARS_USERS += 1
     try:
         yield
     finally:
-        if not hub_was_off:
-            enable_progress_bars()
-        if tf_was_on:
-            tf_logging.enable_progress_bar()
+        with _BARS_LOCK:
+            _BARS_USERS -= 1
+            if _BARS_USERS == 0:
+                hub_was_off, tf_was_on = _BARS_SAVED
+                if not hub_was_off:
+                    enable_progress_bars()
+                if tf_was_on:
+                    tf_logging.enable_progress_bar()
 
 
 def _hub_offline() -> bool:

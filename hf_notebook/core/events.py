@@ -6,7 +6,7 @@ the dataclasses below. ``emit`` is the null-safe way to call it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Optional, Union
 
 
@@ -71,22 +71,13 @@ class StageDone:
 
 @dataclass(frozen=True)
 class Failed:
-    """The action failed; renderers turn red and show ``error``."""
+    """The action failed (red) or was cancelled (``error`` is a ``KeyboardInterrupt``)."""
 
     stage: str
     error: BaseException
 
 
-@dataclass(frozen=True)
-class Message:
-    """A line worth showing the user (a warning, a note about pinning, ...)."""
-
-    text: str
-    level: str = "info"  # "info" | "warning"
-    extra: dict = field(default_factory=dict)
-
-
-Event = Union[StageStarted, Resolved, FileProgress, ShardProgress, StageDone, Failed, Message]
+Event = Union[StageStarted, Resolved, FileProgress, ShardProgress, StageDone, Failed]
 OnEvent = Callable[[Event], None]
 
 

@@ -1,4 +1,10 @@
-"""Download exactly the files a load needs, through huggingface_hub's cache, with byte progress."""
+"""Bring exactly the files a load needs onto local disk, with byte progress.
+
+One :class:`SourceFiles` per call (a pinned Hub repo through huggingface_hub's cache, or a
+local folder) answers every question about the checkpoint's files once: the config, the
+shard names (from the index, read once), and the weights. What it fetched is recorded in
+:attr:`SourceFiles.facts` for the static record.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +16,7 @@ from typing import Optional
 
 from .errors import LoadError, OfflineError
 from .events import FileProgress, OnEvent, emit
+from .headers import HeaderInfo
 from .resolve import Resolution
 
 CONFIG = "config.json"
@@ -20,76 +27,138 @@ PICKLE_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json")
 
 
 @dataclass(frozen=True)
+class FileFacts:
+    """One file of the checkpoint: its size and whether it came from the cache."""
+
+    name: str
+    size: int
+    cached: bool
+
+
+@dataclass(frozen=True)
 class Checkpoint:
-    """A model's files on local disk, ready to load."""
+    """A model's files on local disk, ready to load; ``headers`` once they were read."""
 
     config_file: Path
     shards: list[Path]  # safetensors files, in index order
     generation_config_file: Optional[Path] = None
+    headers: Optional[HeaderInfo] = None
+    files: tuple[FileFacts, ...] = ()
 
     @property
     def folder(self) -> Path:
         return self.config_file.parent
 
 
-def fetch_config(resolution: Resolution, *, cache_dir=None, force_download: bool = False, offline: bool = False,
-                 token=None, on_event: OnEvent | None = None) -> Path:
-    """Bring ``config.json`` of the pinned sha into the cache (or find it in a local folder)."""
+def source_files(resolution: Resolution, *, cache_dir=None, offline: bool = False, force_download: bool = False,
+                 token=None, on_event: OnEvent | None = None) -> "SourceFiles":
+    """The files of ``resolution``: a local folder, or the pinned repo through the Hub cache."""
     if resolution.local_path is not None:
-        return _local_checkpoint(resolution.local_path).config_file
-    getter = _CachedFiles(resolution, cache_dir, offline, force_download, token, on_event)
-    config = getter.get(CONFIG)
-    getter.raise_missing()
-    if config is None:
-        raise LoadError(f"{resolution.repo_id}@{resolution.sha[:12]} has no {CONFIG}.",
-                        hint="hf_notebook loads transformers models: the repo needs a config.json.")
-    return config
+        return LocalFiles(resolution.local_path)
+    return HubFiles(resolution, cache_dir=cache_dir, offline=offline, force_download=force_download, token=token,
+                    on_event=on_event)
 
 
-def shard_names(resolution: Resolution, *, cache_dir=None, force_download: bool = False, offline: bool = False,
-                token=None, on_event: OnEvent | None = None) -> list[str]:
-    """The safetensors files of the checkpoint (fetches only the small index, if there is one)."""
-    getter = _CachedFiles(resolution, cache_dir, offline, force_download, token, on_event)
-    names = getter.shard_names()
-    getter.raise_missing()
-    return names
+class SourceFiles:
+    """What both sources answer; each answer is computed once."""
+
+    def __init__(self):
+        self.facts: dict[str, FileFacts] = {}
+        self._names: Optional[list[str]] = None
+
+    def config(self) -> Path:
+        raise NotImplementedError
+
+    def shard_names(self) -> list[str]:
+        if self._names is None:
+            self._names = self._list_shards()
+        return self._names
+
+    def checkpoint(self, headers: Optional[HeaderInfo] = None) -> Checkpoint:
+        raise NotImplementedError
+
+    def _list_shards(self) -> list[str]:
+        raise NotImplementedError
 
 
-def fetch_weights(resolution: Resolution, config_file: Path, *, cache_dir=None, force_download: bool = False,
-                  offline: bool = False, token=None, on_event: OnEvent | None = None,
-                  max_workers: int = 4) -> Checkpoint:
-    """Bring the index, every shard and the generation config into the cache, in parallel."""
-    if resolution.local_path is not None:
-        return _local_checkpoint(resolution.local_path)
-    getter = _CachedFiles(resolution, cache_dir, offline, force_download, token, on_event)
-    shard_names = getter.shard_names()
-    optional = [GENERATION_CONFIG] if getter.may_exist(GENERATION_CONFIG) else []
-    names = shard_names + optional
-    with ThreadPoolExecutor(max_workers=max(1, min(max_workers, len(names)))) as pool:
-        paths = dict(zip(names, pool.map(getter.get, names)))
-    getter.raise_missing()
-    return Checkpoint(config_file, [paths[n] for n in shard_names], paths.get(GENERATION_CONFIG))
+class LocalFiles(SourceFiles):
+    """A folder written by ``save_pretrained``."""
+
+    def __init__(self, folder: Path):
+        super().__init__()
+        self.folder = folder
+
+    def config(self) -> Path:
+        config = self.folder / CONFIG
+        if not config.is_file():
+            raise LoadError(f"{self.folder} has no {CONFIG}.", hint="Point at a folder written by save_pretrained.")
+        return config
+
+    def _list_shards(self) -> list[str]:
+        if (self.folder / INDEX).is_file():
+            return _weight_map_files(self.folder / INDEX)
+        if (self.folder / SINGLE).is_file():
+            return [SINGLE]
+        raise LoadError(f"{self.folder} has no safetensors weights ({INDEX} or {SINGLE}).",
+                        hint="hf_notebook loads safetensors only; save with save_pretrained(safe_serialization=True).")
+
+    def checkpoint(self, headers: Optional[HeaderInfo] = None) -> Checkpoint:
+        shards = [self.folder / n for n in self.shard_names()]
+        missing = [p.name for p in shards if not p.is_file()]
+        if missing:
+            raise LoadError(f"{self.folder} lacks shard(s) named in its index: {', '.join(missing)}.",
+                            hint="The checkpoint is incomplete: copy the missing files or save it again.")
+        generation = self.folder / GENERATION_CONFIG
+        files = tuple(FileFacts(p.name, p.stat().st_size, True) for p in shards)
+        return Checkpoint(self.config(), shards, generation if generation.is_file() else None, headers, files)
 
 
-class _CachedFiles:
+class HubFiles(SourceFiles):
     """One pinned repo's files: from the cache, or downloaded with progress events."""
 
-    def __init__(self, resolution: Resolution, cache_dir, offline, force_download, token, on_event):
+    def __init__(self, resolution: Resolution, *, cache_dir, offline, force_download, token, on_event):
+        super().__init__()
         self.res, self.cache_dir, self.offline = resolution, cache_dir, offline
         self.force, self.token, self.on_event = force_download, token, on_event
         self.missing: list[str] = []
+        self._paths: dict[str, Path] = {}
 
-    def may_exist(self, name: str) -> bool:
+    def config(self) -> Path:
+        config = self._get(CONFIG)
+        self._raise_missing()
+        if config is None:
+            raise LoadError(f"{self.res.repo_id}@{self.res.sha[:12]} has no {CONFIG}.",
+                            hint="hf_notebook loads transformers models: the repo needs a config.json.")
+        return config
+
+    def checkpoint(self, headers: Optional[HeaderInfo] = None, max_workers: int = 4) -> Checkpoint:
+        """Bring every shard and the generation config into the cache, in parallel."""
+        shards = self.shard_names()
+        names = shards + ([GENERATION_CONFIG] if self._may_exist(GENERATION_CONFIG) else [])
+        with ThreadPoolExecutor(max_workers=max(1, min(max_workers, len(names)))) as pool:
+            paths = dict(zip(names, pool.map(self._get, names)))
+        self._raise_missing()
+        files = tuple(self.facts[n] for n in names if n in self.facts)
+        return Checkpoint(self.config(), [paths[n] for n in shards], paths.get(GENERATION_CONFIG), headers, files)
+
+    def cached_checkpoint(self, headers: Optional[HeaderInfo] = None) -> Optional[Checkpoint]:
+        """The checkpoint if every shard is already cached (offline planning), else None."""
+        try:
+            return self.checkpoint(headers)
+        except OfflineError:
+            self.missing.clear()
+            return None
+
+    def _may_exist(self, name: str) -> bool:
         """Online we know the file list; offline we try and accept absence."""
         return name in self.res.file_sizes if self.res.file_sizes else True
 
-    def shard_names(self) -> list[str]:
-        if self.may_exist(INDEX):
-            index_file = self.get(INDEX, required=not self.offline)
+    def _list_shards(self) -> list[str]:
+        if self._may_exist(INDEX):
+            index_file = self._get(INDEX, required=not self.offline)
             if index_file is not None:
-                weight_map = json.loads(index_file.read_text())["weight_map"]
-                return sorted(set(weight_map.values()))
-        if self.may_exist(SINGLE) or self.offline:
+                return _weight_map_files(index_file)
+        if self._may_exist(SINGLE) or self.offline:
             return [SINGLE]
         if any(name in self.res.file_sizes for name in PICKLE_WEIGHTS):
             raise LoadError(f"{self.res.repo_id} has only pickle weights (pytorch_model.bin), no safetensors.",
@@ -98,25 +167,31 @@ class _CachedFiles:
         raise LoadError(f"{self.res.repo_id}@{self.res.sha[:12]} has no safetensors weights.",
                         hint=f"Files there: {', '.join(sorted(self.res.file_sizes)[:12])}")
 
-    def get(self, name: str, required: bool = True) -> Optional[Path]:
+    def _get(self, name: str, required: bool = True) -> Optional[Path]:
         from huggingface_hub import hf_hub_download, try_to_load_from_cache
 
+        if name in self._paths:
+            return self._paths[name]
         cached = None if self.force else try_to_load_from_cache(
             self.res.repo_id, name, cache_dir=self.cache_dir, revision=self.res.sha)
         if isinstance(cached, str):
             size = Path(cached).stat().st_size
+            self.facts[name] = FileFacts(name, size, True)
             emit(self.on_event, FileProgress(name, size, size, cached=True))
-            return Path(cached)
+            self._paths[name] = Path(cached)
+            return self._paths[name]
         if self.offline:
             if required and name != GENERATION_CONFIG:
                 self.missing.append(name)
             return None
-        path = hf_hub_download(self.res.repo_id, name, revision=self.res.sha, cache_dir=self.cache_dir,
-                               force_download=self.force, token=self.token,
-                               tqdm_class=_progress_class(name, self.res.file_sizes.get(name), self.on_event))
-        return Path(path)
+        path = Path(hf_hub_download(self.res.repo_id, name, revision=self.res.sha, cache_dir=self.cache_dir,
+                                    force_download=self.force, token=self.token,
+                                    tqdm_class=_progress_class(name, self.res.file_sizes.get(name), self.on_event)))
+        self.facts[name] = FileFacts(name, path.stat().st_size, False)
+        self._paths[name] = path
+        return path
 
-    def raise_missing(self) -> None:
+    def _raise_missing(self) -> None:
         if self.missing:
             spec = f"{self.res.repo_id}@{self.res.sha}"
             raise OfflineError(
@@ -124,6 +199,16 @@ class _CachedFiles:
                 hint=f"On a machine with network run `%load_model {spec}` (or `hf download {self.res.repo_id} "
                 f"--revision {self.res.sha}`), then copy its HF_HOME cache folder here.",
                 missing=list(self.missing))
+
+
+def _weight_map_files(index_file: Path) -> list[str]:
+    """The shard files an index names, in order."""
+    try:
+        weight_map = json.loads(index_file.read_text())["weight_map"]
+    except (ValueError, KeyError, TypeError):
+        raise LoadError(f"{index_file.name} in {index_file.parent} has no readable weight_map.",
+                        hint="The checkpoint's index is damaged: save the model again, or re-download it.") from None
+    return sorted(set(weight_map.values()))
 
 
 def _progress_class(name: str, size: Optional[int], on_event: OnEvent | None):
@@ -149,23 +234,3 @@ def _progress_class(name: str, size: Optional[int], on_event: OnEvent | None):
             pass
 
     return _Progress
-
-
-def _local_checkpoint(folder: Path) -> Checkpoint:
-    config = folder / CONFIG
-    if not config.is_file():
-        raise LoadError(f"{folder} has no {CONFIG}.", hint="Point at a folder written by save_pretrained.")
-    if (folder / INDEX).is_file():
-        weight_map = json.loads((folder / INDEX).read_text())["weight_map"]
-        shards = [folder / n for n in sorted(set(weight_map.values()))]
-    elif (folder / SINGLE).is_file():
-        shards = [folder / SINGLE]
-    else:
-        raise LoadError(f"{folder} has no safetensors weights ({INDEX} or {SINGLE}).",
-                        hint="hf_notebook loads safetensors only; save with save_pretrained(safe_serialization=True).")
-    missing = [p.name for p in shards if not p.is_file()]
-    if missing:
-        raise LoadError(f"{folder} lacks shard(s) named in its index: {', '.join(missing)}.",
-                        hint="The checkpoint is incomplete: copy the missing files or save it again.")
-    generation = folder / GENERATION_CONFIG
-    return Checkpoint(config, shards, generation if generation.is_file() else None)

@@ -11,11 +11,9 @@ import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .dtypes import FLOAT_NAMES, ITEMSIZE
 from .errors import LoadError
-
-ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
-            "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1, "U16": 2, "U32": 4, "U64": 8}
-TORCH_NAMES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16"}
+from .units import numel
 
 
 @dataclass(frozen=True)
@@ -23,7 +21,12 @@ class HeaderInfo:
     """What a checkpoint's headers say."""
 
     param_counts: dict[str, int] = field(default_factory=dict)  # safetensors dtype code -> parameters
-    shard_bytes: dict[str, int] = field(default_factory=dict)  # shard file -> tensor data bytes
+    tensors: dict[str, dict[str, tuple[str, int]]] = field(default_factory=dict)  # shard -> tensor -> (code, bytes)
+
+    @property
+    def shard_bytes(self) -> dict[str, int]:
+        """Shard file -> tensor data bytes."""
+        return {shard: sum(n for _, n in tensors.values()) for shard, tensors in self.tensors.items()}
 
     @property
     def total_params(self) -> int:
@@ -36,8 +39,8 @@ class HeaderInfo:
     @property
     def float_dtype(self) -> str | None:
         """The dominant floating dtype as a torch name (what ``--dtype auto`` means without a config dtype)."""
-        floats = {code: n for code, n in self.param_counts.items() if code in TORCH_NAMES}
-        return TORCH_NAMES[max(floats, key=floats.get)] if floats else None
+        floats = {code: n for code, n in self.param_counts.items() if code in FLOAT_NAMES}
+        return FLOAT_NAMES[max(floats, key=floats.get)] if floats else None
 
 
 MAX_HEADER = 100 * 2**20  # safetensors' own limit on a header's size
@@ -89,24 +92,16 @@ def local_headers(shards: list[Path]) -> HeaderInfo:
 
 def tensor_nbytes(dtype_code: str, shape) -> int:
     """Bytes of a tensor of safetensors dtype ``dtype_code`` and ``shape``."""
-    return _numel(shape) * ITEMSIZE.get(dtype_code, 4)
+    return numel(shape) * ITEMSIZE.get(dtype_code, 4)
 
 
 def _tally(headers) -> HeaderInfo:
     counts: dict[str, int] = {}
-    shard_bytes: dict[str, int] = {}
+    tensors: dict[str, dict[str, tuple[str, int]]] = {}
     for name, header in headers:
         header.pop("__metadata__", None)
-        shard_bytes[name] = 0
-        for tensor in header.values():
-            numel = _numel(tensor["shape"])
-            counts[tensor["dtype"]] = counts.get(tensor["dtype"], 0) + numel
-            shard_bytes[name] += tensor_nbytes(tensor["dtype"], tensor["shape"])
-    return HeaderInfo(counts, shard_bytes)
-
-
-def _numel(shape) -> int:
-    numel = 1
-    for dim in shape:
-        numel *= dim
-    return numel
+        shard = tensors[name] = {}
+        for key, tensor in header.items():
+            counts[tensor["dtype"]] = counts.get(tensor["dtype"], 0) + numel(tensor["shape"])
+            shard[key] = (tensor["dtype"], tensor_nbytes(tensor["dtype"], tensor["shape"]))
+    return HeaderInfo(counts, tensors)

@@ -13,28 +13,31 @@ that name, loads stay correct and only the progress goes quiet.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import gc
-import mmap
 import os
-import sys
 import threading
 from pathlib import Path
-from typing import Optional
 
+from . import libc
+from .dtypes import converts, torch_dtype
 from .events import OnEvent, ShardProgress, emit
 from .fetch import Checkpoint
-from .headers import TORCH_NAMES, tensor_nbytes
-from .plan import Plan, model_class_for, torch_dtype
-
+from .headers import HeaderInfo, local_headers
+from .plan import Plan, model_class_for
 
 
 class _ShardCounter:
-    """Counts tensors read from one shard and reports it; shared by transformers' worker threads."""
+    """Counts tensors read from one shard and reports it; shared by transformers' worker threads.
 
-    def __init__(self, name: str, index: int, count: int, sizes: dict[str, int], on_event: OnEvent | None):
+    Events are built and emitted under the lock, so a renderer sees each shard's counts rise
+    monotonically whatever thread read the tensor.
+    """
+
+    def __init__(self, name: str, index: int, count: int, sizes: dict[str, tuple[str, int]],
+                 on_event: OnEvent | None):
         self.name, self.index, self.count, self.on_event = name, index, count, on_event
-        self.tensors_total, self.bytes_total = len(sizes), sum(sizes.values())
+        self.sizes = sizes  # tensor -> (safetensors dtype code, bytes), from the header
+        self.tensors_total, self.bytes_total = len(sizes), sum(n for _, n in sizes.values())
         self.tensors_done = self.bytes_done = 0
         self._lock = threading.Lock()
 
@@ -42,9 +45,15 @@ class _ShardCounter:
         with self._lock:
             self.tensors_done += 1
             self.bytes_done += nbytes
-            event = ShardProgress(self.name, self.index, self.count, self.tensors_done,
-                                  self.tensors_total, self.bytes_done, self.bytes_total)
-        emit(self.on_event, event)
+            emit(self.on_event, self._event())
+
+    def announce(self) -> None:
+        with self._lock:
+            emit(self.on_event, self._event())
+
+    def _event(self) -> ShardProgress:
+        return ShardProgress(self.name, self.index, self.count, self.tensors_done, self.tensors_total,
+                             self.bytes_done, self.bytes_total)
 
 
 class _PageReleaser:
@@ -66,48 +75,13 @@ class _PageReleaser:
             previous = self._last.get(threading.get_ident())
             self._last[threading.get_ident()] = span
         if previous is not None:
-            _dontneed(*previous)
+            libc.dontneed(*previous)
 
     def finish(self) -> None:
         with self._lock:
             spans, self._last = list(self._last.values()), {}
         for span in spans:
-            _dontneed(*span)
-
-
-def _dontneed(address: int, length: int) -> None:
-    """``madvise(MADV_DONTNEED)`` on the whole pages inside ``[address, address + length)`` (Linux)."""
-    page = mmap.PAGESIZE
-    start, end = -(-address // page) * page, (address + length) // page * page
-    if end > start and _LIBC is not None:
-        _LIBC.madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), 4)  # 4: MADV_DONTNEED
-
-
-def _load_libc():
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
-        return libc
-    except (OSError, AttributeError):
-        return None
-
-
-_LIBC = _load_libc()
-_M_MMAP_THRESHOLD = -3
-
-
-def _fix_mmap_threshold() -> None:
-    """Pin glibc's mmap threshold at its 128 KiB default (once per process).
-
-    glibc raises the threshold after freeing large blocks, so later tensors (converted in
-    transformers' worker threads) land in per-thread heaps that are never given back:
-    unloading a model then leaves its memory in the process. A fixed threshold keeps every
-    large tensor in its own mapping, returned to the OS when freed.
-    """
-    if _LIBC is not None and hasattr(_LIBC, "mallopt"):
-        _LIBC.mallopt(_M_MMAP_THRESHOLD, 128 * 1024)
+            libc.dontneed(*span)
 
 
 class _LazyTensor:
@@ -139,8 +113,9 @@ class _ObservedHandle:
 
     def get_slice(self, key: str) -> _LazyTensor:
         tensor_slice = self._handle.get_slice(key)
-        converted = _converts(tensor_slice.get_dtype(), self._target)
-        return _LazyTensor(tensor_slice, _nbytes(tensor_slice), self._counter, self._releaser if converted else None)
+        code, nbytes = self._counter.sizes.get(key, ("", 0))
+        converted = converts(code, self._target)
+        return _LazyTensor(tensor_slice, nbytes, self._counter, self._releaser if converted else None)
 
     def __enter__(self):
         return self
@@ -174,24 +149,17 @@ def _observing(counters: dict[str, _ShardCounter], releaser: _PageReleaser, targ
         finally:
             modeling_utils.safe_open = original
 
-    def get_dtype(self):
-        return self._slice.get_dtype()
-
-    def get_shape(self):
-        return self._slice.get_shape()
-
 
 def materialize(checkpoint: Checkpoint, config, plan: Plan, *, offload_folder: str | Path | None = None,
                 on_event: OnEvent | None = None):
     """Load ``checkpoint`` as ``plan`` says, through ``from_pretrained``, reporting shard progress."""
     cls = model_class_for(config, plan.model_class)
-    dtype = torch_dtype(plan.dtype)
-    _fix_mmap_threshold()
+    libc.pin_mmap_threshold()
     releaser = _PageReleaser()
     counters = _shard_counters(checkpoint, on_event)
     try:
         with _observing(counters, releaser, plan.dtype):
-            model = cls.from_pretrained(str(checkpoint.folder), config=config, dtype=dtype,
+            model = cls.from_pretrained(str(checkpoint.folder), config=config, dtype=torch_dtype(plan.dtype),
                                         device_map=dict(plan.device_map), offload_folder=offload_folder,
                                         use_safetensors=True, local_files_only=True)
     except BaseException:
@@ -205,27 +173,16 @@ def materialize(checkpoint: Checkpoint, config, plan: Plan, *, offload_folder: s
 
 
 def _shard_counters(checkpoint: Checkpoint, on_event: OnEvent | None) -> dict[str, _ShardCounter]:
-    """A counter per shard (by real path), sized from its header; announces each shard at 0."""
-    from safetensors import safe_open
-
+    """A counter per shard (by real path), sized from the headers; announces each shard at 0."""
+    headers: HeaderInfo = checkpoint.headers or local_headers(checkpoint.shards)
     counters = {}
     count = len(checkpoint.shards)
     for index, path in enumerate(checkpoint.shards):
-        with safe_open(path, framework="pt") as handle:
-            sizes = {key: _nbytes(handle.get_slice(key)) for key in handle.keys()}
+        sizes = headers.tensors.get(Path(path).name, {})
         counter = _ShardCounter(Path(path).name, index, count, sizes, on_event)
         counters[os.path.realpath(path)] = counter
-        emit(on_event, ShardProgress(counter.name, index, count, 0, counter.tensors_total, 0, counter.bytes_total))
+        counter.announce()
     return counters
-
-
-def _converts(code: str, target: str) -> bool:
-    """A floating tensor stored in another dtype than the target (fp8 included: never kept as is)."""
-    return (code in TORCH_NAMES or code.startswith("F8")) and TORCH_NAMES.get(code) != target
-
-
-def _nbytes(tensor_slice) -> int:
-    return tensor_nbytes(tensor_slice.get_dtype(), tensor_slice.get_shape())
 
 
 def _release() -> None:

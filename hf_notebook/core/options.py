@@ -1,57 +1,59 @@
-"""Parse option strings (``--dtype``, ``--max-memory``, ``--device-map``) into typed values."""
+"""What the user asked for, validated once: option strings -> one typed, keyword-only object.
+
+The magics and the Python API both build :class:`LoadOptions` with :meth:`LoadOptions.parse`,
+so every action gets the same checks and the core sees only valid, typed values.
+"""
 
 from __future__ import annotations
 
 import json
-import re
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Union
+from typing import Any, Optional, Union
 
+from .dtypes import parse_dtype
 from .errors import OptionError
+from .units import Device, parse_device, parse_size
 
-DTYPES = ("auto", "float32", "bfloat16", "float16")
 STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")
-_DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16", "float": "float32"}
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)?\s*$", re.IGNORECASE)
-_UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
-          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
-
-Device = Union[int, str]
 DeviceMap = Union[str, dict]
 
 
-def parse_dtype(text: str | None) -> str:
-    """Return one of :data:`DTYPES` (``None`` means ``auto``)."""
-    name = (text or "auto").strip().lower().removeprefix("torch.")
-    name = _DTYPE_ALIASES.get(name, name)
-    if name not in DTYPES:
-        raise OptionError(f"Unknown dtype {text!r}.", hint=f"Use one of: {', '.join(DTYPES)}.")
-    return name
+@dataclass(frozen=True, kw_only=True)
+class LoadOptions:
+    """Everything a plan or a load depends on besides the model spec."""
 
+    class_name: Optional[str] = None
+    dtype: str = "auto"
+    device_map: DeviceMap = "auto"
+    max_memory: Optional[dict[Device, int]] = None
+    no_offload: bool = False
+    trust_remote_code: bool = False
+    offload_folder: Optional[str] = None
+    cache_dir: Optional[str] = None
+    offline: bool = False
+    force_download: bool = False
+    token: Any = None  # never shown: see __repr__
 
-def parse_size(text: str) -> int:
-    """``"20GiB"`` -> bytes; a bare number is bytes. Decimal (GB) and binary (GiB) units."""
-    match = _SIZE.match(str(text))
-    if not match:
-        raise OptionError(f"Cannot read {text!r} as a size.", hint="Write sizes like 20GiB, 512MB or 1000000 (bytes).")
-    number, unit = match.groups()
-    return int(float(number) * _UNITS[(unit or "b").lower()])
+    @classmethod
+    def parse(cls, *, class_name: Optional[str] = None, dtype: Optional[str] = "auto", device_map: Any = "auto",
+              max_memory: Any = None, no_offload: bool = False, trust_remote_code: bool = False,
+              offload_folder: Optional[str] = None, cache_dir: Optional[str] = None, offline: bool = False,
+              force_download: bool = False, token: Any = None) -> "LoadOptions":
+        """Validate raw values (strings as typed, or already-typed values) into options."""
+        return cls(class_name=class_name or None, dtype=parse_dtype(dtype), device_map=parse_device_map(device_map),
+                   max_memory=parse_max_memory(max_memory), no_offload=bool(no_offload),
+                   trust_remote_code=bool(trust_remote_code), offload_folder=offload_folder or None,
+                   cache_dir=cache_dir or None, offline=bool(offline), force_download=bool(force_download),
+                   token=token)
 
+    def with_(self, **changes: Any) -> "LoadOptions":
+        return replace(self, **changes)
 
-def parse_device(text: str | int) -> Device:
-    """Normalize a device name the way accelerate keys them: GPU ``N`` as int, else ``cpu``/``disk``/``mps``."""
-    if isinstance(text, int):
-        return text
-    name = str(text).strip().lower()
-    if re.fullmatch(r"\d+", name):
-        return int(name)
-    if re.fullmatch(r"cuda:\d+", name):
-        return int(name.split(":")[1])
-    if name == "cuda":
-        return 0
-    if name in ("cpu", "disk", "mps", "meta"):
-        return name
-    raise OptionError(f"Unknown device {text!r}.", hint="Use a GPU number (0, cuda:1), cpu or disk.")
+    def __repr__(self) -> str:
+        shown = {k: v for k, v in self.__dict__.items() if k != "token"}
+        token = "" if self.token is None else ", token=<hidden>"
+        return f"LoadOptions({', '.join(f'{k}={v!r}' for k, v in shown.items())}{token})"
 
 
 def parse_max_memory(text: str | dict | None) -> dict[Device, int] | None:

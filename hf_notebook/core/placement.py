@@ -1,10 +1,17 @@
-"""Where a loaded model really lives: bytes per module group and per device, measured.
+"""Where a model's modules are (measured) or would be (planned), as structure.
 
-Counts come from the tensors themselves, not ``get_memory_footprint()``: each resident
-param/buffer is charged to the device of its storage, shared storages (tied weights, views)
-once; modules that accelerate offloaded (meta params behind an ``_hf_hook`` whose
-``weights_map`` holds the real weights) are charged to ``cpu`` or ``disk`` by where that
-map keeps them. torch is imported lazily.
+A :class:`Placement` is a list of :class:`PlacementGroup`\\ s in module order: each names its
+device, its member modules (device-map entries; consecutive numbered siblings on one device
+share a group, so ``model.layers.0`` .. ``model.layers.15`` are one group), and its bytes by
+kind (parameters, buffers) and whether they are *offloaded* (kept on cpu or disk behind an
+accelerate hook and brought in at each forward) or resident where they run. Totals per device
+are :class:`DeviceBytes`. Renderers (``hf_notebook.ui``) write the words; nothing here does.
+
+Measured counts come from the tensors themselves, not ``get_memory_footprint()``: each
+resident param/buffer is charged to the device of its storage, shared storages (tied weights,
+views) once; modules that accelerate offloaded (meta params behind an ``_hf_hook`` whose
+``weights_map`` holds the real weights) are charged to ``cpu`` or ``disk`` by where that map
+keeps them. torch is never imported here.
 """
 
 from __future__ import annotations
@@ -13,104 +20,145 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Mapping, Optional
 
+from .dtypes import itemsize
+from .units import device_name, device_sort_key, numel
+
 _NUMBERED = re.compile(r"^(.*)\.(\d+)$")
 
 
 @dataclass(frozen=True)
 class PlacementGroup:
-    """Consecutive modules on one device: ``model.layers.0-15 -> cuda:0``."""
+    """Consecutive modules on one device, with their bytes by kind."""
 
-    label: str
+    device: str  # "cuda:0", "cpu", "disk"
+    members: tuple[str, ...]  # device-map entries in module order ("" is the whole model)
+    param_bytes: int = 0
+    buffer_bytes: int = 0
+    offloaded: bool = False  # behind an offload hook: stored on ``device``, computed elsewhere
+
+    @property
+    def nbytes(self) -> int:
+        return self.param_bytes + self.buffer_bytes
+
+    @property
+    def label(self) -> str:
+        """A name for the group: its member, or a numbered range ``model.layers.0-15``."""
+        first, last = self.members[0], self.members[-1]
+        if len(self.members) == 1:
+            return first or "(whole model)"
+        prefix = _NUMBERED.match(first).group(1)
+        return f"{prefix}.{_NUMBERED.match(first).group(2)}-{_NUMBERED.match(last).group(2)}"
+
+
+@dataclass(frozen=True)
+class DeviceBytes:
+    """One device's share of a placement."""
+
     device: str
-    nbytes: int
+    param_bytes: int = 0
+    buffer_bytes: int = 0
+    offloaded_bytes: int = 0  # the part kept here only as offload storage
+
+    @property
+    def nbytes(self) -> int:
+        return self.param_bytes + self.buffer_bytes
+
+    @property
+    def resident_bytes(self) -> int:
+        return self.nbytes - self.offloaded_bytes
 
 
 @dataclass(frozen=True)
 class Placement:
-    """Measured placement of a model: groups in module order and bytes per device."""
+    """Groups in module order and totals per device (accelerators first)."""
 
-    groups: list[PlacementGroup]
-    bytes_by_device: dict[str, int]
-    param_bytes_by_device: dict[str, int] = field(default_factory=dict)
-    buffer_bytes_by_device: dict[str, int] = field(default_factory=dict)
+    groups: tuple[PlacementGroup, ...]
+    devices: dict[str, DeviceBytes] = field(default_factory=dict)
+    measured: bool = True  # False: a plan's estimate
+
+    @property
+    def bytes_by_device(self) -> dict[str, int]:
+        return {d: b.nbytes for d, b in self.devices.items()}
+
+    @property
+    def param_bytes_by_device(self) -> dict[str, int]:
+        return {d: b.param_bytes for d, b in self.devices.items() if b.param_bytes}
+
+    @property
+    def buffer_bytes_by_device(self) -> dict[str, int]:
+        return {d: b.buffer_bytes for d, b in self.devices.items() if b.buffer_bytes}
 
     @property
     def total_bytes(self) -> int:
-        return sum(self.bytes_by_device.values())
+        return sum(b.nbytes for b in self.devices.values())
 
-    def to_text(self) -> str:
-        """Concise multi-line summary: one line per group, then the totals per device."""
-        width = max((len(g.label) for g in self.groups), default=0)
-        dev_width = max((len(g.device) for g in self.groups), default=0)
-        lines = [
-            f"{g.label.ljust(width)}  -> {g.device.ljust(dev_width)}  {format_bytes(g.nbytes):>9}"
-            for g in self.groups
-        ]
-        totals = ", ".join(f"{d} {format_bytes(n)}" for d, n in self.bytes_by_device.items())
-        lines.append(f"total: {totals or '0 B'}")
-        return "\n".join(lines)
+    def group_of(self, module: str) -> Optional[PlacementGroup]:
+        """The group holding device-map entry ``module``."""
+        return next((g for g in self.groups if module in g.members), None)
 
 
-def format_bytes(n: Optional[float]) -> str:
-    """Decimal units, as the Hub shows file sizes: ``512 B``, ``12.3 MB``, ``1.50 GB``."""
-    if n is None:
-        return "?"
-    n = float(n)
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
-            break
-        n /= 1000
-    if unit == "B":
-        return f"{int(n)} B"
-    return f"{n:.2f} {unit}" if abs(n) < 10 else f"{n:.1f} {unit}"
+# -- building placements -------------------------------------------------------------------
+@dataclass
+class _Row:
+    name: str
+    device: str
+    params: int = 0
+    buffers: int = 0
+    offloaded: bool = False
 
 
-def normalize_device(device: Any) -> str:
-    """``0`` -> ``"cuda:0"``, ``torch.device("cpu")`` -> ``"cpu"``; strings pass through."""
-    if isinstance(device, bool):
-        raise TypeError(f"not a device: {device!r}")
-    if isinstance(device, int):
-        return f"cuda:{device}"
-    return str(device)
-
-
-def device_sort_key(device: str) -> tuple:
-    """Accelerators first (by index), then ``cpu``, ``disk``, ``meta``."""
-    kind, _, index = device.partition(":")
-    rank = {"cpu": 1, "disk": 2, "meta": 3}.get(kind, 0)
-    return (rank, kind, int(index) if index.isdigit() else -1)
-
-
-def collapse_device_map(device_map: Mapping[str, Any]) -> list[tuple[str, str]]:
-    """Ordered ``(label, device)``; ``x.0`` .. ``x.15`` on one device become ``x.0-15``."""
-    rows = [(name, normalize_device(dev), 0) for name, dev in device_map.items()]
-    return [(g.label, g.device) for g in _collapse(rows)]
-
-
-def _collapse(rows: list[tuple[str, str, int]]) -> list[PlacementGroup]:
-    """Merge runs of consecutively numbered siblings (same prefix, same device)."""
+def _group(rows: list[_Row]) -> tuple[PlacementGroup, ...]:
+    """Merge runs of consecutively numbered siblings on one device (and offload state)."""
     groups: list[PlacementGroup] = []
-    run: Optional[tuple[str, int, int, str, int]] = None  # prefix, first, last, device, bytes
+    run: list[_Row] = []
 
     def flush() -> None:
-        if run is not None:
-            prefix, first, last, device, nbytes = run
-            label = f"{prefix}.{first}" if first == last else f"{prefix}.{first}-{last}"
-            groups.append(PlacementGroup(label, device, nbytes))
+        if run:
+            groups.append(PlacementGroup(run[0].device, tuple(r.name for r in run), sum(r.params for r in run),
+                                         sum(r.buffers for r in run), run[0].offloaded))
+            run.clear()
 
-    for name, device, nbytes in rows:
-        m = _NUMBERED.match(name)
-        if m and run and run[0] == m.group(1) and run[3] == device and int(m.group(2)) == run[2] + 1:
-            run = (run[0], run[1], run[2] + 1, device, run[4] + nbytes)
-            continue
+    for row in rows:
+        m = _NUMBERED.match(row.name)
+        if m and run:
+            prev = _NUMBERED.match(run[-1].name)
+            if (prev and prev.group(1) == m.group(1) and int(m.group(2)) == int(prev.group(2)) + 1
+                    and (run[-1].device, run[-1].offloaded) == (row.device, row.offloaded)):
+                run.append(row)
+                continue
         flush()
-        run = None
-        if m:
-            run = (m.group(1), int(m.group(2)), int(m.group(2)), device, nbytes)
-        else:
-            groups.append(PlacementGroup(name, device, nbytes))
+        run.append(row)
+        if not m:
+            flush()
     flush()
-    return groups
+    return tuple(groups)
+
+
+def _totals(rows: list[_Row], measured: bool, totals: Optional[dict] = None) -> Placement:
+    """Group ``rows``; device totals are ``totals`` (device -> [params, buffers, offloaded]) or the rows' sums."""
+    if totals is None:
+        totals = {}
+        for r in rows:
+            t = totals.setdefault(r.device, [0, 0, 0])
+            t[0] += r.params
+            t[1] += r.buffers
+            t[2] += (r.params + r.buffers) if r.offloaded else 0
+    devices = {d: DeviceBytes(d, *totals[d]) for d in sorted(totals, key=device_sort_key) if sum(totals[d][:2])}
+    return Placement(_group(rows), devices, measured)
+
+
+def planned_placement(device_map: Mapping[str, Any], entry_bytes: Mapping[str, tuple[int, int]],
+                      offloaded: frozenset = frozenset()) -> Placement:
+    """A plan's placement: ``entry_bytes`` gives (param, buffer) bytes per device-map entry.
+
+    ``offloaded`` names the devices that only store weights (disk; cpu behind a GPU).
+    """
+    rows = []
+    for name, device in device_map.items():
+        label = device_name(device)
+        params, buffers = entry_bytes.get(name, (0, 0))
+        rows.append(_Row(name, label, params, buffers, label in offloaded))
+    return _totals(rows, measured=False)
 
 
 class _Ledger:
@@ -138,21 +186,10 @@ class _Ledger:
         return max(new, 0)
 
 
-def _dtype_size(dtype: Any, fallback: Any = None) -> int:
-    """Bytes per element of a torch dtype or its name (``"bfloat16"``, ``"torch.float32"``)."""
-    import torch
-
-    if isinstance(dtype, str):
-        dtype = getattr(torch, dtype.removeprefix("torch."), None)
-    if not isinstance(dtype, torch.dtype):
-        dtype = fallback
-    return dtype.itemsize
-
-
 def _resident(tensor: Any, ledger: _Ledger) -> tuple[str, int]:
     """(device, new bytes) of a materialized or meta tensor."""
-    device = str(tensor.device)
-    size = _dtype_size(tensor.dtype)
+    device = device_name(tensor.device)
+    size = tensor.element_size()
     if tensor.device.type == "meta":
         return device, ledger.charge(("meta", id(tensor)), 0, tensor.numel() * size)
     try:
@@ -196,17 +233,12 @@ def _offloaded(tensor: Any, name: str, owners: list[tuple[str, Any]], ledger: _L
                 return _resident(state_dict[key], ledger)
             if isinstance(index, Mapping) and key in index:  # disk: the index, never the data
                 info = index[key]
-                size = _dtype_size(info.get("dtype"), fallback=tensor.dtype)
-                numel = tensor.numel()
-                if "shape" in info:
-                    numel = 1
-                    for s in info["shape"]:
-                        numel *= s
+                count = numel(info["shape"]) if "shape" in info else tensor.numel()
                 if info.get("safetensors_file"):
                     ident = ("disk", info["safetensors_file"], info.get("weight_name", key))
                 else:
                     ident = ("disk", getattr(store, "save_folder", None), key)
-                return "disk", ledger.charge(ident, 0, numel * size)
+                return "disk", ledger.charge(ident, 0, count * itemsize(info.get("dtype"), fallback=tensor.dtype))
             if state_dict is None and index is None and isinstance(store, dict) and key in store:
                 return _resident(store[key], ledger)  # hook-built map: plain dict of cpu tensors
     return None
@@ -223,38 +255,58 @@ def _owner(name: str, keys: list[str]) -> Optional[str]:
 def measure_placement(model: Any, device_map: Optional[Mapping[str, Any]] = None) -> Placement:
     """Measure where ``model``'s params and buffers live; see the module docstring.
 
-    ``device_map`` defaults to ``model.hf_device_map``; groups are its keys, collapsed.
-    Without one (or with only ``{"": device}``) groups are the top-level children.
+    ``device_map`` defaults to ``model.hf_device_map``; its entries are the group members.
+    Without one (or with only ``{"": device}``) the members are the top-level children.
     """
     if device_map is None:
         device_map = getattr(model, "hf_device_map", None)
-    declared = {k: normalize_device(v) for k, v in (device_map or {}).items()}
+    declared = {k: device_name(v) for k, v in (device_map or {}).items()}
     if set(declared) <= {""}:
         fallback = declared.get("", "")
         declared = {"": ""} | {name: fallback for name, _ in model.named_children()}
     by_specificity = sorted(declared, key=lambda k: (k.count(".") + bool(k), len(k)), reverse=True)
 
     ledger = _Ledger()
-    unit_bytes: dict[str, dict[str, int]] = {}
-    kinds: dict[str, dict[str, int]] = {"param": {}, "buffer": {}}
+    units: dict[str, dict[tuple[str, bool], list[int]]] = {}  # unit -> (device, offloaded) -> [params, buffers]
     modules = dict(model.named_modules())
-    order = {name: i for i, name in enumerate(modules)}
     for mod_name, module in modules.items():
         owners = _ancestors(mod_name, modules)
-        tensors = [("param", n, t) for n, t in module.named_parameters(recurse=False)]
-        tensors += [("buffer", n, t) for n, t in module.named_buffers(recurse=False) if t is not None]
+        tensors = [(0, n, t) for n, t in module.named_parameters(recurse=False)]
+        tensors += [(1, n, t) for n, t in module.named_buffers(recurse=False) if t is not None]
         for kind, local, tensor in tensors:
             full = f"{mod_name}.{local}" if mod_name else local
-            placed = None
-            if tensor.device.type == "meta":
-                placed = _offloaded(tensor, full, owners, ledger)
+            placed = _offloaded(tensor, full, owners, ledger) if tensor.device.type == "meta" else None
             device, nbytes = placed or _resident(tensor, ledger)
-            unit = _owner(full, by_specificity)
-            unit = "" if unit is None else unit
-            per_dev = unit_bytes.setdefault(unit, {})
-            per_dev[device] = per_dev.get(device, 0) + nbytes
-            kinds[kind][device] = kinds[kind].get(device, 0) + nbytes
-    return _assemble(declared, unit_bytes, kinds, order)
+            unit = _owner(full, by_specificity) or ""
+            slot = units.setdefault(unit, {}).setdefault((device, placed is not None), [0, 0])
+            slot[kind] += nbytes
+    order = {name: i for i, name in enumerate(modules)}
+    totals: dict[str, list[int]] = {}
+    for slots in units.values():
+        for (device, offloaded), (params, buffers) in slots.items():
+            t = totals.setdefault(device, [0, 0, 0])
+            t[0], t[1], t[2] = t[0] + params, t[1] + buffers, t[2] + (params + buffers if offloaded else 0)
+    return _totals(_measured_rows(declared, units, order), measured=True, totals=totals)
+
+
+def _measured_rows(declared: dict[str, str], units: dict, order: dict[str, int]) -> list[_Row]:
+    """One row per unit in module order, on the device (and offload state) holding most of its bytes."""
+    names = [k for k in declared if k in units or declared[k]] + [k for k in units if k not in declared]
+    names.sort(key=lambda k: _module_order(k, order))
+    rows = []
+    for unit in names:
+        slots = units.get(unit, {})
+        nonzero = {key: sum(v) for key, v in slots.items() if sum(v)}
+        if not nonzero:  # declared or seen, but every byte counted elsewhere (tied to another entry)
+            device = declared.get(unit) or next((dev for dev, _ in slots), "")
+            if unit and device:
+                rows.append(_Row(unit, device))
+            continue
+        device, offloaded = max(nonzero, key=lambda key: (nonzero[key], key[0] == declared.get(unit)))
+        params = sum(v[0] for v in slots.values())
+        buffers = sum(v[1] for v in slots.values())
+        rows.append(_Row(unit, device, params, buffers, offloaded))
+    return rows
 
 
 def _ancestors(name: str, modules: dict[str, Any]) -> list[tuple[str, Any]]:
@@ -264,59 +316,8 @@ def _ancestors(name: str, modules: dict[str, Any]) -> list[tuple[str, Any]]:
     return [(n, modules[n]) for n in names if n in modules]
 
 
-def _assemble(declared: dict[str, str], unit_bytes: dict, kinds: dict, order: dict[str, int]) -> Placement:
-    """Groups in module order (device = where most of a unit's bytes are) and totals."""
-    units = [k for k in declared if k in unit_bytes or declared[k]]
-    units += [k for k in unit_bytes if k not in declared]
-    units.sort(key=lambda k: _module_order(k, order))
-    rows = []
-    for unit in units:
-        per_dev = unit_bytes.get(unit, {})
-        nonzero = {d: n for d, n in per_dev.items() if n}
-        if nonzero:
-            device = max(nonzero, key=lambda d: (nonzero[d], d == declared.get(unit)))
-        else:
-            device = declared.get(unit) or next(iter(per_dev), "")
-        if not device or (not unit and not nonzero and unit not in declared):
-            continue  # no tensors and no declared device, or only tied copies counted elsewhere
-        rows.append((unit or "(root)", device, sum(per_dev.values())))
-    totals: dict[str, int] = {}
-    for kind in kinds.values():
-        for d, n in kind.items():
-            totals[d] = totals.get(d, 0) + n
-    return Placement(
-        groups=_collapse(rows),
-        bytes_by_device=_sorted_nonzero(totals),
-        param_bytes_by_device=_sorted_nonzero(kinds["param"]),
-        buffer_bytes_by_device=_sorted_nonzero(kinds["buffer"]),
-    )
-
-
 def _module_order(name: str, order: dict[str, int]) -> int:
     """Position of ``name`` (or, for a parameter-level key, of its module) in ``named_modules``."""
     while name not in order and "." in name:
         name = name.rsplit(".", 1)[0]
     return order.get(name, len(order))
-
-
-def _sorted_nonzero(d: dict[str, int]) -> dict[str, int]:
-    return {k: d[k] for k in sorted(d, key=device_sort_key) if d[k]}
-
-
-def planned_placement(device_map: Mapping[str, Any], module_sizes: Mapping[str, int],
-                      param_bytes: Optional[dict] = None, buffer_bytes: Optional[dict] = None,
-                      blocks: Optional[Mapping[str, int]] = None) -> Placement:
-    """A :class:`Placement` from a plan's estimates (sizes per map entry) instead of tensors.
-
-    A one-device map (``{"": "cpu"}``) is shown by ``blocks`` so it still reads layer by layer.
-    """
-    if list(device_map) == [""] and blocks:
-        device = normalize_device(device_map[""])
-        rows = [(name, device, int(size)) for name, size in blocks.items()]
-    else:
-        rows = [(name, normalize_device(dev), int(module_sizes.get(name, 0))) for name, dev in device_map.items()]
-    groups = _collapse(rows)
-    totals: dict[str, int] = {}
-    for group in groups:
-        totals[group.device] = totals.get(group.device, 0) + group.nbytes
-    return Placement(groups, totals, dict(param_bytes or {}), dict(buffer_bytes or {}))

@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any, Optional
 
 from .errors import DeviceError, LoadError, PlanError
+from .explain import Finding, explain
 from .headers import HeaderInfo
-from .placement import format_bytes
-from .placement import normalize_device as device_label
-from .options import Device, DeviceMap
+from .placement import Placement, planned_placement
+from .units import Device, device_name, format_bytes, parse_device
 
 # Default class per task when the config names none we know (order matters: first match wins).
 _AUTO_CLASSES = ("AutoModelForCausalLM", "AutoModelForSeq2SeqLM", "AutoModelForMaskedLM", "AutoModel")
@@ -25,18 +25,21 @@ _AUTO_CLASSES = ("AutoModelForCausalLM", "AutoModelForSeq2SeqLM", "AutoModelForM
 
 @dataclass(frozen=True)
 class Plan:
-    """Where every module of a model would go, and what it would weigh there."""
+    """Where every module of a model would go, and what it would weigh there.
+
+    ``module_bytes`` holds (parameter, buffer) bytes for every device-map entry and every
+    block (top-level modules, numbered layers expanded), so views and the editor can show
+    any of them without the meta model.
+    """
 
     model_class: str
     dtype: str
     device_map: dict[str, Device]
     max_memory: Optional[dict] = None
-    module_sizes: dict[str, int] = field(default_factory=dict)  # per device-map entry, in bytes
+    module_bytes: dict[str, tuple[int, int]] = field(default_factory=dict)
+    blocks: tuple[str, ...] = ()  # top-level blocks in module order (layers expanded)
     tied: dict[str, str] = field(default_factory=dict)  # tied parameter -> the parameter it shares
-    budget: dict[str, int] = field(default_factory=dict)  # device label -> bytes it may take
-    param_bytes: dict[str, int] = field(default_factory=dict)  # device label -> parameter bytes
-    buffer_bytes: dict[str, int] = field(default_factory=dict)  # device label -> buffer bytes
-    blocks: dict[str, int] = field(default_factory=dict)  # top-level blocks (layers expanded) -> bytes
+    budget: dict[str, int] = field(default_factory=dict)  # device name -> bytes it may take
     headers: Optional[HeaderInfo] = None  # what the checkpoint's headers say (None: not read)
     source: str = ""  # "org/name@sha" or a folder
 
@@ -44,33 +47,33 @@ class Plan:
     def spilled(self) -> list[str]:
         return spilled_devices(self.device_map)
 
-    def explain(self) -> list[str]:
-        """Plain sentences: does it fit, what spills where and why, what would make it fit."""
-        return explain(self)
+    @property
+    def module_sizes(self) -> dict[str, int]:
+        """Bytes per module name the plan knows (entries and blocks)."""
+        return {name: p + b for name, (p, b) in self.module_bytes.items()}
 
-    def placement(self):
-        """The plan as a :class:`~hf_notebook.core.placement.Placement` (estimated bytes)."""
-        from .placement import planned_placement
+    def explain(self) -> list[Finding]:
+        """Structured findings: does it fit, what spills where, what would make it fit."""
+        return explain(self.bytes_by_device, self.budget, self.spilled, self.dtype)
 
-        return planned_placement(self.device_map, self.module_sizes, self.param_bytes, self.buffer_bytes,
-                                 self.blocks)
+    def placement(self) -> Placement:
+        """The plan as a :class:`~hf_notebook.core.placement.Placement` (estimated bytes).
 
-    def to_text(self) -> str:
-        """Placement, totals against the budget, and the explanation, as plain text."""
-        lines = [f"plan for {self.source} ({self.model_class}, {self.dtype})"] if self.source else []
-        if self.headers is not None and self.headers.param_counts:
-            counts = ", ".join(f"{n / 1e6:,.1f}M {code}" for code, n in self.headers.param_counts.items())
-            lines.append(f"parameters: {counts}")
-        lines.append(self.placement().to_text())
-        lines += self.explain()
-        return "\n".join(lines)
+        A one-device map (``{"": "cpu"}``) is shown block by block, so it still reads layer by layer.
+        """
+        shown = self.device_map
+        if list(shown) == [""] and self.blocks:
+            shown = {block: shown[""] for block in self.blocks}
+        else:  # accelerate lists what it placed last at the end: show the map in module order
+            shown = dict(sorted(shown.items(), key=lambda item: _block_position(item[0], self.blocks)))
+        return planned_placement(shown, self.module_bytes, frozenset(self.spilled))
 
     @property
     def bytes_by_device(self) -> dict[str, int]:
         totals: dict[str, int] = {}
         for name, device in self.device_map.items():
-            key = device_label(device)
-            totals[key] = totals.get(key, 0) + self.module_sizes.get(name, 0)
+            key = device_name(device)
+            totals[key] = totals.get(key, 0) + sum(self.module_bytes.get(name, (0, 0)))
         return totals
 
     @property
@@ -84,11 +87,11 @@ class Plan:
             Path(path).write_text(text + "\n")
         return text
 
+    def _repr_mimebundle_(self, **_):
+        """A bound plan shows its static record (text and HTML)."""
+        from hf_notebook.ui.record import plan_record
 
-def torch_dtype(name: str):
-    import torch
-
-    return getattr(torch, name)
+        return plan_record(self).bundle()
 
 
 def model_class_for(config, class_name: Optional[str] = None):
@@ -122,33 +125,33 @@ def build_meta_model(cls, config, dtype: str):
     """Instantiate ``cls(config)`` on the meta device exactly as ``from_pretrained`` does."""
     from transformers.utils.generic import ContextManagers
 
+    from .dtypes import torch_dtype
+
     contexts = cls.get_init_context(torch_dtype(dtype), False, False, None)
     with ContextManagers(contexts):
         return cls(copy.deepcopy(config))
 
 
 def plan_placement(config, *, class_name: Optional[str] = None, dtype: str = "float32",
-                   device_map: DeviceMap = "auto", max_memory: Optional[dict] = None,
+                   device_map: Any = "auto", max_memory: Optional[dict] = None,
                    no_offload: bool = False, headers: Optional[HeaderInfo] = None, source: str = "") -> Plan:
     """Compute the device map ``from_pretrained`` would use for these options, without weights.
 
     ``max_memory`` may name devices this machine lacks: planning for a target machine is fine
     (``check_devices_exist`` is what a load adds).
     """
-    from transformers.integrations.accelerate import _get_device_map, compute_module_sizes, get_max_memory
+    from transformers.integrations.accelerate import _get_device_map, get_max_memory
 
     cls = model_class_for(config, class_name)
     model = build_meta_model(cls, config, dtype)
     with _quiet_accelerate():
         resolved = _get_device_map(model, device_map, max_memory, None)
-        budget = {device_label(_norm(k)): int(v) for k, v in get_max_memory(max_memory).items()}
-    resolved = {name: _norm(device) for name, device in resolved.items()}
-    sizes, _ = compute_module_sizes(model)
-    params, buffers = _bytes_by_kind(model, resolved)
+        budget = {device_name(k): int(v) for k, v in get_max_memory(max_memory).items()}
+    resolved = {name: parse_device(device) for name, device in resolved.items()}
+    blocks = _blocks(model)
     plan = Plan(model_class=cls.__name__, dtype=dtype, device_map=resolved, max_memory=max_memory,
-                module_sizes={name: int(sizes.get(name, 0)) for name in resolved},
-                tied=dict(getattr(model, "all_tied_weights_keys", None) or {}), budget=budget,
-                param_bytes=params, buffer_bytes=buffers, blocks=_blocks(model, sizes), headers=headers,
+                module_bytes=_module_bytes(model, set(resolved) | set(blocks)), blocks=tuple(blocks),
+                tied=dict(getattr(model, "all_tied_weights_keys", None) or {}), budget=budget, headers=headers,
                 source=source)
     spilled = plan.spilled
     if no_offload and spilled:
@@ -173,85 +176,54 @@ def _quiet_accelerate():
             lg.setLevel(level)
 
 
-def _entry_for(name: str, device_map: dict) -> Optional[str]:
-    """The device-map entry that holds tensor ``name`` (its longest prefix in the map)."""
-    parts = name.split(".")
-    for cut in range(len(parts), -1, -1):
-        prefix = ".".join(parts[:cut])
-        if prefix in device_map:
-            return prefix
-    return None
-
-
-def _bytes_by_kind(model, device_map: dict) -> tuple[dict[str, int], dict[str, int]]:
-    """Parameter and buffer bytes per device; tied copies (untied on the meta model) count once."""
+def _module_bytes(model, names: set[str]) -> dict[str, tuple[int, int]]:
+    """(parameter, buffer) bytes of each module in ``names``; tied copies (untied on meta) count once."""
     tied = set(getattr(model, "all_tied_weights_keys", None) or {})
-    params: dict[str, int] = {}
-    buffers: dict[str, int] = {}
-    for totals, tensors in ((params, model.named_parameters()), (buffers, model.named_buffers())):
-        for name, tensor in tensors:
-            if name in tied:
+    totals = {name: [0, 0] for name in names}
+    for kind, tensors in ((0, model.named_parameters()), (1, model.named_buffers())):
+        for full, tensor in tensors:
+            if full in tied:
                 continue
-            entry = _entry_for(name, device_map)
-            label = device_label(device_map[entry]) if entry is not None else "cpu"
-            totals[label] = totals.get(label, 0) + tensor.numel() * tensor.element_size()
-    return params, buffers
+            nbytes = tensor.numel() * tensor.element_size()
+            parts = full.split(".")
+            for cut in range(len(parts)):
+                slot = totals.get(".".join(parts[:cut]))
+                if slot is not None:
+                    slot[kind] += nbytes
+    return {name: (p, b) for name, (p, b) in totals.items()}
 
 
-def _blocks(model, sizes: dict) -> dict[str, int]:
-    """Top-level children, one level deeper for containers, numbered layers expanded."""
+def _blocks(model) -> list[str]:
+    """Top-level children, one level deeper for containers, numbered layers expanded; in module order."""
     from torch import nn
 
     no_split = set(getattr(model, "_no_split_modules", None) or [])
-    blocks: dict[str, int] = {}
+    blocks: list[str] = []
     for name, child in model.named_children():
         grandchildren = list(child.named_children())
         if not grandchildren or type(child).__name__ in no_split:
-            blocks[name] = int(sizes.get(name, 0))
+            blocks.append(name)
             continue
         for sub, module in grandchildren:
             if isinstance(module, nn.ModuleList):
-                for index in range(len(module)):
-                    blocks[f"{name}.{sub}.{index}"] = int(sizes.get(f"{name}.{sub}.{index}", 0))
+                blocks += [f"{name}.{sub}.{index}" for index in range(len(module))]
             else:
-                blocks[f"{name}.{sub}"] = int(sizes.get(f"{name}.{sub}", 0))
-    return {name: size for name, size in blocks.items() if size}
+                blocks.append(f"{name}.{sub}")
+    return [b for b in blocks if any(True for _ in model.get_submodule(b).parameters())
+            or any(True for _ in model.get_submodule(b).buffers())]
 
 
-def explain(plan: Plan) -> list[str]:
-    """Sentences for a person: where it goes, what filled up, and what would make it fit."""
-    used = plan.bytes_by_device
-    total = sum(used.values())
-    spilled = plan.spilled
-    if not spilled:
-        where = ", ".join(f"{d} ({format_bytes(b)})" for d, b in used.items())
-        return [f"Fits without offloading: {where}."]
-    candidates = [d for d in plan.budget if d != "disk"] + list(used)
-    fast = [d for d in dict.fromkeys(candidates) if d not in spilled]
-    lines = []
-    for device in fast:
-        budget = plan.budget.get(device)
-        of = f" of its {format_bytes(budget)} budget" if budget else ""
-        lines.append(f"{device} filled up: {format_bytes(used.get(device, 0))} planned{of}; the next block did not fit.")
-    for device in spilled:
-        lines.append(f"{format_bytes(used.get(device, 0))} spill to {device}"
-                     + (" (slow: read from disk at every forward pass)." if device == "disk" else " (slower)."))
-    target = fast[0] if fast else "cpu"
-    need = total * 1.1  # accelerate keeps headroom for the largest layer and activations
-    key = target.removeprefix("cuda:")
-    lines.append(f"To fit on {target} alone it needs about {format_bytes(need)}: --max-memory {key}={_gib_arg(need)}.")
-    if plan.dtype == "float32":
-        lines.append(f"In bfloat16 it would need about {format_bytes(need / 2)}: --dtype bfloat16.")
-    return lines
-
-
-def _gib_arg(nbytes: float) -> str:
-    return f"{-(-nbytes // 2**30):.0f}GiB" if nbytes >= 2**30 else f"{-(-nbytes // 2**20):.0f}MiB"
+def _block_position(name: str, blocks: tuple[str, ...]) -> int:
+    """Where module ``name`` comes in module order: the first block it is, holds, or lies in."""
+    for i, block in enumerate(blocks):
+        if name in ("", block) or block.startswith(name + ".") or name.startswith(block + "."):
+            return i
+    return len(blocks)
 
 
 def spilled_devices(device_map: dict) -> list[str]:
     """Devices that hold what did not fit on a faster one: disk always, cpu behind an accelerator."""
-    labels = {device_label(d) for d in device_map.values()}
+    labels = {device_name(d) for d in device_map.values()}
     spilled = labels & {"disk"}
     if "cpu" in labels and any(isinstance(d, int) or d == "mps" for d in device_map.values()):
         spilled.add("cpu")
@@ -262,16 +234,6 @@ def _spill_message(plan: Plan, spilled: list[str]) -> str:
     sizes = plan.bytes_by_device
     parts = ", ".join(f"{format_bytes(sizes.get(name, 0))} to {name}" for name in spilled)
     return f"The model does not fit on the fastest device: {parts} would be offloaded, and --no-offload forbids it."
-
-
-def _norm(device: Any) -> Device:
-    import torch
-
-    if isinstance(device, torch.device):
-        return device.index if device.type == "cuda" else device.type
-    if isinstance(device, str) and device.startswith("cuda:"):
-        return int(device.split(":")[1])
-    return device
 
 
 def check_devices_exist(device_map: dict) -> None:

@@ -1,4 +1,8 @@
-"""Models loaded by the extension in this process, by the variable they are bound to."""
+"""The models one shell has loaded, by the variable they are bound to.
+
+A :class:`Registry` belongs to its owner (the ``HFNotebook`` configurable of one shell), never
+to the module: two shells, or two tests, never share models.
+"""
 
 from __future__ import annotations
 
@@ -25,13 +29,8 @@ class Registry:
     def items(self):
         return list(self._entries.items())
 
+    def names(self) -> list[str]:
+        return list(self._entries)
+
     def clear(self) -> None:
         self._entries.clear()
-
-
-_REGISTRY = Registry()
-
-
-def registry() -> Registry:
-    """The process-wide registry."""
-    return _REGISTRY

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
 from .errors import AuthError, HfNotebookError, OfflineError, RepoNotFoundError, RevisionNotFoundError
 from .events import Resolved
-from .spec import ModelSpec
+from .spec import ModelSpec, is_commit_sha
 
 log = logging.getLogger(__name__)
-_HEX = re.compile(r"^[0-9a-f]{7,40}$")
 LOGIN_HINT = "Log in with `hf auth login` (or set HF_TOKEN), then run the cell again."
 
 
@@ -74,7 +72,7 @@ def _kind_of(revision: Optional[str], sha: str, api, repo_id: str) -> str:
         return "branch"
     if revision.startswith("refs/pr/"):
         return "pr"
-    if _HEX.match(revision) and sha.startswith(revision):
+    if is_commit_sha(revision) and sha.startswith(revision):
         return "sha"
     refs = api.list_repo_refs(repo_id)
     return "tag" if revision in {t.name for t in refs.tags} else "branch"
@@ -137,7 +135,7 @@ def _resolve_from_cache(spec: ModelSpec, cache_dir) -> Resolution:
     else:
         snapshots = folder / "snapshots"
         matches = [p.name for p in snapshots.iterdir()] if snapshots.is_dir() else []
-        matches = [name for name in matches if _HEX.match(revision) and name.startswith(revision)]
+        matches = [name for name in matches if is_commit_sha(revision) and name.startswith(revision)]
         if len(matches) != 1:
             cached = sorted(p.name for p in (folder / "refs").glob("*")) if (folder / "refs").is_dir() else []
             raise OfflineError(

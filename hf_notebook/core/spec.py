@@ -12,6 +12,13 @@ from .errors import SpecError
 # The Hub's rules for repo ids (huggingface_hub.utils.validate_repo_id): an optional
 # namespace, letters, digits, "-", "_", "."; no "--" or ".." and at most 96 characters.
 _PART = r"[A-Za-z0-9][A-Za-z0-9_.\-]*"
+#: A commit id or an abbreviation of one (at least 7 hex digits), as git and the Hub accept.
+SHA_PREFIX = re.compile(r"^[0-9a-f]{7,40}$")
+
+
+def is_commit_sha(text: Optional[str]) -> bool:
+    """True for a (possibly abbreviated) commit sha; local folders are pinned as ``"local"``."""
+    return bool(text) and SHA_PREFIX.match(text) is not None
 _REPO_ID = re.compile(rf"^(?:{_PART}/)?{_PART}$")
 
 

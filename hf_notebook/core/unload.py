@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import gc
 import os
 import shutil
@@ -11,30 +9,25 @@ import weakref
 from dataclasses import dataclass, field
 from typing import Iterable
 
+from .libc import malloc_trim
+
 
 @dataclass(frozen=True)
 class UnloadReport:
     """What unloading gave back, measured (process RSS, CUDA allocations) and what it held."""
 
     name: str
+    pinned: str = ""  # "org/name@sha" of what was unloaded
     held: dict[str, int] = field(default_factory=dict)  # bytes per device while loaded
     rss_freed: int = 0
     cuda_freed: int = 0
     removed_names: tuple[str, ...] = ()
     still_referenced: bool = False
 
-    def to_text(self) -> str:
-        from .placement import format_bytes
+    def _repr_mimebundle_(self, **_):
+        from hf_notebook.ui.record import unload_record
 
-        held = ", ".join(f"{d} {format_bytes(n)}" for d, n in self.held.items()) or "nothing"
-        lines = [f"unloaded {self.name}: it held {held}; process RSS fell by {format_bytes(max(self.rss_freed, 0))}"
-                 + (f", CUDA memory by {format_bytes(self.cuda_freed)}" if self.cuda_freed else "") + "."]
-        if len(self.removed_names) > 1:
-            lines.append(f"Also removed other names bound to it: {', '.join(self.removed_names[1:])}.")
-        if self.still_referenced:
-            lines.append("Something else still references the model (a list, a closure, a traceback): "
-                         "memory comes back once that reference is dropped.")
-        return "\n".join(lines)
+        return unload_record(self).bundle()
 
 
 def unload(name: str, result, namespaces: Iterable[dict]) -> UnloadReport:
@@ -49,7 +42,8 @@ def unload(name: str, result, namespaces: Iterable[dict]) -> UnloadReport:
     _release_memory()
     if result.offload_folder and getattr(result, "owns_offload_folder", False):
         shutil.rmtree(result.offload_folder, ignore_errors=True)
-    return UnloadReport(name=name, held=dict(result.placement.bytes_by_device),
+    return UnloadReport(name=name, pinned=result.pin.pinned_spec if result.pin.kind != "local" else result.pin.repo_id,
+                        held=dict(result.placement.bytes_by_device),
                         rss_freed=rss_before - process_rss(), cuda_freed=cuda_before - _cuda_allocated(),
                         removed_names=tuple(removed), still_referenced=ref() is not None)
 
@@ -82,17 +76,7 @@ def _release_memory() -> None:
         import torch
 
         torch.cuda.empty_cache()
-    _malloc_trim()
-
-
-def _malloc_trim() -> None:
-    """Hand freed heap pages back to the OS (glibc keeps them otherwise)."""
-    name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name)
-        libc.malloc_trim(0)
-    except (OSError, AttributeError, TypeError):
-        pass
+    malloc_trim()
 
 
 def _cuda_ready() -> bool:

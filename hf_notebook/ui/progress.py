@@ -1,10 +1,11 @@
-"""``LoadPanel``: one ipywidgets panel that shows a load's progress and, at the end, its placement.
+"""``LoadPanel``: the live ipywidgets panel of a load while it works.
 
-The panel only draws: events are folded into a :class:`LoadState` and the widgets are
-synced from it, at most every ``min_interval`` seconds for plain progress and at once for
-anything that ends (a file, a shard, a stage, a failure). Safe to call from loader threads.
-Like ``tqdm.notebook`` it turns red on failure instead of vanishing, and its ``repr`` is
-the text form, so a console still shows something useful.
+The panel only draws: events are folded into a :class:`LoadState` and the widgets are synced
+from it, at most every ``min_interval`` seconds for plain progress and at once for anything
+that ends (a file, a shard, a stage, a failure). Safe to call from loader threads. It is
+displayed with a display id; :meth:`LoadPanel.finish` replaces it with the static record of
+the outcome (``hf_notebook.ui.record``) and closes the widgets, so a saved notebook keeps the
+record and never a stale bar. Standard ipywidgets only (no custom front-end code).
 """
 
 from __future__ import annotations
@@ -12,34 +13,20 @@ from __future__ import annotations
 import threading
 import time
 from html import escape
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import ipywidgets as W
 
-from hf_notebook.ui.formatting import (
-    LoadState,
-    device_label,
-    error_text,
-    format_bytes,
-    is_commit,
-    message_text,
-    revision_text,
-    short_sha,
-)
+from hf_notebook.ui.state import LoadState
 
 _MUTED = "color:var(--jp-ui-font-color2,#666)"
-_WARN = "color:#c35a00"
-_ERROR_BOX = (
-    "background:#fdecea;border:1px solid #d32f2f;color:#b71c1c;padding:4px 8px;"
-    "margin-top:4px;white-space:pre-wrap;font-family:var(--jp-code-font-family,monospace)"
-)
 
 
 def _bar_row(label: str) -> tuple[W.HBox, W.HTML, W.FloatProgress, W.HTML]:
-    name = W.HTML(escape(label), layout=W.Layout(width="34%", overflow="hidden"))
-    bar = W.FloatProgress(min=0.0, max=1.0, value=0.0, layout=W.Layout(width="36%"))
-    info = W.HTML(layout=W.Layout(width="30%"))
-    return W.HBox([name, bar, info]), name, bar, info
+    name = W.HTML(escape(label), layout=W.Layout(flex="1 1 30%", min_width="8em", overflow="hidden"))
+    bar = W.FloatProgress(min=0.0, max=1.0, value=0.0, layout=W.Layout(flex="1 1 35%"))
+    info = W.HTML(layout=W.Layout(flex="1 1 35%"))
+    return W.HBox([name, bar, info], layout=W.Layout(flex_flow="row wrap")), name, bar, info
 
 
 def _walk(widget: Any):
@@ -56,10 +43,8 @@ def _set(widget: Any, **traits: Any) -> None:
             setattr(widget, key, value)
 
 
-def _fill(bar: W.FloatProgress, value: float, total: float | None) -> None:
-    """Set a bar; an unknown total shows a full 'info' bar (as tqdm does). Red stays red."""
-    if bar.bar_style == "danger":
-        return
+def _fill(bar: W.FloatProgress, value: float, total: Optional[float]) -> None:
+    """Set a bar; an unknown total shows a full 'info' bar (as tqdm does)."""
     if total is None:
         _set(bar, max=1.0, value=1.0, bar_style="info")
     elif value >= total:
@@ -72,16 +57,18 @@ def _fill(bar: W.FloatProgress, value: float, total: float | None) -> None:
 
 
 class LoadPanel:
-    """Renderer for one load: ``panel(event)`` from any thread, ``panel.display()``, ``panel.close()``."""
+    """Renderer for one load: ``panel(event)`` from any thread, ``display()``, then ``finish(record)``."""
 
     def __init__(self, *, clock: Callable[[], float] = time.monotonic, min_interval: float = 0.1):
         self.state = LoadState(clock)
         self.redraws = 0
+        self.final: Any = None  # the record that replaced the panel
         self._clock = clock
         self._min_interval = min_interval
         self._lock = threading.RLock()
         self._last_draw = float("-inf")
         self._dirty = False
+        self._handle: Any = None
         self._file_rows: dict[str, tuple[W.HBox, W.HTML, W.FloatProgress, W.HTML]] = {}
 
         self.header = W.HTML()
@@ -89,19 +76,15 @@ class LoadPanel:
         self.files = W.VBox()
         self.download_row, _, self.download_bar, self.download_info = _bar_row("download")
         self.load_row, _, self.load_bar, self.load_info = _bar_row("load")
-        self.messages = W.HTML()
-        self.summary = W.HTML()
-        self.error = W.HTML()
-        self.widget = W.VBox(
-            [self.header, self.stages, self.files, self.download_row, self.load_row,
-             self.messages, self.summary, self.error],
-            layout=W.Layout(padding="2px 4px"),
-        )
+        self.widget = W.VBox([self.header, self.stages, self.files, self.download_row, self.load_row],
+                             layout=W.Layout(padding="2px 4px"))
         self._draw()
 
     # -- renderer protocol ------------------------------------------------------------
     def __call__(self, event: Any) -> None:
         with self._lock:
+            if self.final is not None:
+                return
             urgent = self.state.apply(event)
             now = self._clock()
             if urgent or now - self._last_draw >= self._min_interval:
@@ -110,34 +93,25 @@ class LoadPanel:
             else:
                 self._dirty = True
 
-    def close(self) -> None:
-        """Draw whatever the rate limit held back, then resend every widget's full state.
-
-        Progress arrives from transformers' loading threads; their updates can reach the
-        front end out of order, and a redraw that changes no value sends nothing. Resending
-        from the caller's thread at the end leaves the browser showing the final state.
-        """
-        with self._lock:
-            if self._dirty:
-                self._draw()
-            for widget in _walk(self.widget):
-                widget.send_state()
-
     def display(self) -> None:
         from IPython.display import display
 
-        display(self.widget)
+        self._handle = display(self.widget, display_id=True)
+
+    def finish(self, record: Any) -> None:
+        """Replace the live panel by ``record`` (a static output) and close the widgets."""
+        with self._lock:
+            self.final = record
+            if self._handle is not None:
+                self._handle.update(record)
+            for widget in list(_walk(self.widget)):
+                for part in (getattr(widget, "layout", None), getattr(widget, "style", None), widget):
+                    if isinstance(part, W.Widget):
+                        part.close()
 
     def __repr__(self) -> str:
         with self._lock:
-            return "\n".join(self.state.text_lines())
-
-    def _repr_mimebundle_(self, **kwargs: Any) -> dict:
-        """The widget view for Jupyter, the text form for everything else."""
-        widget_repr = getattr(self.widget, "_repr_mimebundle_", None)  # None once closed
-        bundle = dict((widget_repr(**kwargs) or {}) if callable(widget_repr) else {})
-        bundle["text/plain"] = repr(self)
-        return bundle
+            return repr(self.final) if self.final is not None else "\n".join(self.state.text_lines())
 
     # -- drawing --------------------------------------------------------------------
     def _draw(self) -> None:
@@ -148,34 +122,22 @@ class LoadPanel:
         stages = "  ·  ".join(escape(st.text()) for st in s.stages.values())
         _set(self.stages, value=f"<span style='{_MUTED}'>{stages}</span>" if stages else "")
         self._draw_files()
-        self._draw_load()
-        _set(self.messages, value="".join(
-            f"<div style='{_WARN if m.level == 'warning' else _MUTED}'>{escape(message_text(m))}</div>"
-            for m in s.messages
-        ))
-        _set(self.summary, value=self._summary_html())
-        if s.failed is not None:
-            self._draw_failed()
+        if s.shards:
+            _fill(self.load_bar, s.load_fraction(), float(s.shard_count))
+            _set(self.load_info, value=escape(s.load_text()))
+        _set(self.load_row.layout, display="flex" if s.shards else "none")
 
     def _header_html(self) -> str:
         s = self.state
-        r = s.resolved
-        if r is None:
-            return f"<b>{escape(s.header_text())}</b>"
-        html = f"<b>{escape(r.repo_id)}</b> {escape(revision_text(r))}"
-        if is_commit(r.sha):
-            html += f" → <code>{escape(short_sha(r.sha))}</code>"
-        if r.was_floating:
-            html += (
-                f"<br><span style='{_MUTED}'>{escape(r.revision or 'the default branch')} can move; "
-                f"pinned: <code>{escape(r.pinned_spec)}</code></span>"
-            )
+        html = f"<b>{escape(s.header_text())}</b>"
+        if s.pinned_text():
+            html += f"<br><span style='{_MUTED};word-break:break-all'>{escape(s.pinned_text())}</span>"
         return html
 
     def _draw_files(self) -> None:
         s = self.state
         fetch = s.stages.get("fetch")
-        fetched = fetch is not None and fetch.seconds is not None
+        fetched = fetch is not None and fetch.seconds is not None  # sizes that never came are done now
         for name, f in s.files.items():
             row = self._file_rows.get(name)
             if row is None:
@@ -188,44 +150,9 @@ class LoadPanel:
                 continue
             _fill(bar, f.done, f.total if f.total is not None or not fetched else f.done)
             _set(info, value=escape(f.progress_text()))
-        if s.files:
+        weights = s.weight_files()
+        if weights:
             done, total, _ = s.download_totals()
             _fill(self.download_bar, done, total if total is not None or not fetched else done)
             _set(self.download_info, value=escape(s.download_text()))
-        _set(self.download_row.layout, display="flex" if s.files else "none")
-
-    def _draw_load(self) -> None:
-        s = self.state
-        if s.shards:
-            _fill(self.load_bar, s.load_fraction(), float(s.shard_count))
-            _set(self.load_info, value=escape(s.load_text()))
-        _set(self.load_row.layout, display="flex" if s.shards else "none")
-
-    def _summary_html(self) -> str:
-        s = self.state
-        lines = s.summary_lines()
-        if not lines:
-            return ""
-        rows = "".join(
-            f"<tr><td><code>{escape(g.label)}</code></td><td>{escape(g.device)}</td>"
-            f"<td style='text-align:right'>{escape(format_bytes(g.nbytes))}</td></tr>"
-            for g in s.result.placement.groups
-        )
-        totals = "  ·  ".join(f"{escape(device_label(d))}: {escape(format_bytes(n))}" for d, n in s.devices())
-        return (
-            f"<div><b>{escape(lines[0])}</b></div>"
-            f"<table style='font-size:90%;border-collapse:collapse'>{rows}</table>"
-            f"<div>{totals}</div>"
-        )
-
-    def _draw_failed(self) -> None:
-        s = self.state
-        bars = [row[2] for row in self._file_rows.values()] + [self.download_bar, self.load_bar]
-        for bar in bars:  # what finished stays green; everything else turns red
-            if bar.bar_style != "success":
-                bar.bar_style = "danger"
-        _set(self.widget.layout, border="1px solid #d32f2f")
-        _set(self.error, value=(
-            f"<div style='{_ERROR_BOX}'><b>failed during {escape(s.failed.stage)}</b>\n"
-            f"{escape(error_text(s.failed.error))}</div>"
-        ))
+        _set(self.download_row.layout, display="flex" if weights else "none")

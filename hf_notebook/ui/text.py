@@ -13,8 +13,10 @@ import threading
 import time
 from typing import Any, Callable, Optional, TextIO
 
-from hf_notebook.core.events import Failed, FileProgress, Message, Resolved, ShardProgress, StageDone, StageStarted
-from hf_notebook.ui.formatting import LoadState, error_text, format_bytes, format_seconds, message_text
+from hf_notebook.core.events import FileProgress, Resolved, ShardProgress, StageDone, StageStarted
+from hf_notebook.core.units import format_bytes
+from hf_notebook.ui.state import LoadState
+from hf_notebook.ui.words import format_seconds
 
 
 class TextRenderer:
@@ -37,6 +39,7 @@ class TextRenderer:
         self._live = ""  # the line currently shown under the cursor (TTY only)
         self._done_files: set[str] = set()
         self._done_shards: set[int] = set()
+        self.final: Any = None
         try:
             self.tty = bool(self.stream.isatty())
         except (AttributeError, ValueError):
@@ -52,17 +55,19 @@ class TextRenderer:
                 self._live_update(event)
             self.stream.flush()
 
-    def close(self) -> None:
-        """End the in-place line, if any."""
+    def finish(self, record: Any) -> None:
+        """End the in-place line, then print the outcome's record."""
         with self._lock:
             self._clear_live()
+            self.final = record
+            self.stream.write(f"{record.text}\n")
             self.stream.flush()
 
     def display(self) -> None:
         """Nothing to show before the first event."""
 
     def __repr__(self) -> str:
-        return "\n".join(self.state.text_lines())
+        return repr(self.final) if self.final is not None else "\n".join(self.state.text_lines())
 
     # -- lines ----------------------------------------------------------------------
     def _lines_for(self, event: Any) -> list[str]:
@@ -84,13 +89,7 @@ class TextRenderer:
             ]
         if isinstance(event, StageDone):
             lines = self._finished_files(only=None) if event.stage == "fetch" else []
-            lines.append(f"{event.stage} done in {format_seconds(event.seconds)}")
-            summary = s.summary_lines() if s.result is event.result else []
-            return lines + summary[:1] + [f"  {line}" for line in summary[1:]]
-        if isinstance(event, Message):
-            return [message_text(event)]
-        if isinstance(event, Failed):
-            return [f"FAILED: {event.stage}: {error_text(event.error)}"]
+            return lines + [f"{event.stage} done in {format_seconds(event.seconds)}"]
         return []
 
     def _finished_files(self, only: Optional[str]) -> list[str]:

@@ -1,63 +1,40 @@
-"""Views of where a model goes: device map, memory per device, a matplotlib figure, reports, models table.
+"""Widget views of where a model goes: device map and memory per device, and a matplotlib figure.
 
-Every view draws what the core computed (a ``Placement``, a plan's ``budget``, its
-``module_sizes``/``blocks``); the only arithmetic here is summing those numbers and parsing
-a collapsed label (``model.layers.0-15``) back into its member names. Each view has a
-``.widget`` for Jupyter and ``to_text()`` for terminals; its ``repr`` is the text form.
+Every view draws what the core computed: a ``Placement``'s groups (device, member modules,
+bytes by kind) and a plan's ``budget`` and ``module_bytes``. Nothing here parses names or
+sentences. Each view has a ``.widget`` for Jupyter and ``to_text()`` for terminals; its
+``repr`` is the text form. These are the building blocks of the interactive panels (the
+device-map editor); finished outputs are static records (``hf_notebook.ui.record``).
 matplotlib is imported only by :func:`memory_figure`.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from html import escape
-from typing import Any, Iterable, Mapping, Optional
+from typing import Any, Mapping, Optional
 
 import ipywidgets as W
 
-from hf_notebook.core.placement import device_sort_key
-from hf_notebook.ui.formatting import device_label, format_bytes, format_seconds, pinned_name
+from hf_notebook.core.units import device_sort_key, format_bytes
+from hf_notebook.ui.words import device_title
 
 __all__ = [
-    "EMPTY_REGISTRY",
     "DeviceMapView",
     "DeviceSection",
     "DeviceUsage",
     "GroupRow",
     "MemoryView",
-    "ModelsTable",
-    "PlanReport",
-    "ResultReport",
-    "device_title",
     "device_usage",
-    "member_names",
     "memory_figure",
 ]
 
-_RANGE = re.compile(r"^(.*)\.(\d+)-(\d+)$")
 _MUTED = "color:var(--jp-ui-font-color2,#666)"
-_WARN = "color:#c35a00"
 _DANGER = "color:#b71c1c"
 _MONO = "font-family:var(--jp-code-font-family,monospace)"
-EMPTY_REGISTRY = "No models loaded by hf_notebook in this kernel."
 
 
 # -- shared pieces ------------------------------------------------------------------------
-def member_names(label: str) -> list[str]:
-    """``model.layers.0-15`` -> ``model.layers.0`` .. ``model.layers.15``; any other label -> ``[]``."""
-    m = _RANGE.match(label)
-    if not m or int(m.group(2)) >= int(m.group(3)):
-        return []
-    return [f"{m.group(1)}.{i}" for i in range(int(m.group(2)), int(m.group(3)) + 1)]
-
-
-def device_title(device: str) -> str:
-    """``GPU 0 (cuda:0)``, ``CPU RAM (cpu)``, ``disk (offload)``: the user's word and the map's."""
-    label = device_label(device)
-    return label if label.startswith(device) else f"{label} ({device})"
-
-
 @dataclass(frozen=True)
 class DeviceUsage:
     """One device's bytes against its budget (``None``: no budget, as for disk)."""
@@ -100,13 +77,6 @@ def device_usage(placement: Any, budget: Optional[Mapping[str, int]] = None) -> 
             for d in devices]
 
 
-def _plan_sizes(plan: Any) -> dict[str, int]:
-    """Bytes per module name the plan knows: its top-level blocks and its device-map entries."""
-    sizes = {**plan.blocks, **plan.module_sizes}
-    sizes.pop("", None)
-    return sizes
-
-
 def _set(widget: Any, **traits: Any) -> None:
     for key, value in traits.items():
         if getattr(widget, key) != value:
@@ -143,7 +113,8 @@ class GroupRow:
     def __init__(self, group: Any, sizes: Mapping[str, int], estimated: bool = False):
         self.group = group
         self.estimated = estimated
-        self.members: list[tuple[str, Optional[int]]] = [(n, sizes.get(n)) for n in member_names(group.label)]
+        members = group.members if len(group.members) > 1 else ()
+        self.members: list[tuple[str, Optional[int]]] = [(n, sizes.get(n)) for n in members]
         self.member_box = W.VBox(layout=W.Layout(display="none", margin="0 0 0 28px"))
         self.toggle: Optional[W.Button] = None
         lead: Any = W.HTML(layout=W.Layout(width="28px"))
@@ -217,12 +188,12 @@ class DeviceMapView(_View):
 
     @classmethod
     def from_plan(cls, plan: Any, title: str = "Device map (planned)") -> "DeviceMapView":
-        return cls(plan.placement(), plan.budget, title, sizes=_plan_sizes(plan))
+        return cls(plan.placement(), plan.budget, title, sizes=plan.module_sizes)
 
     @classmethod
     def from_result(cls, result: Any, title: str = "Device map (measured after loading)") -> "DeviceMapView":
         """Measured groups; member sizes are the plan's estimates and say so."""
-        return cls(result.placement, result.plan.budget, title, sizes=_plan_sizes(result.plan), estimated=True)
+        return cls(result.placement, result.plan.budget, title, sizes=result.plan.module_sizes, estimated=True)
 
     def row(self, label: str) -> Optional[GroupRow]:
         """The row of group ``label`` in whichever section holds it."""
@@ -330,142 +301,3 @@ def memory_figure(placement: Any, budget: Optional[Mapping[str, int]] = None, ti
     handles += [Line2D([], [], color="black", linestyle="--", label="budget")] if any(u.budget for u in usage) else []
     fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), fontsize=8, frameon=False)
     return fig
-
-
-# -- reports --------------------------------------------------------------------------------
-def _count(n: int) -> str:
-    """``70.6B``, ``106.8K``: parameter counts as people say them."""
-    for unit, size in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
-        if n >= size:
-            return f"{n / size:.1f}{unit}"
-    return str(n)
-
-
-def _plan_facts(plan: Any) -> list[str]:
-    """Class and dtype, then what the checkpoint headers say (when they were read)."""
-    facts = [f"{plan.model_class} · {plan.dtype}"]
-    h = plan.headers
-    if h is not None and h.param_counts:
-        counts = " · ".join(f"{_count(n)} {code}" for code, n in h.param_counts.items())
-        shards = len(h.shard_bytes)
-        facts.append(f"{_count(h.total_params)} parameters ({counts}); checkpoint {format_bytes(h.total_bytes)}"
-                     f" in {shards} shard{'s' * (shards != 1)}")
-    return facts
-
-
-def _sentence_style(plan: Any, sentence: str) -> str:
-    """Red for what spills to disk, orange for what spills elsewhere."""
-    for device in plan.spilled:
-        if f"spill to {device}" in sentence:
-            return _DANGER if device == "disk" else _WARN
-    return ""
-
-
-class PlanReport(_View):
-    """A plan at a glance: source and checkpoint facts, the explanation, device map and memory views."""
-
-    def __init__(self, plan: Any):
-        self.plan = plan
-        self.device_map = DeviceMapView.from_plan(plan)
-        self.memory = MemoryView.from_plan(plan)
-        self.explanation = plan.explain()
-        facts = "".join(f"<div style='{_MUTED}'>{escape(f)}</div>" for f in _plan_facts(plan))
-        self.header = W.HTML(f"<b>Plan for <code>{escape(plan.source or plan.model_class)}</code></b>{facts}")
-        self.explain_html = W.HTML("".join(
-            f"<div style='{_sentence_style(plan, s)}'>{escape(s)}</div>" for s in self.explanation))
-        self.widget = W.VBox([self.header, self.explain_html, self.device_map.widget, self.memory.widget],
-                             layout=W.Layout(padding="2px 4px"))
-
-    def to_text(self) -> str:
-        lines = [f"Plan for {self.plan.source or self.plan.model_class}"] + [f"  {f}" for f in _plan_facts(self.plan)]
-        return "\n".join(lines + self.explanation + ["", self.device_map.to_text(), "", self.memory.to_text()])
-
-
-class ResultReport(_View):
-    """A loaded model: what was bound, then its measured device map and resident memory."""
-
-    def __init__(self, result: Any):
-        self.result = result
-        self.device_map = DeviceMapView.from_result(result)
-        self.memory = MemoryView.from_result(result)
-        self.header = W.HTML(f"<b>{escape(self._title())}</b>"
-                             + "".join(f"<div style='{_MUTED}'>{escape(f)}</div>" for f in self._facts()))
-        self.widget = W.VBox([self.header, self.device_map.widget, self.memory.widget],
-                             layout=W.Layout(padding="2px 4px"))
-
-    def _title(self) -> str:
-        r = self.result
-        what = pinned_name(r.pin.repo_id, r.pin.sha)
-        return f"{r.name} = {what}" if r.name else f"loaded {what}"
-
-    def _facts(self) -> list[str]:
-        r = self.result
-        facts = [f"{r.plan.model_class} · {r.plan.dtype} · loaded in {format_seconds(r.seconds)}"]
-        if "disk" in r.placement.bytes_by_device and r.offload_folder:
-            facts.append(f"offloaded to disk in {r.offload_folder}")
-        return facts
-
-    def to_text(self) -> str:
-        lines = [self._title()] + [f"  {f}" for f in self._facts()]
-        return "\n".join(lines + ["", self.device_map.to_text(), "", self.memory.to_text()])
-
-
-# -- %models ---------------------------------------------------------------------------------
-class ModelsTable:
-    """The registry's ``(name, LoadResult)`` pairs as a table: an escaped HTML table, aligned text."""
-
-    COLUMNS = ("name", "model", "class", "dtype")
-
-    def __init__(self, entries: Iterable[tuple[str, Any]]):
-        self.entries = list(entries)
-        self.devices = sorted({d for _, r in self.entries for d in r.placement.bytes_by_device}, key=device_sort_key)
-        self.rows = [self._row(name, r) for name, r in self.entries]
-        self._widget: Optional[W.HTML] = None
-
-    def _row(self, name: str, r: Any) -> list[str]:
-        by_dev = r.placement.bytes_by_device
-        return [str(name), pinned_name(r.pin.repo_id, r.pin.sha), r.plan.model_class, r.plan.dtype] + [
-            format_bytes(by_dev[d]) if by_dev.get(d) else "" for d in self.devices]
-
-    @property
-    def header(self) -> list[str]:
-        return list(self.COLUMNS) + self.devices
-
-    @property
-    def widget(self) -> W.HTML:
-        if self._widget is None:
-            self._widget = W.HTML(self.to_html())
-        return self._widget
-
-    def to_html(self) -> str:
-        if not self.rows:
-            return f"<i>{escape(EMPTY_REGISTRY)}</i>"
-        right = len(self.COLUMNS)
-        head = "".join(f"<th style='text-align:{'right' if i >= right else 'left'}'>{escape(h)}</th>"
-                       for i, h in enumerate(self.header))
-        body = "".join(
-            "<tr>" + "".join(
-                f"<td style='text-align:right'>{escape(c)}</td>" if i >= right
-                else f"<td><code>{escape(c)}</code></td>" if i == 1 else f"<td>{escape(c)}</td>"
-                for i, c in enumerate(row)) + "</tr>"
-            for row in self.rows
-        )
-        return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-    def to_text(self) -> str:
-        if not self.rows:
-            return EMPTY_REGISTRY
-        table = [self.header] + self.rows
-        widths = [max(len(row[i]) for row in table) for i in range(len(self.header))]
-        right = len(self.COLUMNS)
-        return "\n".join(
-            "  ".join(c.rjust(w) if i >= right else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))).rstrip()
-            for row in table
-        )
-
-    def __repr__(self) -> str:
-        return self.to_text()
-
-    def _repr_mimebundle_(self, **kwargs: Any) -> dict:
-        """Static HTML (survives export and nbval) and the text form."""
-        return {"text/html": self.to_html(), "text/plain": self.to_text()}

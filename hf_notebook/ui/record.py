@@ -1,0 +1,270 @@
+"""Static records: what a finished panel leaves in the notebook, as ``text/html`` + ``text/plain``.
+
+A record is built from the final facts (a ``LoadResult``, a ``Plan``, an ``UnloadReport``,
+the registry, a failed load's state), never from the last progress event. It carries no
+widget mime type, so a saved notebook, an HTML export, a notebook viewer, a reopened notebook
+without widget state and terminal IPython all show the same thing. HTML uses only inline
+styles and ``<details>`` (no script), and every remote string is escaped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from html import escape
+from typing import Any, Iterable, Optional, Sequence
+
+from hf_notebook.core.units import device_sort_key, format_bytes
+from hf_notebook.ui import words as W
+
+CLASS = "hf-notebook-record"
+_MUTED = "color:var(--jp-ui-font-color2,#666)"
+_OK, _WARN, _DANGER = "color:#2e7d32", "color:#c35a00", "color:#b71c1c"
+_SEVERITY = {"ok": _OK, "info": "", "warning": _WARN, "danger": _DANGER}
+_CELL = "padding:1px 10px 1px 0;text-align:left;vertical-align:top"
+_NUM = "padding:1px 0 1px 10px;text-align:right;vertical-align:top;white-space:nowrap"
+_CODE = "word-break:break-all;user-select:all"
+
+
+@dataclass(frozen=True)
+class Record:
+    """A static output: ``display(record)`` or ``handle.update(record)``; its repr is the text."""
+
+    html: str
+    text: str
+
+    def bundle(self) -> dict:
+        return {"text/html": self.html, "text/plain": self.text}
+
+    def _repr_mimebundle_(self, **_: Any) -> dict:
+        return self.bundle()
+
+    def __repr__(self) -> str:
+        return self.text
+
+
+# -- pieces --------------------------------------------------------------------------------
+def _box(status_html: str, body: str, border: str = "var(--jp-border-color2,#ddd)") -> str:
+    return (f"<div class='{CLASS}' style='border-left:3px solid {border};padding:2px 8px;margin:2px 0'>"
+            f"<div>{status_html}</div>{body}</div>")
+
+
+def _facts_html(facts: Sequence[tuple[str, str]]) -> str:
+    rows = "".join(f"<tr><th style='{_CELL};{_MUTED};font-weight:normal'>{escape(k)}</th>"
+                   f"<td style='{_CELL}'>{v}</td></tr>" for k, v in facts)
+    return f"<table style='border-collapse:collapse;margin:2px 0'>{rows}</table>"
+
+
+def _table_html(header: Sequence[str], rows: Iterable[Sequence[str]], numeric_from: int) -> str:
+    head = "".join(f"<th style='{_NUM if i >= numeric_from else _CELL}'>{escape(h)}</th>" for i, h in enumerate(header))
+    body = "".join("<tr>" + "".join(f"<td style='{_NUM if i >= numeric_from else _CELL}'>{c}</td>"
+                                    for i, c in enumerate(row)) + "</tr>" for row in rows)
+    return f"<table style='border-collapse:collapse;margin:4px 0'><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _text_table(header: Sequence[str], rows: Sequence[Sequence[str]], numeric_from: int, indent: str = "  ") -> list[str]:
+    table = [list(header)] + [list(r) for r in rows]
+    widths = [max(len(r[i]) for r in table) for i in range(len(header))]
+    return [indent + "  ".join(c.rjust(w) if i >= numeric_from else c.ljust(w)
+                               for i, (c, w) in enumerate(zip(r, widths))).rstrip() for r in table]
+
+
+def _text_facts(facts: Sequence[tuple[str, str]]) -> list[str]:
+    width = max((len(k) for k, _ in facts), default=0)
+    return [f"  {k.ljust(width)}  {v}" for k, v in facts]
+
+
+def _group_rows(placement: Any, sizes: Optional[dict] = None) -> list[tuple[str, str, str, list[str]]]:
+    """(label, device, bytes, members) per group; ``offloaded`` marks stored-only bytes."""
+    rows = []
+    for g in placement.groups:
+        device = g.device + (" (offloaded)" if g.offloaded and g.device != "disk" else "")
+        members = list(g.members) if len(g.members) > 1 else []
+        rows.append((g.label, device, format_bytes(g.nbytes), members))
+    return rows
+
+
+def _groups_html(placement: Any, sizes: Optional[dict] = None) -> str:
+    cells = []
+    for label, device, nbytes, members in _group_rows(placement):
+        name = f"<code>{escape(label)}</code>"
+        if members:
+            listed = "".join(
+                f"<div><code>{escape(m)}</code>"
+                + (f" <span style='{_MUTED}'>{escape(format_bytes(sum(sizes[m])))}</span>" if sizes and m in sizes else "")
+                + "</div>" for m in members)
+            name = (f"<details><summary>{name} <span style='{_MUTED}'>({len(members)} modules)</span></summary>"
+                    f"<div style='margin-left:1.2em'>{listed}</div></details>")
+        cells.append((name, escape(device), escape(nbytes)))
+    return _table_html(("module", "device", "bytes"), cells, numeric_from=2)
+
+
+def _groups_text(placement: Any) -> list[str]:
+    rows = [(label + (f"  ({len(members)} modules)" if members else ""), device, nbytes)
+            for label, device, nbytes, members in _group_rows(placement)]
+    return _text_table(("module", "device", "bytes"), rows, numeric_from=2)
+
+
+def _device_rows(placement: Any, budget: Optional[dict] = None) -> tuple[list[str], list[list[str]]]:
+    budget = {d: b for d, b in (budget or {}).items() if d != "disk"}
+    devices = sorted(set(placement.devices) | set(budget), key=device_sort_key)
+    header = ["device", "resident", "offloaded", "total"] + (["budget"] if budget else [])
+    rows = []
+    for d in devices:
+        b = placement.devices.get(d)
+        total, off = (b.nbytes, b.offloaded_bytes) if b else (0, 0)
+        row = [W.device_title(d), format_bytes(total - off), format_bytes(off) if off else "-", format_bytes(total)]
+        if budget:
+            limit = budget.get(d)
+            row.append("-" if limit is None else f"{format_bytes(limit)}{' OVER' if total > limit else ''}")
+        rows.append(row)
+    return header, rows
+
+
+def _devices_html(placement: Any, budget: Optional[dict] = None) -> str:
+    header, rows = _device_rows(placement, budget)
+    styled = [[escape(c) if not c.endswith(" OVER") else f"<span style='{_DANGER}'>{escape(c)}</span>" for c in r]
+              for r in rows]
+    return _table_html(header, styled, numeric_from=1)
+
+
+def _devices_text(placement: Any, budget: Optional[dict] = None) -> list[str]:
+    header, rows = _device_rows(placement, budget)
+    return _text_table(header, rows, numeric_from=1)
+
+
+def _pin_note(pin: Any) -> str:
+    """What the sha was pinned from: ``branch main, can move``, ``tag v1``, ``as given``."""
+    asked = pin.revision
+    return {"branch": f"branch {asked}, can move" if asked else "default branch, can move",
+            "pr": f"{asked}, can move", "tag": f"tag {asked}", "sha": "as given",
+            "ref": f"{asked or 'main'}, as cached"}.get(pin.kind, pin.kind)
+
+
+def _pin_html(pin: Any) -> str:
+    if pin.kind == "local":
+        return f"<code style='{_CODE}'>{escape(pin.repo_id)}</code> (local folder)"
+    return f"<code style='{_CODE}'>{escape(pin.sha)}</code> <span style='{_MUTED}'>({escape(_pin_note(pin))})</span>"
+
+
+def _pin_text(pin: Any) -> str:
+    if pin.kind == "local":
+        return f"{pin.repo_id} (local folder)"
+    return f"{pin.sha} ({_pin_note(pin)})"
+
+
+def _files_text(files: Sequence[Any]) -> str:
+    if not files:
+        return ""
+    fetched = [f for f in files if not f.cached]
+    total = sum(f.size for f in files)
+    parts = []
+    if fetched:
+        parts.append(f"{len(fetched)} downloaded ({format_bytes(sum(f.size for f in fetched))})")
+    if len(fetched) < len(files):
+        parts.append(f"{len(files) - len(fetched)} from the cache")
+    return f"{len(files)} file{'s' * (len(files) != 1)}, {format_bytes(total)}: {', '.join(parts)}"
+
+
+def _timing_text(result: Any) -> str:
+    stages = " · ".join(f"{k} {W.format_seconds(v)}" for k, v in result.timings.items())
+    return f"{W.format_seconds(result.seconds)}" + (f" ({stages})" if stages else "")
+
+
+# -- records ---------------------------------------------------------------------------------
+def load_record(result: Any, title: str = "") -> Record:
+    """A finished load: pin, class, dtype, files, time, groups, bytes per device, the line to load it again."""
+    pin = result.pin
+    head = title or (f"{result.name} = {W.pinned_name(pin.repo_id, pin.sha)}" if result.name
+                     else f"loaded {W.pinned_name(pin.repo_id, pin.sha)}")
+    facts = [("repo", pin.repo_id if pin.kind != "local" else "(local folder)"), ("commit", None),
+             ("class", result.plan.model_class), ("dtype", result.dtype),
+             ("files", _files_text(result.files)), ("time", _timing_text(result))]
+    if result.offload_folder and "disk" in result.placement.devices:
+        facts.append(("offload folder", result.offload_folder))
+    facts = [(k, v) for k, v in facts if v != ""]
+    line = W.load_line(result)
+    html_facts = [(k, _pin_html(pin) if k == "commit" else escape(v)) for k, v in facts]
+    html = _box(
+        f"<b style='{_OK}'>✓</b> <b>{escape(head)}</b>",
+        _facts_html(html_facts) + _groups_html(result.placement, result.plan.module_bytes)
+        + _devices_html(result.placement)
+        + f"<div style='{_MUTED}'>load it again:</div><pre style='margin:0;white-space:pre-wrap;{_CODE}'>"
+          f"{escape(line)}</pre>",
+        border="#2e7d32")
+    text_facts = [(k, _pin_text(pin) if k == "commit" else v) for k, v in facts]
+    text = "\n".join([f"✓ {head}"] + _text_facts(text_facts) + [""] + _groups_text(result.placement) + [""]
+                     + _devices_text(result.placement) + ["", "load it again:", f"  {line}"])
+    return Record(html, text)
+
+
+def plan_record(plan: Any) -> Record:
+    """A plan: source, checkpoint facts, findings, the planned groups and bytes against the budget."""
+    facts = [("source", plan.source or "(not loaded)"), ("class", plan.model_class), ("dtype", plan.dtype)]
+    h = plan.headers
+    if h is not None and h.param_counts:
+        counts = " · ".join(f"{W.count(n)} {code}" for code, n in h.param_counts.items())
+        shards = len(h.tensors)
+        facts.append(("parameters", f"{W.count(h.total_params)} ({counts})"))
+        facts.append(("checkpoint", f"{format_bytes(h.total_bytes)} in {shards} shard{'s' * (shards != 1)}"))
+    findings = plan.explain()
+    placement = plan.placement()
+    html = _box(
+        f"<b>Plan for <code style='{_CODE}'>{escape(plan.source or plan.model_class)}</code></b>",
+        _facts_html([(k, escape(v)) for k, v in facts])
+        + "".join(f"<div style='{_SEVERITY.get(f.severity, '')}'>{escape(W.finding_text(f))}</div>" for f in findings)
+        + _groups_html(placement, plan.module_bytes) + _devices_html(placement, plan.budget))
+    text = "\n".join([f"Plan for {plan.source or plan.model_class}"] + _text_facts(facts)
+                     + [W.finding_text(f) for f in findings] + [""] + _groups_text(placement) + [""]
+                     + _devices_text(placement, plan.budget))
+    return Record(html, text)
+
+
+EMPTY_REGISTRY = "No models loaded by hf_notebook in this kernel."
+
+
+def models_record(entries: Sequence[tuple[str, Any]]) -> Record:
+    """``%models``: one row per loaded model, bytes per device."""
+    if not entries:
+        return Record(f"<div class='{CLASS}'><i>{escape(EMPTY_REGISTRY)}</i></div>", EMPTY_REGISTRY)
+    devices = sorted({d for _, r in entries for d in r.placement.devices}, key=device_sort_key)
+    header = ["name", "model", "class", "dtype"] + devices
+    rows = [[name, W.pinned_name(r.pin.repo_id, r.pin.sha), r.plan.model_class, r.dtype]
+            + [format_bytes(r.placement.bytes_by_device[d]) if r.placement.bytes_by_device.get(d) else ""
+               for d in devices] for name, r in entries]
+    cells = [[escape(c) if i != 1 else f"<code>{escape(c)}</code>" for i, c in enumerate(row)] for row in rows]
+    html = f"<div class='{CLASS}'>{_table_html(header, cells, numeric_from=4)}</div>"
+    return Record(html, "\n".join(_text_table(header, rows, numeric_from=4, indent="")))
+
+
+def unload_record(report: Any) -> Record:
+    """``%unload_model``: what the model held and what came back."""
+    held = ", ".join(f"{d} {format_bytes(n)}" for d, n in report.held.items()) or "nothing"
+    lines = [f"unloaded {report.name}" + (f" ({report.pinned})" if getattr(report, "pinned", "") else ""),
+             f"it held {held}; process RSS fell by {format_bytes(max(report.rss_freed, 0))}"
+             + (f", CUDA memory by {format_bytes(report.cuda_freed)}" if report.cuda_freed else "")]
+    if len(report.removed_names) > 1:
+        lines.append(f"Also removed other names bound to it: {', '.join(report.removed_names[1:])}.")
+    if report.still_referenced:
+        lines.append("Something else still references the model (a list, a closure, a traceback): "
+                     "memory comes back once that reference is dropped.")
+    html = _box(f"<b>{escape(lines[0])}</b>", "".join(f"<div>{escape(x)}</div>" for x in lines[1:]))
+    return Record(html, "\n".join(lines))
+
+
+def stopped_record(state: Any) -> Record:
+    """A load that failed or was cancelled: what was done before it stopped. The reason is shown once,
+    by the error that follows this output."""
+    cancelled = isinstance(state.failed.error, KeyboardInterrupt)
+    verb = "cancelled" if cancelled else "failed"
+    head = f"{state.header_text()}: {verb} during {state.failed.stage}"
+    done = [f"{s.stage} {W.format_seconds(s.seconds)}" for s in state.stages.values() if s.seconds is not None]
+    lines = [("done", " · ".join(done))] if done else []
+    files = state.finished_files()
+    if files:
+        lines.append(("files", f"{len(files)} complete: {', '.join(files)}"))
+    style = _WARN if cancelled else _DANGER
+    mark = "■" if cancelled else "✗"
+    html = _box(f"<b style='{style}'>{mark} {escape(head)}</b>", _facts_html([(k, escape(v)) for k, v in lines]),
+                border="#c35a00" if cancelled else "#d32f2f")
+    text = "\n".join([f"{mark} {head}"] + _text_facts(lines))
+    return Record(html, text)

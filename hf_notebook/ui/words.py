@@ -1,0 +1,156 @@
+"""The words: how structure from the core reads to a person. Used by every renderer.
+
+Nothing here imports ipywidgets or torch; the widget, the static record and the text
+renderer all phrase a pin, a device, a finding or a load line through these functions, so
+they say the same thing.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+from typing import Any, Optional
+
+from hf_notebook.core import explain as E
+from hf_notebook.core.events import Resolved
+from hf_notebook.core.spec import is_commit_sha
+from hf_notebook.core.units import format_bytes
+
+_TOKEN = re.compile(r"\b(hf_[A-Za-z0-9]{8,}|api_org_[A-Za-z0-9]{8,})")
+
+
+def redact(text: str) -> str:
+    """Mask anything that looks like a Hugging Face token."""
+    return _TOKEN.sub("hf_***", text)
+
+
+def short_sha(sha: Optional[str]) -> str:
+    return (sha or "")[:12]
+
+
+def pinned_name(repo_id: str, sha: Optional[str]) -> str:
+    """``org/name@0123456789ab``, or just the name when there is no commit to show."""
+    return f"{repo_id}@{short_sha(sha)}" if is_commit_sha(sha) else repo_id
+
+
+def revision_text(resolved: Resolved) -> str:
+    """``@ main``, ``@ (default branch)``, or ``(local folder)``."""
+    if resolved.kind == "local":
+        return "(local folder)"
+    return f"@ {resolved.revision if resolved.revision is not None else '(default branch)'}"
+
+
+def moving_text(resolved: Resolved) -> str:
+    """``main can move; pinned: org/name@<sha>`` for a floating revision, else ``""``."""
+    if not resolved.was_floating:
+        return ""
+    return f"{resolved.revision or 'the default branch'} can move; pinned: {resolved.pinned_spec}"
+
+
+def format_seconds(seconds: Optional[float]) -> str:
+    """``0.42 s``, ``12.3 s``, ``2 min 05 s``."""
+    if seconds is None:
+        return ""
+    if seconds < 10:
+        return f"{seconds:.2f} s"
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, secs = divmod(int(round(seconds)), 60)
+    return f"{minutes} min {secs:02d} s"
+
+
+def format_rate(bytes_per_s: Optional[float]) -> str:
+    return "" if not bytes_per_s else f"{format_bytes(bytes_per_s)}/s"
+
+
+def count(n: int) -> str:
+    """``70.6B``, ``106.8K``: parameter counts as people say them."""
+    for unit, size in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= size:
+            return f"{n / size:.1f}{unit}"
+    return str(n)
+
+
+def device_label(device: str) -> str:
+    """What a user calls a device: ``GPU 0``, ``CPU RAM``, ``disk (offload)``."""
+    kind, _, index = device.partition(":")
+    if kind == "cuda":
+        return f"GPU {index or 0}"
+    return {"cpu": "CPU RAM", "disk": "disk (offload)", "meta": "meta (not loaded)"}.get(kind, device)
+
+
+def device_title(device: str) -> str:
+    """``GPU 0 (cuda:0)``, ``CPU RAM (cpu)``, ``disk (offload)``: the user's word and the map's."""
+    label = device_label(device)
+    return label if label.startswith(device) else f"{label} ({device})"
+
+
+def error_text(error: BaseException) -> str:
+    """``TypeName: message`` with tokens masked."""
+    message = str(error) or repr(error)
+    return redact(f"{type(error).__name__}: {message}")
+
+
+def finding_text(f: E.Finding) -> str:
+    """One finding as a sentence."""
+    if f.kind == E.FITS:
+        where = ", ".join(f"{d} ({format_bytes(b)})" for d, b in f.by_device)
+        return f"Fits without offloading: {where}."
+    if f.kind == E.FILLED:
+        of = f" of its {format_bytes(f.budget)} budget" if f.budget else ""
+        return f"{f.device} filled up: {format_bytes(f.nbytes)} planned{of}; the next block did not fit."
+    if f.kind == E.SPILL:
+        why = " (slow: read from disk at every forward pass)." if f.device == "disk" else " (slower)."
+        return f"{format_bytes(f.nbytes)} spill to {f.device}{why}"
+    if f.kind == E.NEEDS:
+        return f"To fit on {f.device} alone it needs about {format_bytes(f.nbytes)}: {f.option}."
+    if f.kind == E.SMALLER_DTYPE:
+        return f"In {f.dtype} it would need about {format_bytes(f.nbytes)}: {f.option}."
+    return f.kind
+
+
+def _quote(text: str) -> str:
+    """Quote a magic argument only when it needs it (spaces, quotes)."""
+    return text if re.fullmatch(r"[\w@./:=,+-]+", text) else shlex.quote(text)
+
+
+def load_line(result: Any) -> str:
+    """The ``%load_model`` line that loads exactly this again: the full sha and the options given."""
+    opts, pin = result.options, result.pin
+    spec = pin.repo_id if pin.kind == "local" else pin.pinned_spec
+    parts = ["%load_model", _quote(spec)]
+    if opts.class_name:
+        parts += ["--class", opts.class_name]
+    parts += ["--dtype", result.dtype]
+    device_map = opts.device_map
+    if isinstance(device_map, dict) and list(device_map) == [""]:
+        device_map = _device_arg(device_map[""])
+    if isinstance(device_map, dict):
+        parts += ["--device-map", shlex.quote(json.dumps(device_map, separators=(", ", ": ")))]
+    elif device_map != "auto":
+        parts += ["--device-map", device_map]
+    if opts.max_memory:
+        parts += ["--max-memory", ",".join(f"{k}={size_arg(v)}" for k, v in opts.max_memory.items())]
+    if opts.no_offload:
+        parts.append("--no-offload")
+    if opts.offload_folder:
+        parts += ["--offload-folder", _quote(opts.offload_folder)]
+    if opts.trust_remote_code:
+        parts.append("--trust-remote-code")
+    if result.name:
+        parts += ["--as", result.name]
+    return " ".join(parts)
+
+
+def size_arg(nbytes: int) -> str:
+    """An exact size in the largest unit that divides it: ``20GiB``, ``300KB``, ``1234B``."""
+    for unit, size in (("TiB", 2**40), ("TB", 10**12), ("GiB", 2**30), ("GB", 10**9), ("MiB", 2**20),
+                       ("MB", 10**6), ("KiB", 2**10), ("KB", 10**3)):
+        if nbytes and nbytes % size == 0:
+            return f"{nbytes // size}{unit}"
+    return f"{nbytes}B"
+
+
+def _device_arg(device: Any) -> str:
+    return f"cuda:{device}" if isinstance(device, int) else str(device)
