@@ -174,8 +174,8 @@ def test_interrupted_load_binds_nothing_and_cleans_up(shell, loaded, tiny_hub, h
     assert "cancelled during load" in renderer.final.text and "✓" not in renderer.final.text  # ...not done
 
 
-def test_widget_panel_state_after_a_real_load(shell, tiny_hub, hf_cache, hub_server, monkeypatch):
-    """The panel a notebook user sees: file bars full, pin and pinned spelling, collapsed summary."""
+def test_widget_panel_state_after_a_real_load(shell, loaded, tiny_hub, hf_cache, hub_server, monkeypatch):
+    """The panel a notebook user sees: file bars full, then replaced by the record (pin, collapsed groups)."""
     from hf_notebook import ui
 
     panels = []
@@ -190,7 +190,10 @@ def test_widget_panel_state_after_a_real_load(shell, tiny_hub, hf_cache, hub_ser
     assert all(f.done == f.total for f in panel.state.files.values())
     assert hub_server.bytes_served("tiny/mixtral") >= sum(f.total for f in panel.state.files.values()
                                                           if not f.cached)
-    assert "model.layers.0-1" in text or "model" in text
+    result = loaded.get("moe")
+    layers = result.placement.group_of("model.layers.0")
+    assert layers.members == ("model.layers.0", "model.layers.1") and layers.label in text
+    assert panel.final.text == text and panel.widget.comm is None  # the record replaced the live widgets
 
 
 def test_quoted_option_values_as_in_a_shell(shell, tiny_hub, hf_cache):

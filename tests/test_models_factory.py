@@ -192,49 +192,15 @@ def test_moe_model_really_has_experts(saved):
 # --------------------------------------------------------------------------- publishing
 
 
-class FakeStore:
-    """The ``RepoStore`` interface, in memory: enough to check the published history."""
-
-    def __init__(self):
-        self.refs: dict[str, dict[str, str]] = {}
-        self.trees: dict[str, dict[str, bytes]] = {}
-        self.messages: dict[str, str] = {}
-
-    def create_repo(self, repo_id, *, private=False, exist_ok=False):
-        if repo_id in self.refs and not exist_ok:
-            raise FileExistsError(repo_id)
-        self.refs.setdefault(repo_id, {"main": ""})
-        self.trees.setdefault("", {})
-
-    def commit(self, repo_id, files, *, branch="main", message="update", delete=()):
-        parent = self.refs[repo_id][branch]
-        new = {name: data if isinstance(data, bytes) else Path(data).read_bytes() for name, data in files.items()}
-        tree = {**self.trees[parent], **new}
-        for name in delete:
-            tree.pop(name)
-        sha = hashlib.sha1(repr((parent, message, sorted(tree.items()))).encode()).hexdigest()
-        self.trees[sha], self.messages[sha] = tree, message
-        self.refs[repo_id][branch] = sha
-        return sha
-
-    def create_branch(self, repo_id, branch, *, revision="main"):
-        assert branch not in self.refs[repo_id]
-        self.refs[repo_id][branch] = self.resolve(repo_id, revision)
-
-    def create_tag(self, repo_id, tag, *, revision="main"):
-        self.create_branch(repo_id, tag, revision=revision)
-
-    def create_pr(self, repo_id, files, *, message="pr", base="main"):
-        num = sum(ref.startswith("refs/pr/") for ref in self.refs[repo_id]) + 1
-        self.create_branch(repo_id, f"refs/pr/{num}", revision=base)
-        return num, self.commit(repo_id, files, branch=f"refs/pr/{num}", message=message)
-
-    def resolve(self, repo_id, revision):
-        return self.refs[repo_id].get(revision or "main", revision)
+def _tree(store, repo_id: str, sha: str) -> dict[str, bytes]:
+    """Every file of commit ``sha``, read back from the real store."""
+    return {name: store.read(repo_id, name, sha) for name in store.list_files(repo_id, sha)}
 
 
-def test_publish_builds_meaningful_history():
-    store = FakeStore()
+def test_publish_builds_meaningful_history(tmp_path):
+    from hf_notebook.testing.hub.store import RepoStore
+
+    store = RepoStore(tmp_path / "hub")
     published = publish_tiny_models(store, archs=["llama", "bert"], seed=3)
     assert set(published) == {"llama", "bert"}
     for arch, repo in published.items():
@@ -244,9 +210,9 @@ def test_publish_builds_meaningful_history():
         assert repo.seeds == {"v1": 3, "main": 4, "dev": 4, "pr1": 5}
         for label, ref in {"v1": "v1", "main": "main", "dev": "dev", "pr1": "refs/pr/1"}.items():
             assert store.resolve(repo.repo_id, ref) == repo.commits[label]
-        assert store.messages[repo.commits["v1"]] == "initial weights"
+        assert store.history(repo.repo_id, repo.commits["v1"])[0].title == "initial weights"
 
-        tree = {label: store.trees[sha] for label, sha in repo.commits.items()}
+        tree = {label: _tree(store, repo.repo_id, sha) for label, sha in repo.commits.items()}
         assert tree["v1"].keys() == tree["main"].keys() == tree["pr1"].keys()
         assert "config.json" in tree["v1"] and "README.md" in tree["dev"]
         first_shard = shards_in(tree["v1"])[0]
@@ -262,13 +228,15 @@ def shards_in(tree: dict) -> list[str]:
 
 
 def test_published_revision_loads_its_own_weights(tmp_path):
-    store = FakeStore()
+    from hf_notebook.testing.hub.store import RepoStore
+
+    store = RepoStore(tmp_path / "hub")
     repo = publish_tiny_models(store, archs=["qwen2"], seed=0, workdir=tmp_path)["qwen2"]
     assert set(repo.folders) == {"v1", "main", "dev", "pr1"}
     for label, sha in repo.commits.items():
         folder = tmp_path / "checkout" / label
         folder.mkdir(parents=True)
-        for name, data in store.trees[sha].items():
+        for name, data in _tree(store, repo.repo_id, sha).items():
             (folder / name).write_bytes(data)
         loaded = transformers.AutoModelForCausalLM.from_pretrained(folder)
         expected = build_model("qwen2", seed=repo.seeds[label])
