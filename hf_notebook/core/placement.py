@@ -43,11 +43,10 @@ class PlacementGroup:
     @property
     def label(self) -> str:
         """A name for the group: its member, or a numbered range ``model.layers.0-15``."""
-        first, last = self.members[0], self.members[-1]
         if len(self.members) == 1:
-            return first or "(whole model)"
-        prefix = _NUMBERED.match(first).group(1)
-        return f"{prefix}.{_NUMBERED.match(first).group(2)}-{_NUMBERED.match(last).group(2)}"
+            return self.members[0] or "(whole model)"
+        prefix, first = _NUMBERED.match(self.members[0]).groups()
+        return f"{prefix}.{first}-{_NUMBERED.match(self.members[-1]).group(2)}"
 
 
 @dataclass(frozen=True)
