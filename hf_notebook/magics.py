@@ -37,7 +37,10 @@ def _parse(magic, line: str):
     IPython splits magic lines without shell rules, so ``--device-map '{"a": 0}'`` arrives
     with its quotes; users write them to keep spaces together, as in a shell.
     """
-    args = parse_argstring(magic, line)
+    try:
+        args = parse_argstring(magic, line)
+    except ValueError as exc:  # the line splitter: an unterminated quote
+        raise UsageError(f"Cannot read the line: {exc}. Close every quote you open.") from None
     for key, value in vars(args).items():
         if isinstance(value, str) and len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
             setattr(args, key, value[1:-1])
@@ -89,7 +92,7 @@ class HFNotebook(Magics):
         from .core.api import load_model
         from .ui.record import load_record, stopped_record
 
-        name = _check_name(args.name or "model")
+        name = _check_name(args.name or "model", self.shell)
         options = self._options(args, offload_folder=args.offload_folder or self.offload_folder,
                                 force_download=args.force_download)
         renderer = self._renderer()
@@ -155,7 +158,7 @@ class HFNotebook(Magics):
 
         from .core.api import plan_model
 
-        name = _check_name(args.name) if args.name else None
+        name = _check_name(args.name, self.shell) if args.name else None
         try:
             plan = plan_model(args.spec, self._options(args))
         except HfNotebookError as exc:
@@ -200,9 +203,12 @@ def _figure_image(plan):
     return Image(data=buffer.getvalue(), format="png")
 
 
-def _check_name(name: str) -> str:
+def _check_name(name: str, shell) -> str:
+    """A variable a model may be bound to: an identifier that breaks nothing when rebound."""
     if not name.isidentifier() or keyword.iskeyword(name):
         raise UsageError(f"--as {name!r} is not a valid Python variable name.")
+    if name.startswith("__") or name in shell.user_ns_hidden or name in ("In", "Out", "get_ipython", "exit", "quit"):
+        raise UsageError(f"--as {name!r} would replace a name that Python or IPython needs. Pick another name.")
     return name
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from .errors import HfNotebookError
+from .errors import HfNotebookError, wrapped
 from .events import Failed, OnEvent, Resolved, StageDone, StageStarted, emit
 from .fetch import Checkpoint, FileFacts, HubFiles, SourceFiles, source_files
 from .options import LoadOptions
@@ -99,28 +99,35 @@ def plan_model(spec: str | ModelSpec, options: Optional[LoadOptions] = None, *, 
 
     ``options`` is a :class:`LoadOptions`; or give its fields as keywords (``dtype="bfloat16"``).
     """
+    opts = _options(options, raw)
     stages = _Stages(on_event)
     try:
-        opts = _options(options, raw)
         with library_bars_off():
             return _Pipeline(spec, opts, stages, on_event).plan(read_headers=True)
     except BaseException as exc:
         stages.failed(exc)
-        raise
+        _raise_ours(exc, stages.current)
 
 
 def load_model(spec: str | ModelSpec, options: Optional[LoadOptions] = None, *, name: Optional[str] = None,
                on_event: OnEvent | None = None, **raw: Any) -> LoadResult:
     """Resolve, plan, fetch and load a model: the plan is made before any weight byte is fetched."""
-    stages = _Stages(on_event)
     t0 = time.perf_counter()
+    opts = _options(options, raw)
+    stages = _Stages(on_event)
     try:
-        opts = _options(options, raw)
         with library_bars_off():
             return _Pipeline(spec, opts, stages, on_event).load(name, t0)
     except BaseException as exc:
         stages.failed(exc)
-        raise
+        _raise_ours(exc, stages.current)
+
+
+def _raise_ours(exc: BaseException, stage: str):
+    """Re-raise our errors and interrupts as they are; anything else as ours, without its frames."""
+    if isinstance(exc, (HfNotebookError, KeyboardInterrupt, SystemExit)) or not isinstance(exc, Exception):
+        raise exc
+    raise wrapped(exc, stage) from None
 
 
 class _Pipeline:

@@ -7,6 +7,15 @@ can catch either. Each carries a ``hint``: the next thing the user should do.
 
 from __future__ import annotations
 
+import re
+
+_TOKEN = re.compile(r"\b(hf_[A-Za-z0-9]{8,}|api_org_[A-Za-z0-9]{8,})")
+
+
+def redact(text: str) -> str:
+    """Mask anything that looks like a Hugging Face token."""
+    return _TOKEN.sub("hf_***", text)
+
 
 class HfNotebookError(Exception):
     """Base class: a message that states the problem, and a hint that says what to do."""
@@ -62,3 +71,11 @@ class PlanError(HfNotebookError, RuntimeError):
 
 class LoadError(HfNotebookError, RuntimeError):
     """Loading failed after the plan was made (bad checkpoint, unsupported format, ...)."""
+
+
+def wrapped(error: BaseException, stage: str) -> HfNotebookError:
+    """An unexpected error from a dependency, as ours: its type and message (tokens masked), no frames."""
+    message = redact(str(error) or repr(error)).strip()
+    first = message.splitlines()[0] if message else ""
+    return LoadError(f"{stage or 'The call'} failed: {type(error).__name__}: {first}",
+                     hint="If this persists, run the cell again with the same options and report the message above.")

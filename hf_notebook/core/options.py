@@ -7,6 +7,7 @@ so every action gets the same checks and the core sees only valid, typed values.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -43,9 +44,10 @@ class LoadOptions:
         """Validate raw values (strings as typed, or already-typed values) into options."""
         return cls(class_name=class_name or None, dtype=parse_dtype(dtype), device_map=parse_device_map(device_map),
                    max_memory=parse_max_memory(max_memory), no_offload=bool(no_offload),
-                   trust_remote_code=bool(trust_remote_code), offload_folder=offload_folder or None,
-                   cache_dir=cache_dir or None, offline=bool(offline), force_download=bool(force_download),
-                   token=token)
+                   trust_remote_code=bool(trust_remote_code),
+                   offload_folder=parse_folder(offload_folder, "--offload-folder"),
+                   cache_dir=parse_folder(cache_dir, "--cache-dir"), offline=bool(offline),
+                   force_download=bool(force_download), token=token)
 
     def with_(self, **changes: Any) -> "LoadOptions":
         return replace(self, **changes)
@@ -54,6 +56,24 @@ class LoadOptions:
         shown = {k: v for k, v in self.__dict__.items() if k != "token"}
         token = "" if self.token is None else ", token=<hidden>"
         return f"LoadOptions({', '.join(f'{k}={v!r}' for k, v in shown.items())}{token})"
+
+
+def parse_folder(text: Optional[str], flag: str) -> Optional[str]:
+    """A folder that exists, or could be created: its nearest existing ancestor is a writable folder."""
+    if not text:
+        return None
+    path = Path(str(text)).expanduser()
+    try:
+        probe = path
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        usable = probe.is_dir() and os.access(probe, os.W_OK | os.X_OK)
+    except (OSError, ValueError):
+        usable = False
+    if not usable:
+        where = "is not a folder" if probe == path else f"cannot be created ({str(probe)!r} is not a writable folder)"
+        raise OptionError(f"{flag} {str(path)!r} {where}.", hint=f"Give {flag} a folder you can write to.")
+    return str(path)
 
 
 def parse_max_memory(text: str | dict | None) -> dict[Device, int] | None:
@@ -101,13 +121,14 @@ def parse_device_map(text: str | dict | None) -> DeviceMap:
     if text.startswith("{"):
         return _validate_map(_load_json(text, "--device-map"), "--device-map")
     try:
-        return {"": parse_device(text)}
+        device = parse_device(text)
     except OptionError:
         raise OptionError(
             f"Cannot read --device-map {text!r}.",
             hint=f"Use a strategy ({', '.join(STRATEGIES)}), a device (cpu, cuda:0), @map.json "
             'or a JSON dict like \'{"model.embed_tokens": 0, "model.layers": "cpu"}\'.',
         ) from None
+    return _validate_map({"": device}, f"--device-map {text}")
 
 
 def _load_json(raw: str, where: str) -> dict:
@@ -125,4 +146,8 @@ def _load_json(raw: str, where: str) -> dict:
 def _validate_map(mapping: dict, where: str) -> dict:
     if not mapping:
         raise OptionError(f"{where} is an empty device map.", hint='Map at least "" (the whole model) to a device.')
-    return {str(name): parse_device(device) for name, device in mapping.items()}
+    parsed = {str(name): parse_device(device) for name, device in mapping.items()}
+    if "meta" in parsed.values():
+        raise OptionError(f"{where} puts modules on the meta device, which holds no data.",
+                          hint="Place them on a GPU, cpu or disk; to look without loading, use %plan_model.")
+    return parsed

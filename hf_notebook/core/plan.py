@@ -95,30 +95,74 @@ class Plan:
 
 
 def model_class_for(config, class_name: Optional[str] = None):
-    """The concrete model class: ``--class`` (an Auto class or a model class) or the config's ``architectures``."""
+    """The concrete model class: ``--class`` (an Auto model class or a model class) or the config's ``architectures``."""
+    import transformers
+
+    if class_name:
+        return _named_class(config, class_name)
+    for arch in getattr(config, "architectures", None) or []:
+        cls = getattr(transformers, arch, None)
+        if _is_model_class(cls) and _fits(cls, config):
+            return cls
+    for auto_name in _AUTO_CLASSES:
+        cls = _auto_pick(config, auto_name)
+        if cls is not None:
+            return cls
+    raise LoadError(f"No transformers class knows model type {config.model_type!r}.",
+                    hint="Upgrade transformers, or pass --class. Models with custom code are not supported yet.")
+
+
+def _named_class(config, class_name: str):
+    """``--class NAME``: an Auto model class that supports the config, or a model class built for it."""
+    import transformers
+
+    cls = None if class_name.startswith("_") or "." in class_name else getattr(transformers, class_name, None)
+    if class_name.startswith("Auto") and hasattr(cls, "_model_mapping"):
+        picked = _auto_pick(config, class_name)
+        if picked is None:
+            raise LoadError(f"{class_name} does not support model type {config.model_type!r}.",
+                            hint=_class_hint(config))
+        return picked
+    if not _is_model_class(cls):
+        what = "has no class" if cls is None else "has no model class"
+        raise LoadError(f"transformers {what} {class_name!r}.", hint=_class_hint(config))
+    if not _fits(cls, config):
+        raise LoadError(f"{class_name} is built for {cls.config_class.model_type!r} models, "
+                        f"but this checkpoint is a {config.model_type!r} model.", hint=_class_hint(config))
+    return cls
+
+
+def _is_model_class(cls) -> bool:
+    from transformers import PreTrainedModel
+
+    return isinstance(cls, type) and issubclass(cls, PreTrainedModel) and cls is not PreTrainedModel
+
+
+def _fits(cls, config) -> bool:
+    config_class = getattr(cls, "config_class", None)
+    return config_class is None or isinstance(config, config_class)
+
+
+def _auto_pick(config, auto_name: str):
+    """The class ``auto_name`` (an Auto model class) picks for ``config``, or None."""
     import transformers
     from transformers.models.auto.auto_factory import _get_model_class
 
-    if class_name:
-        cls = getattr(transformers, class_name, None)
-        if cls is None:
-            raise LoadError(f"transformers has no class {class_name!r}.",
-                            hint="Use an Auto class (AutoModelForCausalLM, AutoModel, ...) or a model class name.")
-        if class_name.startswith("Auto"):
-            try:
-                return _get_model_class(config, cls._model_mapping)
-            except (KeyError, ValueError):
-                raise LoadError(f"{class_name} does not support model type {config.model_type!r}.",
-                                hint="Pick another --class, or leave it out to use the config's architectures.") from None
-        return cls
-    for arch in getattr(config, "architectures", None) or []:
-        if hasattr(transformers, arch):
-            return getattr(transformers, arch)
-    for auto_name in _AUTO_CLASSES:
-        with contextlib.suppress(KeyError, ValueError):
-            return _get_model_class(config, getattr(transformers, auto_name)._model_mapping)
-    raise LoadError(f"No transformers class knows model type {config.model_type!r}.",
-                    hint="Upgrade transformers, or pass --class. Models with custom code are not supported yet.")
+    auto = getattr(transformers, auto_name, None)
+    try:
+        return _get_model_class(config, auto._model_mapping)
+    except (KeyError, ValueError, AttributeError):
+        return None
+
+
+def _class_hint(config) -> str:
+    """The classes that fit this checkpoint, to name in an error."""
+    import transformers
+
+    names = [a for a in getattr(config, "architectures", None) or [] if _is_model_class(getattr(transformers, a, None))]
+    names += [a for a in _AUTO_CLASSES if _auto_pick(config, a) is not None]
+    fits = ", ".join(dict.fromkeys(names)) or "none known"
+    return f"Classes that fit this {config.model_type!r} checkpoint: {fits}. Or leave --class out."
 
 
 def build_meta_model(cls, config, dtype: str):

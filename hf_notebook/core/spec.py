@@ -50,7 +50,7 @@ def parse_spec(text: str) -> ModelSpec:
     if not text:
         raise SpecError("No model given.", hint="Usage: %load_model org/name[@revision] [options]")
     path = Path(text).expanduser()
-    if path.is_dir():
+    if _is_dir(path):
         return ModelSpec(local_path=path.resolve())
     if text.startswith((".", "/", "~")) or "\\" in text:
         raise SpecError(f"Folder {text!r} does not exist.", hint="Check the path, or give a Hub repo id as org/name.")
@@ -69,6 +69,13 @@ def parse_spec(text: str) -> ModelSpec:
     if revision and (revision.startswith("/") or revision.endswith("/") or ".." in revision or " " in revision):
         raise SpecError(f"{revision!r} is not a valid revision.", hint="Use a branch, tag, commit sha or refs/pr/N.")
     return ModelSpec(repo_id=repo_id, revision=revision or None)
+
+
+def _is_dir(path: Path) -> bool:
+    try:
+        return path.is_dir()
+    except (OSError, ValueError):  # a name too long for the file system, a NUL byte, ...
+        return False
 
 
 def _valid_repo_id(repo_id: str) -> bool:

@@ -16,6 +16,7 @@ from .errors import OptionError
 
 Device = Union[int, str]
 
+MAX_SIZE = 2**60  # an exabyte: anything larger is a typo
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)?\s*$", re.IGNORECASE)
 _UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
           "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
@@ -27,7 +28,11 @@ def parse_size(text: str) -> int:
     if not match:
         raise OptionError(f"Cannot read {text!r} as a size.", hint="Write sizes like 20GiB, 512MB or 1000000 (bytes).")
     number, unit = match.groups()
-    return int(float(number) * _UNITS[(unit or "b").lower()])
+    value = float(number) * _UNITS[(unit or "b").lower()]
+    if not value < MAX_SIZE:
+        raise OptionError(f"{text!r} is larger than any machine's memory or disk.",
+                          hint="Write sizes like 20GiB, 512MB or 1000000 (bytes).")
+    return int(value)
 
 
 def format_bytes(n: Optional[float]) -> str:
@@ -57,6 +62,8 @@ def parse_device(text: Any) -> Device:
     if isinstance(text, bool):
         raise OptionError(f"Unknown device {text!r}.", hint="Use a GPU number (0, cuda:1), cpu or disk.")
     if isinstance(text, int):
+        if text < 0:
+            raise OptionError(f"Unknown device {text!r}.", hint="GPU numbers start at 0; or use cpu or disk.")
         return text
     if type(text).__name__ == "device" and hasattr(text, "type"):  # torch.device, without importing torch
         return text.index or 0 if text.type == "cuda" else text.type

@@ -13,17 +13,10 @@ import shlex
 from typing import Any, Optional
 
 from hf_notebook.core import explain as E
+from hf_notebook.core.errors import redact
 from hf_notebook.core.events import Resolved
 from hf_notebook.core.spec import is_commit_sha
 from hf_notebook.core.units import format_bytes
-
-_TOKEN = re.compile(r"\b(hf_[A-Za-z0-9]{8,}|api_org_[A-Za-z0-9]{8,})")
-
-
-def redact(text: str) -> str:
-    """Mask anything that looks like a Hugging Face token."""
-    return _TOKEN.sub("hf_***", text)
-
 
 def short_sha(sha: Optional[str]) -> str:
     return (sha or "")[:12]

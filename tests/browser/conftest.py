@@ -1,7 +1,8 @@
 """Fixtures for the real-browser tier: JupyterLab on the Hub stand-in, driven by headless Chromium.
 
 Playwright's sync API must be started here (a conftest), not in a test module; see
-``/work/shared/notes/browser-tests.md`` for the recipe and the kernel-idle race.
+``/work/shared/notes/browser-tests.md`` for the recipe and the kernel-idle race. ``LabPage`` (the
+``notebook`` fixture) opens a notebook and waits for a really idle kernel, runs all cells, saves.
 """
 
 import json
@@ -10,6 +11,7 @@ import secrets
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -31,8 +33,10 @@ class Lab:
     token: str
     root_dir: Path
 
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}/lab/tree/{path}?token={self.token}"
+    def url(self, path: str, workspace: str = "") -> str:
+        """``path`` in Lab; in a workspace of that name if given (a fresh one restores no other open notebook)."""
+        where = f"workspaces/{workspace}/" if workspace else ""
+        return f"http://127.0.0.1:{self.port}/lab/{where}tree/{path}?token={self.token}"
 
 
 def isolated_jupyter_env(home: Path) -> dict[str, str]:
@@ -102,3 +106,79 @@ def page(browser):
     page = browser.new_page()
     yield page
     page.close()
+
+
+RUN_TIMEOUT_MS = 180_000  # a whole notebook of tiny loads
+
+
+class LabPage:
+    """One Chromium page on the Lab: open a notebook, run it, save it, stop its kernel."""
+
+    def __init__(self, page: Any, lab: Lab):
+        self.page, self.lab = page, lab
+        self.panel = page.locator(".jp-NotebookPanel")  # narrowed to the opened notebook by open()
+
+    def open(self, path: str) -> None:
+        """Open ``path`` and return once its kernel is really idle (see the notes on the idle race)."""
+        from playwright.sync_api import expect
+
+        self.page.goto(self.lab.url(path, workspace=f"test-{secrets.token_hex(4)}"))
+        self.page.wait_for_function(
+            "path => window.jupyterapp?.shell.currentWidget?.context?.path === path", arg=path, timeout=60_000)
+        panel_id = self.page.evaluate("""async () => {
+            const panel = window.jupyterapp.shell.currentWidget;
+            await panel.context.ready;
+            await panel.sessionContext.ready;
+            return panel.id;
+        }""")
+        self.panel = self.page.locator(f"[id='{panel_id}']")
+        expect(self.page.locator("#jp-main-statusbar")).to_contain_text("Python 3 (ipykernel) | Idle", timeout=60_000)
+
+    def run_all(self, timeout_ms: int = RUN_TIMEOUT_MS) -> None:
+        """Run every cell, as Run > Run All Cells does; fail with the stderr shown if a cell fails."""
+        import pytest
+
+        self.page.evaluate("""() => {
+            window.runAll = undefined;
+            window.jupyterapp.commands.execute('notebook:run-all-cells').then(ok => { window.runAll = {ok}; });
+        }""")
+        result = self.page.wait_for_function("() => window.runAll", timeout=timeout_ms, polling=250).json_value()
+        if result["ok"] is not True:
+            stderr = self.page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']")
+            pytest.fail("a cell failed:\n" + "\n".join(stderr.all_inner_texts()))
+
+    def save(self) -> dict:
+        """Save the notebook with Lab (as Ctrl-S does) and return the file as Lab wrote it."""
+        path = self.page.evaluate("""async () => {
+            const panel = window.jupyterapp.shell.currentWidget;
+            await window.jupyterapp.commands.execute('docmanager:save');
+            return panel.context.path;
+        }""")
+        return json.loads((self.lab.root_dir / path).read_text(encoding="utf-8"))
+
+    def shut_down_kernel(self) -> None:
+        """Stop the notebook's kernel, so that nothing of its widget models is left when the file is reopened."""
+        self.page.evaluate("() => window.jupyterapp.shell.currentWidget.sessionContext.shutdown()")
+
+    def write(self, name: str, sources: list[str]) -> str:
+        """A notebook of code cells (no outputs) for the Python 3 kernel in Lab's folder; returns its path there."""
+        import nbformat
+
+        nb = nbformat.v4.new_notebook(metadata={"kernelspec": {
+            "name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}})
+        nb.cells = [nbformat.v4.new_code_cell(source) for source in sources]
+        nbformat.write(nb, self.lab.root_dir / name)
+        return name
+
+    def code_cell(self, source: str) -> Any:
+        """The code cell whose input contains ``source`` (its outputs may repeat the text, so match the input)."""
+        return self.panel.locator(".jp-CodeCell").filter(
+            has=self.page.locator(".jp-InputArea-editor", has_text=source))
+
+    def code_cells(self) -> Any:
+        return self.panel.locator(".jp-Notebook .jp-CodeCell")
+
+
+@pytest.fixture
+def notebook(page, lab) -> LabPage:
+    return LabPage(page, lab)

@@ -1,4 +1,4 @@
-"""The quickstart in a real JupyterLab and Chromium: the load panels render and fill in."""
+"""The quickstart in a real JupyterLab and Chromium: every load ends as its static record."""
 
 import pytest
 
@@ -6,47 +6,32 @@ expect = pytest.importorskip("playwright.sync_api", reason="the playwright Pytho
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
-RUN_TIMEOUT_MS = 180_000  # the whole notebook: three tiny loads and a generate
+RECORD = ".hf-notebook-record"  # the root of a finished panel's static record
+PROGRESS = ".widget-hprogress, .widget-vprogress, .progress-bar"  # an ipywidgets 8 progress bar
 
 
-def open_notebook(page, url: str) -> None:
-    """Open ``url`` and return once its kernel is really idle (see the notes on the idle race)."""
-    page.goto(url)
-    page.wait_for_function("() => window.jupyterapp?.shell.currentWidget?.sessionContext", timeout=60_000)
-    page.evaluate("""async () => {
-        const panel = window.jupyterapp.shell.currentWidget;
-        await panel.context.ready;
-        await panel.sessionContext.ready;
-    }""")
-    expect(page.locator("#jp-main-statusbar")).to_contain_text("Python 3 (ipykernel) | Idle", timeout=60_000)
-
-
-def run_all_cells(page) -> None:
-    """Run every cell, as Run > Run All Cells does; fail with the stderr shown if a cell fails."""
-    page.evaluate("""() => {
-        window.jupyterapp.commands.execute('notebook:run-all-cells').then(ok => { window.runAll = {ok}; });
-    }""")
-    result = page.wait_for_function("() => window.runAll", timeout=RUN_TIMEOUT_MS, polling=500).json_value()
-    if result["ok"] is not True:
-        stderr = page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']")
-        pytest.fail("a cell failed:\n" + "\n".join(stderr.all_inner_texts()))
-
-
-def test_quickstart_load_panels_render(lab, page, tiny_hub, artifacts):
+def test_quickstart_load_panels_end_in_records(notebook, tiny_hub, artifacts):
+    page = notebook.page
     sha = tiny_hub["llama"].commits["main"]
-    open_notebook(page, lab.url("quickstart.ipynb"))
-    first_load = page.locator(".jp-CodeCell").filter(has_text="%load_model tiny/llama --as model")
-    panel = first_load.locator(".jp-OutputArea .jupyter-widgets").first
+    notebook.open("quickstart.ipynb")
+    first_load = notebook.code_cell("%load_model tiny/llama --as model")
     try:
-        run_all_cells(page)
-        panel.scroll_into_view_if_needed()
-        expect(panel).to_contain_text(f"pinned: tiny/llama@{sha}")
-        expect(panel).to_contain_text(f"model = tiny/llama@{sha[:12]}")  # the finished summary...
-        expect(panel).to_contain_text("lm_head")  # ...with its device map...
-        expect(panel).to_contain_text("CPU RAM:")  # ...and bytes per device
-        offload_panel = page.locator(".jp-CodeCell").filter(has_text="--as offloaded").locator(".jupyter-widgets")
-        expect(offload_panel.first).to_contain_text("disk (offload):")
-        expect(page.locator(".jp-OutputArea-output").filter(has_text="same logits as `model`: True")).to_have_count(1)
+        notebook.run_all()
+        record = first_load.locator(f".jp-OutputArea {RECORD}")
+        expect(record).to_have_count(1)
+        record.scroll_into_view_if_needed()
+        expect(record).to_contain_text(f"model = tiny/llama@{sha[:12]}")  # the finished summary...
+        expect(record).to_contain_text(f"{sha} (default branch, can move)")  # ...the full pin...
+        expect(record).to_contain_text("lm_head")  # ...the device map...
+        expect(record).to_contain_text("CPU RAM (cpu)")  # ...the bytes per device...
+        expect(record).to_contain_text(f"%load_model tiny/llama@{sha} --dtype float32 --as model")  # ...what to copy
+        expect(first_load.locator(".jupyter-widgets")).to_have_count(0)  # the live panel is gone
+        offloaded = notebook.code_cell("--as offloaded").locator(RECORD)
+        expect(offloaded).to_contain_text("disk (offload)")
+        expect(notebook.code_cell("%unload_model model_v1").locator(RECORD)).to_contain_text("unloaded model_v1")
+        same = notebook.panel.locator(".jp-OutputArea-output").filter(has_text="same logits as `model`: True")
+        expect(same).to_have_count(1)
+        expect(notebook.panel.locator(PROGRESS)).to_have_count(0)
         expect(page.get_by_text("Error displaying widget")).to_have_count(0)
     finally:
         page.screenshot(path=artifacts / "quickstart.png")

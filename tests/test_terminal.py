@@ -1,0 +1,121 @@
+"""Terminal IPython: ``%load_model`` prints readable progress lines and ends with the text record.
+
+Real ``python -m IPython`` child processes against the session's Hub stand-in (``HF_ENDPOINT``
+from the plugin), each with a Hub cache and an IPython folder of its own:
+
+- through a pseudo-terminal, as a user at a terminal sees it: the one live line may be
+  rewritten with ``\\r``, but once the terminal has drawn it every line is clean, and
+  hf_notebook writes no escape sequence of its own;
+- through a pipe (stdout not a TTY, as in logs and CI): plain lines only, no ``\\r``, no escapes.
+"""
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+pexpect = pytest.importorskip("pexpect", reason="pexpect (installed with IPython) drives the pseudo-terminal")
+
+pytestmark = pytest.mark.slow
+
+TIMEOUT = 60  # seconds for any one step; a tiny load takes about 4 s with the imports
+ANSI = re.compile(r"\x1b(\[[0-?]*[ -/]*[@-~]|\][^\x07]*\x07|[@-Z\\-_])")
+CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")  # anything but \t, \n, \r
+
+
+@pytest.fixture
+def child_env(tiny_hub, tmp_path):
+    """The test process's environment (the stand-in's HF_ENDPOINT), with a Hub cache and IPython folder of its own."""
+    assert os.environ["HF_ENDPOINT"].startswith("http://127.0.0.1")
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hf-cache"), "IPYTHONDIR": str(tmp_path / "ipython")}
+    for name in ("JPY_PARENT_PID", "JPY_SESSION_NAME", "MPLBACKEND", "COLUMNS", "LINES"):
+        env.pop(name, None)
+    return env
+
+
+def screen_lines(raw: str) -> list[str]:
+    """What a terminal shows for ``raw`` (no escapes in it): each ``\\r`` overwrites the line from column 0."""
+    lines = []
+    for line in raw.replace("\r\n", "\n").split("\n"):
+        shown = ""
+        for part in line.split("\r"):
+            shown = part + shown[len(part):]
+        lines.append(shown.rstrip())
+    return lines
+
+
+def assert_progress_and_record(lines: list[str], sha: str, again: str) -> None:
+    """The progress lines in order, then the record, each once."""
+    text = "\n".join(lines)
+    expected_in_order = [
+        f"pinned: tiny/llama@{sha}", "resolve done in", "  fetched config.json", "config done in", "plan done in",
+        "  fetched model.safetensors.index.json", "fetch done in", "  loaded shard", "load done in",
+        f"✓ m = tiny/llama@{sha[:12]}", "load it again:",
+    ]
+    positions = [text.find(piece) for piece in expected_in_order]
+    assert -1 not in positions, f"missing {expected_in_order[positions.index(-1)]!r} in:\n{text}"
+    assert positions == sorted(positions), f"out of order:\n{text}"
+    for once in ("resolve done in", "load done in", "✓ m = ", "load it again:"):
+        assert text.count(once) == 1, f"{once!r} shown {text.count(once)} times:\n{text}"
+    assert any(re.fullmatch(rf"  commit +{sha} \(default branch, can move\)", line) for line in lines), text
+    assert "  device " in text and "CPU RAM (cpu)" in text
+    i = lines.index("load it again:")
+    assert lines[i + 1] == f"  {again}"
+
+
+def test_tty_shows_progress_lines_then_the_text_record(child_env, tiny_hub, tmp_path):
+    sha = tiny_hub["llama"].commits["main"]
+    env = {**child_env, "TERM": "xterm-256color", "PROMPT_TOOLKIT_NO_CPR": "1"}  # no cursor-position query to answer
+    child = pexpect.spawn(sys.executable, ["-m", "IPython", "--no-banner", "--colors=NoColor"], env=env,
+                          cwd=str(tmp_path), dimensions=(50, 200), timeout=TIMEOUT, encoding="utf-8",
+                          codec_errors="replace")
+    try:
+        child.expect_exact("In [1]:")
+        child.sendline("%load_ext hf_notebook")
+        child.expect_exact("In [2]:")
+        child.sendline("%load_model tiny/llama --as m")
+        child.expect_exact("In [3]:")
+        drawn = child.before
+        child.sendline("exit")
+        child.expect(pexpect.EOF)
+    finally:
+        child.close(force=True)
+    # prompt_toolkit leaves bracketed-paste mode when the line is accepted and re-enters it for the next prompt:
+    # everything in between is the magic's own output.
+    start, end = drawn.rfind("\x1b[?2004l"), drawn.rfind("\x1b[?2004h")
+    assert 0 <= start < end, f"no prompt_toolkit input/prompt boundary found in {drawn!r}"
+    output = drawn[start + len("\x1b[?2004l"):end]
+    assert not ANSI.search(output) and "\x1b" not in output, f"escape sequence in hf_notebook's output: {output!r}"
+    assert not CONTROL.search(output), f"control character in hf_notebook's output: {output!r}"
+    lines = screen_lines(output)
+    assert not [line for line in lines if "…" in line], "live progress line left on screen:\n" + "\n".join(lines)
+    assert_progress_and_record(lines, sha, f"%load_model tiny/llama@{sha} --dtype float32 --as m")
+
+
+def test_pipe_gets_plain_lines_only(child_env, tiny_hub, tmp_path):
+    """stdout is not a TTY: no ``\\r`` rewrites and no escapes; a failed load leaves a one-line record."""
+    sha = tiny_hub["llama"].commits["main"]
+    script = "\n".join([
+        "%load_ext hf_notebook",
+        "%load_model tiny/llama --max-memory cpu=300KB --as m",  # several shards, most of the model on disk
+        "%load_model tiny/does-not-exist --as broken",
+        "exit",
+    ]) + "\n"
+    proc = subprocess.run(
+        [sys.executable, "-m", "IPython", "--simple-prompt", "--no-banner", "--colors=NoColor"],
+        input=script, capture_output=True, text=True, env=child_env, cwd=str(tmp_path), timeout=TIMEOUT,
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert "\r" not in out, f"\\r rewrite in piped output: {out!r}"
+    assert "\x1b" not in out and not CONTROL.search(out), f"escape or control character in piped output: {out!r}"
+    lines = [line.removeprefix("In [2]: ") for line in out.splitlines()]
+    again = f"%load_model tiny/llama@{sha} --dtype float32 --max-memory cpu=300KB --as m"
+    assert_progress_and_record(lines, sha, again)
+    assert "disk (offload)" in out and "  loaded shard 5/5" in out
+    # The failed load: a record line on stdout, the reason once on stderr, no traceback.
+    assert "✗ resolving tiny/does-not-exist: failed during resolve" in out
+    assert proc.stderr.count("UsageError: Repository tiny/does-not-exist does not exist") == 1, proc.stderr
+    assert "does not exist" not in out and "Traceback" not in proc.stderr
