@@ -65,8 +65,21 @@ def execute_notebook(path: Path, env: dict[str, str]):
         client.execute(env=env, cwd=str(path.parent))
     except CellExecutionError as exc:
         client.set_widgets_metadata()  # keep the panels drawn so far, the failed one included
-        return nb, exc
-    return nb, None
+        return _drop_unused_widget_state(nb), exc
+    return _drop_unused_widget_state(nb), None
+
+
+def _drop_unused_widget_state(nb):
+    """Forget the widget state when no output shows a widget any more.
+
+    nbclient keeps the state of every widget a kernel ever made, closed ones too; our panels end
+    as static records, so without this a saved notebook carries hundreds of kB of dead models.
+    """
+    views = [o for c in nb.cells for o in c.get("outputs", ())
+             if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
+    if not views:
+        nb.metadata.pop("widgets", None)
+    return nb
 
 
 def export(nb, out_dir: Path, stem: str) -> tuple[Path, Path]:

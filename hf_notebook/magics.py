@@ -6,7 +6,11 @@ with ``%config HFNotebook.cache_dir = "/data/hf"`` or in an IPython profile.
 
 from __future__ import annotations
 
+import atexit
+import gc
 import keyword
+import shutil
+import weakref
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_magic, magics_class
@@ -74,6 +78,8 @@ class HFNotebook(Magics):
         from .core.registry import Registry
 
         self.registry = Registry()  # this shell's loaded models
+        self._orphans: list[str] = []  # offload folders of replaced models something else still holds
+        atexit.register(_remove_folders, self.registry, self._orphans)
 
     @magic_arguments()
     @argument("spec", help=_SPEC_HELP)
@@ -104,8 +110,11 @@ class HFNotebook(Magics):
             if isinstance(exc, HfNotebookError):
                 raise UsageError(str(exc)) from None
             raise
+        previous = self.registry.get(name)
         self.shell.user_ns[name] = result.model
         self.registry.add(name, result)
+        if previous is not None:
+            self._release(previous)
         renderer.finish(load_record(result))
 
     @magic_arguments()
@@ -152,6 +161,19 @@ class HFNotebook(Magics):
             loaded = ", ".join(self.registry.names()) or "none"
             raise UsageError(f"No model named {name!r} was loaded by hf_notebook (loaded: {loaded}). See %models.")
         display(unload(name, result, [self.shell.user_ns]))
+
+    def _release(self, result) -> None:
+        """A model replaced by a new one under its name: remove its temporary offload folder once
+        nothing holds the model any more (else at exit)."""
+        if not (result.owns_offload_folder and result.offload_folder):
+            return
+        ref = weakref.ref(result.model)
+        result.model = None
+        gc.collect()
+        if ref() is None:
+            shutil.rmtree(result.offload_folder, ignore_errors=True)
+        else:
+            self._orphans.append(result.offload_folder)
 
     def _plan(self, args, plot: bool):
         from IPython.display import display
@@ -210,6 +232,13 @@ def _check_name(name: str, shell) -> str:
     if name.startswith("__") or name in shell.user_ns_hidden or name in ("In", "Out", "get_ipython", "exit", "quit"):
         raise UsageError(f"--as {name!r} would replace a name that Python or IPython needs. Pick another name.")
     return name
+
+
+def _remove_folders(registry, orphans: list[str]) -> None:
+    """At interpreter exit: the temporary offload folders this shell's loads made."""
+    folders = orphans + [r.offload_folder for _, r in registry.items() if r.owns_offload_folder and r.offload_folder]
+    for folder in folders:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def instance(shell) -> HFNotebook:

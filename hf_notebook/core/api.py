@@ -7,10 +7,8 @@ Nothing is resolved, listed, read or planned twice.
 
 from __future__ import annotations
 
-import contextlib
 import shutil
 import tempfile
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +20,7 @@ from .fetch import Checkpoint, FileFacts, HubFiles, SourceFiles, source_files
 from .options import LoadOptions
 from .placement import Placement
 from .plan import Plan, check_devices_exist, plan_placement
+from .quiet import library_bars_off
 from .resolve import Resolution, record_ref, resolve
 from .spec import ModelSpec, parse_spec
 
@@ -218,42 +217,6 @@ def _summary_map(plan: Plan, device_map: dict) -> dict:
     if list(device_map) == [""] and plan.blocks:
         return {block: device_map[""] for block in plan.blocks}
     return device_map
-
-
-_BARS_LOCK = threading.Lock()
-_BARS_USERS = 0
-_BARS_SAVED: tuple[bool, bool] = (False, True)
-
-
-@contextlib.contextmanager
-def library_bars_off():
-    """Silence huggingface_hub's and transformers' own tqdm bars while any of our calls runs.
-
-    Our events carry that progress. Those switches are process-wide, so concurrent and nested
-    calls share one silence: the first in saves the user's settings, the last out restores
-    exactly them.
-    """
-    global _BARS_USERS, _BARS_SAVED
-    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
-    from transformers.utils import logging as tf_logging
-
-    with _BARS_LOCK:
-        if _BARS_USERS == 0:
-            _BARS_SAVED = (are_progress_bars_disabled(), tf_logging.is_progress_bar_enabled())
-            disable_progress_bars()
-            tf_logging.disable_progress_bar()
-        _BARS_USERS += 1
-    try:
-        yield
-    finally:
-        with _BARS_LOCK:
-            _BARS_USERS -= 1
-            if _BARS_USERS == 0:
-                hub_was_off, tf_was_on = _BARS_SAVED
-                if not hub_was_off:
-                    enable_progress_bars()
-                if tf_was_on:
-                    tf_logging.enable_progress_bar()
 
 
 def _hub_offline() -> bool:

@@ -24,6 +24,7 @@ from .events import OnEvent, ShardProgress, emit
 from .fetch import Checkpoint
 from .headers import HeaderInfo, local_headers
 from .plan import Plan, model_class_for
+from .quiet import quiet_loggers
 
 
 class _ShardCounter:
@@ -158,7 +159,7 @@ def materialize(checkpoint: Checkpoint, config, plan: Plan, *, offload_folder: s
     releaser = _PageReleaser()
     counters = _shard_counters(checkpoint, on_event)
     try:
-        with _observing(counters, releaser, plan.dtype):
+        with _observing(counters, releaser, plan.dtype), quiet_loggers("accelerate.big_modeling"):
             model = cls.from_pretrained(str(checkpoint.folder), config=config, dtype=torch_dtype(plan.dtype),
                                         device_map=dict(plan.device_map), offload_folder=offload_folder,
                                         use_safetensors=True, local_files_only=True)

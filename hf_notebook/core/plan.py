@@ -6,7 +6,6 @@ The map comes from transformers' own ``_get_device_map`` on a model built the wa
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 from dataclasses import dataclass, field
@@ -17,6 +16,7 @@ from .errors import DeviceError, LoadError, PlanError
 from .explain import Finding, explain
 from .headers import HeaderInfo
 from .placement import Placement, planned_placement
+from .quiet import quiet_loggers
 from .units import Device, device_name, format_bytes, parse_device
 
 # Default class per task when the config names none we know (order matters: first match wins).
@@ -188,7 +188,7 @@ def plan_placement(config, *, class_name: Optional[str] = None, dtype: str = "fl
 
     cls = model_class_for(config, class_name)
     model = build_meta_model(cls, config, dtype)
-    with _quiet_accelerate():
+    with quiet_loggers("accelerate.utils.modeling", "transformers.integrations.accelerate"):
         resolved = _get_device_map(model, device_map, max_memory, None)
         budget = {device_name(k): int(v) for k, v in get_max_memory(max_memory).items()}
     resolved = {name: parse_device(device) for name, device in resolved.items()}
@@ -202,22 +202,6 @@ def plan_placement(config, *, class_name: Optional[str] = None, dtype: str = "fl
         raise PlanError(_spill_message(plan, spilled),
                         hint="Raise --max-memory, pick a smaller --dtype, or drop --no-offload to accept it.")
     return plan
-
-
-@contextlib.contextmanager
-def _quiet_accelerate():
-    """accelerate logs a warning per absent device in a budget; planning for another machine is normal."""
-    import logging
-
-    loggers = [logging.getLogger(n) for n in ("accelerate.utils.modeling", "transformers.integrations.accelerate")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        for lg, level in zip(loggers, levels):
-            lg.setLevel(level)
 
 
 def _module_bytes(model, names: set[str]) -> dict[str, tuple[int, int]]:

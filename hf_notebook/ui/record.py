@@ -132,24 +132,16 @@ def _devices_text(placement: Any, budget: Optional[dict] = None) -> list[str]:
     return _text_table(header, rows, numeric_from=1)
 
 
-def _pin_note(pin: Any) -> str:
-    """What the sha was pinned from: ``branch main, can move``, ``tag v1``, ``as given``."""
-    asked = pin.revision
-    return {"branch": f"branch {asked}, can move" if asked else "default branch, can move",
-            "pr": f"{asked}, can move", "tag": f"tag {asked}", "sha": "as given",
-            "ref": f"{asked or 'main'}, as cached"}.get(pin.kind, pin.kind)
-
-
 def _pin_html(pin: Any) -> str:
     if pin.kind == "local":
         return f"<code style='{_CODE}'>{escape(pin.repo_id)}</code> (local folder)"
-    return f"<code style='{_CODE}'>{escape(pin.sha)}</code> <span style='{_MUTED}'>({escape(_pin_note(pin))})</span>"
+    return f"<code style='{_CODE}'>{escape(pin.sha)}</code> <span style='{_MUTED}'>({escape(W.pin_note(pin))})</span>"
 
 
 def _pin_text(pin: Any) -> str:
     if pin.kind == "local":
         return f"{pin.repo_id} (local folder)"
-    return f"{pin.sha} ({_pin_note(pin)})"
+    return f"{pin.sha} ({W.pin_note(pin)})"
 
 
 def _files_text(files: Sequence[Any]) -> str:

@@ -16,7 +16,7 @@ from typing import Any, Callable, Optional, TextIO
 from hf_notebook.core.events import FileProgress, Resolved, ShardProgress, StageDone, StageStarted
 from hf_notebook.core.units import format_bytes
 from hf_notebook.ui.state import LoadState
-from hf_notebook.ui.words import format_seconds
+from hf_notebook.ui.words import format_seconds, pin_note
 
 
 class TextRenderer:
@@ -75,7 +75,7 @@ class TextRenderer:
         if isinstance(event, Resolved):
             lines = [f"resolved {s.header_text()}"]
             if event.was_floating:
-                lines.append(f"pinned: {event.pinned_spec} ({event.revision or 'default branch'} can move)")
+                lines.append(f"pinned: {event.pinned_spec} ({pin_note(event)})")
             return lines
         if isinstance(event, FileProgress):
             return self._finished_files(only=event.filename)

@@ -41,6 +41,14 @@ def moving_text(resolved: Resolved) -> str:
     return f"{resolved.revision or 'the default branch'} can move; pinned: {resolved.pinned_spec}"
 
 
+def pin_note(pin: Resolved) -> str:
+    """What the sha was pinned from: ``branch main, can move``, ``tag v1``, ``as given``."""
+    asked = pin.revision
+    return {"branch": f"branch {asked}, can move" if asked else "default branch, can move",
+            "pr": f"{asked}, can move", "tag": f"tag {asked}", "sha": "as given",
+            "ref": f"{asked or 'main'}, as cached"}.get(pin.kind, pin.kind)
+
+
 def format_seconds(seconds: Optional[float]) -> str:
     """``0.42 s``, ``12.3 s``, ``2 min 05 s``."""
     if seconds is None:

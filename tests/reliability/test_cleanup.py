@@ -1,0 +1,50 @@
+"""Temporary offload folders go away: on rebind of the same name, on unload, on failure, at exit."""
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+
+def _folder(loaded, name) -> Path:
+    folder = Path(loaded.get(name).offload_folder)
+    assert folder.is_dir() and loaded.get(name).owns_offload_folder
+    return folder
+
+
+def test_rebinding_a_name_removes_the_old_offload_folder(shell, loaded, tiny_hub, hf_cache):
+    shell.run_line_magic("load_model", "tiny/llama --max-memory cpu=300KB --as m")
+    first = _folder(loaded, "m")
+    shell.run_line_magic("load_model", "tiny/llama --max-memory cpu=300KB --as m")
+    second = _folder(loaded, "m")
+    assert not first.exists() and second != first
+    shell.run_line_magic("unload_model", "m")
+    assert not second.exists()
+
+
+def test_a_replaced_model_still_held_keeps_its_folder_until_exit(shell, loaded, tiny_hub, hf_cache):
+    shell.run_line_magic("load_model", "tiny/llama --max-memory cpu=300KB --as m")
+    first = _folder(loaded, "m")
+    kept = shell.user_ns["m"]  # the user still holds the old model: its weights on disk must stay
+    shell.run_line_magic("load_model", "tiny/llama --max-memory cpu=300KB --as m")
+    assert first.exists() and kept.model.layers[1].mlp.up_proj.weight.device.type == "meta"
+    from hf_notebook.magics import instance
+
+    assert str(first) in instance(shell)._orphans
+
+
+def test_folders_are_removed_at_interpreter_exit(tiny_hub, tmp_path):
+    code = textwrap.dedent("""
+        from IPython.core.interactiveshell import InteractiveShell
+        sh = InteractiveShell.instance()
+        sh.run_line_magic("load_ext", "hf_notebook")
+        sh.run_line_magic("load_model", "tiny/llama --max-memory cpu=300KB --as m")
+        from hf_notebook.magics import instance
+        print("FOLDER", instance(sh).registry.get("m").offload_folder)
+    """)
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "cache")}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    folder = Path(next(line for line in out.stdout.splitlines() if line.startswith("FOLDER")).split()[1])
+    assert folder.name.startswith("hf_notebook-offload-") and not folder.exists()
