@@ -233,7 +233,7 @@ def test_text_non_tty_is_short_and_exact(result):
     renderer.finish(load_record(result))
     assert out.getvalue().splitlines() == [
         "resolved org/tiny @ main -> 0123456789ab",
-        f"pinned: org/tiny@{SHA} (main can move)",
+        f"pinned: org/tiny@{SHA} (branch main, can move)",
         "resolve done in 0.10 s",
         "  cached config.json (700 B)",
         "config done in 0.00 s",
