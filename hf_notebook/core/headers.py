@@ -1,12 +1,15 @@
 """Safetensors headers only: parameter counts by dtype and bytes per shard, no weight bytes read.
 
-Remote headers come through two HTTP Range requests per shard (length, then header);
-local ones from the files' first bytes.
+Remote headers come through two HTTP Range requests per shard (length, then header); a server
+that ignores ``Range`` is read only as far as the header. Local ones from the files' first bytes.
+Every header is checked before it is trusted: a sane length, valid JSON, known dtypes, and
+tensor offsets that lie inside the file, match their dtype and shape, and do not overlap.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,31 +64,96 @@ def remote_headers(repo_id: str, sha: str, shard_names: list[str], *, token=None
 
     def read(name: str) -> tuple[str, dict]:
         url = hf_hub_url(repo_id, name, revision=sha)
-        (length,) = struct.unpack("<Q", _get_range(url, auth, 0, 7))
-        if length > MAX_HEADER:
-            raise LoadError(f"{name} declares a {length}-byte header: not a valid safetensors file.",
-                            hint="The checkpoint looks corrupt; check the repo's files.")
-        return name, json.loads(_get_range(url, auth, 8, 8 + length - 1))
+        prefix, size = _get_range(url, auth, 0, 7)
+        length = _header_length(name, prefix, size)
+        raw, _ = _get_range(url, auth, 8, 8 + length - 1)
+        return name, _parse(name, raw, length, None)  # where the data ends is checked on the local file
 
     with ThreadPoolExecutor(max_workers=max(1, min(max_workers, len(shard_names)))) as pool:
         return _tally(pool.map(read, shard_names))
 
 
-def _get_range(url: str, headers: dict, first: int, last: int) -> bytes:
+def _get_range(url: str, headers: dict, first: int, last: int) -> tuple[bytes, int | None]:
+    """Bytes ``first..last`` of ``url`` and the file's size when the server says it.
+
+    A server that answers 200 with the whole file (some mirrors and proxies ignore ``Range``) is
+    read only up to ``last`` and then dropped, so a header never costs a whole shard.
+    """
     from huggingface_hub.utils import get_session, hf_raise_for_status
 
-    response = get_session().get(url, headers={**headers, "Range": f"bytes={first}-{last}"}, follow_redirects=True)
-    hf_raise_for_status(response)
-    return response.content[: last - first + 1]
+    with get_session().stream("GET", url, headers={**headers, "Range": f"bytes={first}-{last}"},
+                              follow_redirects=True) as response:
+        hf_raise_for_status(response)
+        if response.status_code == 206:
+            span, _, total = response.headers.get("Content-Range", "").removeprefix("bytes ").partition("/")
+            if not span.startswith(f"{first}-"):
+                raise LoadError(f"{url} answered a Range request with bytes {span or '?'}, not {first}-{last}.",
+                                hint="The server or a proxy in between mangles Range requests; try another network.")
+            return response.read()[: last - first + 1], int(total) if total.isdigit() else None
+        data = bytearray()
+        for chunk in response.iter_bytes():
+            data += chunk
+            if len(data) > last:
+                break
+        size = response.headers.get("Content-Length")
+        return bytes(data[first : last + 1]), int(size) if size and size.isdigit() else None
+
+
+def _header_length(name: str, prefix: bytes, size: int | None) -> int:
+    if len(prefix) < 8:
+        raise LoadError(f"{name} is {len(prefix)} bytes long: too short for a safetensors file.",
+                        hint="The file is truncated; download it again (--force-download).")
+    (length,) = struct.unpack("<Q", prefix)
+    if length > MAX_HEADER or (size is not None and 8 + length > size):
+        raise LoadError(f"{name} declares a {length}-byte header"
+                        + (f" in a {size}-byte file" if size is not None else "") + ": not a valid safetensors file.",
+                        hint="The file is damaged or not safetensors; download it again (--force-download).")
+    return length
+
+
+def _parse(name: str, raw: bytes, length: int, size: int | None) -> dict:
+    """The header JSON, checked: tensors with known dtypes whose offsets fit the file and each other."""
+    hint = "The file is damaged or not safetensors; download it again (--force-download)."
+    if len(raw) < length:
+        raise LoadError(f"{name} ends inside its header ({len(raw)} of {length} bytes).", hint=hint)
+    try:
+        header = json.loads(raw)
+    except (UnicodeDecodeError, ValueError):
+        raise LoadError(f"{name}: its header is not valid JSON.", hint=hint) from None
+    if not isinstance(header, dict):
+        raise LoadError(f"{name}: its header is not a JSON object.", hint=hint)
+    spans = []
+    for key, tensor in header.items():
+        if key == "__metadata__":
+            continue
+        try:
+            code, shape, (begin, end) = tensor["dtype"], tensor["shape"], tensor["data_offsets"]
+            ok = code in ITEMSIZE and all(isinstance(d, int) and d >= 0 for d in shape) and 0 <= begin <= end
+        except (KeyError, TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise LoadError(f"{name}: tensor {key!r} has a malformed entry in the header.", hint=hint)
+        if end - begin != tensor_nbytes(code, shape):
+            raise LoadError(f"{name}: tensor {key!r} claims {end - begin} bytes, but a {code} tensor of shape "
+                            f"{shape} has {tensor_nbytes(code, shape)}.", hint=hint)
+        spans.append((begin, end, key))
+    spans.sort()
+    for (_, end, key), (begin, _, other) in zip(spans, spans[1:]):
+        if begin < end:
+            raise LoadError(f"{name}: tensors {key!r} and {other!r} overlap in the file.", hint=hint)
+    if size is not None and spans and 8 + length + spans[-1][1] > size:
+        raise LoadError(f"{name}: tensor {spans[-1][2]!r} lies past the end of the {size}-byte file.", hint=hint)
+    return header
 
 
 def local_headers(shards: list[Path]) -> HeaderInfo:
     """Headers of local shard files (reads only their first bytes)."""
 
     def read(path: Path) -> tuple[str, dict]:
+        name, size = Path(path).name, os.path.getsize(path)
         with open(path, "rb") as handle:
-            (length,) = struct.unpack("<Q", handle.read(8))
-            return Path(path).name, json.loads(handle.read(length))
+            length = _header_length(name, handle.read(8), size)
+            return name, _parse(name, handle.read(length), length, size)
 
     return _tally(map(read, shards))
 

@@ -90,6 +90,7 @@ def _reset(server: HubServer) -> None:
     server.reset_counters()
     server.throttle_bytes_per_s = None
     server.fail_after_bytes = None
+    server.ignore_range = False
     server.token = None
 
 

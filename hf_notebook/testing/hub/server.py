@@ -73,7 +73,8 @@ class HubServer:
     one nothing is checked. The socket is bound on construction (``port=0`` picks a free port),
     so ``endpoint`` is known before :meth:`start`. Test knobs, settable at any time:
     ``throttle_bytes_per_s`` slows every file body down; ``fail_after_bytes`` makes the next file
-    body longer than that break off after that many bytes (then resets to None).
+    body longer than that break off after that many bytes (then resets to None); ``ignore_range``
+    answers every ``Range`` request with 200 and the whole file, as some mirrors and proxies do.
     ``requests`` logs ``(method, unquoted path)``.
     """
 
@@ -89,6 +90,7 @@ class HubServer:
         self.token = token
         self.throttle_bytes_per_s: float | None = None
         self.fail_after_bytes: int | None = None
+        self.ignore_range = False
         self.requests: list[tuple[str, str]] = []
         self._bytes: dict[str, int] = {}
         self._lock = threading.Lock()
@@ -341,7 +343,7 @@ class _Handler(BaseHTTPRequestHandler):
             message = f"{path} does not exist at {snapshot.sha}"
             raise HttpError(404, "EntryNotFound", message, {"X-Repo-Commit": snapshot.sha})
         headers = _file_headers(snapshot.sha, entry)
-        byte_range = _byte_range(self.headers.get("Range"), entry.size)
+        byte_range = None if self.hub.ignore_range else _byte_range(self.headers.get("Range"), entry.size)
         start, end = byte_range or (0, entry.size)
         if byte_range:
             headers["Content-Range"] = f"bytes {start}-{end - 1}/{entry.size}"
