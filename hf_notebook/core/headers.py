@@ -25,6 +25,17 @@ class HeaderInfo:
 
     param_counts: dict[str, int] = field(default_factory=dict)  # safetensors dtype code -> parameters
     tensors: dict[str, dict[str, tuple[str, int]]] = field(default_factory=dict)  # shard -> tensor -> (code, bytes)
+    extents: dict[str, tuple[int, str]] = field(default_factory=dict)  # shard -> (bytes it must have, last tensor)
+
+    def check_files(self, paths: list[Path]) -> None:
+        """Refuse a local shard shorter than its header says, naming the file and the tensor cut off."""
+        for path in paths:
+            need, last = self.extents.get(Path(path).name, (0, ""))
+            size = os.path.getsize(path)
+            if size < need:
+                raise LoadError(f"{Path(path).name}: tensor {last!r} lies past the end of the {size}-byte file "
+                                f"({need} bytes expected).",
+                                hint="The file is truncated or damaged; download it again (--force-download).")
 
     @property
     def shard_bytes(self) -> dict[str, int]:
@@ -47,6 +58,7 @@ class HeaderInfo:
 
 
 MAX_HEADER = 100 * 2**20  # safetensors' own limit on a header's size
+_EXTENT = "\0extent"  # (bytes the file must have, its last tensor), added by _parse; no JSON key can be this
 
 
 def remote_headers(repo_id: str, sha: str, shard_names: list[str], *, token=None, max_workers: int = 8) -> HeaderInfo:
@@ -67,7 +79,7 @@ def remote_headers(repo_id: str, sha: str, shard_names: list[str], *, token=None
         prefix, size = _get_range(url, auth, 0, 7)
         length = _header_length(name, prefix, size)
         raw, _ = _get_range(url, auth, 8, 8 + length - 1)
-        return name, _parse(name, raw, length, None)  # where the data ends is checked on the local file
+        return name, _parse(name, raw, length)
 
     with ThreadPoolExecutor(max_workers=max(1, min(max_workers, len(shard_names)))) as pool:
         return _tally(pool.map(read, shard_names))
@@ -111,8 +123,11 @@ def _header_length(name: str, prefix: bytes, size: int | None) -> int:
     return length
 
 
-def _parse(name: str, raw: bytes, length: int, size: int | None) -> dict:
-    """The header JSON, checked: tensors with known dtypes whose offsets fit the file and each other."""
+def _parse(name: str, raw: bytes, length: int) -> dict:
+    """The header JSON, checked: known dtypes, offsets that match each tensor and do not overlap.
+
+    Whether the data fits the file is checked on the local file (``HeaderInfo.check_files``).
+    """
     hint = "The file is damaged or not safetensors; download it again (--force-download)."
     if len(raw) < length:
         raise LoadError(f"{name} ends inside its header ({len(raw)} of {length} bytes).", hint=hint)
@@ -141,8 +156,7 @@ def _parse(name: str, raw: bytes, length: int, size: int | None) -> dict:
     for (_, end, key), (begin, _, other) in zip(spans, spans[1:]):
         if begin < end:
             raise LoadError(f"{name}: tensors {key!r} and {other!r} overlap in the file.", hint=hint)
-    if size is not None and spans and 8 + length + spans[-1][1] > size:
-        raise LoadError(f"{name}: tensor {spans[-1][2]!r} lies past the end of the {size}-byte file.", hint=hint)
+    header[_EXTENT] = (8 + length + (spans[-1][1] if spans else 0), spans[-1][2] if spans else "")
     return header
 
 
@@ -153,7 +167,7 @@ def local_headers(shards: list[Path]) -> HeaderInfo:
         name, size = Path(path).name, os.path.getsize(path)
         with open(path, "rb") as handle:
             length = _header_length(name, handle.read(8), size)
-            return name, _parse(name, handle.read(length), length, size)
+            return name, _parse(name, handle.read(length), length)
 
     return _tally(map(read, shards))
 
@@ -166,10 +180,12 @@ def tensor_nbytes(dtype_code: str, shape) -> int:
 def _tally(headers) -> HeaderInfo:
     counts: dict[str, int] = {}
     tensors: dict[str, dict[str, tuple[str, int]]] = {}
+    extents: dict[str, tuple[int, str]] = {}
     for name, header in headers:
         header.pop("__metadata__", None)
+        extents[name] = header.pop(_EXTENT)
         shard = tensors[name] = {}
         for key, tensor in header.items():
             counts[tensor["dtype"]] = counts.get(tensor["dtype"], 0) + numel(tensor["shape"])
             shard[key] = (tensor["dtype"], tensor_nbytes(tensor["dtype"], tensor["shape"]))
-    return HeaderInfo(counts, tensors)
+    return HeaderInfo(counts, tensors, extents)

@@ -176,6 +176,7 @@ def materialize(checkpoint: Checkpoint, config, plan: Plan, *, offload_folder: s
 def _shard_counters(checkpoint: Checkpoint, on_event: OnEvent | None) -> dict[str, _ShardCounter]:
     """A counter per shard (by real path), sized from the headers; announces each shard at 0."""
     headers: HeaderInfo = checkpoint.headers or local_headers(checkpoint.shards)
+    headers.check_files(checkpoint.shards)
     counters = {}
     count = len(checkpoint.shards)
     for index, path in enumerate(checkpoint.shards):
