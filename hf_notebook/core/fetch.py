@@ -9,6 +9,8 @@ shard names (from the index, read once), and the weights. What it fetched is rec
 from __future__ import annotations
 
 import json
+import logging
+import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +19,7 @@ from typing import Optional
 from .errors import LoadError, OfflineError
 from .events import FileProgress, OnEvent, emit
 from .headers import HeaderInfo
+from .integrity import default_memo, problem_with
 from .resolve import Resolution
 
 CONFIG = "config.json"
@@ -24,6 +27,7 @@ GENERATION_CONFIG = "generation_config.json"
 INDEX = "model.safetensors.index.json"
 SINGLE = "model.safetensors"
 PICKLE_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -118,6 +122,7 @@ class HubFiles(SourceFiles):
 
     def __init__(self, resolution: Resolution, *, cache_dir, offline, force_download, token, on_event):
         super().__init__()
+        self.memo = default_memo()
         self.res, self.cache_dir, self.offline = resolution, cache_dir, offline
         self.force, self.token, self.on_event = force_download, token, on_event
         self.missing: list[str] = []
@@ -168,28 +173,53 @@ class HubFiles(SourceFiles):
                         hint=f"Files there: {', '.join(sorted(self.res.file_sizes)[:12])}")
 
     def _get(self, name: str, required: bool = True) -> Optional[Path]:
-        from huggingface_hub import hf_hub_download, try_to_load_from_cache
+        """A file of the pinned sha from the cache (verified) or downloaded (and verified)."""
+        from huggingface_hub import try_to_load_from_cache
 
         if name in self._paths:
             return self._paths[name]
         cached = None if self.force else try_to_load_from_cache(
             self.res.repo_id, name, cache_dir=self.cache_dir, revision=self.res.sha)
+        force = self.force
         if isinstance(cached, str):
-            size = Path(cached).stat().st_size
-            self.facts[name] = FileFacts(name, size, True)
-            emit(self.on_event, FileProgress(name, size, size, cached=True))
-            self._paths[name] = Path(cached)
-            return self._paths[name]
+            problem = problem_with(Path(cached), self.memo, self.res.file_sizes.get(name))
+            if problem is None:
+                size = Path(cached).stat().st_size
+                self.facts[name] = FileFacts(name, size, True)
+                emit(self.on_event, FileProgress(name, size, size, cached=True))
+                self._paths[name] = Path(cached)
+                return self._paths[name]
+            if self.offline:
+                raise self._damaged(name, Path(cached), problem)
+            log.warning("%s in the cache is damaged (%s): downloading it again", name, problem)
+            _discard(Path(cached))
+            force = True
         if self.offline:
             if required and name != GENERATION_CONFIG:
                 self.missing.append(name)
             return None
-        path = Path(hf_hub_download(self.res.repo_id, name, revision=self.res.sha, cache_dir=self.cache_dir,
-                                    force_download=self.force, token=self.token,
-                                    tqdm_class=_progress_class(name, self.res.file_sizes.get(name), self.on_event)))
+        path = self._download(name, force)
+        problem = problem_with(path, self.memo, self.res.file_sizes.get(name))
+        if problem is not None:
+            _discard(path)
+            raise LoadError(f"{name} of {self.res.repo_id}@{self.res.sha[:12]} arrived damaged: {problem}.",
+                            hint="Run the cell again; if it keeps happening, the network or a proxy alters downloads.")
         self.facts[name] = FileFacts(name, path.stat().st_size, False)
         self._paths[name] = path
         return path
+
+    def _download(self, name: str, force: bool) -> Path:
+        from huggingface_hub import hf_hub_download
+
+        return Path(hf_hub_download(self.res.repo_id, name, revision=self.res.sha, cache_dir=self.cache_dir,
+                                    force_download=force, token=self.token,
+                                    tqdm_class=_progress_class(name, self.res.file_sizes.get(name), self.on_event)))
+
+    def _damaged(self, name: str, path: Path, problem: str) -> LoadError:
+        spec = f"{self.res.repo_id}@{self.res.sha}"
+        return LoadError(f"{name} of {spec} in the cache is damaged: {problem}.",
+                         hint=f"On a machine with network run `%load_model {spec} --force-download` and copy its "
+                         f"cache here, or delete {os.path.realpath(path)} and load once online.")
 
     def _raise_missing(self) -> None:
         if self.missing:
@@ -199,6 +229,16 @@ class HubFiles(SourceFiles):
                 hint=f"On a machine with network run `%load_model {spec}` (or `hf download {self.res.repo_id} "
                 f"--revision {self.res.sha}`), then copy its HF_HOME cache folder here.",
                 missing=list(self.missing))
+
+
+def _discard(path: Path) -> None:
+    """Remove a cached file: its blob and the snapshot link to it."""
+    blob = Path(os.path.realpath(path))
+    for victim in (blob, path):
+        try:
+            victim.unlink()
+        except OSError:
+            pass
 
 
 def _weight_map_files(index_file: Path) -> list[str]:
