@@ -109,6 +109,8 @@ class HFNotebook(Magics):
                 renderer.finish(stopped_record(renderer.state))
             if isinstance(exc, HfNotebookError):
                 raise UsageError(str(exc)) from None
+            if isinstance(exc, KeyboardInterrupt):  # without the frames below, whose locals may hold a token
+                raise KeyboardInterrupt() from None
             raise
         previous = self.registry.get(name)
         self.shell.user_ns[name] = result.model

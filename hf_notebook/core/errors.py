@@ -17,6 +17,13 @@ def redact(text: str) -> str:
     return _TOKEN.sub("hf_***", text)
 
 
+class Secret(dict):
+    """HTTP headers that carry a token: a dict whose repr hides the values (tracebacks show locals)."""
+
+    def __repr__(self) -> str:
+        return "{" + ", ".join(f"{k!r}: <hidden>" for k in self) + "}"
+
+
 class HfNotebookError(Exception):
     """Base class: a message that states the problem, and a hint that says what to do."""
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .dtypes import FLOAT_NAMES, ITEMSIZE
-from .errors import LoadError
+from .errors import LoadError, Secret
 from .units import numel
 
 
@@ -72,7 +72,7 @@ def remote_headers(repo_id: str, sha: str, shard_names: list[str], *, token=None
     from huggingface_hub import hf_hub_url
     from huggingface_hub.utils import build_hf_headers
 
-    auth = build_hf_headers(token=token)
+    auth = Secret(build_hf_headers(token=token))
 
     def read(name: str) -> tuple[str, dict]:
         url = hf_hub_url(repo_id, name, revision=sha)
@@ -93,7 +93,7 @@ def _get_range(url: str, headers: dict, first: int, last: int) -> tuple[bytes, i
     """
     from huggingface_hub.utils import get_session, hf_raise_for_status
 
-    with get_session().stream("GET", url, headers={**headers, "Range": f"bytes={first}-{last}"},
+    with get_session().stream("GET", url, headers=Secret(headers, Range=f"bytes={first}-{last}"),
                               follow_redirects=True) as response:
         hf_raise_for_status(response)
         if response.status_code == 206:

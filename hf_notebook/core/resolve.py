@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from .errors import AuthError, HfNotebookError, OfflineError, RepoNotFoundError, RevisionNotFoundError
+from .errors import AuthError, HfNotebookError, OfflineError, RepoNotFoundError, RevisionNotFoundError, redact
 from .events import Resolved
 from .spec import ModelSpec, is_commit_sha
 
@@ -101,7 +101,7 @@ def _revision_not_found(spec: ModelSpec, api) -> RevisionNotFoundError:
 
 def _unreachable(spec: ModelSpec, exc: Exception) -> HfNotebookError:
     return HfNotebookError(
-        f"Could not reach the Hub at {_endpoint()} to resolve {spec}: {type(exc).__name__}: {exc}",
+        f"Could not reach the Hub at {_endpoint()} to resolve {spec}: {type(exc).__name__}: {redact(str(exc))}",
         hint="Check the network (or HF_ENDPOINT). If the model is already in the cache, add --offline.",
     )
 

@@ -91,6 +91,7 @@ def _reset(server: HubServer) -> None:
     server.throttle_bytes_per_s = None
     server.fail_after_bytes = None
     server.ignore_range = False
+    server.file_errors = {}
     server.token = None
 
 

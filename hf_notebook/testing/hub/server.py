@@ -74,7 +74,8 @@ class HubServer:
     so ``endpoint`` is known before :meth:`start`. Test knobs, settable at any time:
     ``throttle_bytes_per_s`` slows every file body down; ``fail_after_bytes`` makes the next file
     body longer than that break off after that many bytes (then resets to None); ``ignore_range``
-    answers every ``Range`` request with 200 and the whole file, as some mirrors and proxies do.
+    answers every ``Range`` request with 200 and the whole file, as some mirrors and proxies do;
+    ``file_errors`` maps a file name to the HTTP status every ``/resolve`` of it answers (a 5xx).
     ``requests`` logs ``(method, unquoted path)``.
     """
 
@@ -91,6 +92,7 @@ class HubServer:
         self.throttle_bytes_per_s: float | None = None
         self.fail_after_bytes: int | None = None
         self.ignore_range = False
+        self.file_errors: dict[str, int] = {}
         self.requests: list[tuple[str, str]] = []
         self._bytes: dict[str, int] = {}
         self._lock = threading.Lock()
@@ -336,6 +338,9 @@ class _Handler(BaseHTTPRequestHandler):
         self._send_json(payloads.commits(self.store.history(repo, rev)))
 
     def _resolve(self, repo: str, rev: str, path: str) -> None:
+        status = self.hub.file_errors.get(path.rsplit("/", 1)[-1])
+        if status is not None:
+            raise HttpError(status, None, f"injected error {status} for {path}")
         snapshot = self.store.snapshot(repo, rev)
         entry = snapshot.files.get(path)
         if entry is None:
