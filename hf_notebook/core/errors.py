@@ -68,6 +68,56 @@ class OfflineError(HfNotebookError, FileNotFoundError):
         self.missing = missing or []
 
 
+class HubError(HfNotebookError, ConnectionError):
+    """The Hub, or the network to it, failed: which server answered what, and what to do."""
+
+    def __init__(self, message: str, *, hint: str | None = None, status: int | None = None):
+        super().__init__(message, hint=hint)
+        self.status = status
+
+
+RETRY_STATUSES = (408, 429, 500, 502, 503, 504)
+_NETWORK = ("ConnectError", "ConnectTimeout", "ReadTimeout", "WriteTimeout", "PoolTimeout", "ReadError",
+            "RemoteProtocolError", "NetworkError", "TimeoutException")
+
+
+def _chain(exc: BaseException):
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__
+
+
+def status_of(exc: BaseException) -> int | None:
+    """The HTTP status of the first response found in ``exc``'s chain."""
+    for e in _chain(exc):
+        status = getattr(getattr(e, "response", None), "status_code", None)
+        if isinstance(status, int):
+            return status
+    return None
+
+
+def hub_failure(exc: BaseException, what: str, endpoint: str) -> "HubError | None":
+    """Our error for a server that kept failing or could not be reached, found in ``exc``'s chain; else None."""
+    for e in _chain(exc):
+        response = getattr(e, "response", None)
+        status = getattr(response, "status_code", None)
+        if status in RETRY_STATUSES:
+            reason = getattr(response, "reason_phrase", "") or ""
+            if status == 429:
+                hint = ("You are rate limited: wait a few minutes (a login, `hf auth login`, has higher limits). "
+                        "If the model is in the cache, add --offline.")
+            else:
+                hint = "The server is failing or busy: try again in a few minutes. If the model is in the cache, add --offline."
+            return HubError(f"The Hub at {endpoint} answered {status} {reason} to {what}, also after retrying.".replace(
+                " ,", ","), hint=hint, status=status)
+        if type(e).__name__ in _NETWORK or isinstance(e, (ConnectionRefusedError, TimeoutError)):
+            return HubError(f"Could not reach the Hub at {endpoint} for {what}: {type(e).__name__}.",
+                            hint="Check the network (or HF_ENDPOINT). If the model is in the cache, add --offline.")
+    return None
+
+
 class DeviceError(HfNotebookError, ValueError):
     """A device that this machine does not have."""
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from .errors import LoadError, OfflineError
+from .errors import LoadError, OfflineError, hub_failure
 from .events import FileProgress, OnEvent, emit
 from .headers import HeaderInfo
 from .integrity import default_memo, problem_with
@@ -209,11 +209,18 @@ class HubFiles(SourceFiles):
         return path
 
     def _download(self, name: str, force: bool) -> Path:
-        from huggingface_hub import hf_hub_download
+        """huggingface_hub's download (its own bounded retries, Retry-After honoured), failures made ours."""
+        from huggingface_hub import constants, hf_hub_download
 
-        return Path(hf_hub_download(self.res.repo_id, name, revision=self.res.sha, cache_dir=self.cache_dir,
-                                    force_download=force, token=self.token,
-                                    tqdm_class=_progress_class(name, self.res.file_sizes.get(name), self.on_event)))
+        try:
+            return Path(hf_hub_download(self.res.repo_id, name, revision=self.res.sha, cache_dir=self.cache_dir,
+                                        force_download=force, token=self.token,
+                                        tqdm_class=_progress_class(name, self.res.file_sizes.get(name), self.on_event)))
+        except Exception as exc:
+            ours = hub_failure(exc, f"{name} of {self.res.repo_id}@{self.res.sha[:12]}", constants.ENDPOINT)
+            if ours is None:
+                raise
+            raise ours from None
 
     def _damaged(self, name: str, path: Path, problem: str) -> LoadError:
         spec = f"{self.res.repo_id}@{self.res.sha}"

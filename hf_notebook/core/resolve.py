@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from .errors import AuthError, HfNotebookError, OfflineError, RepoNotFoundError, RevisionNotFoundError, redact
+from .errors import (AuthError, HfNotebookError, OfflineError, RepoNotFoundError, RevisionNotFoundError, hub_failure,
+                     redact, status_of)
 from .events import Resolved
 from .spec import ModelSpec, is_commit_sha
 
@@ -50,7 +51,7 @@ def _resolve_online(spec: ModelSpec, token) -> Resolution:
 
     api = HfApi(token=token)
     try:
-        info = api.model_info(spec.repo_id, revision=spec.revision, files_metadata=True)
+        info = with_retries(lambda: api.model_info(spec.repo_id, revision=spec.revision, files_metadata=True))
     except GatedRepoError:
         raise AuthError(f"{spec.repo_id} is gated: your account has not been granted access.",
                         hint=f"Request access on the model's page, then {LOGIN_HINT[0].lower()}{LOGIN_HINT[1:]}") from None
@@ -60,8 +61,8 @@ def _resolve_online(spec: ModelSpec, token) -> Resolution:
         raise _revision_not_found(spec, api) from None
     except HfNotebookError:
         raise
-    except Exception as exc:  # network down, DNS, TLS, ...
-        raise _unreachable(spec, exc) from None
+    except Exception as exc:  # a failing server, network down, DNS, TLS, ...
+        raise (hub_failure(exc, f"the lookup of {spec}", _endpoint()) or _unreachable(spec, exc)) from None
     kind = _kind_of(spec.revision, info.sha, api, spec.repo_id)
     sizes = {s.rfilename: s.size for s in info.siblings or []}
     return Resolution(pin=Resolved(spec.repo_id, spec.revision, info.sha, kind), file_sizes=sizes)
@@ -74,8 +75,49 @@ def _kind_of(revision: Optional[str], sha: str, api, repo_id: str) -> str:
         return "pr"
     if is_commit_sha(revision) and sha.startswith(revision):
         return "sha"
-    refs = api.list_repo_refs(repo_id)
+    refs = with_retries(lambda: api.list_repo_refs(repo_id))
     return "tag" if revision in {t.name for t in refs.tags} else "branch"
+
+
+RETRY_WAITS = (0.5, 1.0, 2.0)  # seconds before each retry; a Retry-After up to 30 s wins
+MAX_RETRY_AFTER = 30.0
+
+
+def with_retries(call):
+    """``call()``, retried on 408/429/5xx answers and dropped connections, with backoff.
+
+    huggingface_hub retries its downloads itself but not its API calls; the revision lookup is
+    the first request of every load, so a passing hiccup there must not fail it.
+    """
+    import time
+
+    for wait in RETRY_WAITS + (None,):
+        try:
+            return call()
+        except Exception as exc:
+            if wait is None or not _transient(exc):
+                raise
+            retry_after = _retry_after(exc)
+            delay = min(retry_after, MAX_RETRY_AFTER) if retry_after is not None else wait
+            log.warning("the Hub answered %s; retrying in %.1f s", status_of(exc) or type(exc).__name__, delay)
+            time.sleep(delay)
+
+
+def _transient(exc: BaseException) -> bool:
+    from .errors import RETRY_STATUSES
+
+    status = status_of(exc)
+    if status is not None:
+        return status in RETRY_STATUSES
+    return hub_failure(exc, "", "") is not None  # a network error
+
+
+def _retry_after(exc: BaseException) -> float | None:
+    value = getattr(getattr(getattr(exc, "response", None), "headers", None), "get", lambda _: None)("Retry-After")
+    try:
+        return max(0.0, float(value)) if value is not None else None
+    except ValueError:
+        return None
 
 
 def _repo_not_found(repo_id: str, exc, api) -> HfNotebookError:

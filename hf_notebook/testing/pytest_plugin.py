@@ -91,7 +91,8 @@ def _reset(server: HubServer) -> None:
     server.throttle_bytes_per_s = None
     server.fail_after_bytes = None
     server.ignore_range = False
-    server.file_errors = {}
+    server.errors = {}
+    server.retry_after = None
     server.token = None
 
 

@@ -35,9 +35,9 @@ def test_the_token_appears_nowhere(shell, private_llama, hf_cache, hub_server, c
     try:
         for line in FAILING:
             shell.run_cell(f"%load_model {line}")
-        hub_server.file_errors = {"model-00002-of-00005.safetensors": 400}  # a raw error deep in the Hub client
+        hub_server.errors = {"model-00002-of-00005.safetensors": 400}  # a raw error deep in the Hub client
         shell.run_cell("%load_model tiny/private-llama --as g")
-        hub_server.file_errors = {}
+        hub_server.errors = {}
         # Ctrl-C in the middle of loading: the traceback IPython shows must not carry dependency frames
         from hf_notebook import ui
 

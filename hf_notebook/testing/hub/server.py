@@ -75,7 +75,9 @@ class HubServer:
     ``throttle_bytes_per_s`` slows every file body down; ``fail_after_bytes`` makes the next file
     body longer than that break off after that many bytes (then resets to None); ``ignore_range``
     answers every ``Range`` request with 200 and the whole file, as some mirrors and proxies do;
-    ``file_errors`` maps a file name to the HTTP status every ``/resolve`` of it answers (a 5xx).
+    ``errors`` maps a piece of a request path (``"/resolve/"``, ``"model-00002"``, ``"/api/models/"``) to
+    the status to answer instead: an int for every such request, or a list consumed one request at a
+    time (``[503, 503]``: fail twice, then serve); ``retry_after`` adds that ``Retry-After`` header.
     ``requests`` logs ``(method, unquoted path)``.
     """
 
@@ -92,7 +94,8 @@ class HubServer:
         self.throttle_bytes_per_s: float | None = None
         self.fail_after_bytes: int | None = None
         self.ignore_range = False
-        self.file_errors: dict[str, int] = {}
+        self.errors: dict[str, int | list[int]] = {}
+        self.retry_after: str | None = None
         self.requests: list[tuple[str, str]] = []
         self._bytes: dict[str, int] = {}
         self._lock = threading.Lock()
@@ -143,6 +146,18 @@ class HubServer:
     def _log(self, method: str, path: str) -> None:
         with self._lock:
             self.requests.append((method, path))
+
+    def _injected_error(self, path: str) -> None:
+        """Raise the error the ``errors`` knob asks for on ``path``, if any."""
+        with self._lock:
+            for piece, status in self.errors.items():
+                if piece in path:
+                    if isinstance(status, list):
+                        if not status:
+                            continue
+                        status = status.pop(0)
+                    headers = {"Retry-After": self.retry_after} if self.retry_after is not None else {}
+                    raise HttpError(status, None, f"injected error {status}", headers)
 
     def _take_fail_after(self, length: int) -> int | None:
         """Where a body of ``length`` bytes breaks off: the knob's value if below ``length`` (then cleared)."""
@@ -214,6 +229,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         self.hub._log(self.command, unquote(url.path))
         try:
+            self.hub._injected_error(unquote(url.path))
             handler, params = self._route(url.path)
             handler(**params)
         except HttpError as error:
@@ -338,9 +354,6 @@ class _Handler(BaseHTTPRequestHandler):
         self._send_json(payloads.commits(self.store.history(repo, rev)))
 
     def _resolve(self, repo: str, rev: str, path: str) -> None:
-        status = self.hub.file_errors.get(path.rsplit("/", 1)[-1])
-        if status is not None:
-            raise HttpError(status, None, f"injected error {status} for {path}")
         snapshot = self.store.snapshot(repo, rev)
         entry = snapshot.files.get(path)
         if entry is None:
