@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ from .errors import LoadError, OfflineError, hub_failure
 from .events import FileProgress, OnEvent, emit
 from .headers import HeaderInfo
 from .integrity import default_memo, problem_with
+from .quiet import small_download_chunks
 from .resolve import Resolution
 
 CONFIG = "config.json"
@@ -123,6 +125,7 @@ class HubFiles(SourceFiles):
     def __init__(self, resolution: Resolution, *, cache_dir, offline, force_download, token, on_event):
         super().__init__()
         self.memo = default_memo()
+        self.cancel = threading.Event()
         self.res, self.cache_dir, self.offline = resolution, cache_dir, offline
         self.force, self.token, self.on_event = force_download, token, on_event
         self.missing: list[str] = []
@@ -140,8 +143,7 @@ class HubFiles(SourceFiles):
         """Bring every shard and the generation config into the cache, in parallel."""
         shards = self.shard_names()
         names = shards + ([GENERATION_CONFIG] if self._may_exist(GENERATION_CONFIG) else [])
-        with ThreadPoolExecutor(max_workers=max(1, min(max_workers, len(names)))) as pool:
-            paths = dict(zip(names, pool.map(self._get, names)))
+        paths = dict(zip(names, _in_parallel(self._get, names, max_workers, self.cancel)))
         self._raise_missing()
         files = tuple(self.facts[n] for n in names if n in self.facts)
         return Checkpoint(self.config(), [paths[n] for n in shards], paths.get(GENERATION_CONFIG), headers, files)
@@ -212,10 +214,11 @@ class HubFiles(SourceFiles):
         """huggingface_hub's download (its own bounded retries, Retry-After honoured), failures made ours."""
         from huggingface_hub import constants, hf_hub_download
 
+        progress = _progress_class(name, self.res.file_sizes.get(name), self.on_event, self.cancel)
         try:
-            return Path(hf_hub_download(self.res.repo_id, name, revision=self.res.sha, cache_dir=self.cache_dir,
-                                        force_download=force, token=self.token,
-                                        tqdm_class=_progress_class(name, self.res.file_sizes.get(name), self.on_event)))
+            with small_download_chunks():
+                return Path(hf_hub_download(self.res.repo_id, name, revision=self.res.sha, cache_dir=self.cache_dir,
+                                            force_download=force, token=self.token, tqdm_class=progress))
         except Exception as exc:
             ours = hub_failure(exc, f"{name} of {self.res.repo_id}@{self.res.sha[:12]}", constants.ENDPOINT)
             if ours is None:
@@ -238,6 +241,30 @@ class HubFiles(SourceFiles):
                 missing=list(self.missing))
 
 
+class Cancelled(BaseException):
+    """Raised inside a download thread once the user pressed Ctrl-C (a BaseException: nothing may swallow it)."""
+
+
+def _in_parallel(get, names: list[str], max_workers: int, cancel: threading.Event) -> list:
+    """``get(name)`` for every name in worker threads; Ctrl-C (or any error) stops them all at once.
+
+    A plain ``with ThreadPoolExecutor`` waits for every running download to finish before the
+    interrupt reaches the user (seconds to minutes). Here the waiting ones are cancelled and the
+    running ones stop at their next chunk (``cancel`` is checked by the progress callback); what
+    they wrote stays as ``.incomplete`` files, which the next download resumes.
+    """
+    pool = ThreadPoolExecutor(max_workers=max(1, min(max_workers, len(names))), thread_name_prefix="hf_notebook-fetch")
+    futures = [pool.submit(get, name) for name in names]
+    try:
+        results = [future.result() for future in futures]
+    except BaseException:
+        cancel.set()
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
+    return results
+
+
 def _discard(path: Path) -> None:
     """Remove a cached file: its blob and the snapshot link to it."""
     blob = Path(os.path.realpath(path))
@@ -258,8 +285,9 @@ def _weight_map_files(index_file: Path) -> list[str]:
     return sorted(set(weight_map.values()))
 
 
-def _progress_class(name: str, size: Optional[int], on_event: OnEvent | None):
-    """A stand-in for tqdm that huggingface_hub drives; it turns updates into FileProgress events."""
+def _progress_class(name: str, size: Optional[int], on_event: OnEvent | None, cancel: threading.Event):
+    """A stand-in for tqdm that huggingface_hub drives; it turns updates into FileProgress events,
+    and stops the download (raising :class:`Cancelled`) once ``cancel`` is set."""
 
     class _Progress:
         def __init__(self, *, total=None, initial=0, **_):
@@ -268,6 +296,8 @@ def _progress_class(name: str, size: Optional[int], on_event: OnEvent | None):
             emit(on_event, FileProgress(name, self.done, self.total))
 
         def update(self, n: int = 1) -> None:
+            if cancel.is_set():
+                raise Cancelled(name)
             self.done += n
             emit(on_event, FileProgress(name, self.done, self.total))
 

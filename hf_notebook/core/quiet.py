@@ -1,8 +1,9 @@
-"""Silence what the libraries print for themselves while our calls run: our events and records say it.
+"""Process-wide library settings we change while our calls run, shared and restored exactly.
 
-The switches are process-wide (a logger's level, huggingface_hub's and transformers' bar flags),
-so nested and concurrent calls share one silence: the first in saves the settings, the last out
-restores exactly them.
+Mostly silence (a logger's level, huggingface_hub's and transformers' own bars: our events and
+records say it), plus huggingface_hub's download chunk size. These switches are process-wide, so
+nested and concurrent calls share one change: the first in saves the setting, the last out
+restores exactly it.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ _SAVED: dict[str, object] = {}
 
 
 @contextlib.contextmanager
-def _shared(key: str, save, silence, restore):
+def shared_setting(key: str, save, silence, restore):
     with _LOCK:
         if _USERS.get(key, 0) == 0:
             _SAVED[key] = save()
@@ -38,7 +39,7 @@ def quiet_loggers(*names: str):
     with contextlib.ExitStack() as stack:
         for name in names:
             logger = logging.getLogger(name)
-            stack.enter_context(_shared(f"log:{name}", lambda lg=logger: lg.level,
+            stack.enter_context(shared_setting(f"log:{name}", lambda lg=logger: lg.level,
                                         lambda lg=logger: lg.setLevel(logging.ERROR),
                                         lambda level, lg=logger: lg.setLevel(level)))
         yield
@@ -64,5 +65,25 @@ def library_bars_off():
         if tf_was_on:
             tf_logging.enable_progress_bar()
 
-    with _shared("bars", save, silence, restore):
+    with shared_setting("bars", save, silence, restore):
+        yield
+
+
+DOWNLOAD_CHUNK = 2**20
+
+
+@contextlib.contextmanager
+def small_download_chunks():
+    """huggingface_hub reads downloads in 10 MB chunks, and reports (and resumes) only per chunk;
+    1 MB chunks let a Ctrl-C stop a download within a second and a broken one resume closer to
+    where it stopped."""
+    from huggingface_hub import constants
+
+    def apply():
+        constants.DOWNLOAD_CHUNK_SIZE = min(constants.DOWNLOAD_CHUNK_SIZE, DOWNLOAD_CHUNK)
+
+    def restore(saved):
+        constants.DOWNLOAD_CHUNK_SIZE = saved
+
+    with shared_setting("chunks", lambda: constants.DOWNLOAD_CHUNK_SIZE, apply, restore):
         yield

@@ -1,0 +1,70 @@
+"""Ctrl-C during a download: back within a second, no download thread left, nothing bound, panel says cancelled,
+and the same cell run again succeeds."""
+
+import signal
+import threading
+import time
+
+import pytest
+import torch
+
+
+@pytest.fixture
+def big_repo(hub_store, hub_repo_id, tmp_path):
+    """A llama in three ~6 MB shards, published to the stand-in."""
+    import transformers
+
+    config = transformers.LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=4, vocab_size=32000,
+                                      tie_word_embeddings=False, architectures=["LlamaForCausalLM"])
+    folder = tmp_path / "big"
+    transformers.LlamaForCausalLM(config).save_pretrained(folder, max_shard_size="6MB")
+    hub_store.create_repo(hub_repo_id)
+    hub_store.commit(hub_repo_id, {p.name: p for p in folder.iterdir()}, message="big")
+    return hub_repo_id, folder
+
+
+def _fetch_threads():
+    return [t for t in threading.enumerate() if t.name.startswith("hf_notebook-fetch")]
+
+
+def test_ctrl_c_during_download_returns_at_once(shell, big_repo, hf_cache, hub_server, monkeypatch):
+    import io
+
+    from hf_notebook import ui
+    from hf_notebook.ui.text import TextRenderer
+
+    repo_id, folder = big_repo
+    renderers = []
+    monkeypatch.setattr(ui, "make_renderer", lambda *a, **k: renderers.append(TextRenderer(io.StringIO())) or renderers[-1])
+    hub_server.throttle_bytes_per_s = 2_000_000  # per download: the three shards take 3 s
+    shell.user_ns["m"] = sentinel = object()
+    pressed = []
+
+    def press():  # a real SIGINT to the main thread, as Ctrl-C in a terminal or a kernel interrupt sends
+        pressed.append(time.perf_counter())
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+
+    timer = threading.Timer(0.8, press)
+    timer.start()
+    with pytest.raises(KeyboardInterrupt):
+        shell.run_line_magic("load_model", f"{repo_id} --as m")
+    back = time.perf_counter() - pressed[0]
+    timer.join()
+    assert back < 1.0, f"{back:.2f} s from Ctrl-C to the prompt"
+    assert _fetch_threads() == []
+    assert shell.user_ns["m"] is sentinel
+    assert "cancelled during fetch" in renderers[0].final.text
+    assert hub_server.bytes_served(repo_id) < sum(p.stat().st_size for p in folder.glob("*.safetensors")) / 2
+
+    hub_server.throttle_bytes_per_s = None
+    shell.run_line_magic("load_model", f"{repo_id} --as m")
+    expected = transformers_model(folder)
+    state = shell.user_ns["m"].state_dict()
+    assert all(torch.equal(state[k], v) for k, v in expected.state_dict().items())
+
+
+def transformers_model(folder):
+    import transformers
+
+    return transformers.AutoModelForCausalLM.from_pretrained(folder)
