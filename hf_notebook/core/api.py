@@ -7,20 +7,23 @@ Nothing is resolved, listed, read or planned twice.
 
 from __future__ import annotations
 
+import errno
+import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Optional
 
-from .errors import HfNotebookError, wrapped
+from .errors import HfNotebookError, LoadError, PlanError, wrapped
 from .events import Failed, OnEvent, Resolved, StageDone, StageStarted, emit
 from .fetch import Checkpoint, FileFacts, HubFiles, SourceFiles, source_files
 from .options import LoadOptions
 from .placement import Placement
 from .plan import Plan, check_devices_exist, plan_placement
 from .quiet import library_bars_off
+from .units import format_bytes
 from .resolve import Resolution, record_ref, resolve
 from .spec import ModelSpec, parse_spec
 
@@ -190,19 +193,30 @@ class _Pipeline:
         stages.done(checkpoint)
 
         stages.start("load", plan.model_class)
+        from .headers import local_headers
         from .load import materialize
         from .placement import measure_placement
 
+        if checkpoint.headers is None:  # read once here; the load's progress counts from them too
+            checkpoint = replace(checkpoint, headers=local_headers(checkpoint.shards))
         offload_folder, owns_offload = opts.offload_folder, "disk" in plan.devices and opts.offload_folder is None
+        _check_offload_space(plan, self.config, offload_folder)
         if owns_offload:
             offload_folder = tempfile.mkdtemp(prefix="hf_notebook-offload-")
+        before = _entries(offload_folder) if offload_folder and not owns_offload else None
         try:
             model = materialize(checkpoint, self.config, plan, offload_folder=offload_folder, on_event=self.on_event)
             model.config._name_or_path = self.resolution.repo_id  # the repo, not the cache folder it was read from
             placement = measure_placement(model, _summary_map(plan, model.hf_device_map))
-        except BaseException:
+        except BaseException as exc:
             if owns_offload:
                 shutil.rmtree(offload_folder, ignore_errors=True)
+            elif before is not None:  # the user's folder: remove only what this call wrote
+                _remove_new_entries(offload_folder, before)
+            if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+                raise LoadError(f"The disk ran out of space while offloading weights to {offload_folder}.",
+                                hint="Free space there, point --offload-folder at a bigger disk, or raise "
+                                "--max-memory so less goes to disk.") from None
             raise
         result = LoadResult(model=model, pin=self.resolution.pin, plan=plan, placement=placement,
                             seconds=time.perf_counter() - t0, options=opts, files=checkpoint.files,
@@ -210,6 +224,49 @@ class _Pipeline:
                             timings=stages.timings)
         stages.done(result)
         return result
+
+
+def _rewrites_weights(class_name: str, model_type: str) -> bool:
+    from transformers.conversion_mapping import get_checkpoint_conversion_mapping
+    from transformers.core_model_loading import WeightConverter
+
+    mapping = get_checkpoint_conversion_mapping(class_name) or get_checkpoint_conversion_mapping(model_type) or []
+    return any(isinstance(step, WeightConverter) for step in mapping)
+
+
+def _check_offload_space(plan: Plan, config, folder: Optional[str]) -> None:
+    """Refuse up front, with the numbers, when the weights to write to disk would not fit there.
+
+    transformers reads offloaded weights in place from the checkpoint (converting the dtype as it
+    reads); it writes to the offload folder only weights it must reshape first (a model type with
+    weight converters, such as mixtral's fused experts). For those, all planned disk bytes count.
+    """
+    need = plan.bytes_by_device.get("disk", 0)
+    if not need or not _rewrites_weights(plan.model_class, config.model_type):
+        return
+    where = Path(folder) if folder else Path(tempfile.gettempdir())
+    probe = where
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    if free < need * 1.05:
+        raise PlanError(f"Offloading writes about {format_bytes(need)} of {plan.dtype} weights to {where}, "
+                        f"but only {format_bytes(free)} is free there.",
+                        hint="Free space there, point --offload-folder at a bigger disk, raise --max-memory, or load "
+                        "in the checkpoint's own dtype so the weights are read in place.")
+
+
+def _entries(folder: str) -> set[str]:
+    try:
+        return set(os.listdir(folder))
+    except OSError:
+        return set()
+
+
+def _remove_new_entries(folder: str, before: set[str]) -> None:
+    for name in _entries(folder) - before:
+        path = os.path.join(folder, name)
+        shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) else Path(path).unlink(missing_ok=True)
 
 
 def _summary_map(plan: Plan, device_map: dict) -> dict:

@@ -68,3 +68,18 @@ def transformers_model(folder):
     import transformers
 
     return transformers.AutoModelForCausalLM.from_pretrained(folder)
+
+
+def test_a_dropped_connection_resumes_where_it_stopped(shell, big_repo, hf_cache, hub_server):
+    """The stand-in cuts a 6 MB shard after 2.5 MB; the client resumes from its last 1 MB chunk."""
+    repo_id, folder = big_repo
+    shard = sorted(folder.glob("*.safetensors"))[0]
+    hub_server.fail_after_bytes = 2_500_000
+    shell.run_line_magic("load_model", f"{repo_id} --as m")
+    assert hub_server.fail_after_bytes is None  # the cut really happened
+    total = sum(p.stat().st_size for p in folder.glob("*.safetensors")) + (folder / "config.json").stat().st_size
+    resent = hub_server.bytes_served(repo_id) - total
+    assert shard.stat().st_size > 5_000_000 and 0 < resent <= 2**20 + 100_000  # at most one chunk again
+    expected = transformers_model(folder)
+    state = shell.user_ns["m"].state_dict()
+    assert all(torch.equal(state[k], v) for k, v in expected.state_dict().items())
