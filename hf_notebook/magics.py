@@ -101,23 +101,39 @@ class HFNotebook(Magics):
         name = _check_name(args.name or "model", self.shell)
         options = self._options(args, offload_folder=args.offload_folder or self.offload_folder,
                                 force_download=args.force_download)
-        renderer = self._renderer()
-        try:
-            result = load_model(args.spec, options, name=name, on_event=renderer)
-        except BaseException as exc:
-            if renderer.state.failed is not None:
-                renderer.finish(stopped_record(renderer.state))
-            if isinstance(exc, HfNotebookError):
-                raise UsageError(str(exc)) from None
-            if isinstance(exc, KeyboardInterrupt):  # without the frames below, whose locals may hold a token
-                raise KeyboardInterrupt() from None
-            raise
+        result, error = self._load(args.spec, options, name)
+        if error is not None:  # raised here, out of the frames that held the half-built model and the failure
+            raise error
         previous = self.registry.get(name)
         self.shell.user_ns[name] = result.model
         self.registry.add(name, result)
         if previous is not None:
             self._release(previous)
+
+    def _load(self, spec: str, options, name: str):
+        """Run the load with a live panel that ends in its record; return ``(result, None)`` or
+        ``(None, error to raise)``.
+
+        The error returned is a fresh one: IPython keeps the last error it showed (and, in
+        ``%xmode Verbose``, prints the locals of its frames); chained to the original it would keep
+        the half-built model alive, and show frames whose locals may hold a token.
+        """
+        from .core.api import load_model
+        from .ui.record import load_record, stopped_record
+
+        renderer = self._renderer()
+        try:
+            result = load_model(spec, options, name=name, on_event=renderer)
+        except BaseException as exc:
+            if renderer.state.failed is not None:
+                renderer.finish(stopped_record(renderer.state))
+            if isinstance(exc, HfNotebookError):
+                return None, UsageError(str(exc))
+            if isinstance(exc, KeyboardInterrupt):
+                return None, KeyboardInterrupt()
+            raise
         renderer.finish(load_record(result))
+        return result, None
 
     @magic_arguments()
     @argument("spec", help=_SPEC_HELP)

@@ -194,3 +194,4 @@ def _release() -> None:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+    libc.malloc_trim()
