@@ -32,8 +32,10 @@ def test_the_token_appears_nowhere(shell, private_llama, hf_cache, hub_server, c
     token = private_llama
     caplog.set_level(logging.DEBUG)
     shell.run_line_magic("xmode", mode)
+    from test_bad_input import CASES
+
     try:
-        for line in FAILING:
+        for line in FAILING + [line.replace("tiny/llama", "tiny/private-llama") for line, _ in CASES]:
             shell.run_cell(f"%load_model {line}")
         hub_server.errors = {"model-00002-of-00005.safetensors": 400}  # a raw error deep in the Hub client
         shell.run_cell("%load_model tiny/private-llama --as g")
