@@ -20,7 +20,7 @@ from hf_notebook.ui.words import format_seconds, pin_note
 
 
 class TextRenderer:
-    """Renderer for one load: ``renderer(event)`` from any thread, then ``renderer.close()``."""
+    """Renderer for one load: ``renderer(event)`` from any thread, then ``renderer.finish(record)``."""
 
     def __init__(
         self,
