@@ -22,7 +22,7 @@ from .fetch import Checkpoint, FileFacts, HubFiles, SourceFiles, source_files
 from .options import LoadOptions
 from .placement import Placement
 from .plan import Plan, check_devices_exist, plan_placement
-from .quiet import library_bars_off
+from .quiet import gc_paused, library_bars_off
 from .units import format_bytes
 from .resolve import Resolution, record_ref, resolve
 from .spec import ModelSpec, parse_spec
@@ -118,7 +118,7 @@ def load_model(spec: str | ModelSpec, options: Optional[LoadOptions] = None, *, 
     opts = _options(options, raw)
     stages = _Stages(on_event)
     try:
-        with library_bars_off():
+        with library_bars_off(), gc_paused():
             return _Pipeline(spec, opts, stages, on_event).load(name, t0)
     except BaseException as exc:
         stages.failed(exc)
