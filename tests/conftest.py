@@ -28,6 +28,23 @@ def shell():
         sh.user_ns.pop(name, None)
 
 
+@pytest.fixture(scope="session")
+def medium_folder(tmp_path_factory):
+    """A ~230 MB float32 llama in three shards: big enough that memory given back shows in the RSS."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(hidden_size=512, intermediate_size=1376, num_hidden_layers=8, num_attention_heads=8,
+                         num_key_value_heads=8, vocab_size=32000, tie_word_embeddings=False,
+                         architectures=["LlamaForCausalLM"])
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = LlamaForCausalLM(config)
+    folder = tmp_path_factory.mktemp("medium")
+    model.save_pretrained(folder, max_shard_size="80MB")
+    return folder
+
+
 @pytest.fixture
 def loaded(shell):
     """The shell's registry of loaded models (name -> LoadResult)."""

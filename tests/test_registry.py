@@ -9,24 +9,6 @@ from IPython.core.error import UsageError
 from hf_notebook.core.unload import process_rss
 
 
-@pytest.fixture(scope="module")
-def medium_folder(tmp_path_factory):
-    """A ~230 MB float32 llama: big enough that freeing it shows in the process RSS."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    config = LlamaConfig(hidden_size=512, intermediate_size=1376, num_hidden_layers=8, num_attention_heads=8,
-                         num_key_value_heads=8, vocab_size=32000, tie_word_embeddings=False,
-                         architectures=["LlamaForCausalLM"])
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = LlamaForCausalLM(config)
-    folder = tmp_path_factory.mktemp("medium")
-    model.save_pretrained(folder, max_shard_size="80MB")
-    del model
-    gc.collect()
-    return folder
-
-
 def test_models_lists_pins_and_bytes(shell, loaded, tiny_hub, hf_cache, capsys):
     shell.run_line_magic("load_model", "tiny/llama@v1 --as a")
     shell.run_line_magic("load_model", "tiny/gpt2 --dtype bfloat16 --as b")

@@ -11,12 +11,18 @@ from IPython.core.error import UsageError
 Usage = namedtuple("Usage", "total used free")
 
 
-def test_too_little_space_is_refused_up_front(shell, tiny_hub, hf_cache, tmp_path, monkeypatch):
+def _nearly_full_folder(tmp_path, monkeypatch):
+    """An empty folder on a disk with 5 kB free (as shutil.disk_usage tells)."""
     folder = tmp_path / "offload"
     folder.mkdir()
     real = shutil.disk_usage
     monkeypatch.setattr(shutil, "disk_usage", lambda p: Usage(10**12, 10**12 - 5000, 5000)
                         if str(p).startswith(str(folder)) else real(p))
+    return folder
+
+
+def test_too_little_space_is_refused_up_front(shell, tiny_hub, hf_cache, tmp_path, monkeypatch):
+    folder = _nearly_full_folder(tmp_path, monkeypatch)
     shell.user_ns["m"] = sentinel = object()
     with pytest.raises(UsageError) as info:
         shell.run_line_magic("load_model", f"tiny/mixtral --max-memory cpu=100KB "
@@ -28,11 +34,7 @@ def test_too_little_space_is_refused_up_front(shell, tiny_hub, hf_cache, tmp_pat
 
 def test_in_place_offload_needs_no_space(shell, tiny_hub, hf_cache, tmp_path, monkeypatch):
     """A llama's offloaded weights are read from the checkpoint itself (converted as read): nothing to write."""
-    folder = tmp_path / "offload"
-    folder.mkdir()
-    real = shutil.disk_usage
-    monkeypatch.setattr(shutil, "disk_usage", lambda p: Usage(10**12, 10**12 - 5000, 5000)
-                        if str(p).startswith(str(folder)) else real(p))
+    folder = _nearly_full_folder(tmp_path, monkeypatch)
     shell.run_line_magic("load_model", f"tiny/llama --max-memory cpu=100KB --dtype bfloat16 --offload-folder {folder} --as m")
     assert "disk" in shell.user_ns["m"].hf_device_map.values() and list(folder.iterdir()) == []
 

@@ -7,21 +7,6 @@ import pytest
 from IPython.core.error import UsageError
 
 
-@pytest.fixture
-def wide_repo(hub_store, hub_repo_id, tmp_path):
-    """A llama whose single shard is ~17 MB (a 32k vocabulary), published to the stand-in."""
-    import transformers
-
-    config = transformers.LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                      num_attention_heads=4, num_key_value_heads=4, vocab_size=32000,
-                                      tie_word_embeddings=False, architectures=["LlamaForCausalLM"])
-    folder = tmp_path / "wide"
-    transformers.LlamaForCausalLM(config).save_pretrained(folder)
-    hub_store.create_repo(hub_repo_id)
-    hub_store.commit(hub_repo_id, {p.name: p for p in folder.iterdir()}, message="wide")
-    return hub_repo_id, folder
-
-
 def test_a_server_that_ignores_range_costs_the_header_not_the_shard(wide_repo, hub_server, hf_cache):
     from hf_notebook.core.api import plan_model
 

@@ -9,21 +9,6 @@ import pytest
 import torch
 
 
-@pytest.fixture
-def big_repo(hub_store, hub_repo_id, tmp_path):
-    """A llama in three ~6 MB shards, published to the stand-in."""
-    import transformers
-
-    config = transformers.LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                      num_attention_heads=4, num_key_value_heads=4, vocab_size=32000,
-                                      tie_word_embeddings=False, architectures=["LlamaForCausalLM"])
-    folder = tmp_path / "big"
-    transformers.LlamaForCausalLM(config).save_pretrained(folder, max_shard_size="6MB")
-    hub_store.create_repo(hub_repo_id)
-    hub_store.commit(hub_repo_id, {p.name: p for p in folder.iterdir()}, message="big")
-    return hub_repo_id, folder
-
-
 def _fetch_threads():
     return [t for t in threading.enumerate() if t.name.startswith("hf_notebook-fetch")]
 

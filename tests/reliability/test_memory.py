@@ -12,7 +12,6 @@ import sys
 import textwrap
 
 import pytest
-import torch
 
 SCRIPT = textwrap.dedent("""
     import gc, io, json, sys
@@ -45,22 +44,6 @@ SCRIPT = textwrap.dedent("""
     gc.collect()
     print(json.dumps({"interrupted": interrupted, "grown": process_rss() - baseline, "bound": "m" in sh.user_ns}))
 """)
-
-
-@pytest.fixture(scope="module")
-def medium_folder(tmp_path_factory):
-    """A ~230 MB float32 llama in three shards."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    config = LlamaConfig(hidden_size=512, intermediate_size=1376, num_hidden_layers=8, num_attention_heads=8,
-                         num_key_value_heads=8, vocab_size=32000, tie_word_embeddings=False,
-                         architectures=["LlamaForCausalLM"])
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = LlamaForCausalLM(config)
-    folder = tmp_path_factory.mktemp("medium")
-    model.save_pretrained(folder, max_shard_size="80MB")
-    return folder
 
 
 @pytest.fixture(scope="module")
