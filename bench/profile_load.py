@@ -39,9 +39,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -120,7 +118,7 @@ def child_main(argv: list[str]) -> None:
     which, mode, folder, dtype, device_map = (spec[k] for k in ("which", "mode", "folder", "dtype", "device_map"))
 
     import torch
-    import transformers
+    import transformers  # noqa: F401  (imported before the clock, as from_pretrained needs it)
     from transformers import AutoModelForCausalLM
 
     import hf_notebook.core.api as api
@@ -138,7 +136,7 @@ def child_main(argv: list[str]) -> None:
         return result.model, result
 
     if spec.get("no_pin"):  # A/B: leave glibc's mmap threshold alone (before any load pins it)
-        import hf_notebook.core.load
+        import hf_notebook.core.load  # noqa: F401  (imported so its module can be looked up below)
         for modname in ("hf_notebook.core.libc", "hf_notebook.core.load"):
             mod = sys.modules.get(modname)
             for attr in ("pin_mmap_threshold", "_fix_mmap_threshold"):
@@ -389,7 +387,7 @@ def report_case(title: str, runs: dict) -> None:
     ch_ours = runs.get("coldhf_ours") or runs["coldt_ours"]
     ct_base, ct_ours, w_base, w_ours = runs["coldt_base"], runs["coldt_ours"], runs["warm_base"], runs["warm_ours"]
     fp_cold = med(runs["cold_base"], key="wall")
-    fp_warm, ours_warm = med(w_base, leaf("total")), med(w_ours, leaf("total"))  # the timed call
+    fp_warm = med(w_base, leaf("total"))  # the timed call
 
     def one(v, denom):
         return f"{'n/a':>7} {'':>6}" if v is None else f"{v * 1000:7.1f} {v / denom * 100:5.1f}%"

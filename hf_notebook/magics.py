@@ -95,9 +95,6 @@ class HFNotebook(Magics):
         args = _parse(self.load_model, line)
         if args.plan_only:
             return self._plan(args, plot=False)
-        from .core.api import load_model
-        from .ui.record import load_record, stopped_record
-
         name = _check_name(args.name or "model", self.shell)
         options = self._options(args, offload_folder=args.offload_folder or self.offload_folder,
                                 force_download=args.force_download)

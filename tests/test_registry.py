@@ -3,7 +3,6 @@
 import gc
 
 import pytest
-import torch
 from IPython.core.error import UsageError
 
 from hf_notebook.core.unload import process_rss

@@ -18,6 +18,7 @@ import os
 import threading
 import time
 from pathlib import Path
+from typing import Optional
 
 from . import libc
 from .dtypes import converts, torch_dtype

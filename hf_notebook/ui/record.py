@@ -73,7 +73,7 @@ def _text_facts(facts: Sequence[tuple[str, str]]) -> list[str]:
     return [f"  {k.ljust(width)}  {v}" for k, v in facts]
 
 
-def _group_rows(placement: Any, sizes: Optional[dict] = None) -> list[tuple[str, str, str, list[str]]]:
+def _group_rows(placement: Any) -> list[tuple[str, str, str, list[str]]]:
     """(label, device, bytes, members) per group; ``offloaded`` marks stored-only bytes."""
     rows = []
     for g in placement.groups:
