@@ -19,7 +19,8 @@ from traitlets import Bool, CaselessStrEnum, Unicode
 
 from .core.errors import HfNotebookError
 
-_SPEC_HELP = "org/name, org/name@REV (branch, tag, commit sha, refs/pr/N) or a local folder."
+_SPEC_HELP = ("org/name, org/name@REV (branch, tag, commit sha, refs/pr/N), a local folder, or (for %%load_model) "
+              "a plan bound by %%plan_model --as NAME, loaded with its (edited) map.")
 _PLACEMENT_ARGS = (
     argument("--class", dest="class_name", default=None,
              help="Model class, e.g. AutoModelForCausalLM (default: from the config's architectures)."),
@@ -93,6 +94,7 @@ class HFNotebook(Magics):
     def load_model(self, line: str):
         """Resolve, download, place and load a Hugging Face model, then bind it to a variable."""
         args = _parse(self.load_model, line)
+        _from_plan(args, self.shell.user_ns.get(args.spec))
         if args.plan_only:
             return self._plan(args, plot=False)
         name = _check_name(args.name or "model", self.shell)
@@ -177,6 +179,75 @@ class HFNotebook(Magics):
             raise UsageError(f"No model named {name!r} was loaded by hf_notebook (loaded: {loaded}). See %models.")
         display(unload(name, result, [self.shell.user_ns]))
 
+    @magic_arguments()
+    @argument("name", help="A model loaded by %%load_model (its variable), or a plan bound by %%plan_model --as NAME.")
+    @argument("--set", dest="sets", action="append", default=[], metavar="MODULES=DEVICE",
+              help="Move modules without the widget: MODULES is a module name (as in hf_device_map) or a range of "
+              "numbered children (model.layers.20-39); DEVICE is cpu, disk, cuda:N or N. Repeatable; all --set are "
+              "checked together and applied as one change.")
+    @argument("--export", default=None, metavar="FILE.json",
+              help="Write the (edited) map as JSON and put the %%load_model line that reads it in a new cell below.")
+    @line_magic
+    def edit_device_map(self, line: str):
+        """Edit where a model's modules live: a widget with one row per block (ranges of layers collapsed),
+        live totals against the budget, Apply (re-dispatch in place, nothing downloaded), Undo, Reset and
+        Export. With --set or --export it works without the widget (terminal, scripts)."""
+        from IPython.display import display
+
+        from .core.api import apply_device_map, device_map_editor
+        from .core.editing import parse_assignment
+        from .ui import _in_kernel
+        from .ui import words
+        from .ui.editor import DeviceMapEditor
+
+        args = _parse(self.edit_device_map, line)
+        target = self._edit_target(args.name)
+        if not args.sets and not args.export:
+            editor = DeviceMapEditor(target, name=args.name)
+            if self.display == "text" or (self.display == "auto" and not _in_kernel(self.shell)):
+                print(editor.to_text())
+                print(f"Change it with %edit_device_map {args.name} --set MODULES=DEVICE [--set ...]")
+            else:
+                editor.display()
+            return
+        try:
+            draft = device_map_editor(target)
+            if args.sets:
+                draft.assign([parse_assignment(text) for text in args.sets])
+                problems = draft.problems()
+                if problems:
+                    raise UsageError("The edited map does not fit: " + "; ".join(map(words.problem_text, problems))
+                                     + ". Nothing was moved.\nMove less there, or raise --max-memory.")
+                moved = apply_device_map(target, draft.map)
+                print(words.applied_text(moved))
+            if args.export:
+                draft.to_json(args.export)
+                if hasattr(target, "map_file"):
+                    target.map_file = args.export
+        except HfNotebookError as exc:
+            raise UsageError(str(exc)) from None
+        except OSError as exc:
+            raise UsageError(f"Cannot write {args.export!r}: {exc.strerror}. Give a writable path.") from None
+        display(target)
+        if args.export:
+            load = words.map_load_line(target, f"@{args.export}", name=args.name)
+            print(f"Wrote {args.export}; a new cell below loads it:\n  {load}")
+            self.shell.set_next_input(load)
+
+    def _edit_target(self, name: str):
+        """The loaded model (its LoadResult) or the bound Plan called ``name``."""
+        from .core.plan import Plan
+
+        result = self.registry.get(name)
+        if result is not None:
+            return result
+        value = self.shell.user_ns.get(name)
+        if isinstance(value, Plan):
+            return value
+        loaded = ", ".join(self.registry.names()) or "none"
+        raise UsageError(f"{name!r} is neither a model loaded by hf_notebook (loaded: {loaded}) nor a plan. "
+                         f"Load one with %load_model ... --as {name}, or plan one with %plan_model ... --as {name}.")
+
     def _release(self, result) -> None:
         """A model replaced by a new one under its name: remove its temporary offload folder once
         nothing holds the model any more (else at exit)."""
@@ -225,6 +296,20 @@ class HFNotebook(Magics):
         renderer = make_renderer(self.shell, mode=self.display)
         renderer.display()
         return renderer
+
+
+def _from_plan(args, value) -> None:
+    """``%load_model PLAN``: a bound (and perhaps edited) plan gives the source and its options; flags
+    given on the line still win."""
+    from .core.plan import Plan
+
+    if not isinstance(value, Plan) or not value.source:
+        return
+    args.spec = value.source
+    args.class_name = args.class_name or value.model_class
+    args.dtype = args.dtype or value.dtype
+    args.device_map = args.device_map or dict(value.device_map)
+    args.max_memory = args.max_memory or value.max_memory
 
 
 def _figure_image(plan):

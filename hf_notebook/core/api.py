@@ -43,6 +43,8 @@ class LoadResult:
     owns_offload_folder: bool = False  # we made it (a temp folder): unloading removes it
     name: Optional[str] = None  # the notebook variable it is bound to
     timings: dict = field(default_factory=dict)  # stage -> seconds
+    edits: list = field(default_factory=list)  # one Moved per applied device-map edit, oldest first
+    map_file: Optional[str] = None  # the JSON file the current map was exported to (the load line names it)
 
     @property
     def repo_id(self) -> str:
@@ -59,6 +61,12 @@ class LoadResult:
     @property
     def device_map(self) -> dict:
         return dict(getattr(self.model, "hf_device_map", self.plan.device_map))
+
+    def edit_device_map(self):
+        """The interactive device-map editor on this model (re-dispatches in place when applied)."""
+        from hf_notebook.ui.editor import DeviceMapEditor
+
+        return DeviceMapEditor(self)
 
     def __repr__(self) -> str:
         return f"LoadResult({self.name or 'model'} = {self.pin.pinned_spec}, {self.plan.model_class}, {self.dtype})"
@@ -224,6 +232,63 @@ class _Pipeline:
                             timings=stages.timings)
         stages.done(result)
         return result
+
+
+def device_map_editor(target: "LoadResult | Plan"):
+    """A :class:`~.editing.MapEditor` on a loaded model's map (this machine's devices, budgets from
+    ``--max-memory`` or what is free now) or on a plan's (the devices of its budget, which may
+    describe another machine)."""
+    from .editing import MapEditor, Structure
+    from .machine import devices_here, free_bytes
+    from .units import device_name
+
+    if isinstance(target, LoadResult):
+        plan, current = target.plan, target.device_map
+        devices = devices_here()
+        held = target.placement.bytes_by_device
+        given = {device_name(k): v for k, v in (target.options.max_memory or {}).items()}
+        budget = {d: given.get(d, held.get(d, 0) + free_bytes(d, target.offload_folder)) for d in devices}
+        auto, max_memory = plan.device_map, target.options.max_memory
+    else:
+        plan, current = target, target.device_map
+        devices = sorted(set(plan.budget) | {device_name(d) for d in plan.device_map.values()} | {"disk"})
+        budget = {d: b for d, b in plan.budget.items() if d != "disk"}
+        auto, max_memory = (plan.edits[0] if plan.edits else dict(plan.device_map)), plan.max_memory
+    strategies = {"auto": lambda: auto}
+    if any(d.startswith("cuda:") for d in devices) and plan.config is not None:
+        for name in ("balanced", "sequential"):
+            strategies[name] = lambda name=name: plan_placement(
+                plan.config, class_name=plan.model_class, dtype=plan.dtype, device_map=name,
+                max_memory=max_memory).device_map
+    return MapEditor(Structure.of(plan), current, devices=devices, budget=budget, strategies=strategies)
+
+
+def apply_device_map(target: "LoadResult | Plan", device_map: dict):
+    """Apply an edited map: a loaded model is re-dispatched in place (nothing downloaded; returns the
+    :class:`~.redispatch.Moved`), a plan's map is replaced (its next load uses it; returns None)."""
+    from .options import parse_device_map
+
+    device_map = parse_device_map(dict(device_map))
+    if isinstance(target, Plan):
+        target.edits.append(dict(target.device_map))
+        target.device_map.clear()
+        target.device_map.update(device_map)
+        return None
+    from .placement import measure_placement
+    from .redispatch import redispatch
+
+    try:
+        moved = redispatch(target.model, device_map, offload_folder=target.offload_folder or target.options.offload_folder)
+    except BaseException as exc:
+        _raise_ours(exc, "re-dispatch")
+    if moved.made_folder:
+        target.offload_folder, target.owns_offload_folder = moved.offload_folder, True
+    model = target.model
+    target.placement = measure_placement(model, _summary_map(target.plan, model.hf_device_map))
+    target.options = target.options.with_(device_map=dict(model.hf_device_map))
+    target.edits.append(moved)
+    target.map_file = None
+    return moved
 
 
 def _rewrites_weights(class_name: str, model_type: str) -> bool:

@@ -122,6 +122,10 @@ class DeviceError(HfNotebookError, ValueError):
     """A device that this machine does not have."""
 
 
+class MapError(HfNotebookError, ValueError):
+    """A device-map edit that cannot be made (unknown module, range out of bounds, a split no-split module)."""
+
+
 class PlanError(HfNotebookError, RuntimeError):
     """A placement that cannot be made: the model does not fit, or would spill when told not to."""
 

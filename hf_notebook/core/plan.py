@@ -27,9 +27,11 @@ _AUTO_CLASSES = ("AutoModelForCausalLM", "AutoModelForSeq2SeqLM", "AutoModelForM
 class Plan:
     """Where every module of a model would go, and what it would weigh there.
 
-    ``module_bytes`` holds (parameter, buffer) bytes for every device-map entry and every
-    block (top-level modules, numbered layers expanded), so views and the editor can show
-    any of them without the meta model.
+    ``module_bytes`` holds (parameter, buffer) bytes for every module, in module order, so
+    views and the device-map editor can size any unit without the meta model. ``no_split``
+    names the modules that must stay whole on one device (instances of the class's
+    ``_no_split_modules``). ``device_map`` is the plan's own dict: the editor updates it in
+    place, so the next load of the plan uses the edited map.
     """
 
     model_class: str
@@ -42,6 +44,10 @@ class Plan:
     budget: dict[str, int] = field(default_factory=dict)  # device name -> bytes it may take
     headers: Optional[HeaderInfo] = None  # what the checkpoint's headers say (None: not read)
     source: str = ""  # "org/name@sha" or a folder
+    no_split: frozenset = frozenset()  # modules that must stay whole on one device
+    direct: dict[str, dict[str, int]] = field(default_factory=dict)  # module with children -> its own tensors' bytes
+    config: Any = field(default=None, repr=False, compare=False)  # the model config the plan was made from
+    edits: list = field(default_factory=list, compare=False)  # applied editor changes, oldest first
 
     @property
     def spilled(self) -> list[str]:
@@ -53,8 +59,13 @@ class Plan:
         return {name: p + b for name, (p, b) in self.module_bytes.items()}
 
     def explain(self) -> list[Finding]:
-        """Structured findings: does it fit, what spills where, what would make it fit."""
-        return explain(self.bytes_by_device, self.budget, self.spilled, self.dtype)
+        """Structured findings: does it fit, what spills where, what would make it fit.
+
+        An edited map was placed by hand, so "the next block did not fit" no longer applies."""
+        from .explain import FILLED
+
+        findings = explain(self.bytes_by_device, self.budget, self.spilled, self.dtype)
+        return [f for f in findings if not (self.edits and f.kind == FILLED)]
 
     def placement(self) -> Placement:
         """The plan as a :class:`~hf_notebook.core.placement.Placement` (estimated bytes).
@@ -79,6 +90,12 @@ class Plan:
     @property
     def devices(self) -> set:
         return set(self.device_map.values())
+
+    def edit_device_map(self):
+        """The interactive device-map editor on this plan (Apply updates this plan's map in place)."""
+        from hf_notebook.ui.editor import DeviceMapEditor
+
+        return DeviceMapEditor(self)
 
     def to_json(self, path: str | Path | None = None) -> str:
         """The device map as JSON, readable by ``--device-map @file``; written to ``path`` if given."""
@@ -194,9 +211,9 @@ def plan_placement(config, *, class_name: Optional[str] = None, dtype: str = "fl
     resolved = {name: parse_device(device) for name, device in resolved.items()}
     blocks = _blocks(model)
     plan = Plan(model_class=cls.__name__, dtype=dtype, device_map=resolved, max_memory=max_memory,
-                module_bytes=_module_bytes(model, set(resolved) | set(blocks)), blocks=tuple(blocks),
+                module_bytes=_module_bytes(model), blocks=tuple(blocks),
                 tied=dict(getattr(model, "all_tied_weights_keys", None) or {}), budget=budget, headers=headers,
-                source=source)
+                source=source, no_split=_no_split(model), direct=_direct_tensors(model), config=config)
     spilled = plan.spilled
     if no_offload and spilled:
         raise PlanError(_spill_message(plan, spilled),
@@ -204,10 +221,10 @@ def plan_placement(config, *, class_name: Optional[str] = None, dtype: str = "fl
     return plan
 
 
-def _module_bytes(model, names: set[str]) -> dict[str, tuple[int, int]]:
-    """(parameter, buffer) bytes of each module in ``names``; tied copies (untied on meta) count once."""
+def _module_bytes(model) -> dict[str, tuple[int, int]]:
+    """(parameter, buffer) bytes of every module, in module order; tied copies (untied on meta) count once."""
     tied = set(getattr(model, "all_tied_weights_keys", None) or {})
-    totals = {name: [0, 0] for name in names}
+    totals = {name: [0, 0] for name, _ in model.named_modules()}
     for kind, tensors in ((0, model.named_parameters()), (1, model.named_buffers())):
         for full, tensor in tensors:
             if full in tied:
@@ -221,24 +238,52 @@ def _module_bytes(model, names: set[str]) -> dict[str, tuple[int, int]]:
     return {name: (p, b) for name, (p, b) in totals.items()}
 
 
+def _direct_tensors(model) -> dict[str, dict[str, int]]:
+    """Tensors held directly by a module that also has children (``cls.predictions.bias``): splitting
+    such a module in a device map needs an entry for each of them."""
+    tied = set(getattr(model, "all_tied_weights_keys", None) or {})
+    found: dict[str, dict[str, int]] = {}
+    for name, module in model.named_modules():
+        if next(module.children(), None) is None:
+            continue
+        own = [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]
+        for local, tensor in own:
+            full = f"{name}.{local}" if name else local
+            if tensor is not None and full not in tied:
+                found.setdefault(name, {})[full] = tensor.numel() * tensor.element_size()
+    return found
+
+
+def _no_split(model) -> frozenset:
+    """Names of the modules whose class is in ``_no_split_modules``: each must stay on one device."""
+    classes = set(getattr(model, "_no_split_modules", None) or [])
+    return frozenset(name for name, module in model.named_modules() if type(module).__name__ in classes)
+
+
 def _blocks(model) -> list[str]:
-    """Top-level children, one level deeper for containers, numbered layers expanded; in module order."""
+    """The units a map is read and edited by, in module order: modules are opened down to their
+    layer lists (``model.layers.0``, ``bert.encoder.layer.0``); a module with no layer list inside,
+    or one that must stay whole, is one block. Modules without tensors are left out."""
     from torch import nn
 
     no_split = set(getattr(model, "_no_split_modules", None) or [])
-    blocks: list[str] = []
-    for name, child in model.named_children():
-        grandchildren = list(child.named_children())
-        if not grandchildren or type(child).__name__ in no_split:
-            blocks.append(name)
-            continue
-        for sub, module in grandchildren:
-            if isinstance(module, nn.ModuleList):
-                blocks += [f"{name}.{sub}.{index}" for index in range(len(module))]
-            else:
-                blocks.append(f"{name}.{sub}")
-    return [b for b in blocks if any(True for _ in model.get_submodule(b).parameters())
+    holds_list = {name for name, module in model.named_modules() if isinstance(module, nn.ModuleList)}
+    holds_list |= {prefix for name in list(holds_list) for prefix in _prefixes(name)}
+
+    def opened(name: str, module) -> list[str]:
+        if name and (name not in holds_list or type(module).__name__ in no_split):
+            return [name]
+        if isinstance(module, nn.ModuleList):
+            return [f"{name}.{index}" for index in range(len(module))]
+        return [block for sub, child in module.named_children() for block in opened(f"{name}.{sub}" if name else sub, child)]
+
+    return [b for b in opened("", model) if any(True for _ in model.get_submodule(b).parameters())
             or any(True for _ in model.get_submodule(b).buffers())]
+
+
+def _prefixes(name: str) -> list[str]:
+    parts = name.split(".")
+    return [".".join(parts[:i]) for i in range(1, len(parts))]
 
 
 def _block_position(name: str, blocks: tuple[str, ...]) -> int:

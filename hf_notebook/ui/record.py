@@ -171,6 +171,9 @@ def load_record(result: Any, title: str = "") -> Record:
     facts = [("repo", pin.repo_id if pin.kind != "local" else "(local folder)"), ("commit", None),
              ("class", result.plan.model_class), ("dtype", result.dtype),
              ("files", _files_text(result.files)), ("time", _timing_text(result))]
+    if result.edits:
+        times = f"{len(result.edits)}×" if len(result.edits) > 1 else "once"
+        facts.append(("re-dispatched", f"{times} in place; last: {W.moves_text(result.edits[-1])}"))
     if result.offload_folder and "disk" in result.placement.devices:
         facts.append(("offload folder", result.offload_folder))
     facts = [(k, v) for k, v in facts if v != ""]
@@ -192,6 +195,9 @@ def load_record(result: Any, title: str = "") -> Record:
 def plan_record(plan: Any) -> Record:
     """A plan: source, checkpoint facts, findings, the planned groups and bytes against the budget."""
     facts = [("source", plan.source or "(not loaded)"), ("class", plan.model_class), ("dtype", plan.dtype)]
+    if plan.edits:
+        facts.append(("device map", f"edited by hand ({len(plan.edits)} change{'s' * (len(plan.edits) != 1)}); "
+                                    "%load_model of this plan uses it"))
     h = plan.headers
     if h is not None and h.param_counts:
         counts = " · ".join(f"{W.count(n)} {code}" for code, n in h.param_counts.items())

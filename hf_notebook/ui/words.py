@@ -116,21 +116,23 @@ def _quote(text: str) -> str:
     return text if re.fullmatch(r"[\w@./:=,+-]+", text) else shlex.quote(text)
 
 
-def load_line(result: Any) -> str:
-    """The ``%load_model`` line that loads exactly this again: the full sha and the options given."""
+def load_line(result: Any, device_map: Any = None, name: Optional[str] = None) -> str:
+    """The ``%load_model`` line that loads exactly this again: the full sha and the options given
+    (``device_map``/``name`` replace the result's own)."""
     opts, pin = result.options, result.pin
     spec = pin.repo_id if pin.kind == "local" else pin.pinned_spec
     parts = ["%load_model", _quote(spec)]
     if opts.class_name:
         parts += ["--class", opts.class_name]
     parts += ["--dtype", result.dtype]
-    device_map = opts.device_map
+    if device_map is None:
+        device_map = f"@{result.map_file}" if result.map_file else opts.device_map
     if isinstance(device_map, dict) and list(device_map) == [""]:
         device_map = _device_arg(device_map[""])
     if isinstance(device_map, dict):
         parts += ["--device-map", shlex.quote(json.dumps(device_map, separators=(", ", ": ")))]
     elif device_map != "auto":
-        parts += ["--device-map", device_map]
+        parts += ["--device-map", _quote(device_map)]
     if opts.max_memory:
         parts += ["--max-memory", ",".join(f"{k}={size_arg(v)}" for k, v in opts.max_memory.items())]
     if opts.no_offload:
@@ -139,9 +141,43 @@ def load_line(result: Any) -> str:
         parts += ["--offload-folder", _quote(opts.offload_folder)]
     if opts.trust_remote_code:
         parts.append("--trust-remote-code")
-    if result.name:
-        parts += ["--as", result.name]
+    if name or result.name:
+        parts += ["--as", name or result.name]
     return " ".join(parts)
+
+
+def map_load_line(target: Any, device_map_arg: str, name: Optional[str] = None) -> str:
+    """The ``%load_model`` line for a loaded model or a plan, with ``--device-map`` set to ``device_map_arg``."""
+    if hasattr(target, "pin"):  # a loaded model: its own line, with this map
+        return load_line(target, device_map=device_map_arg, name=name)
+    parts = ["%load_model", _quote(target.source), "--class", target.model_class, "--dtype", target.dtype,
+             "--device-map", _quote(device_map_arg)]
+    if target.max_memory:
+        parts += ["--max-memory", ",".join(f"{k}={size_arg(v)}" for k, v in target.max_memory.items())]
+    if name:
+        parts += ["--as", name]
+    return " ".join(parts)
+
+
+def moves_text(moved: Any) -> str:
+    """``148.0 kB cpu → disk, 64.0 kB disk → cpu in 0.16 s``."""
+    if not moved.moves:
+        return "nothing had to move"
+    parts = ", ".join(f"{format_bytes(n)} {a} → {b}" for (a, b), n in moved.moves.items())
+    return f"{parts} in {format_seconds(moved.seconds)}"
+
+
+def applied_text(moved: Any) -> str:
+    """What Apply did: a re-dispatch (``moved``) or a plan update (None)."""
+    if moved is None:
+        return "The plan now uses this map: the next %load_model of it loads it so."
+    return f"Re-dispatched in place: {moves_text(moved)}."
+
+
+def problem_text(problem: Any) -> str:
+    """Why a draft cannot be applied: ``cpu: 12.0 GB over its 30.0 GB budget``."""
+    return (f"{problem.device} would hold {format_bytes(problem.nbytes)}, {format_bytes(problem.over)} over its "
+            f"budget of {format_bytes(problem.budget)}")
 
 
 def size_arg(nbytes: int) -> str:

@@ -1,0 +1,275 @@
+"""Re-dispatch a loaded model in place onto a new device map: nothing is downloaded again.
+
+The model's accelerate hooks come off; every tensor then goes where the new map puts it:
+moved between cpu and GPUs, read back from its offload file (only that tensor's bytes), or
+written to the offload folder as transformers writes offloaded weights (one safetensors file
+per tensor, indexed by absolute path) and replaced by a meta tensor, so its memory goes back
+to the system. Tensors already on disk stay where they are, read in place. Then accelerate's
+own ``dispatch_model`` attaches the hooks for the new map, exactly as ``from_pretrained`` does
+at the end of a load (same hooks, same ``hf_device_map``). Buffers stay resident on the
+device that runs their module, as ``from_pretrained`` keeps them (``offload_buffers=False``).
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Optional
+
+from . import libc
+from .errors import DeviceError, LoadError
+from .machine import free_bytes
+from .placement import _offload_hooks, _unwrap
+from .plan import check_devices_exist
+from .quiet import quiet_loggers
+from .units import Device, device_name, format_bytes, parse_device
+
+
+@dataclass(frozen=True)
+class Moved:
+    """What a re-dispatch did: bytes per (from, to) device pair, written and read from disk, time."""
+
+    moves: dict[tuple[str, str], int] = field(default_factory=dict)
+    written: int = 0  # bytes written to the offload folder
+    read: int = 0  # bytes read back from offload files
+    seconds: float = 0.0
+    offload_folder: Optional[str] = None
+    made_folder: bool = False  # the folder was created for this move (the project owns it)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(self.moves.values())
+
+
+def redispatch(model: Any, device_map: Mapping[str, Any], *, offload_folder: Optional[str] = None,
+               main_device: Optional[Device] = None) -> Moved:
+    """Place ``model``'s tensors as ``device_map`` says, in place; see the module docstring.
+
+    ``offload_folder`` is where tensors sent to disk are written (a fresh temporary folder when
+    None and the map needs one). A map naming devices this machine lacks, or one that leaves a
+    weight unplaced, or more bytes for disk than the folder's disk has free, is refused before
+    anything moves. If a move fails midway (an error, Ctrl-C), every tensor is put back where it
+    was and the old hooks are attached again, then the error is raised.
+    """
+    t0 = time.perf_counter()
+    move = _Move(model, device_map, main_device)
+    move.check(offload_folder)
+    made = False
+    if move.needs_folder and offload_folder is None:
+        offload_folder, made = tempfile.mkdtemp(prefix="hf_notebook-offload-"), True
+    elif offload_folder is not None:
+        os.makedirs(offload_folder, exist_ok=True)
+    try:
+        move.run(offload_folder)
+    except BaseException:
+        move.put_back()
+        if made:
+            shutil.rmtree(offload_folder, ignore_errors=True)
+        raise
+    gc.collect()
+    libc.malloc_trim()
+    return Moved(move.moves, move.written, move.read, time.perf_counter() - t0, offload_folder, made)
+
+
+class _Move:
+    """One re-dispatch: the tensors, where each is and goes, and how to put everything back."""
+
+    def __init__(self, model: Any, device_map: Mapping[str, Any], main_device: Optional[Device]):
+        from accelerate.utils import find_tied_parameters
+
+        self.model = model
+        self.new_map = {str(k): parse_device(v) for k, v in device_map.items()}
+        self.old_map = dict(getattr(model, "hf_device_map", None) or {"": _device_of(model)})
+        gpus = sorted(d for d in set(self.new_map.values()) if isinstance(d, int))
+        self.main = main_device if main_device is not None else (gpus[0] if gpus else "cpu")
+        self.tied = find_tied_parameters(model)
+        self.on_disk = _disk_sources(model)  # tensor name -> index entry, read while the hooks are on
+        keys = sorted(self.new_map, key=lambda k: (k.count(".") + bool(k), len(k)), reverse=True)
+        self.plan = []  # (name, is_param, target device or "disk")
+        for name, tensor, is_param in _tensors(model):
+            target = self.new_map[_owner(name, keys)]
+            self.plan.append((name, is_param, target if target != "disk" or is_param else self.main))
+        self.moves: dict[tuple[str, str], int] = {}
+        self.index: dict[str, dict] = {}  # the new disk index
+        self.done: list[tuple[str, Any]] = []  # (name, device it was on) for each tensor moved so far
+        self.written = self.read = 0
+
+    @property
+    def needs_folder(self) -> bool:
+        return any(t == "disk" and n not in self.on_disk for n, _, t in self.plan)
+
+    def check(self, folder: Optional[str]) -> None:
+        """Everything that can be known before a byte moves."""
+        from accelerate.utils import check_device_map
+
+        check_devices_exist(self.new_map)
+        try:
+            check_device_map(self.model, self.new_map)
+        except ValueError as exc:
+            raise DeviceError(f"The device map does not place every weight: {exc}",
+                              hint="Map every module (or a module holding it) to a device.") from None
+        sizes = {n: t.numel() * t.element_size() for n, t, _ in _tensors(self.model)}
+        need = sum(sizes[n] for n, _, t in self.plan if t == "disk" and n not in self.on_disk)
+        free = free_bytes("disk", folder)
+        if need and need * 1.02 + 16 * 2**20 > free:
+            raise DeviceError(f"Moving these modules to disk writes {format_bytes(need)}, but only "
+                              f"{format_bytes(free)} is free in {folder or tempfile.gettempdir()}.",
+                              hint="Free space there, or pass another offload folder, or keep more on cpu.")
+
+    def run(self, folder: Optional[str]) -> None:
+        import torch
+        from accelerate.hooks import remove_hook_from_submodules
+        from accelerate.utils import retie_parameters
+
+        remove_hook_from_submodules(self.model)  # cpu-offloaded weights come back to cpu here
+        tensors = {n: t for n, t, _ in _tensors(self.model)}
+        for name, is_param, target in self.plan:
+            tensor, info = tensors[name], self.on_disk.get(name)
+            nbytes = tensor.numel() * tensor.element_size()
+            if target == "disk":
+                if info is not None:
+                    self.index[name] = info  # already on disk: read in place, as before
+                    continue
+                self._count(device_name(tensor.device), "disk", nbytes)
+                _write(self.model, name, tensor, folder, self.index)
+                self.done.append((name, tensor.device))
+                self.written += nbytes
+                continue
+            here = torch.device("cuda", target) if isinstance(target, int) else torch.device(target)
+            if info is not None:
+                _set(self.model, name, here, _read(info, here))
+                self.done.append((name, "disk"))
+                self.read += nbytes
+                self._count("disk", device_name(here), nbytes)
+            elif tensor.device.type == "meta":
+                raise LoadError(f"{name} is on the meta device and no offload hook says where its data is.",
+                                hint="Reload the model; it cannot be re-dispatched.")
+            elif tensor.device != here:
+                self.done.append((name, tensor.device))
+                self._count(device_name(tensor.device), device_name(here), nbytes)
+                _set(self.model, name, here)
+        del tensors
+        retie_parameters(self.model, self.tied)
+        _drop_stale_files(folder, self.on_disk, self.index)
+        self._dispatch(self.new_map, self.index, folder)
+
+    def put_back(self) -> None:
+        """Undo the tensors moved so far and attach the old hooks again."""
+        from accelerate.hooks import remove_hook_from_submodules
+        from accelerate.utils import retie_parameters
+
+        remove_hook_from_submodules(self.model)
+        for name, was in reversed(self.done):
+            if was == "disk":
+                _set(self.model, name, "meta")
+            elif name in self.index and name not in self.on_disk:
+                _set(self.model, name, was, _read(self.index[name], was))
+                Path(self.index[name]["safetensors_file"]).unlink(missing_ok=True)
+            else:
+                _set(self.model, name, was)
+        retie_parameters(self.model, self.tied)
+        old_index = {n: info for n, info in self.on_disk.items()}
+        folder = next((os.path.dirname(i.get("safetensors_file") or i.get("dat_file")) for i in old_index.values()), None)
+        self._dispatch(self.old_map, old_index, folder)
+
+    def _dispatch(self, device_map: dict, index: dict, folder: Optional[str]) -> None:
+        from accelerate import dispatch_model
+
+        with quiet_loggers("accelerate.big_modeling", "accelerate.utils.modeling"):
+            dispatch_model(self.model, device_map, main_device=self.main if device_map is self.new_map else None,
+                           offload_dir=folder if index else None, offload_index=index or None,
+                           skip_keys=getattr(self.model, "_skip_keys_device_placement", None))
+
+    def _count(self, source: str, target: str, nbytes: int) -> None:
+        self.moves[(source, target)] = self.moves.get((source, target), 0) + nbytes
+
+
+def _tensors(model: Any) -> list[tuple[str, Any, bool]]:
+    """(name, tensor, is parameter) for every parameter (tied ones once) and buffer."""
+    found = [(n, t, True) for n, t in model.named_parameters()]
+    return found + [(n, t, False) for n, t in model.named_buffers() if t is not None]
+
+
+def _device_of(model: Any) -> Device:
+    first = next((t for _, t, _ in _tensors(model)), None)
+    return parse_device(first.device) if first is not None else "cpu"
+
+
+def _owner(name: str, keys: list[str]) -> str:
+    """The most specific map key that is ``name`` or holds it (``keys`` sorted most specific first)."""
+    return next(k for k in keys if k == "" or name == k or name.startswith(k + "."))
+
+
+def _disk_sources(model: Any) -> dict[str, dict]:
+    """Index entries of the tensors an offload hook reads from disk (meta tensors), by full name."""
+    found: dict[str, dict] = {}
+    for mod_name, module in model.named_modules():
+        for hook in _offload_hooks(module):
+            store, prefix = _unwrap(hook.weights_map, "")
+            index = getattr(store, "index", None) or {}
+            state = getattr(store, "state_dict", None) or {}
+            for local, tensor in [*module.named_parameters(), *module.named_buffers()]:
+                key = prefix + local
+                full = f"{mod_name}.{local}" if mod_name else local
+                if tensor is not None and tensor.device.type == "meta" and key in index and key not in state:
+                    found[full] = _absolute(index[key], key, getattr(store, "save_folder", None))
+    return found
+
+
+def _absolute(info: dict, key: str, folder: Optional[str]) -> dict:
+    """An index entry that names its file by absolute path (accelerate's ``.dat`` entries don't)."""
+    if info.get("safetensors_file"):
+        return dict(info)
+    return dict(info, dat_file=os.path.join(folder or "", f"{key}.dat"))
+
+
+def _read(info: dict, device) -> Any:
+    """One offloaded tensor, read from its file onto ``device`` (only its own bytes)."""
+    import torch
+
+    if info.get("safetensors_file"):
+        from safetensors import safe_open
+
+        with safe_open(info["safetensors_file"], framework="pt", device="cpu") as f:
+            tensor = f.get_tensor(info.get("weight_name"))
+        if info.get("dtype"):
+            tensor = tensor.to(getattr(torch, info["dtype"]))
+    else:
+        from accelerate.utils import load_offloaded_weight
+
+        tensor = load_offloaded_weight(info["dat_file"], info)
+    return tensor.to(device)
+
+
+def _write(model: Any, name: str, tensor: Any, folder: str, index: dict) -> None:
+    """Write ``tensor`` to ``folder`` as transformers writes offloaded weights; leave a meta tensor."""
+    from transformers.integrations.accelerate import offload_weight
+
+    offload_weight(tensor.detach().to("cpu").contiguous(), name, os.path.abspath(folder), index)
+    _set(model, name, "meta")
+
+
+def _set(model: Any, name: str, device, value: Any = None) -> None:
+    from accelerate.utils import set_module_tensor_to_device
+
+    set_module_tensor_to_device(model, name, device, value=value)
+
+
+def _drop_stale_files(folder: Optional[str], before: Mapping[str, dict], after: Mapping[str, dict]) -> None:
+    """Remove the per-tensor files this folder holds for tensors that left the disk (checkpoints are never touched)."""
+    if folder is None:
+        return
+    kept = {info.get("safetensors_file") for info in after.values()}
+    for name, info in before.items():
+        path = info.get("safetensors_file") or ""
+        if name not in after and path not in kept and os.path.dirname(path) == os.path.abspath(folder) \
+                and os.path.basename(path) == f"{name}.safetensors":
+            try:
+                os.unlink(path)
+            except OSError:
+                pass

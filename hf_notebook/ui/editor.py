@@ -1,0 +1,295 @@
+"""The device-map editor: rows with device selectors, live totals, Apply / Undo / Reset / Export.
+
+Only draws and forwards: the draft map, its checks and totals are a core
+:class:`~hf_notebook.core.editing.MapEditor`; Apply is ``core.api.apply_device_map`` (in-place
+re-dispatch for a loaded model, the plan's map for a plan). Rows are the draft's placement
+groups: consecutive numbered layers on one device collapse into a range
+(``model.layers.0-39``) whose selector moves the whole range and which expands to one row per
+layer. Standard ipywidgets only. Beside the live widget the editor keeps a static record
+output (display id), updated on Apply and Export, so a saved notebook shows the result.
+"""
+
+from __future__ import annotations
+
+import time
+from html import escape
+from pathlib import Path
+from typing import Any, Optional
+
+import ipywidgets as W
+
+from hf_notebook.core.errors import HfNotebookError
+from hf_notebook.core.units import device_name, format_bytes
+from hf_notebook.ui import words
+
+_MUTED = "color:var(--jp-ui-font-color2,#666)"
+_DANGER = "color:#b71c1c"
+_OK = "color:#2e7d32"
+_MONO = "font-family:var(--jp-code-font-family,monospace)"
+
+
+def _set(widget: Any, **traits: Any) -> None:
+    for key, value in traits.items():
+        if getattr(widget, key) != value:
+            setattr(widget, key, value)
+
+
+class _Row:
+    """One group: [toggle] name  bytes  [device ▾]; a range expands to one row per member."""
+
+    def __init__(self, editor: "DeviceMapEditor", members: tuple[str, ...], label: str, nested: bool = False):
+        self.editor, self.members, self.label = editor, members, label
+        self.select = W.Dropdown(options=editor.options, layout=W.Layout(width="11em"),
+                                 description_allow_html=False)
+        self.select.observe(self._picked, names="value")
+        self.name = W.HTML(layout=W.Layout(flex="1 1 auto", min_width="10em"))
+        self.size = W.HTML(layout=W.Layout(width="7em"))
+        self.toggle: Optional[W.Button] = None
+        self.children: list[_Row] = []
+        self.box = W.VBox(layout=W.Layout(display="none", margin="0 0 0 28px"))
+        lead: Any = W.HTML(layout=W.Layout(width="28px", min_width="28px"))
+        if len(members) > 1 and not nested:
+            self.toggle = lead = W.Button(icon="caret-right", tooltip=f"one row per module ({len(members)})",
+                                          layout=W.Layout(width="28px", min_width="28px", padding="0"))
+            self.toggle.on_click(lambda _: self.expand(self.box.layout.display == "none"))
+        self.widget = W.VBox([W.HBox([lead, self.name, self.size, self.select],
+                                     layout=W.Layout(flex_flow="row wrap", align_items="center")), self.box])
+
+    def show(self, device: Any, nbytes: int) -> None:
+        count = f" <span style='{_MUTED}'>({len(self.members)} modules)</span>" if len(self.members) > 1 else ""
+        _set(self.name, value=f"<code style='{_MONO};white-space:normal;word-break:break-all'>"
+                              f"{escape(self.label)}</code>{count}")
+        _set(self.size, value=f"<span style='{_MONO}'>{escape(format_bytes(nbytes))}</span>")
+        with self.editor.quiet():
+            _set(self.select, value=device_name(device))
+        for child in self.children:
+            child.show(self.editor.draft.device_of(child.members[0]), self.editor.bytes_of(child.members))
+
+    def expand(self, show: bool = True) -> None:
+        if show and not self.children:
+            self.children = [_Row(self.editor, (m,), m, nested=True) for m in self.members]
+            for child in self.children:
+                child.show(self.editor.draft.device_of(m := child.members[0]), self.editor.bytes_of((m,)))
+            self.box.children = tuple(c.widget for c in self.children)
+        _set(self.box.layout, display="flex" if show else "none")
+        if self.toggle is not None:
+            _set(self.toggle, icon="caret-down" if show else "caret-right")
+
+    def _picked(self, change: dict) -> None:
+        if not self.editor.syncing:
+            self.editor.move([(m, change["new"]) for m in self.members])
+
+
+class DeviceMapEditor:
+    """Edit the device map of a loaded model (``LoadResult``) or of a ``Plan``; see the module docstring."""
+
+    def __init__(self, target: Any, *, name: Optional[str] = None, export_path: str = "device_map.json"):
+        from hf_notebook.core.api import LoadResult, device_map_editor
+
+        self.target = target
+        self.loaded = isinstance(target, LoadResult)
+        self.name = name or getattr(target, "name", None) or ("model" if self.loaded else "plan")
+        self.draft = device_map_editor(target)
+        self.options = [(words.device_title(d), d) for d in self.draft.devices]
+        self.syncing = False
+        self.rows: dict[tuple[str, ...], _Row] = {}
+        self.record_handle = None
+        self.last_note = ""
+
+        self.title = W.HTML(f"<b>Device map</b> · {escape(self._subject())}")
+        self.rows_box = W.VBox(layout=W.Layout(max_height="32em", overflow_y="auto"))
+        self.range_text = W.Text(placeholder="model.layers.20-39", description="Move",
+                                 layout=W.Layout(flex="1 1 14em", min_width="10em"))
+        self.range_device = W.Dropdown(options=self.options, value=self.options[-1][1], description="to",
+                                       layout=W.Layout(width="14em"))
+        self.range_button = W.Button(description="Move", tooltip="move these modules to that device")
+        self.range_button.on_click(lambda _: self.move_range(self.range_text.value, self.range_device.value))
+        self.totals = W.HTML()
+        self.status = W.HTML()
+        self.apply_button = W.Button(description="Apply", button_style="primary", icon="check")
+        self.undo_button = W.Button(description="Undo", icon="undo")
+        self.reset_choice = W.Dropdown(options=list(self.draft.strategies), value="auto",
+                                       layout=W.Layout(width="9em",
+                                                       display="flex" if len(self.draft.strategies) > 1 else "none"))
+        self.reset_button = W.Button(description="Reset", icon="refresh", tooltip="back to the automatic plan")
+        self.export_path = W.Text(value=export_path, layout=W.Layout(flex="1 1 12em", min_width="8em"))
+        self.export_button = W.Button(description="Export", icon="download",
+                                      tooltip="write the map as JSON and show the %load_model line that uses it")
+        self.export_line = W.HTML()
+        self.apply_button.on_click(lambda _: self.apply())
+        self.undo_button.on_click(lambda _: self.undo())
+        self.reset_button.on_click(lambda _: self.reset(self.reset_choice.value))
+        self.export_button.on_click(lambda _: self.export(self.export_path.value))
+        self.widget = W.VBox([
+            self.title, self.rows_box,
+            W.HBox([self.range_text, self.range_device, self.range_button], layout=W.Layout(flex_flow="row wrap")),
+            self.totals,
+            W.HBox([self.apply_button, self.undo_button, self.reset_choice, self.reset_button, self.status],
+                   layout=W.Layout(flex_flow="row wrap", align_items="center")),
+            W.HBox([self.export_path, self.export_button], layout=W.Layout(flex_flow="row wrap")),
+            self.export_line,
+        ], layout=W.Layout(border="1px solid var(--jp-border-color2,#ccc)", padding="6px", max_width="100%"))
+        self.refresh()
+
+    # -- what the buttons do (callable from Python: tests and scripts drive these) --------
+    def move(self, edits: list[tuple[str, Any]]) -> bool:
+        """Assign ``(modules, device)`` pairs as one step; a refused edit shows its reason and changes nothing."""
+        try:
+            change = self.draft.assign(edits)
+        except HfNotebookError as exc:
+            self.last_note = f"<span style='{_DANGER}'>{escape(exc.message)}</span>"
+            self.refresh()
+            return False
+        self.last_note = "".join(
+            f"<span style='{_MUTED}'>{escape(f)} follows {escape(lead)} (tied weights).</span> "
+            for f, lead in change.followed.items())
+        self.refresh()
+        return True
+
+    def move_range(self, modules: str, device: Any) -> bool:
+        return self.move([(modules.strip(), device)])
+
+    def undo(self) -> None:
+        self.last_note = "" if self.draft.undo() else f"<span style='{_MUTED}'>Nothing to undo.</span>"
+        self.refresh()
+
+    def reset(self, strategy: str = "auto") -> None:
+        try:
+            self.draft.reset(strategy)
+            self.last_note = ""
+        except HfNotebookError as exc:
+            self.last_note = f"<span style='{_DANGER}'>{escape(exc.message)}</span>"
+        self.refresh()
+
+    def apply(self) -> bool:
+        """Re-dispatch the model (or update the plan) to the draft; returns whether it was applied."""
+        from hf_notebook.core.api import apply_device_map, device_map_editor
+
+        if self.draft.problems():
+            self.refresh()
+            return False
+        self.last_note = f"<span style='{_MUTED}'>applying…</span>"
+        _set(self.apply_button, disabled=True)
+        _set(self.status, value=self.last_note)
+        try:
+            moved = apply_device_map(self.target, self.draft.map)
+        except HfNotebookError as exc:
+            self.last_note = f"<span style='{_DANGER}'>Not applied: {escape(exc.message)}</span>"
+            self.refresh()
+            return False
+        self.draft = device_map_editor(self.target)  # the applied map is the new starting point
+        self.last_note = f"<span style='{_OK}'>✓ {escape(words.applied_text(moved))}</span>"
+        self.refresh()
+        self.update_record()
+        return True
+
+    def export(self, path: str) -> Optional[str]:
+        """Write the draft map as JSON; show (and return) the ``%load_model`` line that loads it."""
+        try:
+            target = Path(path).expanduser()
+            self.draft.to_json(target)
+        except OSError as exc:
+            self.last_note = f"<span style='{_DANGER}'>Cannot write {escape(path)}: {escape(exc.strerror or '')}</span>"
+            self.refresh()
+            return None
+        line = words.map_load_line(self.target, f"@{path}", name=self.name)
+        if self.loaded and not self.draft.changed:
+            self.target.map_file = path
+        _set(self.export_line, value=f"<div style='{_MUTED}'>wrote {escape(str(target))}; load it with:</div>"
+                                     f"<pre style='margin:0;white-space:pre-wrap;{_MONO}'>{escape(line)}</pre>")
+        self.update_record()
+        return line
+
+    # -- drawing -----------------------------------------------------------------------------
+    def refresh(self) -> None:
+        """Sync rows, totals and the Apply state from the draft."""
+        t0 = time.perf_counter()
+        groups = self.draft.placement().groups
+        rows = {}
+        for group in groups:
+            row = self.rows.get(group.members) or _Row(self, group.members, group.label)
+            rows[group.members] = row
+            row.show(group.device, group.nbytes)
+        if list(rows) != list(self.rows):
+            self.rows_box.children = tuple(r.widget for r in rows.values())
+        self.rows = rows
+        problems = self.draft.problems()
+        _set(self.totals, value=self._totals_html({p.device for p in problems}))
+        reason = "; ".join(words.problem_text(p) for p in problems)
+        _set(self.apply_button, disabled=bool(problems) or not self.draft.changed)
+        _set(self.undo_button, disabled=not self.draft.history)
+        status = f"<span style='{_DANGER}'>{escape(reason)}</span>" if reason else self.last_note
+        if not reason and not self.draft.changed and not self.last_note:
+            status = f"<span style='{_MUTED}'>no changes yet</span>"
+        _set(self.status, value=status)
+        self.seconds = time.perf_counter() - t0
+
+    def _totals_html(self, over: set) -> str:
+        cells = []
+        for device, nbytes in self.draft.totals().items():
+            budget = self.draft.budget.get(device)
+            amount = format_bytes(nbytes) + (f" of {format_bytes(budget)}" if budget is not None else "")
+            style = _DANGER + ";font-weight:bold" if device in over else ""
+            cells.append(f"<span style='margin-right:1.5em;display:inline-block'>{escape(words.device_title(device))}:"
+                         f" <span style='{style}'>{escape(amount)}</span></span>")
+        return f"<div style='margin:4px 0'>{''.join(cells)}</div>"
+
+    def _subject(self) -> str:
+        if self.loaded:
+            pin = self.target.pin
+            return f"{self.name} = {words.pinned_name(pin.repo_id, pin.sha)} (loaded: Apply moves it in place)"
+        return f"plan for {self.target.source or self.target.model_class} (Apply updates the plan)"
+
+    def bytes_of(self, members: tuple[str, ...]) -> int:
+        return sum(self.draft.structure.bytes.get(m, 0) for m in members)
+
+    def quiet(self):
+        editor = self
+
+        class _Quiet:
+            def __enter__(self):
+                editor.syncing = True
+
+            def __exit__(self, *exc):
+                editor.syncing = False
+
+        return _Quiet()
+
+    # -- output ------------------------------------------------------------------------------
+    def record(self):
+        """The static record of the target as it is now (a load record or a plan record)."""
+        from hf_notebook.ui.record import load_record, plan_record
+
+        return load_record(self.target) if self.loaded else plan_record(self.target)
+
+    def display(self) -> None:
+        """Show the live editor and, beside it, the static record that Apply and Export update."""
+        from IPython.display import display
+
+        display(self.widget)
+        self.record_handle = display(self.record(), display_id=True)
+
+    def update_record(self) -> None:
+        if self.record_handle is not None:
+            self.record_handle.update(self.record())
+
+    def to_text(self) -> str:
+        """The draft as text: one line per group, totals per device, what blocks Apply."""
+        groups = self.draft.placement().groups
+        width = max((len(g.label) for g in groups), default=0)
+        lines = [f"Device map · {self._subject()}"]
+        lines += [f"  {g.label.ljust(width)}  {format_bytes(g.nbytes):>9}  {g.device}" for g in groups]
+        lines.append("  " + " · ".join(f"{d}: {format_bytes(n)}" + (f" of {format_bytes(self.draft.budget[d])}"
+                                                                    if d in self.draft.budget else "")
+                                       for d, n in self.draft.totals().items()))
+        lines += [f"  cannot apply: {words.problem_text(p)}" for p in self.draft.problems()]
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return self.to_text()
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> dict:
+        bundle = dict(self.widget._repr_mimebundle_(**kwargs) or {})
+        bundle["text/plain"] = self.to_text()
+        return bundle
+
