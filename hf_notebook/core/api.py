@@ -277,8 +277,15 @@ def apply_device_map(target: "LoadResult | Plan", device_map: dict):
     from .placement import measure_placement
     from .redispatch import redispatch
 
+    folder = target.offload_folder or target.options.offload_folder
     try:
-        moved = redispatch(target.model, device_map, offload_folder=target.offload_folder or target.options.offload_folder)
+        moved = redispatch(target.model, device_map, offload_folder=folder)
+    except OSError as exc:
+        if exc.errno != errno.ENOSPC:
+            _raise_ours(exc, "re-dispatch")
+        raise LoadError(f"The disk ran out of space while writing weights to {folder or 'the offload folder'}; "
+                        "every weight is back where it was.",
+                        hint="Free space there, or keep more on cpu.") from None
     except BaseException as exc:
         _raise_ours(exc, "re-dispatch")
     if moved.made_folder:

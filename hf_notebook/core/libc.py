@@ -32,6 +32,38 @@ def dontneed(address: int, length: int) -> None:
         libc.madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), _MADV_DONTNEED)
 
 
+def drop_clean_file_pages(address: int, length: int) -> int:
+    """Give back the pages of ``[address, address + length)`` that are unmodified pages of a file
+    mapping (a memory-mapped checkpoint); return how many bytes were dropped.
+
+    Such a page is read again from the file if touched, so dropping it is always safe, whoever
+    still refers to it. Pages written since mapping (copy-on-write copies: a weight changed in
+    place) and anonymous memory are kept: ``/proc/self/pagemap`` tells them apart (bit 61, file
+    page; bit 63, present).
+    """
+    libc = _libc()
+    if libc is None or length <= 0:
+        return 0
+    import numpy as np
+
+    page = mmap.PAGESIZE
+    first, last = address // page, -(-(address + length) // page)
+    try:
+        with open("/proc/self/pagemap", "rb") as f:
+            f.seek(first * 8)
+            entries = np.frombuffer(f.read((last - first) * 8), dtype=np.uint64)
+    except OSError:
+        return 0
+    clean = ((entries >> np.uint64(61)) & np.uint64(1)).astype(bool) & ((entries >> np.uint64(63)) & np.uint64(1)).astype(bool)
+    dropped = 0
+    edges = np.flatnonzero(np.diff(np.concatenate(([0], clean.astype(np.int8), [0]))))
+    for start, stop in zip(edges[::2], edges[1::2]):  # runs of clean file pages
+        libc.madvise(ctypes.c_void_p((first + int(start)) * page), ctypes.c_size_t(int(stop - start) * page),
+                     _MADV_DONTNEED)
+        dropped += int(stop - start) * page
+    return dropped
+
+
 def pin_mmap_threshold() -> None:
     """Pin glibc's mmap threshold at its 128 KiB default (idempotent).
 

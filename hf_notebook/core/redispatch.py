@@ -71,8 +71,7 @@ def redispatch(model: Any, device_map: Mapping[str, Any], *, offload_folder: Opt
         if made:
             shutil.rmtree(offload_folder, ignore_errors=True)
         raise
-    gc.collect()
-    libc.malloc_trim()
+    move.release()
     return Moved(move.moves, move.written, move.read, time.perf_counter() - t0, offload_folder, made)
 
 
@@ -80,23 +79,24 @@ class _Move:
     """One re-dispatch: the tensors, where each is and goes, and how to put everything back."""
 
     def __init__(self, model: Any, device_map: Mapping[str, Any], main_device: Optional[Device]):
-        from accelerate.utils import find_tied_parameters
-
         self.model = model
         self.new_map = {str(k): parse_device(v) for k, v in device_map.items()}
         self.old_map = dict(getattr(model, "hf_device_map", None) or {"": _device_of(model)})
         gpus = sorted(d for d in set(self.new_map.values()) if isinstance(d, int))
         self.main = main_device if main_device is not None else (gpus[0] if gpus else "cpu")
-        self.tied = find_tied_parameters(model)
+        self.tied = _ties(model)  # tied parameter -> the parameter it shares (moved once, then re-tied)
         self.on_disk = _disk_sources(model)  # tensor name -> index entry, read while the hooks are on
         keys = sorted(self.new_map, key=lambda k: (k.count(".") + bool(k), len(k)), reverse=True)
         self.plan = []  # (name, is_param, target device or "disk")
         for name, tensor, is_param in _tensors(model):
+            if name in self.tied:
+                continue
             target = self.new_map[_owner(name, keys)]
             self.plan.append((name, is_param, target if target != "disk" or is_param else self.main))
         self.moves: dict[tuple[str, str], int] = {}
         self.index: dict[str, dict] = {}  # the new disk index
         self.done: list[tuple[str, Any]] = []  # (name, device it was on) for each tensor moved so far
+        self.left_cpu: list[tuple[int, int]] = []  # (address, bytes) of cpu tensors moved away
         self.written = self.read = 0
 
     @property
@@ -124,7 +124,6 @@ class _Move:
     def run(self, folder: Optional[str]) -> None:
         import torch
         from accelerate.hooks import remove_hook_from_submodules
-        from accelerate.utils import retie_parameters
 
         remove_hook_from_submodules(self.model)  # cpu-offloaded weights come back to cpu here
         tensors = {n: t for n, t, _ in _tensors(self.model)}
@@ -136,6 +135,7 @@ class _Move:
                     self.index[name] = info  # already on disk: read in place, as before
                     continue
                 self._count(device_name(tensor.device), "disk", nbytes)
+                self._leaving(tensor)
                 _write(self.model, name, tensor, folder, self.index)
                 self.done.append((name, tensor.device))
                 self.written += nbytes
@@ -152,16 +152,17 @@ class _Move:
             elif tensor.device != here:
                 self.done.append((name, tensor.device))
                 self._count(device_name(tensor.device), device_name(here), nbytes)
+                self._leaving(tensor)
                 _set(self.model, name, here)
         del tensors
-        retie_parameters(self.model, self.tied)
+        _retie(self.model, self.tied)
+        self.index.update({t: self.index[s] for t, s in self.tied.items() if s in self.index})
         _drop_stale_files(folder, self.on_disk, self.index)
         self._dispatch(self.new_map, self.index, folder)
 
     def put_back(self) -> None:
         """Undo the tensors moved so far and attach the old hooks again."""
         from accelerate.hooks import remove_hook_from_submodules
-        from accelerate.utils import retie_parameters
 
         remove_hook_from_submodules(self.model)
         for name, was in reversed(self.done):
@@ -172,7 +173,7 @@ class _Move:
                 Path(self.index[name]["safetensors_file"]).unlink(missing_ok=True)
             else:
                 _set(self.model, name, was)
-        retie_parameters(self.model, self.tied)
+        _retie(self.model, self.tied)
         old_index = {n: info for n, info in self.on_disk.items()}
         folder = next((os.path.dirname(i.get("safetensors_file") or i.get("dat_file")) for i in old_index.values()), None)
         self._dispatch(self.old_map, old_index, folder)
@@ -184,6 +185,19 @@ class _Move:
             dispatch_model(self.model, device_map, main_device=self.main if device_map is self.new_map else None,
                            offload_dir=folder if index else None, offload_index=index or None,
                            skip_keys=getattr(self.model, "_skip_keys_device_placement", None))
+        _retie(self.model, self.tied)  # offload hooks replace parameters: share them again, as a load leaves them
+
+    def _leaving(self, tensor: Any) -> None:
+        if tensor.device.type == "cpu":
+            self.left_cpu.append((tensor.data_ptr(), tensor.numel() * tensor.element_size()))
+
+    def release(self) -> None:
+        """Give the memory of tensors that left the cpu back to the system. Tensors a load mapped from
+        the checkpoint stay mapped while any tensor of their shard lives: drop their clean pages."""
+        gc.collect()
+        libc.malloc_trim()
+        for address, nbytes in self.left_cpu:
+            libc.drop_clean_file_pages(address, nbytes)
 
     def _count(self, source: str, target: str, nbytes: int) -> None:
         self.moves[(source, target)] = self.moves.get((source, target), 0) + nbytes
@@ -193,6 +207,25 @@ def _tensors(model: Any) -> list[tuple[str, Any, bool]]:
     """(name, tensor, is parameter) for every parameter (tied ones once) and buffer."""
     found = [(n, t, True) for n, t in model.named_parameters()]
     return found + [(n, t, False) for n, t in model.named_buffers() if t is not None]
+
+
+def _ties(model: Any) -> dict[str, str]:
+    """Tied parameter -> the parameter it shares: the model's declared ties and any other shared ones."""
+    from accelerate.utils import find_tied_parameters
+
+    ties = dict(getattr(model, "all_tied_weights_keys", None) or {})
+    for group in find_tied_parameters(model):
+        source = next((n for n in group if n not in ties), group[0])
+        ties.update({n: source for n in group if n != source and n not in ties})
+    params = dict(model.named_parameters(remove_duplicate=False))
+    return {t: s for t, s in ties.items() if t in params and s in params}
+
+
+def _retie(model: Any, ties: Mapping[str, str]) -> None:
+    """Make each tied parameter the very object of its source again."""
+    for target, source in ties.items():
+        owner, _, attr = target.rpartition(".")
+        setattr(model.get_submodule(owner), attr, model.get_parameter(source))
 
 
 def _device_of(model: Any) -> Device:
