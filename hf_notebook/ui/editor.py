@@ -97,7 +97,7 @@ class DeviceMapEditor:
         self.last_note = ""
 
         self.title = W.HTML(f"<b>Device map</b> · {escape(self._subject())}")
-        self.rows_box = W.VBox(layout=W.Layout(max_height="32em", overflow_y="auto"))
+        self.rows_box = W.VBox(layout=W.Layout(max_height="32em", overflow="auto"))
         self.range_text = W.Text(placeholder="model.layers.20-39", description="Move",
                                  layout=W.Layout(flex="1 1 14em", min_width="10em"))
         self.range_device = W.Dropdown(options=self.options, value=self.options[-1][1], description="to",

@@ -1,0 +1,78 @@
+"""The device-map editor in a real JupyterLab: pick disk in one row's selector, Apply, and the model really moves.
+
+The widget only forwards to the core; this checks the part unit tests cannot: that the rendered ``<select>``
+reaches the kernel, that Apply re-dispatches the loaded model there, and that the static record beside the
+widget (updated through its display id) shows the new placement in the page.
+"""
+
+import re
+
+import pytest
+
+expect = pytest.importorskip("playwright.sync_api", reason="the playwright Python package is not installed").expect
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+RECORD = ".hf-notebook-record"
+EDITOR_CELL = "%edit_device_map model"
+MODULE = "lm_head"  # its own row (not part of a range, not tied to the embeddings in tiny/llama)
+SOURCES = ["%load_ext hf_notebook", "%load_model tiny/llama --device-map cpu --as model", EDITOR_CELL]
+
+
+def run_new_cell(notebook, source: str):
+    """Add a code cell at the end, run it (as Shift+Enter does) and return it once it has run."""
+    ok = notebook.page.evaluate("""async source => {
+        const app = window.jupyterapp, notebook = app.shell.currentWidget.content;
+        notebook.activeCellIndex = notebook.widgets.length - 1;
+        await app.commands.execute('notebook:insert-cell-below');
+        notebook.activeCell.model.sharedModel.setSource(source);
+        return await app.commands.execute('notebook:run-cell');
+    }""", source)
+    assert ok is True, f"the new cell failed: {source!r}"
+    return notebook.code_cell(source)
+
+
+def test_editor_apply_moves_a_module_to_disk(notebook, artifacts):
+    page = notebook.page
+    notebook.open(notebook.write("editor_apply.ipynb", SOURCES))
+    try:
+        notebook.run_all()
+        cell = notebook.code_cell(EDITOR_CELL)
+        editor = cell.locator(".jp-OutputArea .jupyter-widgets").first
+        record = cell.locator(f".jp-OutputArea {RECORD}")
+        expect(editor).to_contain_text("Device map")
+        expect(cell).not_to_contain_text("Error displaying widget")
+        expect(record).to_have_count(1)
+        expect(record).to_contain_text("CPU RAM (cpu)")
+        expect(record).not_to_contain_text("disk")  # loaded with --device-map cpu: nothing offloaded yet
+
+        # The row is an HBox holding the module's name (in a <code>) and its device <select>.
+        row = editor.locator(".widget-hbox").filter(
+            has=page.locator("code", has_text=re.compile(rf"^{re.escape(MODULE)}$")))
+        expect(row).to_have_count(1)
+        select = row.locator("select")
+        disk = next(label for label in select.locator("option").all_inner_texts() if "disk" in label)
+        select.select_option(label=disk)
+
+        apply = editor.get_by_role("button", name="Apply")
+        expect(apply).to_be_enabled()
+        apply.click()
+        expect(editor).to_contain_text("Re-dispatched in place", timeout=30_000)
+        expect(apply).to_be_disabled()  # the applied map is the editor's new starting point
+        expect(select).to_have_value(re.compile(r"^disk"))
+
+        # The static record beside the widget was updated to the new placement.
+        expect(record).to_have_count(1)
+        placed = record.locator("tr").filter(has=page.locator("code", has_text=re.compile(rf"^{re.escape(MODULE)}$")))
+        expect(placed.locator("td").nth(1)).to_have_text("disk")  # module | device | bytes
+        expect(record).to_contain_text("disk (offload)")
+        expect(record).to_contain_text("re-dispatched")
+
+        # And the model itself moved: ask the kernel.
+        printed = run_new_cell(notebook, "print(model.hf_device_map)").locator(".jp-OutputArea-output")
+        expect(printed).to_contain_text(f"'{MODULE}': 'disk'")
+        expect(printed).to_contain_text("'model.embed_tokens': 'cpu'")
+        expect(page.get_by_text("Error displaying widget")).to_have_count(0)
+    finally:
+        notebook.code_cell(EDITOR_CELL).scroll_into_view_if_needed()
+        page.screenshot(path=artifacts / "editor-applied.png")

@@ -1,0 +1,109 @@
+"""``%edit_device_map``: the non-interactive form (--set, --export), plans, and bad input that
+changes nothing."""
+
+import json
+
+import pytest
+import torch
+from IPython.core.error import UsageError
+
+IDS = torch.tensor([[2, 7, 1, 8, 2, 8]])
+
+
+def out(model):
+    with torch.no_grad():
+        return model(IDS).logits
+
+
+@pytest.fixture
+def m(shell, tiny_hub, hf_cache, capsys):
+    shell.run_line_magic("load_model", "tiny/llama --device-map cpu --as m")
+    capsys.readouterr()
+    return shell.user_ns["m"]
+
+
+def test_set_moves_layers_in_place_and_prints_the_new_map(shell, m, loaded, capsys):
+    before = out(m)
+    shell.run_line_magic("edit_device_map", "m --set model.layers.0-1=disk --set lm_head=disk")
+    text = capsys.readouterr().out
+    assert "Re-dispatched in place" in text and "cpu → disk" in text
+    assert "model.layers.0-1  (2 modules)  disk" in text  # the record, with the new map
+    assert shell.user_ns["m"] is m and m.hf_device_map["model.layers.1"] == "disk" and m.hf_device_map["lm_head"] == "disk"
+    assert torch.equal(out(m), before)
+    shell.run_line_magic("models", "m")
+    assert "re-dispatched" in capsys.readouterr().out
+    assert loaded.get("m").placement.bytes_by_device["disk"] > 0
+
+
+@pytest.mark.parametrize("sets, words", [
+    ("--set model.layers.9=disk", "no module 'model.layers.9'"),
+    ("--set model.layers.0-5=disk", "out of range"),
+    ("--set model.layers.0.mlp=disk", "must stay whole"),
+    ("--set lm_head=cuda:0", "not a device on offer"),
+    ("--set lm_head", "Cannot read --set"),
+    ("--set lm_head=disk --set lm_head=cpu", "both"),
+])
+def test_bad_sets_change_nothing(shell, m, loaded, sets, words):
+    before_map, before_placement = dict(m.hf_device_map), loaded.get("m").placement
+    with pytest.raises(UsageError, match=words):
+        shell.run_line_magic("edit_device_map", f"m {sets} --set model.norm=disk")
+    assert m.hf_device_map == before_map and loaded.get("m").placement is before_placement
+    assert not loaded.get("m").edits
+
+
+def test_over_budget_is_refused_with_the_numbers(shell, tiny_hub, hf_cache, loaded):
+    shell.run_line_magic("load_model", "tiny/llama --max-memory cpu=300KB --as m")
+    m = shell.user_ns["m"]
+    before = dict(m.hf_device_map)
+    with pytest.raises(UsageError, match="cpu would hold 427.3 kB, 127.3 kB over its budget of 300.0 kB"):
+        shell.run_line_magic("edit_device_map", "m --set model=cpu --set lm_head=cpu")
+    assert m.hf_device_map == before
+
+
+def test_export_writes_the_map_and_puts_the_load_line_in_the_next_cell(shell, m, tmp_path, capsys):
+    path = tmp_path / "map.json"
+    shell.run_line_magic("edit_device_map", f"m --set model.layers.1=disk --export {path}")
+    written = json.loads(path.read_text())
+    assert written == m.hf_device_map and written["model.layers.1"] == "disk"
+    line = shell.rl_next_input  # what set_next_input queued (a new cell below, in Jupyter)
+    assert line.startswith("%load_model tiny/llama@") and f"--device-map @{path}" in line
+    assert f"Wrote {path}" in capsys.readouterr().out
+    shell.run_line_magic("load_model", line[len("%load_model "):].replace("--as m", "--as again"))
+    assert shell.user_ns["again"].hf_device_map == m.hf_device_map
+
+
+def test_an_edited_plan_is_what_the_next_load_of_it_uses(shell, tiny_hub, hf_cache, capsys):
+    shell.run_line_magic("plan_model", "tiny/llama --max-memory cpu=300KB --as p")
+    plan = shell.user_ns["p"]
+    assert plan.device_map["model.layers"] == "disk"
+    shell.run_line_magic("edit_device_map", "p --set model.layers.0=cpu")
+    assert "edited by hand" in capsys.readouterr().out
+    assert shell.user_ns["p"] is plan and plan.device_map["model.layers.0"] == "cpu"
+    shell.run_line_magic("load_model", "p --as m")
+    assert shell.user_ns["m"].hf_device_map == plan.device_map
+
+
+def test_without_set_a_terminal_gets_the_text_form(shell, m, capsys):
+    shell.run_line_magic("edit_device_map", "m")
+    text = capsys.readouterr().out
+    assert "Device map · m = tiny/llama@" in text and "model.layers.0-1" in text
+    assert "%edit_device_map m --set MODULES=DEVICE" in text
+
+
+def test_unknown_names(shell, tiny_hub, hf_cache):
+    shell.user_ns["x"] = 3
+    with pytest.raises(UsageError, match="neither a model loaded by hf_notebook .* nor a plan"):
+        shell.run_line_magic("edit_device_map", "x --set lm_head=disk")
+
+
+def test_help_lists_the_flags(shell):
+    doc = shell.find_line_magic("edit_device_map").__doc__
+    assert "--set MODULES=DEVICE" in doc and "--export FILE.json" in doc
+
+
+def test_python_objects_open_the_editor(tiny_hub, hf_cache):
+    from hf_notebook.core.api import load_model, plan_model
+    from hf_notebook.ui.editor import DeviceMapEditor
+
+    assert isinstance(load_model("tiny/llama", device_map="cpu").edit_device_map(), DeviceMapEditor)
+    assert isinstance(plan_model("tiny/llama").edit_device_map(), DeviceMapEditor)

@@ -1,0 +1,145 @@
+"""The device-map editor widget, driven from Python as a user drives it: selectors, the range
+action, Apply / Undo / Reset / Export; asserting the map, totals, messages and the model."""
+
+import json
+
+import pytest
+import torch
+
+from hf_notebook.core.api import load_model
+from hf_notebook.core.plan import plan_placement
+from hf_notebook.testing.models import build_model, make_config
+from hf_notebook.ui.editor import DeviceMapEditor
+
+IDS = torch.tensor([[3, 1, 4, 1, 5]])
+
+
+@pytest.fixture(scope="module")
+def llama_folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("llama")
+    model = build_model("llama")
+    model.save_pretrained(folder, max_shard_size="100KB")
+    with torch.no_grad():
+        return folder, model(IDS).logits
+
+
+def row(editor, label):
+    return next(r for r in editor.rows.values() if r.label == label)
+
+
+def test_rows_collapse_ranges_and_expand_to_layers(llama_folder):
+    result = load_model(str(llama_folder[0]), device_map="cpu", name="m")
+    editor = DeviceMapEditor(result)
+    assert [r.label for r in editor.rows.values()] == [
+        "model.embed_tokens", "model.layers.0-1", "model.norm", "model.rotary_emb", "lm_head"]
+    layers = row(editor, "model.layers.0-1")
+    assert layers.select.value == "cpu" and [o[1] for o in layers.select.options] == ["cpu", "disk"]
+    layers.toggle.click()
+    assert [c.label for c in layers.children] == ["model.layers.0", "model.layers.1"]
+    assert layers.box.layout.display == "flex"
+    assert editor.apply_button.disabled and "no changes yet" in editor.status.value
+
+
+def test_a_selector_moves_a_row_and_totals_follow(llama_folder):
+    result = load_model(str(llama_folder[0]), device_map="cpu", name="m")
+    editor = DeviceMapEditor(result)
+    head = editor.draft.structure.bytes["lm_head"]
+    cpu_before = editor.draft.totals()["cpu"]
+    row(editor, "lm_head").select.value = "disk"
+    assert editor.draft.device_of("lm_head") == "disk"
+    assert editor.draft.totals() == {"cpu": cpu_before - head, "disk": head}
+    assert "disk (offload): <span style=''>65.5 kB of" in editor.totals.value
+    assert not editor.apply_button.disabled
+    layer_row = row(editor, "model.layers.0-1")
+    layer_row.expand()
+    layer_row.children[1].select.value = "disk"  # one layer out of a range
+    assert [r.label for r in editor.rows.values()][1:3] == ["model.layers.0", "model.layers.1"]
+
+
+def test_the_range_action_and_its_refusals(llama_folder):
+    result = load_model(str(llama_folder[0]), device_map="cpu", name="m")
+    editor = DeviceMapEditor(result)
+    assert editor.move_range("model.layers.0-1", "disk")
+    assert [editor.draft.device_of(f"model.layers.{i}") for i in (0, 1)] == ["disk", "disk"]
+    before = dict(editor.draft.map)
+    assert not editor.move_range("model.layers.0-9", "cpu")
+    assert "out of range" in editor.status.value and editor.draft.map == before
+    assert not editor.move_range("model.layers.0.mlp", "cpu")
+    assert "must stay whole" in editor.status.value and editor.draft.map == before
+
+
+def test_over_budget_disables_apply_and_says_why():
+    plan = plan_placement(make_config("llama"), dtype="float32", max_memory={"cpu": 300_000})
+    editor = DeviceMapEditor(plan)
+    assert editor.draft.devices == ("cpu", "disk")
+    editor.move_range("model", "cpu")
+    assert editor.apply_button.disabled
+    assert "cpu would hold" in editor.status.value and "over its budget of 300.0 kB" in editor.status.value
+    assert "#b71c1c" in editor.totals.value  # the over-budget total is highlighted
+    editor.undo()
+    assert editor.draft.problems() == [] and "over its budget" not in editor.status.value
+
+
+def test_apply_redispatches_in_place_and_updates_the_record(llama_folder):
+    folder, want = llama_folder
+    result = load_model(str(folder), device_map="cpu", name="m")
+    editor = DeviceMapEditor(result)
+    row(editor, "model.layers.0-1").select.value = "disk"
+    assert editor.apply()
+    assert result.model.hf_device_map["model.layers.0"] == "disk"
+    assert "Re-dispatched in place: 295.9 kB cpu → disk" in editor.status.value
+    assert "disk" in editor.record().text and "re-dispatched" in editor.record().text
+    with torch.no_grad():
+        assert torch.equal(result.model(IDS).logits, want)
+    assert editor.apply_button.disabled  # the applied map is the new starting point
+    editor.reset("auto")  # back to the automatic plan: everything on cpu
+    assert editor.draft.map == {"": "cpu"} and not editor.apply_button.disabled
+    assert editor.apply() and result.model.hf_device_map == {"": "cpu"}
+
+
+def test_undo_and_reset_buttons(llama_folder):
+    result = load_model(str(llama_folder[0]), device_map="cpu", name="m")
+    editor = DeviceMapEditor(result)
+    row(editor, "lm_head").select.value = "disk"
+    row(editor, "model.norm").select.value = "disk"
+    editor.undo_button.click()
+    assert editor.draft.device_of("model.norm") == "cpu" and editor.draft.device_of("lm_head") == "disk"
+    assert row(editor, "model.norm").select.value == "cpu"  # the selector shows the undone state
+    editor.reset_button.click()
+    assert not editor.draft.changed and editor.apply_button.disabled
+
+
+def test_export_writes_json_and_shows_the_load_line(llama_folder, tmp_path):
+    from hf_notebook.core.options import parse_device_map
+
+    result = load_model(str(llama_folder[0]), device_map="cpu", name="m")
+    editor = DeviceMapEditor(result)
+    row(editor, "lm_head").select.value = "disk"
+    path = tmp_path / "map.json"
+    line = editor.export(str(path))
+    assert parse_device_map(f"@{path}") == editor.draft.map
+    assert json.loads(path.read_text())["lm_head"] == "disk"
+    assert line.startswith("%load_model ") and f"--device-map @{path}" in line and line.endswith("--as m")
+    assert f"@{path}" in editor.export_line.value
+    assert editor.export(str(tmp_path / "missing" / "map.json")) is None
+    assert "Cannot write" in editor.status.value
+
+
+def test_apply_on_a_plan_updates_the_plan_in_place():
+    plan = plan_placement(make_config("llama"), dtype="float32", max_memory={"cpu": 300_000})
+    auto = dict(plan.device_map)
+    editor = DeviceMapEditor(plan)
+    editor.move_range("model.layers.0", "cpu")
+    assert editor.apply() and "The plan now uses this map" in editor.status.value
+    assert plan.device_map["model.layers.0"] == "cpu" and plan.edits == [auto]
+    assert "edited by hand" in editor.record().text
+    editor.reset("auto")
+    assert editor.draft.map == auto
+
+
+def test_text_form_for_terminals(llama_folder):
+    result = load_model(str(llama_folder[0]), device_map="cpu", name="m")
+    text = repr(DeviceMapEditor(result))
+    assert "model.layers.0-1" in text and "cpu: 427.3 kB" in text
+    bundle = DeviceMapEditor(result)._repr_mimebundle_()
+    assert "application/vnd.jupyter.widget-view+json" in bundle and bundle["text/plain"] == text
