@@ -58,3 +58,40 @@ def test_unload_gives_gpu_memory_back(llama):
     namespace = {"m": result.model}
     report = unload("m", result, [namespace])
     assert report.cuda_freed > 0.9 * result.placement.bytes_by_device["cuda:0"]
+
+
+def _edit(result, *edits):
+    from hf_notebook.core.api import apply_device_map, device_map_editor
+
+    draft = device_map_editor(result)
+    draft.assign(edits)
+    return apply_device_map(result, draft.map)
+
+
+def test_redispatch_between_gpu_cpu_and_disk_keeps_outputs(llama):
+    """GPU -> cpu (offloaded, run on the GPU) -> disk -> back to the GPU, in place."""
+    result = load_model(str(llama), dtype="float32", device_map="cuda:0")
+    want = logits(result.model, "cuda:0")
+    allocated = torch.cuda.memory_allocated(0)
+    moved = _edit(result, ("model.layers.0-1", "cpu"))
+    assert moved.moves[("cuda:0", "cpu")] > 0
+    assert result.model.hf_device_map["model.layers.0"] == "cpu"
+    assert torch.cuda.memory_allocated(0) < allocated  # the layers' GPU memory went back
+    assert torch.equal(logits(result.model, "cuda:0"), want)
+    _edit(result, ("model.layers.1", "disk"))
+    assert torch.equal(logits(result.model, "cuda:0"), want)
+    back = _edit(result, ("", 0))
+    assert result.model.hf_device_map == {"": 0} and back.read > 0
+    assert {p.device.type for p in result.model.parameters()} == {"cuda"}
+    assert torch.equal(logits(result.model, "cuda:0"), want)
+
+
+def test_editor_on_a_gpu_machine_offers_gpus_and_strategies(llama):
+    from hf_notebook.core.api import device_map_editor
+
+    result = load_model(str(llama), dtype="float32", device_map="cpu")
+    draft = device_map_editor(result)
+    assert draft.devices[0] == "cuda:0" and {"auto", "balanced", "sequential"} <= set(draft.strategies)
+    assert draft.budget["cuda:0"] > 0
+    draft.reset("sequential")
+    assert 0 in draft.map.values()
