@@ -107,3 +107,13 @@ def test_python_objects_open_the_editor(tiny_hub, hf_cache):
 
     assert isinstance(load_model("tiny/llama", device_map="cpu").edit_device_map(), DeviceMapEditor)
     assert isinstance(plan_model("tiny/llama").edit_device_map(), DeviceMapEditor)
+
+
+def test_an_offload_folder_made_for_an_edit_is_removed_with_the_model(shell, m, loaded):
+    import os
+
+    shell.run_line_magic("edit_device_map", "m --set model.layers.0=disk")
+    folder = loaded.get("m").offload_folder
+    assert folder and os.listdir(folder)
+    shell.run_line_magic("unload_model", "m")
+    assert not os.path.exists(folder)
