@@ -45,6 +45,7 @@ class LoadResult:
     timings: dict = field(default_factory=dict)  # stage -> seconds
     edits: list = field(default_factory=list)  # one Moved per applied device-map edit, oldest first
     map_file: Optional[str] = None  # the JSON file the current map was exported to (the load line names it)
+    source_folder: Optional[str] = None  # the local folder the weights were read from (snapshot or user folder)
 
     @property
     def repo_id(self) -> str:
@@ -229,7 +230,7 @@ class _Pipeline:
         result = LoadResult(model=model, pin=self.resolution.pin, plan=plan, placement=placement,
                             seconds=time.perf_counter() - t0, options=opts, files=checkpoint.files,
                             offload_folder=offload_folder, owns_offload_folder=owns_offload, name=name,
-                            timings=stages.timings)
+                            timings=stages.timings, source_folder=str(checkpoint.folder))
         stages.done(result)
         return result
 

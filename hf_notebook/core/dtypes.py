@@ -49,3 +49,21 @@ def itemsize(dtype: Any, fallback: Any = None) -> int:
 def converts(code: str, target: str) -> bool:
     """A floating tensor stored in another dtype than ``target`` (fp8 included: never kept as is)."""
     return (code in FLOAT_NAMES or code.startswith("F8")) and FLOAT_NAMES.get(code) != target
+
+
+#: torch dtype name -> safetensors code (what a safetensors header says).
+CODES = {"float64": "F64", "float32": "F32", "float16": "F16", "bfloat16": "BF16", "int64": "I64", "int32": "I32",
+         "int16": "I16", "int8": "I8", "uint8": "U8", "bool": "BOOL", "float8_e4m3fn": "F8_E4M3",
+         "float8_e5m2": "F8_E5M2", "uint16": "U16", "uint32": "U32", "uint64": "U64"}
+
+
+def code_of(dtype: Any) -> str:
+    """``torch.bfloat16`` -> ``"BF16"``."""
+    return CODES[str(dtype).removeprefix("torch.")]
+
+
+def torch_dtype_of_code(code: str):
+    """``"BF16"`` -> ``torch.bfloat16``."""
+    import torch
+
+    return getattr(torch, {v: k for k, v in CODES.items()}[code])

@@ -1,0 +1,443 @@
+"""Save a loaded model as a complete model folder: atomic, streamed, hashed while written.
+
+The folder is what ``save_pretrained`` writes (its state-dict rules: names converted back to
+the checkpoint's, tied weights once, keys to ignore, quantizer state; its sharding and index),
+because ``save_pretrained`` writes it: we only replace the two steps that cost memory.
+
+- ``safe_save_file`` (one shard dict -> one file) becomes a streaming writer: the header
+  safetensors would write (same order, same bytes), then each tensor copied in chunks of
+  ``CHUNK`` bytes, converted to ``--dtype`` chunk by chunk, hashed (sha256) in a second thread
+  while written. Pages of the checkpoint a chunk was read from are given back once copied.
+- ``load_offloaded_parameter`` (which loads a whole shard's offloaded weights into memory)
+  returns a meta placeholder; the writer streams that tensor from the file it is stored in.
+
+So memory stays about a few chunks whatever the shard size, the model size and where it sits.
+The folder is written into a temporary sibling and renamed into place when complete; any
+error or Ctrl-C removes the temporary folder and leaves the target as it was. The manifest
+(``hf_notebook.manifest.json``) lists every file with its size and sha256.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import queue
+import shutil
+import struct
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+from . import libc
+from .dtypes import code_of, torch_dtype, torch_dtype_of_code
+from .errors import HfNotebookError, OptionError
+from .events import FileProgress, OnEvent, emit
+from .units import format_bytes
+
+CHUNK = 8 * 2**20
+MANIFEST = "hf_notebook.manifest.json"
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".h5", ".msgpack", ".gguf", ".onnx", ".ckpt")
+_NOT_COPIED = {"README.md", ".gitattributes", MANIFEST, "model.safetensors.index.json", "pytorch_model.bin.index.json"}
+
+
+class SaveError(HfNotebookError, OSError):
+    """A save that cannot be made (target in use, not writable, too little space); nothing was written."""
+
+
+@dataclass(frozen=True)
+class SavedFile:
+    """One file of a saved folder."""
+
+    name: str
+    size: int
+    sha256: str
+
+
+@dataclass
+class SaveResult:
+    """A saved folder: its files (manifest order), where it came from, how long it took."""
+
+    folder: str
+    files: tuple[SavedFile, ...]
+    source: str
+    dtype: str
+    seconds: float
+    manifest_sha256: str = ""
+    replaced: bool = False  # an existing folder was replaced (--overwrite)
+    name: Optional[str] = None
+
+    @property
+    def nbytes(self) -> int:
+        return sum(f.size for f in self.files)
+
+    def _repr_mimebundle_(self, **_):
+        from hf_notebook.ui.record import save_record
+
+        return save_record(self).bundle()
+
+
+def save_model(result: Any, folder: str | os.PathLike, *, max_shard_size: Any = None, dtype: Optional[str] = None,
+               overwrite: bool = False, reads_from: tuple = (), on_event: OnEvent | None = None) -> SaveResult:
+    """Save ``result.model`` (a :class:`~.api.LoadResult`) into ``folder``; see the module docstring.
+
+    ``reads_from`` are folders loaded models read weights from: saving into one is refused (a
+    save there would delete the shards being read). ``dtype`` converts on the way out.
+    """
+    t0 = time.perf_counter()
+    target = Path(folder).expanduser().absolute()
+    model = result.model
+    out_dtype = dtype if dtype not in (None, "auto") else str(model.dtype).removeprefix("torch.")
+    _check_target(target, overwrite, reads_from)
+    _check_space(target, model, out_dtype)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.hf_notebook-", dir=target.parent))
+    try:
+        writer = _Writer(model, out_dtype, tmp, on_event)
+        with _streamed(model, writer, out_dtype):
+            model.save_pretrained(tmp, max_shard_size=max_shard_size or "50GB")
+        if dtype not in (None, "auto"):
+            _set_config_dtype(tmp, out_dtype)
+        _copy_companions(result, tmp)
+        files = _hashed(tmp, writer.hashes)
+        source = result.pin.pinned_spec if result.pin.kind != "local" else result.pin.repo_id
+        manifest = _write_manifest(tmp, files, source, out_dtype, model)
+        replaced = _swap_in(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return SaveResult(str(target), files, source, out_dtype, time.perf_counter() - t0, manifest, replaced,
+                      name=getattr(result, "name", None))
+
+
+# -- checks ----------------------------------------------------------------------------------
+def _check_target(target: Path, overwrite: bool, reads_from: tuple) -> None:
+    for used in reads_from:
+        used = Path(used).absolute()
+        if target == used or used.is_relative_to(target) or target.is_relative_to(used):
+            raise SaveError(f"A loaded model reads its weights from {used}; saving into {target} would destroy them "
+                            "while they are read.", hint="Save into another folder (--overwrite does not change this).")
+    if target.exists() and not target.is_dir():
+        raise SaveError(f"{target} is a file, not a folder.", hint="Give a folder path to save into.")
+    if target.exists() and any(target.iterdir()) and not overwrite:
+        raise SaveError(f"{target} already exists and is not empty.",
+                        hint="Pick a new folder, or pass --overwrite to replace it once the new one is complete.")
+    parent = target.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise SaveError(f"Cannot write into {parent}.", hint="Give a folder whose parent exists and is writable.")
+
+
+def _check_space(target: Path, model: Any, out_dtype: str) -> None:
+    """Refuse, with the numbers, when the weights would not fit on the target's disk."""
+
+    size = torch_dtype(out_dtype).itemsize
+    need = sum(t.numel() * (size if t.is_floating_point() else t.element_size())
+               for t in model.state_dict().values())
+    free = shutil.disk_usage(target.parent).free
+    if need * 1.02 + 16 * 2**20 > free:
+        raise SaveError(f"Saving writes about {format_bytes(need)}, but only {format_bytes(free)} is free in "
+                        f"{target.parent}.", hint="Free space there, or save to another disk.")
+
+
+# -- the writer --------------------------------------------------------------------------------
+class _Writer:
+    """Stands in for ``safe_save_file``: streams a shard dict to a safetensors file, hashing as it goes."""
+
+    def __init__(self, model: Any, out_dtype: str, folder: Path, on_event: OnEvent | None):
+        from .redispatch import _disk_sources
+
+        self.model, self.folder, self.on_event = model, folder, on_event
+        self.out = torch_dtype(out_dtype)
+        self.on_disk = _disk_sources(model)  # offloaded tensor name -> where its bytes are
+        self.hashes: dict[str, str] = {}  # file name -> sha256, computed while writing
+        self._headers: dict[str, tuple[int, dict]] = {}
+
+    def target_dtype(self, tensor: Any):
+        return self.out if tensor.is_floating_point() else tensor.dtype
+
+    def save_file(self, tensors: dict, filename: str, metadata: Optional[dict] = None) -> None:
+        entries = sorted(tensors.items(), key=lambda kv: (-self.target_dtype(kv[1]).itemsize, kv[0]))
+        header, offset = {"__metadata__": dict(metadata)} if metadata else {}, 0
+        for name, tensor in entries:
+            nbytes = tensor.numel() * self.target_dtype(tensor).itemsize
+            header[name] = {"dtype": code_of(self.target_dtype(tensor)), "shape": list(tensor.shape),
+                            "data_offsets": [offset, offset + nbytes]}
+            offset += nbytes
+        head = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+        head += b" " * ((8 - len(head) % 8) % 8)
+        total, name = 8 + len(head) + offset, os.path.basename(filename)
+        with open(filename, "wb") as f, _Hasher() as hasher:
+            first = struct.pack("<Q", len(head)) + head
+            f.write(first)
+            hasher.put(first, None)
+            done = len(first)
+            for tensor_name, tensor in entries:
+                for chunk, release in self._chunks(tensor_name, tensor):
+                    f.write(chunk)
+                    hasher.put(chunk, release)
+                    done += len(chunk)
+                emit(self.on_event, FileProgress(name, done, total))
+        self.hashes[name] = hasher.hexdigest
+
+    def _chunks(self, name: str, tensor: Any) -> Iterator[tuple[Any, Optional[tuple[int, int]]]]:
+        """The bytes of ``tensor`` in its target dtype, chunk by chunk; with each, a cpu range to give back."""
+        if tensor.device.type == "meta":
+            yield from self._offloaded(name, tensor)
+            return
+        out = self.target_dtype(tensor)
+        flat = tensor.detach().reshape(-1)
+        step = max(1, CHUNK // max(flat.element_size(), 1))
+        for start in range(0, flat.numel(), step):
+            piece = flat[start:start + step]
+            release = (piece.data_ptr(), piece.numel() * piece.element_size()) if piece.device.type == "cpu" else None
+            piece = piece.to(device="cpu", dtype=out)
+            yield piece.view(-1).view(_bytes_dtype()).numpy(), release
+
+    def _offloaded(self, name: str, tensor: Any) -> Iterator[tuple[Any, None]]:
+        """A tensor kept on disk (read in place from a checkpoint, or written by an offload): stream it from its file."""
+        import torch
+
+        info = self.on_disk.get(name)
+        if info is None or not info.get("safetensors_file"):
+            from transformers.integrations.accelerate import load_offloaded_parameter
+
+            value = load_offloaded_parameter(self.model, name)
+            yield from self._chunks(name, value)
+            return
+        path = info["safetensors_file"]
+        start, header = self._header(path)
+        entry = header[info.get("weight_name", name)]
+        stored = torch_dtype_of_code(entry["dtype"])
+        first, last = entry["data_offsets"]
+        out = self.target_dtype(tensor) if tensor.is_floating_point() else stored
+        step = CHUNK // stored.itemsize * stored.itemsize
+        with open(path, "rb") as f:
+            f.seek(start + first)
+            left = last - first
+            while left > 0:
+                raw = f.read(min(step, left))
+                left -= len(raw)
+                if stored == out:
+                    yield raw, None
+                else:
+                    piece = torch.frombuffer(bytearray(raw), dtype=stored).to(out)
+                    yield piece.view(_bytes_dtype()).numpy(), None
+
+    def _header(self, path: str) -> tuple[int, dict]:
+        if path not in self._headers:
+            with open(path, "rb") as f:
+                (n,) = struct.unpack("<Q", f.read(8))
+                self._headers[path] = (8 + n, json.loads(f.read(n)))
+        return self._headers[path]
+
+
+def _bytes_dtype():
+    import torch
+
+    return torch.uint8
+
+
+class _Hasher:
+    """sha256 in a second thread: the writer hands it each chunk after writing it (bounded queue)."""
+
+    def __init__(self) -> None:
+        self._sha = hashlib.sha256()
+        self._queue: "queue.Queue" = queue.Queue(maxsize=4)
+        self._thread = threading.Thread(target=self._run, name="hf_notebook-sha256", daemon=True)
+        self.hexdigest = ""
+
+    def __enter__(self) -> "_Hasher":
+        self._thread.start()
+        return self
+
+    def put(self, chunk: Any, release: Optional[tuple[int, int]]) -> None:
+        self._queue.put((chunk, release))
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not None:
+            chunk, release = item
+            self._sha.update(chunk)
+            if release is not None:  # a checkpoint page copied out: give it back (refaulted if touched again)
+                libc.drop_clean_file_pages(*release)
+
+    def __exit__(self, *exc) -> None:
+        self._queue.put(None)
+        self._thread.join()
+        self.hexdigest = self._sha.hexdigest()
+
+
+@contextlib.contextmanager
+def _streamed(model: Any, writer: _Writer, out_dtype: str):
+    """``save_pretrained`` with our writer, meta placeholders for offloaded weights, shards sized in ``out_dtype``."""
+    import warnings
+
+    import transformers.modeling_utils as mu
+
+    saved = {name: getattr(mu, name) for name in ("safe_save_file", "load_offloaded_parameter",
+                                                  "split_torch_state_dict_into_shards")}
+    split = saved["split_torch_state_dict_into_shards"]
+
+    def placeholder(model_to_save, name):
+        return _meta_like(model_to_save, name)
+
+    def split_in_out_dtype(state_dict, **kwargs):
+        import torch
+
+        sized = {k: torch.empty(v.shape, dtype=writer.target_dtype(v), device="meta") for k, v in state_dict.items()}
+        return split(sized, **kwargs)
+
+    mu.safe_save_file = writer.save_file
+    if not _rewrites_weights(model):  # reverting fused weights needs their data: keep transformers' own loading
+        mu.load_offloaded_parameter = placeholder
+    if torch_dtype(out_dtype) != model.dtype:
+        mu.split_torch_state_dict_into_shards = split_in_out_dtype
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Attempting to save a model with offloaded modules")
+            yield
+    finally:
+        for name, value in saved.items():
+            setattr(mu, name, value)
+
+
+def _meta_like(model: Any, name: str):
+    import torch
+
+    owner, _, attr = name.rpartition(".")
+    tensor = getattr(model.get_submodule(owner), attr)
+    return torch.empty(tensor.shape, dtype=tensor.dtype, device="meta")
+
+
+def _rewrites_weights(model: Any) -> bool:
+    from .api import _rewrites_weights as rewrites
+
+    return rewrites(type(model).__name__, getattr(model.config, "model_type", ""))
+
+
+# -- the rest of the folder ----------------------------------------------------------------------
+def _set_config_dtype(folder: Path, out_dtype: str) -> None:
+    """``save_pretrained`` records the model's dtype; the files hold ``out_dtype``."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(folder)
+    config.dtype = out_dtype
+    config.save_pretrained(folder)
+
+
+def _copy_companions(result: Any, folder: Path) -> None:
+    """Tokenizer files, chat template, ...: the non-weight files of the pinned snapshot that
+    ``save_pretrained`` did not write. Copied from the snapshot (fetched from the pinned sha when
+    missing from the cache and the Hub is reachable)."""
+    for name, path in _companions(result).items():
+        if not (folder / name).exists():
+            (folder / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, folder / name)
+
+
+def _companions(result: Any) -> dict[str, Path]:
+    source = Path(result.source_folder) if result.source_folder else None
+    found: dict[str, Path] = {}
+    if result.pin.kind != "local":
+        found.update(_hub_companions(result))
+    elif source is not None and source.is_dir():
+        for path in source.rglob("*"):
+            rel = path.relative_to(source).as_posix()
+            if path.is_file() and _is_companion(rel):
+                found[rel] = path
+    return found
+
+
+def _is_companion(name: str) -> bool:
+    base = name.rsplit("/", 1)[-1]
+    return not (base.endswith(WEIGHT_SUFFIXES) or base in _NOT_COPIED or base.startswith("."))
+
+
+def _hub_companions(result: Any) -> dict[str, Path]:
+    """The pinned snapshot's non-weight files, from the cache, downloading the missing ones if online."""
+    from huggingface_hub import HfApi, hf_hub_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    opts = result.options
+    try:
+        names = [s.rfilename for s in HfApi().model_info(result.repo_id, revision=result.sha,
+                                                          token=opts.token).siblings or []]
+    except (HfHubHTTPError, OSError, ValueError):
+        names = []  # offline: whatever the snapshot already holds
+        if result.source_folder and Path(result.source_folder).is_dir():
+            names = [p.relative_to(result.source_folder).as_posix()
+                     for p in Path(result.source_folder).rglob("*") if p.is_file() or p.is_symlink()]
+    found = {}
+    for name in names:
+        if not _is_companion(name):
+            continue
+        try:
+            found[name] = Path(hf_hub_download(result.repo_id, name, revision=result.sha, cache_dir=opts.cache_dir,
+                                               token=opts.token, local_files_only=opts.offline))
+        except (HfHubHTTPError, LocalEntryNotFoundError, OSError):
+            continue
+    return found
+
+
+def _hashed(folder: Path, known: dict[str, str]) -> tuple[SavedFile, ...]:
+    """Every file with its size and sha256: weights as hashed while written, small files read once."""
+    files = []
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        rel = path.relative_to(folder).as_posix()
+        digest = known.get(rel) or hashlib.sha256(path.read_bytes()).hexdigest()
+        files.append(SavedFile(rel, path.stat().st_size, digest))
+    return tuple(files)
+
+
+def _write_manifest(folder: Path, files: tuple[SavedFile, ...], source: str, out_dtype: str, model: Any) -> str:
+    import safetensors
+    import torch
+    import transformers
+
+    from hf_notebook import __version__
+
+    manifest = {
+        "format": "hf_notebook.manifest/1",
+        "source": source,
+        "dtype": out_dtype,
+        "model_class": type(model).__name__,
+        "versions": {"hf_notebook": __version__, "transformers": transformers.__version__,
+                     "torch": torch.__version__.split("+")[0], "safetensors": safetensors.__version__},
+        "files": {f.name: {"size": f.size, "sha256": f.sha256} for f in files},
+    }
+    quant = getattr(model.config, "quantization_config", None)
+    if quant is not None:
+        manifest["quantization_config"] = quant if isinstance(quant, dict) else quant.to_dict()
+    text = json.dumps(manifest, indent=1, sort_keys=True) + "\n"
+    (folder / MANIFEST).write_text(text)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _swap_in(tmp: Path, target: Path) -> bool:
+    """Rename the finished folder into place; an existing target goes only after the new one is there."""
+    if not target.exists():
+        os.rename(tmp, target)
+        return False
+    old = target.parent / f".{target.name}.hf_notebook-old-{os.getpid()}"
+    os.rename(target, old)
+    try:
+        os.rename(tmp, target)
+    except BaseException:
+        os.rename(old, target)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+    return True
+
+
+def parse_shard_size(text: Any) -> Optional[int]:
+    """``--max-shard-size 2GB`` -> bytes (None: transformers' default)."""
+    if text in (None, ""):
+        return None
+    from .units import parse_size
+
+    try:
+        return parse_size(str(text))
+    except OptionError:
+        raise OptionError(f"Cannot read --max-shard-size {text!r}.", hint="Give a size such as 500MB or 5GB.") from None
