@@ -234,6 +234,64 @@ class HFNotebook(Magics):
             print(f"Wrote {args.export}; a new cell below loads it:\n  {load}")
             self.shell.set_next_input(load)
 
+    @magic_arguments()
+    @argument("name", help="The variable a model was loaded into by %%load_model.")
+    @argument("folder", nargs="?", default=None,
+              help="Folder to save into (written next to it first, then renamed into place). "
+                   "Without it, the save and push panel opens.")
+    @argument("--max-shard-size", default=None, help="Largest shard, e.g. 2GB (default: transformers' 50GB).")
+    @argument("--dtype", default=None, help="Convert on the way out: float32 | bfloat16 | float16.")
+    @argument("--overwrite", action="store_true",
+              help="Replace an existing folder (only once the new one is complete).")
+    @line_magic
+    def save_model(self, line: str):
+        """Save a loaded model as a complete model folder (safetensors shards and index as transformers writes
+        them, config, generation config, tokenizer files and a manifest of sha256 hashes), atomically and in
+        bounded memory, also for offloaded models."""
+        from IPython.display import display
+
+        args = _parse(self.save_model, line)
+        result = self._loaded(args.name)
+        if args.folder is None:
+            return self._save_panel(result, args)
+        saved = self._save(result, args.folder, max_shard_size=args.max_shard_size, dtype=args.dtype,
+                           overwrite=args.overwrite)
+        display(saved)
+
+    def _save(self, result, folder: str, **options):
+        """Run a save with the shell's rules (never into a folder a loaded model reads from)."""
+        from .core.dtypes import parse_dtype
+        from .core.save import parse_shard_size, save_model
+
+        try:
+            dtype = parse_dtype(options.get("dtype")) if options.get("dtype") else None
+            shard = parse_shard_size(options.get("max_shard_size"))
+            return save_model(result, folder, max_shard_size=shard, dtype=dtype, overwrite=options.get("overwrite"),
+                              reads_from=self._folders_in_use(), on_event=options.get("on_event"))
+        except HfNotebookError as exc:
+            raise UsageError(str(exc)) from None
+        except KeyboardInterrupt:
+            raise KeyboardInterrupt() from None
+        except OSError as exc:
+            raise UsageError(f"Saving into {folder} failed: {exc.strerror or exc}. The folder is as it was.") from None
+
+    def _folders_in_use(self) -> tuple:
+        """Folders loaded models read weights from: their source folders and offload folders."""
+        found = []
+        for _, r in self.registry.items():
+            found += [f for f in (r.source_folder, r.offload_folder) if f]
+        return tuple(found)
+
+    def _loaded(self, name: str):
+        result = self.registry.get(name)
+        if result is None:
+            loaded = ", ".join(self.registry.names()) or "none"
+            raise UsageError(f"No model named {name!r} was loaded by hf_notebook (loaded: {loaded}). See %models.")
+        return result
+
+    def _save_panel(self, result, args):
+        raise UsageError("Give a folder to save into: %save_model NAME FOLDER.")
+
     def _edit_target(self, name: str):
         """The loaded model (its LoadResult) or the bound Plan called ``name``."""
         from .core.plan import Plan

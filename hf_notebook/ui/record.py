@@ -266,3 +266,24 @@ def stopped_record(state: Any) -> Record:
                 border="#c35a00" if cancelled else "#d32f2f")
     text = "\n".join([f"{mark} {head}"] + _text_facts(lines))
     return Record(html, text)
+
+
+def save_record(saved: Any) -> Record:
+    """A finished save: folder, source, dtype, files with sizes and sha256, manifest hash, the line to load it."""
+    head = f"saved {saved.name + ' ' if saved.name else ''}to {saved.folder}"
+    facts = [("source", saved.source), ("dtype", saved.dtype),
+             ("files", f"{len(saved.files)} files, {format_bytes(saved.nbytes)}"
+                       + (" (replaced the old folder)" if saved.replaced else "")),
+             ("time", W.format_seconds(saved.seconds)), ("manifest", f"sha256 {saved.manifest_sha256[:16]}…")]
+    rows = [[f.name, format_bytes(f.size), f.sha256[:16] + "…"] for f in saved.files]
+    line = f"%load_model {W.quote_arg(saved.folder)} --as {saved.name or 'model'}"
+    html = _box(f"<b style='{_OK}'>✓</b> <b>{escape(head)}</b>",
+                _facts_html([(k, escape(v)) for k, v in facts])
+                + "<details><summary>files</summary>"
+                + _table_html(["file", "size", "sha256"], [[f"<code>{escape(a)}</code>", escape(b), f"<code>{escape(c)}</code>"]
+                                                           for a, b, c in rows], numeric_from=1)
+                + f"</details><div style='{_MUTED}'>load it:</div><pre style='margin:0;white-space:pre-wrap;{_CODE}'>"
+                  f"{escape(line)}</pre>", border="#2e7d32")
+    text = "\n".join([f"✓ {head}"] + _text_facts(facts) + [""] + _text_table(["file", "size", "sha256"], rows, 1)
+                     + ["", "load it:", f"  {line}"])
+    return Record(html, text)

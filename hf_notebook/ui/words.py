@@ -111,6 +111,11 @@ def finding_text(f: E.Finding) -> str:
     return f.kind
 
 
+def quote_arg(text: str) -> str:
+    """A magic argument, quoted only when it needs it."""
+    return _quote(text)
+
+
 def _quote(text: str) -> str:
     """Quote a magic argument only when it needs it (spaces, quotes)."""
     return text if re.fullmatch(r"[\w@./:=,+-]+", text) else shlex.quote(text)

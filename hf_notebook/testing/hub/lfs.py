@@ -17,6 +17,14 @@ _OID_RE = re.compile(r"[0-9a-f]{64}")
 _COPY_CHUNK = 1 << 20
 
 
+class IncompleteUpload(ValueError):
+    """An upload stream ended before the object's size: the sender hung up; nothing was stored."""
+
+
+class ContentMismatch(ValueError):
+    """Uploaded bytes whose sha256 is not the oid they were sent as; nothing was stored."""
+
+
 @dataclass(frozen=True)
 class LfsInfo:
     """What a pointer file says: the content's sha256 and size, plus the pointer's own size."""
@@ -57,8 +65,19 @@ class LfsObjects:
             raise ValueError(f"not a sha256 oid: {oid!r}")
         return self.root / oid
 
+    def size(self, oid: str) -> int | None:
+        """The size of the stored content of ``oid``, or None when the store does not have it."""
+        try:
+            return self.path(oid).stat().st_size
+        except FileNotFoundError:
+            return None
+
     def put(self, source: Path) -> LfsInfo:
         """Copy the file at ``source`` into the store (once per content) and describe it."""
+        source = Path(source)
+        if source.parent == self.root and _OID_RE.fullmatch(source.name):  # already stored: nothing to copy
+            size = source.stat().st_size
+            return LfsInfo(oid=source.name, size=size, pointer_size=len(pointer(source.name, size)))
         with open(source, "rb") as src, tempfile.NamedTemporaryFile(dir=self.root, delete=False) as tmp:
             try:
                 oid = _copy_hashing(src, tmp)
@@ -68,6 +87,37 @@ class LfsObjects:
         size = os.path.getsize(tmp.name)
         os.chmod(tmp.name, 0o644)
         os.replace(tmp.name, self.path(oid))
+        return LfsInfo(oid=oid, size=size, pointer_size=len(pointer(oid, size)))
+
+
+    def receive(self, stream: BinaryIO, oid: str, size: int) -> LfsInfo:
+        """Store ``size`` bytes read from ``stream`` as the content of ``oid``, checked against both.
+
+        The bytes go to a temp file, renamed to ``root/<oid>`` only once all ``size`` of them have
+        arrived and their sha256 is ``oid``: a stream that ends early raises :class:`IncompleteUpload`,
+        other content :class:`ContentMismatch`, and either way nothing is left behind.
+        """
+        target = self.path(oid)
+        tmp = tempfile.NamedTemporaryFile(dir=self.root, prefix=".upload-", delete=False)
+        try:
+            with tmp:
+                digest, received = hashlib.sha256(), 0
+                while received < size:
+                    chunk = stream.read(min(_COPY_CHUNK, size - received))
+                    if not chunk:
+                        raise IncompleteUpload(f"upload of {oid} ended after {received} of {size} bytes")
+                    digest.update(chunk)
+                    tmp.write(chunk)
+                    received += len(chunk)
+            if digest.hexdigest() != oid:
+                raise ContentMismatch(
+                    f"sha256 mismatch: the {size} bytes uploaded for {oid} have sha256 {digest.hexdigest()}"
+                )
+            os.chmod(tmp.name, 0o644)
+            os.replace(tmp.name, target)
+        except BaseException:
+            os.unlink(tmp.name)
+            raise
         return LfsInfo(oid=oid, size=size, pointer_size=len(pointer(oid, size)))
 
 

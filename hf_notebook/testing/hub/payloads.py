@@ -159,7 +159,7 @@ def parse_commit(body: bytes, lfs: LfsObjects) -> CommitRequest:
         elif key == "file":
             request.files[value["path"]] = base64.b64decode(value["content"])
         elif key == "lfsFile":
-            request.files[value["path"]] = _existing_lfs_object(lfs, value["oid"])
+            request.files[value["path"]] = _existing_lfs_object(lfs, value["path"], value["oid"], value.get("size"))
         elif key == "deletedFile":
             request.deleted_files.append(value["path"])
         elif key == "deletedFolder":
@@ -169,8 +169,29 @@ def parse_commit(body: bytes, lfs: LfsObjects) -> CommitRequest:
     return request
 
 
-def _existing_lfs_object(lfs: LfsObjects, oid: str) -> Path:
-    path = lfs.path(oid)
-    if not path.exists():
-        raise ValueError(f"LFS object {oid} was never uploaded")
-    return path
+def _existing_lfs_object(lfs: LfsObjects, path: str, oid: str, size: int | None) -> Path:
+    """Where the content of an ``lfsFile`` line is; ``ValueError`` (400) unless it was uploaded, at that size."""
+    stored = lfs.size(oid)
+    if stored is None:
+        raise ValueError(f"LFS object {oid} for {path} was never uploaded: upload it through the LFS batch API first")
+    if size is not None and size != stored:
+        raise ValueError(f"LFS object {oid} for {path} has {stored} bytes, not {size}")
+    return lfs.path(oid)
+
+
+def lfs_batch(objects: list[dict]) -> dict:
+    """The answer of ``{repo}.git/info/lfs/objects/batch``: the stand-in offers the basic transfer only."""
+    return {"transfer": "basic", "objects": objects, "hash_algo": "sha256"}
+
+
+def lfs_batch_object(oid: str, size: int, actions: dict | None) -> dict:
+    """One object of a batch answer; ``actions`` is None for one the server has (the client skips its upload)."""
+    item: dict = {"oid": oid, "size": size}
+    if actions is not None:
+        item.update(authenticated=True, actions=actions)
+    return item
+
+
+def lfs_batch_error(oid: object, size: object, code: int, message: str) -> dict:
+    """One object of a batch answer that the server refuses (the client raises, naming ``message``)."""
+    return {"oid": str(oid), "size": size if isinstance(size, int) else 0, "error": {"code": code, "message": message}}

@@ -8,10 +8,13 @@ headers: ``X-Repo-Commit``, ``ETag`` (git blob oid, or the sha256 for LFS files)
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import logging
 import os
 import re
+import secrets
 import socket
 import sys
 import threading
@@ -19,9 +22,10 @@ import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import BinaryIO
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 from . import payloads
+from .lfs import ContentMismatch, IncompleteUpload, is_lfs
 from .store import Conflict, FileEntry, NotFound, RepoStore
 
 logger = logging.getLogger(__name__)
@@ -31,6 +35,9 @@ _RANGE_RE = re.compile(r"bytes=(\d*)-(\d*)")
 _REPO = r"/api/models/(?P<repo>[^/]+/[^/]+)"
 _REV = r"(?P<rev>[^/]+)"  # one path segment: the client quotes '/' in revisions as %2F
 _NAME = r"(?P<name>[^/]+)"  # a branch or tag name, quoted the same way
+_GIT_REPO = r"/(?P<repo>[^/]+/[^/]+)\.git"  # model repos have no type prefix here
+_OID = r"(?P<oid>[0-9a-f]{64})"
+LFS_UPLOAD_PREFIX = "/lfs-upload/"  # upload hrefs: "/lfs-upload/{repo}/{oid}?size=N&signature=S", like signed S3 URLs
 _ROUTES = [
     ("GET", r"/api/whoami-v2", "whoami"),
     ("GET", r"/api/agent-harnesses", "agent_harnesses"),
@@ -50,12 +57,17 @@ _ROUTES = [
     ("DELETE", rf"{_REPO}/tag/{_NAME}", "delete_tag"),
     ("POST", rf"{_REPO}/discussions", "open_pull_request"),
     ("GET", rf"{_REPO}/discussions/(?P<num>\d+)", "pull_request"),
+    ("POST", rf"{_GIT_REPO}/info/lfs/objects/batch", "lfs_batch"),
+    ("POST", rf"{_GIT_REPO}/info/lfs/objects/verify", "lfs_verify"),
+    ("PUT", rf"{LFS_UPLOAD_PREFIX}(?P<repo>[^/]+/[^/]+)/{_OID}", "lfs_upload"),
 ]
 _COMPILED_ROUTES = [(methods.split(), re.compile(pattern), name) for methods, pattern, name in _ROUTES]
 _WRITES = {
     "create_repo", "preupload", "commit", "create_branch", "delete_branch", "create_tag", "delete_tag",
-    "open_pull_request",
+    "open_pull_request", "lfs_batch", "lfs_verify",
 }
+# The client PUTs to an upload href without its Authorization header: the href's signature stands for the token.
+_SIGNED = {"lfs_upload"}
 
 
 class HttpError(Exception):
@@ -79,6 +91,15 @@ class HubServer:
     the status to answer instead: an int for every such request, or a list consumed one request at a
     time (``[503, 503]``: fail twice, then serve); ``retry_after`` adds that ``Retry-After`` header.
     ``requests`` logs ``(method, unquoted path)``.
+
+    Uploads: ``preupload`` answers ``"lfs"`` for the files :func:`~.lfs.is_lfs` puts in LFS (weights
+    suffixes, 1 MiB and up; ``preupload_lfs = False`` answers ``"regular"`` for all, which is what a
+    client that uploads through Xet needs), and the client sends those through the LFS batch API:
+    ``POST {repo}.git/info/lfs/objects/batch`` hands out signed upload hrefs under ``/lfs-upload/``
+    (none for content the store has), the bytes are ``PUT`` there and checked against their sha256
+    and size, then ``POST {repo}.git/info/lfs/objects/verify``. ``lfs_uploads`` lists the oids stored
+    by PUTs; ``errors`` (e.g. ``{"/lfs-upload/": 500}``) and ``fail_after_bytes`` (the PUT's body is
+    read that far, then the connection is cut) break uploads as they break downloads.
     """
 
     def __init__(
@@ -97,6 +118,9 @@ class HubServer:
         self.errors: dict[str, int | list[int]] = {}
         self.retry_after: str | None = None
         self.requests: list[tuple[str, str]] = []
+        self.preupload_lfs = True
+        self.lfs_uploads: list[str] = []
+        self._secret = secrets.token_bytes(16)
         self._bytes: dict[str, int] = {}
         self._lock = threading.Lock()
         self._httpd = _HTTPServer((host, port), _Handler, self)
@@ -134,10 +158,11 @@ class HubServer:
             return self._bytes.get(repo_id, 0) if repo_id else sum(self._bytes.values())
 
     def reset_counters(self) -> None:
-        """Zero the byte counters and clear the request log."""
+        """Zero the byte counters and clear the request log and ``lfs_uploads``."""
         with self._lock:
             self._bytes.clear()
             self.requests.clear()
+            self.lfs_uploads.clear()
 
     def _count(self, repo_id: str, n: int) -> None:
         with self._lock:
@@ -146,6 +171,14 @@ class HubServer:
     def _log(self, method: str, path: str) -> None:
         with self._lock:
             self.requests.append((method, path))
+
+    def _signature(self, repo: str, oid: str, size: int) -> str:
+        """What signs an upload href: only the batch endpoint hands it out, for this repo, object and size."""
+        return hmac.new(self._secret, f"{repo}\0{oid}\0{size}".encode(), hashlib.sha256).hexdigest()[:32]
+
+    def _uploaded(self, oid: str) -> None:
+        with self._lock:
+            self.lfs_uploads.append(oid)
 
     def _injected_error(self, path: str) -> None:
         """Raise the error the ``errors`` knob asks for on ``path``, if any."""
@@ -213,7 +246,7 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         self._dispatch()
 
-    do_HEAD = do_POST = do_DELETE = do_GET
+    do_HEAD = do_POST = do_PUT = do_DELETE = do_GET
 
     @property
     def hub(self) -> HubServer:
@@ -226,7 +259,9 @@ class _Handler(BaseHTTPRequestHandler):
     def _dispatch(self) -> None:
         url = urlsplit(self.path)
         self.query = parse_qs(url.query)
-        self.body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.unread = int(self.headers.get("Content-Length") or 0)
+        # A PUT body (LFS content, maybe big) is streamed by its handler; other bodies are read here.
+        self.body = b"" if self.command == "PUT" else self._read_body()
         self.hub._log(self.command, unquote(url.path))
         try:
             self.hub._injected_error(unquote(url.path))
@@ -254,7 +289,9 @@ class _Handler(BaseHTTPRequestHandler):
                 params = {key: unquote(value) for key, value in match.groupdict().items() if value is not None}
                 if name in _WRITES and not self._authorized():
                     raise HttpError(401, None, "Invalid credentials in Authorization header")
-                if "repo" in params:
+                if name in _SIGNED:
+                    self._check_signature(params)
+                elif "repo" in params:
                     self._check_access(params["repo"])
                 return getattr(self, f"_{name}"), params
         # Repo-shaped paths that match no route name a repo id the store cannot hold (e.g. "gpt2").
@@ -276,7 +313,22 @@ class _Handler(BaseHTTPRequestHandler):
     def _send_json(self, data: object) -> None:
         self._send(200, json.dumps(data).encode())
 
+    def _read_body(self) -> bytes:
+        body = self.rfile.read(self.unread)
+        self.unread = 0
+        return body
+
+    def _drain(self) -> None:
+        """Read and drop what is left of the request body, so an answer sent early still reaches the client."""
+        while self.unread > 0:
+            chunk = self.rfile.read(min(_CHUNK, self.unread))
+            if not chunk:
+                self.close_connection = True
+                break
+            self.unread -= len(chunk)
+
     def _send_error(self, error: HttpError) -> None:
+        self._drain()
         headers = {"X-Error-Message": _header_safe(error.message), **error.headers}
         if error.code:
             headers["X-Error-Code"] = error.code
@@ -289,6 +341,17 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _authorized(self) -> bool:
         return self.hub.token is None or self.headers.get("Authorization") == f"Bearer {self.hub.token}"
+
+    def _check_signature(self, params: dict[str, str]) -> None:
+        """An upload href is good for the repo, object and size it was handed out for: 403 otherwise."""
+        size = self.query.get("size", [""])[0]
+        signature = self.query.get("signature", [""])[0]
+        if not size.isdigit() or not hmac.compare_digest(
+            signature, self.hub._signature(params["repo"], params["oid"], int(size))
+        ):
+            raise HttpError(403, None, "Upload URL not signed by this server: ask the LFS batch endpoint for one")
+        if not self.store.exists(params["repo"]):
+            raise HttpError(404, "RepoNotFound", f"Repository not found: {params['repo']}")
 
     def _check_access(self, repo: str) -> None:
         """``RepoNotFound`` like the Hub: 404 for a missing repo, 401 for a private one without the token."""
@@ -391,12 +454,79 @@ class _Handler(BaseHTTPRequestHandler):
     # -- writes ------------------------------------------------------------------------------
 
     def _preupload(self, repo: str, rev: str) -> None:
-        # "regular" for all: "lfs" would send a client with hf_xet installed to Xet storage.
+        """"lfs" for what the store keeps in LFS, "regular" (base64 in the commit) for the rest.
+
+        A client with Xet enabled uploads every "lfs" file to Xet storage, which has no local
+        equivalent: it needs ``HF_HUB_DISABLE_XET=1``, or ``preupload_lfs = False`` here.
+        """
+
+        def mode(file: dict) -> str:
+            return "lfs" if self.hub.preupload_lfs and is_lfs(file["path"], int(file["size"])) else "regular"
+
         files = [
-            {"path": f["path"], "uploadMode": "regular", "shouldIgnore": False, "oid": None}
+            {"path": f["path"], "uploadMode": mode(f), "shouldIgnore": False, "oid": None}
             for f in json.loads(self.body)["files"]
         ]
         self._send_json({"files": files})
+
+    def _lfs_batch(self, repo: str) -> None:
+        """Upload instructions per object: a signed PUT href and a verify href, or none when the store has it."""
+        request = json.loads(self.body)
+        if request.get("operation") != "upload":
+            raise ValueError(f"the stand-in takes LFS uploads only, not {request.get('operation')!r}")
+        if "basic" not in request.get("transfers", ["basic"]):
+            raise HttpError(422, None, "the stand-in offers the basic LFS transfer only")
+        objects = []
+        for item in request["objects"]:
+            oid, size = item.get("oid"), item.get("size")
+            if not (isinstance(oid, str) and re.fullmatch(r"[0-9a-f]{64}", oid)):
+                objects.append(payloads.lfs_batch_error(oid, size, 422, f"not a sha256 oid: {oid!r}"))
+            elif not isinstance(size, int) or isinstance(size, bool) or size < 0:
+                objects.append(payloads.lfs_batch_error(oid, size, 422, f"invalid size for {oid}: {size!r}"))
+            elif self.store.lfs.size(oid) == size:
+                objects.append(payloads.lfs_batch_object(oid, size, None))
+            else:
+                signature = self.hub._signature(repo, oid, size)
+                upload = f"{self.hub.endpoint}{LFS_UPLOAD_PREFIX}{quote(repo)}/{oid}?size={size}&signature={signature}"
+                actions = {
+                    "upload": {"href": upload, "expires_in": 3600},
+                    "verify": {"href": f"{self.hub.endpoint}/{quote(repo)}.git/info/lfs/objects/verify"},
+                }
+                objects.append(payloads.lfs_batch_object(oid, size, actions))
+        body = json.dumps(payloads.lfs_batch(objects)).encode()
+        self._send(200, body, {"Content-Type": "application/vnd.git-lfs+json"})
+
+    def _lfs_upload(self, repo: str, oid: str) -> None:
+        """Take the bytes of one object (basic transfer): stored only when all of them came and match the oid."""
+        size = int(self.query["size"][0])
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower() or "Content-Length" not in self.headers:
+            raise HttpError(411, None, "an LFS upload needs a Content-Length")
+        if self.unread != size:
+            raise HttpError(400, None, f"sent {self.unread} bytes for LFS object {oid}, which has {size}")
+        limit = self.hub._take_fail_after(size)
+        stream = _BodyStream(self, size if limit is None else limit)
+        try:
+            self.store.lfs.receive(stream, oid, size)
+        except ContentMismatch as error:
+            raise HttpError(400, None, f"{error}, not the oid it was uploaded as: refused") from None
+        except IncompleteUpload:  # cut off by fail_after_bytes, or the client hung up: there is no one to answer
+            self.close_connection = True
+            if limit is not None:
+                self.connection.shutdown(socket.SHUT_RDWR)
+            return
+        self.hub._uploaded(oid)
+        self._send(200, b"", {"ETag": f'"{oid}"'})
+
+    def _lfs_verify(self, repo: str) -> None:
+        """200 once the store has the object at that size; 404 otherwise."""
+        request = json.loads(self.body)
+        oid, size = request["oid"], request["size"]
+        stored = self.store.lfs.size(oid)
+        if stored is None:
+            raise HttpError(404, None, f"LFS object {oid} was not uploaded")
+        if stored != size:
+            raise HttpError(422, None, f"LFS object {oid} has {stored} bytes, not {size}")
+        self._send_json({"oid": oid, "size": size})
 
     def _commit(self, repo: str, rev: str) -> None:
         request = payloads.parse_commit(self.body, self.store.lfs)
@@ -448,6 +578,19 @@ class _Handler(BaseHTTPRequestHandler):
     def _delete_tag(self, repo: str, name: str) -> None:
         self.store.delete_tag(repo, name)
         self._send_json({})
+
+
+class _BodyStream:
+    """The request body as a stream of at most ``limit`` bytes, keeping the handler's count of unread bytes."""
+
+    def __init__(self, handler: _Handler, limit: int):
+        self.handler, self.left = handler, limit
+
+    def read(self, n: int) -> bytes:
+        chunk = self.handler.rfile.read(min(n, self.left, self.handler.unread))
+        self.left -= len(chunk)
+        self.handler.unread -= len(chunk)
+        return chunk
 
 
 def _file_headers(sha: str, entry: FileEntry) -> dict[str, str]:

@@ -1,0 +1,195 @@
+"""``%save_model`` and ``core.save``: the folder save_pretrained writes (byte for byte), streamed and
+hashed; complete (companion files, manifest); atomic; and refused, with nothing written, when it
+cannot be done."""
+
+import errno
+import filecmp
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from IPython.core.error import UsageError
+
+from hf_notebook.core.api import load_model
+from hf_notebook.core.save import MANIFEST, SaveError, save_model
+from hf_notebook.testing.models import ARCHITECTURES, build_model
+
+WEIGHTS = (".safetensors", ".safetensors.index.json")
+
+
+@pytest.fixture
+def work(tmp_path):
+    """An empty folder to save into (tmp_path also holds the test's Hub cache)."""
+    folder = tmp_path / "work"
+    folder.mkdir()
+    return folder
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    made = {}
+    for arch in ARCHITECTURES:
+        folder = tmp_path_factory.mktemp(arch)
+        build_model(arch).save_pretrained(folder, max_shard_size="100KB")
+        made[arch] = folder
+    return made
+
+
+def weight_files(folder):
+    return sorted(f for f in os.listdir(folder) if f.endswith(WEIGHTS))
+
+
+def same_weights(mine, theirs):
+    names = weight_files(mine)
+    return names == weight_files(theirs) and all(filecmp.cmp(mine / f, theirs / f, shallow=False) for f in names)
+
+
+@pytest.mark.filterwarnings("ignore:Attempting to save a model with offloaded modules")  # the reference's
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+@pytest.mark.parametrize("where", ["cpu", "offloaded"])
+def test_the_folder_is_what_save_pretrained_writes(folders, tmp_path, arch, where):
+    """Shards, names, index: byte for byte save_pretrained's, from a model on cpu or mostly on disk, and
+    in another dtype equal to ``.to(bfloat16)`` then save_pretrained."""
+    src = folders[arch]
+    kwargs = {"device_map": "cpu"} if where == "cpu" else {"device_map": "auto", "max_memory": {"cpu": 200_000}}
+    result = load_model(str(src), **kwargs)
+    assert where == "cpu" or "disk" in result.device_map.values()
+    for dtype in (None, "bfloat16"):
+        mine = tmp_path / f"mine-{dtype}"
+        saved = save_model(result, mine, max_shard_size=100_000, dtype=dtype)
+        reference = load_model(str(src), device_map="cpu").model
+        if dtype:
+            reference = reference.to(torch.bfloat16)
+        theirs = tmp_path / f"theirs-{dtype}"
+        reference.save_pretrained(theirs, max_shard_size=100_000)
+        assert same_weights(mine, theirs), f"{arch} {where} {dtype}"
+        assert saved.dtype == (dtype or "float32")
+        assert json.loads((mine / "config.json").read_text())["dtype"] == saved.dtype
+
+
+def test_it_loads_back_identical_and_the_manifest_is_true(folders, tmp_path):
+    src = folders["llama"]
+    result = load_model(str(src), device_map="cpu")
+    saved = save_model(result, tmp_path / "out", max_shard_size=100_000)
+    again = load_model(str(tmp_path / "out"), device_map="cpu").model
+    state = result.model.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in again.state_dict().items())
+    manifest = json.loads((tmp_path / "out" / MANIFEST).read_text())
+    assert manifest["source"] == str(src) and manifest["dtype"] == "float32"
+    assert {"transformers", "torch", "safetensors", "hf_notebook"} <= set(manifest["versions"])
+    on_disk = {p.name for p in (tmp_path / "out").iterdir()} - {MANIFEST}
+    assert set(manifest["files"]) == on_disk
+    for name, facts in manifest["files"].items():
+        data = (tmp_path / "out" / name).read_bytes()
+        assert facts == {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    assert saved.manifest_sha256 == hashlib.sha256((tmp_path / "out" / MANIFEST).read_bytes()).hexdigest()
+    assert [p for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary folder left
+
+
+def test_companion_files_come_from_the_pinned_snapshot(shell, hub_store, hub_repo_id, hf_cache, folders, work):
+    files = {p.name: p.read_bytes() for p in folders["llama"].iterdir()}
+    files |= {"tokenizer.json": b'{"version": "1.0"}', "tokenizer_config.json": b'{"model_max_length": 256}',
+              "chat_template.jinja": b"{{ messages }}", "README.md": b"# card of the source"}
+    hub_store.create_repo(hub_repo_id)
+    sha = hub_store.commit(hub_repo_id, files, message="with a tokenizer")
+    shell.run_line_magic("load_model", f"{hub_repo_id} --device-map cpu --as m")
+    shell.run_line_magic("save_model", f"m {work / 'out'}")
+    out = work / "out"
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        assert (out / name).read_bytes() == files[name]
+    assert not (out / "README.md").exists()  # a card describes the source; a push writes one for this folder
+    assert json.loads((out / MANIFEST).read_text())["source"] == f"{hub_repo_id}@{sha}"
+
+
+def test_an_existing_folder_is_replaced_only_with_overwrite(shell, loaded, tiny_hub, hf_cache, work):
+    shell.run_line_magic("load_model", "tiny/llama --device-map cpu --as m")
+    out = work / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(UsageError, match="(?s)already exists.*--overwrite"):
+        shell.run_line_magic("save_model", f"m {out}")
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    shell.run_line_magic("save_model", f"m {out} --overwrite")
+    assert not (out / "keep.txt").exists() and (out / MANIFEST).exists()
+    assert sorted(p.name for p in work.iterdir()) == ["out"]
+
+
+@pytest.mark.parametrize("failure", [KeyboardInterrupt, OSError(errno.ENOSPC, "No space left on device")])
+def test_an_interrupted_save_leaves_the_folder_as_it_was(shell, tiny_hub, hf_cache, work, monkeypatch, failure):
+    from hf_notebook.core import save as S
+
+    shell.run_line_magic("load_model", "tiny/llama --device-map cpu --as m")
+    out = work / "out"
+    shell.run_line_magic("save_model", f"m {out} --max-shard-size 100KB")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    real, calls = S._Writer.save_file, []
+
+    def fail_on_third(self, tensors, filename, metadata=None):
+        calls.append(filename)
+        if len(calls) == 3:
+            raise failure
+        return real(self, tensors, filename, metadata)
+
+    monkeypatch.setattr(S._Writer, "save_file", fail_on_third)
+    with pytest.raises((KeyboardInterrupt, UsageError)):
+        shell.run_line_magic("save_model", f"m {out} --max-shard-size 100KB --dtype bfloat16 --overwrite")
+    assert len(calls) == 3
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(p.name for p in work.iterdir()) == ["out"]
+
+
+def test_too_little_space_is_refused_up_front_with_the_numbers(shell, tiny_hub, hf_cache, work, monkeypatch):
+    from collections import namedtuple
+
+    from hf_notebook.core import save as S
+
+    shell.run_line_magic("load_model", "tiny/llama --device-map cpu --as m")
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(S.shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 4096, 4096))
+    with pytest.raises(UsageError, match="writes about 427.3 kB, but only 4.10 kB is free"):
+        shell.run_line_magic("save_model", f"m {work / 'out'}")
+    assert list(work.iterdir()) == []
+
+
+def test_saving_into_the_folder_an_offloaded_model_reads_from_is_refused(shell, folders, tmp_path):
+    import shutil
+
+    src = tmp_path / "src"
+    shutil.copytree(folders["llama"], src)
+    before = {p.name: p.read_bytes() for p in src.iterdir()}
+    shell.run_line_magic("load_model", f"{src} --max-memory cpu=200KB --as m")
+    assert "disk" in shell.user_ns["m"].hf_device_map.values()
+    for target in (src, src / "inner", src.parent):
+        with pytest.raises(UsageError, match="reads its weights from .* would destroy them"):
+            shell.run_line_magic("save_model", f"m {target} --overwrite")
+    assert {p.name: p.read_bytes() for p in src.iterdir()} == before
+    with torch.no_grad():
+        shell.user_ns["m"](torch.tensor([[1, 2, 3]]))  # still reads its offloaded weights
+
+
+@pytest.mark.parametrize("line, words", [
+    ("nope {out}", "No model named 'nope'"),
+    ("m {file}", "is a file, not a folder"),
+    ("m {out} --max-shard-size lots", "Cannot read --max-shard-size 'lots'"),
+    ("m {out} --dtype int3", "Unknown dtype 'int3'"),
+    ("m /proc/nope/out", "Cannot write into /proc/nope"),
+])
+def test_bad_input_writes_nothing(shell, tiny_hub, hf_cache, work, line, words):
+    shell.run_line_magic("load_model", "tiny/llama --device-map cpu --as m")
+    (work / "a-file").write_text("x")
+    with pytest.raises(UsageError, match=words):
+        shell.run_line_magic("save_model", line.format(out=work / "out", file=work / "a-file"))
+    assert sorted(p.name for p in work.iterdir()) == ["a-file"]
+
+
+def test_the_record_lists_files_and_the_line_to_load_it(shell, tiny_hub, hf_cache, work, capsys):
+    shell.run_line_magic("load_model", "tiny/llama --device-map cpu --as m")
+    capsys.readouterr()
+    shell.run_line_magic("save_model", f"m {work / 'out'}")
+    text = capsys.readouterr().out
+    assert f"saved m to {work / 'out'}" in text and "tiny/llama@" in text
+    assert "model.safetensors" in text and "manifest  sha256 " in text
+    assert f"%load_model {work / 'out'} --as m" in text
