@@ -9,6 +9,7 @@ from __future__ import annotations
 import atexit
 import gc
 import keyword
+import os
 import shutil
 import weakref
 
@@ -289,8 +290,71 @@ class HFNotebook(Magics):
             raise UsageError(f"No model named {name!r} was loaded by hf_notebook (loaded: {loaded}). See %models.")
         return result
 
+    @magic_arguments()
+    @argument("name", nargs="?", default=None, help="A model loaded by %%load_model (saved first, then pushed).")
+    @argument("repo_id", help="Where to push: owner/name (created if needed).")
+    @argument("--from", dest="folder", default=None, help="Push this saved folder instead of a loaded model.")
+    @argument("--private", action="store_true", help="Create the repo private.")
+    @argument("--branch", default=None, help="Commit to this branch (created from main if needed).")
+    @argument("--create-pr", action="store_true", help="Open a pull request instead of committing to the branch.")
+    @argument("--message", default=None, help="The commit message.")
+    @argument("--tag", default=None, help="Tag the new commit.")
+    @argument("--max-shard-size", default=None, help="When saving a loaded model first: largest shard.")
+    @argument("--dtype", default=None, help="When saving a loaded model first: convert on the way out.")
+    @line_magic
+    def push_model(self, line: str):
+        """Push a loaded model (saved to a temporary folder first) or a saved folder (--from DIR) to the Hub in one
+        commit: weights through LFS/Xet, a model card when there is none, then the commit sha, its URL and the
+        %%load_model line that loads it back. The token comes from your login (hf auth login, HF_TOKEN)."""
+        import tempfile
+
+        from IPython.display import display
+
+        args = _parse(self.push_model, line)
+        if args.name and args.folder:
+            raise UsageError("Give either a model NAME or --from DIR, not both.")
+        if not args.name and not args.folder:
+            raise UsageError("Name a loaded model (%push_model NAME owner/repo) or a folder (--from DIR).")
+        if args.folder:
+            display(self._push(args.folder, args))
+            return
+        result = self._loaded(args.name)
+        with tempfile.TemporaryDirectory(prefix="hf_notebook-push-") as tmp:
+            self._save(result, os.path.join(tmp, "model"), max_shard_size=args.max_shard_size, dtype=args.dtype)
+            display(self._push(os.path.join(tmp, "model"), args))
+
+    def _push(self, folder: str, args, token=None, on_event=None):
+        from .core.push import push_folder
+
+        try:
+            return push_folder(folder, args.repo_id, private=args.private, branch=args.branch,
+                               create_pr=args.create_pr, message=args.message, tag=args.tag, token=token,
+                               name=args.name, on_event=on_event)
+        except HfNotebookError as exc:
+            raise UsageError(str(exc)) from None
+        except KeyboardInterrupt:
+            raise KeyboardInterrupt() from None
+
     def _save_panel(self, result, args):
-        raise UsageError("Give a folder to save into: %save_model NAME FOLDER.")
+        """``%save_model NAME``: the save and push panel (text in a terminal: it needs a folder)."""
+        from .ui import _in_kernel
+        from .ui.save_push import SavePushPanel
+
+        if self.display == "text" or (self.display == "auto" and not _in_kernel(self.shell)):
+            raise UsageError(f"Give a folder to save into: %save_model {args.name} FOLDER "
+                             "(the save and push panel needs Jupyter).")
+        panel = SavePushPanel(result, name=args.name, save=self._save, push=self._push_repo)
+        panel.display()
+        return None
+
+    def _push_repo(self, folder: str, repo_id: str, *, token=None, on_event=None, **options):
+        """The panel's push: the same rules as %push_model, without parsing a line."""
+        from types import SimpleNamespace
+
+        args = SimpleNamespace(repo_id=repo_id, private=options.get("private", False), branch=options.get("branch"),
+                               create_pr=options.get("create_pr", False), message=options.get("message"),
+                               tag=options.get("tag"), name=options.get("name"))
+        return self._push(folder, args, token=token, on_event=on_event)
 
     def _edit_target(self, name: str):
         """The loaded model (its LoadResult) or the bound Plan called ``name``."""

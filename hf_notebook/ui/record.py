@@ -287,3 +287,27 @@ def save_record(saved: Any) -> Record:
     text = "\n".join([f"✓ {head}"] + _text_facts(facts) + [""] + _text_table(["file", "size", "sha256"], rows, 1)
                      + ["", "load it:", f"  {line}"])
     return Record(html, text)
+
+
+def push_record(pushed: Any) -> Record:
+    """A finished push: the commit sha and its URL, what was sent, the line that loads it back."""
+    head = f"pushed to {pushed.repo_id}" + (f" ({pushed.revision})" if pushed.revision != "main" else "")
+    sent = len(pushed.uploaded)
+    facts = [("commit", pushed.commit_sha), ("url", pushed.pr_url or pushed.commit_url),
+             ("files", f"{len(pushed.files)} in one commit; {sent} large file{'s' * (sent != 1)} uploaded"
+                       + (", the others were already on the Hub" if sent < len([f for f in pushed.files
+                                                                                if f.endswith('.safetensors')]) else "")),
+             ("time", W.format_seconds(pushed.seconds))]
+    if pushed.tag:
+        facts.append(("tag", pushed.tag))
+    if pushed.card_written:
+        facts.append(("model card", "README.md written (base model, source commit, dtype)"))
+    line = pushed.load_line
+    html = _box(f"<b style='{_OK}'>✓</b> <b>{escape(head)}</b>",
+                _facts_html([(k, f"<a href='{escape(v)}' target='_blank'>{escape(v)}</a>" if k == "url"
+                              else f"<code style='{_CODE}'>{escape(v)}</code>" if k == "commit" else escape(v))
+                             for k, v in facts])
+                + f"<div style='{_MUTED}'>load it back:</div><pre style='margin:0;white-space:pre-wrap;{_CODE}'>"
+                  f"{escape(line)}</pre>", border="#2e7d32")
+    text = "\n".join([f"✓ {head}"] + _text_facts(facts) + ["", "load it back:", f"  {line}"])
+    return Record(html, text)

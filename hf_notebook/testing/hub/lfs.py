@@ -89,7 +89,6 @@ class LfsObjects:
         os.replace(tmp.name, self.path(oid))
         return LfsInfo(oid=oid, size=size, pointer_size=len(pointer(oid, size)))
 
-
     def receive(self, stream: BinaryIO, oid: str, size: int) -> LfsInfo:
         """Store ``size`` bytes read from ``stream`` as the content of ``oid``, checked against both.
 
@@ -98,26 +97,18 @@ class LfsObjects:
         other content :class:`ContentMismatch`, and either way nothing is left behind.
         """
         target = self.path(oid)
-        tmp = tempfile.NamedTemporaryFile(dir=self.root, prefix=".upload-", delete=False)
-        try:
-            with tmp:
-                digest, received = hashlib.sha256(), 0
-                while received < size:
-                    chunk = stream.read(min(_COPY_CHUNK, size - received))
-                    if not chunk:
-                        raise IncompleteUpload(f"upload of {oid} ended after {received} of {size} bytes")
-                    digest.update(chunk)
-                    tmp.write(chunk)
-                    received += len(chunk)
-            if digest.hexdigest() != oid:
-                raise ContentMismatch(
-                    f"sha256 mismatch: the {size} bytes uploaded for {oid} have sha256 {digest.hexdigest()}"
-                )
-            os.chmod(tmp.name, 0o644)
-            os.replace(tmp.name, target)
-        except BaseException:
-            os.unlink(tmp.name)
-            raise
+        with tempfile.NamedTemporaryFile(dir=self.root, prefix=".upload-", delete=False) as tmp:
+            try:
+                digest = _copy_exactly(stream, tmp, size)
+                if digest != oid:
+                    message = f"sha256 mismatch: the {size} bytes uploaded as LFS object {oid} have sha256 {digest}"
+                    raise ContentMismatch(message)
+            except BaseException:
+                tmp.close()
+                os.unlink(tmp.name)
+                raise
+        os.chmod(tmp.name, 0o644)
+        os.replace(tmp.name, target)
         return LfsInfo(oid=oid, size=size, pointer_size=len(pointer(oid, size)))
 
 
@@ -127,4 +118,17 @@ def _copy_hashing(src: BinaryIO, dst: BinaryIO) -> str:
     while chunk := src.read(_COPY_CHUNK):
         digest.update(chunk)
         dst.write(chunk)
+    return digest.hexdigest()
+
+
+def _copy_exactly(src: BinaryIO, dst: BinaryIO, size: int) -> str:
+    """Copy ``size`` bytes and return their sha256; :class:`IncompleteUpload` if ``src`` ends before."""
+    digest, copied = hashlib.sha256(), 0
+    while copied < size:
+        chunk = src.read(min(_COPY_CHUNK, size - copied))
+        if not chunk:
+            raise IncompleteUpload(f"upload ended after {copied} of {size} bytes")
+        digest.update(chunk)
+        dst.write(chunk)
+        copied += len(chunk)
     return digest.hexdigest()

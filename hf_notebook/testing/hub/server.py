@@ -508,7 +508,7 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             self.store.lfs.receive(stream, oid, size)
         except ContentMismatch as error:
-            raise HttpError(400, None, f"{error}, not the oid it was uploaded as: refused") from None
+            raise HttpError(400, None, f"{error}; nothing was stored") from None
         except IncompleteUpload:  # cut off by fail_after_bytes, or the client hung up: there is no one to answer
             self.close_connection = True
             if limit is not None:

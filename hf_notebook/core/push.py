@@ -1,0 +1,247 @@
+"""Push a saved model folder to the Hub in one commit, with per-file progress, resumable.
+
+Uploads go through huggingface_hub (``create_commit``): weights as LFS objects (Xet storage on
+the real Hub), small files inline. A re-run uploads only the objects the Hub does not have yet
+(the LFS batch answer skips them), so an interrupted push resumes at file granularity. Hashes
+the folder's manifest already holds are handed to the client, so files are not read twice.
+The token is checked (present, allowed to write, owner of the namespace) before any upload,
+and never appears in a result, an error or a repr: errors are rewritten with tokens masked.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+from .errors import AuthError, HfNotebookError, HubError, OptionError, hub_failure, redact
+from .events import FileProgress, OnEvent, emit
+from .save import MANIFEST
+
+
+class PushError(HfNotebookError, RuntimeError):
+    """A push the Hub refused, or one that cannot start."""
+
+
+@dataclass(frozen=True)
+class PushResult:
+    """A finished push: where it went and the commit that holds it."""
+
+    repo_id: str
+    commit_sha: str
+    commit_url: str
+    revision: str  # the branch committed to, or refs/pr/N
+    files: tuple[str, ...]
+    uploaded: tuple[str, ...]  # LFS files whose bytes were sent (the others the Hub already had)
+    seconds: float
+    pr_url: Optional[str] = None
+    tag: Optional[str] = None
+    card_written: bool = False
+    name: Optional[str] = None
+
+    @property
+    def load_line(self) -> str:
+        return f"%load_model {self.repo_id}@{self.commit_sha}" + (f" --as {self.name}" if self.name else "")
+
+    def _repr_mimebundle_(self, **_):
+        from hf_notebook.ui.record import push_record
+
+        return push_record(self).bundle()
+
+    def __repr__(self) -> str:
+        return f"PushResult({self.repo_id}@{self.commit_sha})"
+
+
+def parse_repo_id(text: str) -> str:
+    """``org/name``, validated as the Hub validates it."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    text = (text or "").strip()
+    try:
+        validate_repo_id(text)
+    except HFValidationError as exc:
+        raise OptionError(f"{text!r} is not a valid repo id: {str(exc).splitlines()[0]}",
+                          hint="Write it as owner/name, e.g. my-user/my-model.") from None
+    if "/" not in text:
+        raise OptionError(f"{text!r} has no owner.", hint="Write it as owner/name, e.g. my-user/my-model.")
+    return text
+
+
+def push_folder(folder: str | os.PathLike, repo_id: str, *, private: bool = False, branch: Optional[str] = None,
+                create_pr: bool = False, message: Optional[str] = None, tag: Optional[str] = None,
+                token: Any = None, name: Optional[str] = None, on_event: OnEvent | None = None) -> PushResult:
+    """Push every file of ``folder`` to ``repo_id`` in one commit; see the module docstring."""
+    from huggingface_hub import HfApi, constants
+
+    t0 = time.perf_counter()
+    folder = Path(folder).expanduser()
+    repo_id = parse_repo_id(repo_id)
+    if not folder.is_dir():
+        raise OptionError(f"{folder} is not a folder.", hint="Save the model first (%save_model NAME DIR), or fix --from.")
+    api = HfApi()
+    endpoint = constants.ENDPOINT
+    try:
+        _check_token(api, repo_id, token)
+        api.create_repo(repo_id, private=private, exist_ok=True, token=token)
+        if branch:
+            api.create_branch(repo_id, branch=branch, exist_ok=True, token=token)
+        operations, uploaded, card = _operations(folder, repo_id, on_event)
+        info = api.create_commit(repo_id, operations, commit_message=message or f"Upload {folder.name} with hf_notebook",
+                                 revision=branch, create_pr=create_pr, token=token)
+        sha = info.oid
+        if tag:
+            api.create_tag(repo_id, tag=tag, revision=sha, token=token, exist_ok=False)
+    except HfNotebookError:
+        raise
+    except Exception as exc:  # the client's errors: rewritten, token masked, without their frames
+        raise _ours(exc, endpoint) from None
+    revision = f"refs/pr/{info.pr_num}" if create_pr and info.pr_num is not None else (branch or "main")
+    return PushResult(repo_id, sha, info.commit_url, revision, tuple(op.path_in_repo for op in operations),
+                      tuple(uploaded), time.perf_counter() - t0, info.pr_url, tag, card, name)
+
+
+def _check_token(api: Any, repo_id: str, token: Any) -> None:
+    """A token that may write to ``repo_id``'s owner, before anything is sent."""
+    from huggingface_hub.errors import HfHubHTTPError, LocalTokenNotFoundError
+
+    try:
+        me = api.whoami(token=token)
+    except LocalTokenNotFoundError:
+        raise AuthError("No Hugging Face token: pushing needs one that may write.",
+                        hint="Log in with `hf auth login` (or set HF_TOKEN), or type a token in the panel's "
+                             "password field.") from None
+    except HfHubHTTPError as exc:
+        if getattr(exc.response, "status_code", None) == 401:
+            raise AuthError("The Hub did not accept the token.",
+                            hint="Log in again with `hf auth login`, or give a valid token.") from None
+        raise
+    role = ((me.get("auth") or {}).get("accessToken") or {}).get("role")
+    if role == "read":
+        raise AuthError("The token can only read; pushing needs a token that may write.",
+                        hint="Create a write token at https://huggingface.co/settings/tokens and log in with it.")
+    owner = repo_id.split("/")[0]
+    allowed = {me.get("name")} | {o.get("name") for o in me.get("orgs") or []}
+    if owner not in allowed:
+        raise AuthError(f"This token belongs to {me.get('name')!r}, which cannot create or write repos under "
+                        f"{owner!r}.", hint=f"Push to {me.get('name')}/{repo_id.split('/')[1]} or to an organization "
+                                            f"you belong to ({', '.join(sorted(a for a in allowed if a))}).")
+
+
+def _operations(folder: Path, repo_id: str, on_event: OnEvent | None):
+    """One add per file (hashes from the manifest where it has them), and a model card if there is none."""
+    from huggingface_hub import CommitOperationAdd
+
+    manifest = _manifest(folder)
+    known = {name: facts["sha256"] for name, facts in manifest.get("files", {}).items()}
+    known[MANIFEST] = None
+    operations, uploaded = [], []
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        rel = path.relative_to(folder).as_posix()
+        op = _TrackedAdd(path_in_repo=rel, path_or_fileobj=str(path))
+        op.on_event, op.uploaded = on_event, uploaded
+        if known.get(rel) and op.upload_info.size == manifest["files"][rel]["size"]:
+            op.upload_info.sha256 = bytes.fromhex(known[rel])  # no second read to hash it
+        operations.append(op)
+    card = not (folder / "README.md").exists()
+    if card:
+        operations.append(CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=model_card(manifest, repo_id)))
+    return operations, uploaded, card
+
+
+def _manifest(folder: Path) -> dict:
+    try:
+        return json.loads((folder / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def model_card(manifest: dict, repo_id: str) -> bytes:
+    """A README.md with the card metadata the Hub reads: base model, library, and how it was made."""
+    source = manifest.get("source", "")
+    base, _, sha = source.partition("@")
+    meta = ["---", "library_name: transformers", "tags:", "- hf_notebook"]
+    if base and "/" in base and not base.startswith("/"):
+        meta += [f"base_model: {base}"]
+    meta.append("---")
+    lines = [f"# {repo_id.split('/')[1]}", ""]
+    if base:
+        lines.append(f"Saved from `{base}`" + (f" at commit `{sha}`" if sha else "")
+                     + f" in {manifest.get('dtype', 'its own dtype')} with hf_notebook's `%save_model`, "
+                       "then pushed with `%push_model`.")
+    versions = manifest.get("versions") or {}
+    if versions:
+        lines += ["", "Written with " + ", ".join(f"{k} {v}" for k, v in sorted(versions.items())) + "."]
+    lines += ["", "`hf_notebook.manifest.json` lists every file with its size and sha256.", ""]
+    return ("\n".join(meta + [""] + lines)).encode()
+
+
+def _ours(exc: BaseException, endpoint: str) -> HfNotebookError:
+    """A client error as ours: what the Hub said (token masked), and what to do."""
+    from .errors import status_of
+
+    failure = hub_failure(exc, "the push", endpoint)
+    if failure is not None:
+        return failure
+    status = status_of(exc)
+    text = redact(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+    if status in (401, 403):
+        return AuthError(f"The Hub refused the push ({status}): {text}",
+                         hint="Check that the token may write to this repo (`hf auth whoami`).")
+    if status is not None:
+        return HubError(f"The Hub answered {status} to the push: {text}", status=status,
+                        hint="Run the cell again: files the Hub already has are not sent again.")
+    return PushError(f"The push failed: {type(exc).__name__}: {text}",
+                     hint="Run the cell again: files the Hub already has are not sent again.")
+
+
+def _tracked_add_class():
+    from huggingface_hub import CommitOperationAdd
+
+    class TrackedAdd(CommitOperationAdd):
+        """A file add that reports the bytes read for its upload as :class:`FileProgress` events."""
+
+        on_event: Any = None
+        uploaded: Any = None
+
+        @contextlib.contextmanager
+        def as_file(self, with_tqdm: bool = False) -> Iterator[Any]:
+            if not with_tqdm or not isinstance(self.path_or_fileobj, str):
+                with super().as_file() as f:
+                    yield f
+                return
+            if self.uploaded is not None:
+                self.uploaded.append(self.path_in_repo)
+            with open(self.path_or_fileobj, "rb") as raw:
+                yield _Reporting(raw, self.path_in_repo, self.upload_info.size, self.on_event)
+
+    return TrackedAdd
+
+
+class _Reporting(io.BufferedReader):
+    """Reads from a file and reports how far the upload got."""
+
+    def __init__(self, raw: Any, name: str, total: int, on_event: OnEvent | None):
+        super().__init__(raw.raw if hasattr(raw, "raw") else raw)
+        self._name, self._total, self._on_event, self._done = name, total, on_event, 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = super().read(size)
+        self._done += len(data)
+        emit(self._on_event, FileProgress(self._name, self._done, self._total))
+        return data
+
+
+def _TrackedAdd(**kwargs):  # noqa: N802 - built on first use: huggingface_hub is imported lazily
+    global _TRACKED
+    if _TRACKED is None:
+        _TRACKED = _tracked_add_class()
+    return _TRACKED(**kwargs)
+
+
+_TRACKED = None

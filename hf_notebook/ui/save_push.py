@@ -1,0 +1,180 @@
+"""The save and push panel: a folder, shard size and dtype to save; a repo, branch/PR, message and
+token to push; per-file progress; and, beside it, the static record of each result.
+
+Only draws and forwards: saving is ``core.save.save_model``, pushing ``core.push.push_folder``
+(through the magics' rules, e.g. never into a folder a loaded model reads from). The token
+field's value is read once and cleared at once, before anything is sent, so it is in no output,
+no log and no saved widget state. Standard ipywidgets only.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+import time
+from html import escape
+from typing import Any, Callable, Optional
+
+import ipywidgets as W
+
+from hf_notebook.core.events import FileProgress
+from hf_notebook.core.units import format_bytes
+
+_MUTED = "color:var(--jp-ui-font-color2,#666)"
+_DANGER = "color:#b71c1c"
+_OK = "color:#2e7d32"
+_WIDE = W.Layout(flex="1 1 16em", min_width="10em")
+
+
+class SavePushPanel:
+    """Save (and push) one loaded model; ``save()`` and ``push()`` are what the buttons call."""
+
+    def __init__(self, result: Any, *, name: str, save: Callable[..., Any], push: Callable[..., Any],
+                 min_interval: float = 0.1):
+        self.result, self.name = result, name
+        self._save, self._push = save, push
+        self.saved: Any = None
+        self.pushed: Any = None
+        self.record_handle: Any = None
+        self._lock, self._last, self.min_interval = threading.Lock(), 0.0, min_interval
+        style = {"description_width": "7em"}
+        self.folder = W.Text(value=f"{name}-saved", description="folder", style=style, layout=_WIDE)
+        self.shard = W.Text(placeholder="50GB", description="shard size", style=style, layout=W.Layout(width="16em"))
+        self.dtype = W.Dropdown(options=[("as loaded", ""), ("float32", "float32"), ("bfloat16", "bfloat16"),
+                                         ("float16", "float16")], value="", description="dtype", style=style,
+                                layout=W.Layout(width="16em"))
+        self.overwrite = W.Checkbox(value=False, description="replace an existing folder", indent=False)
+        self.save_button = W.Button(description="Save", icon="save", button_style="primary")
+        self.repo = W.Text(placeholder="owner/name", description="repo", style=style, layout=_WIDE)
+        self.private = W.Checkbox(value=False, description="private", indent=False, layout=W.Layout(width="7em"))
+        self.branch = W.Text(placeholder="main", description="branch", style=style, layout=W.Layout(width="16em"))
+        self.create_pr = W.Checkbox(value=False, description="open a pull request", indent=False)
+        self.message = W.Text(placeholder="Upload with hf_notebook", description="message", style=style, layout=_WIDE)
+        self.token = W.Password(placeholder="empty: your login (hf auth login / HF_TOKEN)", description="token",
+                                style=style, layout=_WIDE)
+        self.push_button = W.Button(description="Push", icon="upload", button_style="primary")
+        self.files = W.VBox()
+        self.status = W.HTML()
+        self.bars: dict[str, tuple[W.FloatProgress, W.HTML]] = {}
+        self.save_button.on_click(lambda _: self.save())
+        self.push_button.on_click(lambda _: self.push())
+        row = dict(layout=W.Layout(flex_flow="row wrap", align_items="center"))
+        self.widget = W.VBox([
+            W.HTML(f"<b>Save and push</b> · {escape(name)}"),
+            W.HBox([self.folder, self.shard, self.dtype], **row), W.HBox([self.overwrite, self.save_button], **row),
+            W.HTML(f"<div style='{_MUTED};margin-top:6px'>push to the Hub (saved first if needed)</div>"),
+            W.HBox([self.repo, self.private], **row), W.HBox([self.branch, self.create_pr], **row),
+            W.HBox([self.message], **row), W.HBox([self.token, self.push_button], **row),
+            self.files, self.status,
+        ], layout=W.Layout(border="1px solid var(--jp-border-color2,#ccc)", padding="6px", max_width="100%"))
+
+    # -- actions ------------------------------------------------------------------------------
+    def save(self) -> Any:
+        """Save into the folder field's folder; the record beside the panel shows the result."""
+        self._start("saving…")
+        try:
+            self.saved = self._save(self.result, self.folder.value.strip(), max_shard_size=self.shard.value.strip() or None,
+                                    dtype=self.dtype.value or None, overwrite=self.overwrite.value, on_event=self.event)
+        except BaseException as exc:
+            return self._failed("Not saved", exc)
+        self._done(f"✓ saved to {self.saved.folder}", self.saved)
+        return self.saved
+
+    def push(self) -> Any:
+        """Push the saved folder (or save into a temporary one first) to the repo field's repo."""
+        token = self.token.value or None
+        self.token.value = ""  # read once: gone from the widget (and any saved state) before anything is sent
+        repo = self.repo.value.strip()
+        self._start(f"pushing to {repo}…")
+        try:
+            if self.saved is not None:
+                self.pushed = self._push(self.saved.folder, repo, token=token, on_event=self.event, **self._push_options())
+            else:
+                with tempfile.TemporaryDirectory(prefix="hf_notebook-push-") as tmp:
+                    folder = os.path.join(tmp, "model")
+                    self._save(self.result, folder, max_shard_size=self.shard.value.strip() or None,
+                               dtype=self.dtype.value or None, overwrite=False, on_event=self.event)
+                    self.pushed = self._push(folder, repo, token=token, on_event=self.event, **self._push_options())
+        except BaseException as exc:
+            return self._failed("Not pushed", exc)
+        finally:
+            token = None
+        self._done(f"✓ pushed to {self.pushed.repo_id} at {self.pushed.commit_sha[:12]}", self.pushed)
+        return self.pushed
+
+    def _push_options(self) -> dict:
+        return dict(private=self.private.value, branch=self.branch.value.strip() or None,
+                    create_pr=self.create_pr.value, message=self.message.value.strip() or None, name=self.name)
+
+    # -- drawing --------------------------------------------------------------------------------
+    def event(self, event: Any) -> None:
+        """Per-file progress from the writer or the upload (any thread)."""
+        if not isinstance(event, FileProgress):
+            return
+        with self._lock:
+            bar, info = self.bars.get(event.filename) or self._bar(event.filename)
+            total = float(event.total or 1)
+            finished = event.total is not None and event.done >= event.total
+            now = time.monotonic()
+            if not finished and now - self._last < self.min_interval:
+                return
+            self._last = now
+            bar.max = total
+            bar.value = min(float(event.done), total)
+            if finished:
+                bar.bar_style = "success"
+            info.value = f"{format_bytes(event.done)} of {format_bytes(event.total)}" if event.total else ""
+
+    def _bar(self, name: str):
+        bar = W.FloatProgress(min=0.0, max=1.0, value=0.0, layout=W.Layout(flex="1 1 30%"))
+        info = W.HTML(layout=W.Layout(flex="1 1 25%"))
+        label = W.HTML(f"<code>{escape(name)}</code>", layout=W.Layout(flex="1 1 35%", overflow="hidden"))
+        self.bars[name] = (bar, info)
+        self.files.children = self.files.children + (W.HBox([label, bar, info], layout=W.Layout(flex_flow="row wrap")),)
+        return bar, info
+
+    def _start(self, text: str) -> None:
+        self._clear_bars()
+        self.save_button.disabled = self.push_button.disabled = True
+        self.status.value = f"<span style='{_MUTED}'>{escape(text)}</span>"
+
+    def _done(self, text: str, result: Any) -> None:
+        self._clear_bars()  # the record beside the panel tells the outcome: no bar stays behind
+        self.save_button.disabled = self.push_button.disabled = False
+        self.status.value = f"<span style='{_OK}'>{escape(text)}</span>"
+        self._show(result)
+
+    def _failed(self, what: str, exc: BaseException) -> None:
+        from hf_notebook.core.errors import redact
+
+        self._clear_bars()
+        self.save_button.disabled = self.push_button.disabled = False
+        reason = "cancelled" if isinstance(exc, KeyboardInterrupt) else redact(str(exc))
+        self.status.value = f"<span style='{_DANGER}'>{escape(what)}: {escape(reason)}</span>"
+        return None
+
+    def _clear_bars(self) -> None:
+        for bar, _ in self.bars.values():
+            bar.close()
+        self.bars.clear()
+        self.files.children = ()
+
+    # -- output ---------------------------------------------------------------------------------
+    def display(self) -> None:
+        """The live panel, and beside it a static record output that each result replaces."""
+        from IPython.display import HTML, display
+
+        display(self.widget)
+        self.record_handle = display(HTML(f"<div style='{_MUTED}'>nothing saved or pushed yet</div>"),
+                                     display_id=True)
+
+    def _show(self, result: Any) -> None:
+        if self.record_handle is not None:
+            self.record_handle.update(result)
+
+    def to_text(self) -> str:
+        return f"Save and push panel for {self.name} (use %save_model {self.name} DIR / %push_model in a terminal)"
+
+    def __repr__(self) -> str:
+        return self.to_text()
