@@ -4,6 +4,7 @@ import hashlib
 import http.client
 import json
 import os
+import re
 import struct
 import subprocess
 import sys
@@ -44,6 +45,21 @@ def repo(hub_store, hub_repo_id):
 
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def random_safetensors(name: str, floats: int) -> bytes:
+    """A valid safetensors file whose content no other test has: its tensor bytes are random."""
+    return safetensors_bytes(name, 1, floats)[: -floats * 4] + os.urandom(floats * 4)
+
+
+def lfs_puts(server) -> list[str]:
+    """The oids PUT to upload hrefs, from the request log."""
+    return [path.rsplit("/", 1)[1] for method, path in server.requests if method == "PUT" and "/lfs-upload/" in path]
+
+
+def stray_lfs_files(store) -> list[str]:
+    """Anything in the LFS object store that is not a whole object (a temp file left by a broken upload)."""
+    return [path.name for path in store.lfs.root.iterdir() if not re.fullmatch(r"[0-9a-f]{64}", path.name)]
 
 
 # --------------------------------------------------------------------------- reads
@@ -216,6 +232,174 @@ def test_upload_folder_as_pull_request(hub_server, hub_store, hub_repo_id, tmp_p
     assert hub_store.read(hub_repo_id, "proposal.txt", "refs/pr/1") == b"please merge"
     assert api.model_info(hub_repo_id).sha == main
     assert any(path.endswith("/discussions") for _, path in hub_server.requests) == xet
+
+
+def test_upload_folder_sends_weights_through_lfs(hub_server, hub_store, hub_repo_id, hub_token, hf_cache, tmp_path):
+    from huggingface_hub import HfApi, hf_hub_download
+
+    api = HfApi(token=hub_token)
+    api.create_repo(hub_repo_id)
+    weights = random_safetensors("w", 4096)
+    (tmp_path / "model.safetensors").write_bytes(weights)
+    (tmp_path / "config.json").write_text('{"model_type": "demo"}')
+    hub_server.reset_counters()
+
+    commit = api.upload_folder(repo_id=hub_repo_id, folder_path=tmp_path)
+    oid = sha256(weights)
+    calls = [(method, path.replace(hub_repo_id, "{repo}")) for method, path in hub_server.requests]
+    assert calls == [
+        ("POST", "/api/models/{repo}/preupload/main"),
+        ("POST", "/{repo}.git/info/lfs/objects/batch"),
+        ("PUT", f"/lfs-upload/{{repo}}/{oid}"),  # no Authorization header: the href is signed instead
+        ("POST", "/{repo}.git/info/lfs/objects/verify"),
+        ("POST", "/api/models/{repo}/commit/main"),
+    ]
+    assert hub_server.lfs_uploads == [oid] and (hub_store.lfs.root / oid).read_bytes() == weights
+    files = hub_store.snapshot(hub_repo_id, commit.oid).files
+    assert files["model.safetensors"].lfs.oid == oid and files["config.json"].lfs is None
+    path = hf_hub_download(hub_repo_id, "model.safetensors", revision=commit.oid, token=hub_token)
+    assert open(path, "rb").read() == weights and commit.oid in path
+    assert stray_lfs_files(hub_store) == []
+
+
+def test_transformers_loads_what_push_to_hub_uploaded(hub_server, hub_store, hub_repo_id, hf_cache, tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+        num_key_value_heads=1, vocab_size=128,
+    )
+    original = LlamaForCausalLM(config)  # random weights: the store has none of them yet
+    commit = original.push_to_hub(hub_repo_id)
+    assert any(path.startswith("/lfs-upload/") for _, path in hub_server.requests)
+    assert hub_store.snapshot(hub_repo_id, commit.oid).files["model.safetensors"].lfs is not None
+
+    loaded = AutoModelForCausalLM.from_pretrained(hub_repo_id, revision=commit.oid)
+    expected, actual = original.state_dict(), loaded.state_dict()
+    assert expected.keys() == actual.keys()
+    assert all(torch.equal(expected[name], actual[name]) for name in expected)
+
+
+def test_reupload_sends_only_what_the_hub_lacks(hub_server, hub_store, hub_repo_id, hf_cache, tmp_path):
+    from huggingface_hub import HfApi, hf_hub_download
+
+    api = HfApi()
+    api.create_repo(hub_repo_id)
+    first = random_safetensors("a", 2048)
+    (tmp_path / "a.safetensors").write_bytes(first)
+    (tmp_path / "config.json").write_text("{}")
+    api.upload_folder(repo_id=hub_repo_id, folder_path=tmp_path)
+    assert lfs_puts(hub_server) == [sha256(first)]
+
+    # The same folder again, as a new commit on main and on a new branch: batch calls, but no bytes.
+    hub_server.reset_counters()
+    again = api.upload_folder(repo_id=hub_repo_id, folder_path=tmp_path, commit_message="again")
+    api.create_branch(hub_repo_id, branch="dev", revision=again.oid)
+    on_dev = api.upload_folder(repo_id=hub_repo_id, folder_path=tmp_path, revision="dev", commit_message="dev")
+    assert lfs_puts(hub_server) == [] and hub_server.lfs_uploads == []
+    assert [path for _, path in hub_server.requests].count(f"/{hub_repo_id}.git/info/lfs/objects/batch") == 2
+    assert api.model_info(hub_repo_id, revision="dev").sha == on_dev.oid != again.oid
+    assert open(hf_hub_download(hub_repo_id, "a.safetensors", revision="dev"), "rb").read() == first
+
+    # One new weights file next to the old one: only the new one travels.
+    second = random_safetensors("b", 2048)
+    (tmp_path / "b.safetensors").write_bytes(second)
+    hub_server.reset_counters()
+    api.upload_folder(repo_id=hub_repo_id, folder_path=tmp_path)
+    assert lfs_puts(hub_server) == [sha256(second)] == hub_server.lfs_uploads
+    assert hub_store.read(hub_repo_id, "b.safetensors") == second
+
+
+def test_commit_naming_an_lfs_object_never_uploaded_is_refused(hub_server, hub_store, hub_repo_id, tmp_path):
+    from huggingface_hub import CommitOperationAdd, HfApi
+    from huggingface_hub.errors import HfHubHTTPError
+
+    api = HfApi()
+    api.create_repo(hub_repo_id)
+    head = api.model_info(hub_repo_id).sha
+    weights = random_safetensors("w", 256)
+    operation = CommitOperationAdd("model.safetensors", weights)
+    operation._upload_mode, operation._is_uploaded = "lfs", True  # as if preupload_lfs_files had uploaded it
+    with pytest.raises(HfHubHTTPError) as refused:
+        api.create_commit(hub_repo_id, [operation], commit_message="dangling pointer")
+    assert refused.value.response.status_code == 400
+    assert f"LFS object {sha256(weights)} for model.safetensors was never uploaded" in str(refused.value)
+    assert api.model_info(hub_repo_id).sha == head and lfs_puts(hub_server) == []
+
+
+def test_upload_checks_content_signature_and_token(hub_server, hub_store, hub_repo_id, hub_token):
+    from huggingface_hub import get_session
+
+    hub_store.create_repo(hub_repo_id)
+    content, other = os.urandom(5000), os.urandom(5000)
+    oid = sha256(content)
+    batch_url = f"{hub_server.endpoint}/{hub_repo_id}.git/info/lfs/objects/batch"
+    request = {"operation": "upload", "transfers": ["basic"], "objects": [{"oid": oid, "size": len(content)}]}
+    session = get_session()
+    assert session.post(batch_url, json=request).status_code == 401  # the batch needs the token
+    auth = {"Authorization": f"Bearer {hub_token}"}
+    answer = session.post(batch_url, json=request, headers=auth).json()
+    assert answer["transfer"] == "basic"
+    href = answer["objects"][0]["actions"]["upload"]["href"]
+
+    wrong = session.put(href, content=other)
+    assert wrong.status_code == 400 and "sha256 mismatch" in wrong.json()["error"]
+    assert session.put(href, content=content[:-1]).status_code == 400  # not the size the href was signed for
+    assert session.put(href.replace("signature=", "signature=0"), content=content).status_code == 403
+    assert hub_store.lfs.size(oid) is None and hub_server.lfs_uploads == [] and stray_lfs_files(hub_store) == []
+
+    assert session.put(href, content=content).status_code == 200  # no Authorization: the signature is enough
+    verify = answer["objects"][0]["actions"]["verify"]["href"]
+    assert session.post(verify, json={"oid": oid, "size": len(content)}, headers=auth).status_code == 200
+    assert hub_server.lfs_uploads == [oid] and (hub_store.lfs.root / oid).read_bytes() == content
+    present = session.post(batch_url, json=request, headers=auth).json()["objects"]
+    assert present == [{"oid": oid, "size": len(content)}]  # no actions: the client skips the upload
+
+
+def test_upload_folder_as_pull_request_with_lfs_files(hub_server, hub_store, hub_repo_id, hf_cache, tmp_path):
+    from huggingface_hub import HfApi, hf_hub_download
+
+    api = HfApi()
+    api.create_repo(hub_repo_id)
+    main = api.model_info(hub_repo_id).sha
+    weights = random_safetensors("w", 2048)
+    (tmp_path / "model.safetensors").write_bytes(weights)
+    (tmp_path / "config.json").write_text("{}")
+    commit = api.upload_folder(repo_id=hub_repo_id, folder_path=tmp_path, create_pr=True)
+    assert commit.pr_revision == "refs/pr/1" and lfs_puts(hub_server) == [sha256(weights)]
+    assert hub_store.snapshot(hub_repo_id, "refs/pr/1").files["model.safetensors"].lfs.oid == sha256(weights)
+    assert open(hf_hub_download(hub_repo_id, "model.safetensors", revision="refs/pr/1"), "rb").read() == weights
+    assert api.model_info(hub_repo_id).sha == main
+
+
+def test_broken_upload_leaves_nothing_and_a_rerun_resumes(hub_server, hub_store, hub_repo_id, tmp_path):
+    from huggingface_hub import HfApi
+
+    api = HfApi()
+    api.create_repo(hub_repo_id)
+    head = api.model_info(hub_repo_id).sha
+    a, b = random_safetensors("a", 50_000), random_safetensors("b", 50_000)
+    (tmp_path / "a.safetensors").write_bytes(a)
+    (tmp_path / "b.safetensors").write_bytes(b)
+
+    # b's PUT fails for good (507 is not retried): the push fails after a was stored, and commits nothing.
+    hub_server.errors = {f"/lfs-upload/{hub_repo_id}/{sha256(b)}": 507}
+    with pytest.raises(RuntimeError, match="Error while uploading 'b.safetensors'") as failed:
+        api.upload_folder(repo_id=hub_repo_id, folder_path=tmp_path)
+    assert failed.value.__cause__.response.status_code == 507
+    assert hub_server.lfs_uploads == [sha256(a)] and hub_store.lfs.size(sha256(b)) is None
+    assert api.model_info(hub_repo_id).sha == head
+
+    # The re-run uploads b only; its PUT is cut off once (fail_after_bytes), the client retries it.
+    hub_server.errors = {}
+    hub_server.reset_counters()
+    hub_server.fail_after_bytes = 100_000
+    commit = api.upload_folder(repo_id=hub_repo_id, folder_path=tmp_path)
+    assert lfs_puts(hub_server) == [sha256(b), sha256(b)] and hub_server.lfs_uploads == [sha256(b)]
+    assert hub_server.fail_after_bytes is None and stray_lfs_files(hub_store) == []
+    assert hub_store.read(hub_repo_id, "a.safetensors", commit.oid) == a
+    assert hub_store.read(hub_repo_id, "b.safetensors", commit.oid) == b
 
 
 def test_create_and_delete_branches_and_tags(repo, hub_server):

@@ -14,7 +14,7 @@ import tempfile
 import threading
 import time
 from html import escape
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 import ipywidgets as W
 
