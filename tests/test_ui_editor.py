@@ -143,3 +143,17 @@ def test_text_form_for_terminals(llama_folder):
     assert "model.layers.0-1" in text and "cpu: 427.3 kB" in text
     bundle = DeviceMapEditor(result)._repr_mimebundle_()
     assert "application/vnd.jupyter.widget-view+json" in bundle and bundle["text/plain"] == text
+
+
+def test_apply_replays_its_own_edits_on_a_map_moved_elsewhere(llama_folder):
+    """An editor opened before another cell moved the model must not undo that move."""
+    from hf_notebook.core.api import apply_device_map, device_map_editor
+
+    result = load_model(str(llama_folder[0]), device_map="cpu", name="m")
+    editor = DeviceMapEditor(result)
+    other = device_map_editor(result)
+    other.set("model.layers.0-1", "disk")
+    apply_device_map(result, other.map)  # e.g. %edit_device_map m --set model.layers.0-1=disk in another cell
+    row(editor, "lm_head").select.value = "disk"
+    assert editor.apply()
+    assert result.model.hf_device_map["model.layers.0"] == "disk" and result.model.hf_device_map["lm_head"] == "disk"

@@ -53,6 +53,7 @@ class Change:
 
     asked: dict[str, Device]
     followed: dict[str, str] = field(default_factory=dict)  # module that moved along -> module it follows
+    reset: Optional[str] = None  # a reset: to "initial" or to a strategy's map
 
 
 def parse_assignment(text: str) -> tuple[str, Device]:
@@ -234,7 +235,7 @@ class MapEditor:
         else:
             offered = ", ".join(self.strategies) or "none here"
             raise MapError(f"Unknown reset strategy {strategy!r}.", hint=f"Strategies on offer: {offered}.")
-        change = Change({"": f"reset:{strategy or 'initial'}"})
+        change = Change({}, reset=strategy or "initial")
         self.history.append((self.map, change))
         self.map = self._ordered(target)
         return change

@@ -101,7 +101,7 @@ class DeviceMapEditor:
         self.range_text = W.Text(placeholder="model.layers.20-39", description="Move",
                                  layout=W.Layout(flex="1 1 14em", min_width="10em"))
         self.range_device = W.Dropdown(options=self.options, value=self.options[-1][1], description="to",
-                                       layout=W.Layout(width="14em"))
+                                       layout=W.Layout(width="17em"))
         self.range_button = W.Button(description="Move", tooltip="move these modules to that device")
         self.range_button.on_click(lambda _: self.move_range(self.range_text.value, self.range_device.value))
         self.totals = W.HTML()
@@ -166,6 +166,13 @@ class DeviceMapEditor:
         from hf_notebook.core.api import apply_device_map, device_map_editor
 
         if self.draft.problems():
+            self.refresh()
+            return False
+        try:
+            self.draft = _on_current_map(self.draft, self.target)
+        except HfNotebookError as exc:
+            self.last_note = (f"<span style='{_DANGER}'>The map changed since this editor opened, and these edits "
+                              f"no longer apply to it: {escape(exc.message)} Reset, or open the editor again.</span>")
             self.refresh()
             return False
         self.last_note = f"<span style='{_MUTED}'>applying…</span>"
@@ -266,7 +273,7 @@ class DeviceMapEditor:
         """Show the live editor and, beside it, the static record that Apply and Export update."""
         from IPython.display import display
 
-        display(self.widget)
+        display(self)  # the widget, with the map as text for viewers that cannot draw it
         self.record_handle = display(self.record(), display_id=True)
 
     def update_record(self) -> None:
@@ -293,3 +300,21 @@ class DeviceMapEditor:
         bundle["text/plain"] = self.to_text()
         return bundle
 
+
+
+def _on_current_map(draft: Any, target: Any) -> Any:
+    """``draft``, or, when the target's map was changed elsewhere since the draft began (another cell),
+    the draft's own steps replayed on the current map: Apply never undoes a move it did not make."""
+    from hf_notebook.core.api import device_map_editor
+    from hf_notebook.core.units import parse_device
+
+    current = {k: parse_device(v) for k, v in target.device_map.items()}
+    if current == draft.initial:
+        return draft
+    fresh = device_map_editor(target)
+    for _, change in draft.history:
+        if change.reset is not None:
+            fresh.reset(None if change.reset == "initial" else change.reset)
+        else:
+            fresh.assign(list(change.asked.items()))
+    return fresh
