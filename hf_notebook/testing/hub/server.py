@@ -98,8 +98,9 @@ class HubServer:
     ``POST {repo}.git/info/lfs/objects/batch`` hands out signed upload hrefs under ``/lfs-upload/``
     (none for content the store has), the bytes are ``PUT`` there and checked against their sha256
     and size, then ``POST {repo}.git/info/lfs/objects/verify``. ``lfs_uploads`` lists the oids stored
-    by PUTs; ``errors`` (e.g. ``{"/lfs-upload/": 500}``) and ``fail_after_bytes`` (the PUT's body is
-    read that far, then the connection is cut) break uploads as they break downloads.
+    by PUTs; ``errors`` and ``fail_after_bytes`` (the PUT's body is read that far, then the connection
+    is cut) break uploads as they break downloads. The client retries a cut PUT and 429/5xx answers
+    (1 s, 2 s, 4 s, ... apart); ``{"/lfs-upload/": 507}`` fails an upload at once.
     """
 
     def __init__(
@@ -500,6 +501,7 @@ class _Handler(BaseHTTPRequestHandler):
         """Take the bytes of one object (basic transfer): stored only when all of them came and match the oid."""
         size = int(self.query["size"][0])
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower() or "Content-Length" not in self.headers:
+            self.close_connection = True  # the body's end is unknown: this connection cannot carry another request
             raise HttpError(411, None, "an LFS upload needs a Content-Length")
         if self.unread != size:
             raise HttpError(400, None, f"sent {self.unread} bytes for LFS object {oid}, which has {size}")
