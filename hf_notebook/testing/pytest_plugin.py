@@ -94,6 +94,7 @@ def _reset(server: HubServer) -> None:
     server.errors = {}
     server.retry_after = None
     server.token = None
+    server.token_role = "write"
 
 
 @pytest.fixture

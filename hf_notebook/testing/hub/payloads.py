@@ -14,8 +14,8 @@ USER = "user"  # the one account of the stand-in: new repos without an organizat
 GITATTRIBUTES = "".join(f"*{suffix} filter=lfs diff=lfs merge=lfs -text\n" for suffix in LFS_SUFFIXES).encode()
 
 
-def whoami() -> dict:
-    """``/api/whoami-v2`` for the stand-in's user, holding a write token."""
+def whoami(role: str = "write") -> dict:
+    """``/api/whoami-v2`` for the stand-in's user, holding a token of ``role`` ("write" or "read")."""
     return {
         "type": "user",
         "id": "0" * 24,
@@ -23,7 +23,7 @@ def whoami() -> dict:
         "fullname": "Local Hub User",
         "isPro": False,
         "orgs": [],
-        "auth": {"type": "access_token", "accessToken": {"displayName": "hub-standin", "role": "write"}},
+        "auth": {"type": "access_token", "accessToken": {"displayName": "hub-standin", "role": role}},
     }
 
 

@@ -113,6 +113,7 @@ class HubServer:
     ):
         self.store = store if isinstance(store, RepoStore) else RepoStore(store)
         self.token = token
+        self.token_role = "write"  # what whoami says the token may do ("read": writes get 403)
         self.throttle_bytes_per_s: float | None = None
         self.fail_after_bytes: int | None = None
         self.ignore_range = False
@@ -290,6 +291,8 @@ class _Handler(BaseHTTPRequestHandler):
                 params = {key: unquote(value) for key, value in match.groupdict().items() if value is not None}
                 if name in _WRITES and not self._authorized():
                     raise HttpError(401, None, "Invalid credentials in Authorization header")
+                if name in _WRITES and self.hub.token_role == "read":
+                    raise HttpError(403, None, "You don't have the rights to write with a read token")
                 if name in _SIGNED:
                     self._check_signature(params)
                 elif "repo" in params:
@@ -366,7 +369,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _whoami(self) -> None:
         if "Authorization" not in self.headers or not self._authorized():
             raise HttpError(401, None, "Invalid credentials in Authorization header")
-        self._send_json(payloads.whoami())
+        self._send_json(payloads.whoami(self.hub.token_role))
 
     def _agent_harnesses(self) -> None:
         """The registry that huggingface_hub 2.x fetches on first use, to name the AI agent it runs in: empty."""

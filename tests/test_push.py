@@ -1,0 +1,170 @@
+"""``%push_model`` against the stand-in: one commit through LFS, read back at the shown sha; a card;
+resume after an interrupted upload; the token checked first and never shown."""
+
+import json
+
+import pytest
+import torch
+from IPython.core.error import UsageError
+
+
+@pytest.fixture
+def token(hub_token, monkeypatch):
+    """A write token the stand-in requires, given the way a user's login gives it (HF_TOKEN)."""
+    monkeypatch.setenv("HF_TOKEN", hub_token)
+    return hub_token
+
+
+def loaded(shell, spec="tiny/llama", name="m", extra=""):
+    shell.run_line_magic("load_model", f"{spec} --device-map cpu --as {name} {extra}")
+    return shell.user_ns[name]
+
+
+def commit_of(text):
+    line = next(x for x in text.splitlines() if x.strip().startswith("commit"))
+    return line.split()[-1]
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_push_then_load_back_at_the_shown_sha(shell, tiny_hub, hf_cache, hub_server, token, capsys, arch):
+    model = loaded(shell, f"tiny/{arch}")
+    capsys.readouterr()
+    shell.run_line_magic("push_model", f"m user/{arch}-copy --max-shard-size 100KB")
+    text = capsys.readouterr().out
+    sha = commit_of(text)
+    assert len(sha) == 40 and f"%load_model user/{arch}-copy@{sha} --as m" in text
+    assert f"/user/{arch}-copy/commit/{sha}" in text
+    assert any(p.endswith(".git/info/lfs/objects/batch") for _, p in hub_server.requests)  # weights went through LFS
+    shell.run_line_magic("load_model", f"user/{arch}-copy@{sha} --device-map cpu --as back")
+    back = shell.user_ns["back"].state_dict()
+    assert all(torch.equal(back[k], v) for k, v in model.state_dict().items())
+    assert token not in text
+
+
+def test_a_model_card_is_written_when_there_is_none(shell, tiny_hub, hf_cache, hub_server, token, capsys):
+    from huggingface_hub import hf_hub_download
+
+    loaded(shell)
+    capsys.readouterr()
+    shell.run_line_magic("push_model", "m user/carded")
+    sha = commit_of(capsys.readouterr().out)
+    card = open(hf_hub_download("user/carded", "README.md", revision=sha)).read()
+    assert "base_model: tiny/llama" in card and "library_name: transformers" in card
+    assert tiny_hub["llama"].commits["main"] in card and "float32" in card
+
+
+def fresh_weights(model):
+    """New bytes, so the stand-in (which keeps LFS objects across repos) has none of them yet."""
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 1e-3)
+
+
+def test_an_interrupted_push_resumes_with_what_is_missing(shell, tiny_hub, hf_cache, hub_server, token, work_dir):
+    fresh_weights(loaded(shell))
+    shell.run_line_magic("save_model", f"m {work_dir / 'out'} --max-shard-size 100KB")
+    shards = [f for f in (work_dir / "out").iterdir() if f.suffix == ".safetensors"]
+    assert len(shards) >= 3
+    hub_server.errors = {"/lfs-upload/": [507]}  # one upload fails (insufficient storage): no retry
+    with pytest.raises(UsageError, match="507"):
+        shell.run_line_magic("push_model", f"--from {work_dir / 'out'} user/resumed")
+    first = list(hub_server.lfs_uploads)
+    assert len(first) < len(shards)
+    hub_server.reset_counters()
+    shell.run_line_magic("push_model", f"--from {work_dir / 'out'} user/resumed")
+    second = list(hub_server.lfs_uploads)
+    assert not set(first) & set(second) and len(first) + len(second) == len(shards)
+
+
+def test_known_hashes_are_not_read_again(shell, tiny_hub, hf_cache, hub_server, token, work_dir, monkeypatch):
+    import huggingface_hub.lfs as lfs
+
+    loaded(shell)
+    shell.run_line_magic("save_model", f"m {work_dir / 'out'} --max-shard-size 100KB")
+    reads = []
+    real = lfs.sha_fileobj
+    monkeypatch.setattr(lfs, "sha_fileobj", lambda f, *a, **k: reads.append(f) or real(f, *a, **k))
+    shell.run_line_magic("push_model", f"--from {work_dir / 'out'} user/hashed")
+    assert reads == []  # every file's sha256 came from the manifest
+
+
+@pytest.mark.parametrize("setup, line, words", [
+    ("none", "m user/x", "No Hugging Face token"),
+    ("wrong", "m user/x", "did not accept the token"),
+    ("read", "m user/x", "can only read"),
+    ("write", "m someone-else/x", "cannot create or write repos under 'someone-else'"),
+    ("write", "m not a repo", "not a valid repo id|unrecognized arguments"),
+    ("write", "m noowner", "has no owner"),
+])
+def test_push_refusals_before_any_upload(shell, tiny_hub, hf_cache, hub_server, hub_token, monkeypatch, setup, line,
+                                         words):
+    loaded(shell)
+    if setup == "none":
+        monkeypatch.delenv("HF_TOKEN", raising=False)
+        monkeypatch.setenv("HF_HOME", str(hf_cache.parent / "empty-home"))  # no stored login either
+    else:
+        monkeypatch.setenv("HF_TOKEN", "hf_wrongwrongwrongwrong" if setup == "wrong" else hub_token)
+    hub_server.token_role = "read" if setup == "read" else "write"
+    hub_server.reset_counters()
+    with pytest.raises(UsageError, match=words) as info:
+        shell.run_line_magic("push_model", line)
+    assert not [r for r in hub_server.requests if r[0] in ("POST", "PUT") and "whoami" not in r[1]]
+    assert hub_token not in str(info.value) and "hf_wrongwrong" not in str(info.value)
+
+
+def test_branch_pr_tag_private_message(shell, tiny_hub, hf_cache, hub_server, hub_store, token, capsys):
+    loaded(shell)
+    capsys.readouterr()
+    shell.run_line_magic("push_model", "m user/opts --private --message 'first cut' --tag v0")
+    sha = commit_of(capsys.readouterr().out)
+    assert hub_store.is_private("user/opts")
+    shell.run_line_magic("push_model", "m user/opts --branch exp")
+    text = capsys.readouterr().out
+    assert "(exp)" in text
+    shell.run_line_magic("push_model", "m user/opts --create-pr")
+    text = capsys.readouterr().out
+    assert "refs/pr/" in text and "/discussions/" in text
+    from huggingface_hub import HfApi
+
+    refs = HfApi().list_repo_refs("user/opts")
+    assert [t.target_commit for t in refs.tags if t.name == "v0"] == [sha]
+    assert "exp" in [b.name for b in refs.branches]
+    assert HfApi().list_repo_commits("user/opts", revision=sha)[0].title == "first cut"
+
+
+def test_the_panel_clears_the_token_and_keeps_it_out_of_everything(shell, tiny_hub, hf_cache, hub_server, hub_token,
+                                                                   monkeypatch, capsys, work_dir):
+    from hf_notebook.magics import instance
+    from hf_notebook.ui.save_push import SavePushPanel
+
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setenv("HF_HOME", str(work_dir / "no-login"))
+    loaded(shell)
+    magics = instance(shell)
+    panel = SavePushPanel(magics.registry.get("m"), name="m", save=magics._save, push=magics._push_repo)
+    panel.repo.value = "someone-else/x"
+    panel.token.value = hub_token
+    assert panel.push() is None and "cannot create or write" in panel.status.value
+    assert panel.token.value == ""  # read once, cleared at once
+    panel.repo.value, panel.token.value = "user/from-panel", hub_token
+    pushed = panel.push()
+    assert pushed is not None and pushed.repo_id == "user/from-panel" and panel.token.value == ""
+    assert panel.files.children == ()  # no bar left behind
+    state = json.dumps([w.get_state() for w in walk(panel.widget)], default=str)  # what a saved notebook keeps
+    seen = [state, repr(pushed), str(pushed._repr_mimebundle_()), panel.status.value, capsys.readouterr().out]
+    assert all(hub_token not in s for s in seen)
+    panel.folder.value = str(work_dir / "saved")
+    assert panel.save() is not None and (work_dir / "saved" / "config.json").exists()
+
+
+def walk(widget):
+    yield widget
+    for child in getattr(widget, "children", ()):
+        yield from walk(child)
+
+
+@pytest.fixture
+def work_dir(tmp_path):
+    folder = tmp_path / "work"
+    folder.mkdir()
+    return folder
