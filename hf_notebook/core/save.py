@@ -92,6 +92,9 @@ def save_model(result: Any, folder: str | os.PathLike, *, max_shard_size: Any = 
     target = Path(folder).expanduser().absolute()
     model = result.model
     out_dtype = dtype if dtype not in (None, "auto") else str(model.dtype).removeprefix("torch.")
+    if getattr(model, "hf_quantizer", None) is not None and dtype not in (None, "auto"):
+        raise SaveError("A quantized model is saved in its own format; --dtype cannot convert it.",
+                        hint="Leave --dtype out.")
     _check_target(target, overwrite, reads_from)
     _check_space(target, model, out_dtype)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.hf_notebook-", dir=target.parent))
