@@ -68,6 +68,8 @@ def test_cpu_to_disk_and_back_keeps_outputs_identical(folders, arch):
     assert not [n for n, p in model.named_parameters() if p.device.type == "meta"]
     assert result.device_map == {"": "cpu"}
     assert os.listdir(result.offload_folder) == []  # files of weights that left the disk are gone
+    maps = open("/proc/self/maps").read()
+    assert result.offload_folder not in maps  # read into memory, not left mapped from the deleted files
     assert torch.equal(logits(model, arch), want)
     assert all(model.get_parameter(t) is model.get_parameter(s) for t, s in ties.items())
     assert len(result.edits) == 2

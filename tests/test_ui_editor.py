@@ -157,3 +157,25 @@ def test_apply_replays_its_own_edits_on_a_map_moved_elsewhere(llama_folder):
     row(editor, "lm_head").select.value = "disk"
     assert editor.apply()
     assert result.model.hf_device_map["model.layers.0"] == "disk" and result.model.hf_device_map["lm_head"] == "disk"
+
+
+def test_changes_reuse_rows_instead_of_building_widgets():
+    """Each widget is a comm to the front end: editing must not pile them up."""
+    from ipywidgets.widgets.widget import _instances
+
+    plan = plan_placement(make_config("llama"), dtype="float32", max_memory={"cpu": 300_000})
+    editor = DeviceMapEditor(plan)
+    for _ in range(2):  # warm up: the pool grows to the most rows shown at once
+        editor.move_range("model.layers.0", "cpu")
+        editor.move_range("model.layers.1", "cpu")
+        editor.undo()
+        editor.undo()
+    before = len(_instances)
+    for _ in range(10):
+        editor.move_range("model.layers.0", "cpu")
+        editor.move_range("model.layers.1", "cpu")
+        editor.undo()
+        editor.undo()
+    assert len(_instances) == before
+    editor.close()
+    assert len(_instances) < before

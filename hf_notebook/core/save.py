@@ -25,7 +25,6 @@ import json
 import os
 import queue
 import shutil
-import struct
 import tempfile
 import threading
 import time
@@ -34,7 +33,7 @@ from pathlib import Path
 from typing import Any, Iterator, Optional
 
 from . import libc
-from .dtypes import code_of, torch_dtype, torch_dtype_of_code
+from .dtypes import torch_dtype, torch_dtype_of_code
 from .errors import HfNotebookError, OptionError
 from .events import FileProgress, OnEvent, emit
 from .units import format_bytes
@@ -162,21 +161,16 @@ class _Writer:
         return self.out if tensor.is_floating_point() else tensor.dtype
 
     def save_file(self, tensors: dict, filename: str, metadata: Optional[dict] = None) -> None:
-        entries = sorted(tensors.items(), key=lambda kv: (-self.target_dtype(kv[1]).itemsize, kv[0]))
-        header, offset = {"__metadata__": dict(metadata)} if metadata else {}, 0
-        for name, tensor in entries:
-            nbytes = tensor.numel() * self.target_dtype(tensor).itemsize
-            header[name] = {"dtype": code_of(self.target_dtype(tensor)), "shape": list(tensor.shape),
-                            "data_offsets": [offset, offset + nbytes]}
-            offset += nbytes
-        head = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
-        head += b" " * ((8 - len(head) % 8) % 8)
-        total, name = 8 + len(head) + offset, os.path.basename(filename)
+        from .safetensors_io import header, order
+
+        layout = order((name, self.target_dtype(t)) for name, t in tensors.items())
+        entries = [(name, tensors[name]) for name, _ in layout]
+        head, offset = header([(name, dtype, tuple(tensors[name].shape)) for name, dtype in layout], metadata)
+        total, name = len(head) + offset, os.path.basename(filename)
         with open(filename, "wb") as f, _Hasher() as hasher:
-            first = struct.pack("<Q", len(head)) + head
-            f.write(first)
-            hasher.put(first, None)
-            done = len(first)
+            f.write(head)
+            hasher.put(head, None)
+            done = len(head)
             for tensor_name, tensor in entries:
                 for chunk, release in self._chunks(tensor_name, tensor):
                     f.write(chunk)
@@ -211,8 +205,8 @@ class _Writer:
             yield from self._chunks(name, value)
             return
         path = info["safetensors_file"]
-        start, header = self._header(path)
-        entry = header[info.get("weight_name", name)]
+        start, head = self._header(path)
+        entry = head[info.get("weight_name", name)]
         stored = torch_dtype_of_code(entry["dtype"])
         first, last = entry["data_offsets"]
         out = self.target_dtype(tensor) if tensor.is_floating_point() else stored
@@ -230,10 +224,10 @@ class _Writer:
                     yield piece.view(_bytes_dtype()).numpy(), None
 
     def _header(self, path: str) -> tuple[int, dict]:
+        from .safetensors_io import read_header
+
         if path not in self._headers:
-            with open(path, "rb") as f:
-                (n,) = struct.unpack("<Q", f.read(8))
-                self._headers[path] = (8 + n, json.loads(f.read(n)))
+            self._headers[path] = read_header(path)
         return self._headers[path]
 
 

@@ -35,25 +35,39 @@ def _set(widget: Any, **traits: Any) -> None:
 
 
 class _Row:
-    """One group: [toggle] name  bytes  [device ▾]; a range expands to one row per member."""
+    """One group: [toggle] name  bytes  [device ▾]; a range expands to one row per member.
 
-    def __init__(self, editor: "DeviceMapEditor", members: tuple[str, ...], label: str, nested: bool = False):
-        self.editor, self.members, self.label = editor, members, label
-        self.select = W.Dropdown(options=editor.options, layout=W.Layout(width="11em"),
-                                 description_allow_html=False)
+    Rows are pooled: a change rebinds existing rows to the new groups rather than building
+    widgets (each widget is a front-end comm, and building them is what a change would cost).
+    """
+
+    def __init__(self, editor: "DeviceMapEditor", nested: bool = False):
+        self.editor, self.nested = editor, nested
+        self.members: tuple[str, ...] = ()
+        self.label = ""
+        self.select = W.Dropdown(options=editor.options, layout=W.Layout(width="11em"))
         self.select.observe(self._picked, names="value")
         self.name = W.HTML(layout=W.Layout(flex="1 1 auto", min_width="10em"))
         self.size = W.HTML(layout=W.Layout(width="7em"))
-        self.toggle: Optional[W.Button] = None
-        self.children: list[_Row] = []
+        self.toggle = W.Button(icon="caret-right", layout=W.Layout(width="28px", min_width="28px", padding="0",
+                                                                   visibility="hidden"))
+        self.toggle.on_click(lambda _: self.expand(self.box.layout.display == "none"))
+        self.pool: list[_Row] = []  # member rows, built on first expand
+        self.children: list[_Row] = []  # the member rows in use
         self.box = W.VBox(layout=W.Layout(display="none", margin="0 0 0 28px"))
-        lead: Any = W.HTML(layout=W.Layout(width="28px", min_width="28px"))
-        if len(members) > 1 and not nested:
-            self.toggle = lead = W.Button(icon="caret-right", tooltip=f"one row per module ({len(members)})",
-                                          layout=W.Layout(width="28px", min_width="28px", padding="0"))
-            self.toggle.on_click(lambda _: self.expand(self.box.layout.display == "none"))
-        self.widget = W.VBox([W.HBox([lead, self.name, self.size, self.select],
+        self.widget = W.VBox([W.HBox([self.toggle, self.name, self.size, self.select],
                                      layout=W.Layout(flex_flow="row wrap", align_items="center")), self.box])
+
+    def bind(self, members: tuple[str, ...], label: str) -> None:
+        """Make this row stand for ``members``; a row that now stands for other modules is collapsed."""
+        if members == self.members:
+            return
+        self.members, self.label = members, label
+        ranged = len(members) > 1 and not self.nested
+        _set(self.toggle.layout, visibility="visible" if ranged else "hidden")
+        _set(self.toggle, tooltip=f"one row per module ({len(members)})" if ranged else "")
+        self.expand(False)
+        self.children = []
 
     def show(self, device: Any, nbytes: int) -> None:
         count = f" <span style='{_MUTED}'>({len(self.members)} modules)</span>" if len(self.members) > 1 else ""
@@ -67,17 +81,31 @@ class _Row:
 
     def expand(self, show: bool = True) -> None:
         if show and not self.children:
-            self.children = [_Row(self.editor, (m,), m, nested=True) for m in self.members]
-            for child in self.children:
-                child.show(self.editor.draft.device_of(m := child.members[0]), self.editor.bytes_of((m,)))
+            while len(self.pool) < len(self.members):
+                self.pool.append(_Row(self.editor, nested=True))
+            self.children = self.pool[:len(self.members)]
+            for child, member in zip(self.children, self.members):
+                child.bind((member,), member)
+                child.show(self.editor.draft.device_of(member), self.editor.bytes_of((member,)))
             self.box.children = tuple(c.widget for c in self.children)
         _set(self.box.layout, display="flex" if show else "none")
-        if self.toggle is not None:
-            _set(self.toggle, icon="caret-down" if show else "caret-right")
+        _set(self.toggle, icon="caret-down" if show else "caret-right")
+
+    def close(self) -> None:
+        for row in self.pool:
+            row.close()
+        for widget in _walk(self.widget):
+            widget.close()
 
     def _picked(self, change: dict) -> None:
         if not self.editor.syncing:
             self.editor.move([(m, change["new"]) for m in self.members])
+
+
+def _walk(widget: Any):
+    yield widget
+    for child in getattr(widget, "children", ()):
+        yield from _walk(child)
 
 
 class DeviceMapEditor:
@@ -92,7 +120,8 @@ class DeviceMapEditor:
         self.draft = device_map_editor(target)
         self.options = [(words.device_title(d), d) for d in self.draft.devices]
         self.syncing = False
-        self.rows: dict[tuple[str, ...], _Row] = {}
+        self.rows: dict[tuple[str, ...], _Row] = {}  # the rows shown, by the modules they stand for
+        self.pool: list[_Row] = []
         self.record_handle = None
         self.last_note = ""
 
@@ -212,13 +241,17 @@ class DeviceMapEditor:
         """Sync rows, totals and the Apply state from the draft."""
         t0 = time.perf_counter()
         groups = self.draft.placement().groups
+        kept = {members: row for members, row in self.rows.items() if any(g.members == members for g in groups)}
+        spare = [row for row in self.pool if row not in kept.values()]
         rows = {}
-        for group in groups:
-            row = self.rows.get(group.members) or _Row(self, group.members, group.label)
-            rows[group.members] = row
+        for group in groups:  # a group still shown keeps its row (and whether it is expanded)
+            row = kept.get(group.members) or (spare.pop(0) if spare else self._new_row())
+            row.bind(group.members, group.label)
             row.show(group.device, group.nbytes)
-        if list(rows) != list(self.rows):
-            self.rows_box.children = tuple(r.widget for r in rows.values())
+            rows[group.members] = row
+        shown = tuple(r.widget for r in rows.values())
+        if self.rows_box.children != shown:
+            self.rows_box.children = shown
         self.rows = rows
         problems = self.draft.problems()
         _set(self.totals, value=self._totals_html({p.device for p in problems}))
@@ -230,6 +263,18 @@ class DeviceMapEditor:
             status = f"<span style='{_MUTED}'>no changes yet</span>"
         _set(self.status, value=status)
         self.seconds = time.perf_counter() - t0
+
+    def _new_row(self) -> _Row:
+        row = _Row(self)
+        self.pool.append(row)
+        return row
+
+    def close(self) -> None:
+        """Close every widget of the editor (a kernel holds one comm per widget until then)."""
+        for row in self.pool:
+            row.close()
+        for widget in _walk(self.widget):
+            widget.close()
 
     def _totals_html(self, over: set) -> str:
         cells = []
