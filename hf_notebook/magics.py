@@ -72,6 +72,9 @@ class HFNotebook(Magics):
     offload_folder = Unicode(None, allow_none=True, config=True,
                              help="Where disk-offloaded weights go (default: a fresh temporary folder).")
     offline = Bool(False, config=True, help="Never touch the network (HF_HUB_OFFLINE=1 does the same).")
+    lock_file = Unicode("hf_notebook.lock.json", config=True,
+                        help="Lock file recording each Hub model loaded (repo, revision, sha, files with sizes and "
+                             "sha256), relative to the working directory; empty: no lock file.")
     display = CaselessStrEnum(("auto", "widget", "text"), "auto", config=True,
                               help="Progress display: widgets in Jupyter, text in a terminal (auto), or forced.")
 
@@ -91,6 +94,9 @@ class HFNotebook(Magics):
     @argument("--offload-folder", default=None, help="Folder for weights placed on disk.")
     @argument("--force-download", action="store_true", help="Download again even if the files are cached.")
     @argument("--plan-only", action="store_true", help="Only plan (like %%plan_model): download no weights.")
+    @argument("--locked", action="store_true",
+              help="Load the commit the lock file pins for this repo@revision; refuse if the revision has moved.")
+    @argument("--update", action="store_true", help="Load the revision as it is now and move its lock entry there.")
     @line_magic
     def load_model(self, line: str):
         """Resolve, download, place and load a Hugging Face model, then bind it to a variable."""
@@ -101,7 +107,8 @@ class HFNotebook(Magics):
         name = _check_name(args.name or "model", self.shell)
         options = self._options(args, offload_folder=args.offload_folder or self.offload_folder,
                                 force_download=args.force_download)
-        result, error = self._load(args.spec, options, name)
+        spec, key = self._lock_spec(args, options)
+        result, error = self._load(spec, options, name)
         if error is not None:  # raised here, out of the frames that held the half-built model and the failure
             raise error
         previous = self.registry.get(name)
@@ -109,6 +116,99 @@ class HFNotebook(Magics):
         self.registry.add(name, result)
         if previous is not None:
             self._release(previous)
+        self._record_lock(result, key, update=args.update or args.locked)
+
+    # -- the lock file ---------------------------------------------------------------------------
+    def _lock_path(self):
+        from pathlib import Path
+
+        return Path(self.lock_file).expanduser() if self.lock_file else None
+
+    def _lock_spec(self, args, options):
+        """The spec to load and the lock key: with --locked, the locked sha (after checking for drift)."""
+        from .core import lock
+        from .core.spec import parse_spec
+
+        if args.locked and args.update:
+            raise UsageError("--locked loads the locked commit and --update moves it: give one of them.")
+        try:
+            spec = parse_spec(args.spec)
+        except HfNotebookError as exc:
+            raise UsageError(str(exc)) from None
+        if spec.is_local:
+            if args.locked or args.update:
+                raise UsageError("A local folder has no Hub revision to lock; --locked and --update are for Hub models.")
+            return args.spec, None
+        key = lock.key_of(spec.repo_id, spec.revision)
+        if not args.locked:
+            return args.spec, key
+        path = self._lock_path()
+        try:
+            entry = lock.read(path).get(key) if path else None
+        except HfNotebookError as exc:
+            raise UsageError(str(exc)) from None
+        if entry is None:
+            raise UsageError(f"The lock file {path} has no entry for {key}. Load it once without --locked "
+                             "(or with --update) to record it.")
+        if not options.offline:
+            from .core.resolve import resolve
+
+            try:
+                now = resolve(spec, token=options.token).pin.sha
+            except HfNotebookError as exc:
+                raise UsageError(str(exc)) from None
+            if now != entry["sha"]:
+                raise UsageError(f"{key} has moved on the Hub: the lock file pins {entry['sha']}, the Hub now has "
+                                 f"{now}. Load the locked commit with %load_model {spec.repo_id}@{entry['sha']}, "
+                                 "or take the new one with --update.")
+        return f"{spec.repo_id}@{entry['sha']}", key
+
+    def _record_lock(self, result, key, update: bool) -> None:
+        """Record a Hub load in the lock file; an existing entry moves only with --update (else: a note)."""
+        from .core import lock
+
+        path = self._lock_path()
+        if path is None or key is None or result.pin.kind == "local":
+            return
+        entries = lock.read(path)
+        old, new = entries.get(key), lock.entry_for(result)
+        new["revision"] = key.rsplit("@", 1)[1]
+        if old is not None and old["sha"] != new["sha"] and not update:
+            print(f"Note: the lock file pins {key} to {old['sha'][:12]}; this load used {new['sha'][:12]} "
+                  f"({new['revision']} moved). --update moves the lock; --locked loads the locked commit.")
+            return
+        if old == new:
+            return
+        entries[key] = new
+        lock.write(path, entries)
+        if old is not None:
+            print(f"Lock file {path}: {key} updated: " + "; ".join(lock.changes(old, new)))
+
+    @magic_arguments()
+    @argument("--check", action="store_true",
+              help="Check every entry against the Hub (has its revision moved?) and the local cache "
+                   "(files present, sizes, hashes).")
+    @line_magic
+    def lock(self, line: str = ""):
+        """Show the lock file's entries: repo@revision, pinned sha, class, dtype, files."""
+        from IPython.display import display
+
+        from .core import lock as L
+        from .core.api import _hub_offline
+        from .ui.record import lock_check_record, lock_record
+
+        args = _parse(self.lock, line)
+        path = self._lock_path()
+        if path is None:
+            raise UsageError("The lock file is off (%config HFNotebook.lock_file = ''). Set a path to use one.")
+        try:
+            entries = L.read(path)
+        except HfNotebookError as exc:
+            raise UsageError(str(exc)) from None
+        if not args.check:
+            return display(lock_record(path, entries))
+        offline = self.offline or _hub_offline()
+        display(lock_check_record(path, L.check(entries, offline=offline, cache_dir=self.cache_dir)))
 
     def _load(self, spec: str, options, name: str):
         """Run the load with a live panel that ends in its record; return ``(result, None)`` or

@@ -15,12 +15,15 @@ def tiny_hub(hub_store, tmp_path_factory):
 
 
 @pytest.fixture
-def shell():
-    """A real InteractiveShell with the extension loaded; module state reset around each test."""
+def shell(tmp_path_factory):
+    """A real InteractiveShell with the extension loaded; module state reset around each test.
+    Its lock file is a fresh one of the test's own."""
     from IPython.core.interactiveshell import InteractiveShell
 
     sh = InteractiveShell.instance()
     sh.run_line_magic("load_ext", "hf_notebook")
+    lock = tmp_path_factory.mktemp("lock") / "hf_notebook.lock.json"
+    sh.run_line_magic("config", f"HFNotebook.lock_file = {str(lock)!r}")
     yield sh
     sh.run_line_magic("unload_ext", "hf_notebook")  # the registry goes with the extension's instance
     sh.config.pop("HFNotebook", None)  # %config values live on the shell, not on the magics

@@ -46,6 +46,8 @@ class LoadResult:
     edits: list = field(default_factory=list)  # one Moved per applied device-map edit, oldest first
     map_file: Optional[str] = None  # the JSON file the current map was exported to (the load line names it)
     source_folder: Optional[str] = None  # the local folder the weights were read from (snapshot or user folder)
+    paths: dict = field(default_factory=dict)  # repo file name -> its local (cached) path, for every file read
+    hashes: dict = field(default_factory=dict)  # repo file name -> sha256 the Hub gave for it (LFS files)
 
     @property
     def repo_id(self) -> str:
@@ -230,7 +232,9 @@ class _Pipeline:
         result = LoadResult(model=model, pin=self.resolution.pin, plan=plan, placement=placement,
                             seconds=time.perf_counter() - t0, options=opts, files=checkpoint.files,
                             offload_folder=offload_folder, owns_offload_folder=owns_offload, name=name,
-                            timings=stages.timings, source_folder=str(checkpoint.folder))
+                            timings=stages.timings, source_folder=str(checkpoint.folder),
+                            paths={n: str(p) for n, p in getattr(self.files, "_paths", {}).items()},
+                            hashes=dict(self.resolution.file_hashes))
         stages.done(result)
         return result
 
@@ -350,8 +354,12 @@ def _summary_map(plan: Plan, device_map: dict) -> dict:
 
 
 def _hub_offline() -> bool:
+    """HF_HUB_OFFLINE as it is now: huggingface_hub reads it once, at import; a user may set it later."""
     from huggingface_hub import constants
 
+    value = os.environ.get("HF_HUB_OFFLINE")
+    if value is not None:
+        return value.strip().upper() in ("1", "ON", "YES", "TRUE")
     return bool(constants.HF_HUB_OFFLINE)
 
 

@@ -23,6 +23,7 @@ class Resolution:
     pin: Resolved
     file_sizes: dict[str, Optional[int]] = field(default_factory=dict)  # empty when offline or local
     local_path: Optional[Path] = None
+    file_hashes: dict[str, str] = field(default_factory=dict)  # sha256 of LFS files, from the Hub's metadata
 
     @property
     def repo_id(self) -> str:
@@ -65,7 +66,8 @@ def _resolve_online(spec: ModelSpec, token) -> Resolution:
         raise (hub_failure(exc, f"the lookup of {spec}", _endpoint()) or _unreachable(spec, exc)) from None
     kind = _kind_of(spec.revision, info.sha, api, spec.repo_id)
     sizes = {s.rfilename: s.size for s in info.siblings or []}
-    return Resolution(pin=Resolved(spec.repo_id, spec.revision, info.sha, kind), file_sizes=sizes)
+    hashes = {s.rfilename: s.lfs.sha256 for s in info.siblings or [] if s.lfs is not None and s.lfs.sha256}
+    return Resolution(pin=Resolved(spec.repo_id, spec.revision, info.sha, kind), file_sizes=sizes, file_hashes=hashes)
 
 
 def _kind_of(revision: Optional[str], sha: str, api, repo_id: str) -> str:
@@ -166,7 +168,8 @@ def _resolve_from_cache(spec: ModelSpec, cache_dir) -> Resolution:
     """Offline: a ref name through ``refs/<name>``, a (short) sha through ``snapshots/``."""
     folder = repo_cache_folder(spec.repo_id, cache_dir)
     revision = spec.revision or "main"
-    fetch_cmd = f"%load_model {spec}  (on a machine with network, then copy {folder.parent} here)"
+    fetch_cmd = (f"`hf download {spec.repo_id} --revision {revision}` (or %load_model {spec}) on a machine with "
+                 f"network, then copy its cache ({folder.parent}) here")
     if not folder.is_dir():
         raise OfflineError(f"Offline, and {spec.repo_id} is not in the cache at {folder.parent}.",
                            hint=f"Fetch it first: {fetch_cmd}", missing=["(whole repo)"])

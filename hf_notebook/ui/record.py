@@ -311,3 +311,31 @@ def push_record(pushed: Any) -> Record:
                   f"{escape(line)}</pre>", border="#2e7d32")
     text = "\n".join([f"✓ {head}"] + _text_facts(facts) + ["", "load it back:", f"  {line}"])
     return Record(html, text)
+
+
+def lock_record(path: Any, entries: dict) -> Record:
+    """``%lock``: one row per entry."""
+    if not entries:
+        text = f"The lock file {path} has no entries yet: every %load_model of a Hub model adds one."
+        return Record(f"<div class='{CLASS}'><i>{escape(text)}</i></div>", text)
+    header = ["repo@revision", "sha", "class", "dtype", "files", "bytes"]
+    rows = [[key, e["sha"], e.get("class", ""), e.get("dtype", ""), str(len(e.get("files", {}))),
+             format_bytes(sum(f["size"] for f in e.get("files", {}).values()))] for key, e in sorted(entries.items())]
+    cells = [[f"<code>{escape(c)}</code>" if i in (0, 1) else escape(c) for i, c in enumerate(r)] for r in rows]
+    html = (f"<div class='{CLASS}'><div style='{_MUTED}'>lock file {escape(str(path))}</div>"
+            f"{_table_html(header, cells, numeric_from=4)}</div>")
+    return Record(html, "\n".join([f"lock file {path}"] + _text_table(header, rows, numeric_from=4, indent="")))
+
+
+def lock_check_record(path: Any, rows: Sequence[Any]) -> Record:
+    """``%lock --check``: drift on the Hub and the state of the cache, per entry."""
+    header = ["repo@revision", "locked sha", "Hub now", "cache"]
+    table = [[r.key, r.locked_sha[:12], r.hub_note + (f" ({r.hub_sha[:12]})" if r.hub_note == "moved" else ""),
+              r.cache_note] for r in rows]
+    bad = [r for r in rows if not r.ok]
+    head = f"{len(rows) - len(bad)} of {len(rows)} entries as locked" + (f"; {len(bad)} need attention" if bad else "")
+    cells = [[escape(c) if (r.ok or i < 2) else f"<span style='{_DANGER}'>{escape(c)}</span>" for i, c in enumerate(row)]
+             for row, r in zip(table, rows)]
+    html = (f"<div class='{CLASS}'><div><b style='{_OK if not bad else _DANGER}'>{escape(head)}</b> "
+            f"<span style='{_MUTED}'>({escape(str(path))})</span></div>{_table_html(header, cells, numeric_from=9)}</div>")
+    return Record(html, "\n".join([head] + _text_table(header, table, numeric_from=9, indent="")))

@@ -1,0 +1,156 @@
+"""The lock file: what each Hub model a notebook loaded really was, so it loads the same again.
+
+One entry per ``repo@revision as written``: the resolved sha, every file read (size and
+sha256: from the Hub's LFS metadata for weights, never by re-reading them), class, dtype and the
+library versions. JSON with sorted keys and one entry per line group, so it diffs well next to
+the notebook. ``check`` compares entries with the Hub (has the revision moved?) and with the
+local cache (files present, sizes, hashes).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from .errors import HfNotebookError, OptionError
+
+FORMAT = "hf_notebook.lock/1"
+_SHA256 = 64
+
+
+class LockError(HfNotebookError, LookupError):
+    """A locked load that cannot be made: no entry, or the revision moved on the Hub."""
+
+
+def key_of(repo_id: str, revision: Optional[str]) -> str:
+    """``org/name@main``: the repo and the revision as written (the default branch when none)."""
+    return f"{repo_id}@{revision or 'main'}"
+
+
+def read(path: str | os.PathLike) -> dict[str, dict]:
+    """The entries of the lock file at ``path`` (none if it does not exist)."""
+    path = Path(path)
+    if not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+        return dict(data["models"])
+    except (ValueError, KeyError, TypeError):
+        raise OptionError(f"{path} is not a hf_notebook lock file.",
+                          hint="Fix or remove it, or point %config HFNotebook.lock_file elsewhere.") from None
+
+
+def write(path: str | os.PathLike, entries: dict[str, dict]) -> None:
+    """Write ``entries`` atomically, sorted, one key per line."""
+    path = Path(path)
+    text = json.dumps({"format": FORMAT, "models": entries}, indent=1, sort_keys=True) + "\n"
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def entry_for(result: Any) -> dict:
+    """The lock entry of a finished Hub load."""
+    import torch
+    import transformers
+
+    from hf_notebook import __version__
+
+    files = {}
+    for name, local in sorted(result.paths.items()):
+        size = os.path.getsize(local)
+        files[name] = {"size": size, "sha256": result.hashes.get(name) or _sha256_of(local)}
+    return {"repo": result.pin.repo_id, "revision": result.pin.revision or "main", "sha": result.pin.sha,
+            "class": result.plan.model_class, "dtype": result.dtype, "files": files,
+            "versions": {"hf_notebook": __version__, "transformers": transformers.__version__,
+                         "torch": torch.__version__.split("+")[0]}}
+
+
+def _sha256_of(path: str) -> str:
+    """A small file's sha256 (weights get theirs from the Hub); a cache blob named by its sha256 is not read."""
+    blob = os.path.basename(os.path.realpath(path))
+    if len(blob) == _SHA256 and all(c in "0123456789abcdef" for c in blob):
+        return blob
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def changes(old: Optional[dict], new: dict) -> list[str]:
+    """What moved between two entries of one key: the sha, and files added, removed or resized."""
+    if old is None:
+        return [f"new entry at {new['sha'][:12]}"]
+    found = [] if old["sha"] == new["sha"] else [f"sha {old['sha'][:12]} -> {new['sha'][:12]}"]
+    a, b = old.get("files", {}), new.get("files", {})
+    found += [f"+ {n} ({b[n]['size']} bytes)" for n in sorted(set(b) - set(a))]
+    found += [f"- {n}" for n in sorted(set(a) - set(b))]
+    found += [f"~ {n}: {a[n]['size']} -> {b[n]['size']} bytes" if a[n]["size"] != b[n]["size"] else f"~ {n}: new content"
+              for n in sorted(set(a) & set(b)) if a[n] != b[n]]
+    return found
+
+
+@dataclass(frozen=True)
+class CheckRow:
+    """One entry checked: the Hub's sha for its revision now, and the cache's state."""
+
+    key: str
+    locked_sha: str
+    hub_sha: Optional[str]  # None: not checked (offline) or unreachable
+    hub_note: str  # "same", "moved", "offline", "unreachable: ..."
+    cache_note: str  # "complete", "missing: a, b", "size differs: a", "hash differs: a"
+
+    @property
+    def ok(self) -> bool:
+        return self.hub_note in ("same", "offline") and self.cache_note == "complete"
+
+
+def check(entries: dict[str, dict], *, offline: bool, cache_dir=None, token=None) -> list[CheckRow]:
+    """Each entry against the Hub (drift) and the local cache (present, sizes, hashes)."""
+    rows = []
+    for key, entry in sorted(entries.items()):
+        hub_sha, note = None, "offline"
+        if not offline:
+            hub_sha, note = _hub_sha(entry, token)
+        rows.append(CheckRow(key, entry["sha"], hub_sha, note, _cache_state(entry, cache_dir)))
+    return rows
+
+
+def _hub_sha(entry: dict, token) -> tuple[Optional[str], str]:
+    from .resolve import resolve
+    from .spec import parse_spec
+
+    try:
+        now = resolve(parse_spec(f"{entry['repo']}@{entry['revision']}"), token=token).pin.sha
+    except HfNotebookError as exc:
+        return None, f"unreachable: {exc.message}"
+    return now, "same" if now == entry["sha"] else "moved"
+
+
+def _cache_state(entry: dict, cache_dir) -> str:
+    """Every locked file in the cache at the locked sha, of its size and its hash. A cache blob is
+    checked against its name (sha256 or git sha1) once per file identity (``integrity``), then
+    the name stands for the content."""
+    from huggingface_hub import try_to_load_from_cache
+
+    from .integrity import default_memo, problem_with
+
+    memo = default_memo()
+    missing, resized, changed = [], [], []
+    for name, facts in sorted(entry.get("files", {}).items()):
+        path = try_to_load_from_cache(entry["repo"], name, cache_dir=cache_dir, revision=entry["sha"])
+        if not isinstance(path, str) or not os.path.exists(path):
+            missing.append(name)
+        elif os.path.getsize(path) != facts["size"]:
+            resized.append(name)
+        elif problem_with(Path(path), memo, facts["size"]) is not None or _sha256_of(path) != facts["sha256"]:
+            changed.append(name)
+    for label, names in (("missing", missing), ("size differs", resized), ("hash differs", changed)):
+        if names:
+            return f"{label}: {', '.join(names)}"
+    return "complete"

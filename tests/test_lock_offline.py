@@ -1,0 +1,150 @@
+"""The lock file (record, --locked, drift, --update, %lock --check) and offline at call time
+(three ways, not one request)."""
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from IPython.core.error import UsageError
+
+from hf_notebook.testing.models import build_model, model_files, save_model
+
+
+@pytest.fixture
+def repo(hub_store, hub_repo_id, tmp_path):
+    """A repo of our own whose main branch the test may move: (repo id, {label: sha}, folders)."""
+    folders = {seed: save_model("llama", tmp_path / f"seed{seed}", seed=seed) for seed in (1, 2)}
+    hub_store.create_repo(hub_repo_id)
+    files = {name: path.read_bytes() for name, path in model_files(folders[1]).items()}
+    shas = {"first": hub_store.commit(hub_repo_id, files, message="first")}
+    return hub_repo_id, shas, folders
+
+
+def move_main(hub_store, repo_id, folder):
+    weights = {n: p.read_bytes() for n, p in model_files(folder).items() if n.endswith(".safetensors")}
+    return hub_store.commit(repo_id, weights, message="retrained")
+
+
+def lock_path(shell):
+    from hf_notebook.magics import instance
+
+    return Path(instance(shell).lock_file)
+
+
+def test_a_load_records_the_pin_and_every_file(shell, repo, hf_cache):
+    repo_id, shas, _ = repo
+    shell.run_line_magic("load_model", f"{repo_id}@main --as m")
+    text = lock_path(shell).read_text()
+    data = json.loads(text)
+    assert text == json.dumps(data, indent=1, sort_keys=True) + "\n"  # stable and diff-friendly
+    entry = data["models"][f"{repo_id}@main"]
+    assert entry["sha"] == shas["first"] and entry["revision"] == "main"
+    assert entry["class"] == "LlamaForCausalLM" and entry["dtype"] == "float32"
+    assert {"transformers", "torch", "hf_notebook"} <= set(entry["versions"])
+    assert "config.json" in entry["files"] and any(n.endswith(".safetensors") for n in entry["files"])
+    from huggingface_hub import hf_hub_download
+
+    for name, facts in entry["files"].items():
+        data = Path(hf_hub_download(repo_id, name, revision=shas["first"])).read_bytes()
+        assert facts == {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+
+def test_locked_after_a_restart_loads_the_same_sha_even_when_main_moved(shell, repo, hub_store, hf_cache, capsys):
+    repo_id, shas, folders = repo
+    shell.run_line_magic("load_model", f"{repo_id} --as m")
+    want = {k: v.clone() for k, v in shell.user_ns["m"].state_dict().items()}
+    shell.run_line_magic("unload_ext", "hf_notebook")  # a restarted kernel: nothing loaded, same lock file
+    shell.run_line_magic("load_ext", "hf_notebook")
+    shell.run_line_magic("load_model", f"{repo_id} --locked --as m")
+    got = shell.user_ns["m"].state_dict()
+    assert all(torch.equal(got[k], v) for k, v in want.items())
+    new = move_main(hub_store, repo_id, folders[2])
+    shell.user_ns.pop("again", None)
+    with pytest.raises(UsageError) as info:
+        shell.run_line_magic("load_model", f"{repo_id} --locked --as again")
+    assert shas["first"] in str(info.value) and new in str(info.value) and "--update" in str(info.value)
+    assert "again" not in shell.user_ns
+
+
+def test_a_plain_load_after_drift_says_so_and_update_moves_the_lock(shell, repo, hub_store, hf_cache, capsys):
+    repo_id, shas, folders = repo
+    shell.run_line_magic("load_model", f"{repo_id} --as m")
+    new = move_main(hub_store, repo_id, folders[2])
+    capsys.readouterr()
+    shell.run_line_magic("load_model", f"{repo_id} --as m")
+    out = capsys.readouterr().out
+    assert f"the lock file pins {repo_id}@main to {shas['first'][:12]}" in out
+    assert json.loads(lock_path(shell).read_text())["models"][f"{repo_id}@main"]["sha"] == shas["first"]
+    shell.run_line_magic("load_model", f"{repo_id} --update --as m")
+    out = capsys.readouterr().out
+    assert f"sha {shas['first'][:12]} -> {new[:12]}" in out and ".safetensors: new content" in out
+    assert json.loads(lock_path(shell).read_text())["models"][f"{repo_id}@main"]["sha"] == new
+
+
+def test_lock_check_reports_drift_and_the_cache(shell, repo, hub_store, hf_cache, capsys):
+    repo_id, shas, folders = repo
+    shell.run_line_magic("load_model", f"{repo_id} --as m")
+    capsys.readouterr()
+    shell.run_line_magic("lock", "")
+    assert f"{repo_id}@main" in capsys.readouterr().out
+    shell.run_line_magic("lock", "--check")
+    out = capsys.readouterr().out
+    assert "1 of 1 entries as locked" in out and "same" in out and "complete" in out
+    move_main(hub_store, repo_id, folders[2])
+    entry = json.loads(lock_path(shell).read_text())["models"][f"{repo_id}@main"]
+    from huggingface_hub import try_to_load_from_cache
+
+    shard = next(n for n in entry["files"] if n.endswith(".safetensors"))
+    blob = os.path.realpath(try_to_load_from_cache(repo_id, shard, revision=shas["first"]))
+    with open(blob, "r+b") as f:  # flip a byte deep inside: same size, other content
+        f.seek(os.path.getsize(blob) - 5)
+        byte = f.read(1)
+        f.seek(-1, 1)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    shell.run_line_magic("lock", "--check")
+    out = capsys.readouterr().out
+    assert "need attention" in out and "moved" in out and f"hash differs: {shard}" in out
+
+
+@pytest.mark.parametrize("how", ["flag", "config", "environment"])
+def test_offline_at_call_time_sends_no_request(shell, tiny_hub, hf_cache, hub_server, monkeypatch, how):
+    shell.run_line_magic("load_model", "tiny/gpt2 --as m")
+    want = {k: v.clone() for k, v in shell.user_ns["m"].state_dict().items()}
+    hub_server.reset_counters()
+    flag = ""
+    if how == "flag":
+        flag = "--offline"
+    elif how == "config":
+        shell.run_line_magic("config", "HFNotebook.offline = True")
+    else:
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # set in the running kernel, long after huggingface_hub's import
+    shell.run_line_magic("load_model", f"tiny/gpt2 {flag} --as again")
+    shell.run_line_magic("plan_model", f"tiny/gpt2 {flag}")
+    assert hub_server.requests == []
+    got = shell.user_ns["again"].state_dict()
+    assert all(torch.equal(got[k], v) for k, v in want.items())
+
+
+def test_offline_cache_miss_names_the_files_and_the_command(shell, repo, hf_cache, hub_server):
+    repo_id, shas, _ = repo
+    with pytest.raises(UsageError, match=f"(?s)not in the cache.*hf download {repo_id} --revision {shas['first']}"):
+        shell.run_line_magic("load_model", f"{repo_id}@{shas['first']} --offline --as m")
+    shell.run_line_magic("plan_model", f"{repo_id}@{shas['first']}")  # online: the config and headers, no weights
+    with pytest.raises(UsageError) as info:
+        shell.run_line_magic("load_model", f"{repo_id}@{shas['first']} --offline --as m")
+    text = str(info.value)
+    assert f"file(s) of {repo_id}@{shas['first']} are not in the cache: model-00001-of-" in text
+    assert f"hf download {repo_id} --revision {shas['first']}" in text
+    assert "m" not in shell.user_ns
+    assert "m" not in shell.user_ns
+
+
+def test_locked_and_update_are_for_hub_models(shell, tmp_path):
+    build_model("llama").save_pretrained(tmp_path / "local")
+    with pytest.raises(UsageError, match="local folder has no Hub revision"):
+        shell.run_line_magic("load_model", f"{tmp_path / 'local'} --locked")
+    with pytest.raises(UsageError, match="give one of them"):
+        shell.run_line_magic("load_model", "tiny/llama --locked --update")
