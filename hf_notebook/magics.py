@@ -456,6 +456,32 @@ class HFNotebook(Magics):
                                tag=options.get("tag"), name=options.get("name"))
         return self._push(folder, args, token=token, on_event=on_event)
 
+    @magic_arguments()
+    @argument("spec", help="org/name or org/name@REV (pinned to its commit sha first).")
+    @argument("--to", dest="folder", required=True, help="The folder to write (new or empty).")
+    @argument("--layout", default="folder", choices=("folder", "hf-cache"),
+              help="folder: the files with a manifest (load with %%load_model DIR); hf-cache: a Hub cache tree "
+                   "that plain transformers loads with HF_HUB_CACHE=DIR HF_HUB_OFFLINE=1.")
+    @argument("--cache-dir", default=None, help="Hub cache to copy from.")
+    @argument("--offline", action="store_true", help="Copy from the cache only.")
+    @line_magic
+    def export_model(self, line: str):
+        """Write a pinned model's files into a folder to carry to a host without network: copied from the cache
+        (only missing files are downloaded), with a manifest of sizes and sha256 and a BUNDLE.md on loading it."""
+        from IPython.display import display
+
+        from .core.api import _hub_offline
+        from .core.bundle import export_bundle
+
+        args = _parse(self.export_model, line)
+        try:
+            result = export_bundle(args.spec, args.folder, layout=args.layout,
+                                   cache_dir=args.cache_dir or self.cache_dir,
+                                   offline=args.offline or self.offline or _hub_offline())
+        except HfNotebookError as exc:
+            raise UsageError(str(exc)) from None
+        display(result)
+
     def _edit_target(self, name: str):
         """The loaded model (its LoadResult) or the bound Plan called ``name``."""
         from .core.plan import Plan

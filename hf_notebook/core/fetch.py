@@ -88,13 +88,21 @@ class SourceFiles:
 
 
 class LocalFiles(SourceFiles):
-    """A folder written by ``save_pretrained``."""
+    """A folder written by ``save_pretrained``; one with a manifest (a bundle, a ``%save_model`` folder)
+    is checked against it first."""
 
     def __init__(self, folder: Path):
         super().__init__()
         self.folder = folder
+        self.manifest: Optional[dict] = None
+        self._verified = False
 
     def config(self) -> Path:
+        if not self._verified:
+            from .bundle import verify_folder
+
+            self.manifest = verify_folder(self.folder)
+            self._verified = True
         config = self.folder / CONFIG
         if not config.is_file():
             raise LoadError(f"{self.folder} has no {CONFIG}.", hint="Point at a folder written by save_pretrained.")

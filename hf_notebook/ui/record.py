@@ -339,3 +339,20 @@ def lock_check_record(path: Any, rows: Sequence[Any]) -> Record:
     html = (f"<div class='{CLASS}'><div><b style='{_OK if not bad else _DANGER}'>{escape(head)}</b> "
             f"<span style='{_MUTED}'>({escape(str(path))})</span></div>{_table_html(header, cells, numeric_from=9)}</div>")
     return Record(html, "\n".join([head] + _text_table(header, table, numeric_from=9, indent="")))
+
+
+def export_record(exported: Any) -> Record:
+    """``%export_model``: where the bundle is, what it holds, how to load it."""
+    spec = f"{exported.repo_id}@{exported.sha}"
+    head = f"exported {spec} to {exported.folder}"
+    fetched = len(exported.downloaded)
+    facts = [("layout", exported.layout), ("files", f"{len(exported.files)} files, {format_bytes(exported.nbytes)}; "
+                                                    + (f"{fetched} downloaded, the rest from the cache" if fetched
+                                                       else "all from the cache")),
+             ("time", W.format_seconds(exported.seconds)), ("manifest", "hf_notebook.manifest.json (size, sha256)")]
+    line = (f"%load_model {W.quote_arg(exported.folder)} --as model" if exported.layout == "folder"
+            else f"HF_HUB_CACHE={exported.folder} HF_HUB_OFFLINE=1, then %load_model {spec} --offline")
+    html = _box(f"<b style='{_OK}'>✓</b> <b>{escape(head)}</b>", _facts_html([(k, escape(v)) for k, v in facts])
+                + f"<div style='{_MUTED}'>on the other host:</div><pre style='margin:0;white-space:pre-wrap;{_CODE}'>"
+                  f"{escape(line)}</pre>", border="#2e7d32")
+    return Record(html, "\n".join([f"✓ {head}"] + _text_facts(facts) + ["", "on the other host:", f"  {line}"]))

@@ -1,0 +1,239 @@
+"""Bundles for air-gapped hosts: a pinned model's files in a folder that proves what it holds.
+
+``export_bundle`` writes the files a load needs (config, safetensors shards and index,
+generation config, tokenizer files, chat template, the repo's code files, the card) of one
+pinned sha, copied from the Hub cache (only missing files are downloaded), with a manifest
+(every file's size and sha256, the source ``repo@sha``) and ``BUNDLE.md`` saying how to load
+it. ``layout="hf-cache"`` writes a Hub cache tree instead (``models--org--name/blobs``,
+``snapshots/<sha>``, ``refs``), which plain transformers loads with ``HF_HUB_CACHE=DIR
+HF_HUB_OFFLINE=1``. ``verify_folder`` checks a folder against its manifest before a load:
+sizes always, hashes once per file identity (remembered, so the next load is as fast as a
+plain local load).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from .errors import HfNotebookError, LoadError, OptionError
+from .events import FileProgress, OnEvent, emit
+from .save import MANIFEST
+
+OTHER_WEIGHTS = (".bin", ".pt", ".pth", ".h5", ".msgpack", ".gguf", ".onnx", ".ckpt", ".ot", ".tflite")
+LAYOUTS = ("folder", "hf-cache")
+
+
+class BundleError(HfNotebookError, ValueError):
+    """A bundle that does not match its manifest (a file missing, truncated or changed)."""
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    folder: str
+    layout: str
+    repo_id: str
+    sha: str
+    files: dict  # name -> {"size", "sha256"}
+    downloaded: tuple[str, ...]  # files that were not in the cache
+    seconds: float
+
+    @property
+    def nbytes(self) -> int:
+        return sum(f["size"] for f in self.files.values())
+
+    def _repr_mimebundle_(self, **_):
+        from hf_notebook.ui.record import export_record
+
+        return export_record(self).bundle()
+
+
+def export_bundle(spec: str, folder: str | os.PathLike, *, layout: str = "folder", cache_dir=None,
+                  offline: bool = False, token=None, on_event: OnEvent | None = None) -> ExportResult:
+    """Write the bundle of ``spec`` (``org/name[@rev]``, pinned to its sha first) into ``folder``."""
+    from .resolve import resolve
+    from .spec import parse_spec
+
+    t0 = time.perf_counter()
+    if layout not in LAYOUTS:
+        raise OptionError(f"Unknown --layout {layout!r}.", hint=f"Use one of: {', '.join(LAYOUTS)}.")
+    parsed = parse_spec(spec)
+    if parsed.is_local:
+        raise OptionError(f"{spec} is a local folder: export a Hub model (org/name@rev).",
+                          hint="A local folder can be copied as it is; %save_model writes one with a manifest.")
+    target = Path(folder).expanduser().absolute()
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+        raise OptionError(f"{target} exists and is not an empty folder.", hint="Export into a new folder.")
+    resolution = resolve(parsed, offline=offline, cache_dir=cache_dir, token=token)
+    names = _bundle_files(resolution, cache_dir)
+    paths, downloaded = {}, []
+    for name in names:
+        path, fetched = _cached_or_downloaded(resolution, name, cache_dir, offline, token)
+        paths[name] = path
+        if fetched:
+            downloaded.append(name)
+        emit(on_event, FileProgress(name, os.path.getsize(path), os.path.getsize(path), cached=not fetched))
+    files = {n: {"size": os.path.getsize(p), "sha256": _sha256(p, resolution.file_hashes.get(n))}
+             for n, p in sorted(paths.items())}
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.hf_notebook-", dir=target.parent))
+    try:
+        if layout == "folder":
+            for name, path in paths.items():
+                dest = tmp / name
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(path, dest)
+        else:
+            _write_cache_tree(tmp, resolution, paths)
+        _write_manifest(tmp, resolution, files, layout)
+        (tmp / "BUNDLE.md").write_text(_how_to_load(resolution, layout, target))
+        if target.exists():
+            target.rmdir()
+        os.rename(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return ExportResult(str(target), layout, resolution.repo_id, resolution.sha, files, tuple(downloaded),
+                        time.perf_counter() - t0)
+
+
+def _bundle_files(resolution: Any, cache_dir) -> list[str]:
+    """The repo's files at the sha that a load needs; other weight formats only when there are no safetensors."""
+    names = list(resolution.file_sizes) or _cached_names(resolution, cache_dir)
+    if not names:
+        raise LoadError(f"No file list for {resolution.repo_id}@{resolution.sha} (offline, and nothing cached).",
+                        hint="Export on a machine with network.")
+    has_safetensors = any(n.endswith(".safetensors") for n in names)
+    return sorted(n for n in names if not (has_safetensors and n.endswith(OTHER_WEIGHTS))
+                  and not n.startswith(".") and n != ".gitattributes")
+
+
+def _cached_names(resolution: Any, cache_dir) -> list[str]:
+    from .resolve import repo_cache_folder
+
+    snapshot = repo_cache_folder(resolution.repo_id, cache_dir) / "snapshots" / resolution.sha
+    if not snapshot.is_dir():
+        return []
+    return sorted(p.relative_to(snapshot).as_posix() for p in snapshot.rglob("*") if p.is_file())
+
+
+def _cached_or_downloaded(resolution: Any, name: str, cache_dir, offline: bool, token) -> tuple[Path, bool]:
+    from huggingface_hub import hf_hub_download, try_to_load_from_cache
+
+    from .errors import OfflineError
+
+    cached = try_to_load_from_cache(resolution.repo_id, name, cache_dir=cache_dir, revision=resolution.sha)
+    if isinstance(cached, str):
+        return Path(cached), False
+    if offline:
+        raise OfflineError(f"Offline, and {name} of {resolution.repo_id}@{resolution.sha} is not in the cache.",
+                           hint=f"Export on a machine with network, or fetch it first: `hf download "
+                                f"{resolution.repo_id} --revision {resolution.sha}`.", missing=[name])
+    return Path(hf_hub_download(resolution.repo_id, name, revision=resolution.sha, cache_dir=cache_dir,
+                                token=token)), True
+
+
+def _sha256(path: Path, known: Optional[str]) -> str:
+    """The Hub's sha256 for LFS files (or a blob named by it); small files are hashed."""
+    if known:
+        return known
+    blob = os.path.basename(os.path.realpath(path))
+    if len(blob) == 64 and all(c in "0123456789abcdef" for c in blob):
+        return blob
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _write_cache_tree(root: Path, resolution: Any, paths: dict) -> None:
+    """``models--org--name/{blobs,snapshots/<sha>,refs}`` as huggingface_hub lays out its cache."""
+    repo = root / ("models--" + resolution.repo_id.replace("/", "--"))
+    snapshot = repo / "snapshots" / resolution.sha
+    for name, path in paths.items():
+        blob_name = os.path.basename(os.path.realpath(path))
+        blob = repo / "blobs" / blob_name
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        if not blob.exists():
+            shutil.copyfile(path, blob)
+        link = snapshot / name
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(os.path.relpath(blob, link.parent))
+    (repo / "refs").mkdir(parents=True, exist_ok=True)
+    revision = resolution.pin.revision
+    if revision and resolution.pin.kind in ("branch", "tag", "ref"):
+        (repo / "refs" / revision).parent.mkdir(parents=True, exist_ok=True)
+        (repo / "refs" / revision).write_text(resolution.sha)
+    if not (repo / "refs" / "main").exists():
+        (repo / "refs" / "main").write_text(resolution.sha)
+
+
+def _write_manifest(root: Path, resolution: Any, files: dict, layout: str) -> None:
+    from hf_notebook import __version__
+
+    manifest = {"format": "hf_notebook.manifest/1", "kind": "bundle", "layout": layout,
+                "source": f"{resolution.repo_id}@{resolution.sha}", "files": files,
+                "versions": {"hf_notebook": __version__}}
+    (root / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+
+
+def _how_to_load(resolution: Any, layout: str, target: Path) -> str:
+    spec = f"{resolution.repo_id}@{resolution.sha}"
+    if layout == "folder":
+        how = (f"```python\n%load_ext hf_notebook\n%load_model {target} --as model\n```\n\n"
+               "hf_notebook checks every file against `hf_notebook.manifest.json` first (sizes always, sha256 once)\n"
+               "and refuses a changed or truncated file, naming it. Without hf_notebook:\n"
+               f"`AutoModelForCausalLM.from_pretrained(\"{target}\")` (or the model's own class).\n")
+    else:
+        how = (f"Point the Hub cache at this folder, offline, and load by repo and sha:\n\n```sh\n"
+               f"HF_HUB_CACHE={target} HF_HUB_OFFLINE=1 python -c 'from transformers import AutoModel; "
+               f"AutoModel.from_pretrained(\"{resolution.repo_id}\", revision=\"{resolution.sha}\")'\n```\n\n"
+               f"With hf_notebook: `HF_HUB_CACHE={target}` then `%load_model {spec} --offline`.\n")
+    return (f"# {resolution.repo_id} at {resolution.sha}\n\nExported by hf_notebook's `%export_model` for a host "
+            f"without network.\nEvery file with its size and sha256: `{MANIFEST}`.\n\n{how}")
+
+
+# -- verification before a load ------------------------------------------------------------------
+def verify_folder(folder: Path, memo: Any = None) -> Optional[dict]:
+    """Check ``folder`` against its manifest, if it has one; return the manifest. Raises
+    :class:`BundleError` naming the first file that is missing, of another size, or changed."""
+    manifest_path = folder / MANIFEST
+    if not manifest_path.is_file():
+        return None
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        files = manifest["files"]
+    except (ValueError, KeyError, TypeError):
+        raise BundleError(f"{manifest_path} cannot be read.", hint="Export or save the folder again.") from None
+    if memo is None:
+        from .integrity import default_memo
+
+        memo = default_memo()
+    for name, facts in sorted(files.items()):
+        path = folder / name
+        try:
+            st = path.stat()
+        except OSError:
+            raise BundleError(f"{name} is missing from {folder} (its manifest lists it).",
+                              hint="Copy the whole folder again; nothing was loaded.") from None
+        if st.st_size != facts["size"]:
+            raise BundleError(f"{name} in {folder} has {st.st_size} bytes, but the manifest says {facts['size']}: "
+                              "it is truncated or changed.", hint="Copy the folder again; nothing was loaded.")
+        identity = [st.st_size, st.st_mtime_ns, st.st_ino, facts["sha256"]]
+        real = Path(os.path.realpath(path))
+        if memo.knows(real, identity):
+            continue
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 22), b""):
+                digest.update(chunk)
+        if digest.hexdigest() != facts["sha256"]:
+            raise BundleError(f"{name} in {folder} is not the file the manifest lists (sha256 {digest.hexdigest()[:12]}…, "
+                              f"expected {facts['sha256'][:12]}…): it was changed.",
+                              hint="Copy the folder again from its source; nothing was loaded.")
+        memo.add(real, identity)
+    return manifest
