@@ -34,6 +34,9 @@ _PLACEMENT_ARGS = (
     argument("--cache-dir", default=None, help="Hub cache folder for this call."),
     argument("--offline", action="store_true", help="Use the cache only; fail clearly if files are missing."),
     argument("--trust-remote-code", action="store_true", help="Allow the repo's own Python code to run."),
+    argument("--allow-pickle", action="store_true",
+             help="Load pickle checkpoints (pytorch_model.bin) when there are no safetensors, with "
+                  "torch.load(weights_only=True)."),
 )
 
 
@@ -534,7 +537,7 @@ class HFNotebook(Magics):
                 class_name=args.class_name, dtype=args.dtype or self.dtype, device_map=args.device_map or self.device_map,
                 max_memory=args.max_memory or self.max_memory or None, no_offload=args.no_offload,
                 cache_dir=args.cache_dir or self.cache_dir, offline=args.offline or self.offline,
-                trust_remote_code=args.trust_remote_code, **load_only)
+                trust_remote_code=args.trust_remote_code, allow_pickle=args.allow_pickle, **load_only)
         except HfNotebookError as exc:
             raise UsageError(str(exc)) from None
 

@@ -164,7 +164,8 @@ class _Pipeline:
 
         stages.start("config")
         self.files = source_files(self.resolution, cache_dir=opts.cache_dir, offline=opts.offline,
-                                  force_download=opts.force_download, token=opts.token, on_event=self.on_event)
+                                  force_download=opts.force_download, token=opts.token, on_event=self.on_event,
+                                  allow_pickle=opts.allow_pickle)
         self.config = _read_config(self.files.config(), opts.trust_remote_code)
         dtype = opts.dtype if opts.dtype != "auto" else _config_dtype(self.config)
         if read_headers or dtype is None:
@@ -186,6 +187,8 @@ class _Pipeline:
         from .headers import local_headers, remote_headers
 
         names = self.files.shard_names()
+        if self.files.pickled:  # no header to read: sizes come from the config alone
+            return None
         if isinstance(self.files, HubFiles) and not self.opts.offline:
             return remote_headers(self.resolution.repo_id, self.resolution.sha, names, token=self.opts.token)
         checkpoint = self.files.cached_checkpoint() if isinstance(self.files, HubFiles) else self.files.checkpoint()
@@ -208,10 +211,10 @@ class _Pipeline:
         from .load import materialize
         from .placement import measure_placement
 
-        if checkpoint.headers is None:  # read once here; the load's progress counts from them too
+        if checkpoint.headers is None and not self.files.pickled:  # read once; the load's progress counts from them
             checkpoint = replace(checkpoint, headers=local_headers(checkpoint.shards))
         offload_folder, owns_offload = opts.offload_folder, "disk" in plan.devices and opts.offload_folder is None
-        _check_offload_space(plan, self.config, offload_folder)
+        _check_offload_space(plan, self.config, offload_folder, rewrites=self.files.pickled)
         if owns_offload:
             offload_folder = tempfile.mkdtemp(prefix="hf_notebook-offload-")
         before = _entries(offload_folder) if offload_folder and not owns_offload else None
@@ -311,7 +314,7 @@ def _rewrites_weights(class_name: str, model_type: str) -> bool:
     return any(isinstance(step, WeightConverter) for step in mapping)
 
 
-def _check_offload_space(plan: Plan, config, folder: Optional[str]) -> None:
+def _check_offload_space(plan: Plan, config, folder: Optional[str], rewrites: bool = False) -> None:
     """Refuse up front, with the numbers, when the weights to write to disk would not fit there.
 
     transformers reads offloaded weights in place from the checkpoint (converting the dtype as it
@@ -319,7 +322,7 @@ def _check_offload_space(plan: Plan, config, folder: Optional[str]) -> None:
     weight converters, such as mixtral's fused experts). For those, all planned disk bytes count.
     """
     need = plan.bytes_by_device.get("disk", 0)
-    if not need or not _rewrites_weights(plan.model_class, config.model_type):
+    if not need or not (rewrites or _rewrites_weights(plan.model_class, config.model_type)):
         return
     where = Path(folder) if folder else Path(tempfile.gettempdir())
     probe = where

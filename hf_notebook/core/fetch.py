@@ -29,6 +29,14 @@ GENERATION_CONFIG = "generation_config.json"
 INDEX = "model.safetensors.index.json"
 SINGLE = "model.safetensors"
 PICKLE_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json")
+PICKLE_SINGLE, PICKLE_INDEX = PICKLE_WEIGHTS
+
+
+def pickle_refused(where: str) -> LoadError:
+    return LoadError(f"{where} has no safetensors weights, only pickle files (pytorch_model.bin).",
+                     hint="Unpickling can run code hidden in the file, so hf_notebook refuses it by default. "
+                     "--allow-pickle loads it with torch.load(weights_only=True), which rebuilds tensors only; "
+                     "use it for repos you trust, or ask the author for a safetensors conversion.")
 log = logging.getLogger(__name__)
 
 
@@ -57,20 +65,30 @@ class Checkpoint:
 
 
 def source_files(resolution: Resolution, *, cache_dir=None, offline: bool = False, force_download: bool = False,
-                 token=None, on_event: OnEvent | None = None) -> "SourceFiles":
+                 token=None, on_event: OnEvent | None = None, allow_pickle: bool = False) -> "SourceFiles":
     """The files of ``resolution``: a local folder, or the pinned repo through the Hub cache."""
     if resolution.local_path is not None:
-        return LocalFiles(resolution.local_path)
-    return HubFiles(resolution, cache_dir=cache_dir, offline=offline, force_download=force_download, token=token,
-                    on_event=on_event)
+        files = LocalFiles(resolution.local_path)
+    else:
+        files = HubFiles(resolution, cache_dir=cache_dir, offline=offline, force_download=force_download, token=token,
+                         on_event=on_event)
+    files.allow_pickle = allow_pickle
+    return files
 
 
 class SourceFiles:
     """What both sources answer; each answer is computed once."""
 
+    allow_pickle = False
+
     def __init__(self):
         self.facts: dict[str, FileFacts] = {}
         self._names: Optional[list[str]] = None
+
+    @property
+    def pickled(self) -> bool:
+        """The weights are pickle files (loaded only with --allow-pickle)."""
+        return any(n.endswith(".bin") for n in self.shard_names())
 
     def config(self) -> Path:
         raise NotImplementedError
@@ -113,8 +131,14 @@ class LocalFiles(SourceFiles):
             return _weight_map_files(self.folder / INDEX)
         if (self.folder / SINGLE).is_file():
             return [SINGLE]
+        if (self.folder / PICKLE_INDEX).is_file() or (self.folder / PICKLE_SINGLE).is_file():
+            if not self.allow_pickle:
+                raise pickle_refused(str(self.folder))
+            if (self.folder / PICKLE_INDEX).is_file():
+                return _weight_map_files(self.folder / PICKLE_INDEX)
+            return [PICKLE_SINGLE]
         raise LoadError(f"{self.folder} has no safetensors weights ({INDEX} or {SINGLE}).",
-                        hint="hf_notebook loads safetensors only; save with save_pretrained(safe_serialization=True).")
+                        hint="Point at a folder written by save_pretrained.")
 
     def checkpoint(self, headers: Optional[HeaderInfo] = None) -> Checkpoint:
         shards = [self.folder / n for n in self.shard_names()]
@@ -176,9 +200,11 @@ class HubFiles(SourceFiles):
         if self._may_exist(SINGLE) or self.offline:
             return [SINGLE]
         if any(name in self.res.file_sizes for name in PICKLE_WEIGHTS):
-            raise LoadError(f"{self.res.repo_id} has only pickle weights (pytorch_model.bin), no safetensors.",
-                            hint="Pickle files can run code when loaded; hf_notebook loads safetensors only. "
-                            "Ask the author for a safetensors conversion, or convert it yourself in a sandbox.")
+            if not self.allow_pickle:
+                raise pickle_refused(f"{self.res.repo_id}@{self.res.sha[:12]}")
+            if PICKLE_INDEX in self.res.file_sizes:
+                return _weight_map_files(self._get(PICKLE_INDEX))
+            return [PICKLE_SINGLE]
         raise LoadError(f"{self.res.repo_id}@{self.res.sha[:12]} has no safetensors weights.",
                         hint=f"Files there: {', '.join(sorted(self.res.file_sizes)[:12])}")
 

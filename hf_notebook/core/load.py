@@ -162,12 +162,13 @@ def materialize(checkpoint: Checkpoint, config, plan: Plan, *, offload_folder: s
     libc.pin_mmap_threshold()
     releaser = _PageReleaser()
     readers: set = set()
-    counters = _shard_counters(checkpoint, on_event, readers)
+    pickled = any(str(p).endswith(".bin") for p in checkpoint.shards)  # only with --allow-pickle: no progress
+    counters = {} if pickled else _shard_counters(checkpoint, on_event, readers)
     try:
         with _observing(counters, releaser, plan.dtype), quiet_loggers("accelerate.big_modeling"):
             model = cls.from_pretrained(str(checkpoint.folder), config=config, dtype=torch_dtype(plan.dtype),
                                         device_map=dict(plan.device_map), offload_folder=offload_folder,
-                                        use_safetensors=True, local_files_only=True)
+                                        use_safetensors=not pickled, weights_only=True, local_files_only=True)
     except BaseException:
         _drain(readers)
         _release()

@@ -21,6 +21,7 @@ from typing import Any, Iterator, Optional
 
 from .errors import AuthError, HfNotebookError, HubError, OptionError, hub_failure, redact
 from .events import FileProgress, OnEvent, emit
+from .quiet import library_bars_off
 from .save import MANIFEST
 
 
@@ -37,7 +38,7 @@ class PushResult:
     commit_url: str
     revision: str  # the branch committed to, or refs/pr/N
     files: tuple[str, ...]
-    uploaded: tuple[str, ...]  # LFS files whose bytes were sent (the others the Hub already had)
+    uploaded: Optional[tuple[str, ...]]  # LFS files whose bytes were sent (the others the Hub had); None: via Xet
     seconds: float
     pr_url: Optional[str] = None
     tag: Optional[str] = None
@@ -92,8 +93,9 @@ def push_folder(folder: str | os.PathLike, repo_id: str, *, private: bool = Fals
         if branch:
             api.create_branch(repo_id, branch=branch, exist_ok=True, token=token)
         operations, uploaded, card = _operations(folder, repo_id, on_event)
-        info = api.create_commit(repo_id, operations, commit_message=message or f"Upload {folder.name} with hf_notebook",
-                                 revision=branch, create_pr=create_pr, token=token)
+        with library_bars_off():  # huggingface_hub's own upload bars: our events tell the progress
+            info = api.create_commit(repo_id, operations, revision=branch, create_pr=create_pr, token=token,
+                                     commit_message=message or f"Upload {folder.name} with hf_notebook")
         sha = info.oid
         if tag:
             api.create_tag(repo_id, tag=tag, revision=sha, token=token, exist_ok=False)
@@ -102,8 +104,16 @@ def push_folder(folder: str | os.PathLike, repo_id: str, *, private: bool = Fals
     except Exception as exc:  # the client's errors: rewritten, token masked, without their frames
         raise _ours(exc, endpoint) from None
     revision = f"refs/pr/{info.pr_num}" if create_pr and info.pr_num is not None else (branch or "main")
+    sent = None if _through_xet() else tuple(uploaded)  # Xet reads the files itself: which bytes it sent is its own
     return PushResult(repo_id, sha, info.commit_url, revision, tuple(op.path_in_repo for op in operations),
-                      tuple(uploaded), time.perf_counter() - t0, info.pr_url, tag, card, name)
+                      sent, time.perf_counter() - t0, info.pr_url, tag, card, name)
+
+
+def _through_xet() -> bool:
+    """Large files go to Xet storage (the real Hub with hf_xet installed), not through our LFS reader."""
+    from huggingface_hub.utils._runtime import is_xet_available
+
+    return bool(is_xet_available())  # hf_xet installed and HF_HUB_DISABLE_XET unset
 
 
 def _check_token(api: Any, repo_id: str, token: Any) -> None:

@@ -36,6 +36,7 @@ from . import libc
 from .dtypes import torch_dtype, torch_dtype_of_code
 from .errors import HfNotebookError, OptionError
 from .events import FileProgress, OnEvent, emit
+from .quiet import library_bars_off
 from .units import format_bytes
 
 CHUNK = 8 * 2**20
@@ -99,7 +100,7 @@ def save_model(result: Any, folder: str | os.PathLike, *, max_shard_size: Any = 
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.hf_notebook-", dir=target.parent))
     try:
         writer = _Writer(model, out_dtype, tmp, on_event)
-        with _streamed(model, writer, out_dtype):
+        with _streamed(model, writer, out_dtype), library_bars_off():  # no "Writing model shards" widget left behind
             model.save_pretrained(tmp, max_shard_size=max_shard_size or "50GB")
         if dtype not in (None, "auto"):
             _set_config_dtype(tmp, out_dtype)

@@ -292,11 +292,13 @@ def save_record(saved: Any) -> Record:
 def push_record(pushed: Any) -> Record:
     """A finished push: the commit sha and its URL, what was sent, the line that loads it back."""
     head = f"pushed to {pushed.repo_id}" + (f" ({pushed.revision})" if pushed.revision != "main" else "")
-    sent = len(pushed.uploaded)
-    facts = [("commit", pushed.commit_sha), ("url", pushed.pr_url or pushed.commit_url),
-             ("files", f"{len(pushed.files)} in one commit; {sent} large file{'s' * (sent != 1)} uploaded"
-                       + (", the others were already on the Hub" if sent < len([f for f in pushed.files
-                                                                                if f.endswith('.safetensors')]) else "")),
+    if pushed.uploaded is None:
+        files = f"{len(pushed.files)} in one commit; large files through Xet storage (only new content is sent)"
+    else:
+        sent, large = len(pushed.uploaded), len([f for f in pushed.files if f.endswith(".safetensors")])
+        files = (f"{len(pushed.files)} in one commit; {sent} large file{'s' * (sent != 1)} uploaded"
+                 + (", the others were already on the Hub" if sent < large else ""))
+    facts = [("commit", pushed.commit_sha), ("url", pushed.pr_url or pushed.commit_url), ("files", files),
              ("time", W.format_seconds(pushed.seconds))]
     if pushed.tag:
         facts.append(("tag", pushed.tag))

@@ -35,6 +35,7 @@ class SavePushPanel:
         self.result, self.name = result, name
         self._save, self._push = save, push
         self.saved: Any = None
+        self._saved_with: tuple = ()
         self.pushed: Any = None
         self.record_handle: Any = None
         self._lock, self._last, self.min_interval = threading.Lock(), 0.0, min_interval
@@ -78,8 +79,12 @@ class SavePushPanel:
                                     dtype=self.dtype.value or None, overwrite=self.overwrite.value, on_event=self.event)
         except BaseException as exc:
             return self._failed("Not saved", exc)
+        self._saved_with = self._save_fields()
         self._done(f"✓ saved to {self.saved.folder}", self.saved)
         return self.saved
+
+    def _save_fields(self) -> tuple:
+        return (self.folder.value.strip(), self.shard.value.strip(), self.dtype.value)
 
     def push(self) -> Any:
         """Push the saved folder (or save into a temporary one first) to the repo field's repo."""
@@ -88,7 +93,7 @@ class SavePushPanel:
         repo = self.repo.value.strip()
         self._start(f"pushing to {repo}…")
         try:
-            if self.saved is not None:
+            if self.saved is not None and self._saved_with == self._save_fields():  # what the fields describe
                 self.pushed = self._push(self.saved.folder, repo, token=token, on_event=self.event, **self._push_options())
             else:
                 with tempfile.TemporaryDirectory(prefix="hf_notebook-push-") as tmp:

@@ -1,0 +1,90 @@
+"""The save and push panel in a real JupyterLab: a token typed into its password field pushes to a stand-in
+that requires it, the record beside the panel shows the commit, and the token is in neither the page's
+field nor the notebook file Lab saves.
+
+The Lab's kernels talk to the session's Hub stand-in (the ``hub_server`` of the test plugin, in this
+process), so ``hub_token`` makes that server require a token for every write during this test, and only
+this test. The kernels have no token of their own (the plugin unsets ``HF_TOKEN``): the typed one is the
+only one there is.
+"""
+
+import re
+import secrets
+
+import pytest
+
+expect = pytest.importorskip("playwright.sync_api", reason="the playwright Python package is not installed").expect
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+RECORD = ".hf-notebook-record"
+PANEL_CELL = "%save_model model"
+SOURCES = ["%load_ext hf_notebook", "%load_model tiny/llama --device-map cpu --as model", PANEL_CELL]
+PUSH_TIMEOUT_MS = 60_000
+
+
+def text_field(panel, page, description: str):
+    """The ``<input>`` of the panel's ipywidgets Text whose label is ``description``."""
+    label = page.locator("label", has_text=re.compile(rf"^{re.escape(description)}$"))
+    return panel.locator(".widget-text").filter(has=label).locator("input")
+
+
+def test_panel_pushes_with_a_typed_token_and_forgets_it(notebook, hub_server, hub_store, hub_token, artifacts):
+    page = notebook.page
+    repo_id = f"user/panel-push-{secrets.token_hex(4)}"
+    path = notebook.write("save_push_panel.ipynb", SOURCES)
+    notebook.open(path)
+    try:
+        notebook.run_all()
+        cell = notebook.code_cell(PANEL_CELL)
+        panel = cell.locator(".jp-OutputArea .jupyter-widgets").first
+        record = cell.locator(f".jp-OutputArea {RECORD}")
+        expect(panel).to_contain_text("Save and push")
+        expect(cell).to_contain_text("nothing saved or pushed yet")
+        expect(cell).not_to_contain_text("Error displaying widget")
+
+        repo = text_field(panel, page, "repo")
+        token = panel.locator("input[type='password']")
+        push = panel.get_by_role("button", name="Push")
+        expect(repo).to_have_count(1)
+        expect(token).to_have_count(1)
+
+        # The stand-in really requires the token: a wrong one is refused before anything is sent.
+        repo.fill(repo_id)
+        token.fill("hf_not_the_right_token")
+        push.click()
+        expect(panel).to_contain_text("Not pushed: The Hub did not accept the token", timeout=PUSH_TIMEOUT_MS)
+        expect(token).to_have_value("")  # cleared on failure too
+        assert not hub_store.exists(repo_id)
+
+        token.fill(hub_token)
+        push.click()
+        expect(panel).to_contain_text(f"✓ pushed to {repo_id} at ", timeout=PUSH_TIMEOUT_MS)
+        sha = hub_store.resolve(repo_id, "main")
+        expect(panel).to_contain_text(f"✓ pushed to {repo_id} at {sha[:12]}")
+        expect(token).to_have_value("")  # read once, emptied before anything was sent
+        expect(push).to_be_enabled()
+
+        # The static record beside the panel: the full commit sha and the line that loads it back.
+        expect(record).to_have_count(1)
+        expect(record).to_contain_text(f"pushed to {repo_id}")
+        expect(record).to_contain_text(sha)
+        expect(record).to_contain_text(f"%load_model {repo_id}@{sha} --as model")
+        expect(panel.locator(".widget-hprogress, .progress-bar")).to_have_count(0)  # no bar left behind
+        assert hub_token not in page.content()
+
+        # Save with Ctrl+S, as a user would, and read the file Lab wrote.
+        saved = notebook.lab.root_dir / path
+        cell.locator(".jp-InputPrompt").click()  # focus the notebook (command mode), not a widget's input
+        page.keyboard.press("Control+s")
+        page.wait_for_function(
+            "() => !window.jupyterapp.shell.currentWidget.context.model.dirty", timeout=30_000, polling=200)
+        text = saved.read_text(encoding="utf-8")
+        assert sha in text  # the record was saved...
+        assert hub_token not in text  # ...and the token nowhere: not in an output, not in widget state
+        assert "hf_not_the_right_token" not in text
+    finally:
+        cell = notebook.code_cell(PANEL_CELL)
+        if cell.count():
+            cell.evaluate("cell => cell.scrollIntoView({block: 'end'})")
+        page.screenshot(path=artifacts / "save-push-panel.png")
