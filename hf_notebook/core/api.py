@@ -48,6 +48,7 @@ class LoadResult:
     source_folder: Optional[str] = None  # the local folder the weights were read from (snapshot or user folder)
     paths: dict = field(default_factory=dict)  # repo file name -> its local (cached) path, for every file read
     hashes: dict = field(default_factory=dict)  # repo file name -> sha256 the Hub gave for it (LFS files)
+    code_files: dict = field(default_factory=dict)  # the repo's code that ran (--trust-remote-code) -> sha256
 
     @property
     def repo_id(self) -> str:
@@ -153,6 +154,7 @@ class _Pipeline:
         self.files: Optional[SourceFiles] = None
         self.config = None
         self.headers = None
+        self.code: dict[str, str] = {}  # the repo's code files that will run (--trust-remote-code) -> sha256
 
     def plan(self, *, read_headers: bool) -> Plan:
         """Resolve, read the config (and headers when needed), plan."""
@@ -160,12 +162,15 @@ class _Pipeline:
         stages.start("resolve", str(self.spec))
         self.resolution = resolve(self.spec, offline=opts.offline, cache_dir=opts.cache_dir, token=opts.token)
         emit(self.on_event, self.resolution.pin)
+        if opts.trust_remote_code:
+            _check_pinned_for_code(self.spec, self.resolution)
         stages.done(self.resolution.pin)
 
         stages.start("config")
         self.files = source_files(self.resolution, cache_dir=opts.cache_dir, offline=opts.offline,
                                   force_download=opts.force_download, token=opts.token, on_event=self.on_event,
                                   allow_pickle=opts.allow_pickle)
+        self.code = self.files.code_files() if opts.trust_remote_code else {}
         self.config = _read_config(self.files.config(), opts.trust_remote_code)
         dtype = opts.dtype if opts.dtype != "auto" else _config_dtype(self.config)
         if read_headers or dtype is None:
@@ -178,7 +183,7 @@ class _Pipeline:
         source = pin.pinned_spec if self.resolution.local_path is None else str(self.resolution.local_path)
         plan = plan_placement(self.config, class_name=opts.class_name, dtype=dtype, device_map=opts.device_map,
                               max_memory=opts.max_memory, no_offload=opts.no_offload, headers=self.headers,
-                              source=source)
+                              source=source, code_folder=str(self.files.config().parent) if self.code else None)
         stages.done(plan)
         return plan
 
@@ -237,7 +242,7 @@ class _Pipeline:
                             offload_folder=offload_folder, owns_offload_folder=owns_offload, name=name,
                             timings=stages.timings, source_folder=str(checkpoint.folder),
                             paths={n: str(p) for n, p in getattr(self.files, "_paths", {}).items()},
-                            hashes=dict(self.resolution.file_hashes))
+                            hashes=dict(self.resolution.file_hashes), code_files=dict(self.code))
         stages.done(result)
         return result
 
@@ -304,6 +309,20 @@ def apply_device_map(target: "LoadResult | Plan", device_map: dict):
     target.edits.append(moved)
     target.map_file = None
     return moved
+
+
+def _check_pinned_for_code(spec: ModelSpec, resolution: Resolution) -> None:
+    """Remote code runs only from a full commit sha: a branch or tag can change the code under you."""
+    from .errors import OptionError
+    from .spec import is_commit_sha
+
+    if spec.is_local or (spec.revision and is_commit_sha(spec.revision) and len(spec.revision) == 40):
+        return
+    asked = f"@{spec.revision}" if spec.revision else " (the default branch)"
+    raise OptionError(f"--trust-remote-code runs Python code from {spec.repo_id}, and {spec.repo_id}{asked} can "
+                      "change that code under you.",
+                      hint=f"Read the code at its commit, then pin the full sha: %load_model "
+                      f"{spec.repo_id}@{resolution.sha} --trust-remote-code")
 
 
 def _rewrites_weights(class_name: str, model_type: str) -> bool:
@@ -374,7 +393,8 @@ def _read_config(config_file: Path, trust_remote_code: bool):
     except ValueError as exc:
         if "trust_remote_code" in str(exc):
             raise HfNotebookError("This model needs custom code from its repo, which is not run by default.",
-                                  hint="Read the repo's code first; pass --trust-remote-code only if you trust it.") from None
+                                  hint="Read the repo's code first; if you trust it, pin a full commit sha and pass "
+                                  "--trust-remote-code.") from None
         raise
 
 

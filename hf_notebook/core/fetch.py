@@ -101,6 +101,10 @@ class SourceFiles:
     def checkpoint(self, headers: Optional[HeaderInfo] = None) -> Checkpoint:
         raise NotImplementedError
 
+    def code_files(self) -> dict[str, str]:
+        """The repo's Python files (what --trust-remote-code runs), present locally, with their sha256."""
+        raise NotImplementedError
+
     def _list_shards(self) -> list[str]:
         raise NotImplementedError
 
@@ -125,6 +129,9 @@ class LocalFiles(SourceFiles):
         if not config.is_file():
             raise LoadError(f"{self.folder} has no {CONFIG}.", hint="Point at a folder written by save_pretrained.")
         return config
+
+    def code_files(self) -> dict[str, str]:
+        return {p.name: _sha256_file(p) for p in sorted(self.folder.glob("*.py"))}
 
     def _list_shards(self) -> list[str]:
         if (self.folder / INDEX).is_file():
@@ -179,6 +186,17 @@ class HubFiles(SourceFiles):
         self._raise_missing()
         files = tuple(self.facts[n] for n in names if n in self.facts)
         return Checkpoint(self.config(), [paths[n] for n in shards], paths.get(GENERATION_CONFIG), headers, files)
+
+    def code_files(self) -> dict[str, str]:
+        names = [n for n in self.res.file_sizes if n.endswith(".py") and "/" not in n]
+        if not names and self.offline:
+            from .resolve import repo_cache_folder
+
+            snapshot = repo_cache_folder(self.res.repo_id, self.cache_dir) / "snapshots" / self.res.sha
+            names = sorted(p.name for p in snapshot.glob("*.py")) if snapshot.is_dir() else []
+        paths = {n: self._get(n) for n in sorted(names)}
+        self._raise_missing()
+        return {n: self.res.file_hashes.get(n) or _sha256_file(p) for n, p in paths.items() if p is not None}
 
     def cached_checkpoint(self, headers: Optional[HeaderInfo] = None) -> Optional[Checkpoint]:
         """The checkpoint if every shard is already cached (offline planning), else None."""
@@ -297,6 +315,12 @@ def _in_parallel(get, names: list[str], max_workers: int, cancel: threading.Even
         raise
     pool.shutdown(wait=True)
     return results
+
+
+def _sha256_file(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def _discard(path: Path) -> None:

@@ -158,7 +158,7 @@ def _observing(counters: dict[str, _ShardCounter], releaser: _PageReleaser, targ
 def materialize(checkpoint: Checkpoint, config, plan: Plan, *, offload_folder: str | Path | None = None,
                 on_event: OnEvent | None = None):
     """Load ``checkpoint`` as ``plan`` says, through ``from_pretrained``, reporting shard progress."""
-    cls = model_class_for(config, plan.model_class)
+    cls = plan.model_cls or model_class_for(config, plan.model_class)
     libc.pin_mmap_threshold()
     releaser = _PageReleaser()
     readers: set = set()

@@ -67,7 +67,8 @@ def entry_for(result: Any) -> dict:
     return {"repo": result.pin.repo_id, "revision": result.pin.revision or "main", "sha": result.pin.sha,
             "class": result.plan.model_class, "dtype": result.dtype, "files": files,
             "versions": {"hf_notebook": __version__, "transformers": transformers.__version__,
-                         "torch": torch.__version__.split("+")[0]}}
+                         "torch": torch.__version__.split("+")[0]},
+            **({"code": dict(sorted(result.code_files.items()))} if result.code_files else {})}
 
 
 def _sha256_of(path: str) -> str:

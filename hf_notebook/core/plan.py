@@ -47,6 +47,7 @@ class Plan:
     no_split: frozenset = frozenset()  # modules that must stay whole on one device
     direct: dict[str, dict[str, int]] = field(default_factory=dict)  # module with children -> its own tensors' bytes
     config: Any = field(default=None, repr=False, compare=False)  # the model config the plan was made from
+    model_cls: Any = field(default=None, repr=False, compare=False)  # the class itself (a repo's own, with remote code)
     edits: list = field(default_factory=list, compare=False)  # applied editor changes, oldest first
 
     @property
@@ -111,10 +112,14 @@ class Plan:
         return plan_record(self).bundle()
 
 
-def model_class_for(config, class_name: Optional[str] = None):
-    """The concrete model class: ``--class`` (an Auto model class or a model class) or the config's ``architectures``."""
+def model_class_for(config, class_name: Optional[str] = None, code_folder: Optional[str] = None):
+    """The concrete model class: ``--class`` (an Auto model class or a model class) or the config's
+    ``architectures``; with ``code_folder`` (remote code allowed), the repo's own class its ``auto_map`` names."""
     import transformers
 
+    auto_map = getattr(config, "auto_map", None) or {}
+    if code_folder is not None and auto_map:
+        return _remote_class(auto_map, class_name, code_folder)
     if class_name:
         return _named_class(config, class_name)
     for arch in getattr(config, "architectures", None) or []:
@@ -125,8 +130,24 @@ def model_class_for(config, class_name: Optional[str] = None):
         cls = _auto_pick(config, auto_name)
         if cls is not None:
             return cls
+    if auto_map:
+        raise LoadError(f"{config.model_type!r} is a model with its own code in its repo, which is not run by default.",
+                        hint="Read the repo's code first; pass --trust-remote-code (with a full commit sha) only if "
+                        "you trust it.")
     raise LoadError(f"No transformers class knows model type {config.model_type!r}.",
-                    hint="Upgrade transformers, or pass --class. Models with custom code are not supported yet.")
+                    hint="Upgrade transformers, or pass --class.")
+
+
+def _remote_class(auto_map: dict, class_name: Optional[str], code_folder: str):
+    """The repo's own model class (``auto_map``), imported from the pinned snapshot's code files."""
+    from transformers.dynamic_module_utils import get_class_from_dynamic_module
+
+    key = class_name if class_name in auto_map else next((a for a in _AUTO_CLASSES if a in auto_map), None)
+    if key is None:
+        offered = ", ".join(k for k in auto_map if k != "AutoConfig") or "none"
+        raise LoadError(f"The repo's code has no model class for {class_name or 'this task'}.",
+                        hint=f"Its auto_map offers: {offered}. Pass one with --class.")
+    return get_class_from_dynamic_module(auto_map[key], code_folder)
 
 
 def _named_class(config, class_name: str):
@@ -195,7 +216,8 @@ def build_meta_model(cls, config, dtype: str):
 
 def plan_placement(config, *, class_name: Optional[str] = None, dtype: str = "float32",
                    device_map: Any = "auto", max_memory: Optional[dict] = None,
-                   no_offload: bool = False, headers: Optional[HeaderInfo] = None, source: str = "") -> Plan:
+                   no_offload: bool = False, headers: Optional[HeaderInfo] = None, source: str = "",
+                   code_folder: Optional[str] = None) -> Plan:
     """Compute the device map ``from_pretrained`` would use for these options, without weights.
 
     ``max_memory`` may name devices this machine lacks: planning for a target machine is fine
@@ -203,7 +225,7 @@ def plan_placement(config, *, class_name: Optional[str] = None, dtype: str = "fl
     """
     from transformers.integrations.accelerate import _get_device_map, get_max_memory
 
-    cls = model_class_for(config, class_name)
+    cls = model_class_for(config, class_name, code_folder)
     model = build_meta_model(cls, config, dtype)
     with quiet_loggers("accelerate.utils.modeling", "transformers.integrations.accelerate"):
         resolved = _get_device_map(model, device_map, max_memory, None)
@@ -213,7 +235,8 @@ def plan_placement(config, *, class_name: Optional[str] = None, dtype: str = "fl
     plan = Plan(model_class=cls.__name__, dtype=dtype, device_map=resolved, max_memory=max_memory,
                 module_bytes=_module_bytes(model), blocks=tuple(blocks),
                 tied=dict(getattr(model, "all_tied_weights_keys", None) or {}), budget=budget, headers=headers,
-                source=source, no_split=_no_split(model), direct=_direct_tensors(model), config=config)
+                source=source, no_split=_no_split(model), direct=_direct_tensors(model), config=config,
+                model_cls=cls)
     spilled = plan.spilled
     if no_offload and spilled:
         raise PlanError(_spill_message(plan, spilled),

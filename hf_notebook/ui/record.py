@@ -171,6 +171,8 @@ def load_record(result: Any, title: str = "") -> Record:
     facts = [("repo", pin.repo_id if pin.kind != "local" else "(local folder)"), ("commit", None),
              ("class", result.plan.model_class), ("dtype", result.dtype),
              ("files", _files_text(result.files)), ("time", _timing_text(result))]
+    if result.code_files:
+        facts.append(("remote code", ", ".join(f"{n} (sha256 {h[:12]}…)" for n, h in sorted(result.code_files.items()))))
     if result.edits:
         times = f"{len(result.edits)}×" if len(result.edits) > 1 else "once"
         facts.append(("re-dispatched", f"{times} in place; last: {W.moves_text(result.edits[-1])}"))

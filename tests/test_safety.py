@@ -1,0 +1,89 @@
+"""Safe defaults: pickle only with --allow-pickle (weights_only), remote code only from a full sha,
+listed with its hashes and recorded in the lock file."""
+
+import hashlib
+import io
+import json
+
+import pytest
+import torch
+from IPython.core.error import UsageError
+
+from hf_notebook.testing.custom_code import custom_model_files
+from hf_notebook.testing.models import build_model, model_files, save_model
+
+
+@pytest.fixture
+def pickle_repo(hub_store, hub_repo_id, tmp_path):
+    """A repo with only pytorch_model.bin weights."""
+    folder = save_model("llama", tmp_path / "llama", seed=3)
+    files = {n: p.read_bytes() for n, p in model_files(folder).items() if not n.endswith((".safetensors", ".json"))
+             or n in ("config.json", "generation_config.json")}
+    buffer = io.BytesIO()
+    torch.save(build_model("llama", seed=3).state_dict(), buffer)
+    files["pytorch_model.bin"] = buffer.getvalue()
+    hub_store.create_repo(hub_repo_id)
+    hub_store.commit(hub_repo_id, files, message="pickle only")
+    return hub_repo_id
+
+
+def test_pickle_is_refused_by_default_and_loaded_with_the_flag(shell, pickle_repo, hf_cache):
+    with pytest.raises(UsageError, match="(?s)only pickle files.*--allow-pickle loads it with torch.load"):
+        shell.run_line_magic("load_model", f"{pickle_repo} --as m")
+    assert "m" not in shell.user_ns
+    shell.run_line_magic("load_model", f"{pickle_repo} --allow-pickle --as m")
+    want = build_model("llama", seed=3).state_dict()
+    got = shell.user_ns["m"].state_dict()
+    assert all(torch.equal(got[k], v) for k, v in want.items())
+
+
+def test_pickle_is_loaded_weights_only(shell, pickle_repo, hf_cache, monkeypatch):
+    calls = []
+    real = torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **k: calls.append(k.get("weights_only")) or real(*a, **k))
+    shell.run_line_magic("load_model", f"{pickle_repo} --allow-pickle --as m")
+    assert calls and all(flag is True for flag in calls)
+
+
+@pytest.fixture
+def code_repo(hub_store, hub_repo_id):
+    hub_store.create_repo(hub_repo_id)
+    files = custom_model_files(seed=1)
+    sha = hub_store.commit(hub_repo_id, files, message="model with its own code")
+    return hub_repo_id, sha, files
+
+
+def test_remote_code_needs_the_flag(shell, code_repo, hf_cache):
+    repo_id, sha, _ = code_repo
+    with pytest.raises(UsageError, match="(?s)custom code from its repo.*full commit sha"):
+        shell.run_line_magic("load_model", f"{repo_id}@{sha} --as m")
+
+
+@pytest.mark.parametrize("revision", ["", "@main", "@SHORT"])
+def test_remote_code_is_refused_on_a_branch_or_short_sha(shell, code_repo, hf_cache, revision):
+    repo_id, sha, _ = code_repo
+    revision = revision.replace("SHORT", sha[:10])
+    with pytest.raises(UsageError) as info:
+        shell.run_line_magic("load_model", f"{repo_id}{revision} --trust-remote-code --as m")
+    assert "can change that code under you" in str(info.value)
+    assert f"%load_model {repo_id}@{sha} --trust-remote-code" in str(info.value)
+    assert "m" not in shell.user_ns
+
+
+def test_remote_code_loads_from_a_full_sha_listed_and_locked(shell, code_repo, hf_cache, capsys):
+    from hf_notebook.magics import instance
+
+    repo_id, sha, files = code_repo
+    shell.run_line_magic("load_model", f"{repo_id}@{sha} --trust-remote-code --as m")
+    model = shell.user_ns["m"]
+    assert type(model).__name__ == "TinyModelForCausalLM"
+    out = capsys.readouterr().out
+    for name in ("configuration_tiny.py", "modeling_tiny.py"):
+        digest = hashlib.sha256(files[name]).hexdigest()
+        assert f"{name} (sha256 {digest[:12]}" in out
+    entry = json.loads(open(instance(shell).lock_file).read())["models"][f"{repo_id}@{sha}"]
+    assert entry["code"] == {n: hashlib.sha256(files[n]).hexdigest() for n in ("configuration_tiny.py",
+                                                                                 "modeling_tiny.py")}
+    with torch.no_grad():
+        logits = model(torch.tensor([[1, 2, 3]])).logits
+    assert logits.shape == (1, 3, 64)
