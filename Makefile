@@ -34,7 +34,7 @@ lab: venv
 	$(PY) -m hf_notebook.demo --lab
 
 bench: venv
-	$(PY) bench/load.py && $(PY) bench/editor.py
+	$(PY) bench/load.py && $(PY) bench/editor.py && $(PY) bench/save.py
 
 clean:
 	rm -rf $(VENV) build artifacts .pytest_cache

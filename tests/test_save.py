@@ -193,3 +193,22 @@ def test_the_record_lists_files_and_the_line_to_load_it(shell, tiny_hub, hf_cach
     assert f"saved m to {work / 'out'}" in text and "tiny/llama@" in text
     assert "model.safetensors" in text and "manifest  sha256 " in text
     assert f"%load_model {work / 'out'} --as m" in text
+
+
+@pytest.mark.filterwarnings("ignore:Attempting to save a model with offloaded modules")
+@pytest.mark.parametrize("arch", ["llama", "t5"])
+def test_small_chunks_through_the_buffer_ring_write_the_same_bytes(folders, tmp_path, monkeypatch, arch):
+    """Many more chunks than buffers in flight: a buffer reused too early would corrupt a shard."""
+    from hf_notebook.core import save as S
+
+    monkeypatch.setattr(S, "CHUNK", 4096)
+    src = folders[arch]
+    for kwargs in ({"device_map": "cpu"}, {"device_map": "auto", "max_memory": {"cpu": 200_000}}):
+        result = load_model(str(src), **kwargs)
+        for dtype in (None, "bfloat16"):
+            mine = tmp_path / f"mine-{kwargs['device_map']}-{dtype}"
+            save_model(result, mine, max_shard_size=100_000, dtype=dtype)
+            reference = load_model(str(src), device_map="cpu").model
+            theirs = tmp_path / f"theirs-{kwargs['device_map']}-{dtype}"
+            (reference.to(torch.bfloat16) if dtype else reference).save_pretrained(theirs, max_shard_size=100_000)
+            assert same_weights(mine, theirs), (kwargs, dtype)

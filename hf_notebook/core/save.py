@@ -157,6 +157,9 @@ class _Writer:
         self.on_disk = _disk_sources(model)  # offloaded tensor name -> where its bytes are
         self.hashes: dict[str, str] = {}  # file name -> sha256, computed while writing
         self._headers: dict[str, tuple[int, dict]] = {}
+        self._ring: list = []
+        self._next = 0
+        self._spare = None
 
     def target_dtype(self, tensor: Any):
         return self.out if tensor.is_floating_point() else tensor.dtype
@@ -180,24 +183,49 @@ class _Writer:
                 emit(self.on_event, FileProgress(name, done, total))
         self.hashes[name] = hasher.hexdigest
 
+    def _buffer(self, nbytes: int) -> Any:
+        """A reused chunk buffer (uint8). The ring outlasts every chunk still in flight: one being
+        written, up to ``_Hasher.DEPTH`` queued, one being hashed."""
+        import torch
+
+        if not self._ring:
+            self._ring = [torch.empty(CHUNK, dtype=torch.uint8) for _ in range(_Hasher.DEPTH + 3)]
+        self._next = (self._next + 1) % len(self._ring)
+        return self._ring[self._next][:nbytes]
+
+    def _scratch(self, nbytes: int) -> Any:
+        """One buffer for bytes that are converted before they are written (never queued)."""
+        import torch
+
+        if self._spare is None:
+            self._spare = torch.empty(CHUNK, dtype=torch.uint8)
+        return self._spare[:nbytes]
+
     def _chunks(self, name: str, tensor: Any) -> Iterator[tuple[Any, Optional[tuple[int, int]]]]:
-        """The bytes of ``tensor`` in its target dtype, chunk by chunk; with each, a cpu range to give back."""
+        """The bytes of ``tensor`` in its target dtype, chunk by chunk; with each, a cpu range to give back.
+        A cpu tensor already in its target dtype is written from its own memory; others are copied
+        (converted, or brought from a GPU) into reused buffers."""
+        import torch
+
         if tensor.device.type == "meta":
             yield from self._offloaded(name, tensor)
             return
         out = self.target_dtype(tensor)
         flat = tensor.detach().reshape(-1)
-        step = max(1, CHUNK // max(flat.element_size(), 1))
+        step = max(1, CHUNK // max(flat.element_size(), out.itemsize, 1))
         for start in range(0, flat.numel(), step):
             piece = flat[start:start + step]
+            if piece.device.type == "cpu" and piece.dtype == out:
+                yield piece.view(torch.uint8).numpy(), (piece.data_ptr(), piece.numel() * piece.element_size())
+                continue
             release = (piece.data_ptr(), piece.numel() * piece.element_size()) if piece.device.type == "cpu" else None
-            piece = piece.to(device="cpu", dtype=out)
-            yield piece.view(-1).view(_bytes_dtype()).numpy(), release
+            buf = self._buffer(piece.numel() * out.itemsize)
+            buf.view(out).copy_(piece)
+            yield buf.numpy(), release
 
     def _offloaded(self, name: str, tensor: Any) -> Iterator[tuple[Any, None]]:
-        """A tensor kept on disk (read in place from a checkpoint, or written by an offload): stream it from its file."""
-        import torch
-
+        """A tensor kept on disk (read in place from a checkpoint, or written by an offload): stream it from
+        its file into reused buffers (converted there when the target dtype differs)."""
         info = self.on_disk.get(name)
         if info is None or not info.get("safetensors_file"):
             from transformers.integrations.accelerate import load_offloaded_parameter
@@ -211,18 +239,26 @@ class _Writer:
         stored = torch_dtype_of_code(entry["dtype"])
         first, last = entry["data_offsets"]
         out = self.target_dtype(tensor) if tensor.is_floating_point() else stored
-        step = CHUNK // stored.itemsize * stored.itemsize
+        step = CHUNK // max(stored.itemsize, out.itemsize) * stored.itemsize
         with open(path, "rb") as f:
             f.seek(start + first)
             left = last - first
-            while left > 0:
-                raw = f.read(min(step, left))
-                left -= len(raw)
+            while left > 0:  # read into a ring buffer when it is written as read, else into one scratch buffer
+                raw = self._buffer(min(step, left)) if stored == out else self._scratch(min(step, left))
+                view = memoryview(raw.numpy())
+                while view:
+                    got = f.readinto(view)
+                    if not got:
+                        raise EOFError(f"{path} ends inside tensor {name}")
+                    view = view[got:]
+                left -= raw.numel()
                 if stored == out:
-                    yield raw, None
+                    yield raw.numpy(), None
                 else:
-                    piece = torch.frombuffer(bytearray(raw), dtype=stored).to(out)
-                    yield piece.view(_bytes_dtype()).numpy(), None
+                    source = raw.view(stored)
+                    converted = self._buffer(source.numel() * out.itemsize)
+                    converted.view(out).copy_(source)
+                    yield converted.numpy(), None
 
     def _header(self, path: str) -> tuple[int, dict]:
         from .safetensors_io import read_header
@@ -241,9 +277,11 @@ def _bytes_dtype():
 class _Hasher:
     """sha256 in a second thread: the writer hands it each chunk after writing it (bounded queue)."""
 
+    DEPTH = 4  # chunks queued at most
+
     def __init__(self) -> None:
         self._sha = hashlib.sha256()
-        self._queue: "queue.Queue" = queue.Queue(maxsize=4)
+        self._queue: "queue.Queue" = queue.Queue(maxsize=self.DEPTH)
         self._thread = threading.Thread(target=self._run, name="hf_notebook-sha256", daemon=True)
         self.hexdigest = ""
 
