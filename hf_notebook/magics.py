@@ -97,6 +97,8 @@ class HFNotebook(Magics):
     @argument("--offload-folder", default=None, help="Folder for weights placed on disk.")
     @argument("--force-download", action="store_true", help="Download again even if the files are cached.")
     @argument("--plan-only", action="store_true", help="Only plan (like %%plan_model): download no weights.")
+    @argument("--tokenizer", nargs="?", const="", default=None, metavar="VAR",
+              help="Also load the tokenizer from the same pinned commit, bound to VAR (default: NAME_tokenizer).")
     @argument("--locked", action="store_true",
               help="Load the commit the lock file pins for this repo@revision; refuse if the revision has moved.")
     @argument("--update", action="store_true", help="Load the revision as it is now and move its lock entry there.")
@@ -108,14 +110,17 @@ class HFNotebook(Magics):
         if args.plan_only:
             return self._plan(args, plot=False)
         name = _check_name(args.name or "model", self.shell)
+        tokenizer_name = _check_name(args.tokenizer or f"{name}_tokenizer", self.shell) if args.tokenizer is not None else None
         options = self._options(args, offload_folder=args.offload_folder or self.offload_folder,
-                                force_download=args.force_download)
+                                force_download=args.force_download, tokenizer=tokenizer_name is not None)
         spec, key = self._lock_spec(args, options)
         result, error = self._load(spec, options, name)
         if error is not None:  # raised here, out of the frames that held the half-built model and the failure
             raise error
         previous = self.registry.get(name)
         self.shell.user_ns[name] = result.model
+        if tokenizer_name is not None:
+            self.shell.user_ns[tokenizer_name] = result.tokenizer
         self.registry.add(name, result)
         if previous is not None:
             self._release(previous)

@@ -87,3 +87,33 @@ def test_remote_code_loads_from_a_full_sha_listed_and_locked(shell, code_repo, h
     with torch.no_grad():
         logits = model(torch.tensor([[1, 2, 3]])).logits
     assert logits.shape == (1, 3, 64)
+
+
+@pytest.fixture
+def tokenized_repo(hub_store, hub_repo_id, tmp_path):
+    from hf_notebook.testing.custom_code import tokenizer_files
+
+    folder = save_model("llama", tmp_path / "llama", seed=4)
+    files = {n: p.read_bytes() for n, p in model_files(folder).items()} | tokenizer_files()
+    hub_store.create_repo(hub_repo_id)
+    return hub_repo_id, hub_store.commit(hub_repo_id, files, message="with a tokenizer")
+
+
+def test_tokenizer_from_the_same_pinned_sha_and_locked(shell, tokenized_repo, hf_cache):
+    from hf_notebook.magics import instance
+
+    repo_id, sha = tokenized_repo
+    shell.run_line_magic("load_model", f"{repo_id} --tokenizer --as m")
+    tokenizer = shell.user_ns["m_tokenizer"]
+    assert tokenizer("w1 w2 w3")["input_ids"] == [3, 4, 5]
+    shell.run_line_magic("load_model", f"{repo_id} --tokenizer tok --as m")
+    assert shell.user_ns["tok"]("w7")["input_ids"] == [9]
+    entry = json.loads(open(instance(shell).lock_file).read())["models"][f"{repo_id}@main"]
+    assert {"tokenizer.json", "tokenizer_config.json"} <= set(entry["files"])
+
+
+def test_tokenizer_missing_fails_before_the_weights_and_binds_nothing(shell, tiny_hub, hf_cache, hub_server):
+    hub_server.reset_counters()
+    with pytest.raises(UsageError, match="has no tokenizer files"):
+        shell.run_line_magic("load_model", "tiny/llama --tokenizer --as m")
+    assert "m" not in shell.user_ns and "m_tokenizer" not in shell.user_ns

@@ -49,6 +49,7 @@ class LoadResult:
     paths: dict = field(default_factory=dict)  # repo file name -> its local (cached) path, for every file read
     hashes: dict = field(default_factory=dict)  # repo file name -> sha256 the Hub gave for it (LFS files)
     code_files: dict = field(default_factory=dict)  # the repo's code that ran (--trust-remote-code) -> sha256
+    tokenizer: Any = None  # the tokenizer of the same pinned sha (--tokenizer)
 
     @property
     def repo_id(self) -> str:
@@ -187,6 +188,15 @@ class _Pipeline:
         stages.done(plan)
         return plan
 
+    def _tokenizer(self):
+        """The tokenizer of the pinned sha, read from the snapshot (its files fetched like the weights)."""
+        folder = self.files.tokenizer_folder()
+        if folder is None:
+            where = self.resolution.pin.pinned_spec if self.resolution.local_path is None else str(self.resolution.local_path)
+            raise LoadError(f"{where} has no tokenizer files (tokenizer.json, tokenizer_config.json, ...).",
+                            hint="Leave --tokenizer out, or load the tokenizer from the repo it was published in.")
+        return _load_tokenizer(folder, self.opts.trust_remote_code)
+
     def _headers(self):
         """Safetensors headers: remote through Range requests, or from local/cached shards (None if absent)."""
         from .headers import local_headers, remote_headers
@@ -207,6 +217,7 @@ class _Pipeline:
 
         stages.start("fetch")
         checkpoint: Checkpoint = self.files.checkpoint(self.headers)
+        tokenizer = self._tokenizer() if opts.tokenizer else None  # before the weights: a missing one fails early
         if not opts.offline:
             record_ref(self.resolution, opts.cache_dir)
         stages.done(checkpoint)
@@ -242,7 +253,8 @@ class _Pipeline:
                             offload_folder=offload_folder, owns_offload_folder=owns_offload, name=name,
                             timings=stages.timings, source_folder=str(checkpoint.folder),
                             paths={n: str(p) for n, p in getattr(self.files, "_paths", {}).items()},
-                            hashes=dict(self.resolution.file_hashes), code_files=dict(self.code))
+                            hashes=dict(self.resolution.file_hashes), code_files=dict(self.code),
+                            tokenizer=tokenizer)
         stages.done(result)
         return result
 
@@ -323,6 +335,12 @@ def _check_pinned_for_code(spec: ModelSpec, resolution: Resolution) -> None:
                       "change that code under you.",
                       hint=f"Read the code at its commit, then pin the full sha: %load_model "
                       f"{spec.repo_id}@{resolution.sha} --trust-remote-code")
+
+
+def _load_tokenizer(folder: Path, trust_remote_code: bool):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(folder), trust_remote_code=trust_remote_code, local_files_only=True)
 
 
 def _rewrites_weights(class_name: str, model_type: str) -> bool:

@@ -30,6 +30,13 @@ INDEX = "model.safetensors.index.json"
 SINGLE = "model.safetensors"
 PICKLE_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json")
 PICKLE_SINGLE, PICKLE_INDEX = PICKLE_WEIGHTS
+TOKENIZER_FILES = ("special_tokens_map.json", "added_tokens.json", "vocab.json", "vocab.txt", "merges.txt",
+                   "spiece.model", "sentencepiece.bpe.model", "chat_template.jinja", "chat_template.json")
+
+
+def is_tokenizer_file(name: str) -> bool:
+    """Files a tokenizer is read from (top level of the repo)."""
+    return "/" not in name and (name.startswith("tokenizer") or name in TOKENIZER_FILES or name.endswith(".tiktoken"))
 
 
 def pickle_refused(where: str) -> LoadError:
@@ -105,6 +112,10 @@ class SourceFiles:
         """The repo's Python files (what --trust-remote-code runs), present locally, with their sha256."""
         raise NotImplementedError
 
+    def tokenizer_folder(self) -> Optional[Path]:
+        """The local folder holding the tokenizer's files (fetched if needed), or None when there are none."""
+        raise NotImplementedError
+
     def _list_shards(self) -> list[str]:
         raise NotImplementedError
 
@@ -132,6 +143,9 @@ class LocalFiles(SourceFiles):
 
     def code_files(self) -> dict[str, str]:
         return {p.name: _sha256_file(p) for p in sorted(self.folder.glob("*.py"))}
+
+    def tokenizer_folder(self) -> Optional[Path]:
+        return self.folder if any(is_tokenizer_file(p.name) for p in self.folder.iterdir()) else None
 
     def _list_shards(self) -> list[str]:
         if (self.folder / INDEX).is_file():
@@ -197,6 +211,18 @@ class HubFiles(SourceFiles):
         paths = {n: self._get(n) for n in sorted(names)}
         self._raise_missing()
         return {n: self.res.file_hashes.get(n) or _sha256_file(p) for n, p in paths.items() if p is not None}
+
+    def tokenizer_folder(self) -> Optional[Path]:
+        """Bring the tokenizer's files of the pinned sha into the snapshot; its folder, or None if it has none."""
+        names = [n for n in self.res.file_sizes if is_tokenizer_file(n)]
+        if not names and self.offline:
+            from .resolve import repo_cache_folder
+
+            snapshot = repo_cache_folder(self.res.repo_id, self.cache_dir) / "snapshots" / self.res.sha
+            names = sorted(p.name for p in snapshot.iterdir() if is_tokenizer_file(p.name)) if snapshot.is_dir() else []
+        paths = [self._get(n) for n in sorted(names)]
+        self._raise_missing()
+        return paths[0].parent if paths else None
 
     def cached_checkpoint(self, headers: Optional[HeaderInfo] = None) -> Optional[Checkpoint]:
         """The checkpoint if every shard is already cached (offline planning), else None."""

@@ -31,6 +31,7 @@ class LoadOptions:
     no_offload: bool = False
     trust_remote_code: bool = False
     allow_pickle: bool = False  # load pickle checkpoints (with torch.load(weights_only=True))
+    tokenizer: bool = False  # also load the tokenizer from the same pinned sha
     offload_folder: Optional[str] = None
     cache_dir: Optional[str] = None
     offline: bool = False
@@ -40,13 +41,14 @@ class LoadOptions:
     @classmethod
     def parse(cls, *, class_name: Optional[str] = None, dtype: Optional[str] = "auto", device_map: Any = "auto",
               max_memory: Any = None, no_offload: bool = False, trust_remote_code: bool = False,
-              allow_pickle: bool = False,
+              allow_pickle: bool = False, tokenizer: bool = False,
               offload_folder: Optional[str] = None, cache_dir: Optional[str] = None, offline: bool = False,
               force_download: bool = False, token: Any = None) -> "LoadOptions":
         """Validate raw values (strings as typed, or already-typed values) into options."""
         return cls(class_name=class_name or None, dtype=parse_dtype(dtype), device_map=parse_device_map(device_map),
                    max_memory=parse_max_memory(max_memory), no_offload=bool(no_offload),
                    trust_remote_code=bool(trust_remote_code), allow_pickle=bool(allow_pickle),
+                   tokenizer=bool(tokenizer),
                    offload_folder=parse_folder(offload_folder, "--offload-folder"),
                    cache_dir=parse_folder(cache_dir, "--cache-dir"), offline=bool(offline),
                    force_download=bool(force_download), token=token)

@@ -83,3 +83,17 @@ def custom_model_files(seed: int = 0) -> dict[str, bytes]:
         files["configuration_tiny.py"] = CONFIGURATION.encode()
         files["modeling_tiny.py"] = MODELING.encode()
         return files
+
+
+def tokenizer_files(size: int = 256) -> dict[str, bytes]:
+    """A word-level fast tokenizer (``w0`` .. ``wN``) as ``save_pretrained`` writes it."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"[UNK]": 0, "[PAD]": 1, **{f"w{i}": i + 2 for i in range(size - 2)}}
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", pad_token="[PAD]")
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer.save_pretrained(tmp)
+        return {p.name: p.read_bytes() for p in Path(tmp).iterdir()}
