@@ -37,6 +37,18 @@ _PLACEMENT_ARGS = (
     argument("--allow-pickle", action="store_true",
              help="Load pickle checkpoints (pytorch_model.bin) when there are no safetensors, with "
                   "torch.load(weights_only=True)."),
+    argument("--quantize", default=None, choices=("4bit", "8bit", "int8-weight"),
+             help="Quantize while loading: 4bit / 8bit (bitsandbytes), int8-weight (torchao)."),
+    argument("--bnb-compute-dtype", default=None, help="4bit: the dtype computations run in (e.g. bfloat16)."),
+    argument("--bnb-quant-type", default=None, choices=("nf4", "fp4"), help="4bit: nf4 (default) or fp4."),
+    argument("--double-quant", action="store_true", help="4bit: quantize the quantization constants too."),
+    argument("--quantization-config", default=None, metavar="@FILE.json",
+             help="Any transformers quantization config, as JSON (a file with @)."),
+    argument("--variant", default=None, help="Weights variant: model.<VARIANT>.safetensors (e.g. fp16)."),
+    argument("--subfolder", default=None, help="The model lives in this folder of the repo."),
+    argument("--attn-implementation", default=None, help="eager | sdpa | flash_attention_2 | ..."),
+    argument("--kw", action="append", default=[], metavar="KEY=VALUE",
+             help="Any other from_pretrained argument (value as JSON); repeatable. Unknown names are refused."),
 )
 
 
@@ -542,7 +554,10 @@ class HFNotebook(Magics):
                 class_name=args.class_name, dtype=args.dtype or self.dtype, device_map=args.device_map or self.device_map,
                 max_memory=args.max_memory or self.max_memory or None, no_offload=args.no_offload,
                 cache_dir=args.cache_dir or self.cache_dir, offline=args.offline or self.offline,
-                trust_remote_code=args.trust_remote_code, allow_pickle=args.allow_pickle, **load_only)
+                trust_remote_code=args.trust_remote_code, allow_pickle=args.allow_pickle, quantize=args.quantize,
+                bnb_compute_dtype=args.bnb_compute_dtype, bnb_quant_type=args.bnb_quant_type,
+                double_quant=args.double_quant, quantization_config=args.quantization_config, variant=args.variant,
+                subfolder=args.subfolder, attn_implementation=args.attn_implementation, kw=args.kw, **load_only)
         except HfNotebookError as exc:
             raise UsageError(str(exc)) from None
 

@@ -156,6 +156,7 @@ class _Pipeline:
         self.config = None
         self.headers = None
         self.code: dict[str, str] = {}  # the repo's code files that will run (--trust-remote-code) -> sha256
+        self.kw: dict = {}  # --kw arguments for from_pretrained itself (config settings are applied to the config)
 
     def plan(self, *, read_headers: bool) -> Plan:
         """Resolve, read the config (and headers when needed), plan."""
@@ -173,6 +174,9 @@ class _Pipeline:
                                   allow_pickle=opts.allow_pickle)
         self.code = self.files.code_files() if opts.trust_remote_code else {}
         self.config = _read_config(self.files.config(), opts.trust_remote_code)
+        self.kw, settings = split_kw(opts.extra, self.config)
+        for key, value in settings.items():  # config settings given with --kw: the plan sees them too
+            setattr(self.config, key, value)
         dtype = opts.dtype if opts.dtype != "auto" else _config_dtype(self.config)
         if read_headers or dtype is None:
             self.headers = self._headers()
@@ -184,7 +188,9 @@ class _Pipeline:
         source = pin.pinned_spec if self.resolution.local_path is None else str(self.resolution.local_path)
         plan = plan_placement(self.config, class_name=opts.class_name, dtype=dtype, device_map=opts.device_map,
                               max_memory=opts.max_memory, no_offload=opts.no_offload, headers=self.headers,
-                              source=source, code_folder=str(self.files.config().parent) if self.code else None)
+                              source=source, code_folder=str(self.files.config().parent) if self.code else None,
+                              quantization=opts.quantization)
+        check_attention(opts.attn_implementation)
         stages.done(plan)
         return plan
 
@@ -235,7 +241,8 @@ class _Pipeline:
             offload_folder = tempfile.mkdtemp(prefix="hf_notebook-offload-")
         before = _entries(offload_folder) if offload_folder and not owns_offload else None
         try:
-            model = materialize(checkpoint, self.config, plan, offload_folder=offload_folder, on_event=self.on_event)
+            model = materialize(checkpoint, self.config, plan, offload_folder=offload_folder, on_event=self.on_event,
+                                options=opts, kw=self.kw)
             model.config._name_or_path = self.resolution.repo_id  # the repo, not the cache folder it was read from
             placement = measure_placement(model, _summary_map(plan, model.hf_device_map))
         except BaseException as exc:
@@ -321,6 +328,47 @@ def apply_device_map(target: "LoadResult | Plan", device_map: dict):
     target.edits.append(moved)
     target.map_file = None
     return moved
+
+
+def check_attention(name: Optional[str]) -> None:
+    """``--attn-implementation``: one transformers knows (a Hub kernel ``org/repo`` is checked by transformers)."""
+    if not name or "/" in name:
+        return
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    from .errors import OptionError
+
+    known = ["eager", *ALL_ATTENTION_FUNCTIONS.keys()]
+    if name not in known:
+        raise OptionError(f"Unknown --attn-implementation {name!r}.", hint=f"transformers knows: {', '.join(known)}.")
+
+
+def split_kw(extra: dict, config) -> tuple[dict, dict]:
+    """``--kw`` into (``from_pretrained`` arguments, config settings); any other name is refused."""
+    if not extra:
+        return {}, {}
+    import difflib
+    import inspect
+    import re
+
+    from transformers import PreTrainedModel
+
+    from .errors import OptionError
+
+    source = inspect.getsource(PreTrainedModel.from_pretrained)
+    arguments = set(inspect.signature(PreTrainedModel.from_pretrained).parameters) - {"cls", "args", "kwargs",
+                                                                                        "model_args"}
+    arguments |= set(re.findall(r"kwargs\.pop\(\s*[\"'](\w+)[\"']", source))
+    settings = set(config.to_dict()) | {k for k in vars(config) if not k.startswith("_")}
+    known = arguments | settings
+    for key in extra:
+        if key not in known:
+            close = difflib.get_close_matches(key, sorted(known), n=3, cutoff=0.6)
+            raise OptionError(f"--kw {key}: from_pretrained takes no such argument, and the {type(config).__name__} "
+                              "has no such setting.",
+                              hint=f"Close names: {', '.join(close)}." if close else "Check the spelling.")
+    return ({k: v for k, v in extra.items() if k in arguments},
+            {k: v for k, v in extra.items() if k not in arguments})
 
 
 def _check_pinned_for_code(spec: ModelSpec, resolution: Resolution) -> None:

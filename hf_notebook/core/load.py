@@ -155,8 +155,19 @@ def _observing(counters: dict[str, _ShardCounter], releaser: _PageReleaser, targ
             modeling_utils.safe_open = original
 
 
+def _extra(plan: Plan, options, kw: Optional[dict]) -> dict:
+    """The rest of from_pretrained's arguments: quantization, variant, attention, --kw."""
+    extra = dict(kw or {})
+    if plan.quantization is not None:
+        extra["quantization_config"] = plan.quantization
+    for name in ("variant", "attn_implementation"):
+        if getattr(options, name, None):
+            extra[name] = getattr(options, name)
+    return extra
+
+
 def materialize(checkpoint: Checkpoint, config, plan: Plan, *, offload_folder: str | Path | None = None,
-                on_event: OnEvent | None = None):
+                on_event: OnEvent | None = None, options=None, kw: Optional[dict] = None):
     """Load ``checkpoint`` as ``plan`` says, through ``from_pretrained``, reporting shard progress."""
     cls = plan.model_cls or model_class_for(config, plan.model_class)
     libc.pin_mmap_threshold()
@@ -168,7 +179,8 @@ def materialize(checkpoint: Checkpoint, config, plan: Plan, *, offload_folder: s
         with _observing(counters, releaser, plan.dtype), quiet_loggers("accelerate.big_modeling"):
             model = cls.from_pretrained(str(checkpoint.folder), config=config, dtype=torch_dtype(plan.dtype),
                                         device_map=dict(plan.device_map), offload_folder=offload_folder,
-                                        use_safetensors=not pickled, weights_only=True, local_files_only=True)
+                                        use_safetensors=not pickled, weights_only=True, local_files_only=True,
+                                        **_extra(plan, options, kw))
     except BaseException:
         _drain(readers)
         _release()

@@ -68,7 +68,14 @@ def entry_for(result: Any) -> dict:
             "class": result.plan.model_class, "dtype": result.dtype, "files": files,
             "versions": {"hf_notebook": __version__, "transformers": transformers.__version__,
                          "torch": torch.__version__.split("+")[0]},
-            **({"code": dict(sorted(result.code_files.items()))} if result.code_files else {})}
+            **({"code": dict(sorted(result.code_files.items()))} if result.code_files else {}),
+            **({"quantization": _quantization(result)} if result.plan.quantization is not None else {})}
+
+
+def _quantization(result: Any) -> dict:
+    from .quant import as_dict
+
+    return as_dict(result.plan.quantization)
 
 
 def _sha256_of(path: str) -> str:

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, replace
+import re
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -32,6 +33,11 @@ class LoadOptions:
     trust_remote_code: bool = False
     allow_pickle: bool = False  # load pickle checkpoints (with torch.load(weights_only=True))
     tokenizer: bool = False  # also load the tokenizer from the same pinned sha
+    quantization: Any = None  # a transformers quantization config (--quantize ...), or None
+    variant: Optional[str] = None  # weights files model.<variant>.safetensors
+    subfolder: Optional[str] = None  # the model lives in this folder of the repo
+    attn_implementation: Optional[str] = None
+    extra: dict = field(default_factory=dict)  # any other from_pretrained argument (--kw key=value)
     offload_folder: Optional[str] = None
     cache_dir: Optional[str] = None
     offline: bool = False
@@ -41,11 +47,24 @@ class LoadOptions:
     @classmethod
     def parse(cls, *, class_name: Optional[str] = None, dtype: Optional[str] = "auto", device_map: Any = "auto",
               max_memory: Any = None, no_offload: bool = False, trust_remote_code: bool = False,
-              allow_pickle: bool = False, tokenizer: bool = False,
+              allow_pickle: bool = False, tokenizer: bool = False, quantize: Optional[str] = None,
+              bnb_compute_dtype: Optional[str] = None, bnb_quant_type: Optional[str] = None,
+              double_quant: bool = False, quantization_config: Any = None, variant: Optional[str] = None,
+              subfolder: Optional[str] = None, attn_implementation: Optional[str] = None, kw: Any = None,
               offload_folder: Optional[str] = None, cache_dir: Optional[str] = None, offline: bool = False,
               force_download: bool = False, token: Any = None) -> "LoadOptions":
         """Validate raw values (strings as typed, or already-typed values) into options."""
+        from .quant import quantization_config as make_quantization, read_config_file
+
+        raw_config = quantization_config if isinstance(quantization_config, dict) else read_config_file(quantization_config)
+        quantization = make_quantization(quantize or None, compute_dtype=bnb_compute_dtype,
+                                         quant_type=bnb_quant_type or "nf4", double_quant=bool(double_quant),
+                                         config=raw_config)
         return cls(class_name=class_name or None, dtype=parse_dtype(dtype), device_map=parse_device_map(device_map),
+                   quantization=quantization, variant=_word(variant, "--variant"),
+                   subfolder=_subfolder(subfolder), attn_implementation=_word(attn_implementation,
+                                                                            "--attn-implementation"),
+                   extra=parse_kw(kw),
                    max_memory=parse_max_memory(max_memory), no_offload=bool(no_offload),
                    trust_remote_code=bool(trust_remote_code), allow_pickle=bool(allow_pickle),
                    tokenizer=bool(tokenizer),
@@ -60,6 +79,57 @@ class LoadOptions:
         shown = {k: v for k, v in self.__dict__.items() if k != "token"}
         token = "" if self.token is None else ", token=<hidden>"
         return f"LoadOptions({', '.join(f'{k}={v!r}' for k, v in shown.items())}{token})"
+
+
+def _word(text: Optional[str], flag: str) -> Optional[str]:
+    """A plain name (a variant, an attention implementation): letters, digits, ``_.-:/``."""
+    if not text:
+        return None
+    text = str(text).strip()
+    if not re.fullmatch(r"[\w.:/-]+", text):
+        raise OptionError(f"Cannot read {flag} {text!r}.", hint=f"{flag} takes a plain name, e.g. fp16 or sdpa.")
+    return text
+
+
+def _subfolder(text: Optional[str]) -> Optional[str]:
+    if not text:
+        return None
+    text = str(text).strip().strip("/")
+    if not text or ".." in text.split("/") or not re.fullmatch(r"[\w.\-/]+", text):
+        raise OptionError(f"Cannot read --subfolder {text!r}.", hint="Give a folder of the repo, e.g. --subfolder unet")
+    return text
+
+
+#: from_pretrained arguments hf_notebook sets itself (through its own options).
+MANAGED = {"device_map": "--device-map", "dtype": "--dtype", "torch_dtype": "--dtype", "max_memory": "--max-memory",
+           "quantization_config": "--quantize / --quantization-config", "offload_folder": "--offload-folder",
+           "trust_remote_code": "--trust-remote-code", "variant": "--variant", "subfolder": "--subfolder",
+           "attn_implementation": "--attn-implementation", "cache_dir": "--cache-dir", "revision": "org/name@REV",
+           "local_files_only": "--offline", "token": "your login", "use_safetensors": "--allow-pickle",
+           "weights_only": "(always True)", "force_download": "--force-download", "config": "(from the repo)"}
+
+
+def parse_kw(items: Any) -> dict:
+    """``["low_cpu_mem_usage=true", "key_mapping={\"a\": \"b\"}"]`` -> a dict of JSON values (plain text
+    where the value is not JSON). Names hf_notebook sets through its own options are refused."""
+    if not items:
+        return {}
+    if isinstance(items, dict):
+        pairs = list(items.items())
+    else:
+        pairs = []
+        for item in items:
+            key, sep, value = str(item).partition("=")
+            if not sep or not key.strip():
+                raise OptionError(f"Cannot read --kw {item!r}.", hint="Write --kw key=value (the value as JSON).")
+            try:
+                pairs.append((key.strip(), json.loads(value)))
+            except ValueError:
+                pairs.append((key.strip(), value))
+    for key, _ in pairs:
+        if key in MANAGED:
+            raise OptionError(f"--kw {key}=... is set through hf_notebook's own option.", hint=f"Use {MANAGED[key]}.")
+    return dict(pairs)
 
 
 def parse_folder(text: Optional[str], flag: str) -> Optional[str]:

@@ -186,21 +186,54 @@ class _Ledger:
 
 
 def _resident(tensor: Any, ledger: _Ledger) -> tuple[str, int]:
-    """(device, new bytes) of a materialized or meta tensor."""
+    """(device, new bytes) of a materialized or meta tensor, quantized ones counted as really held:
+    a tensor subclass (torchao) by its inner tensors, a bitsandbytes weight with its quantization
+    state (absmax blocks, row scales)."""
     device = device_name(tensor.device)
+    inner = _inner_tensors(tensor)
+    if inner is not None:
+        return device, sum(_resident(part, ledger)[1] for part in inner)
+    nbytes = _storage_bytes(tensor, device, ledger)
+    return device, nbytes + sum(_resident(extra, ledger)[1] for extra in _quantization_state(tensor))
+
+
+def _storage_bytes(tensor: Any, device: str, ledger: _Ledger) -> int:
     size = tensor.element_size()
     if tensor.device.type == "meta":
-        return device, ledger.charge(("meta", id(tensor)), 0, tensor.numel() * size)
+        return ledger.charge(("meta", id(tensor)), 0, tensor.numel() * size)
     try:
         storage = tensor.untyped_storage()
         key = (device, storage.data_ptr())
         if tensor.numel() == 0:
-            return device, 0
+            return 0
         span = sum((s - 1) * st for s, st in zip(tensor.shape, tensor.stride())) + 1
         start = tensor.storage_offset() * size
-        return device, ledger.charge(key, start, start + span * size)
+        return ledger.charge(key, start, start + span * size)
     except (RuntimeError, NotImplementedError, TypeError):  # tensor subclasses without storage
-        return device, ledger.charge((device, "id", id(tensor)), 0, tensor.numel() * size)
+        return ledger.charge((device, "id", id(tensor)), 0, tensor.numel() * size)
+
+
+def _inner_tensors(tensor: Any) -> Optional[list]:
+    """The tensors a wrapper subclass (torchao's quantized weights) is made of, or None."""
+    flatten = getattr(tensor, "__tensor_flatten__", None)
+    if flatten is None or type(tensor).__name__ in ("Parameter", "Tensor"):
+        return None
+    try:
+        names, _ = flatten()
+    except (TypeError, RuntimeError, NotImplementedError):
+        return None
+    return [getattr(tensor, n) for n in names if getattr(tensor, n, None) is not None]
+
+
+def _quantization_state(tensor: Any) -> list:
+    """Tensors bitsandbytes keeps beside a quantized weight: 8-bit row scales (``SCB``), 4-bit
+    ``quant_state`` (absmax, code, offset, and the nested state of double quantization)."""
+    found = [getattr(tensor, "SCB", None)]
+    state = getattr(tensor, "quant_state", None)
+    while state is not None:
+        found += [getattr(state, "absmax", None), getattr(state, "code", None), getattr(state, "offset", None)]
+        state = getattr(state, "state2", None)
+    return [t for t in found if t is not None and hasattr(t, "untyped_storage")]
 
 
 def _offload_hooks(module: Any) -> Iterator[Any]:

@@ -48,6 +48,7 @@ class Plan:
     direct: dict[str, dict[str, int]] = field(default_factory=dict)  # module with children -> its own tensors' bytes
     config: Any = field(default=None, repr=False, compare=False)  # the model config the plan was made from
     model_cls: Any = field(default=None, repr=False, compare=False)  # the class itself (a repo's own, with remote code)
+    quantization: Any = field(default=None, repr=False, compare=False)  # the transformers quantization config
     edits: list = field(default_factory=list, compare=False)  # applied editor changes, oldest first
 
     @property
@@ -203,21 +204,26 @@ def _class_hint(config) -> str:
     return f"Classes that fit this {config.model_type!r} checkpoint: {fits}. Or leave --class out."
 
 
-def build_meta_model(cls, config, dtype: str):
-    """Instantiate ``cls(config)`` on the meta device exactly as ``from_pretrained`` does."""
+def build_meta_model(cls, config, dtype: str, hf_quantizer=None, device_map: Any = None):
+    """Instantiate ``cls(config)`` on the meta device exactly as ``from_pretrained`` does (with a
+    quantizer: its modules replaced as the quantizer replaces them before loading)."""
     from transformers.utils.generic import ContextManagers
 
     from .dtypes import torch_dtype
 
-    contexts = cls.get_init_context(torch_dtype(dtype), False, False, None)
+    contexts = cls.get_init_context(torch_dtype(dtype), hf_quantizer is not None, False, None)
     with ContextManagers(contexts):
-        return cls(copy.deepcopy(config))
+        model = cls(copy.deepcopy(config))
+        if hf_quantizer is not None:
+            hf_quantizer.preprocess_model(model=model, dtype=torch_dtype(dtype), device_map=device_map,
+                                          checkpoint_files=None, use_kernels=False)
+        return model
 
 
 def plan_placement(config, *, class_name: Optional[str] = None, dtype: str = "float32",
                    device_map: Any = "auto", max_memory: Optional[dict] = None,
                    no_offload: bool = False, headers: Optional[HeaderInfo] = None, source: str = "",
-                   code_folder: Optional[str] = None) -> Plan:
+                   code_folder: Optional[str] = None, quantization: Any = None) -> Plan:
     """Compute the device map ``from_pretrained`` would use for these options, without weights.
 
     ``max_memory`` may name devices this machine lacks: planning for a target machine is fine
@@ -226,17 +232,20 @@ def plan_placement(config, *, class_name: Optional[str] = None, dtype: str = "fl
     from transformers.integrations.accelerate import _get_device_map, get_max_memory
 
     cls = model_class_for(config, class_name, code_folder)
-    model = build_meta_model(cls, config, dtype)
+    hf_quantizer = None
+    if quantization is not None:
+        hf_quantizer, config, device_map = _quantizer(config, quantization, device_map)
+    model = build_meta_model(cls, config, dtype, hf_quantizer, device_map)
     with quiet_loggers("accelerate.utils.modeling", "transformers.integrations.accelerate"):
-        resolved = _get_device_map(model, device_map, max_memory, None)
+        resolved = _get_device_map(model, device_map, max_memory, hf_quantizer)
         budget = {device_name(k): int(v) for k, v in get_max_memory(max_memory).items()}
     resolved = {name: parse_device(device) for name, device in resolved.items()}
     blocks = _blocks(model)
     plan = Plan(model_class=cls.__name__, dtype=dtype, device_map=resolved, max_memory=max_memory,
-                module_bytes=_module_bytes(model), blocks=tuple(blocks),
+                module_bytes=_module_bytes(model, _quantized_sizes(model, hf_quantizer)), blocks=tuple(blocks),
                 tied=dict(getattr(model, "all_tied_weights_keys", None) or {}), budget=budget, headers=headers,
                 source=source, no_split=_no_split(model), direct=_direct_tensors(model), config=config,
-                model_cls=cls)
+                model_cls=cls, quantization=quantization)
     spilled = plan.spilled
     if no_offload and spilled:
         raise PlanError(_spill_message(plan, spilled),
@@ -244,15 +253,36 @@ def plan_placement(config, *, class_name: Optional[str] = None, dtype: str = "fl
     return plan
 
 
-def _module_bytes(model) -> dict[str, tuple[int, int]]:
-    """(parameter, buffer) bytes of every module, in module order; tied copies (untied on meta) count once."""
+def _quantizer(config, quantization, device_map):
+    """transformers' quantizer for this config, as ``from_pretrained`` makes it (environment checked)."""
+    from transformers.quantizers.auto import get_hf_quantizer
+
+    try:
+        return get_hf_quantizer(copy.deepcopy(config), quantization, device_map, True, {})
+    except (ImportError, ValueError, RuntimeError) as exc:
+        raise PlanError(f"This quantization cannot be used here: {str(exc).splitlines()[0]}",
+                        hint="Check the --quantize options (and that bitsandbytes / torchao are installed).") from None
+
+
+def _quantized_sizes(model, hf_quantizer) -> dict[str, int]:
+    if hf_quantizer is None:
+        return {}
+    from .quant import quantized_weights
+
+    return quantized_weights(model, hf_quantizer)
+
+
+def _module_bytes(model, sizes: Optional[dict] = None) -> dict[str, tuple[int, int]]:
+    """(parameter, buffer) bytes of every module, in module order; tied copies (untied on meta) count once.
+    ``sizes`` overrides the bytes of quantized weights (packed data and quantization state)."""
     tied = set(getattr(model, "all_tied_weights_keys", None) or {})
+    sizes = sizes or {}
     totals = {name: [0, 0] for name, _ in model.named_modules()}
     for kind, tensors in ((0, model.named_parameters()), (1, model.named_buffers())):
         for full, tensor in tensors:
             if full in tied:
                 continue
-            nbytes = tensor.numel() * tensor.element_size()
+            nbytes = sizes.get(full, tensor.numel() * tensor.element_size())
             parts = full.split(".")
             for cut in range(len(parts)):
                 slot = totals.get(".".join(parts[:cut]))

@@ -113,7 +113,14 @@ class _Move:
         except ValueError as exc:
             raise DeviceError(f"The device map does not place every weight: {exc}",
                               hint="Map every module (or a module holding it) to a device.") from None
-        sizes = {n: t.numel() * t.element_size() for n, t, _ in _tensors(self.model)}
+        tensors = {n: t for n, t, _ in _tensors(self.model)}
+        for name, _, target in self.plan:
+            was_disk = name in self.on_disk
+            if (target == "disk") != was_disk and _is_quantized(tensors[name]):
+                raise DeviceError(f"{name} is a quantized weight ({type(tensors[name]).__name__}): it can move between "
+                                  "cpu and GPUs, but not to or from disk.",
+                                  hint="Keep the quantized modules on cpu or a GPU; offload only unquantized ones.")
+        sizes = {n: t.numel() * t.element_size() for n, t in tensors.items()}
         need = sum(sizes[n] for n, _, t in self.plan if t == "disk" and n not in self.on_disk)
         free = free_bytes("disk", folder)
         if need and need * 1.02 + 16 * 2**20 > free:
@@ -207,6 +214,13 @@ def _tensors(model: Any) -> list[tuple[str, Any, bool]]:
     """(name, tensor, is parameter) for every parameter (tied ones once) and buffer."""
     found = [(n, t, True) for n, t in model.named_parameters()]
     return found + [(n, t, False) for n, t in model.named_buffers() if t is not None]
+
+
+def _is_quantized(tensor: Any) -> bool:
+    """A bitsandbytes weight (with its quantization state) or a quantized tensor subclass (torchao)."""
+    from .placement import _inner_tensors, _quantization_state
+
+    return bool(_quantization_state(tensor)) or _inner_tensors(tensor) is not None
 
 
 def _ties(model: Any) -> dict[str, str]:

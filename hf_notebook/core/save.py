@@ -96,11 +96,12 @@ def save_model(result: Any, folder: str | os.PathLike, *, max_shard_size: Any = 
         raise SaveError("A quantized model is saved in its own format; --dtype cannot convert it.",
                         hint="Leave --dtype out.")
     _check_target(target, overwrite, reads_from)
-    _check_space(target, model, out_dtype)
+    convert = dtype not in (None, "auto")
+    _check_space(target, model, out_dtype if convert else None)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.hf_notebook-", dir=target.parent))
     try:
-        writer = _Writer(model, out_dtype, tmp, on_event)
-        with _streamed(model, writer, out_dtype), library_bars_off():  # no "Writing model shards" widget left behind
+        writer = _Writer(model, out_dtype if convert else None, tmp, on_event)
+        with _streamed(model, writer, convert), library_bars_off():  # no "Writing model shards" widget left behind
             model.save_pretrained(tmp, max_shard_size=max_shard_size or "50GB")
         if dtype not in (None, "auto"):
             _set_config_dtype(tmp, out_dtype)
@@ -133,11 +134,10 @@ def _check_target(target: Path, overwrite: bool, reads_from: tuple) -> None:
         raise SaveError(f"Cannot write into {parent}.", hint="Give a folder whose parent exists and is writable.")
 
 
-def _check_space(target: Path, model: Any, out_dtype: str) -> None:
+def _check_space(target: Path, model: Any, out_dtype: Optional[str]) -> None:
     """Refuse, with the numbers, when the weights would not fit on the target's disk."""
-
-    size = torch_dtype(out_dtype).itemsize
-    need = sum(t.numel() * (size if t.is_floating_point() else t.element_size())
+    size = torch_dtype(out_dtype).itemsize if out_dtype else None
+    need = sum(t.numel() * (size if size and t.is_floating_point() else t.element_size())
                for t in model.state_dict().values())
     free = shutil.disk_usage(target.parent).free
     if need * 1.02 + 16 * 2**20 > free:
@@ -149,11 +149,11 @@ def _check_space(target: Path, model: Any, out_dtype: str) -> None:
 class _Writer:
     """Stands in for ``safe_save_file``: streams a shard dict to a safetensors file, hashing as it goes."""
 
-    def __init__(self, model: Any, out_dtype: str, folder: Path, on_event: OnEvent | None):
+    def __init__(self, model: Any, out_dtype: Optional[str], folder: Path, on_event: OnEvent | None):
         from .redispatch import _disk_sources
 
         self.model, self.folder, self.on_event = model, folder, on_event
-        self.out = torch_dtype(out_dtype)
+        self.out = torch_dtype(out_dtype) if out_dtype else None  # None: every tensor keeps its dtype
         self.on_disk = _disk_sources(model)  # offloaded tensor name -> where its bytes are
         self.hashes: dict[str, str] = {}  # file name -> sha256, computed while writing
         self._headers: dict[str, tuple[int, dict]] = {}
@@ -162,7 +162,7 @@ class _Writer:
         self._spare = None
 
     def target_dtype(self, tensor: Any):
-        return self.out if tensor.is_floating_point() else tensor.dtype
+        return self.out if self.out is not None and tensor.is_floating_point() else tensor.dtype
 
     def save_file(self, tensors: dict, filename: str, metadata: Optional[dict] = None) -> None:
         from .safetensors_io import header, order
@@ -306,8 +306,9 @@ class _Hasher:
 
 
 @contextlib.contextmanager
-def _streamed(model: Any, writer: _Writer, out_dtype: str):
-    """``save_pretrained`` with our writer, meta placeholders for offloaded weights, shards sized in ``out_dtype``."""
+def _streamed(model: Any, writer: _Writer, convert: bool):
+    """``save_pretrained`` with our writer, meta placeholders for offloaded weights, shards sized in the
+    dtype they are written in (when converting)."""
     import warnings
 
     import transformers.modeling_utils as mu
@@ -328,7 +329,7 @@ def _streamed(model: Any, writer: _Writer, out_dtype: str):
     mu.safe_save_file = writer.save_file
     if not _rewrites_weights(model):  # reverting fused weights needs their data: keep transformers' own loading
         mu.load_offloaded_parameter = placeholder
-    if torch_dtype(out_dtype) != model.dtype:
+    if convert:
         mu.split_torch_state_dict_into_shards = split_in_out_dtype
     try:
         with warnings.catch_warnings():

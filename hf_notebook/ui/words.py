@@ -146,9 +146,38 @@ def load_line(result: Any, device_map: Any = None, name: Optional[str] = None) -
         parts += ["--offload-folder", _quote(opts.offload_folder)]
     if opts.trust_remote_code:
         parts.append("--trust-remote-code")
+    if opts.allow_pickle:
+        parts.append("--allow-pickle")
+    parts += quantize_args(opts.quantization)
+    for flag, value in (("--variant", opts.variant), ("--subfolder", opts.subfolder),
+                        ("--attn-implementation", opts.attn_implementation)):
+        if value:
+            parts += [flag, _quote(value)]
+    parts += [arg for key, value in opts.extra.items() for arg in ("--kw", shlex.quote(f"{key}={json.dumps(value)}"))]
     if name or result.name:
         parts += ["--as", name or result.name]
     return " ".join(parts)
+
+
+def quantize_args(qconfig: Any) -> list[str]:
+    """The flags that ask for ``qconfig`` again: ``--quantize 4bit --double-quant``, or the config as JSON."""
+    if qconfig is None:
+        return []
+    if getattr(qconfig, "load_in_4bit", False):
+        args = ["--quantize", "4bit"]
+        if qconfig.bnb_4bit_quant_type != "nf4":
+            args += ["--bnb-quant-type", qconfig.bnb_4bit_quant_type]
+        compute = getattr(qconfig, "bnb_4bit_compute_dtype", None)
+        if compute is not None and str(compute) != "torch.float32":
+            args += ["--bnb-compute-dtype", str(compute).removeprefix("torch.")]
+        return args + (["--double-quant"] if qconfig.bnb_4bit_use_double_quant else [])
+    if getattr(qconfig, "load_in_8bit", False):
+        return ["--quantize", "8bit"]
+    from hf_notebook.core.quant import as_dict, describe
+
+    if describe(qconfig) == "int8 weight-only (torchao)":
+        return ["--quantize", "int8-weight"]
+    return ["--quantization-config", shlex.quote(json.dumps(as_dict(qconfig), separators=(",", ":")))]
 
 
 def map_load_line(target: Any, device_map_arg: str, name: Optional[str] = None) -> str:
