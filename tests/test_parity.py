@@ -137,3 +137,42 @@ def test_quantization_config_from_a_file(shell, tiny_hub, hf_cache, tmp_path):
     path.write_text(json.dumps({"quant_method": "bitsandbytes", "load_in_8bit": True}))
     shell.run_line_magic("load_model", f"tiny/llama --quantization-config @{path} --as m")
     assert type(shell.user_ns["m"].model.layers[0].mlp.up_proj).__name__ == "Linear8bitLt"
+
+
+@pytest.fixture
+def layout_repo(hub_store, hub_repo_id, tmp_path):
+    """A repo with a default and an fp16 variant at the top, and another model in a subfolder."""
+    model = build_model("llama", seed=5)
+    model.save_pretrained(tmp_path / "plain", max_shard_size="100KB")
+    model.to(torch.float16).save_pretrained(tmp_path / "fp16", variant="fp16")
+    build_model("gpt2", seed=6).save_pretrained(tmp_path / "sub")
+    files = {p.name: p.read_bytes() for p in (tmp_path / "plain").iterdir()}
+    files |= {p.name: p.read_bytes() for p in (tmp_path / "fp16").iterdir() if "fp16" in p.name}
+    files |= {f"text/{p.name}": p.read_bytes() for p in (tmp_path / "sub").iterdir()}
+    hub_store.create_repo(hub_repo_id)
+    return hub_repo_id, hub_store.commit(hub_repo_id, files, message="variants and a subfolder")
+
+
+def test_variant_and_subfolder_load_what_from_pretrained_loads(shell, layout_repo, hf_cache):
+    from transformers import AutoModelForCausalLM
+
+    repo_id, sha = layout_repo
+    shell.run_line_magic("load_model", f"{repo_id}@{sha} --variant fp16 --dtype float16 --as v")
+    ref = AutoModelForCausalLM.from_pretrained(repo_id, revision=sha, variant="fp16", dtype=torch.float16)
+    assert all(torch.equal(a, b) for a, b in zip(shell.user_ns["v"].state_dict().values(), ref.state_dict().values()))
+    shell.run_line_magic("load_model", f"{repo_id}@{sha} --subfolder text --as s")
+    ref = AutoModelForCausalLM.from_pretrained(repo_id, revision=sha, subfolder="text")
+    assert type(shell.user_ns["s"]).__name__ == "GPT2LMHeadModel"
+    assert all(torch.equal(a, b) for a, b in zip(shell.user_ns["s"].state_dict().values(), ref.state_dict().values()))
+
+
+@pytest.mark.parametrize("line, words", [
+    ("--variant bf16", "(?s)no weights for --variant 'bf16'.*Variants there: fp16"),
+    ("--subfolder nope", "(?s)no folder 'nope'.*Folders with a config.json: text"),
+    ("--subfolder ../up", "Cannot read --subfolder"),
+])
+def test_missing_variants_and_folders_say_what_exists(shell, layout_repo, hf_cache, line, words):
+    repo_id, sha = layout_repo
+    with pytest.raises(UsageError, match=words):
+        shell.run_line_magic("load_model", f"{repo_id}@{sha} {line} --as m")
+    assert "m" not in shell.user_ns

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -72,21 +73,67 @@ class Checkpoint:
 
 
 def source_files(resolution: Resolution, *, cache_dir=None, offline: bool = False, force_download: bool = False,
-                 token=None, on_event: OnEvent | None = None, allow_pickle: bool = False) -> "SourceFiles":
-    """The files of ``resolution``: a local folder, or the pinned repo through the Hub cache."""
+                 token=None, on_event: OnEvent | None = None, allow_pickle: bool = False,
+                 variant: Optional[str] = None, subfolder: Optional[str] = None) -> "SourceFiles":
+    """The files of ``resolution``: a local folder, or the pinned repo through the Hub cache; with a
+    ``subfolder``, the model in that folder; with a ``variant``, its ``model.<variant>.safetensors``."""
     if resolution.local_path is not None:
-        files = LocalFiles(resolution.local_path)
+        files = LocalFiles(resolution.local_path / subfolder if subfolder else resolution.local_path)
+        files.where = str(resolution.local_path)
     else:
         files = HubFiles(resolution, cache_dir=cache_dir, offline=offline, force_download=force_download, token=token,
                          on_event=on_event)
-    files.allow_pickle = allow_pickle
+        files.prefix = f"{subfolder}/" if subfolder else ""
+        files.where = f"{resolution.repo_id}@{resolution.sha[:12]}"
+    files.allow_pickle, files.variant, files.subfolder = allow_pickle, variant, subfolder
     return files
+
+
+def weight_names(variant: Optional[str]) -> tuple[str, str, str, str]:
+    """(safetensors index, single safetensors, pickle index, single pickle) file names, as transformers names
+    a variant's files (``model.fp16.safetensors``, ``model.safetensors.index.fp16.json``)."""
+    if not variant:
+        return INDEX, SINGLE, PICKLE_INDEX, PICKLE_SINGLE
+    return (f"model.safetensors.index.{variant}.json", f"model.{variant}.safetensors",
+            f"pytorch_model.bin.index.{variant}.json", f"pytorch_model.{variant}.bin")
+
+
+def _variants(names: list[str]) -> list[str]:
+    found = set()
+    for name in names:
+        m = re.fullmatch(r"(?:.*/)?model\.([\w-]+?)(?:-\d{5}-of-\d{5})?\.safetensors", name)
+        if m:
+            found.add(m.group(1))
+        m = re.fullmatch(r"(?:.*/)?model\.safetensors\.index\.([\w-]+)\.json", name)
+        if m:
+            found.add(m.group(1))
+    return sorted(found)
+
+
+def _missing_weights(where: str, names: list[str], variant: Optional[str], subfolder: Optional[str]) -> LoadError:
+    """No weights where they were looked for: say which variants and folders do have some."""
+    prefix = f"{subfolder}/" if subfolder else ""
+    here = [n[len(prefix):] for n in names if n.startswith(prefix)]
+    if subfolder and not here:
+        folders = sorted({n.rsplit("/", 1)[0] for n in names if n.endswith("/config.json")})
+        return LoadError(f"{where} has no folder {subfolder!r}.",
+                         hint=f"Folders with a config.json: {', '.join(folders) or 'none'}.")
+    if variant:
+        variants = _variants(here)
+        return LoadError(f"{where} has no weights for --variant {variant!r}" + (f" in {subfolder}" if subfolder else "")
+                         + ".", hint=f"Variants there: {', '.join(variants) or 'none (drop --variant)'}.")
+    return LoadError(f"{where} has no safetensors weights" + (f" in {subfolder}" if subfolder else "") + ".",
+                     hint=f"Files there: {', '.join(sorted(here)[:12])}")
 
 
 class SourceFiles:
     """What both sources answer; each answer is computed once."""
 
     allow_pickle = False
+    variant: Optional[str] = None
+    subfolder: Optional[str] = None
+    prefix = ""  # the subfolder as a path prefix of repo file names
+    where = ""
 
     def __init__(self):
         self.facts: dict[str, FileFacts] = {}
@@ -148,18 +195,20 @@ class LocalFiles(SourceFiles):
         return self.folder if any(is_tokenizer_file(p.name) for p in self.folder.iterdir()) else None
 
     def _list_shards(self) -> list[str]:
-        if (self.folder / INDEX).is_file():
-            return _weight_map_files(self.folder / INDEX)
-        if (self.folder / SINGLE).is_file():
-            return [SINGLE]
-        if (self.folder / PICKLE_INDEX).is_file() or (self.folder / PICKLE_SINGLE).is_file():
+        index, single, pickle_index, pickle_single = weight_names(self.variant)
+        if (self.folder / index).is_file():
+            return _weight_map_files(self.folder / index)
+        if (self.folder / single).is_file():
+            return [single]
+        if (self.folder / pickle_index).is_file() or (self.folder / pickle_single).is_file():
             if not self.allow_pickle:
                 raise pickle_refused(str(self.folder))
-            if (self.folder / PICKLE_INDEX).is_file():
-                return _weight_map_files(self.folder / PICKLE_INDEX)
-            return [PICKLE_SINGLE]
-        raise LoadError(f"{self.folder} has no safetensors weights ({INDEX} or {SINGLE}).",
-                        hint="Point at a folder written by save_pretrained.")
+            if (self.folder / pickle_index).is_file():
+                return _weight_map_files(self.folder / pickle_index)
+            return [pickle_single]
+        root = Path(self.where) if self.where else self.folder
+        names = [p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()] if root.is_dir() else []
+        raise _missing_weights(str(root), names, self.variant, self.subfolder)
 
     def checkpoint(self, headers: Optional[HeaderInfo] = None) -> Checkpoint:
         shards = [self.folder / n for n in self.shard_names()]
@@ -185,7 +234,9 @@ class HubFiles(SourceFiles):
         self._paths: dict[str, Path] = {}
 
     def config(self) -> Path:
-        config = self._get(CONFIG)
+        if self.prefix and self.res.file_sizes and self.prefix + CONFIG not in self.res.file_sizes:
+            raise _missing_weights(self.where, list(self.res.file_sizes), None, self.subfolder)
+        config = self._get(self.prefix + CONFIG)
         self._raise_missing()
         if config is None:
             raise LoadError(f"{self.res.repo_id}@{self.res.sha[:12]} has no {CONFIG}.",
@@ -195,11 +246,12 @@ class HubFiles(SourceFiles):
     def checkpoint(self, headers: Optional[HeaderInfo] = None, max_workers: int = 4) -> Checkpoint:
         """Bring every shard and the generation config into the cache, in parallel."""
         shards = self.shard_names()
-        names = shards + ([GENERATION_CONFIG] if self._may_exist(GENERATION_CONFIG) else [])
+        generation = self.prefix + GENERATION_CONFIG
+        names = shards + ([generation] if self._may_exist(generation) else [])
         paths = dict(zip(names, _in_parallel(self._get, names, max_workers, self.cancel)))
         self._raise_missing()
         files = tuple(self.facts[n] for n in names if n in self.facts)
-        return Checkpoint(self.config(), [paths[n] for n in shards], paths.get(GENERATION_CONFIG), headers, files)
+        return Checkpoint(self.config(), [paths[n] for n in shards], paths.get(generation), headers, files)
 
     def code_files(self) -> dict[str, str]:
         names = [n for n in self.res.file_sizes if n.endswith(".py") and "/" not in n]
@@ -237,20 +289,20 @@ class HubFiles(SourceFiles):
         return name in self.res.file_sizes if self.res.file_sizes else True
 
     def _list_shards(self) -> list[str]:
-        if self._may_exist(INDEX):
-            index_file = self._get(INDEX, required=not self.offline)
+        index, single, pickle_index, pickle_single = (self.prefix + n for n in weight_names(self.variant))
+        if self._may_exist(index):
+            index_file = self._get(index, required=not self.offline)
             if index_file is not None:
-                return _weight_map_files(index_file)
-        if self._may_exist(SINGLE) or self.offline:
-            return [SINGLE]
-        if any(name in self.res.file_sizes for name in PICKLE_WEIGHTS):
+                return [self.prefix + n for n in _weight_map_files(index_file)]
+        if self._may_exist(single) or self.offline:
+            return [single]
+        if pickle_index in self.res.file_sizes or pickle_single in self.res.file_sizes:
             if not self.allow_pickle:
-                raise pickle_refused(f"{self.res.repo_id}@{self.res.sha[:12]}")
-            if PICKLE_INDEX in self.res.file_sizes:
-                return _weight_map_files(self._get(PICKLE_INDEX))
-            return [PICKLE_SINGLE]
-        raise LoadError(f"{self.res.repo_id}@{self.res.sha[:12]} has no safetensors weights.",
-                        hint=f"Files there: {', '.join(sorted(self.res.file_sizes)[:12])}")
+                raise pickle_refused(self.where)
+            if pickle_index in self.res.file_sizes:
+                return [self.prefix + n for n in _weight_map_files(self._get(pickle_index))]
+            return [pickle_single]
+        raise _missing_weights(self.where, list(self.res.file_sizes), self.variant, self.subfolder)
 
     def _get(self, name: str, required: bool = True) -> Optional[Path]:
         """A file of the pinned sha from the cache (verified) or downloaded (and verified)."""
@@ -275,7 +327,7 @@ class HubFiles(SourceFiles):
             _discard(Path(cached))
             force = True
         if self.offline:
-            if required and name != GENERATION_CONFIG:
+            if required and not name.endswith(GENERATION_CONFIG):
                 self.missing.append(name)
             return None
         path = self._download(name, force)

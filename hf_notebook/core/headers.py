@@ -79,7 +79,7 @@ def remote_headers(repo_id: str, sha: str, shard_names: list[str], *, token=None
         prefix, size = _get_range(url, auth, 0, 7)
         length = _header_length(name, prefix, size)
         raw, _ = _get_range(url, auth, 8, 8 + length - 1)
-        return name, _parse(name, raw, length)
+        return name.rsplit("/", 1)[-1], _parse(name, raw, length)  # keyed by file name, as local headers are
 
     with ThreadPoolExecutor(max_workers=max(1, min(max_workers, len(shard_names)))) as pool:
         return _tally(pool.map(read, shard_names))

@@ -115,7 +115,7 @@ def hub_store(request: pytest.FixtureRequest) -> RepoStore:
 @pytest.fixture
 def hub_repo_id(request: pytest.FixtureRequest) -> str:
     """A repo id unique to this test, e.g. ``tests/test_download-1a2b3c``."""
-    name = re.sub(r"[^A-Za-z0-9]+", "-", request.node.name).strip("-")[:60]
+    name = re.sub(r"[^A-Za-z0-9]+", "-", request.node.name)[:60].strip("-")
     return f"tests/{name}-{secrets.token_hex(3)}"
 
 
