@@ -546,14 +546,16 @@ class HFNotebook(Magics):
             self.shell.user_ns[name] = plan
 
     def _options(self, args, **load_only):
-        """Options shared by plan and load, with the configurable's defaults filled in, validated."""
+        """Options shared by plan and load, with the configurable's defaults filled in, validated
+        (HF_HUB_OFFLINE read now: it may have been set after import)."""
+        from .core.api import _hub_offline
         from .core.options import LoadOptions
 
         try:
             return LoadOptions.parse(
                 class_name=args.class_name, dtype=args.dtype or self.dtype, device_map=args.device_map or self.device_map,
                 max_memory=args.max_memory or self.max_memory or None, no_offload=args.no_offload,
-                cache_dir=args.cache_dir or self.cache_dir, offline=args.offline or self.offline,
+                cache_dir=args.cache_dir or self.cache_dir, offline=args.offline or self.offline or _hub_offline(),
                 trust_remote_code=args.trust_remote_code, allow_pickle=args.allow_pickle, quantize=args.quantize,
                 bnb_compute_dtype=args.bnb_compute_dtype, bnb_quant_type=args.bnb_quant_type,
                 double_quant=args.double_quant, quantization_config=args.quantization_config, variant=args.variant,

@@ -123,6 +123,7 @@ def test_offline_at_call_time_sends_no_request(shell, tiny_hub, hf_cache, hub_se
         monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # set in the running kernel, long after huggingface_hub's import
     shell.run_line_magic("load_model", f"tiny/gpt2 {flag} --as again")
     shell.run_line_magic("plan_model", f"tiny/gpt2 {flag}")
+    shell.run_line_magic("load_model", f"tiny/gpt2 {flag} --locked --as locked")  # the locked sha, no drift check
     assert hub_server.requests == []
     got = shell.user_ns["again"].state_dict()
     assert all(torch.equal(got[k], v) for k, v in want.items())

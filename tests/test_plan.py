@@ -4,6 +4,8 @@ import json
 import struct
 
 import pytest
+
+from hf_notebook.core.errors import PlanError
 from IPython.core.error import UsageError
 
 from hf_notebook.core.api import plan_model
@@ -116,3 +118,18 @@ def test_load_refuses_a_gpu_this_machine_lacks_but_plan_accepts_it(shell, tiny_h
     assert shell.user_ns["p"].device_map == {"": 3}
     with pytest.raises(UsageError, match="this machine has"):
         shell.run_line_magic("load_model", "tiny/llama --device-map cuda:3")
+
+
+def test_does_a_70b_fit_on_a_48gb_gpu_in_4bit(big_repos, hf_cache):
+    """Planned from headers only, for a GPU this machine need not have: 70B in 4-bit nf4 holds 34 GB of
+    packed weights, 4.3 GB of absmax blocks and 4.2 GB of unquantized embeddings and head."""
+    pytest.importorskip("bitsandbytes")
+    plan = plan_model("big/llama-70b", dtype="bfloat16", quantize="4bit", max_memory="0=48GiB,cpu=200GiB")
+    params = plan.headers.total_params
+    embeddings = 2 * 128256 * 8192 * 2  # input embeddings and lm_head stay bfloat16
+    quantized = params - embeddings // 2
+    expected = quantized / 2 + quantized / 64 * 4 + embeddings
+    assert set(plan.bytes_by_device) == {"cuda:0"}
+    assert abs(plan.bytes_by_device["cuda:0"] - expected) < 0.01 * expected
+    with pytest.raises(PlanError, match="does not fit on the GPUs"):
+        plan_model("big/llama-70b", dtype="bfloat16", quantize="8bit", max_memory="0=48GiB,cpu=200GiB")

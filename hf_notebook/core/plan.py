@@ -237,7 +237,15 @@ def plan_placement(config, *, class_name: Optional[str] = None, dtype: str = "fl
         hf_quantizer, config, device_map = _quantizer(config, quantization, device_map)
     model = build_meta_model(cls, config, dtype, hf_quantizer, device_map)
     with quiet_loggers("accelerate.utils.modeling", "transformers.integrations.accelerate"):
-        resolved = _get_device_map(model, device_map, max_memory, hf_quantizer)
+        try:
+            resolved = _get_device_map(model, device_map, max_memory, hf_quantizer)
+        except ValueError as exc:
+            if hf_quantizer is None or "dispatched on the CPU or the disk" not in str(exc):
+                raise
+            raise PlanError("Quantized this way the model does not fit on the GPUs: some modules would go to cpu or "
+                            "disk, where bitsandbytes cannot run them quantized.",
+                            hint="Raise the GPUs' --max-memory, use --quantize 4bit, or pass a --quantization-config "
+                            "with llm_int8_enable_fp32_cpu_offload and a --device-map.") from None
         budget = {device_name(k): int(v) for k, v in get_max_memory(max_memory).items()}
     resolved = {name: parse_device(device) for name, device in resolved.items()}
     blocks = _blocks(model)
