@@ -95,3 +95,16 @@ def test_editor_on_a_gpu_machine_offers_gpus_and_strategies(llama):
     assert draft.budget["cuda:0"] > 0
     draft.reset("sequential")
     assert 0 in draft.map.values()
+
+
+@pytest.mark.parametrize("quantize", ["4bit", "8bit"])
+def test_quantized_on_gpu_matches_from_pretrained_and_its_plan(llama, quantize):
+    pytest.importorskip("bitsandbytes")
+    from hf_notebook.core.api import plan_model
+
+    plan = plan_model(str(llama), device_map="cuda:0", quantize=quantize)
+    result = load_model(str(llama), device_map="cuda:0", quantize=quantize)
+    ref = reference(llama, quantization_config=result.plan.quantization, device_map="cuda:0")
+    assert torch.equal(logits(result.model, "cuda:0"), logits(ref, "cuda:0"))
+    held = result.placement.bytes_by_device["cuda:0"]
+    assert abs(sum(plan.module_sizes[b] for b in plan.blocks) - held) <= 0.05 * held
