@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test lab bench browser-deps clean
+.PHONY: venv demo test lab bench browser-deps binder-check clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,10 @@ lab: venv
 
 bench: venv
 	$(PY) bench/load.py && $(PY) bench/editor.py && $(PY) bench/save.py
+
+# Binder's build steps in a fresh venv (requirements.txt, postBuild, start), then every notebook.
+binder-check:
+	bash binder/check.sh $(PYTHON)
 
 clean:
 	rm -rf $(VENV) build artifacts .pytest_cache
