@@ -149,3 +149,11 @@ def test_locked_and_update_are_for_hub_models(shell, tmp_path):
         shell.run_line_magic("load_model", f"{tmp_path / 'local'} --locked")
     with pytest.raises(UsageError, match="give one of them"):
         shell.run_line_magic("load_model", "tiny/llama --locked --update")
+
+
+def test_an_entry_that_changes_only_its_options_says_which(shell, repo, hf_cache, capsys):
+    repo_id, _, _ = repo
+    shell.run_line_magic("load_model", f"{repo_id} --as m")
+    capsys.readouterr()
+    shell.run_line_magic("load_model", f"{repo_id} --dtype bfloat16 --as m")
+    assert "updated: dtype float32 -> bfloat16" in capsys.readouterr().out

@@ -100,7 +100,19 @@ def changes(old: Optional[dict], new: dict) -> list[str]:
     found += [f"- {n}" for n in sorted(set(a) - set(b))]
     found += [f"~ {n}: {a[n]['size']} -> {b[n]['size']} bytes" if a[n]["size"] != b[n]["size"] else f"~ {n}: new content"
               for n in sorted(set(a) & set(b)) if a[n] != b[n]]
+    for key in ("class", "dtype", "quantization", "code", "versions"):
+        if old.get(key) != new.get(key):
+            found.append(f"{key} {_short(old.get(key))} -> {_short(new.get(key))}")
     return found
+
+
+def _short(value: Any) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, dict):
+        text = json.dumps(value, sort_keys=True, separators=(",", ":"))
+        return text if len(text) <= 60 else text[:57] + "..."
+    return str(value)
 
 
 @dataclass(frozen=True)
