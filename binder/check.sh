@@ -11,7 +11,15 @@ export PATH="$WORK/venv/bin:$PATH" HOME="$WORK/home"
 mkdir -p "$HOME"
 cd "$ROOT/binder"
 pip install -q --upgrade pip
-pip install -q -r requirements.txt nbclient ipykernel
+# Where download.pytorch.org cannot be reached (a sandbox whose registry serves the pinned CPU torch
+# itself), install without the extra index, keeping everything else of requirements.txt.
+if python -c 'import urllib.request; urllib.request.urlopen("https://download.pytorch.org/whl/cpu/", timeout=5)' 2>/dev/null; then
+    cp requirements.txt "$WORK/requirements.txt"
+else
+    grep -v -- '--extra-index-url' requirements.txt > "$WORK/requirements.txt"
+fi
+sed -i "s#-c ../constraints.txt#-c $ROOT/constraints.txt#" "$WORK/requirements.txt"
+pip install -q -r "$WORK/requirements.txt" nbclient ipykernel
 cd "$ROOT"
 bash binder/postBuild
 for nb in notebooks/*.ipynb; do
