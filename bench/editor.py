@@ -40,6 +40,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from common import random_llama
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))  # this checkout's hf_notebook, wherever the bench is started from
@@ -294,20 +296,9 @@ def build_llama(folder: Path, layers: int) -> Path:
     """A float32 llama (hidden 1024, ~51 MB per layer; 16 layers ~1.1 GB), random weights, built once."""
     if (folder / "config.json").exists():
         return folder
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
     from transformers.utils import logging
 
-    config = LlamaConfig(hidden_size=1024, intermediate_size=2816, num_hidden_layers=layers, num_attention_heads=16,
-                         num_key_value_heads=16, vocab_size=32000, tie_word_embeddings=False,
-                         architectures=["LlamaForCausalLM"], dtype="float32")
-    torch.manual_seed(0)
-    with torch.device("meta"):
-        model = LlamaForCausalLM(config)
-    model = model.to_empty(device="cpu")
-    with torch.no_grad():
-        for param in model.parameters():
-            param.normal_(0, 0.02)
+    model = random_llama(1024, 2816, layers)
     tmp = folder.with_name(folder.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     logging.disable_progress_bar()

@@ -31,13 +31,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from common import build_tiny, busy_seconds, children_cpu, random_llama, save_built
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -56,50 +57,12 @@ def build_checkpoint(folder: Path, size_gb: float) -> Path:
     marker = folder / "model.safetensors.index.json"
     if marker.exists():
         return folder
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     hidden, inter, vocab = 2048, 5632, 32000
     per_layer = 4 * hidden * hidden + 3 * hidden * inter
     layers = max(DISK_LAYERS + 1, round((size_gb * 1e9 / 4 - 2 * vocab * hidden) / per_layer))
-    config = LlamaConfig(hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers,
-                         num_attention_heads=16, num_key_value_heads=16, vocab_size=vocab,
-                         tie_word_embeddings=False, architectures=["LlamaForCausalLM"], dtype="float32")
-    torch.manual_seed(0)
-    with torch.device("meta"):
-        model = LlamaForCausalLM(config)
-    model = model.to_empty(device="cpu")
-    with torch.no_grad():
-        for param in model.parameters():
-            param.normal_(0, 0.02)
+    model = random_llama(hidden, inter, layers, vocab)
     total = sum(p.numel() * 4 for p in model.parameters())
-    _save(model, folder, max_shard_size=f"{total // 4 // 10**6 + 1}MB")
-    return folder
-
-
-def _save(model, folder: Path, **kwargs) -> None:
-    """``save_pretrained`` into a side folder, then renamed: a build cut short is never taken for a finished one."""
-    import shutil
-
-    tmp = folder.with_name(folder.name + ".partial")
-    for stale in (tmp, folder):
-        shutil.rmtree(stale, ignore_errors=True)
-    model.save_pretrained(tmp, **kwargs)
-    tmp.rename(folder)
-
-
-def build_tiny(folder: Path) -> Path:
-    """A tiny llama (same architecture, a few shards): loaded first where imports must be paid up front."""
-    if (folder / "config.json").exists():
-        return folder
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    config = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=5, num_attention_heads=4,
-                         num_key_value_heads=4, vocab_size=256, tie_word_embeddings=False,
-                         architectures=["LlamaForCausalLM"], dtype="float32")
-    torch.manual_seed(0)
-    _save(LlamaForCausalLM(config), folder, max_shard_size="100KB")
+    save_built(model, folder, max_shard_size=f"{total // 4 // 10**6 + 1}MB")
     return folder
 
 
@@ -192,22 +155,6 @@ print(json.dumps({"seconds": seconds, "already": already, "heavy": [m for m in %
 """ % (HEAVY, HEAVY)
 
 
-def _busy_seconds() -> float | None:
-    """CPU seconds the whole machine has spent busy (Linux /proc/stat), or None."""
-    try:
-        with open("/proc/stat") as f:
-            fields = [int(x) for x in f.readline().split()[1:]]
-    except (OSError, ValueError):
-        return None
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
-    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
-
-
-def _children_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
 class Runner:
     """Runs children in fresh processes with the hf_notebook of ``src`` first on the path."""
 
@@ -226,10 +173,10 @@ class Runner:
         self.others: list[float] = []  # cores kept busy by other processes during each child
 
     def run(self, code: str, *args: str) -> dict:
-        busy0, children0, t0 = _busy_seconds(), _children_cpu(), time.perf_counter()
+        busy0, children0, t0 = busy_seconds(), children_cpu(), time.perf_counter()
         out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=self.env,
                              cwd=self.cwd)
-        busy1, children1, t1 = _busy_seconds(), _children_cpu(), time.perf_counter()
+        busy1, children1, t1 = busy_seconds(), children_cpu(), time.perf_counter()
         if busy0 is not None and busy1 is not None:
             self.others.append(max(0.0, (busy1 - busy0) - (children1 - children0)) / (t1 - t0))
         if out.returncode != 0:

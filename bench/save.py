@@ -39,7 +39,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import statistics
 import subprocess
@@ -47,6 +46,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from common import build_tiny, busy_seconds, children_cpu, random_llama, save_built
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -74,48 +75,9 @@ def build_llama(folder: Path) -> Path:
     """A float32 llama of ~1.19 GB (random weights) in 300MB shards, built once."""
     if (folder / "config.json").exists():
         return folder
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    config = LlamaConfig(hidden_size=1024, intermediate_size=2816, num_hidden_layers=LAYERS, num_attention_heads=16,
-                         num_key_value_heads=16, vocab_size=32000, tie_word_embeddings=False,
-                         architectures=["LlamaForCausalLM"], dtype="float32")
-    torch.manual_seed(0)
-    with torch.device("meta"):
-        model = LlamaForCausalLM(config)
-    model = model.to_empty(device="cpu")
-    with torch.no_grad():
-        for param in model.parameters():
-            param.normal_(0, 0.02)
-    _save(model, folder, max_shard_size="300MB")
+    model = random_llama(1024, 2816, LAYERS)
+    save_built(model, folder, max_shard_size="300MB")
     return folder
-
-
-def build_tiny(folder: Path) -> Path:
-    """A tiny llama (same architecture): saved first in each process, so the measured save imports nothing."""
-    if (folder / "config.json").exists():
-        return folder
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    config = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=5, num_attention_heads=4,
-                         num_key_value_heads=4, vocab_size=256, tie_word_embeddings=False,
-                         architectures=["LlamaForCausalLM"], dtype="float32")
-    torch.manual_seed(0)
-    _save(LlamaForCausalLM(config), folder, max_shard_size="100KB")
-    return folder
-
-
-def _save(model, folder: Path, **kwargs) -> None:
-    """``save_pretrained`` into a side folder, then renamed: a build cut short is never taken for a finished one."""
-    from transformers.utils import logging
-
-    tmp = folder.with_name(folder.name + ".partial")
-    for stale in (tmp, folder):
-        shutil.rmtree(stale, ignore_errors=True)
-    logging.disable_progress_bar()
-    model.save_pretrained(tmp, **kwargs)
-    tmp.rename(folder)
 
 
 # One save in a fresh process. Everything both sides need is imported, and a tiny llama loaded and
@@ -357,22 +319,6 @@ print(json.dumps({"seconds": seconds, "lfs_bytes": lfs_bytes, "lfs_files": lfs_f
 """
 
 
-def _busy_seconds() -> float | None:
-    """CPU seconds the whole machine has spent busy (Linux /proc/stat), or None."""
-    try:
-        with open("/proc/stat") as f:
-            fields = [int(x) for x in f.readline().split()[1:]]
-    except (OSError, ValueError):
-        return None
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
-    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
-
-
-def _children_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
 class Runner:
     """Runs children in fresh processes; keeps how busy other processes kept the machine meanwhile."""
 
@@ -387,10 +333,10 @@ class Runner:
 
     def run(self, code: str, spec: dict, env: dict | None = None) -> dict:
         os.sync()  # the previous child's writes are not flushed inside this one's clock
-        busy0, children0, t0 = _busy_seconds(), _children_cpu(), time.perf_counter()
+        busy0, children0, t0 = busy_seconds(), children_cpu(), time.perf_counter()
         out = subprocess.run([sys.executable, "-c", code, json.dumps(spec)], capture_output=True, text=True,
                              check=False, env={**self.env, **(env or {})}, cwd=self.scratch)
-        busy1, children1, t1 = _busy_seconds(), _children_cpu(), time.perf_counter()
+        busy1, children1, t1 = busy_seconds(), children_cpu(), time.perf_counter()
         if busy0 is not None and busy1 is not None:
             self.others.append(max(0.0, (busy1 - busy0) - (children1 - children0)) / (t1 - t0))
         if out.returncode != 0:
