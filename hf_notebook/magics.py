@@ -541,9 +541,26 @@ class HFNotebook(Magics):
             raise UsageError(str(exc)) from None
         display(plan)
         if plot:
-            display(_figure_image(plan))
+            self._show_figure(plan)
         if name:
             self.shell.user_ns[name] = plan
+
+    def _show_figure(self, plan) -> None:
+        """The memory figure: an image in Jupyter; in a terminal, a PNG file whose path is printed."""
+        from IPython.display import display
+
+        from .ui import _in_kernel
+
+        image = _figure_image(plan)
+        if self.display == "widget" or (self.display == "auto" and _in_kernel(self.shell)):
+            display(image)
+            return
+        import tempfile
+
+        handle, path = tempfile.mkstemp(prefix="hf_notebook-plan-", suffix=".png")
+        with os.fdopen(handle, "wb") as f:
+            f.write(image.data)
+        print(f"Memory per device drawn to {path}")
 
     def _options(self, args, **load_only):
         """Options shared by plan and load, with the configurable's defaults filled in, validated

@@ -105,8 +105,20 @@ def test_plan_only_is_the_same_plan(shell, tiny_hub, hf_cache):
 def test_plot_is_a_static_png(shell, tiny_hub, hf_cache, monkeypatch):
     shown = []
     monkeypatch.setattr(shell.display_pub, "publish", lambda data, metadata=None, **kw: shown.append(data))
+    shell.run_line_magic("config", "HFNotebook.display = 'widget'")  # as in Jupyter
     shell.run_line_magic("plan_model", "tiny/gpt2 --plot")
     assert any("image/png" in d and d["image/png"] for d in shown)
+
+
+def test_in_a_terminal_the_plot_goes_to_a_png_file(shell, tiny_hub, hf_cache, capsys):
+    import re
+    from pathlib import Path
+
+    shell.run_line_magic("plan_model", "tiny/gpt2 --plot")
+    out = capsys.readouterr().out
+    [path] = re.findall(r"drawn to (\S+\.png)", out)
+    assert Path(path).read_bytes().startswith(b"\x89PNG")
+    Path(path).unlink()
 
 
 def test_load_refuses_a_gpu_this_machine_lacks_but_plan_accepts_it(shell, tiny_hub, hf_cache):
