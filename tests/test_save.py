@@ -7,14 +7,13 @@ import filecmp
 import hashlib
 import json
 import os
-from pathlib import Path
 
 import pytest
 import torch
 from IPython.core.error import UsageError
 
 from hf_notebook.core.api import load_model
-from hf_notebook.core.save import MANIFEST, SaveError, save_model
+from hf_notebook.core.save import MANIFEST, save_model
 from hf_notebook.testing.models import ARCHITECTURES, build_model
 
 WEIGHTS = (".safetensors", ".safetensors.index.json")

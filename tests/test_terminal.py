@@ -75,8 +75,12 @@ def test_tty_shows_progress_lines_then_the_text_record(child_env, tiny_hub, tmp_
         child.expect_exact("In [1]:")
         child.sendline("%load_ext hf_notebook")
         child.expect_exact("In [2]:")
-        child.sendline("%load_model tiny/llama --as m")
+        # transformers' optional imports (torchao, where installed) write to stderr once, on first import:
+        # here, not in the middle of the load's live line
+        child.sendline("import transformers.modeling_utils")
         child.expect_exact("In [3]:")
+        child.sendline("%load_model tiny/llama --as m")
+        child.expect_exact("In [4]:")
         drawn = child.before
         child.sendline("exit")
         child.expect(pexpect.EOF)
@@ -119,3 +123,32 @@ def test_pipe_gets_plain_lines_only(child_env, tiny_hub, tmp_path):
     assert "✗ resolving tiny/does-not-exist: failed during resolve" in out
     assert proc.stderr.count("UsageError: Repository tiny/does-not-exist does not exist") == 1, proc.stderr
     assert "does not exist" not in out and "Traceback" not in proc.stderr
+
+
+def test_tty_plan_plot_is_saved_as_a_png_whose_path_is_printed(child_env, tiny_hub, tmp_path):
+    """A terminal cannot show an image: the figure goes to a PNG file and the path is printed, not the repr of an
+    IPython Image object (which is what a terminal prints for a display() of one)."""
+    env = {**child_env, "TERM": "xterm-256color", "PROMPT_TOOLKIT_NO_CPR": "1"}
+    child = pexpect.spawn(sys.executable, ["-m", "IPython", "--no-banner", "--colors=NoColor"], env=env,
+                          cwd=str(tmp_path), dimensions=(50, 200), timeout=TIMEOUT, encoding="utf-8",
+                          codec_errors="replace")
+    try:
+        child.expect_exact("In [1]:")
+        child.sendline("%load_ext hf_notebook")
+        child.expect_exact("In [2]:")
+        child.sendline("%plan_model tiny/mixtral --max-memory cpu=400KB --plot")
+        child.expect_exact("In [3]:")
+        drawn = child.before
+        child.sendline("exit")
+        child.expect(pexpect.EOF)
+    finally:
+        child.close(force=True)
+    start, end = drawn.rfind("\x1b[?2004l"), drawn.rfind("\x1b[?2004h")
+    assert 0 <= start < end, f"no prompt_toolkit input/prompt boundary found in {drawn!r}"
+    text = "\n".join(screen_lines(drawn[start + len("\x1b[?2004l"):end]))
+    assert "Plan for tiny/mixtral" in text and "disk (offload)" in text  # the plan's text record, as today
+    assert "<IPython.core.display.Image object>" not in text, text
+    paths = re.findall(r"(\S+\.png)\b", text)
+    assert paths, f"no .png path printed:\n{text}"
+    png = (tmp_path / paths[-1]).resolve()  # absolute, or relative to the shell's working directory
+    assert png.is_file() and png.read_bytes().startswith(b"\x89PNG"), f"{png} is not a PNG file"

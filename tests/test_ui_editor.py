@@ -75,7 +75,7 @@ def test_over_budget_disables_apply_and_says_why():
     editor.move_range("model", "cpu")
     assert editor.apply_button.disabled
     assert "cpu would hold" in editor.status.value and "over its budget of 300.0 kB" in editor.status.value
-    assert "#b71c1c" in editor.totals.value  # the over-budget total is highlighted
+    assert "#e53935" in editor.totals.value  # the over-budget total is highlighted
     editor.undo()
     assert editor.draft.problems() == [] and "over its budget" not in editor.status.value
 

@@ -106,7 +106,7 @@ def test_panel_full_load_ends_in_the_static_record(result):
     assert panel.download_bar.value == panel.download_bar.max == 2 * MB
     assert "2 files" in panel.download_info.value  # the weights, not the config read while planning
     assert panel.load_bar.value == panel.load_bar.max == 2 and panel.load_bar.bar_style == "success"
-    assert "2/2 shards" in panel.load_info.value and "2.00 MB / 2.00 MB" in panel.load_info.value
+    assert "2/2 shards" in panel.load_info.value and "2.00\u00a0MB / 2.00\u00a0MB" in panel.load_info.value
     assert "load ✓" in panel.stages.value
 
     panel._handle = handle = Handle()
@@ -148,7 +148,7 @@ def test_panel_failure_is_shown_once_and_escaped(result):
     # the reason is not repeated here: the UsageError right below the panel says it
     assert "alert" not in bundle["text/plain"] and "<script>" not in bundle["text/html"]
     assert token not in bundle["text/html"] + bundle["text/plain"] + repr(panel)
-    assert "#d32f2f" in bundle["text/html"] and "✓" not in bundle["text/plain"]
+    assert "--jp-error-color1" in bundle["text/html"] and "✓" not in bundle["text/plain"]
 
 
 def test_panel_cancelled(result):
@@ -255,6 +255,46 @@ def test_text_unknown_size_finishes_with_fetch():
     assert out.getvalue() == ""
     renderer(StageDone("fetch", 1.0))
     assert out.getvalue().splitlines() == ["  fetched README.md (300 B)", "fetch done in 1.00 s"]
+
+
+def test_text_counts_say_one_tensor_and_many_tensors():
+    out = io.StringIO()
+    renderer = TextRenderer(out)
+    renderer(ShardProgress("model-00001-of-00002.safetensors", 0, 2, 1, 1, 512, 512))
+    renderer(ShardProgress("model-00002-of-00002.safetensors", 1, 2, 3, 3, MB, MB))
+    assert out.getvalue().splitlines() == [
+        "  loaded shard 1/2 model-00001-of-00002.safetensors (1 tensor, 512 B)",
+        "  loaded shard 2/2 model-00002-of-00002.safetensors (3 tensors, 1.00 MB)",
+    ]
+
+
+def test_records_count_one_file_in_the_singular():
+    from hf_notebook.ui.record import export_record, save_record
+
+    one = SimpleNamespace(name="config.json", size=717, sha256="0" * 64)
+    saved = SimpleNamespace(name="m", folder="/tmp/m", source=f"org/tiny@{SHA}", dtype="float32", files=[one],
+                            nbytes=717, replaced=False, seconds=0.1, manifest_sha256="1" * 64)
+    record = save_record(saved)
+    assert "  files     1 file, 717 B" in record.text.splitlines() and "1 files" not in record.text
+    assert "1 file, 717\u00a0B" in record.html  # and the size on one line
+    saved.files, saved.nbytes = [one, one], 1434
+    assert "2 files, 1.43 kB" in save_record(saved).text
+    exported = SimpleNamespace(repo_id="org/tiny", sha=SHA, folder="/tmp/b", layout="folder", files=["config.json"],
+                               nbytes=717, downloaded=[], seconds=0.1)
+    assert "1 file, 717 B; all from the cache" in export_record(exported).text
+
+
+def test_panel_rows_wrap_rather_than_clip():
+    """A narrow output: no part of a file row is cut off (overflow hidden) or kept at a fixed share; sizes keep
+    their unit on the same line (checked in a browser by tests/browser/test_layouts_lab.py)."""
+    panel = LoadPanel(min_interval=0.0)
+    panel(StageStarted("fetch"))
+    panel(FileProgress("generation_config.json", 137, 137, cached=True))
+    row, name, bar, info = panel._file_rows["generation_config.json"]
+    assert row.layout.flex_flow == "row wrap"
+    for part in (name, bar, info):
+        assert part.layout.overflow in (None, "", "visible") and "%" not in (part.layout.flex or "")
+    assert "generation_config.json" in name.value and "cached (137\u00a0B)" in info.value
 
 
 class _Tty(io.StringIO):

@@ -149,6 +149,9 @@ class _Pipeline:
     """One action's run: each stage's product is kept and handed to the next."""
 
     def __init__(self, spec, opts: LoadOptions, stages: _Stages, on_event):
+        from .quiet import import_transformers
+
+        import_transformers()
         self.spec = spec if isinstance(spec, ModelSpec) else parse_spec(spec)
         self.opts, self.stages, self.on_event = opts, stages, on_event
         self.resolution: Optional[Resolution] = None

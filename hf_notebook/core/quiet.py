@@ -113,3 +113,15 @@ def gc_paused():
 
 
 GC_THRESHOLD = 20_000  # allocations between first-generation collections (Python's default: 700 or 2000)
+
+
+def import_transformers() -> None:
+    """Import transformers' model code once, without the chatter of optional backends: torchao, found
+    installed, logs each CUDA kernel library it cannot load on a CPU machine, and torch warns about
+    torchao's enum registrations. Expected and harmless; other warnings stay visible."""
+    import sys
+
+    if "transformers.modeling_utils" in sys.modules:
+        return
+    with quiet_loggers("torchao", "torch.utils._pytree"):
+        import transformers.modeling_utils  # noqa: F401

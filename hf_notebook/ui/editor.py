@@ -23,8 +23,8 @@ from hf_notebook.core.units import device_name, format_bytes
 from hf_notebook.ui import words
 
 _MUTED = "color:var(--jp-ui-font-color2,#666)"
-_DANGER = "color:#b71c1c"
-_OK = "color:#2e7d32"
+_DANGER = "color:#e53935;color:var(--jp-error-color1,#e53935)"  # plain first: sanitized output drops var()
+_OK = "color:#388e3c;color:var(--jp-success-color0,#388e3c)"
 _MONO = "font-family:var(--jp-code-font-family,monospace)"
 
 
@@ -231,8 +231,10 @@ class DeviceMapEditor:
         line = words.map_load_line(self.target, f"@{path}", name=self.name)
         if self.loaded and not self.draft.changed:
             self.target.map_file = path
+        from hf_notebook.ui.record import copy_line_html
+
         _set(self.export_line, value=f"<div style='{_MUTED}'>wrote {escape(str(target))}; load it with:</div>"
-                                     f"<pre style='margin:0;white-space:pre-wrap;{_MONO}'>{escape(line)}</pre>")
+                                     + copy_line_html(line))
         self.update_record()
         return line
 

@@ -6,6 +6,10 @@ that ends (a file, a shard, a stage, a failure). Safe to call from loader thread
 displayed with a display id; :meth:`LoadPanel.finish` replaces it with the static record of
 the outcome (``hf_notebook.ui.record``) and closes the widgets, so a saved notebook keeps the
 record and never a stale bar. Standard ipywidgets only (no custom front-end code).
+
+Narrow outputs (JupyterLab beside its file browser): a row is name, bar and numbers that wrap onto
+further lines rather than cut anything; a file name is never clipped (it wraps inside its box),
+and a size never breaks between its number and its unit.
 """
 
 from __future__ import annotations
@@ -17,16 +21,20 @@ from typing import Any, Callable, Optional
 
 import ipywidgets as W
 
+from hf_notebook.ui.record import html_text as _h  # sizes as ``cached (717 B)``, never split over two lines
 from hf_notebook.ui.state import LoadState
 
-_MUTED = "color:var(--jp-ui-font-color2,#666)"
+_MUTED = "color:var(--jp-ui-font-color2,#777)"
 
 
 def _bar_row(label: str) -> tuple[W.HBox, W.HTML, W.FloatProgress, W.HTML]:
-    name = W.HTML(escape(label), layout=W.Layout(flex="1 1 30%", min_width="8em", overflow="hidden"))
-    bar = W.FloatProgress(min=0.0, max=1.0, value=0.0, layout=W.Layout(flex="1 1 35%"))
-    info = W.HTML(layout=W.Layout(flex="1 1 35%"))
-    return W.HBox([name, bar, info], layout=W.Layout(flex_flow="row wrap")), name, bar, info
+    """Name, bar, numbers; each part keeps a useful width and the row wraps when they do not fit side by side."""
+    name = W.HTML(f"<span style='overflow-wrap:anywhere'>{escape(label)}</span>",
+                  layout=W.Layout(flex="1 1 14em", min_width="0", margin="0 8px 0 0"))
+    bar = W.FloatProgress(min=0.0, max=1.0, value=0.0,
+                          layout=W.Layout(flex="1 1 10em", min_width="6em", width="auto"))
+    info = W.HTML(layout=W.Layout(flex="1 1 12em", min_width="0", margin="0 0 0 8px"))
+    return W.HBox([name, bar, info], layout=W.Layout(flex_flow="row wrap", align_items="center")), name, bar, info
 
 
 def _walk(widget: Any):
@@ -119,19 +127,19 @@ class LoadPanel:
         self._dirty = False
         s = self.state
         _set(self.header, value=self._header_html())
-        stages = "  ·  ".join(escape(st.text()) for st in s.stages.values())
+        stages = "  ·  ".join(_h(st.text()) for st in s.stages.values())
         _set(self.stages, value=f"<span style='{_MUTED}'>{stages}</span>" if stages else "")
         self._draw_files()
         if s.shards:
             _fill(self.load_bar, s.load_fraction(), float(s.shard_count))
-            _set(self.load_info, value=escape(s.load_text()))
+            _set(self.load_info, value=_h(s.load_text()))
         _set(self.load_row.layout, display="flex" if s.shards else "none")
 
     def _header_html(self) -> str:
         s = self.state
-        html = f"<b>{escape(s.header_text())}</b>"
+        html = f"<b style='overflow-wrap:anywhere'>{escape(s.header_text())}</b>"
         if s.pinned_text():
-            html += f"<br><span style='{_MUTED};word-break:break-all'>{escape(s.pinned_text())}</span>"
+            html += f"<br><span style='{_MUTED};overflow-wrap:anywhere'>{escape(s.pinned_text())}</span>"
         return html
 
     def _draw_files(self) -> None:
@@ -146,13 +154,13 @@ class LoadPanel:
             _, _, bar, info = row
             if f.cached:
                 _set(bar.layout, visibility="hidden")
-                _set(info, value=f"<span style='{_MUTED}'>{escape(f.progress_text())}</span>")
+                _set(info, value=f"<span style='{_MUTED}'>{_h(f.progress_text())}</span>")
                 continue
             _fill(bar, f.done, f.total if f.total is not None or not fetched else f.done)
-            _set(info, value=escape(f.progress_text()))
+            _set(info, value=_h(f.progress_text()))
         weights = s.weight_files()
         if weights:
             done, total, _ = s.download_totals()
             _fill(self.download_bar, done, total if total is not None or not fetched else done)
-            _set(self.download_info, value=escape(s.download_text()))
+            _set(self.download_info, value=_h(s.download_text()))
         _set(self.download_row.layout, display="flex" if weights else "none")

@@ -5,10 +5,23 @@ the registry, a failed load's state), never from the last progress event. It car
 widget mime type, so a saved notebook, an HTML export, a notebook viewer, a reopened notebook
 without widget state and terminal IPython all show the same thing. HTML uses only inline
 styles and ``<details>`` (no script), and every remote string is escaped.
+
+Layout and colour, checked in a real browser at several widths and in the light and dark themes
+(tests/browser/test_layouts_lab.py): text wraps at spaces; a long token (a sha, a pinned spec, a path,
+a URL: 20 characters or more) may break anywhere; a size never breaks between its number and its
+unit (a no-break space); header and cells of a column share alignment and padding; each table sits
+in a box that scrolls sideways only when even wrapped it cannot fit (a phone-wide output), so nothing
+sticks out of the output area. The ``%load_model`` line to copy wraps at spaces in its ``<pre>``
+and copies back unchanged. Colours are the theme's (``var(--jp-...)``) with fallbacks; status
+colours carry a plain colour first as well, read on white and on dark alike, because JupyterLab's
+sanitizer (an untrusted notebook) drops every declaration that holds ``var()``; for the same
+reason each breaking rule is also given in a form that sanitizer keeps (``word-break:break-all``,
+``overflow-wrap:break-word``).
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from html import escape
 from typing import Any, Iterable, Optional, Sequence
@@ -17,12 +30,83 @@ from hf_notebook.core.units import device_sort_key, format_bytes
 from hf_notebook.ui import words as W
 
 CLASS = "hf-notebook-record"
-_MUTED = "color:var(--jp-ui-font-color2,#666)"
-_OK, _WARN, _DANGER = "color:#2e7d32", "color:#c35a00", "color:#b71c1c"
+
+
+def _color(var: str, plain: str) -> str:
+    """The theme's colour ``var``; before it ``plain`` alone, for renderers that drop ``var()``."""
+    return f"color:{plain};color:var({var},{plain})"
+
+
+# Muted text has no plain colour: where var() is dropped it keeps the theme's text colour.
+_MUTED = "color:var(--jp-ui-font-color2,#777)"
+_OK = _color("--jp-success-color0", "#388e3c")
+_WARN = _color("--jp-warn-color0", "#e65100")
+_DANGER = _color("--jp-error-color1", "#e53935")
 _SEVERITY = {"ok": _OK, "info": "", "warning": _WARN, "danger": _DANGER}
-_CELL = "padding:1px 10px 1px 0;text-align:left;vertical-align:top"
-_NUM = "padding:1px 0 1px 10px;text-align:right;vertical-align:top;white-space:nowrap"
-_CODE = "word-break:break-all;user-select:all"
+# Left rules of the record boxes: the theme's colour, with a fallback that shows on light and dark.
+_RULE_OK, _RULE_WARN, _RULE_DANGER = ("var(--jp-success-color1,#388e3c)", "var(--jp-warn-color1,#e65100)",
+                                      "var(--jp-error-color1,#e53935)")
+_RULE = "var(--jp-border-color1,#9e9e9e)"
+# A long word wraps inside its box instead of widening it (break-word: what JupyterLab's sanitizer keeps).
+_WRAP = "overflow-wrap:break-word;overflow-wrap:anywhere"
+# JupyterLab's sanitizer keeps only word-break:break-all of these: tokens that must break carry it as well.
+_BREAK = "word-break:break-all"
+# Table cells wrap at spaces only; a long token in them (20 characters or more) carries _BREAK (see html_text).
+_CELL = "padding:2px 1em 2px 0;text-align:left;vertical-align:baseline;overflow-wrap:break-word"
+_HEAD = "padding:2px 1em 2px 0;text-align:left;vertical-align:bottom;white-space:nowrap"
+_NUM = "padding:2px 0 2px .6em;text-align:right;vertical-align:baseline;white-space:nowrap"
+_NUM_HEAD = "padding:2px 0 2px .6em;text-align:right;vertical-align:bottom;white-space:nowrap"
+_CODE = f"{_BREAK};{_WRAP};user-select:all"  # a sha, a pinned spec: one token
+# In a table cell a <code> gets no box of its own (JupyterLab pads it), so it lines up with its header.
+_CELL_CODE = "padding:0;background:none"
+# The line to copy: wraps (at spaces first), never scrolls or clips, one click selects all of it.
+# (word-break:normal: JupyterLab's output <pre> breaks anywhere, inside --dtype too; long tokens get _line's spans.)
+_PRE = f"margin:0;white-space:pre-wrap;word-break:normal;{_WRAP};user-select:all;max-width:100%"
+_SIZE = re.compile(r"(\d) (?=(?:B|kB|MB|GB|TB)\b)")
+_LONG = re.compile(r"\S{20,}")  # a path, a pinned spec, a URL: long enough to need breaking inside
+
+
+def _breakable(html: str) -> str:
+    """Each long token of escaped text in a span that may break anywhere (whole tokens, so no entity is cut)."""
+    return _LONG.sub(lambda m: f"<span style='{_BREAK}'>{m.group(0)}</span>", html)
+
+
+def html_text(text: str) -> str:
+    """``text`` escaped for HTML, each size's number and unit joined by a no-break space (``717 B`` never
+    wraps between the two) and each long token free to break. For prose and cells, not a line to copy."""
+    return _breakable(_SIZE.sub("\\1\u00a0", escape(text)))
+
+
+def _line(text: str) -> str:
+    """A line to copy (in a ``<pre>``), escaped; it wraps at spaces: a long token (the pinned spec, a path) may
+    break anywhere, an option (``--max-memory``) never at its hyphens. Only spans are added: it copies the same."""
+    def token(m: re.Match) -> str:
+        t = m.group(0)
+        if len(t) >= 20:
+            return f"<span style='{_BREAK}'>{t}</span>"
+        return f"<span style='white-space:nowrap'>{t}</span>" if "-" in t else t
+    return re.sub(r"\S+", token, escape(text))
+
+
+def copy_line_html(line: str) -> str:
+    """A ``%load_model ...`` line to copy, as a ``<pre>`` that wraps at spaces inside any output width, never
+    scrolls or clips, is selected whole by one click, and copies back exactly as ``line``."""
+    return f"<pre style='{_PRE}'>{_line(line)}</pre>"
+
+
+_h = html_text
+
+
+def _cell_code(text: str, breakable: bool = False) -> str:
+    """A name in a table cell: kept whole (``model.layers.0-1`` not cut at its hyphen) unless it is long or
+    ``breakable`` (a hash)."""
+    fit = f"{_BREAK};{_WRAP}" if breakable or len(text) >= 20 else "white-space:nowrap"
+    return f"<code style='{_CELL_CODE};{fit}'>{escape(text)}</code>"
+
+
+def _camel(text: str) -> str:
+    """A class name that may wrap between its words: ``Llama<wbr>For<wbr>Causal<wbr>LM``."""
+    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "<wbr>", escape(text))
 
 
 @dataclass(frozen=True)
@@ -43,22 +127,29 @@ class Record:
 
 
 # -- pieces --------------------------------------------------------------------------------
-def _box(status_html: str, body: str, border: str = "var(--jp-border-color2,#ddd)") -> str:
-    return (f"<div class='{CLASS}' style='border-left:3px solid {border};padding:2px 8px;margin:2px 0'>"
-            f"<div>{status_html}</div>{body}</div>")
+def _box(status_html: str, body: str, border: str = _RULE) -> str:
+    """The record's box: a left rule in ``border`` (a ``var(--jp-...,#plain)``; the plain colour first)."""
+    plain = re.search(r",\s*(#[0-9a-fA-F]{3,8})\)$", border)
+    rule = f"border-left:3px solid {plain.group(1) if plain else '#9e9e9e'};border-left-color:{border}"
+    return (f"<div class='{CLASS}' style='{rule};padding:2px 8px;margin:2px 0;max-width:100%;box-sizing:border-box'>"
+            f"<div style='{_WRAP}'>{status_html}</div>{body}</div>")
 
 
 def _facts_html(facts: Sequence[tuple[str, str]]) -> str:
-    rows = "".join(f"<tr><th style='{_CELL};{_MUTED};font-weight:normal'>{escape(k)}</th>"
+    rows = "".join(f"<tr><th style='{_CELL};white-space:nowrap;{_MUTED};font-weight:normal'>{escape(k)}</th>"
                    f"<td style='{_CELL}'>{v}</td></tr>" for k, v in facts)
-    return f"<table style='border-collapse:collapse;margin:2px 0'>{rows}</table>"
+    return f"<table style='border-collapse:collapse;margin:2px 0;table-layout:auto'>{rows}</table>"
 
 
 def _table_html(header: Sequence[str], rows: Iterable[Sequence[str]], numeric_from: int) -> str:
-    head = "".join(f"<th style='{_NUM if i >= numeric_from else _CELL}'>{escape(h)}</th>" for i, h in enumerate(header))
+    """Header and cells share their alignment and padding column by column; numbers never wrap. The table
+    scrolls sideways in its own box when even wrapped it cannot fit (a phone-wide output)."""
+    head = "".join(f"<th style='{_NUM_HEAD if i >= numeric_from else _HEAD}'>{escape(h)}</th>"
+                   for i, h in enumerate(header))
     body = "".join("<tr>" + "".join(f"<td style='{_NUM if i >= numeric_from else _CELL}'>{c}</td>"
                                     for i, c in enumerate(row)) + "</tr>" for row in rows)
-    return f"<table style='border-collapse:collapse;margin:4px 0'><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    return (f"<div style='overflow-x:auto;max-width:100%'><table style='border-collapse:collapse;margin:4px 0;"
+            f"table-layout:auto'><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>")
 
 
 def _text_table(header: Sequence[str], rows: Sequence[Sequence[str]], numeric_from: int, indent: str = "  ") -> list[str]:
@@ -86,15 +177,16 @@ def _group_rows(placement: Any) -> list[tuple[str, str, str, list[str]]]:
 def _groups_html(placement: Any, sizes: Optional[dict] = None) -> str:
     cells = []
     for label, device, nbytes, members in _group_rows(placement):
-        name = f"<code>{escape(label)}</code>"
+        name = _cell_code(label)
         if members:
             listed = "".join(
-                f"<div><code>{escape(m)}</code>"
-                + (f" <span style='{_MUTED}'>{escape(format_bytes(sum(sizes[m])))}</span>" if sizes and m in sizes else "")
+                f"<div>{_cell_code(m)}"
+                + (f" <span style='{_MUTED};white-space:nowrap'>{_h(format_bytes(sum(sizes[m])))}</span>"
+                   if sizes and m in sizes else "")
                 + "</div>" for m in members)
-            name = (f"<details><summary>{name} <span style='{_MUTED}'>({len(members)} modules)</span></summary>"
-                    f"<div style='margin-left:1.2em'>{listed}</div></details>")
-        cells.append((name, escape(device), escape(nbytes)))
+            count = f"<span style='{_MUTED};white-space:nowrap'>({len(members)} modules)</span>"
+            name = f"<details><summary>{name} {count}</summary><div style='margin-left:1.2em'>{listed}</div></details>"
+        cells.append((name, escape(device), _h(nbytes)))
     return _table_html(("module", "device", "bytes"), cells, numeric_from=2)
 
 
@@ -122,7 +214,7 @@ def _device_rows(placement: Any, budget: Optional[dict] = None) -> tuple[list[st
 
 def _devices_html(placement: Any, budget: Optional[dict] = None) -> str:
     header, rows = _device_rows(placement, budget)
-    styled = [[escape(c) if not c.endswith(" OVER") else f"<span style='{_DANGER}'>{escape(c)}</span>" for c in r]
+    styled = [[_h(c) if not c.endswith(" OVER") else f"<span style='{_DANGER}'>{_h(c)}</span>" for c in r]
               for r in rows]
     return _table_html(header, styled, numeric_from=1)
 
@@ -154,7 +246,12 @@ def _files_text(files: Sequence[Any]) -> str:
         parts.append(f"{len(fetched)} downloaded ({format_bytes(sum(f.size for f in fetched))})")
     if len(fetched) < len(files):
         parts.append(f"{len(files) - len(fetched)} from the cache")
-    return f"{len(files)} file{'s' * (len(files) != 1)}, {format_bytes(total)}: {', '.join(parts)}"
+    return f"{_count(len(files), 'file')}, {format_bytes(total)}: {', '.join(parts)}"
+
+
+def _count(n: int, noun: str) -> str:
+    """``1 file``, ``2 files``, ``0 files``."""
+    return f"{n} {noun}{'s' * (n != 1)}"
 
 
 def _timing_text(result: Any) -> str:
@@ -171,6 +268,10 @@ def load_record(result: Any, title: str = "") -> Record:
     facts = [("repo", pin.repo_id if pin.kind != "local" else "(local folder)"), ("commit", None),
              ("class", result.plan.model_class), ("dtype", result.dtype),
              ("files", _files_text(result.files)), ("time", _timing_text(result))]
+    if result.plan.quantization is not None:
+        from hf_notebook.core.quant import describe
+
+        facts.insert(4, ("quantization", describe(result.plan.quantization)))
     if result.code_files:
         facts.append(("remote code", ", ".join(f"{n} (sha256 {h[:12]}…)" for n, h in sorted(result.code_files.items()))))
     if result.edits:
@@ -180,14 +281,13 @@ def load_record(result: Any, title: str = "") -> Record:
         facts.append(("offload folder", result.offload_folder))
     facts = [(k, v) for k, v in facts if v != ""]
     line = W.load_line(result)
-    html_facts = [(k, _pin_html(pin) if k == "commit" else escape(v)) for k, v in facts]
+    html_facts = [(k, _pin_html(pin) if k == "commit" else _h(v)) for k, v in facts]
     html = _box(
         f"<b style='{_OK}'>✓</b> <b>{escape(head)}</b>",
         _facts_html(html_facts) + _groups_html(result.placement, result.plan.module_bytes)
         + _devices_html(result.placement)
-        + f"<div style='{_MUTED}'>load it again:</div><pre style='margin:0;white-space:pre-wrap;{_CODE}'>"
-          f"{escape(line)}</pre>",
-        border="#2e7d32")
+        + f"<div style='{_MUTED}'>load it again:</div>{copy_line_html(line)}",
+        border=_RULE_OK)
     text_facts = [(k, _pin_text(pin) if k == "commit" else v) for k, v in facts]
     text = "\n".join([f"✓ {head}"] + _text_facts(text_facts) + [""] + _groups_text(result.placement) + [""]
                      + _devices_text(result.placement) + ["", "load it again:", f"  {line}"])
@@ -197,6 +297,10 @@ def load_record(result: Any, title: str = "") -> Record:
 def plan_record(plan: Any) -> Record:
     """A plan: source, checkpoint facts, findings, the planned groups and bytes against the budget."""
     facts = [("source", plan.source or "(not loaded)"), ("class", plan.model_class), ("dtype", plan.dtype)]
+    if plan.quantization is not None:
+        from hf_notebook.core.quant import describe
+
+        facts.append(("quantization", describe(plan.quantization)))
     if plan.edits:
         facts.append(("device map", f"edited by hand ({len(plan.edits)} change{'s' * (len(plan.edits) != 1)}); "
                                     "%load_model of this plan uses it"))
@@ -210,8 +314,8 @@ def plan_record(plan: Any) -> Record:
     placement = plan.placement()
     html = _box(
         f"<b>Plan for <code style='{_CODE}'>{escape(plan.source or plan.model_class)}</code></b>",
-        _facts_html([(k, escape(v)) for k, v in facts])
-        + "".join(f"<div style='{_SEVERITY.get(f.severity, '')}'>{escape(W.finding_text(f))}</div>" for f in findings)
+        _facts_html([(k, _h(v)) for k, v in facts])
+        + "".join(f"<div style='{_SEVERITY.get(f.severity, '')}'>{_h(W.finding_text(f))}</div>" for f in findings)
         + _groups_html(placement, plan.module_bytes) + _devices_html(placement, plan.budget))
     text = "\n".join([f"Plan for {plan.source or plan.model_class}"] + _text_facts(facts)
                      + [W.finding_text(f) for f in findings] + [""] + _groups_text(placement) + [""]
@@ -231,8 +335,9 @@ def models_record(entries: Sequence[tuple[str, Any]]) -> Record:
     rows = [[name, W.pinned_name(r.pin.repo_id, r.pin.sha), r.plan.model_class, r.dtype]
             + [format_bytes(r.placement.bytes_by_device[d]) if r.placement.bytes_by_device.get(d) else ""
                for d in devices] for name, r in entries]
-    cells = [[escape(c) if i != 1 else f"<code>{escape(c)}</code>" for i, c in enumerate(row)] for row in rows]
-    html = f"<div class='{CLASS}'>{_table_html(header, cells, numeric_from=4)}</div>"
+    cells = [[_cell_code(c) if i == 1 else _camel(c) if i == 2 else _h(c) for i, c in enumerate(row)]
+             for row in rows]
+    html = f"<div class='{CLASS}' style='max-width:100%'>{_table_html(header, cells, numeric_from=4)}</div>"
     return Record(html, "\n".join(_text_table(header, rows, numeric_from=4, indent="")))
 
 
@@ -247,7 +352,7 @@ def unload_record(report: Any) -> Record:
     if report.still_referenced:
         lines.append("Something else still references the model (a list, a closure, a traceback): "
                      "memory comes back once that reference is dropped.")
-    html = _box(f"<b>{escape(lines[0])}</b>", "".join(f"<div>{escape(x)}</div>" for x in lines[1:]))
+    html = _box(f"<b>{_h(lines[0])}</b>", "".join(f"<div>{_h(x)}</div>" for x in lines[1:]))
     return Record(html, "\n".join(lines))
 
 
@@ -264,8 +369,8 @@ def stopped_record(state: Any) -> Record:
         lines.append(("files", f"{len(files)} complete: {', '.join(files)}"))
     style = _WARN if cancelled else _DANGER
     mark = "■" if cancelled else "✗"
-    html = _box(f"<b style='{style}'>{mark} {escape(head)}</b>", _facts_html([(k, escape(v)) for k, v in lines]),
-                border="#c35a00" if cancelled else "#d32f2f")
+    html = _box(f"<b style='{style}'>{mark} {_h(head)}</b>", _facts_html([(k, _h(v)) for k, v in lines]),
+                border=_RULE_WARN if cancelled else _RULE_DANGER)
     text = "\n".join([f"{mark} {head}"] + _text_facts(lines))
     return Record(html, text)
 
@@ -274,18 +379,19 @@ def save_record(saved: Any) -> Record:
     """A finished save: folder, source, dtype, files with sizes and sha256, manifest hash, the line to load it."""
     head = f"saved {saved.name + ' ' if saved.name else ''}to {saved.folder}"
     facts = [("source", saved.source), ("dtype", saved.dtype),
-             ("files", f"{len(saved.files)} files, {format_bytes(saved.nbytes)}"
+             ("files", f"{_count(len(saved.files), 'file')}, {format_bytes(saved.nbytes)}"
                        + (" (replaced the old folder)" if saved.replaced else "")),
              ("time", W.format_seconds(saved.seconds)), ("manifest", f"sha256 {saved.manifest_sha256[:16]}…")]
     rows = [[f.name, format_bytes(f.size), f.sha256[:16] + "…"] for f in saved.files]
     line = f"%load_model {W.quote_arg(saved.folder)} --as {saved.name or 'model'}"
-    html = _box(f"<b style='{_OK}'>✓</b> <b>{escape(head)}</b>",
-                _facts_html([(k, escape(v)) for k, v in facts])
+    html = _box(f"<b style='{_OK}'>✓</b> <b>{_h(head)}</b>",
+                _facts_html([(k, _h(v)) for k, v in facts])
                 + "<details><summary>files</summary>"
-                + _table_html(["file", "size", "sha256"], [[f"<code>{escape(a)}</code>", escape(b), f"<code>{escape(c)}</code>"]
-                                                           for a, b, c in rows], numeric_from=1)
-                + f"</details><div style='{_MUTED}'>load it:</div><pre style='margin:0;white-space:pre-wrap;{_CODE}'>"
-                  f"{escape(line)}</pre>", border="#2e7d32")
+                + _table_html(["file", "size", "sha256"],
+                              [[_cell_code(a), _h(b), _cell_code(c, breakable=True)] for a, b, c in rows],
+                              numeric_from=1)
+                + f"</details><div style='{_MUTED}'>load it:</div>{copy_line_html(line)}",
+                border=_RULE_OK)
     text = "\n".join([f"✓ {head}"] + _text_facts(facts) + [""] + _text_table(["file", "size", "sha256"], rows, 1)
                      + ["", "load it:", f"  {line}"])
     return Record(html, text)
@@ -298,7 +404,7 @@ def push_record(pushed: Any) -> Record:
         files = f"{len(pushed.files)} in one commit; large files through Xet storage (only new content is sent)"
     else:
         sent, large = len(pushed.uploaded), len([f for f in pushed.files if f.endswith(".safetensors")])
-        files = (f"{len(pushed.files)} in one commit; {sent} large file{'s' * (sent != 1)} uploaded"
+        files = (f"{len(pushed.files)} in one commit; {_count(sent, 'large file')} uploaded"
                  + (", the others were already on the Hub" if sent < large else ""))
     facts = [("commit", pushed.commit_sha), ("url", pushed.pr_url or pushed.commit_url), ("files", files),
              ("time", W.format_seconds(pushed.seconds))]
@@ -307,12 +413,12 @@ def push_record(pushed: Any) -> Record:
     if pushed.card_written:
         facts.append(("model card", "README.md written (base model, source commit, dtype)"))
     line = pushed.load_line
-    html = _box(f"<b style='{_OK}'>✓</b> <b>{escape(head)}</b>",
-                _facts_html([(k, f"<a href='{escape(v)}' target='_blank'>{escape(v)}</a>" if k == "url"
-                              else f"<code style='{_CODE}'>{escape(v)}</code>" if k == "commit" else escape(v))
+    html = _box(f"<b style='{_OK}'>✓</b> <b>{_h(head)}</b>",
+                _facts_html([(k, f"<a href='{escape(v)}' target='_blank'>{_h(v)}</a>" if k == "url"
+                              else f"<code style='{_CODE}'>{escape(v)}</code>" if k == "commit" else _h(v))
                              for k, v in facts])
-                + f"<div style='{_MUTED}'>load it back:</div><pre style='margin:0;white-space:pre-wrap;{_CODE}'>"
-                  f"{escape(line)}</pre>", border="#2e7d32")
+                + f"<div style='{_MUTED}'>load it back:</div>{copy_line_html(line)}",
+                border=_RULE_OK)
     text = "\n".join([f"✓ {head}"] + _text_facts(facts) + ["", "load it back:", f"  {line}"])
     return Record(html, text)
 
@@ -321,12 +427,13 @@ def lock_record(path: Any, entries: dict) -> Record:
     """``%lock``: one row per entry."""
     if not entries:
         text = f"The lock file {path} has no entries yet: every %load_model of a Hub model adds one."
-        return Record(f"<div class='{CLASS}'><i>{escape(text)}</i></div>", text)
+        return Record(f"<div class='{CLASS}' style='{_WRAP}'><i>{escape(text)}</i></div>", text)
     header = ["repo@revision", "sha", "class", "dtype", "files", "bytes"]
     rows = [[key, e["sha"], e.get("class", ""), e.get("dtype", ""), str(len(e.get("files", {}))),
              format_bytes(sum(f["size"] for f in e.get("files", {}).values()))] for key, e in sorted(entries.items())]
-    cells = [[f"<code>{escape(c)}</code>" if i in (0, 1) else escape(c) for i, c in enumerate(r)] for r in rows]
-    html = (f"<div class='{CLASS}'><div style='{_MUTED}'>lock file {escape(str(path))}</div>"
+    cells = [[_cell_code(c) if i in (0, 1) else _h(c) for i, c in enumerate(r)] for r in rows]
+    html = (f"<div class='{CLASS}' style='max-width:100%'>"
+            f"<div style='{_MUTED};{_WRAP}'>lock file {_h(str(path))}</div>"
             f"{_table_html(header, cells, numeric_from=4)}</div>")
     return Record(html, "\n".join([f"lock file {path}"] + _text_table(header, rows, numeric_from=4, indent="")))
 
@@ -338,10 +445,12 @@ def lock_check_record(path: Any, rows: Sequence[Any]) -> Record:
               r.cache_note] for r in rows]
     bad = [r for r in rows if not r.ok]
     head = f"{len(rows) - len(bad)} of {len(rows)} entries as locked" + (f"; {len(bad)} need attention" if bad else "")
-    cells = [[escape(c) if (r.ok or i < 2) else f"<span style='{_DANGER}'>{escape(c)}</span>" for i, c in enumerate(row)]
+    cells = [[_h(c) if (r.ok or i < 2) else f"<span style='{_DANGER}'>{_h(c)}</span>" for i, c in enumerate(row)]
              for row, r in zip(table, rows)]
-    html = (f"<div class='{CLASS}'><div><b style='{_OK if not bad else _DANGER}'>{escape(head)}</b> "
-            f"<span style='{_MUTED}'>({escape(str(path))})</span></div>{_table_html(header, cells, numeric_from=9)}</div>")
+    html = (f"<div class='{CLASS}' style='max-width:100%'>"
+            f"<div style='{_WRAP}'><b style='{_OK if not bad else _DANGER}'>{_h(head)}</b> "
+            f"<span style='{_MUTED}'>({_h(str(path))})</span></div>"
+            f"{_table_html(header, cells, numeric_from=9)}</div>")
     return Record(html, "\n".join([head] + _text_table(header, table, numeric_from=9, indent="")))
 
 
@@ -350,13 +459,13 @@ def export_record(exported: Any) -> Record:
     spec = f"{exported.repo_id}@{exported.sha}"
     head = f"exported {spec} to {exported.folder}"
     fetched = len(exported.downloaded)
-    facts = [("layout", exported.layout), ("files", f"{len(exported.files)} files, {format_bytes(exported.nbytes)}; "
-                                                    + (f"{fetched} downloaded, the rest from the cache" if fetched
-                                                       else "all from the cache")),
+    facts = [("layout", exported.layout),
+             ("files", f"{_count(len(exported.files), 'file')}, {format_bytes(exported.nbytes)}; "
+                       + (f"{fetched} downloaded, the rest from the cache" if fetched else "all from the cache")),
              ("time", W.format_seconds(exported.seconds)), ("manifest", "hf_notebook.manifest.json (size, sha256)")]
     line = (f"%load_model {W.quote_arg(exported.folder)} --as model" if exported.layout == "folder"
             else f"HF_HUB_CACHE={exported.folder} HF_HUB_OFFLINE=1, then %load_model {spec} --offline")
-    html = _box(f"<b style='{_OK}'>✓</b> <b>{escape(head)}</b>", _facts_html([(k, escape(v)) for k, v in facts])
-                + f"<div style='{_MUTED}'>on the other host:</div><pre style='margin:0;white-space:pre-wrap;{_CODE}'>"
-                  f"{escape(line)}</pre>", border="#2e7d32")
+    html = _box(f"<b style='{_OK}'>✓</b> <b>{_h(head)}</b>", _facts_html([(k, _h(v)) for k, v in facts])
+                + f"<div style='{_MUTED}'>on the other host:</div>{copy_line_html(line)}",
+                border=_RULE_OK)
     return Record(html, "\n".join([f"✓ {head}"] + _text_facts(facts) + ["", "on the other host:", f"  {line}"]))

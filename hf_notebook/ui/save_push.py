@@ -20,10 +20,11 @@ import ipywidgets as W
 
 from hf_notebook.core.events import FileProgress
 from hf_notebook.core.units import format_bytes
+from hf_notebook.ui.record import html_text
 
 _MUTED = "color:var(--jp-ui-font-color2,#666)"
-_DANGER = "color:#b71c1c"
-_OK = "color:#2e7d32"
+_DANGER = "color:#e53935;color:var(--jp-error-color1,#e53935)"  # plain first: sanitized output drops var()
+_OK = "color:#388e3c;color:var(--jp-success-color0,#388e3c)"
 _WIDE = W.Layout(flex="1 1 16em", min_width="10em")
 
 
@@ -129,12 +130,13 @@ class SavePushPanel:
             bar.value = min(float(event.done), total)
             if finished:
                 bar.bar_style = "success"
-            info.value = f"{format_bytes(event.done)} of {format_bytes(event.total)}" if event.total else ""
+            info.value = html_text(f"{format_bytes(event.done)} of {format_bytes(event.total)}") if event.total else ""
 
     def _bar(self, name: str):
-        bar = W.FloatProgress(min=0.0, max=1.0, value=0.0, layout=W.Layout(flex="1 1 30%"))
-        info = W.HTML(layout=W.Layout(flex="1 1 25%"))
-        label = W.HTML(f"<code>{escape(name)}</code>", layout=W.Layout(flex="1 1 35%", overflow="hidden"))
+        bar = W.FloatProgress(min=0.0, max=1.0, value=0.0, layout=W.Layout(flex="1 1 10em", min_width="6em"))
+        info = W.HTML(layout=W.Layout(flex="1 1 12em"))
+        label = W.HTML(f"<code style='overflow-wrap:anywhere'>{escape(name)}</code>",
+                       layout=W.Layout(flex="1 1 14em", min_width="0"))
         self.bars[name] = (bar, info)
         self.files.children = self.files.children + (W.HBox([label, bar, info], layout=W.Layout(flex_flow="row wrap")),)
         return bar, info

@@ -162,7 +162,7 @@ class LoadState:
         if not self.shards:
             return ""
         done, count, nbytes, total = self.load_totals()
-        return f"{done}/{count} shards  {format_bytes(nbytes)} / {format_bytes(total)}"
+        return f"{done}/{count} shard{'s' * (count != 1)}  {format_bytes(nbytes)} / {format_bytes(total)}"
 
     def download_text(self) -> str:
         done, total, cached = self.download_totals()

@@ -85,7 +85,7 @@ class TextRenderer:
             self._done_shards.add(event.index)
             return [
                 f"  loaded shard {event.index + 1}/{event.count} {event.shard}"
-                f" ({event.tensors_total} tensors, {format_bytes(event.bytes_total)})"
+                f" ({event.tensors_total} tensor{'s' * (event.tensors_total != 1)}, {format_bytes(event.bytes_total)})"
             ]
         if isinstance(event, StageDone):
             lines = self._finished_files(only=None) if event.stage == "fetch" else []

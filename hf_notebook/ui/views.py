@@ -17,6 +17,7 @@ from typing import Any, Mapping, Optional
 import ipywidgets as W
 
 from hf_notebook.core.units import device_sort_key, format_bytes
+from hf_notebook.ui.record import html_text
 from hf_notebook.ui.words import device_title
 
 __all__ = [
@@ -29,9 +30,11 @@ __all__ = [
     "memory_figure",
 ]
 
-_MUTED = "color:var(--jp-ui-font-color2,#666)"
-_DANGER = "color:#b71c1c"
-_MONO = "font-family:var(--jp-code-font-family,monospace)"
+# The theme's colours with fallbacks that read on light and dark backgrounds (see hf_notebook.ui.record).
+_MUTED = "color:var(--jp-ui-font-color2,#777)"
+_DANGER = "color:#e53935;color:var(--jp-error-color1,#e53935)"
+_MONO = "font-family:var(--jp-code-font-family,monospace);white-space:nowrap"  # sizes: number and unit together
+_NAME = "overflow-wrap:anywhere"  # a long module name wraps in its column instead of being cut
 
 
 # -- shared pieces ------------------------------------------------------------------------
@@ -123,7 +126,8 @@ class GroupRow:
                                           layout=W.Layout(width="28px", padding="0"))
             self.toggle.on_click(lambda _: self.expand(not self.expanded))
         count = f" <span style='{_MUTED}'>({len(self.members)} modules)</span>" if self.members else ""
-        self.name = W.HTML(f"<code>{escape(group.label)}</code>{count}", layout=W.Layout(width="60%"))
+        self.name = W.HTML(f"<code style='{_NAME}'>{escape(group.label)}</code>{count}",
+                           layout=W.Layout(width="60%", min_width="0"))
         self.size = W.HTML(f"<span style='{_MONO}'>{escape(format_bytes(group.nbytes))}</span>")
         self.widget = W.VBox([W.HBox([lead, self.name, self.size]), self.member_box])
 
@@ -135,7 +139,8 @@ class GroupRow:
         """Show (build on first use) or hide the member rows."""
         if show and not self.member_box.children:
             self.member_box.children = tuple(
-                W.HBox([W.HTML(f"<code>{escape(name)}</code>", layout=W.Layout(width="60%")),
+                W.HBox([W.HTML(f"<code style='{_NAME}'>{escape(name)}</code>",
+                               layout=W.Layout(width="60%", min_width="0")),
                         W.HTML(f"<span style='{_MONO}'>{escape(self.member_size_text(nbytes))}</span>")])
                 for name, nbytes in self.members
             )
@@ -156,8 +161,8 @@ class DeviceSection:
         self.usage, self.device, self.rows = usage, usage.device, rows
         style = _DANGER if usage.over else ""
         self.header = W.HTML(
-            f"<b>{escape(device_title(self.device))}</b> <span style='{style}'>{escape(usage.amount_text())}</span>"
-            f" <span style='{_MUTED}'>· {len(rows)} group{'s' * (len(rows) != 1)}</span>"
+            f"<b>{escape(device_title(self.device))}</b> <span style='{style}'>{html_text(usage.amount_text())}</span>"
+            f" <span style='{_MUTED};white-space:nowrap'>· {len(rows)} group{'s' * (len(rows) != 1)}</span>"
         )
         self.widget = W.VBox([self.header] + [r.widget for r in rows], layout=W.Layout(margin="4px 0"))
 
@@ -239,8 +244,8 @@ class MemoryView(_View):
                               bar_style="danger" if u.over else "",
                               layout=W.Layout(width="40%", visibility="visible" if u.budget is not None else "hidden"))
         style = _DANGER if u.over else ""
-        label = W.HTML(f"<span style='{style}'>{escape(u.amount_text())}</span>"
-                       f"<br><span style='{_MUTED};font-size:90%'>{escape(u.split_text())}</span>",
+        label = W.HTML(f"<span style='{style}'>{html_text(u.amount_text())}</span>"
+                       f"<br><span style='{_MUTED};font-size:90%'>{html_text(u.split_text())}</span>",
                        layout=W.Layout(width="40%"))
         self.bars[u.device], self.labels[u.device] = bar, label
         return W.HBox([W.HTML(escape(device_title(u.device)), layout=W.Layout(width="20%")), bar, label])

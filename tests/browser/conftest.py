@@ -3,6 +3,8 @@
 Playwright's sync API must be started here (a conftest), not in a test module; see
 ``/work/shared/notes/browser-tests.md`` for the recipe and the kernel-idle race. ``LabPage`` (the
 ``notebook`` fixture) opens a notebook and waits for a really idle kernel, runs all cells, saves.
+The same server also serves Jupyter Notebook 7 (``/tree``, ``/notebooks/<path>``) where it is installed:
+``Notebook7Page`` (the ``notebook7`` fixture) drives a notebook there.
 """
 
 import json
@@ -38,6 +40,10 @@ class Lab:
         where = f"workspaces/{workspace}/" if workspace else ""
         return f"http://127.0.0.1:{self.port}/lab/{where}tree/{path}?token={self.token}"
 
+    def notebook7_url(self, path: str) -> str:
+        """``path`` in Jupyter Notebook 7 (the same server, where the notebook package is installed)."""
+        return f"http://127.0.0.1:{self.port}/notebooks/{path}?token={self.token}"
+
 
 def isolated_jupyter_env(home: Path) -> dict[str, str]:
     """Jupyter and IPython folders under ``home``; Lab without its news toast, every cell in the DOM."""
@@ -47,6 +53,11 @@ def isolated_jupyter_env(home: Path) -> dict[str, str]:
     settings = Path(env["JUPYTERLAB_SETTINGS_DIR"])
     write_settings(settings, "apputils-extension/notification", {"fetchNews": "false"})
     write_settings(settings, "notebook-extension/tracker", {"windowingMode": "none"})
+    # Notebook 7's pages get window.jupyterapp too (Lab's come from --expose-app-in-browser).
+    config = Path(env["JUPYTER_CONFIG_DIR"])
+    config.mkdir(parents=True, exist_ok=True)
+    notebook7 = {"JupyterNotebookApp": {"expose_app_in_browser": True}}
+    (config / "jupyter_server_config.json").write_text(json.dumps(notebook7))
     return env
 
 
@@ -94,7 +105,7 @@ def browser(lab, tmp_path_factory):
         context.close()
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def artifacts() -> Path:
     """The git-ignored folder for screenshots."""
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
@@ -182,3 +193,50 @@ class LabPage:
 @pytest.fixture
 def notebook(page, lab) -> LabPage:
     return LabPage(page, lab)
+
+
+class Notebook7Page(LabPage):
+    """The same driving as ``LabPage``, in Jupyter Notebook 7: one notebook per page, no status bar."""
+
+    def open(self, path: str) -> None:
+        """Open ``path`` and return once its kernel is connected and idle (the app's own state, not the toolbar)."""
+        self.page.goto(self.lab.notebook7_url(path))
+        self.page.wait_for_function(
+            "path => window.jupyterapp?.shell.currentWidget?.context?.path === path", arg=path, timeout=60_000)
+        panel_id = self.page.evaluate("""async () => {
+            const panel = window.jupyterapp.shell.currentWidget;
+            await panel.context.ready;
+            await panel.sessionContext.ready;
+            return panel.id;
+        }""")
+        self.panel = self.page.locator(f"[id='{panel_id}']")
+        self.page.wait_for_function("""() => {
+            const kernel = window.jupyterapp.shell.currentWidget.sessionContext.session?.kernel;
+            return kernel?.connectionStatus === 'connected' && kernel?.status === 'idle';
+        }""", timeout=60_000, polling=200)
+
+
+def notebook7_version() -> str:
+    """The installed notebook package's version, or "" without it."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("notebook")
+    except PackageNotFoundError:
+        return ""
+
+
+@pytest.fixture
+def notebook7(page, lab) -> Notebook7Page:
+    found = notebook7_version()
+    if int((found or "0").split(".")[0]) < 7:
+        pytest.skip(f"Jupyter Notebook 7 is not installed (notebook {found or 'missing'}): pip install 'notebook>=7'")
+    return Notebook7Page(page, lab)
+
+
+@pytest.fixture(scope="module")
+def module_notebook(browser, lab) -> LabPage:
+    """A ``LabPage`` on a page of its own that a module's tests share (one notebook run, several checks)."""
+    page = browser.new_page()
+    yield LabPage(page, lab)
+    page.close()

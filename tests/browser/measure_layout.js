@@ -1,0 +1,183 @@
+// Runs in the page (test_layouts_lab.py): every layout and legibility problem in a notebook's outputs.
+// Returns {problems: [{kind, cell, owner, what}], lowest, records, outputWidth, height}, where kind is
+//   overflow  something reaches past the output area's right edge (or a record is wider than its box)
+//   scroll    something is only seen by scrolling a box sideways
+//   clipped   something is cut off by overflow:hidden or an ellipsis
+//   pre       a %load_model line to copy does not fit its <pre>, cannot be selected, copies back other than it
+//             reads, or is cut inside a short token (--dtype, @device_map.json) instead of at a space
+//   size      a size (717 B, 65.5 kB) is broken between its number and its unit
+//   contrast  text whose contrast with what it is drawn on is below minContrast (disabled controls excepted)
+// owner: 'record' (inside .hf-notebook-record), 'widget' (inside a widget view) or 'other'; cell: the first
+// line of the cell's input.
+([panelId, minContrast]) => {
+  const panel = document.getElementById(panelId);
+  const problems = [];
+  const reported = new Set();
+  const cellOf = (el) =>
+    (el.closest(".jp-Cell")?.querySelector(".jp-InputArea-editor")?.textContent || "").trim().split("\n")[0];
+  const ownerOf = (el) =>
+    el.closest(".hf-notebook-record") ? "record" : el.closest(".jupyter-widgets") ? "widget" : "other";
+  const say = (kind, el, what) => {
+    reported.add(el);
+    problems.push({ kind, what, cell: cellOf(el), owner: ownerOf(el) });
+  };
+  const inReported = (el) => {
+    for (let e = el.parentElement; e; e = e.parentElement) if (reported.has(e)) return true;
+    return false;
+  };
+  const label = (el) => {
+    const cls = typeof el.className === "string" ? el.className.trim().split(/\s+/).slice(0, 3).join(" ") : "";
+    const text = (el.innerText || el.textContent || "").trim().replace(/\s+/g, " ").slice(0, 60);
+    return `<${el.tagName.toLowerCase()}${cls ? ` class="${cls}"` : ""}> "${text}"`;
+  };
+  const visible = (el) => {
+    const r = el.getBoundingClientRect();
+    return r.width > 0 && r.height > 0 && getComputedStyle(el).visibility !== "hidden";
+  };
+  const onOneLine = (range) =>
+    new Set([...range.getClientRects()].filter((q) => q.width > 0).map((q) => Math.round(q.top))).size <= 1;
+  const rangeOf = (node, start, length) => {
+    const range = document.createRange();
+    range.setStart(node, start);
+    range.setEnd(node, start + length);
+    return range;
+  };
+  const FORM = ".widget-dropdown, .widget-button, .jupyter-button, .widget-text, .widget-password, "
+    + ".widget-checkbox, .widget-hprogress, select, input, button";
+  panel.querySelectorAll("details").forEach((d) => { d.open = true; }); // the member lists too
+
+  // colours: rgb()/rgba()/color(srgb ...), composited over every background behind, through opacity
+  const parse = (c) => {
+    const m = (c.match(/[\d.]+/g) || [0, 0, 0, 0]).map(Number);
+    const k = c.startsWith("color(") ? 255 : 1;
+    return [m[0] * k, m[1] * k, m[2] * k, m.length > 3 ? m[3] : 1];
+  };
+  const over = (top, under) => [0, 1, 2].map((i) => top[i] * top[3] + under[i] * (1 - top[3])).concat(1);
+  const background = (el) => {
+    const layers = [];
+    for (let e = el; e; e = e.parentElement) {
+      const c = parse(getComputedStyle(e).backgroundColor);
+      if (c[3] > 0) layers.push(c);
+      if (c[3] >= 1) break;
+    }
+    return layers.reverse().reduce((under, top) => over(top, under), [255, 255, 255, 1]);
+  };
+  const opacity = (el) => {
+    let o = 1;
+    for (let e = el; e && e !== panel; e = e.parentElement) o *= Number(getComputedStyle(e).opacity);
+    return o;
+  };
+  const luminance = (c) => {
+    const [r, g, b] = c.slice(0, 3).map((v) => {
+      v /= 255;
+      return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4;
+    });
+    return 0.2126 * r + 0.7152 * g + 0.0722 * b;
+  };
+  const contrast = (a, b) => {
+    const [x, y] = [luminance(a), luminance(b)].sort((p, q) => q - p);
+    return (x + 0.05) / (y + 0.05);
+  };
+  let lowest = 99;
+  const SIZE = /\d[\d.,]*[ \u00a0](?:B|kB|MB|GB|TB)\b/g;
+  const outputs = [...panel.querySelectorAll(".jp-OutputArea-output")].filter(visible);
+
+  for (const out of outputs) {
+    const box = out.getBoundingClientRect();
+    const scroller = (el) => {
+      for (let e = el.parentElement; e && e !== out; e = e.parentElement) {
+        if (["auto", "scroll"].includes(getComputedStyle(e).overflowX)) return e;
+      }
+      return null;
+    };
+    for (const el of out.querySelectorAll("*")) {
+      if (!visible(el)) continue;
+      const r = el.getBoundingClientRect();
+      const s = getComputedStyle(el);
+      // nothing past the output's right edge (inside a box that scrolls sideways: 'scroll', not 'overflow')
+      if (r.right > box.right + 1 && !inReported(el)) {
+        const sc = scroller(el);
+        if (sc && sc.getBoundingClientRect().right <= box.right + 1) {
+          if (!reported.has(sc)) {
+            say("scroll", sc, `${label(sc)} scrolls: ${sc.clientWidth} of ${sc.scrollWidth} px shown`);
+          }
+        } else {
+          say("overflow", el, `${label(el)} ends ${Math.round(r.right - box.right)} px past the output `
+            + `(${Math.round(box.width)} px wide)`);
+        }
+      }
+      if (["auto", "scroll"].includes(s.overflowX) && el.scrollWidth > el.clientWidth + 1
+          && !reported.has(el) && !inReported(el)) {
+        say("scroll", el, `${label(el)} scrolls: ${el.clientWidth} of ${el.scrollWidth} px shown`);
+      }
+      if ((["hidden", "clip"].includes(s.overflowX) || s.textOverflow === "ellipsis")
+          && el.scrollWidth > el.clientWidth + 1 && !el.closest(FORM)) {
+        say("clipped", el, `${label(el)} shows ${el.clientWidth} of ${el.scrollWidth} px`);
+      }
+    }
+    for (const rec of out.querySelectorAll(".hf-notebook-record")) {
+      if (rec.scrollWidth > rec.clientWidth + 1 && !reported.has(rec)) {
+        say("overflow", rec, `record is ${rec.scrollWidth} px in a ${rec.clientWidth} px box`);
+      }
+    }
+    // the line to copy: fits its <pre>, selectable, copies back as one line, wraps at spaces
+    for (const pre of out.querySelectorAll("pre")) {
+      if (!pre.textContent.startsWith("%load_model")) continue;
+      if (pre.scrollWidth > pre.clientWidth + 1 || pre.getBoundingClientRect().right > box.right + 1) {
+        say("pre", pre, `load line needs ${pre.scrollWidth} px, shows ${pre.clientWidth}`);
+      }
+      if (getComputedStyle(pre).userSelect === "none") say("pre", pre, "the load line cannot be selected");
+      const all = document.createRange();
+      all.selectNodeContents(pre);
+      const selection = window.getSelection();
+      selection.removeAllRanges();
+      selection.addRange(all);
+      const copied = selection.toString();
+      selection.removeAllRanges();
+      if (copied.trim() !== pre.textContent.trim() || copied.includes("\n")) {
+        say("pre", pre, `copies as ${JSON.stringify(copied)}`);
+      }
+      const texts = document.createTreeWalker(pre, NodeFilter.SHOW_TEXT);
+      for (let node = texts.nextNode(); node; node = texts.nextNode()) {
+        for (const m of node.textContent.matchAll(/(?<!\S)\S{2,19}(?!\S)/g)) { // whole tokens under 20 characters
+          if (!onOneLine(rangeOf(node, m.index, m[0].length))) {
+            say("pre", pre, `"${m[0]}" is cut in two in the load line "${pre.textContent.slice(0, 60)}..."`);
+          }
+        }
+      }
+    }
+    // sizes on one line; contrast of every piece of text
+    const texts = document.createTreeWalker(out, NodeFilter.SHOW_TEXT);
+    for (let node = texts.nextNode(); node; node = texts.nextNode()) {
+      const el = node.parentElement;
+      if (!node.textContent.trim() || !visible(el) || el.closest("select, option, style, script")) continue;
+      for (const m of node.textContent.matchAll(SIZE)) {
+        if (!onOneLine(rangeOf(node, m.index, m[0].length))) {
+          say("size", el, `"${m[0]}" breaks across lines in ${label(el)}`);
+        }
+      }
+      const fg = parse(getComputedStyle(el).color);
+      const bg = background(el);
+      fg[3] *= opacity(el);
+      const ratio = contrast(over(fg, bg), bg);
+      const disabled = !!el.closest(":disabled, .mod-disabled"); // WCAG exempts controls that are off
+      if (!disabled) lowest = Math.min(lowest, ratio);
+      if (ratio < minContrast && !disabled) {
+        say("contrast", el, `${label(el)}: ${getComputedStyle(el).color} on rgb(${bg.slice(0, 3).map(Math.round)}) `
+          + `is ${ratio.toFixed(2)}:1`);
+      }
+    }
+  }
+  const records = {};
+  for (const rec of panel.querySelectorAll(".jp-OutputArea-output .hf-notebook-record")) {
+    records[cellOf(rec)] = (records[cellOf(rec)] || 0) + 1;
+  }
+  const scrollers = [...panel.querySelectorAll(".jp-WindowedPanel-outer, .jp-Notebook")];
+  return {
+    problems,
+    lowest,
+    records,
+    outputWidth: Math.round(Math.max(...outputs.map((o) => o.getBoundingClientRect().width))),
+    height: Math.max(...scrollers.map((e) => e.scrollHeight)),
+  };
+}

@@ -1,0 +1,216 @@
+"""Records and panels at wide, medium, narrow and phone widths, in the light and the dark theme, in a real JupyterLab.
+
+One notebook runs once: a load that offloads, a second load, a plan with its figure, ``%models``, the device-map
+editor (its Export line shown), the save panel after a Save, and a load panel that has not finished. Then, for
+each theme and width, the page is measured in the browser:
+
+- nothing in an output reaches past the output area's right edge, nothing is cut by a hidden overflow, and
+  nothing needs sideways scrolling (only at phone width may a table scroll inside its own box);
+- each ``%load_model org/name@<sha> ...`` line wraps inside its ``<pre>``, can be selected, and copies back as
+  the one line it is;
+- a size (``717 B``, ``65.5 kB``) never breaks between its number and its unit;
+- text reads: its contrast with what it is drawn on is at least ``MIN_CONTRAST``.
+
+The records are then opened from a copy of the notebook that is not trusted (as a file from a colleague or a
+download is), where JupyterLab sanitizes their HTML, and measured again. Screenshots go to artifacts/browser/
+(``layout-*.png``); with ``HF_NOTEBOOK_DOCS=1`` the README's pictures are written to docs/ as well.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from pathlib import Path
+
+import pytest
+
+expect = pytest.importorskip("playwright.sync_api", reason="the playwright Python package is not installed").expect
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+RECORD = ".hf-notebook-record"
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+LIGHT, DARK = "JupyterLab Light", "JupyterLab Dark"
+# name: (viewport width, file browser open). 'narrow' is the reported case: Lab beside its file browser, an
+# output about 380 px wide; 'phone' (about 280 px) is narrower than any table of numbers can be.
+LAYOUTS = {"wide": (1280, True), "medium": (700, False), "narrow": (750, True), "phone": (400, False)}
+SCROLL_ALLOWED = {"phone"}  # where a table may scroll sideways inside its own box (nothing may stick out)
+MIN_CONTRAST = 3.0  # WCAG's floor for large text; black text on the dark theme is about 1.1, #b71c1c 2.9
+DOCS = Path(__file__).resolve().parents[2] / "docs"
+DOCS_MAX_BYTES = 150_000
+
+LOAD = "%load_model tiny/llama --max-memory cpu=300KB --as model"
+SMALL = "%load_model tiny/llama --as small"
+PLAN = "%plan_model tiny/mixtral --max-memory cpu=400KB --plot"
+MODELS = "%models"
+EDITOR = "%edit_device_map model"
+SAVE = "%save_model model"
+LIVE = """\
+# a load panel that has not finished: a cached file, a download under way, a shard loading
+from hf_notebook.core.events import FileProgress, Resolved, ShardProgress, StageDone, StageStarted
+from hf_notebook.ui.progress import LoadPanel
+
+live = LoadPanel()
+live.display()
+SHA = "0123456789abcdef" * 2 + "01234567"
+for event in [StageStarted("resolve", "tiny/llama"), Resolved("tiny/llama", None, SHA, "branch"),
+              StageDone("resolve", 0.1), StageStarted("config"), FileProgress("config.json", 717, 717, cached=True),
+              StageDone("config", 0.1), StageStarted("fetch"),
+              FileProgress("generation_config.json", 137, 137, cached=True),
+              FileProgress("model-00001-of-00002.safetensors", 400_000_000, 1_000_000_000),
+              FileProgress("model-00002-of-00002.safetensors", 0, 717_000_000), StageDone("fetch", 3.0),
+              StageStarted("load"), ShardProgress("model-00001-of-00002.safetensors", 0, 2, 7, 7, 700, 700)]:
+    live(event)"""
+LIVE_CELL = LIVE.splitlines()[0]
+SOURCES = ["%load_ext hf_notebook", LOAD, SMALL, PLAN, MODELS, EDITOR, SAVE, LIVE]
+RECORD_CELLS = {LOAD: 1, SMALL: 1, PLAN: 1, MODELS: 1, EDITOR: 1, SAVE: 1}  # records each cell ends with
+
+# Runs in the page: every problem in the notebook's outputs (see the file for the kinds).
+MEASURE = (Path(__file__).parent / "measure_layout.js").read_text(encoding="utf-8")
+
+
+def set_theme(page, theme: str) -> None:
+    page.evaluate("t => window.jupyterapp.commands.execute('apputils:change-theme', {theme: t})", theme)
+    page.wait_for_function("t => document.body.dataset.jpThemeName === t", arg=theme, timeout=30_000)
+    page.wait_for_timeout(300)  # the theme's stylesheet applied
+
+
+def set_layout(page, width: int, file_browser: bool, height: int = 900) -> None:
+    page.set_viewport_size({"width": width, "height": height})
+    page.evaluate("open => open ? window.jupyterapp.shell.expandLeft('filebrowser') "
+                  ": window.jupyterapp.shell.collapseLeft()", file_browser)
+    page.wait_for_timeout(250)  # Lab's panels laid out again
+
+
+def measure(notebook) -> dict:
+    return notebook.page.evaluate(MEASURE, [notebook.panel.get_attribute("id"), MIN_CONTRAST])
+
+
+def measure_every_layout(notebook, artifacts: Path, tag: str, themes=(LIGHT, DARK)) -> dict:
+    """{(theme, layout): measurements}; a screenshot of the whole notebook for each."""
+    page, found = notebook.page, {}
+    for theme in themes:
+        set_theme(page, theme)
+        for layout, (width, file_browser) in LAYOUTS.items():
+            set_layout(page, width, file_browser)
+            found[theme, layout] = measure(notebook)
+            # the whole notebook in one picture: a viewport as tall as its content
+            set_layout(page, width, file_browser, height=min(found[theme, layout]["height"] + 160, 9000))
+            notebook.panel.evaluate("panel => panel.querySelectorAll('.jp-WindowedPanel-outer, .jp-Notebook')"
+                                    ".forEach(e => { e.scrollTop = 0; })")
+            page.screenshot(path=artifacts / f"layout-{tag}-{theme.split()[-1].lower()}-{layout}.png")
+    return found
+
+
+def click_and_wait(cell, button: str, text: str) -> None:
+    cell.locator(".jp-OutputArea .jupyter-widgets").first.get_by_role("button", name=button).click()
+    expect(cell).to_contain_text(text, timeout=60_000)
+
+
+def docs_screenshots(notebook) -> list[Path]:
+    """The README's pictures, each cropped to its panel: load record, plan with its figure, editor, save panel."""
+    page = notebook.page
+    set_layout(page, 1000, False, height=2000)
+    DOCS.mkdir(exist_ok=True)
+    shots = {
+        "load-record.png": [notebook.code_cell(LOAD).locator(RECORD)],
+        "plan-with-plot.png": [notebook.code_cell(PLAN).locator(RECORD),
+                               notebook.code_cell(PLAN).locator(".jp-OutputArea img")],
+        "device-map-editor.png": [notebook.code_cell(EDITOR).locator(".jp-OutputArea .jupyter-widgets").first],
+        "save-panel.png": [notebook.code_cell(SAVE).locator(".jp-OutputArea .jupyter-widgets").first,
+                           notebook.code_cell(SAVE).locator(RECORD)],
+    }
+    written = []
+    for name, parts in shots.items():
+        parts[0].evaluate("el => el.scrollIntoView({block: 'start'})")
+        page.wait_for_timeout(200)
+        boxes = [p.bounding_box() for p in parts]
+        left, top = min(b["x"] for b in boxes) - 4, min(b["y"] for b in boxes) - 4
+        right, bottom = max(b["x"] + b["width"] for b in boxes) + 4, max(b["y"] + b["height"] for b in boxes) + 1
+        path = DOCS / name
+        page.screenshot(path=path, clip={"x": left, "y": top, "width": right - left, "height": bottom - top})
+        assert path.stat().st_size < DOCS_MAX_BYTES, f"{path} is {path.stat().st_size} bytes"
+        written.append(path)
+    return written
+
+
+@pytest.fixture(scope="module")
+def rendered(module_notebook, lab, tiny_hub, artifacts):
+    """The notebook run once and measured in every theme and layout, trusted and (reopened) untrusted."""
+    notebook, page, found = module_notebook, module_notebook.page, {}
+    try:
+        notebook.open(notebook.write(f"layouts-{secrets.token_hex(3)}.ipynb", SOURCES))
+        notebook.run_all()
+        click_and_wait(notebook.code_cell(SAVE), "Save", "✓ saved to")
+        if os.environ.get("HF_NOTEBOOK_DOCS") == "1":
+            docs_screenshots(notebook)
+        click_and_wait(notebook.code_cell(EDITOR), "Export", "load it with")
+        found["trusted"] = measure_every_layout(notebook, artifacts, "trusted")
+
+        # The same outputs in a file Lab has not signed: their HTML is sanitized (and no widget can show).
+        set_layout(page, 1280, True)
+        nb = notebook.save()
+        for cell in nb["cells"]:
+            cell["outputs"] = [o for o in cell.get("outputs", []) if WIDGET_VIEW not in o.get("data", {})]
+        nb["metadata"].pop("widgets", None)
+        nb["metadata"].pop("signature", None)
+        untrusted = f"untrusted-{secrets.token_hex(3)}.ipynb"
+        (lab.root_dir / untrusted).write_text(json.dumps(nb), encoding="utf-8")
+        notebook.open(untrusted)
+        assert page.evaluate("() => window.jupyterapp.shell.currentWidget.content.model.cells.get(1).trusted") is False
+        found["untrusted"] = measure_every_layout(notebook, artifacts, "untrusted")
+        yield found
+    finally:
+        set_theme(page, LIGHT)  # the theme is a user setting, kept by the server: later tests get the light one
+        set_layout(page, 1280, True)
+
+
+def problems(found: dict, *, owners: set[str], cells: set[str] | None = None,
+             scroll_allowed: set[str] = SCROLL_ALLOWED) -> list[str]:
+    """Every problem of these owners (record, widget) and cells, but sideways scrolling where it is allowed."""
+    out = []
+    for (theme, layout), m in found.items():
+        for p in m["problems"]:
+            if p["owner"] not in owners or (cells is not None and p["cell"] not in cells):
+                continue
+            if p["kind"] == "scroll" and layout in scroll_allowed:
+                continue
+            out.append(f"{theme}, {layout} ({m['outputWidth']} px output) [{p['kind']}] {p['cell']}: {p['what']}")
+    return out
+
+
+def summary(found: dict) -> str:
+    return "; ".join(f"{t.split()[-1]} {layout}: {m['outputWidth']} px, lowest contrast {m['lowest']:.1f}"
+                     for (t, layout), m in found.items())
+
+
+def test_records_fit_wrap_and_read_at_every_width_in_both_themes(rendered):
+    found = rendered["trusted"]
+    for m in found.values():
+        assert {cell: m["records"].get(cell, 0) for cell in RECORD_CELLS} == RECORD_CELLS
+    widths = {layout: m["outputWidth"] for (theme, layout), m in found.items()}
+    assert widths["phone"] < 300 < widths["narrow"] <= 400 < widths["medium"] < widths["wide"], widths
+    bad = problems(found, owners={"record"}) + problems(found, owners={"widget"}, cells={LIVE_CELL})
+    assert not bad, f"{len(bad)} problems:\n" + "\n".join(bad) + f"\n({summary(found)})"
+
+
+def test_untrusted_records_fit_wrap_and_read_too(rendered):
+    """JupyterLab's sanitizer keeps few styles (no var(), no overflow-wrap:anywhere): still nothing sticks out or
+    is cut, and everything reads; a wide table may scroll in its box from the narrow width down."""
+    found = rendered["untrusted"]
+    for m in found.values():
+        assert {cell: m["records"].get(cell, 0) for cell in RECORD_CELLS} == RECORD_CELLS
+    bad = problems(found, owners={"record", "other"}, scroll_allowed={"narrow", "phone"})
+    assert not bad, f"{len(bad)} problems:\n" + "\n".join(bad) + f"\n({summary(found)})"
+
+
+def test_editor_and_save_panels_fit_and_read(rendered):
+    found = rendered["trusted"]
+    bad = [p for p in problems(found, owners={"widget"}, cells={EDITOR, SAVE}) if "[pre]" not in p]
+    assert not bad, f"{len(bad)} problems:\n" + "\n".join(bad)
+
+
+def test_editor_export_line_wraps_at_spaces(rendered):
+    bad = [p for p in problems(rendered["trusted"], owners={"widget"}, cells={EDITOR}) if "[pre]" in p]
+    assert not bad, f"{len(bad)} problems:\n" + "\n".join(bad)
