@@ -31,6 +31,9 @@ def tiny_hub(work: Path):
 
     Commit shas differ on every start, so the Hub cache under ``work`` is emptied as well.
     """
+    from hf_notebook.core.quiet import import_transformers
+
+    import_transformers()  # without optional backends' import chatter
     from hf_notebook.testing.hub import HubServer, RepoStore
     from hf_notebook.testing.models import publish_tiny_models
 

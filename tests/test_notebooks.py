@@ -205,3 +205,12 @@ def test_quickstart_is_saved_without_run_outputs():
     unchecked = [c for c in code_cells(nb) if "NBVAL_CHECK_OUTPUT" not in c.source]
     assert "widgets" not in nb.metadata
     assert all(not c.outputs and c.execution_count is None for c in unchecked)
+
+
+@pytest.mark.parametrize("name", [p.name for p in NOTEBOOKS])
+def test_no_library_chatter_is_saved(executed, name):
+    """Expected messages of the libraries (offloading notices, optional kernels they cannot load) are not
+    saved as red stderr blocks that read like errors: the records say what happened."""
+    nb, _, _ = executed[name]
+    chatter = [(c.source[:60], o.text[:200]) for c in code_cells(nb) for o in c.outputs if o.get("name") == "stderr"]
+    assert not chatter, chatter

@@ -44,6 +44,11 @@ def quantization_config(quantize: Optional[str], *, compute_dtype: Optional[str]
         _need("bitsandbytes", quantize)
         from transformers import BitsAndBytesConfig
 
+        from .quiet import quiet_loggers
+
+        with quiet_loggers("bitsandbytes.backends.cpu.ops"):  # an optional faster CPU kernel it cannot fetch
+            import bitsandbytes  # noqa: F401
+
         if quantize == "8bit":
             if compute_dtype or double_quant or quant_type != "nf4":
                 raise OptionError("--bnb-compute-dtype, --bnb-quant-type and --double-quant are 4-bit settings.",
