@@ -9,6 +9,7 @@ The same server also serves Jupyter Notebook 7 (``/tree``, ``/notebooks/<path>``
 
 import json
 import os
+import re
 import secrets
 import shutil
 from dataclasses import dataclass
@@ -125,6 +126,8 @@ RUN_TIMEOUT_MS = 180_000  # a whole notebook of tiny loads
 class LabPage:
     """One Chromium page on the Lab: open a notebook, run it, save it, stop its kernel."""
 
+    shot_prefix = ""  # the same scenario in another front end: its files and screenshots get its name first
+
     def __init__(self, page: Any, lab: Lab):
         self.page, self.lab = page, lab
         self.panel = page.locator(".jp-NotebookPanel")  # narrowed to the opened notebook by open()
@@ -134,6 +137,11 @@ class LabPage:
         from playwright.sync_api import expect
 
         self.page.goto(self.lab.url(path, workspace=f"test-{secrets.token_hex(4)}"))
+        self._attach(path)
+        expect(self.page.locator("#jp-main-statusbar")).to_contain_text("Python 3 (ipykernel) | Idle", timeout=60_000)
+
+    def _attach(self, path: str) -> None:
+        """Wait until ``path`` is the app's current notebook with its context and session ready; keep its panel."""
         self.page.wait_for_function(
             "path => window.jupyterapp?.shell.currentWidget?.context?.path === path", arg=path, timeout=60_000)
         panel_id = self.page.evaluate("""async () => {
@@ -143,7 +151,6 @@ class LabPage:
             return panel.id;
         }""")
         self.panel = self.page.locator(f"[id='{panel_id}']")
-        expect(self.page.locator("#jp-main-statusbar")).to_contain_text("Python 3 (ipykernel) | Idle", timeout=60_000)
 
     def run_all(self, timeout_ms: int = RUN_TIMEOUT_MS) -> None:
         """Run every cell, as Run > Run All Cells does; fail with the stderr shown if a cell fails."""
@@ -189,6 +196,23 @@ class LabPage:
     def code_cells(self) -> Any:
         return self.panel.locator(".jp-Notebook .jp-CodeCell")
 
+    def run_new_cell(self, source: str) -> Any:
+        """Add a code cell at the end, run it (as Shift+Enter does) and return it once it has run."""
+        ok = self.page.evaluate("""async source => {
+            const app = window.jupyterapp, notebook = app.shell.currentWidget.content;
+            notebook.activeCellIndex = notebook.widgets.length - 1;
+            await app.commands.execute('notebook:insert-cell-below');
+            notebook.activeCell.model.sharedModel.setSource(source);
+            return await app.commands.execute('notebook:run-cell');
+        }""", source)
+        assert ok is True, f"the new cell failed: {source!r}"
+        return self.code_cell(source)
+
+    def text_field(self, within: Any, description: str) -> Any:
+        """The ``<input>`` of an ipywidgets Text inside ``within`` whose label is ``description``."""
+        label = self.page.locator("label", has_text=re.compile(rf"^{re.escape(description)}$"))
+        return within.locator(".widget-text").filter(has=label).locator("input")
+
 
 @pytest.fixture
 def notebook(page, lab) -> LabPage:
@@ -198,18 +222,12 @@ def notebook(page, lab) -> LabPage:
 class Notebook7Page(LabPage):
     """The same driving as ``LabPage``, in Jupyter Notebook 7: one notebook per page, no status bar."""
 
+    shot_prefix = "notebook7-"
+
     def open(self, path: str) -> None:
         """Open ``path`` and return once its kernel is connected and idle (the app's own state, not the toolbar)."""
         self.page.goto(self.lab.notebook7_url(path))
-        self.page.wait_for_function(
-            "path => window.jupyterapp?.shell.currentWidget?.context?.path === path", arg=path, timeout=60_000)
-        panel_id = self.page.evaluate("""async () => {
-            const panel = window.jupyterapp.shell.currentWidget;
-            await panel.context.ready;
-            await panel.sessionContext.ready;
-            return panel.id;
-        }""")
-        self.panel = self.page.locator(f"[id='{panel_id}']")
+        self._attach(path)
         self.page.wait_for_function("""() => {
             const kernel = window.jupyterapp.shell.currentWidget.sessionContext.session?.kernel;
             return kernel?.connectionStatus === 'connected' && kernel?.status === 'idle';
@@ -232,6 +250,12 @@ def notebook7(page, lab) -> Notebook7Page:
     if int((found or "0").split(".")[0]) < 7:
         pytest.skip(f"Jupyter Notebook 7 is not installed (notebook {found or 'missing'}): pip install 'notebook>=7'")
     return Notebook7Page(page, lab)
+
+
+@pytest.fixture(params=["lab", "notebook7"])
+def front_end(request) -> LabPage:
+    """A notebook page in JupyterLab 4, then in Jupyter Notebook 7: a panel's scenario runs in both."""
+    return request.getfixturevalue("notebook" if request.param == "lab" else "notebook7")
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""The device-map editor in a real JupyterLab: pick disk in one row's selector, Apply, and the model really moves.
+"""The device-map editor in a real JupyterLab (and Jupyter Notebook 7): pick disk in one row's selector, Apply, and the model really moves.
 
 The widget only forwards to the core; this checks the part unit tests cannot: that the rendered ``<select>``
 reaches the kernel, that Apply re-dispatches the loaded model there, and that the static record beside the
@@ -19,22 +19,9 @@ MODULE = "lm_head"  # its own row (not part of a range, not tied to the embeddin
 SOURCES = ["%load_ext hf_notebook", "%load_model tiny/llama --device-map cpu --as model", EDITOR_CELL]
 
 
-def run_new_cell(notebook, source: str):
-    """Add a code cell at the end, run it (as Shift+Enter does) and return it once it has run."""
-    ok = notebook.page.evaluate("""async source => {
-        const app = window.jupyterapp, notebook = app.shell.currentWidget.content;
-        notebook.activeCellIndex = notebook.widgets.length - 1;
-        await app.commands.execute('notebook:insert-cell-below');
-        notebook.activeCell.model.sharedModel.setSource(source);
-        return await app.commands.execute('notebook:run-cell');
-    }""", source)
-    assert ok is True, f"the new cell failed: {source!r}"
-    return notebook.code_cell(source)
-
-
-def test_editor_apply_moves_a_module_to_disk(notebook, artifacts):
-    page = notebook.page
-    notebook.open(notebook.write("editor_apply.ipynb", SOURCES))
+def test_editor_apply_moves_a_module_to_disk(front_end, artifacts):
+    notebook, page = front_end, front_end.page
+    notebook.open(notebook.write(f"{notebook.shot_prefix}editor_apply.ipynb", SOURCES))
     try:
         notebook.run_all()
         cell = notebook.code_cell(EDITOR_CELL)
@@ -69,7 +56,7 @@ def test_editor_apply_moves_a_module_to_disk(notebook, artifacts):
         expect(record).to_contain_text("re-dispatched")
 
         # And the model itself moved: ask the kernel.
-        printed = run_new_cell(notebook, "print(model.hf_device_map)").locator(".jp-OutputArea-output")
+        printed = notebook.run_new_cell("print(model.hf_device_map)").locator(".jp-OutputArea-output")
         expect(printed).to_contain_text(f"'{MODULE}': 'disk'")
         expect(printed).to_contain_text("'cpu'")  # the rest stayed
         expect(page.get_by_text("Error displaying widget")).to_have_count(0)
@@ -77,4 +64,4 @@ def test_editor_apply_moves_a_module_to_disk(notebook, artifacts):
         last = notebook.code_cells().last
         if last.count():
             last.evaluate("cell => cell.scrollIntoView({block: 'end'})")
-        page.screenshot(path=artifacts / "editor-applied.png")
+        page.screenshot(path=artifacts / f"{notebook.shot_prefix}editor-applied.png")

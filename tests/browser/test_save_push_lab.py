@@ -1,4 +1,4 @@
-"""The save and push panel in a real JupyterLab: a token typed into its password field pushes to a stand-in
+"""The save and push panel in a real JupyterLab (and Jupyter Notebook 7): a token typed into its password field pushes to a stand-in
 that requires it, the record beside the panel shows the commit, and the token is in neither the page's
 field nor the notebook file Lab saves.
 
@@ -8,7 +8,6 @@ this test. The kernels have no token of their own (the plugin unsets ``HF_TOKEN`
 only one there is.
 """
 
-import re
 import secrets
 
 import pytest
@@ -23,16 +22,10 @@ SOURCES = ["%load_ext hf_notebook", "%load_model tiny/llama --device-map cpu --a
 PUSH_TIMEOUT_MS = 60_000
 
 
-def text_field(panel, page, description: str):
-    """The ``<input>`` of the panel's ipywidgets Text whose label is ``description``."""
-    label = page.locator("label", has_text=re.compile(rf"^{re.escape(description)}$"))
-    return panel.locator(".widget-text").filter(has=label).locator("input")
-
-
-def test_panel_pushes_with_a_typed_token_and_forgets_it(notebook, hub_server, hub_store, hub_token, artifacts):
-    page = notebook.page
+def test_panel_pushes_with_a_typed_token_and_forgets_it(front_end, hub_server, hub_store, hub_token, artifacts):
+    notebook, page = front_end, front_end.page
     repo_id = f"user/panel-push-{secrets.token_hex(4)}"
-    path = notebook.write("save_push_panel.ipynb", SOURCES)
+    path = notebook.write(f"{notebook.shot_prefix}save_push_panel.ipynb", SOURCES)
     notebook.open(path)
     try:
         notebook.run_all()
@@ -43,7 +36,7 @@ def test_panel_pushes_with_a_typed_token_and_forgets_it(notebook, hub_server, hu
         expect(cell).to_contain_text("nothing saved or pushed yet")
         expect(cell).not_to_contain_text("Error displaying widget")
 
-        repo = text_field(panel, page, "repo")
+        repo = notebook.text_field(panel, "repo")
         token = panel.locator("input[type='password']")
         push = panel.get_by_role("button", name="Push")
         expect(repo).to_have_count(1)
@@ -73,7 +66,7 @@ def test_panel_pushes_with_a_typed_token_and_forgets_it(notebook, hub_server, hu
         expect(panel.locator(".widget-hprogress, .progress-bar")).to_have_count(0)  # no bar left behind
         assert hub_token not in page.content()
 
-        # Save with Ctrl+S, as a user would, and read the file Lab wrote.
+        # Save with Ctrl+S, as a user would, and read the file the server wrote.
         saved = notebook.lab.root_dir / path
         cell.locator(".jp-InputPrompt").click()  # focus the notebook (command mode), not a widget's input
         page.keyboard.press("Control+s")
@@ -87,4 +80,4 @@ def test_panel_pushes_with_a_typed_token_and_forgets_it(notebook, hub_server, hu
         cell = notebook.code_cell(PANEL_CELL)
         if cell.count():
             cell.evaluate("cell => cell.scrollIntoView({block: 'end'})")
-        page.screenshot(path=artifacts / "save-push-panel.png")
+        page.screenshot(path=artifacts / f"{notebook.shot_prefix}save-push-panel.png")
