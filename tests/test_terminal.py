@@ -65,22 +65,17 @@ def assert_progress_and_record(lines: list[str], sha: str, again: str) -> None:
     assert lines[i + 1] == f"  {again}"
 
 
-def test_tty_shows_progress_lines_then_the_text_record(child_env, tiny_hub, tmp_path):
-    sha = tiny_hub["llama"].commits["main"]
-    env = {**child_env, "TERM": "xterm-256color", "PROMPT_TOOLKIT_NO_CPR": "1"}  # no cursor-position query to answer
+def tty_output(env: dict, cwd, lines: list[str]) -> str:
+    """Type ``lines`` into terminal IPython through a pseudo-terminal; what the last one printed, raw."""
+    env = {**env, "TERM": "xterm-256color", "PROMPT_TOOLKIT_NO_CPR": "1"}  # no cursor-position query to answer
     child = pexpect.spawn(sys.executable, ["-m", "IPython", "--no-banner", "--colors=NoColor"], env=env,
-                          cwd=str(tmp_path), dimensions=(50, 200), timeout=TIMEOUT, encoding="utf-8",
+                          cwd=str(cwd), dimensions=(50, 200), timeout=TIMEOUT, encoding="utf-8",
                           codec_errors="replace")
     try:
-        child.expect_exact("In [1]:")
-        child.sendline("%load_ext hf_notebook")
-        child.expect_exact("In [2]:")
-        # transformers' optional imports (torchao, where installed) write to stderr once, on first import:
-        # here, not in the middle of the load's live line
-        child.sendline("import transformers.modeling_utils")
-        child.expect_exact("In [3]:")
-        child.sendline("%load_model tiny/llama --as m")
-        child.expect_exact("In [4]:")
+        for number, line in enumerate(lines, 1):
+            child.expect_exact(f"In [{number}]:")
+            child.sendline(line)
+        child.expect_exact(f"In [{len(lines) + 1}]:")
         drawn = child.before
         child.sendline("exit")
         child.expect(pexpect.EOF)
@@ -90,7 +85,15 @@ def test_tty_shows_progress_lines_then_the_text_record(child_env, tiny_hub, tmp_
     # everything in between is the magic's own output.
     start, end = drawn.rfind("\x1b[?2004l"), drawn.rfind("\x1b[?2004h")
     assert 0 <= start < end, f"no prompt_toolkit input/prompt boundary found in {drawn!r}"
-    output = drawn[start + len("\x1b[?2004l"):end]
+    return drawn[start + len("\x1b[?2004l"):end]
+
+
+def test_tty_shows_progress_lines_then_the_text_record(child_env, tiny_hub, tmp_path):
+    sha = tiny_hub["llama"].commits["main"]
+    # transformers' optional imports (torchao, where installed) write to stderr once, on first import:
+    # here, not in the middle of the load's live line
+    output = tty_output(child_env, tmp_path, ["%load_ext hf_notebook", "import transformers.modeling_utils",
+                                              "%load_model tiny/llama --as m"])
     assert not ANSI.search(output) and "\x1b" not in output, f"escape sequence in hf_notebook's output: {output!r}"
     assert not CONTROL.search(output), f"control character in hf_notebook's output: {output!r}"
     lines = screen_lines(output)
@@ -128,24 +131,9 @@ def test_pipe_gets_plain_lines_only(child_env, tiny_hub, tmp_path):
 def test_tty_plan_plot_is_saved_as_a_png_whose_path_is_printed(child_env, tiny_hub, tmp_path):
     """A terminal cannot show an image: the figure goes to a PNG file and the path is printed, not the repr of an
     IPython Image object (which is what a terminal prints for a display() of one)."""
-    env = {**child_env, "TERM": "xterm-256color", "PROMPT_TOOLKIT_NO_CPR": "1"}
-    child = pexpect.spawn(sys.executable, ["-m", "IPython", "--no-banner", "--colors=NoColor"], env=env,
-                          cwd=str(tmp_path), dimensions=(50, 200), timeout=TIMEOUT, encoding="utf-8",
-                          codec_errors="replace")
-    try:
-        child.expect_exact("In [1]:")
-        child.sendline("%load_ext hf_notebook")
-        child.expect_exact("In [2]:")
-        child.sendline("%plan_model tiny/mixtral --max-memory cpu=400KB --plot")
-        child.expect_exact("In [3]:")
-        drawn = child.before
-        child.sendline("exit")
-        child.expect(pexpect.EOF)
-    finally:
-        child.close(force=True)
-    start, end = drawn.rfind("\x1b[?2004l"), drawn.rfind("\x1b[?2004h")
-    assert 0 <= start < end, f"no prompt_toolkit input/prompt boundary found in {drawn!r}"
-    text = "\n".join(screen_lines(drawn[start + len("\x1b[?2004l"):end]))
+    output = tty_output(child_env, tmp_path, ["%load_ext hf_notebook",
+                                              "%plan_model tiny/mixtral --max-memory cpu=400KB --plot"])
+    text = "\n".join(screen_lines(output))
     assert "Plan for tiny/mixtral" in text and "disk (offload)" in text  # the plan's text record, as today
     assert "<IPython.core.display.Image object>" not in text, text
     paths = re.findall(r"(\S+\.png)\b", text)
