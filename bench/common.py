@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import resource
 import shutil
+import statistics
+import time
 from pathlib import Path
 
 
@@ -69,3 +71,14 @@ def children_cpu() -> float:
     """CPU seconds this process's finished children used."""
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
+
+
+def print_footer(others: list[float], misses: int, started: float) -> None:
+    """How busy other processes kept the machine during the runs, and the verdict."""
+    if others:
+        busy, worst = statistics.mean(others), max(others)
+        print(f"\nother processes kept {busy:.2f} of {os.cpu_count()} cores busy on average during the runs "
+              f"(worst run {worst:.2f})" + ("; wall times are disturbed: trust 'cpu x' (CPU time ratio) more"
+                                             if busy > 0.2 else ""))
+    verdict = "all targets met" if not misses else f"{misses} target(s) missed"
+    print(f"\n{verdict}; bench took {time.perf_counter() - started:.0f} s")

@@ -38,7 +38,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import build_tiny, busy_seconds, children_cpu, random_llama, save_built
+from common import build_tiny, busy_seconds, children_cpu, print_footer, random_llama, save_built
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -338,13 +338,7 @@ def main() -> None:
                   ", ".join(heavy) or "none", "none", not heavy)
         if already:
             print(f"{'':{INFO}}(note: {', '.join(already)} already imported by IPython itself)")
-    if runner.others:
-        busy, worst = statistics.mean(runner.others), max(runner.others)
-        print(f"\nother processes kept {busy:.2f} of {os.cpu_count()} cores busy on average during the runs "
-              f"(worst run {worst:.2f})" + ("; wall times are disturbed: trust 'cpu x' (CPU time ratio) more"
-                                             if busy > 0.2 else ""))
-    verdict = "all targets met" if not table.misses else f"{table.misses} target(s) missed"
-    print(f"\n{verdict}; bench took {time.perf_counter() - started:.0f} s")
+    print_footer(runner.others, table.misses, started)
 
 
 if __name__ == "__main__":
