@@ -191,7 +191,8 @@ class HFNotebook(Magics):
         if path is None or key is None or result.pin.kind == "local":
             return
         entries = lock.read(path)
-        old, new = entries.get(key), lock.entry_for(result)
+        old = entries.get(key)
+        new = lock.entry_for(result, old)
         new["revision"] = key.rsplit("@", 1)[1]
         if old is not None and old["sha"] != new["sha"] and not update:
             print(f"Note: the lock file pins {key} to {old['sha'][:12]}; this load used {new['sha'][:12]} "

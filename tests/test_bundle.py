@@ -101,8 +101,8 @@ def test_hashes_are_checked_once(exported, shell, monkeypatch):
     folder, _ = exported
     shell.run_line_magic("load_model", f"{folder} --as m")
     calls = []
-    real = bundle.hashlib.sha256
-    monkeypatch.setattr(bundle.hashlib, "sha256", lambda *a: calls.append(1) or real(*a))
+    real = bundle.digest_of
+    monkeypatch.setattr(bundle, "digest_of", lambda *a: calls.append(1) or real(*a))
     shell.run_line_magic("load_model", f"{folder} --as again")
     assert calls == []  # sizes checked again, contents remembered
 

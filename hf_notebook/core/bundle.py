@@ -13,7 +13,6 @@ plain local load).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -25,6 +24,7 @@ from typing import Any, Optional
 
 from .errors import HfNotebookError, LoadError, OptionError
 from .events import FileProgress, OnEvent, emit
+from .integrity import digest_of, recorded_sha256
 from .save import MANIFEST
 
 OTHER_WEIGHTS = (".bin", ".pt", ".pth", ".h5", ".msgpack", ".gguf", ".onnx", ".ckpt", ".ot", ".tflite")
@@ -80,7 +80,7 @@ def export_bundle(spec: str, folder: str | os.PathLike, *, layout: str = "folder
         if fetched:
             downloaded.append(name)
         emit(on_event, FileProgress(name, os.path.getsize(path), os.path.getsize(path), cached=not fetched))
-    files = {n: {"size": os.path.getsize(p), "sha256": _sha256(p, resolution.file_hashes.get(n))}
+    files = {n: {"size": os.path.getsize(p), "sha256": recorded_sha256(p, resolution.file_hashes.get(n))}
              for n, p in sorted(paths.items())}
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.hf_notebook-", dir=target.parent))
@@ -138,16 +138,6 @@ def _cached_or_downloaded(resolution: Any, name: str, cache_dir, offline: bool, 
                                 f"{resolution.repo_id} --revision {resolution.sha}`.", missing=[name])
     return Path(hf_hub_download(resolution.repo_id, name, revision=resolution.sha, cache_dir=cache_dir,
                                 token=token)), True
-
-
-def _sha256(path: Path, known: Optional[str]) -> str:
-    """The Hub's sha256 for LFS files (or a blob named by it); small files are hashed."""
-    if known:
-        return known
-    blob = os.path.basename(os.path.realpath(path))
-    if len(blob) == 64 and all(c in "0123456789abcdef" for c in blob):
-        return blob
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def _write_cache_tree(root: Path, resolution: Any, paths: dict) -> None:
@@ -227,12 +217,9 @@ def verify_folder(folder: Path, memo: Any = None) -> Optional[dict]:
         real = Path(os.path.realpath(path))
         if memo.knows(real, identity):
             continue
-        digest = hashlib.sha256()
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 22), b""):
-                digest.update(chunk)
-        if digest.hexdigest() != facts["sha256"]:
-            raise BundleError(f"{name} in {folder} is not the file the manifest lists (sha256 {digest.hexdigest()[:12]}…, "
+        digest = digest_of(path, "sha256")
+        if digest != facts["sha256"]:
+            raise BundleError(f"{name} in {folder} is not the file the manifest lists (sha256 {digest[:12]}…, "
                               f"expected {facts['sha256'][:12]}…): it was changed.",
                               hint="Copy the folder again from its source; nothing was loaded.")
         memo.add(real, identity)

@@ -21,7 +21,7 @@ from typing import Optional
 from .errors import LoadError, OfflineError, hub_failure
 from .events import FileProgress, OnEvent, emit
 from .headers import HeaderInfo
-from .integrity import default_memo, problem_with
+from .integrity import default_memo, digest_of, problem_with
 from .quiet import small_download_chunks
 from .resolve import Resolution
 
@@ -189,7 +189,7 @@ class LocalFiles(SourceFiles):
         return config
 
     def code_files(self) -> dict[str, str]:
-        return {p.name: _sha256_file(p) for p in sorted(self.folder.glob("*.py"))}
+        return {p.name: digest_of(p, "sha256") for p in sorted(self.folder.glob("*.py"))}
 
     def tokenizer_folder(self) -> Optional[Path]:
         return self.folder if any(is_tokenizer_file(p.name) for p in self.folder.iterdir()) else None
@@ -262,7 +262,7 @@ class HubFiles(SourceFiles):
             names = sorted(p.name for p in snapshot.glob("*.py")) if snapshot.is_dir() else []
         paths = {n: self._get(n) for n in sorted(names)}
         self._raise_missing()
-        return {n: self.res.file_hashes.get(n) or _sha256_file(p) for n, p in paths.items() if p is not None}
+        return {n: self.res.file_hashes.get(n) or digest_of(p, "sha256") for n, p in paths.items() if p is not None}
 
     def tokenizer_folder(self) -> Optional[Path]:
         """Bring the tokenizer's files of the pinned sha into the snapshot; its folder, or None if it has none."""
@@ -393,12 +393,6 @@ def _in_parallel(get, names: list[str], max_workers: int, cancel: threading.Even
         raise
     pool.shutdown(wait=True)
     return results
-
-
-def _sha256_file(path: Path) -> str:
-    import hashlib
-
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def _discard(path: Path) -> None:

@@ -31,6 +31,16 @@ def digest_of(path: Path, kind: str) -> str:
     return h.hexdigest()
 
 
+def recorded_sha256(path: Path, known: Optional[str] = None) -> str:
+    """The sha256 a file goes by: ``known`` (the Hub's LFS metadata), the name of a cache blob named by it
+    (checked against its content once by :func:`problem_with`), else its content's, read."""
+    if known:
+        return known
+    blob = Path(os.path.realpath(path))
+    promise = expected_digest(blob)
+    return promise[1] if promise and promise[0] == "sha256" else digest_of(blob, "sha256")
+
+
 def expected_digest(blob: Path) -> Optional[tuple[str, str]]:
     """What a cache blob's name promises: ``("sha256", oid)``, ``("git-sha1", oid)``, or None."""
     if _SHA256.fullmatch(blob.name):

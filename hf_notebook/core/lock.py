@@ -9,7 +9,6 @@ local cache (files present, sizes, hashes).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from .errors import HfNotebookError, OptionError
+from .integrity import recorded_sha256
 
 FORMAT = "hf_notebook.lock/1"
 _SHA256 = 64
@@ -53,17 +53,20 @@ def write(path: str | os.PathLike, entries: dict[str, dict]) -> None:
     os.replace(tmp, path)
 
 
-def entry_for(result: Any) -> dict:
-    """The lock entry of a finished Hub load."""
+def entry_for(result: Any, previous: Optional[dict] = None) -> dict:
+    """The lock entry of a finished Hub load. Hashes ``previous`` (the entry being replaced) recorded for the same
+    sha and size are kept, so loading a locked model again reads no file to hash it."""
     import torch
     import transformers
 
     from hf_notebook import __version__
 
+    known = previous.get("files", {}) if previous and previous.get("sha") == result.pin.sha else {}
     files = {}
     for name, local in sorted(result.paths.items()):
         size = os.path.getsize(local)
-        files[name] = {"size": size, "sha256": result.hashes.get(name) or _sha256_of(local)}
+        same = known.get(name, {}).get("size") == size and known[name].get("sha256")
+        files[name] = {"size": size, "sha256": same or recorded_sha256(Path(local), result.hashes.get(name))}
     return {"repo": result.pin.repo_id, "revision": result.pin.revision or "main", "sha": result.pin.sha,
             "class": result.plan.model_class, "dtype": result.dtype, "files": files,
             "versions": {"hf_notebook": __version__, "transformers": transformers.__version__,
@@ -76,18 +79,6 @@ def _quantization(result: Any) -> dict:
     from .quant import as_dict
 
     return as_dict(result.plan.quantization)
-
-
-def _sha256_of(path: str) -> str:
-    """A small file's sha256 (weights get theirs from the Hub); a cache blob named by its sha256 is not read."""
-    blob = os.path.basename(os.path.realpath(path))
-    if len(blob) == _SHA256 and all(c in "0123456789abcdef" for c in blob):
-        return blob
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def changes(old: Optional[dict], new: dict) -> list[str]:
@@ -168,7 +159,7 @@ def _cache_state(entry: dict, cache_dir) -> str:
             missing.append(name)
         elif os.path.getsize(path) != facts["size"]:
             resized.append(name)
-        elif problem_with(Path(path), memo, facts["size"]) is not None or _sha256_of(path) != facts["sha256"]:
+        elif problem_with(Path(path), memo, facts["size"]) is not None or recorded_sha256(Path(path)) != facts["sha256"]:
             changed.append(name)
     for label, names in (("missing", missing), ("size differs", resized), ("hash differs", changed)):
         if names:

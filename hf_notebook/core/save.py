@@ -36,6 +36,7 @@ from . import libc
 from .dtypes import torch_dtype, torch_dtype_of_code
 from .errors import HfNotebookError, OptionError
 from .events import FileProgress, OnEvent, emit
+from .integrity import digest_of
 from .quiet import library_bars_off
 from .safetensors_io import write_all
 from .units import format_bytes
@@ -438,7 +439,7 @@ def _hashed(folder: Path, known: dict[str, str]) -> tuple[SavedFile, ...]:
     files = []
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         rel = path.relative_to(folder).as_posix()
-        digest = known.get(rel) or hashlib.sha256(path.read_bytes()).hexdigest()
+        digest = known.get(rel) or digest_of(path, "sha256")
         files.append(SavedFile(rel, path.stat().st_size, digest))
     return tuple(files)
 
