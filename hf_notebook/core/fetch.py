@@ -364,11 +364,12 @@ class HubFiles(SourceFiles):
     def _raise_missing(self) -> None:
         if self.missing:
             spec = f"{self.res.repo_id}@{self.res.sha}"
+            missing = sorted(self.missing)  # the fetch threads found them in any order: name them in a stable one
             raise OfflineError(
-                f"Offline, and {len(self.missing)} file(s) of {spec} are not in the cache: {', '.join(self.missing)}.",
+                f"Offline, and {len(missing)} file(s) of {spec} are not in the cache: {', '.join(missing)}.",
                 hint=f"On a machine with network run `%load_model {spec}` (or `hf download {self.res.repo_id} "
                 f"--revision {self.res.sha}`), then copy its HF_HOME cache folder here.",
-                missing=list(self.missing))
+                missing=missing)
 
 
 class Cancelled(BaseException):
