@@ -28,7 +28,7 @@ drift hits both alike. Targets:
   checkpoint the model holds them in), same names, same dtypes; for hf_notebook the manifest
   lists every file with its size and the sha256 of its bytes.
 
-    python bench/save.py [--repeat 3] [--only save,push] [--quick] [-v]
+    python bench/save.py [--repeat 3] [--only save,push] [--case cpu,disk,...] [--quick] [-v]
 
 The llama (hidden 1024, 18 layers, vocab 32000, untied, float32) is built once under
 build/bench/ and reused. ``--quick`` is a smoke test: one process per side and case.
@@ -455,6 +455,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeat", type=int, default=3, help="fresh processes per side and case (default 3)")
     parser.add_argument("--only", default="save,push", help="comma-separated subset of: save, push")
+    parser.add_argument("--case", default=",".join(c[0] for c in CASES),
+                        help=f"comma-separated save cases (default all: {', '.join(c[0] for c in CASES)})")
     parser.add_argument("--quick", action="store_true", help="a smoke test: one process per side and case")
     parser.add_argument("-v", "--verbose", action="store_true", help="print every run as it ends")
     args = parser.parse_args()
@@ -465,6 +467,9 @@ def main() -> None:
     only = set(args.only.split(","))
     if not only or only - {"save", "push"}:
         parser.error("--only takes save, push or both")
+    cases = [c for c in CASES if c[0] in args.case.split(",")]
+    if not cases or set(args.case.split(",")) - {c[0] for c in CASES}:
+        parser.error(f"--case takes some of: {', '.join(c[0] for c in CASES)}")
     started = time.perf_counter()
     folder = build_llama(ROOT / "build" / "bench" / f"llama-fp32-save-{LAYERS}l")
     tiny = build_tiny(ROOT / "build" / "bench" / "tiny-llama")
@@ -477,13 +482,13 @@ def main() -> None:
     table, checks, results = Table(), [], {}
     try:
         push_source = scratch / "push-source"
-        if "push" in only and "save" not in only:  # a saved folder to push, not measured
+        if "push" in only and ("save" not in only or "cpu" not in {c[0] for c in cases}):  # a folder to push
             runner.run(SAVE_CHILD, dict(case="cpu", which="hf_notebook", folder=str(folder), tiny=str(tiny),
                                         where="cpu", shard="50GB", dtype=None, cpu_budget=CPU_BUDGET,
                                         out=str(push_source), keep=True, scratch=str(scratch)))
         runner.others.clear()
         if "save" in only:
-            for case in CASES:
+            for case in cases:
                 keep = push_source if case[0] == "cpu" and "push" in only else None
                 results[case[0]] = save_runs(runner, case, folder, tiny, args.repeat, keep)
                 save_rows(table, case, *results[case[0]])

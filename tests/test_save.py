@@ -211,3 +211,41 @@ def test_small_chunks_through_the_buffer_ring_write_the_same_bytes(folders, tmp_
             theirs = tmp_path / f"theirs-{kwargs['device_map']}-{dtype}"
             (reference.to(torch.bfloat16) if dtype else reference).save_pretrained(theirs, max_shard_size=100_000)
             assert same_weights(mine, theirs), (kwargs, dtype)
+
+
+def manifest_is_true(folder):
+    listed = json.loads((folder / MANIFEST).read_text())["files"]
+    return all(facts == {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+               for name, facts in listed.items() for data in [(folder / name).read_bytes()])
+
+
+@pytest.mark.filterwarnings("ignore:Attempting to save a model with offloaded modules")
+@pytest.mark.skipif(not hasattr(os, "copy_file_range"), reason="copy_file_range is Linux's")
+@pytest.mark.parametrize("refusal", [None, errno.EXDEV, errno.EOPNOTSUPP])
+def test_offloaded_weights_are_copied_file_to_file_and_hashed_from_the_source(folders, tmp_path, monkeypatch,
+                                                                                refusal):
+    """Weights kept on disk go file to file inside the kernel, hashed from a mapping of their source; where
+    the kernel refuses (another file system, ...) they are read and written instead: same bytes, true hashes."""
+    copies = []
+    real = os.copy_file_range
+
+    def copy_file_range(src, dst, count, offset_src=None, offset_dst=None):
+        copies.append(count)
+        if refusal:
+            raise OSError(refusal, os.strerror(refusal))
+        return real(src, dst, count, offset_src, offset_dst)
+
+    monkeypatch.setattr(os, "copy_file_range", copy_file_range)
+    src = folders["llama"]
+    result = load_model(str(src), device_map="auto", max_memory={"cpu": 200_000})
+    on_disk = [t for t in result.model.state_dict().values() if t.device.type == "meta"]
+    mine = tmp_path / "mine"
+    save_model(result, mine, max_shard_size=100_000)
+    theirs = tmp_path / "theirs"
+    load_model(str(src), device_map="cpu").model.save_pretrained(theirs, max_shard_size=100_000)
+    assert same_weights(mine, theirs)
+    assert manifest_is_true(mine)
+    if refusal:
+        assert len(copies) == 1  # refused once, then never asked again
+    else:
+        assert sum(copies) == sum(t.numel() * t.element_size() for t in on_disk)
