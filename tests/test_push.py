@@ -2,6 +2,7 @@
 resume after an interrupted upload; the token checked first and never shown."""
 
 import json
+import os
 
 import pytest
 import torch
@@ -168,3 +169,38 @@ def work_dir(tmp_path):
     folder = tmp_path / "work"
     folder.mkdir()
     return folder
+
+
+def test_a_push_through_xet_reports_every_file(shell, tiny_hub, hf_cache, hub_server, hub_store, token, work_dir,
+                                               monkeypatch):
+    """With hf_xet on (the real Hub), weights go to Xet storage, which reads the files itself: the
+    per-file progress comes from its reports. Xet storage is replaced by an in-process stand-in that
+    reports as hf_xet does; the rest is huggingface_hub's own Xet path against the Hub stand-in."""
+    import huggingface_hub.constants
+    from huggingface_hub.utils import _xet
+
+    from hf_notebook.core.events import FileProgress
+    from hf_notebook.core.push import push_folder
+    from hf_notebook.testing.xet import XetSession
+
+    model = loaded(shell)
+    shell.run_line_magic("save_model", f"m {work_dir / 'out'} --max-shard-size 100KB")
+    xet = XetSession(hub_store)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_DISABLE_XET", False)
+    monkeypatch.setattr(_xet, "get_xet_session", lambda: xet)
+    hub_server.reset_counters()
+    events = []
+    pushed = push_folder(work_dir / "out", "user/via-xet", token=token, on_event=events.append)
+    shards = sorted(p.name for p in (work_dir / "out").iterdir() if p.suffix == ".safetensors")
+    assert sorted(os.path.basename(p) for p in xet.uploaded) == shards and not hub_server.lfs_uploads
+    assert xet.callbacks and None not in xet.callbacks
+    last = {}
+    for event in events:
+        if isinstance(event, FileProgress):
+            assert event.done >= last.get(event.filename, 0)  # monotonic per file
+            last[event.filename] = event.done
+    assert {n: last.get(n) for n in shards} == {n: (work_dir / "out" / n).stat().st_size for n in shards}
+    assert pushed.uploaded is None and _xet.get_xet_session() is xet  # the session is given back as it was
+    shell.run_line_magic("load_model", f"user/via-xet@{pushed.commit_sha} --device-map cpu --as back")
+    back = shell.user_ns["back"].state_dict()
+    assert all(torch.equal(back[k], v) for k, v in model.state_dict().items())

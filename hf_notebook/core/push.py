@@ -4,6 +4,7 @@ Uploads go through huggingface_hub (``create_commit``): weights as LFS objects (
 the real Hub), small files inline. A re-run uploads only the objects the Hub does not have yet
 (the LFS batch answer skips them), so an interrupted push resumes at file granularity. Hashes
 the folder's manifest already holds are handed to the client, so files are not read twice.
+Per-file progress comes from our file reader (LFS) or from hf_xet's own per-file reports (Xet).
 The token is checked (present, allowed to write, owner of the namespace) before any upload,
 and never appears in a result, an error or a repr: errors are rewritten with tokens masked.
 """
@@ -11,17 +12,18 @@ and never appears in a result, an error or a repr: errors are rewritten with tok
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import io
 import json
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 from .errors import AuthError, HfNotebookError, HubError, OptionError, hub_failure, redact
 from .events import FileProgress, OnEvent, emit
-from .quiet import library_bars_off
+from .quiet import library_bars_off, shared_setting
 from .save import MANIFEST
 
 
@@ -93,7 +95,7 @@ def push_folder(folder: str | os.PathLike, repo_id: str, *, private: bool = Fals
         if branch:
             api.create_branch(repo_id, branch=branch, exist_ok=True, token=token)
         operations, uploaded, card = _operations(folder, repo_id, on_event)
-        with library_bars_off():  # huggingface_hub's own upload bars: our events tell the progress
+        with library_bars_off(), _xet_file_progress(operations, on_event):  # our events tell the progress
             info = api.create_commit(repo_id, operations, revision=branch, create_pr=create_pr, token=token,
                                      commit_message=message or f"Upload {folder.name} with hf_notebook")
         sha = info.oid
@@ -114,6 +116,89 @@ def _through_xet() -> bool:
     from huggingface_hub.utils._runtime import is_xet_available
 
     return bool(is_xet_available())  # hf_xet installed and HF_HUB_DISABLE_XET unset
+
+
+_XET_REPORT: contextvars.ContextVar[Optional[Callable]] = contextvars.ContextVar("hf_notebook_xet", default=None)
+
+
+@contextlib.contextmanager
+def _xet_file_progress(operations: list, on_event: OnEvent | None) -> Iterator[None]:
+    """Per-file progress of an upload to Xet storage (the real Hub, hf_xet installed).
+
+    hf_xet reads the files itself, so our reader sees none of it; it reports each file's bytes to
+    its upload commit's ``progress_callback``, which huggingface_hub passes only while its own
+    bars are on (they are off: they would print under our panel). So the Xet session hands every
+    upload commit opened in this call a callback that turns those reports into our events.
+    """
+    if on_event is None or not _through_xet():
+        yield
+        return
+    try:
+        from huggingface_hub.utils import _xet
+    except ImportError:  # another huggingface_hub layout: the upload goes on without per-file progress
+        yield
+        return
+    name_of = _names_in_repo(operations)
+
+    def report(_group: Any, items: Any) -> None:
+        for item in (items or {}).values():
+            name = name_of(getattr(item, "item_name", ""))
+            if name is not None:
+                emit(on_event, FileProgress(name, int(item.bytes_completed), int(item.total_bytes)))
+
+    def wrap() -> None:
+        _xet.get_xet_session = _ReportingSessions(_xet.get_xet_session)
+
+    reset = _XET_REPORT.set(report)
+    try:
+        with shared_setting("xet-session", lambda: _xet.get_xet_session, wrap,
+                            lambda saved: setattr(_xet, "get_xet_session", saved)):
+            yield
+    finally:
+        _XET_REPORT.reset(reset)
+
+
+class _ReportingSessions:
+    """``get_xet_session`` whose sessions give each upload commit our report too (see above)."""
+
+    def __init__(self, get: Callable):
+        self._get = get
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return _ReportingSession(self._get(*args, **kwargs))
+
+
+class _ReportingSession:
+    def __init__(self, session: Any):
+        self._session = session
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._session, name)
+
+    def new_upload_commit(self, *args: Any, progress_callback: Optional[Callable] = None, **kwargs: Any) -> Any:
+        ours, theirs = _XET_REPORT.get(), progress_callback
+
+        def both(group: Any, items: Any) -> None:
+            ours(group, items)
+            if theirs is not None:
+                theirs(group, items)
+
+        return self._session.new_upload_commit(*args, progress_callback=both if ours else theirs, **kwargs)
+
+
+def _names_in_repo(operations: list) -> Callable[[str], Optional[str]]:
+    """hf_xet names a file by the path it was given: back to its path in the repo."""
+    by_path: dict[str, str] = {}
+    for op in operations:
+        if isinstance(op.path_or_fileobj, (str, os.PathLike)):
+            by_path[str(op.path_or_fileobj)] = op.path_in_repo
+            by_path[os.path.realpath(op.path_or_fileobj)] = op.path_in_repo
+
+    def name_of(item: str) -> Optional[str]:
+        item = str(item)
+        return by_path.get(item) or by_path.get(os.path.realpath(item)) if item else None
+
+    return name_of
 
 
 def _check_token(api: Any, repo_id: str, token: Any) -> None:
