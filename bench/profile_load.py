@@ -74,7 +74,7 @@ HF_TARGETS = [
     ("hf_notebook.core.load", "_shard_counters", "_shard_counters"),
     ("hf_notebook.core.headers", "local_headers", "local_headers"),
     ("hf_notebook.core.api", "_check_offload_space", "_check_offload_space"),
-    ("hf_notebook.core.api", "_rewrites_weights", "_rewrites_weights"),
+    ("hf_notebook.core.offloaded", "rewrites_weights", "rewrites_weights"),
     ("hf_notebook.core.load", "_fix_mmap_threshold", "pin mmap threshold"),
     ("hf_notebook.core.libc", "pin_mmap_threshold", "pin mmap threshold"),
     ("hf_notebook.core.load", "_dontneed", "madvise"),
@@ -453,10 +453,10 @@ def report_case(title: str, runs: dict) -> None:
     def shared(sp):  # steps that, cold, pay imports / first-call caches from_pretrained would pay anyway
         return sum(t for p, t in sp.items() if p in ("total/read config (AutoConfig)",
                                                       "total/plan_placement/model_class_for")
-                   or p.endswith("/_rewrites_weights"))
+                   or p.endswith("/rewrites_weights"))
     line("    of it, less the steps carrying shared first-call costs",
          *(per_run(rs, lambda sp: sp.get("total", 0.0) - fp_inside(sp) - shared(sp))
-           for rs in (ch_ours, ct_ours, w_ours)), "config read, model_class_for, _rewrites_weights")
+           for rs in (ch_ours, ct_ours, w_ours)), "config read, model_class_for, rewrites_weights")
     for stage in w_ours[0]["stages"]:
         vals = [statistics.median(r["stages"].get(stage, 0.0) for r in rs) for rs in (ch_ours, ct_ours, w_ours)]
         line(f"  stage {stage!r} (load_model's own timing)", *vals,
@@ -486,7 +486,7 @@ def report_case(title: str, runs: dict) -> None:
     item("    of which local_headers", leaf("local_headers", inside="_shard_counters"))
     print("  (c') offload folder check")
     item("  _check_offload_space", leaf("_check_offload_space"))
-    item("    of which _rewrites_weights (transformers' conversion mapping)", leaf("_rewrites_weights"),
+    item("    of which rewrites_weights (transformers' conversion mapping)", leaf("rewrites_weights"),
          "first call builds transformers' mapping, which from_pretrained then reuses")
     print("  (d) placement after load")
     item("  measure_placement", leaf("measure_placement"))

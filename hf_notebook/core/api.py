@@ -19,6 +19,7 @@ from typing import Any, Optional
 from .errors import HfNotebookError, LoadError, PlanError, wrapped
 from .events import Failed, OnEvent, Resolved, StageDone, StageStarted, emit
 from .fetch import Checkpoint, FileFacts, HubFiles, SourceFiles, source_files
+from .offloaded import rewrites_weights
 from .options import LoadOptions
 from .placement import Placement
 from .plan import Plan, check_devices_exist, plan_placement
@@ -394,14 +395,6 @@ def _load_tokenizer(folder: Path, trust_remote_code: bool):
     return AutoTokenizer.from_pretrained(str(folder), trust_remote_code=trust_remote_code, local_files_only=True)
 
 
-def _rewrites_weights(class_name: str, model_type: str) -> bool:
-    from transformers.conversion_mapping import get_checkpoint_conversion_mapping
-    from transformers.core_model_loading import WeightConverter
-
-    mapping = get_checkpoint_conversion_mapping(class_name) or get_checkpoint_conversion_mapping(model_type) or []
-    return any(isinstance(step, WeightConverter) for step in mapping)
-
-
 def _check_offload_space(plan: Plan, config, folder: Optional[str], rewrites: bool = False) -> None:
     """Refuse up front, with the numbers, when the weights to write to disk would not fit there.
 
@@ -410,7 +403,7 @@ def _check_offload_space(plan: Plan, config, folder: Optional[str], rewrites: bo
     weight converters, such as mixtral's fused experts). For those, all planned disk bytes count.
     """
     need = plan.bytes_by_device.get("disk", 0)
-    if not need or not (rewrites or _rewrites_weights(plan.model_class, config.model_type)):
+    if not need or not (rewrites or rewrites_weights(plan.model_class, config.model_type)):
         return
     where = Path(folder) if folder else Path(tempfile.gettempdir())
     probe = where

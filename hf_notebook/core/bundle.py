@@ -24,8 +24,7 @@ from typing import Any, Optional
 
 from .errors import HfNotebookError, LoadError, OptionError
 from .events import FileProgress, OnEvent, emit
-from .integrity import digest_of, recorded_sha256
-from .save import MANIFEST
+from .integrity import MANIFEST, digest_of, recorded_sha256
 
 OTHER_WEIGHTS = (".bin", ".pt", ".pth", ".h5", ".msgpack", ".gguf", ".onnx", ".ckpt", ".ot", ".tflite")
 LAYOUTS = ("folder", "hf-cache")

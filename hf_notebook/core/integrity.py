@@ -20,6 +20,7 @@ from typing import Optional
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _SHA1 = re.compile(r"[0-9a-f]{40}")
 _CHUNK = 8 * 2**20
+MANIFEST = "hf_notebook.manifest.json"  # a saved folder's or bundle's files, each with its size and sha256
 
 
 def digest_of(path: Path, kind: str) -> str:

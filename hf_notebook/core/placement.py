@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Mapping, Optional
+from typing import Any, Mapping, Optional
 
 from .dtypes import itemsize
+from .offloaded import offload_hooks, unwrap
 from .units import device_name, device_sort_key, numel
 
 _NUMBERED = re.compile(r"^(.*)\.(\d+)$")
@@ -236,29 +237,12 @@ def _quantization_state(tensor: Any) -> list:
     return [t for t in found if t is not None and hasattr(t, "untyped_storage")]
 
 
-def _offload_hooks(module: Any) -> Iterator[Any]:
-    """The offloading ``AlignDevicesHook``s on ``module`` (inside a ``SequentialHook`` too)."""
-    hook = getattr(module, "_hf_hook", None)
-    hooks = getattr(hook, "hooks", None) or ([hook] if hook is not None else [])
-    for h in hooks:
-        if getattr(h, "offload", False) and getattr(h, "weights_map", None) is not None:
-            yield h
-
-
-def _unwrap(weights_map: Any, key: str) -> tuple[Any, str]:
-    """Follow ``PrefixedDataset`` layers down to the real map; never loads a tensor."""
-    while hasattr(weights_map, "dataset") and hasattr(weights_map, "prefix"):
-        key = f"{weights_map.prefix}{key}"
-        weights_map = weights_map.dataset
-    return weights_map, key
-
-
 def _offloaded(tensor: Any, name: str, owners: list[tuple[str, Any]], ledger: _Ledger) -> Optional[tuple[str, int]]:
     """(device, new bytes) for a meta tensor whose weights an offload hook keeps, else None."""
     for owner_name, owner in owners:  # innermost first
         rel = name[len(owner_name) + 1 :] if owner_name else name
-        for hook in _offload_hooks(owner):
-            store, key = _unwrap(hook.weights_map, rel)
+        for hook in offload_hooks(owner):
+            store, key = unwrap(hook.weights_map, rel)
             state_dict = getattr(store, "state_dict", None)
             index = getattr(store, "index", None)
             if isinstance(state_dict, Mapping) and key in state_dict:  # accelerate's cpu offload

@@ -23,8 +23,8 @@ from typing import Any, Callable, Iterator, Optional
 
 from .errors import AuthError, HfNotebookError, HubError, OptionError, hub_failure, redact
 from .events import FileProgress, OnEvent, emit
+from .integrity import MANIFEST
 from .quiet import library_bars_off, shared_setting
-from .save import MANIFEST
 
 
 class PushError(HfNotebookError, RuntimeError):

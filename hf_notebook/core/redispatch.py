@@ -24,7 +24,7 @@ from typing import Any, Mapping, Optional
 from . import libc
 from .errors import DeviceError, LoadError
 from .machine import free_bytes
-from .placement import _offload_hooks, _unwrap
+from .offloaded import disk_sources
 from .plan import check_devices_exist
 from .quiet import quiet_loggers
 from .units import Device, device_name, format_bytes, parse_device
@@ -85,7 +85,7 @@ class _Move:
         gpus = sorted(d for d in set(self.new_map.values()) if isinstance(d, int))
         self.main = main_device if main_device is not None else (gpus[0] if gpus else "cpu")
         self.tied = _ties(model)  # tied parameter -> the parameter it shares (moved once, then re-tied)
-        self.on_disk = _disk_sources(model)  # tensor name -> index entry, read while the hooks are on
+        self.on_disk = disk_sources(model)  # tensor name -> index entry, read while the hooks are on
         keys = sorted(self.new_map, key=lambda k: (k.count(".") + bool(k), len(k)), reverse=True)
         self.plan = []  # (name, is_param, target device or "disk")
         for name, tensor, is_param in _tensors(model):
@@ -250,29 +250,6 @@ def _device_of(model: Any) -> Device:
 def _owner(name: str, keys: list[str]) -> str:
     """The most specific map key that is ``name`` or holds it (``keys`` sorted most specific first)."""
     return next(k for k in keys if k == "" or name == k or name.startswith(k + "."))
-
-
-def _disk_sources(model: Any) -> dict[str, dict]:
-    """Index entries of the tensors an offload hook reads from disk (meta tensors), by full name."""
-    found: dict[str, dict] = {}
-    for mod_name, module in model.named_modules():
-        for hook in _offload_hooks(module):
-            store, prefix = _unwrap(hook.weights_map, "")
-            index = getattr(store, "index", None) or {}
-            state = getattr(store, "state_dict", None) or {}
-            for local, tensor in [*module.named_parameters(), *module.named_buffers()]:
-                key = prefix + local
-                full = f"{mod_name}.{local}" if mod_name else local
-                if tensor is not None and tensor.device.type == "meta" and key in index and key not in state:
-                    found[full] = _absolute(index[key], key, getattr(store, "save_folder", None))
-    return found
-
-
-def _absolute(info: dict, key: str, folder: Optional[str]) -> dict:
-    """An index entry that names its file by absolute path (accelerate's ``.dat`` entries don't)."""
-    if info.get("safetensors_file"):
-        return dict(info)
-    return dict(info, dat_file=os.path.join(folder or "", f"{key}.dat"))
 
 
 def _read(info: dict, device) -> Any:

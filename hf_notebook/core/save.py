@@ -40,13 +40,13 @@ from . import libc
 from .dtypes import torch_dtype, torch_dtype_of_code
 from .errors import HfNotebookError, OptionError
 from .events import FileProgress, OnEvent, emit
-from .integrity import digest_of
+from .integrity import MANIFEST, digest_of
+from .offloaded import disk_sources, rewrites_weights
 from .quiet import library_bars_off
 from .safetensors_io import write_all
 from .units import format_bytes
 
 CHUNK = 8 * 2**20
-MANIFEST = "hf_notebook.manifest.json"
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".h5", ".msgpack", ".gguf", ".onnx", ".ckpt")
 _NOT_COPIED = {"README.md", ".gitattributes", MANIFEST, "model.safetensors.index.json", "pytorch_model.bin.index.json"}
 
@@ -156,11 +156,9 @@ class _Writer:
     """Stands in for ``safe_save_file``: streams a shard dict to a safetensors file, hashing as it goes."""
 
     def __init__(self, model: Any, out_dtype: Optional[str], folder: Path, on_event: OnEvent | None):
-        from .redispatch import _disk_sources
-
         self.model, self.folder, self.on_event = model, folder, on_event
         self.out = torch_dtype(out_dtype) if out_dtype else None  # None: every tensor keeps its dtype
-        self.on_disk = _disk_sources(model)  # offloaded tensor name -> where its bytes are
+        self.on_disk = disk_sources(model)  # offloaded tensor name -> where its bytes are
         self.hashes: dict[str, str] = {}  # file name -> sha256, computed while writing
         self._headers: dict[str, tuple[int, dict]] = {}
         self._maps: dict[str, mmap.mmap] = {}  # source file -> read-only mapping, hashed from (kernel copies)
@@ -399,7 +397,7 @@ def _streamed(model: Any, writer: _Writer, convert: bool):
         return split(sized, **kwargs)
 
     mu.safe_save_file = writer.save_file
-    if not _rewrites_weights(model):  # reverting fused weights needs their data: keep transformers' own loading
+    if not rewrites_weights(type(model).__name__, getattr(model.config, "model_type", "")):  # reverting fused weights needs their data: keep transformers' own loading
         mu.load_offloaded_parameter = placeholder
     if convert:
         mu.split_torch_state_dict_into_shards = split_in_out_dtype
@@ -432,12 +430,6 @@ def _meta_like(model: Any, name: str):
     owner, _, attr = name.rpartition(".")
     tensor = getattr(model.get_submodule(owner), attr)
     return torch.empty(tensor.shape, dtype=tensor.dtype, device="meta")
-
-
-def _rewrites_weights(model: Any) -> bool:
-    from .api import _rewrites_weights as rewrites
-
-    return rewrites(type(model).__name__, getattr(model.config, "model_type", ""))
 
 
 # -- the rest of the folder ----------------------------------------------------------------------
