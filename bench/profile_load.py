@@ -59,32 +59,32 @@ import load as bench  # noqa: E402  (bench/load.py: the checkpoint and device ma
 # imported them by name, so a call through any of those names is timed.
 HF_TARGETS = [
     ("hf_notebook.core.api", "_read_config", "read config (AutoConfig)"),
-    ("hf_notebook.core.resolve", "resolve", "resolve"),
-    ("hf_notebook.core.fetch", "fetch_config", "fetch_config"),
-    ("hf_notebook.core.fetch", "fetch_weights", "fetch_weights"),
-    ("hf_notebook.core.fetch", "source_files", "source_files"),
-    ("hf_notebook.core.plan", "plan_placement", "plan_placement"),
-    ("hf_notebook.core.plan", "model_class_for", "model_class_for"),
-    ("hf_notebook.core.plan", "build_meta_model", "build_meta_model"),
-    ("hf_notebook.core.plan", "_bytes_by_kind", "_bytes_by_kind"),
-    ("hf_notebook.core.plan", "_module_bytes", "_module_bytes"),
-    ("hf_notebook.core.plan", "_blocks", "_blocks"),
-    ("hf_notebook.core.plan", "check_devices_exist", "check_devices_exist"),
-    ("hf_notebook.core.load", "materialize", "materialize"),
-    ("hf_notebook.core.load", "_shard_counters", "_shard_counters"),
-    ("hf_notebook.core.headers", "local_headers", "local_headers"),
+    ("hf_notebook.core.hub.resolve", "resolve", "resolve"),
+    ("hf_notebook.core.hub.fetch", "fetch_config", "fetch_config"),
+    ("hf_notebook.core.hub.fetch", "fetch_weights", "fetch_weights"),
+    ("hf_notebook.core.hub.fetch", "source_files", "source_files"),
+    ("hf_notebook.core.devices.plan", "plan_placement", "plan_placement"),
+    ("hf_notebook.core.devices.plan", "model_class_for", "model_class_for"),
+    ("hf_notebook.core.devices.plan", "build_meta_model", "build_meta_model"),
+    ("hf_notebook.core.devices.plan", "_bytes_by_kind", "_bytes_by_kind"),
+    ("hf_notebook.core.devices.plan", "_module_bytes", "_module_bytes"),
+    ("hf_notebook.core.devices.plan", "_blocks", "_blocks"),
+    ("hf_notebook.core.devices.plan", "check_devices_exist", "check_devices_exist"),
+    ("hf_notebook.core.weights.load", "materialize", "materialize"),
+    ("hf_notebook.core.weights.load", "_shard_counters", "_shard_counters"),
+    ("hf_notebook.core.hub.headers", "local_headers", "local_headers"),
     ("hf_notebook.core.api", "_check_offload_space", "_check_offload_space"),
-    ("hf_notebook.core.offloaded", "rewrites_weights", "rewrites_weights"),
-    ("hf_notebook.core.load", "_fix_mmap_threshold", "pin mmap threshold"),
+    ("hf_notebook.core.devices.offloaded", "rewrites_weights", "rewrites_weights"),
+    ("hf_notebook.core.weights.load", "_fix_mmap_threshold", "pin mmap threshold"),
     ("hf_notebook.core.libc", "pin_mmap_threshold", "pin mmap threshold"),
-    ("hf_notebook.core.load", "_dontneed", "madvise"),
+    ("hf_notebook.core.weights.load", "_dontneed", "madvise"),
     ("hf_notebook.core.libc", "dontneed", "madvise"),
-    ("hf_notebook.core.load", "_ObservedHandle.get_slice", "wrapped get_slice"),
-    ("hf_notebook.core.load", "_LazyTensor.__getitem__", "wrapped getitem"),
-    ("hf_notebook.core.load", "_ShardCounter.add", "counter.add"),
-    ("hf_notebook.core.load", "_PageReleaser.read", "releaser.read"),
-    ("hf_notebook.core.load", "_PageReleaser.finish", "releaser.finish"),
-    ("hf_notebook.core.placement", "measure_placement", "measure_placement"),
+    ("hf_notebook.core.weights.load", "_ObservedHandle.get_slice", "wrapped get_slice"),
+    ("hf_notebook.core.weights.load", "_LazyTensor.__getitem__", "wrapped getitem"),
+    ("hf_notebook.core.weights.load", "_ShardCounter.add", "counter.add"),
+    ("hf_notebook.core.weights.load", "_PageReleaser.read", "releaser.read"),
+    ("hf_notebook.core.weights.load", "_PageReleaser.finish", "releaser.finish"),
+    ("hf_notebook.core.devices.placement", "measure_placement", "measure_placement"),
     ("hf_notebook.core.api", "_summary_map", "_summary_map"),
 ]
 TF_TARGETS = [
@@ -136,8 +136,8 @@ def child_main(argv: list[str]) -> None:
         return result.model, result
 
     if spec.get("no_pin"):  # A/B: leave glibc's mmap threshold alone (before any load pins it)
-        import hf_notebook.core.load  # noqa: F401  (imported so its module can be looked up below)
-        for modname in ("hf_notebook.core.libc", "hf_notebook.core.load"):
+        import hf_notebook.core.weights.load  # noqa: F401  (imported so its module can be looked up below)
+        for modname in ("hf_notebook.core.libc", "hf_notebook.core.weights.load"):
             mod = sys.modules.get(modname)
             for attr in ("pin_mmap_threshold", "_fix_mmap_threshold"):
                 if mod is not None and hasattr(mod, attr):
@@ -216,8 +216,8 @@ def child_main(argv: list[str]) -> None:
     # nothing of transformers early); "cold-timed" and "warm" time transformers' steps too.
     instrument = mode in ("cold-timed", "warm")
     if which != "from_pretrained" and mode != "cold":
-        importlib.import_module("hf_notebook.core.load")
-        importlib.import_module("hf_notebook.core.placement")
+        importlib.import_module("hf_notebook.core.weights.load")
+        importlib.import_module("hf_notebook.core.devices.placement")
         for target in HF_TARGETS:
             patch(*target)
     for target in TF_TARGETS if instrument else ():

@@ -88,7 +88,7 @@ spec = json.loads(sys.argv[1])
 import torch, transformers
 from safetensors import safe_open
 from hf_notebook.core.api import load_model
-from hf_notebook.core.save import MANIFEST, save_model
+from hf_notebook.core.weights.save import MANIFEST, save_model
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -259,8 +259,8 @@ os.environ.update(HF_ENDPOINT=server.endpoint, HF_HOME=os.path.join(spec["store"
 import huggingface_hub
 import huggingface_hub.lfs as lfs
 from huggingface_hub import HfApi
-from hf_notebook.core.push import push_folder
-from hf_notebook.core.save import MANIFEST
+from hf_notebook.core.hub.push import push_folder
+from hf_notebook.core.weights.save import MANIFEST
 
 hashed = {"calls": 0, "bytes": 0}
 sha_fileobj = lfs.sha_fileobj

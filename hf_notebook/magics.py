@@ -146,7 +146,7 @@ class HFNotebook(Magics):
 
     def _lock_spec(self, args, options):
         """The spec to load and the lock key: with --locked, the locked sha (after checking for drift)."""
-        from .core import lock
+        from .core.hub import lock
         from .core.spec import parse_spec
 
         if args.locked and args.update:
@@ -171,7 +171,7 @@ class HFNotebook(Magics):
             raise UsageError(f"The lock file {path} has no entry for {key}. Load it once without --locked "
                              "(or with --update) to record it.")
         if not options.offline:
-            from .core.resolve import resolve
+            from .core.hub.resolve import resolve
 
             try:
                 now = resolve(spec, token=options.token).pin.sha
@@ -185,7 +185,7 @@ class HFNotebook(Magics):
 
     def _record_lock(self, result, key, update: bool) -> None:
         """Record a Hub load in the lock file; an existing entry moves only with --update (else: a note)."""
-        from .core import lock
+        from .core.hub import lock
 
         path = self._lock_path()
         if path is None or key is None or result.pin.kind == "local":
@@ -214,7 +214,7 @@ class HFNotebook(Magics):
         """Show the lock file's entries: repo@revision, pinned sha, class, dtype, files."""
         from IPython.display import display
 
-        from .core import lock as L
+        from .core.hub import lock as L
         from .core.api import _hub_offline
         from .ui.record import lock_check_record, lock_record
 
@@ -317,7 +317,7 @@ class HFNotebook(Magics):
         from IPython.display import display
 
         from .core.api import apply_device_map, device_map_editor
-        from .core.editing import parse_assignment
+        from .core.devices.editing import parse_assignment
         from .ui import _in_kernel
         from .ui import words
         from .ui.editor import DeviceMapEditor
@@ -383,7 +383,7 @@ class HFNotebook(Magics):
     def _save(self, result, folder: str, **options):
         """Run a save with the shell's rules (never into a folder a loaded model reads from)."""
         from .core.dtypes import parse_dtype
-        from .core.save import parse_shard_size, save_model
+        from .core.weights.save import parse_shard_size, save_model
 
         try:
             dtype = parse_dtype(options.get("dtype")) if options.get("dtype") else None
@@ -445,7 +445,7 @@ class HFNotebook(Magics):
             display(self._push(os.path.join(tmp, "model"), args))
 
     def _push(self, folder: str, args, token=None, on_event=None):
-        from .core.push import push_folder
+        from .core.hub.push import push_folder
 
         try:
             return push_folder(folder, args.repo_id, private=args.private, branch=args.branch,
@@ -492,7 +492,7 @@ class HFNotebook(Magics):
         from IPython.display import display
 
         from .core.api import _hub_offline
-        from .core.bundle import export_bundle
+        from .core.hub.bundle import export_bundle
 
         args = _parse(self.export_model, line)
         try:
@@ -505,7 +505,7 @@ class HFNotebook(Magics):
 
     def _edit_target(self, name: str):
         """The loaded model (its LoadResult) or the bound Plan called ``name``."""
-        from .core.plan import Plan
+        from .core.devices.plan import Plan
 
         result = self.registry.get(name)
         if result is not None:
@@ -592,7 +592,7 @@ class HFNotebook(Magics):
 def _from_plan(args, value) -> None:
     """``%load_model PLAN``: a bound (and perhaps edited) plan gives the source and its options; flags
     given on the line still win."""
-    from .core.plan import Plan
+    from .core.devices.plan import Plan
 
     if not isinstance(value, Plan) or not value.source:
         return

@@ -11,7 +11,7 @@ import pytest
 import torch
 from IPython.core.error import UsageError
 
-from hf_notebook.core.save import MANIFEST
+from hf_notebook.core.weights.save import MANIFEST
 
 DEAD_HUB = {"HF_ENDPOINT": "http://127.0.0.1:9"}  # nothing listens there: any request fails at once
 
@@ -96,7 +96,7 @@ def test_a_tampered_bundle_is_refused_naming_the_file(exported, shell, damage):
 
 
 def test_hashes_are_checked_once(exported, shell, monkeypatch):
-    from hf_notebook.core import bundle
+    from hf_notebook.core.hub import bundle
 
     folder, _ = exported
     shell.run_line_magic("load_model", f"{folder} --as m")

@@ -8,9 +8,9 @@ import json
 
 import pytest
 
-from hf_notebook.core.editing import MapEditor, Structure, parse_assignment
+from hf_notebook.core.devices.editing import MapEditor, Structure, parse_assignment
 from hf_notebook.core.errors import MapError
-from hf_notebook.core.plan import plan_placement
+from hf_notebook.core.devices.plan import plan_placement
 from hf_notebook.testing.models import make_config
 
 

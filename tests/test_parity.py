@@ -82,7 +82,7 @@ def test_the_record_and_the_lock_say_how_it_was_quantized(shell, tiny_hub, hf_ca
 def test_a_quantized_model_saves_what_transformers_loads_back(folders, tmp_path, choice):
     from transformers import AutoModelForCausalLM
 
-    from hf_notebook.core.save import MANIFEST, SaveError, save_model
+    from hf_notebook.core.weights.save import MANIFEST, SaveError, save_model
 
     result = load_model(str(folders["llama"]), device_map="cpu", quantize=choice)
     save_model(result, tmp_path / "q")

@@ -1,4 +1,4 @@
-"""core/placement.py: measured placement of tiny real models (cpu, disk offload, tied weights)."""
+"""core/devices/placement.py: measured placement of tiny real models (cpu, disk offload, tied weights)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from hf_notebook.core.placement import (  # noqa: E402
+from hf_notebook.core.devices.placement import (  # noqa: E402
     DeviceBytes,
     Placement,
     PlacementGroup,

@@ -180,7 +180,7 @@ def test_a_push_through_xet_reports_every_file(shell, tiny_hub, hf_cache, hub_se
     from huggingface_hub.utils import _xet
 
     from hf_notebook.core.events import FileProgress
-    from hf_notebook.core.push import push_folder
+    from hf_notebook.core.hub.push import push_folder
     from hf_notebook.testing.xet import XetSession
 
     model = loaded(shell)

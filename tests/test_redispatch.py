@@ -102,7 +102,7 @@ def test_no_request_reaches_the_hub_during_an_edit(tiny_hub, hf_cache, hub_serve
 
 
 def test_a_failed_move_puts_every_weight_back(folders, monkeypatch):
-    from hf_notebook.core import redispatch as R
+    from hf_notebook.core.devices import redispatch as R
 
     folder, want = folders["llama"]
     result = load_model(str(folder), device_map={"model.embed_tokens": "cpu", "model.layers.0": "cpu",
@@ -130,7 +130,7 @@ def test_a_failed_move_puts_every_weight_back(folders, monkeypatch):
 
 
 def test_too_little_disk_is_refused_before_anything_moves(folders, monkeypatch):
-    from hf_notebook.core import redispatch as R
+    from hf_notebook.core.devices import redispatch as R
 
     folder, want = folders["llama"]
     result = load_model(str(folder), device_map="cpu")

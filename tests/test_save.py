@@ -1,4 +1,4 @@
-"""``%save_model`` and ``core.save``: the folder save_pretrained writes (byte for byte), streamed and
+"""``%save_model`` and ``core.weights.save``: the folder save_pretrained writes (byte for byte), streamed and
 hashed; complete (companion files, manifest); atomic; and refused, with nothing written, when it
 cannot be done."""
 
@@ -13,7 +13,7 @@ import torch
 from IPython.core.error import UsageError
 
 from hf_notebook.core.api import load_model
-from hf_notebook.core.save import MANIFEST, save_model
+from hf_notebook.core.weights.save import MANIFEST, save_model
 from hf_notebook.testing.models import ARCHITECTURES, build_model
 
 WEIGHTS = (".safetensors", ".safetensors.index.json")
@@ -118,7 +118,7 @@ def test_an_existing_folder_is_replaced_only_with_overwrite(shell, loaded, tiny_
 
 @pytest.mark.parametrize("failure", [KeyboardInterrupt, OSError(errno.ENOSPC, "No space left on device")])
 def test_an_interrupted_save_leaves_the_folder_as_it_was(shell, tiny_hub, hf_cache, work, monkeypatch, failure):
-    from hf_notebook.core import save as S
+    from hf_notebook.core.weights import save as S
 
     shell.run_line_magic("load_model", "tiny/llama --device-map cpu --as m")
     out = work / "out"
@@ -143,7 +143,7 @@ def test_an_interrupted_save_leaves_the_folder_as_it_was(shell, tiny_hub, hf_cac
 def test_too_little_space_is_refused_up_front_with_the_numbers(shell, tiny_hub, hf_cache, work, monkeypatch):
     from collections import namedtuple
 
-    from hf_notebook.core import save as S
+    from hf_notebook.core.weights import save as S
 
     shell.run_line_magic("load_model", "tiny/llama --device-map cpu --as m")
     usage = namedtuple("usage", "total used free")
@@ -198,7 +198,7 @@ def test_the_record_lists_files_and_the_line_to_load_it(shell, tiny_hub, hf_cach
 @pytest.mark.parametrize("arch", ["llama", "t5"])
 def test_small_chunks_through_the_buffer_ring_write_the_same_bytes(folders, tmp_path, monkeypatch, arch):
     """Many more chunks than buffers in flight: a buffer reused too early would corrupt a shard."""
-    from hf_notebook.core import save as S
+    from hf_notebook.core.weights import save as S
 
     monkeypatch.setattr(S, "CHUNK", 4096)
     src = folders[arch]

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from hf_notebook.core.api import load_model
-from hf_notebook.core.plan import plan_placement
+from hf_notebook.core.devices.plan import plan_placement
 from hf_notebook.testing.models import build_model, make_config
 from hf_notebook.ui.editor import DeviceMapEditor
 

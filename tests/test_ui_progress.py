@@ -11,9 +11,9 @@ import pytest
 from hf_notebook.core.api import LoadResult
 from hf_notebook.core.errors import LoadError
 from hf_notebook.core.events import Failed, FileProgress, Resolved, ShardProgress, StageDone, StageStarted
-from hf_notebook.core.fetch import FileFacts
+from hf_notebook.core.hub.fetch import FileFacts
 from hf_notebook.core.options import LoadOptions
-from hf_notebook.core.plan import Plan
+from hf_notebook.core.devices.plan import Plan
 from hf_notebook.ui import make_renderer
 from hf_notebook.ui.progress import LoadPanel
 from hf_notebook.ui.record import load_record, stopped_record
@@ -47,7 +47,7 @@ class Handle:
 def placement():
     """A real Placement, measured on a tiny module tree shaped like a causal LM."""
     torch = pytest.importorskip("torch")
-    from hf_notebook.core.placement import measure_placement
+    from hf_notebook.core.devices.placement import measure_placement
 
     model = torch.nn.Module()
     model.model = torch.nn.Module()

@@ -8,7 +8,7 @@ from html import escape
 
 import pytest
 
-from hf_notebook.core.placement import DeviceBytes, Placement, PlacementGroup
+from hf_notebook.core.devices.placement import DeviceBytes, Placement, PlacementGroup
 from hf_notebook.core.units import format_bytes
 from hf_notebook.ui.record import _DANGER, _WARN, EMPTY_REGISTRY, load_record, models_record, plan_record
 from hf_notebook.ui.views import DeviceMapView, MemoryView, memory_figure

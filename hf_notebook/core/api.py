@@ -16,17 +16,17 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Optional
 
+from .devices.offloaded import rewrites_weights
+from .devices.placement import Placement
+from .devices.plan import Plan, check_devices_exist, plan_placement
 from .errors import HfNotebookError, LoadError, PlanError, wrapped
 from .events import Failed, OnEvent, Resolved, StageDone, StageStarted, emit
-from .fetch import Checkpoint, FileFacts, HubFiles, SourceFiles, source_files
-from .offloaded import rewrites_weights
+from .hub.fetch import Checkpoint, FileFacts, HubFiles, SourceFiles, source_files
+from .hub.resolve import Resolution, record_ref, resolve
 from .options import LoadOptions
-from .placement import Placement
-from .plan import Plan, check_devices_exist, plan_placement
 from .quiet import gc_paused, library_bars_off
-from .units import format_bytes
-from .resolve import Resolution, record_ref, resolve
 from .spec import ModelSpec, parse_spec
+from .units import format_bytes
 
 
 @dataclass
@@ -209,7 +209,7 @@ class _Pipeline:
 
     def _headers(self):
         """Safetensors headers: remote through Range requests, or from local/cached shards (None if absent)."""
-        from .headers import local_headers, remote_headers
+        from .hub.headers import local_headers, remote_headers
 
         names = self.files.shard_names()
         if self.files.pickled:  # no header to read: sizes come from the config alone
@@ -233,9 +233,9 @@ class _Pipeline:
         stages.done(checkpoint)
 
         stages.start("load", plan.model_class)
-        from .headers import local_headers
-        from .load import materialize
-        from .placement import measure_placement
+        from .hub.headers import local_headers
+        from .weights.load import materialize
+        from .devices.placement import measure_placement
 
         if checkpoint.headers is None and not self.files.pickled:  # read once; the load's progress counts from them
             checkpoint = replace(checkpoint, headers=local_headers(checkpoint.shards))
@@ -274,8 +274,8 @@ def device_map_editor(target: "LoadResult | Plan"):
     """A :class:`~.editing.MapEditor` on a loaded model's map (this machine's devices, budgets from
     ``--max-memory`` or what is free now) or on a plan's (the devices of its budget, which may
     describe another machine)."""
-    from .editing import MapEditor, Structure
-    from .machine import devices_here, free_bytes
+    from .devices.editing import MapEditor, Structure
+    from .devices.machine import devices_here, free_bytes
     from .units import device_name
 
     if isinstance(target, LoadResult):
@@ -310,8 +310,8 @@ def apply_device_map(target: "LoadResult | Plan", device_map: dict):
         target.device_map.clear()
         target.device_map.update(device_map)
         return None
-    from .placement import measure_placement
-    from .redispatch import redispatch
+    from .devices.placement import measure_placement
+    from .devices.redispatch import redispatch
 
     folder = target.offload_folder or target.options.offload_folder
     try:

@@ -1,7 +1,7 @@
 """The device-map editor: rows with device selectors, live totals, Apply / Undo / Reset / Export.
 
 Only draws and forwards: the draft map, its checks and totals are a core
-:class:`~hf_notebook.core.editing.MapEditor`; Apply is ``core.api.apply_device_map`` (in-place
+:class:`~hf_notebook.core.devices.editing.MapEditor`; Apply is ``core.api.apply_device_map`` (in-place
 re-dispatch for a loaded model, the plan's map for a plan). Rows are the draft's placement
 groups: consecutive numbered layers on one device collapse into a range
 (``model.layers.0-39``) whose selector moves the whole range and which expands to one row per

@@ -1,7 +1,7 @@
 """The save and push panel: a folder, shard size and dtype to save; a repo, branch/PR, message and
 token to push; per-file progress; and, beside it, the static record of each result.
 
-Only draws and forwards: saving is ``core.save.save_model``, pushing ``core.push.push_folder``
+Only draws and forwards: saving is ``core.weights.save.save_model``, pushing ``core.hub.push.push_folder``
 (through the magics' rules, e.g. never into a folder a loaded model reads from). The token
 field's value is read once and cleared at once, before anything is sent, so it is in no output,
 no log and no saved widget state. Standard ipywidgets only.

@@ -12,7 +12,7 @@ import re
 import shlex
 from typing import Any, Optional
 
-from hf_notebook.core import explain as E
+from hf_notebook.core.devices import explain as E
 from hf_notebook.core.errors import redact
 from hf_notebook.core.events import Resolved
 from hf_notebook.core.spec import is_commit_sha

@@ -7,10 +7,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from .errors import (AuthError, HfNotebookError, OfflineError, RepoNotFoundError, RevisionNotFoundError, hub_failure,
+from ..errors import (AuthError, HfNotebookError, OfflineError, RepoNotFoundError, RevisionNotFoundError, hub_failure,
                      redact, status_of)
-from .events import Resolved
-from .spec import ModelSpec, is_commit_sha
+from ..events import Resolved
+from ..spec import ModelSpec, is_commit_sha
 
 log = logging.getLogger(__name__)
 LOGIN_HINT = "Log in with `hf auth login` (or set HF_TOKEN), then run the cell again."
@@ -106,7 +106,7 @@ def with_retries(call):
 
 
 def _transient(exc: BaseException) -> bool:
-    from .errors import RETRY_STATUSES
+    from ..errors import RETRY_STATUSES
 
     status = status_of(exc)
     if status is not None:

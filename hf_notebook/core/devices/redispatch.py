@@ -21,13 +21,13 @@ from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional
 
-from . import libc
-from .errors import DeviceError, LoadError
+from .. import libc
+from ..errors import DeviceError, LoadError
+from ..quiet import quiet_loggers
+from ..units import Device, device_name, format_bytes, parse_device
 from .machine import free_bytes
 from .offloaded import disk_sources
 from .plan import check_devices_exist
-from .quiet import quiet_loggers
-from .units import Device, device_name, format_bytes, parse_device
 
 
 @dataclass(frozen=True)
@@ -257,7 +257,7 @@ def _read(info: dict, device) -> Any:
     import torch
 
     if info.get("safetensors_file"):
-        from .safetensors_io import read_tensor
+        from ..safetensors_io import read_tensor
 
         tensor = read_tensor(info["safetensors_file"], info.get("weight_name"))
         if info.get("dtype"):
@@ -272,7 +272,7 @@ def _read(info: dict, device) -> Any:
 def _write(model: Any, name: str, tensor: Any, folder: str, index: dict) -> None:
     """Write ``tensor`` to ``folder`` as transformers writes offloaded weights (one safetensors file per
     tensor, indexed by absolute path), then leave a meta tensor in its place."""
-    from .safetensors_io import write_file
+    from ..safetensors_io import write_file
 
     path = os.path.join(os.path.abspath(folder), f"{name}.safetensors")
     write_file(path, {name: tensor.detach().to("cpu")})

@@ -36,15 +36,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
-from . import libc
-from .dtypes import torch_dtype, torch_dtype_of_code
-from .errors import HfNotebookError, OptionError
-from .events import FileProgress, OnEvent, emit
-from .integrity import MANIFEST, digest_of
-from .offloaded import disk_sources, rewrites_weights
-from .quiet import library_bars_off
-from .safetensors_io import write_all
-from .units import format_bytes
+from .. import libc
+from ..devices.offloaded import disk_sources, rewrites_weights
+from ..dtypes import torch_dtype, torch_dtype_of_code
+from ..errors import HfNotebookError, OptionError
+from ..events import FileProgress, OnEvent, emit
+from ..integrity import MANIFEST, digest_of
+from ..quiet import library_bars_off
+from ..safetensors_io import write_all
+from ..units import format_bytes
 
 CHUNK = 8 * 2**20
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".h5", ".msgpack", ".gguf", ".onnx", ".ckpt")
@@ -171,7 +171,7 @@ class _Writer:
         return self.out if self.out is not None and tensor.is_floating_point() else tensor.dtype
 
     def save_file(self, tensors: dict, filename: str, metadata: Optional[dict] = None) -> None:
-        from .safetensors_io import header, order
+        from ..safetensors_io import header, order
 
         layout = order((name, self.target_dtype(t)) for name, t in tensors.items())
         entries = [(name, tensors[name]) for name, _ in layout]
@@ -322,7 +322,7 @@ class _Writer:
                     yield converted.numpy(), None
 
     def _header(self, path: str) -> tuple[int, dict]:
-        from .safetensors_io import read_header
+        from ..safetensors_io import read_header
 
         if path not in self._headers:
             self._headers[path] = read_header(path)
@@ -550,7 +550,7 @@ def parse_shard_size(text: Any) -> Optional[int]:
     """``--max-shard-size 2GB`` -> bytes (None: transformers' default)."""
     if text in (None, ""):
         return None
-    from .units import parse_size
+    from ..units import parse_size
 
     try:
         return parse_size(str(text))

@@ -21,10 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
-from .errors import AuthError, HfNotebookError, HubError, OptionError, hub_failure, redact
-from .events import FileProgress, OnEvent, emit
-from .integrity import MANIFEST
-from .quiet import library_bars_off, shared_setting
+from ..errors import AuthError, HfNotebookError, HubError, OptionError, hub_failure, redact
+from ..events import FileProgress, OnEvent, emit
+from ..integrity import MANIFEST
+from ..quiet import library_bars_off, shared_setting
 
 
 class PushError(HfNotebookError, RuntimeError):
@@ -278,7 +278,7 @@ def model_card(manifest: dict, repo_id: str) -> bytes:
 
 def _ours(exc: BaseException, endpoint: str) -> HfNotebookError:
     """A client error as ours: what the Hub said (token masked), and what to do."""
-    from .errors import status_of
+    from ..errors import status_of
 
     failure = hub_failure(exc, "the push", endpoint)
     if failure is not None:

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from .errors import HfNotebookError, OptionError
-from .integrity import recorded_sha256
+from ..errors import HfNotebookError, OptionError
+from ..integrity import recorded_sha256
 
 FORMAT = "hf_notebook.lock/1"
 _SHA256 = 64
@@ -76,7 +76,7 @@ def entry_for(result: Any, previous: Optional[dict] = None) -> dict:
 
 
 def _quantization(result: Any) -> dict:
-    from .quant import as_dict
+    from ..quant import as_dict
 
     return as_dict(result.plan.quantization)
 
@@ -134,7 +134,7 @@ def check(entries: dict[str, dict], *, offline: bool, cache_dir=None, token=None
 
 def _hub_sha(entry: dict, token) -> tuple[Optional[str], str]:
     from .resolve import resolve
-    from .spec import parse_spec
+    from ..spec import parse_spec
 
     try:
         now = resolve(parse_spec(f"{entry['repo']}@{entry['revision']}"), token=token).pin.sha
@@ -149,7 +149,7 @@ def _cache_state(entry: dict, cache_dir) -> str:
     the name stands for the content."""
     from huggingface_hub import try_to_load_from_cache
 
-    from .integrity import default_memo, problem_with
+    from ..integrity import default_memo, problem_with
 
     memo = default_memo()
     missing, resized, changed = [], [], []

@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Optional
 
-from .errors import MapError, OptionError
+from ..errors import MapError, OptionError
+from ..units import Device, device_name, device_sort_key, parse_device
 from .placement import Placement, planned_placement
-from .units import Device, device_name, device_sort_key, parse_device
 
 _RANGE = re.compile(r"^(.+)\.(\d+)-(\d+)$")
 

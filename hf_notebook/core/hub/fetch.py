@@ -18,11 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from .errors import LoadError, OfflineError, hub_failure
-from .events import FileProgress, OnEvent, emit
+from ..errors import LoadError, OfflineError, hub_failure
+from ..events import FileProgress, OnEvent, emit
+from ..integrity import default_memo, digest_of, problem_with
+from ..quiet import small_download_chunks
 from .headers import HeaderInfo
-from .integrity import default_memo, digest_of, problem_with
-from .quiet import small_download_chunks
 from .resolve import Resolution
 
 CONFIG = "config.json"

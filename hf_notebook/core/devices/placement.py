@@ -20,9 +20,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional
 
-from .dtypes import itemsize
+from ..dtypes import itemsize
+from ..units import device_name, device_sort_key, numel
 from .offloaded import offload_hooks, unwrap
-from .units import device_name, device_sort_key, numel
 
 _NUMBERED = re.compile(r"^(.*)\.(\d+)$")
 

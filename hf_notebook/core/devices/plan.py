@@ -12,12 +12,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from .errors import DeviceError, LoadError, PlanError
+from ..errors import DeviceError, LoadError, PlanError
+from ..hub.headers import HeaderInfo
+from ..quiet import quiet_loggers
+from ..units import Device, device_name, format_bytes, parse_device
 from .explain import Finding, explain
-from .headers import HeaderInfo
 from .placement import Placement, planned_placement
-from .quiet import quiet_loggers
-from .units import Device, device_name, format_bytes, parse_device
 
 # Default class per task when the config names none we know (order matters: first match wins).
 _AUTO_CLASSES = ("AutoModelForCausalLM", "AutoModelForSeq2SeqLM", "AutoModelForMaskedLM", "AutoModel")
@@ -70,7 +70,7 @@ class Plan:
         return [f for f in findings if not (self.edits and f.kind == FILLED)]
 
     def placement(self) -> Placement:
-        """The plan as a :class:`~hf_notebook.core.placement.Placement` (estimated bytes).
+        """The plan as a :class:`~hf_notebook.core.devices.placement.Placement` (estimated bytes).
 
         A one-device map (``{"": "cpu"}``) is shown block by block, so it still reads layer by layer.
         """
@@ -209,7 +209,7 @@ def build_meta_model(cls, config, dtype: str, hf_quantizer=None, device_map: Any
     quantizer: its modules replaced as the quantizer replaces them before loading)."""
     from transformers.utils.generic import ContextManagers
 
-    from .dtypes import torch_dtype
+    from ..dtypes import torch_dtype
 
     contexts = cls.get_init_context(torch_dtype(dtype), hf_quantizer is not None, False, None)
     with ContextManagers(contexts):
@@ -275,7 +275,7 @@ def _quantizer(config, quantization, device_map):
 def _quantized_sizes(model, hf_quantizer) -> dict[str, int]:
     if hf_quantizer is None:
         return {}
-    from .quant import quantized_weights
+    from ..quant import quantized_weights
 
     return quantized_weights(model, hf_quantizer)
 

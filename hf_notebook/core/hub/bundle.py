@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from .errors import HfNotebookError, LoadError, OptionError
-from .events import FileProgress, OnEvent, emit
-from .integrity import MANIFEST, digest_of, recorded_sha256
+from ..errors import HfNotebookError, LoadError, OptionError
+from ..events import FileProgress, OnEvent, emit
+from ..integrity import MANIFEST, digest_of, recorded_sha256
 
 OTHER_WEIGHTS = (".bin", ".pt", ".pth", ".h5", ".msgpack", ".gguf", ".onnx", ".ckpt", ".ot", ".tflite")
 LAYOUTS = ("folder", "hf-cache")
@@ -58,7 +58,7 @@ def export_bundle(spec: str, folder: str | os.PathLike, *, layout: str = "folder
                   offline: bool = False, token=None, on_event: OnEvent | None = None) -> ExportResult:
     """Write the bundle of ``spec`` (``org/name[@rev]``, pinned to its sha first) into ``folder``."""
     from .resolve import resolve
-    from .spec import parse_spec
+    from ..spec import parse_spec
 
     t0 = time.perf_counter()
     if layout not in LAYOUTS:
@@ -126,7 +126,7 @@ def _cached_names(resolution: Any, cache_dir) -> list[str]:
 def _cached_or_downloaded(resolution: Any, name: str, cache_dir, offline: bool, token) -> tuple[Path, bool]:
     from huggingface_hub import hf_hub_download, try_to_load_from_cache
 
-    from .errors import OfflineError
+    from ..errors import OfflineError
 
     cached = try_to_load_from_cache(resolution.repo_id, name, cache_dir=cache_dir, revision=resolution.sha)
     if isinstance(cached, str):
@@ -199,7 +199,7 @@ def verify_folder(folder: Path, memo: Any = None) -> Optional[dict]:
     except (ValueError, KeyError, TypeError):
         raise BundleError(f"{manifest_path} cannot be read.", hint="Export or save the folder again.") from None
     if memo is None:
-        from .integrity import default_memo
+        from ..integrity import default_memo
 
         memo = default_memo()
     for name, facts in sorted(files.items()):

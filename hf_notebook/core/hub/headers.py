@@ -14,9 +14,9 @@ import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .dtypes import FLOAT_NAMES, ITEMSIZE
-from .errors import LoadError, Secret
-from .units import numel
+from ..dtypes import FLOAT_NAMES, ITEMSIZE
+from ..errors import LoadError, Secret
+from ..units import numel
 
 
 @dataclass(frozen=True)

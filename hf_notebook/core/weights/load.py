@@ -20,13 +20,13 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from . import libc
-from .dtypes import converts, torch_dtype
-from .events import OnEvent, ShardProgress, emit
-from .fetch import Checkpoint
-from .headers import HeaderInfo, local_headers
-from .plan import Plan, model_class_for
-from .quiet import quiet_loggers
+from .. import libc
+from ..devices.plan import Plan, model_class_for
+from ..dtypes import converts, torch_dtype
+from ..events import OnEvent, ShardProgress, emit
+from ..hub.fetch import Checkpoint
+from ..hub.headers import HeaderInfo, local_headers
+from ..quiet import quiet_loggers
 
 
 class _ShardCounter:
