@@ -441,6 +441,9 @@ def bench_redispatch(table: Table, model_layers: int, layers: int, repeat: int) 
               f"{min(drops):.2f}x", f">= {RSS_TARGET:.1f}x", min(drops) >= RSS_TARGET)
     table.note(f"worst move; every move: {[round(d, 2) for d in drops]}x (the first from the checkpoint's "
                f"mapping, as load_model left it)")
+    table.note(f"that first move wrote {first['written'] / GB:.3f} GB in {ms(first['down'])}: weights still mapped "
+               f"from their checkpoint are read there once on disk; the measured rounds move weights read back "
+               f"into memory of their own, which are written")
     same = torch.equal(reference, after)
     on_disk = all(torch.equal(reference, t["on_disk"]) for t in [first, *trips])
     table.row("logits identical after the round trips", "-", "OK" if same else "FAIL", "OK" if same else "FAIL",

@@ -8,6 +8,7 @@ import os
 import pytest
 import torch
 
+from hf_notebook.core import libc
 from hf_notebook.core.api import apply_device_map, device_map_editor, load_model
 from hf_notebook.core.errors import DeviceError, HfNotebookError, LoadError
 from hf_notebook.testing.models import build_model
@@ -44,36 +45,60 @@ def layers(result):
     return [b for b in result.plan.blocks if b.rsplit(".", 1)[-1].isdigit()]
 
 
+def own_memory(model):
+    """Weights changed since the load (fine-tuned, say): memory of their own, no longer the checkpoint's."""
+    with torch.no_grad():
+        for p in model.parameters():
+            p.data = p.data.clone()
+
+
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "gpt2", "t5", "bert"])
-def test_cpu_to_disk_and_back_keeps_outputs_identical(folders, arch):
+@pytest.mark.parametrize("weights", ["as loaded", "changed since"])
+def test_cpu_to_disk_and_back_keeps_outputs_identical(folders, arch, weights):
+    """Weights still mapped from their checkpoint are read there once on disk (nothing written);
+    weights with memory of their own are written to the offload folder, as transformers offloads."""
+    from hf_notebook.core.devices.offloaded import disk_sources
+
     folder, want = folders[arch]
     result = load_model(str(folder), device_map="cpu")
     model = result.model
+    if weights == "changed since":
+        own_memory(model)
+    own = {n: p.nbytes for n, p in model.named_parameters()  # not (or no longer) the checkpoint's mapped bytes
+           if libc.file_region(p.data_ptr(), p.nbytes) is None}
     blocks = layers(result)[:2] + [result.plan.blocks[-1]]  # two layers and the head (tied: its partner follows)
     moved = edit(result, *[(b, "disk") for b in blocks])
-    assert moved.written > 0 and moved.read == 0
+    nbytes = moved.moves[("cpu", "disk")]
+    assert nbytes > 0 and moved.read == 0
     assert all(result.device_map[b] == "disk" for b in blocks)
     on_meta = [n for n, p in model.named_parameters() if p.device.type == "meta"]
     disk = [k for k, d in result.device_map.items() if d == "disk"]  # the moved blocks and any tied partner
     assert set(on_meta) == {n for n, _ in model.named_parameters() if any(n.startswith(k + ".") for k in disk)}
     assert set(blocks) <= set(disk) and on_meta
-    assert result.placement.bytes_by_device["disk"] == moved.written
+    assert result.placement.bytes_by_device["disk"] == nbytes
     ties = model.all_tied_weights_keys or {}
     assert all(model.get_parameter(t) is model.get_parameter(s) for t, s in ties.items())  # tied as a load leaves them
     assert torch.equal(logits(model, arch), want)
-    files = os.listdir(result.offload_folder)
-    assert len(files) == len(on_meta) and all(f.endswith(".safetensors") for f in files)
+    sources = {os.path.dirname(info["safetensors_file"]) for info in disk_sources(model).values()}
+    if weights == "as loaded":  # read in place; only what has memory of its own is written (bert's
+        assert moved.written == sum(own.get(n, 0) for n in on_meta)  # cls.predictions.bias is made by the load)
+        assert os.path.realpath(folder) in sources and moved.written < nbytes / 10
+    else:
+        assert moved.written == nbytes and sources == {os.path.abspath(result.offload_folder)}
+        files = os.listdir(result.offload_folder)
+        assert len(files) == len(on_meta) and all(f.endswith(".safetensors") for f in files)
 
     back = edit(result, ("", "cpu"))
-    assert back.read == moved.written and back.written == 0
+    assert back.read == nbytes and back.written == 0
     assert not [n for n, p in model.named_parameters() if p.device.type == "meta"]
     assert result.device_map == {"": "cpu"}
-    assert os.listdir(result.offload_folder) == []  # files of weights that left the disk are gone
-    maps = open("/proc/self/maps").read()
-    assert result.offload_folder not in maps  # read into memory, not left mapped from the deleted files
+    if result.offload_folder:
+        assert os.listdir(result.offload_folder) == []  # files of weights that left the disk are gone
+        assert result.offload_folder not in open("/proc/self/maps").read()  # read into memory, not left mapped
     assert torch.equal(logits(model, arch), want)
     assert all(model.get_parameter(t) is model.get_parameter(s) for t, s in ties.items())
     assert len(result.edits) == 2
+    assert sorted(os.listdir(folder)) == sorted(os.listdir(folders[arch][0]))  # the checkpoint untouched
 
 
 def test_weights_offloaded_by_the_load_are_read_in_place_and_only_those_that_move(folders):
@@ -108,6 +133,7 @@ def test_a_failed_move_puts_every_weight_back(folders, monkeypatch):
     result = load_model(str(folder), device_map={"model.embed_tokens": "cpu", "model.layers.0": "cpu",
                                                  "model.layers.1": "disk", "model.norm": "cpu",
                                                  "model.rotary_emb": "cpu", "lm_head": "cpu"})
+    own_memory(result.model)  # so the move writes files
     old_map, old_placement = dict(result.device_map), result.placement
     before = set(os.listdir(result.offload_folder))
     real_write, calls = R._write, []
@@ -129,11 +155,35 @@ def test_a_failed_move_puts_every_weight_back(folders, monkeypatch):
     assert torch.equal(logits(result.model, "llama"), want)
 
 
+def test_a_failed_move_of_weights_read_in_place_leaves_their_checkpoint_alone(folders, monkeypatch):
+    from hf_notebook.core.devices import redispatch as R
+
+    folder, want = folders["llama"]
+    files = {p.name: p.read_bytes() for p in folder.iterdir()}
+    result = load_model(str(folder), device_map="cpu")
+    real_set, calls = R._set, []
+
+    def set_then_stop(model, name, device, value=None):
+        if device == "meta":
+            calls.append(name)
+            if len(calls) == 3:
+                raise KeyboardInterrupt
+        real_set(model, name, device, value)
+
+    monkeypatch.setattr(R, "_set", set_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        edit(result, ("", "disk"))
+    assert len(calls) == 3 and result.device_map == {"": "cpu"} and not result.edits
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == files
+    assert torch.equal(logits(result.model, "llama"), want)
+
+
 def test_too_little_disk_is_refused_before_anything_moves(folders, monkeypatch):
     from hf_notebook.core.devices import redispatch as R
 
     folder, want = folders["llama"]
     result = load_model(str(folder), device_map="cpu")
+    own_memory(result.model)
     monkeypatch.setattr(R, "free_bytes", lambda device, folder=None: 1000)
     draft = device_map_editor(result)
     draft.assign([("model.layers.0-1", "disk")])
@@ -141,6 +191,10 @@ def test_too_little_disk_is_refused_before_anything_moves(folders, monkeypatch):
         apply_device_map(result, draft.map)
     assert result.device_map == {"": "cpu"} and result.offload_folder is None
     assert torch.equal(logits(result.model, "llama"), want)
+    as_loaded = load_model(str(folder), device_map="cpu")  # read in place once on disk: nothing to write
+    moved = edit(as_loaded, ("model.layers.0-1", "disk"))
+    assert moved.written == 0 and as_loaded.device_map["model.layers.0"] == "disk"
+    assert torch.equal(logits(as_loaded.model, "llama"), want)
 
 
 def test_a_map_for_a_gpu_this_machine_lacks_is_refused(folders):
@@ -153,18 +207,21 @@ def test_a_map_for_a_gpu_this_machine_lacks_is_refused(folders):
     assert result.device_map == {"": "cpu"}
 
 
-def test_moving_layers_to_disk_gives_their_memory_back(medium_folder):
+@pytest.mark.parametrize("weights", ["as loaded", "changed since"])
+def test_moving_layers_to_disk_gives_their_memory_back(medium_folder, weights):
     """The issue's measure: RSS drops by at least 80% of the bytes moved to disk."""
     from hf_notebook.core.unload import process_rss as rss_bytes
 
     result = load_model(str(medium_folder), device_map="cpu")
     model = result.model
+    if weights == "changed since":
+        own_memory(model)
     for p in model.parameters():  # touch every page, as a forward pass would
         p.data.sum()
     gc.collect()
     before = rss_bytes()
     moved = edit(result, ("model.layers.0-7", "disk"))
     gc.collect()
-    dropped = before - rss_bytes()
-    assert moved.written > 90e6
-    assert dropped >= 0.8 * moved.written, f"RSS dropped {dropped / 1e6:.1f} MB for {moved.written / 1e6:.1f} MB moved"
+    dropped, nbytes = before - rss_bytes(), moved.moves[("cpu", "disk")]
+    assert nbytes > 90e6 and moved.written == (nbytes if weights == "changed since" else 0)
+    assert dropped >= 0.8 * nbytes, f"RSS dropped {dropped / 1e6:.1f} MB for {nbytes / 1e6:.1f} MB moved"

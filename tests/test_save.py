@@ -249,3 +249,56 @@ def test_offloaded_weights_are_copied_file_to_file_and_hashed_from_the_source(fo
         assert len(copies) == 1  # refused once, then never asked again
     else:
         assert sum(copies) == sum(t.numel() * t.element_size() for t in on_disk)
+
+
+@pytest.mark.skipif(not hasattr(os, "copy_file_range"), reason="copy_file_range is Linux's")
+def test_weights_loaded_in_place_are_copied_from_their_checkpoint_unless_changed(folders, tmp_path, monkeypatch):
+    """A cpu weight that is still the checkpoint's mapped bytes goes file to file; one changed in
+    place since the load (its pages are copies now) or replaced is written from memory: the saved
+    folder holds the model as it is, not the checkpoint."""
+    copies = []
+    real = os.copy_file_range
+    monkeypatch.setattr(os, "copy_file_range", lambda *a: copies.append(a[2]) or real(*a))
+    result = load_model(str(folders["llama"]), device_map="cpu")
+    model = result.model
+    with torch.no_grad():
+        model.model.layers[0].mlp.up_proj.weight[64, 5] += 1.0  # one element: copy-on-write of one inner page
+        model.model.norm.weight = torch.nn.Parameter(model.model.norm.weight * 2)  # new memory
+    state = model.state_dict()
+    changed = {"model.layers.0.mlp.up_proj.weight", "model.norm.weight"}
+    save_model(result, tmp_path / "out", max_shard_size=100_000)
+    back = load_model(str(tmp_path / "out"), device_map="cpu").model.state_dict()
+    assert set(back) == set(state) and all(torch.equal(back[k], state[k]) for k in state)
+    from safetensors import safe_open
+
+    saved = {}  # name -> bytes, as written (a tied weight once)
+    for shard in (tmp_path / "out").glob("*.safetensors"):
+        with safe_open(shard, framework="pt") as f:
+            saved |= {k: f.get_slice(k).get_shape() for k in f.keys()}
+    assert changed <= set(saved)
+    assert sum(copies) == sum(state[k].numel() * state[k].element_size() for k in saved if k not in changed)
+    assert manifest_is_true(tmp_path / "out")
+
+
+def test_file_region_tells_mapped_unchanged_bytes_from_the_rest(tmp_path):
+    import mmap
+
+    import numpy as np
+
+    from hf_notebook.core import libc
+
+    path = tmp_path / "data.bin"
+    path.write_bytes(os.urandom(64 * mmap.PAGESIZE))
+    with open(path, "rb") as f:
+        mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)  # private and writable, as torch maps a checkpoint
+    view = np.frombuffer(mapped, dtype=np.uint8)
+    base = view.ctypes.data
+    view[: 8 * mmap.PAGESIZE].sum()  # read: still the file's pages
+    assert libc.file_region(base + 100, 8 * mmap.PAGESIZE) == (str(path), 100)
+    view[20 * mmap.PAGESIZE + 7] ^= 0xFF  # written: that page is a copy now
+    assert libc.file_region(base + 16 * mmap.PAGESIZE, 8 * mmap.PAGESIZE) is None
+    assert libc.file_region(base + 32 * mmap.PAGESIZE, 8 * mmap.PAGESIZE) == (str(path), 32 * mmap.PAGESIZE)
+    anonymous = np.ones(mmap.PAGESIZE * 4, dtype=np.uint8)
+    assert libc.file_region(anonymous.ctypes.data, anonymous.nbytes) is None
+    del view
+    mapped.close()

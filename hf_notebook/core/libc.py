@@ -1,4 +1,5 @@
-"""glibc calls that give memory back to the OS (Linux only; no-ops elsewhere)."""
+"""glibc calls that give memory back to the OS, and what /proc says of our pages (Linux only;
+no-ops or "don't know" elsewhere)."""
 
 from __future__ import annotations
 
@@ -6,9 +7,11 @@ import ctypes
 import functools
 import mmap
 import sys
+from typing import Optional
 
 _MADV_DONTNEED = 4
 _M_MMAP_THRESHOLD = -3
+_FILE_PAGE, _SWAPPED, _PRESENT = 61, 62, 63  # /proc/self/pagemap bits (Documentation/admin-guide/mm/pagemap.rst)
 
 
 @functools.cache
@@ -38,23 +41,18 @@ def drop_clean_file_pages(address: int, length: int) -> int:
 
     Such a page is read again from the file if touched, so dropping it is always safe, whoever
     still refers to it. Pages written since mapping (copy-on-write copies: a weight changed in
-    place) and anonymous memory are kept: ``/proc/self/pagemap`` tells them apart (bit 61, file
-    page; bit 63, present).
+    place) and anonymous memory are kept: ``/proc/self/pagemap`` tells them apart.
     """
     libc = _libc()
     if libc is None or length <= 0:
         return 0
     import numpy as np
 
-    page = mmap.PAGESIZE
-    first, last = address // page, -(-(address + length) // page)
-    try:
-        with open("/proc/self/pagemap", "rb") as f:
-            f.seek(first * 8)
-            entries = np.frombuffer(f.read((last - first) * 8), dtype=np.uint64)
-    except OSError:
+    entries = _pagemap(address, length)
+    if entries is None:
         return 0
-    clean = ((entries >> np.uint64(61)) & np.uint64(1)).astype(bool) & ((entries >> np.uint64(63)) & np.uint64(1)).astype(bool)
+    page, first = mmap.PAGESIZE, address // mmap.PAGESIZE
+    clean = _bit(entries, _FILE_PAGE) & _bit(entries, _PRESENT)
     dropped = 0
     edges = np.flatnonzero(np.diff(np.concatenate(([0], clean.astype(np.int8), [0]))))
     for start, stop in zip(edges[::2], edges[1::2]):  # runs of clean file pages
@@ -62,6 +60,56 @@ def drop_clean_file_pages(address: int, length: int) -> int:
                      _MADV_DONTNEED)
         dropped += int(stop - start) * page
     return dropped
+
+
+def _pagemap(address: int, length: int):
+    """The pagemap entries (uint64) of the pages holding ``[address, address + length)``; None if unreadable."""
+    import numpy as np
+
+    page = mmap.PAGESIZE
+    first, last = address // page, -(-(address + length) // page)
+    try:
+        with open("/proc/self/pagemap", "rb") as f:
+            f.seek(first * 8)
+            return np.frombuffer(f.read((last - first) * 8), dtype=np.uint64)
+    except OSError:
+        return None
+
+
+def _bit(entries, bit: int):
+    import numpy as np
+
+    return ((entries >> np.uint64(bit)) & np.uint64(1)).astype(bool)
+
+
+def file_region(address: int, length: int) -> Optional[tuple[str, int]]:
+    """(file, offset) whose bytes ``[address, address + length)`` of our memory are, unchanged: a
+    memory-mapped file (a checkpoint loaded in place) none of whose pages there were written since
+    (a written page of a private mapping is a copy: anonymous, or swapped out). None otherwise."""
+    if length <= 0 or not sys.platform.startswith("linux"):
+        return None
+    try:
+        with open("/proc/self/maps") as f:
+            for line in f:
+                span, perms, offset, _, inode, *path = line.split(maxsplit=5)
+                start, end = (int(x, 16) for x in span.split("-"))
+                if start <= address < end:
+                    break
+            else:
+                return None
+    except OSError:
+        return None
+    name = path[0].rstrip("\n") if path else ""
+    if address + length > end or "r" not in perms or inode == "0" or not name.startswith("/") \
+            or name.endswith(" (deleted)"):
+        return None
+    entries = _pagemap(address, length)
+    if entries is None or len(entries) == 0:
+        return None
+    changed = _bit(entries, _SWAPPED) | (_bit(entries, _PRESENT) & ~_bit(entries, _FILE_PAGE))
+    if changed.any():
+        return None
+    return name, int(offset, 16) + address - start
 
 
 def pin_mmap_threshold() -> None:

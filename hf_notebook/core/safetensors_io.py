@@ -49,6 +49,28 @@ def read_header(path: str) -> tuple[int, dict]:
         return 8 + n, json.loads(f.read(n))
 
 
+def name_at(path: str, offset: int, tensor: Any, headers: Optional[dict] = None) -> Optional[str]:
+    """The name under which ``path`` stores ``tensor``'s bytes at file ``offset`` (same dtype, shape
+    and extent), or None. ``headers`` (path -> :func:`read_header`) saves reading a header twice."""
+    if not path.endswith(".safetensors"):
+        return None
+    if headers is None or path not in headers:
+        try:
+            found = read_header(path)
+        except (OSError, ValueError, struct.error):
+            return None
+        if headers is None:
+            headers = {}
+        headers[path] = found
+    start, head = headers[path]
+    code, shape = code_of(tensor.dtype), list(tensor.shape)
+    for name, entry in head.items():
+        if name != "__metadata__" and start + entry["data_offsets"][0] == offset and entry["dtype"] == code \
+                and entry["shape"] == shape:
+            return name
+    return None
+
+
 def read_tensor(path: str, name: str) -> Any:
     """Tensor ``name`` of ``path``, read into fresh memory (only its own bytes are read)."""
     import torch

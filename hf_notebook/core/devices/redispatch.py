@@ -93,6 +93,7 @@ class _Move:
                 continue
             target = self.new_map[_owner(name, keys)]
             self.plan.append((name, is_param, target if target != "disk" or is_param else self.main))
+        self.in_place = _in_checkpoints(model, [n for n, _, t in self.plan if t == "disk" and n not in self.on_disk])
         self.moves: dict[tuple[str, str], int] = {}
         self.index: dict[str, dict] = {}  # the new disk index
         self.done: list[tuple[str, Any]] = []  # (name, device it was on) for each tensor moved so far
@@ -101,7 +102,7 @@ class _Move:
 
     @property
     def needs_folder(self) -> bool:
-        return any(t == "disk" and n not in self.on_disk for n, _, t in self.plan)
+        return any(t == "disk" and n not in self.on_disk and n not in self.in_place for n, _, t in self.plan)
 
     def check(self, folder: Optional[str]) -> None:
         """Everything that can be known before a byte moves."""
@@ -121,7 +122,7 @@ class _Move:
                                   "cpu and GPUs, but not to or from disk.",
                                   hint="Keep the quantized modules on cpu or a GPU; offload only unquantized ones.")
         sizes = {n: t.numel() * t.element_size() for n, t in tensors.items()}
-        need = sum(sizes[n] for n, _, t in self.plan if t == "disk" and n not in self.on_disk)
+        need = sum(sizes[n] for n, _, t in self.plan if t == "disk" and n not in self.on_disk and n not in self.in_place)
         free = free_bytes("disk", folder)
         if need and need * 1.02 + 16 * 2**20 > free:
             raise DeviceError(f"Moving these modules to disk writes {format_bytes(need)}, but only "
@@ -143,9 +144,13 @@ class _Move:
                     continue
                 self._count(device_name(tensor.device), "disk", nbytes)
                 self._leaving(tensor)
-                _write(self.model, name, tensor, folder, self.index)
+                if name in self.in_place:  # its checkpoint holds these very bytes: read them there, as a load does
+                    self.index[name] = self.in_place[name]
+                    _set(self.model, name, "meta")
+                else:
+                    _write(self.model, name, tensor, folder, self.index)
+                    self.written += nbytes
                 self.done.append((name, tensor.device))
-                self.written += nbytes
                 continue
             here = torch.device("cuda", target) if isinstance(target, int) else torch.device(target)
             if info is not None:
@@ -177,7 +182,8 @@ class _Move:
                 _set(self.model, name, "meta")
             elif name in self.index and name not in self.on_disk:
                 _set(self.model, name, was, _read(self.index[name], was))
-                Path(self.index[name]["safetensors_file"]).unlink(missing_ok=True)
+                if name not in self.in_place:  # a file we wrote (never a checkpoint)
+                    Path(self.index[name]["safetensors_file"]).unlink(missing_ok=True)
             else:
                 _set(self.model, name, was)
         _retie(self.model, self.tied)
@@ -250,6 +256,26 @@ def _device_of(model: Any) -> Device:
 def _owner(name: str, keys: list[str]) -> str:
     """The most specific map key that is ``name`` or holds it (``keys`` sorted most specific first)."""
     return next(k for k in keys if k == "" or name == k or name.startswith(k + "."))
+
+
+def _in_checkpoints(model: Any, names: list[str]) -> dict[str, dict]:
+    """Index entries that read these cpu tensors in place: each one whose memory is still the unchanged
+    mapping of a safetensors checkpoint (loaded in place, not written since). Others are written."""
+    from ..libc import file_region
+    from ..safetensors_io import name_at
+
+    tensors = {n: t for n, t, _ in _tensors(model)}
+    found, headers = {}, {}
+    for name in names:
+        tensor = tensors[name]
+        if tensor.device.type != "cpu" or not tensor.is_contiguous() or not tensor.numel():
+            continue
+        region = file_region(tensor.data_ptr(), tensor.numel() * tensor.element_size())
+        stored = name_at(region[0], region[1], tensor, headers) if region else None
+        if stored is not None:
+            found[name] = {"safetensors_file": region[0], "weight_name": stored,
+                           "dtype": str(tensor.dtype).removeprefix("torch.")}
+    return found
 
 
 def _read(info: dict, device) -> Any:

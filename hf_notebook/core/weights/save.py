@@ -183,7 +183,7 @@ class _Writer:
                 hasher.put(head, None)
                 done = len(head)
                 for tensor_name, tensor in entries:
-                    if tensor.device.type == "meta" and self._copied(f, tensor_name, tensor, hasher):
+                    if self._copied(f, tensor_name, tensor, hasher):
                         done += tensor.numel() * tensor.element_size()
                     else:
                         for chunk, release in self._chunks(tensor_name, tensor):
@@ -250,20 +250,20 @@ class _Writer:
             else stored
 
     def _copied(self, f: Any, name: str, tensor: Any, hasher: "_Hasher") -> bool:
-        """Copy an offloaded tensor whose dtype stays from its file into ``f`` inside the kernel (no
-        trip through our memory: twice the speed of read + write here), hashing it from a read-only
-        mapping of the source. False, with nothing written, where that cannot be done."""
-        where = self._stored(name, tensor) if self._kernel_copy else None
-        if where is None or where[3] != where[4] or where[2] <= where[1]:
+        """Copy a tensor written as it is stored from its file into ``f`` inside the kernel (no trip
+        through our memory: about twice the speed of read + write, or of writing from a mapping,
+        here), hashing the same bytes from memory. False, with nothing written, where its bytes are
+        not in a file as they are to be written, or the kernel refuses the copy."""
+        source = self._file_bytes(name, tensor) if self._kernel_copy else None
+        if source is None:
             return False
-        path, first, last, _, _ = where
-        view = memoryview(self._map(path))
+        path, offset, data, release = source
         written = 0
         with open(path, "rb", buffering=0) as src:
-            while first + written < last:
-                size = min(CHUNK, last - first - written)
+            while written < len(data):
                 try:
-                    got = os.copy_file_range(src.fileno(), f.fileno(), size, first + written)
+                    got = os.copy_file_range(src.fileno(), f.fileno(), min(CHUNK, len(data) - written),
+                                             offset + written)
                 except OSError as exc:
                     if written or exc.errno not in (errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP,
                                                     errno.EBADF, errno.EPERM):
@@ -272,10 +272,34 @@ class _Writer:
                     return False
                 if not got:
                     raise EOFError(f"{path} ends inside tensor {name}")
-                at = first + written
-                hasher.put(view[at:at + got], _page_release_of_map(self._maps[path], at, got))
+                hasher.put(data[written:written + got], release(written, got))
                 written += got
         return True
+
+    def _file_bytes(self, name: str, tensor: Any) -> Optional[tuple[str, int, memoryview, Callable]]:
+        """Where a tensor's bytes, as they are to be written, lie in a file: (file, offset, the same bytes
+        in memory, ``release(at, length)`` -> what gives their pages back once hashed). An offloaded
+        tensor: its index entry, hashed from a read-only mapping; a cpu tensor: a checkpoint it was
+        loaded from in place and not changed since (``libc.file_region``), hashed from itself."""
+        import torch
+
+        if tensor.device.type == "meta":
+            where = self._stored(name, tensor)
+            if where is None or where[3] != where[4] or where[2] <= where[1]:
+                return None
+            path, first, last, _, _ = where
+            mapped = self._map(path)
+            return path, first, memoryview(mapped)[first:last], \
+                lambda at, length: _page_release_of_map(mapped, first + at, length)
+        if tensor.device.type != "cpu" or self.target_dtype(tensor) != tensor.dtype or not tensor.is_contiguous() \
+                or not tensor.numel():
+            return None
+        address, nbytes = tensor.data_ptr(), tensor.numel() * tensor.element_size()
+        found = libc.file_region(address, nbytes)
+        if found is None:
+            return None
+        data = memoryview(tensor.detach().reshape(-1).view(torch.uint8).numpy())
+        return found[0], found[1], data, lambda at, length: _page_release(address + at, length)
 
     def _map(self, path: str) -> mmap.mmap:
         if path not in self._maps:
