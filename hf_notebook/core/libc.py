@@ -86,30 +86,40 @@ def file_region(address: int, length: int) -> Optional[tuple[str, int]]:
     """(file, offset) whose bytes ``[address, address + length)`` of our memory are, unchanged: a
     memory-mapped file (a checkpoint loaded in place) none of whose pages there were written since
     (a written page of a private mapping is a copy: anonymous, or swapped out). None otherwise."""
-    if length <= 0 or not sys.platform.startswith("linux"):
-        return None
+    return file_regions([(address, length)])[0]
+
+
+def file_regions(spans: list[tuple[int, int]]) -> list[Optional[tuple[str, int]]]:
+    """:func:`file_region` of each ``(address, length)``, reading the process's mappings once."""
+    if not spans or not sys.platform.startswith("linux"):
+        return [None] * len(spans)
     try:
         with open("/proc/self/maps") as f:
-            for line in f:
-                span, perms, offset, _, inode, *path = line.split(maxsplit=5)
-                start, end = (int(x, 16) for x in span.split("-"))
-                if start <= address < end:
-                    break
-            else:
-                return None
+            maps = [line.split(maxsplit=5) for line in f]
     except OSError:
+        return [None] * len(spans)
+    starts = sorted((int(m[0].split("-")[0], 16), i) for i, m in enumerate(maps))
+    keys = [a for a, _ in starts]
+    return [_region(maps, starts, keys, address, length) for address, length in spans]
+
+
+def _region(maps: list, starts: list, keys: list, address: int, length: int) -> Optional[tuple[str, int]]:
+    import bisect
+
+    at = bisect.bisect_right(keys, address) - 1
+    if length <= 0 or at < 0:
         return None
+    span, perms, offset, _, inode, *path = maps[starts[at][1]]
+    start, end = (int(x, 16) for x in span.split("-"))
     name = path[0].rstrip("\n") if path else ""
-    if address + length > end or "r" not in perms or inode == "0" or not name.startswith("/") \
-            or name.endswith(" (deleted)"):
+    if not start <= address < end or address + length > end or "r" not in perms or inode == "0" \
+            or not name.startswith("/") or name.endswith(" (deleted)"):
         return None
     entries = _pagemap(address, length)
     if entries is None or len(entries) == 0:
         return None
     changed = _bit(entries, _SWAPPED) | (_bit(entries, _PRESENT) & ~_bit(entries, _FILE_PAGE))
-    if changed.any():
-        return None
-    return name, int(offset, 16) + address - start
+    return None if changed.any() else (name, int(offset, 16) + address - start)
 
 
 def pin_mmap_threshold() -> None:

@@ -99,6 +99,7 @@ class _Move:
         self.done: list[tuple[str, Any]] = []  # (name, device it was on) for each tensor moved so far
         self.left_cpu: list[tuple[int, int]] = []  # (address, bytes) of cpu tensors moved away
         self.written = self.read = 0
+        self._checkpoints: dict[str, Any] = {}  # checkpoint file -> its safe_open handle, while moving
 
     @property
     def needs_folder(self) -> bool:
@@ -154,7 +155,7 @@ class _Move:
                 continue
             here = torch.device("cuda", target) if isinstance(target, int) else torch.device(target)
             if info is not None:
-                _set(self.model, name, here, _read(info, here))
+                _set(self.model, name, here, self._bring(info, here, folder))
                 self.done.append((name, "disk"))
                 self.read += nbytes
                 self._count("disk", device_name(here), nbytes)
@@ -167,6 +168,7 @@ class _Move:
                 self._leaving(tensor)
                 _set(self.model, name, here)
         del tensors
+        self._checkpoints.clear()  # the tensors keep their mapping; the handles are not needed
         _retie(self.model, self.tied)
         self.index.update({t: self.index[s] for t, s in self.tied.items() if s in self.index})
         _drop_stale_files(folder, self.on_disk, self.index)
@@ -199,6 +201,24 @@ class _Move:
                            offload_dir=folder if index else None, offload_index=index or None,
                            skip_keys=getattr(self.model, "_skip_keys_device_placement", None))
         _retie(self.model, self.tied)  # offload hooks replace parameters: share them again, as a load leaves them
+
+    def _bring(self, info: dict, device: Any, folder: Optional[str]) -> Any:
+        """An offloaded tensor, on ``device``. A checkpoint's bytes are mapped as a load maps them
+        (read when touched; still the checkpoint's, so a later move to disk writes nothing); a file
+        of the offload folder is read into fresh memory, since it is deleted next."""
+        path = info.get("safetensors_file")
+        if not path or (folder is not None and os.path.dirname(path) == os.path.abspath(folder)):
+            return _read(info, device)
+        from safetensors import safe_open
+
+        if path not in self._checkpoints:
+            self._checkpoints[path] = safe_open(path, framework="pt")  # one mapping per file, shared
+        tensor = self._checkpoints[path].get_tensor(info.get("weight_name"))
+        if info.get("dtype"):
+            import torch
+
+            tensor = tensor.to(getattr(torch, info["dtype"]))  # no copy when it is stored so
+        return tensor.to(device)
 
     def _leaving(self, tensor: Any) -> None:
         if tensor.device.type == "cpu":
@@ -261,16 +281,15 @@ def _owner(name: str, keys: list[str]) -> str:
 def _in_checkpoints(model: Any, names: list[str]) -> dict[str, dict]:
     """Index entries that read these cpu tensors in place: each one whose memory is still the unchanged
     mapping of a safetensors checkpoint (loaded in place, not written since). Others are written."""
-    from ..libc import file_region
+    from ..libc import file_regions
     from ..safetensors_io import name_at
 
     tensors = {n: t for n, t, _ in _tensors(model)}
+    names = [n for n in names if tensors[n].device.type == "cpu" and tensors[n].is_contiguous() and tensors[n].numel()]
+    regions = file_regions([(tensors[n].data_ptr(), tensors[n].numel() * tensors[n].element_size()) for n in names])
     found, headers = {}, {}
-    for name in names:
+    for name, region in zip(names, regions):
         tensor = tensors[name]
-        if tensor.device.type != "cpu" or not tensor.is_contiguous() or not tensor.numel():
-            continue
-        region = file_region(tensor.data_ptr(), tensor.numel() * tensor.element_size())
         stored = name_at(region[0], region[1], tensor, headers) if region else None
         if stored is not None:
             found[name] = {"safetensors_file": region[0], "weight_name": stored,
