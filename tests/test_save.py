@@ -118,13 +118,13 @@ def test_an_existing_folder_is_replaced_only_with_overwrite(shell, loaded, tiny_
 
 @pytest.mark.parametrize("failure", [KeyboardInterrupt, OSError(errno.ENOSPC, "No space left on device")])
 def test_an_interrupted_save_leaves_the_folder_as_it_was(shell, tiny_hub, hf_cache, work, monkeypatch, failure):
-    from hf_notebook.core.weights import save as S
+    from hf_notebook.core.weights import shard_writer as W
 
     shell.run_line_magic("load_model", "tiny/llama --device-map cpu --as m")
     out = work / "out"
     shell.run_line_magic("save_model", f"m {out} --max-shard-size 100KB")
     before = {p.name: p.read_bytes() for p in out.iterdir()}
-    real, calls = S._Writer.save_file, []
+    real, calls = W.ShardWriter.save_file, []
 
     def fail_on_third(self, tensors, filename, metadata=None):
         calls.append(filename)
@@ -132,7 +132,7 @@ def test_an_interrupted_save_leaves_the_folder_as_it_was(shell, tiny_hub, hf_cac
             raise failure
         return real(self, tensors, filename, metadata)
 
-    monkeypatch.setattr(S._Writer, "save_file", fail_on_third)
+    monkeypatch.setattr(W.ShardWriter, "save_file", fail_on_third)
     with pytest.raises((KeyboardInterrupt, UsageError)):
         shell.run_line_magic("save_model", f"m {out} --max-shard-size 100KB --dtype bfloat16 --overwrite")
     assert len(calls) == 3
@@ -197,20 +197,28 @@ def test_the_record_lists_files_and_the_line_to_load_it(shell, tiny_hub, hf_cach
 @pytest.mark.filterwarnings("ignore:Attempting to save a model with offloaded modules")
 @pytest.mark.parametrize("arch", ["llama", "t5"])
 def test_small_chunks_through_the_buffer_ring_write_the_same_bytes(folders, tmp_path, monkeypatch, arch):
-    """Many more chunks than buffers in flight: a buffer reused too early would corrupt a shard."""
-    from hf_notebook.core.weights import save as S
+    """Many more chunks than buffers in flight: a buffer reused too early would corrupt a shard. Every
+    way a tensor's bytes go: file to file (as loaded, offloaded), from its own memory, converted."""
+    from hf_notebook.core.weights import shard_writer as W
 
-    monkeypatch.setattr(S, "CHUNK", 4096)
+    monkeypatch.setattr(W, "CHUNK", 4096)
     src = folders[arch]
-    for kwargs in ({"device_map": "cpu"}, {"device_map": "auto", "max_memory": {"cpu": 200_000}}):
+    for where in ("cpu", "offloaded", "own memory"):
+        kwargs = {"device_map": "auto", "max_memory": {"cpu": 200_000}} if where == "offloaded" else \
+            {"device_map": "cpu"}
         result = load_model(str(src), **kwargs)
+        if where == "own memory":  # changed since the load: no longer the checkpoint's mapped bytes
+            with torch.no_grad():
+                for param in result.model.parameters():
+                    param.data = param.data.clone()
         for dtype in (None, "bfloat16"):
-            mine = tmp_path / f"mine-{kwargs['device_map']}-{dtype}"
+            mine = tmp_path / f"mine-{where}-{dtype}"
             save_model(result, mine, max_shard_size=100_000, dtype=dtype)
             reference = load_model(str(src), device_map="cpu").model
-            theirs = tmp_path / f"theirs-{kwargs['device_map']}-{dtype}"
+            theirs = tmp_path / f"theirs-{where}-{dtype}"
             (reference.to(torch.bfloat16) if dtype else reference).save_pretrained(theirs, max_shard_size=100_000)
-            assert same_weights(mine, theirs), (kwargs, dtype)
+            assert same_weights(mine, theirs), (where, dtype)
+            assert manifest_is_true(mine), (where, dtype)
 
 
 def manifest_is_true(folder):
