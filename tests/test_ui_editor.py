@@ -87,7 +87,8 @@ def test_apply_redispatches_in_place_and_updates_the_record(llama_folder):
     row(editor, "model.layers.0-1").select.value = "disk"
     assert editor.apply()
     assert result.model.hf_device_map["model.layers.0"] == "disk"
-    assert "Re-dispatched in place: 295.9 kB cpu → disk" in editor.status.value
+    assert "Re-dispatched in place: 295.9 kB cpu → disk (nothing written: read in place from the checkpoint)" \
+        in editor.status.value
     assert "disk" in editor.record().text and "re-dispatched" in editor.record().text
     with torch.no_grad():
         assert torch.equal(result.model(IDS).logits, want)

@@ -194,10 +194,15 @@ def map_load_line(target: Any, device_map_arg: str, name: Optional[str] = None) 
 
 
 def moves_text(moved: Any) -> str:
-    """``148.0 kB cpu → disk, 64.0 kB disk → cpu in 0.16 s``."""
+    """``148.0 kB cpu → disk, 64.0 kB disk → cpu in 0.16 s``, and what of the move to disk was only
+    pointed at the checkpoint instead of written (``nothing written: read in place ...``)."""
     if not moved.moves:
         return "nothing had to move"
     parts = ", ".join(f"{format_bytes(n)} {a} → {b}" for (a, b), n in moved.moves.items())
+    to_disk = sum(n for (_, b), n in moved.moves.items() if b == "disk")
+    if to_disk and moved.written < to_disk:
+        parts += " (" + (f"{format_bytes(moved.written)} written, the rest" if moved.written else "nothing written:") \
+            + " read in place from the checkpoint)"
     return f"{parts} in {format_seconds(moved.seconds)}"
 
 
