@@ -496,7 +496,8 @@ def redispatch_rows(table: Table, layers: int, nbytes: int, trips: dict, copies:
                 (" (mapped from the checkpoint)" if not own else " (read from the offload folder)")
             table.note(f"{moved / GB:.3f} GB moved, {done}: re-dispatch "
                        f"{[round(t[key], 3) for t in runs]} s, copy {[round(c[index], 3) for c in copies]} s")
-    table.note(f"disk -> cpu, own memory: apply_device_map {ms(statistics.median(t['apply_up'] for t in trips[True]))}, "
+    apply_up = statistics.median(t["apply_up"] for t in trips[True])
+    table.note(f"disk -> cpu, own memory: apply_device_map {ms(apply_up)}, "
                f"the rest a first touch of every page; then {max(t['mapped'] for t in trips[True]) / GB:.3f} GB "
                f"still mapped from deleted offload files")
     table.note(f"each apply_device_map runs a full gc.collect(): {ms(collect)} in this process")

@@ -123,7 +123,8 @@ class _Move:
                                   "cpu and GPUs, but not to or from disk.",
                                   hint="Keep the quantized modules on cpu or a GPU; offload only unquantized ones.")
         sizes = {n: t.numel() * t.element_size() for n, t in tensors.items()}
-        need = sum(sizes[n] for n, _, t in self.plan if t == "disk" and n not in self.on_disk and n not in self.in_place)
+        need = sum(sizes[n] for n, _, t in self.plan
+                   if t == "disk" and n not in self.on_disk and n not in self.in_place)
         free = free_bytes("disk", folder)
         if need and need * 1.02 + 16 * 2**20 > free:
             raise DeviceError(f"Moving these modules to disk writes {format_bytes(need)}, but only "

@@ -98,7 +98,8 @@ def save_model(result: Any, folder: str | os.PathLike, *, max_shard_size: Any = 
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.hf_notebook-", dir=target.parent))
     try:
         writer = ShardWriter(model, out_dtype if convert else None, on_event)
-        with _streamed(model, writer, convert), library_bars_off(), a_core_for_hashing():  # no "Writing model shards" widget left behind
+        # library bars off: no "Writing model shards" widget left behind
+        with _streamed(model, writer, convert), library_bars_off(), a_core_for_hashing():
             model.save_pretrained(tmp, max_shard_size=max_shard_size or "50GB")
         if dtype not in (None, "auto"):
             _set_config_dtype(tmp, out_dtype)
@@ -164,7 +165,8 @@ def _streamed(model: Any, writer: ShardWriter, convert: bool):
         return split(sized, **kwargs)
 
     mu.safe_save_file = writer.save_file
-    if not rewrites_weights(type(model).__name__, getattr(model.config, "model_type", "")):  # reverting fused weights needs their data: keep transformers' own loading
+    # reverting fused weights needs their data: keep transformers' own loading for those models
+    if not rewrites_weights(type(model).__name__, getattr(model.config, "model_type", "")):
         mu.load_offloaded_parameter = placeholder
     if convert:
         mu.split_torch_state_dict_into_shards = split_in_out_dtype
