@@ -1,10 +1,15 @@
 """Re-dispatch a loaded model in place onto a new device map: nothing is downloaded again.
 
 The model's accelerate hooks come off; every tensor then goes where the new map puts it:
-moved between cpu and GPUs, read back from its offload file (only that tensor's bytes), or
-written to the offload folder as transformers writes offloaded weights (one safetensors file
-per tensor, indexed by absolute path) and replaced by a meta tensor, so its memory goes back
-to the system. Tensors already on disk stay where they are, read in place. Then accelerate's
+- between cpu and GPUs: moved;
+- to disk: replaced by a meta tensor, so its memory goes back to the system, and read from
+  disk when its module runs. A tensor still mapped from its checkpoint (loaded in place,
+  unchanged) is read there, as ``from_pretrained`` offloads; any other is written to the
+  offload folder as transformers writes offloaded weights (one safetensors file per tensor,
+  indexed by absolute path);
+- from disk: a checkpoint's tensor is mapped again, as a load maps it; one of the offload
+  folder is read into fresh memory (only its own bytes), and its file removed.
+Tensors already on disk that stay there are not touched. Then accelerate's
 own ``dispatch_model`` attaches the hooks for the new map, exactly as ``from_pretrained`` does
 at the end of a load (same hooks, same ``hf_device_map``). Buffers stay resident on the
 device that runs their module, as ``from_pretrained`` keeps them (``offload_buffers=False``).
@@ -36,7 +41,7 @@ class Moved:
 
     moves: dict[tuple[str, str], int] = field(default_factory=dict)
     written: int = 0  # bytes written to the offload folder
-    read: int = 0  # bytes read back from offload files
+    read: int = 0  # bytes brought back from disk (mapped from a checkpoint, or read from an offload file)
     seconds: float = 0.0
     offload_folder: Optional[str] = None
     made_folder: bool = False  # the folder was created for this move (the project owns it)

@@ -94,8 +94,9 @@ class ShardWriter:
             self._spare = torch.empty(CHUNK, dtype=torch.uint8)
         return self._spare[:nbytes]
 
-    def _chunks(self, name: str, tensor: Any) -> Iterator[tuple[Any, Optional[tuple[int, int]]]]:
-        """The bytes of ``tensor`` in its target dtype, chunk by chunk; with each, a cpu range to give back.
+    def _chunks(self, name: str, tensor: Any) -> Iterator[tuple[Any, Optional[Callable[[], None]]]]:
+        """The bytes of ``tensor`` in its target dtype, chunk by chunk; with each, what gives back the
+        checkpoint pages it was copied from (cpu tensors), called once it is hashed.
         A cpu tensor already in its target dtype is written from its own memory; others are copied
         (converted, or brought from a GPU) into reused buffers."""
         import torch
