@@ -121,7 +121,8 @@ def test_no_request_reaches_the_hub_during_an_edit(tiny_hub, hf_cache, hub_serve
     hub_server.reset_counters()
     hub_server.errors = {"/": 503}  # the Hub is down: any request would fail
     before = logits(result.model, "llama")
-    edit(result, ("model.layers.0-1", "disk"))
+    moved = edit(result, ("model.layers.0-1", "disk"))
+    assert moved.written == 0  # read in place from the cache's blobs (no .safetensors suffix there)
     edit(result, ("model.layers.1", "cpu"))
     assert hub_server.requests == []
     assert result.device_map["model.layers.0"] == "disk" and result.device_map["model.layers.1"] == "cpu"

@@ -51,24 +51,35 @@ def read_header(path: str) -> tuple[int, dict]:
 
 def name_at(path: str, offset: int, tensor: Any, headers: Optional[dict] = None) -> Optional[str]:
     """The name under which ``path`` stores ``tensor``'s bytes at file ``offset`` (same dtype, shape
-    and extent), or None. ``headers`` (path -> :func:`read_header`) saves reading a header twice."""
-    if not path.endswith(".safetensors"):
+    and extent), or None (not a safetensors file, or not there). ``path`` may have any name (the
+    Hub cache's blobs have none). ``headers`` (path -> header or None) saves reading one twice."""
+    headers = {} if headers is None else headers
+    if path not in headers:
+        headers[path] = _header_if_safetensors(path)
+    if headers[path] is None:
         return None
-    if headers is None or path not in headers:
-        try:
-            found = read_header(path)
-        except (OSError, ValueError, struct.error):
-            return None
-        if headers is None:
-            headers = {}
-        headers[path] = found
     start, head = headers[path]
     code, shape = code_of(tensor.dtype), list(tensor.shape)
     for name, entry in head.items():
-        if name != "__metadata__" and start + entry["data_offsets"][0] == offset and entry["dtype"] == code \
-                and entry["shape"] == shape:
+        if name != "__metadata__" and isinstance(entry, dict) and entry.get("dtype") == code \
+                and entry.get("shape") == shape and start + (entry.get("data_offsets") or [-1])[0] == offset:
             return name
     return None
+
+
+def _header_if_safetensors(path: str) -> Optional[tuple[int, dict]]:
+    """:func:`read_header` of a file that is safetensors by its content, else None (read nothing big)."""
+    import os
+
+    try:
+        with open(path, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            if not 2 <= n <= min(os.fstat(f.fileno()).st_size - 8, 100 * 2**20):
+                return None
+            head = json.loads(f.read(n))
+    except (OSError, ValueError, struct.error):
+        return None
+    return (8 + n, head) if isinstance(head, dict) else None
 
 
 def read_tensor(path: str, name: str) -> Any:
