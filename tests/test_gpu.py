@@ -86,6 +86,19 @@ def test_redispatch_between_gpu_cpu_and_disk_keeps_outputs(llama):
     assert torch.equal(logits(result.model, "cuda:0"), want)
 
 
+def test_weights_read_in_place_go_from_disk_to_the_gpu(llama):
+    """Weights as loaded on cpu go to disk without a write (read in place from the checkpoint), then
+    straight to the GPU from their checkpoint's mapping."""
+    result = load_model(str(llama), dtype="float32", device_map="cpu")
+    want = logits(result.model, "cpu")
+    to_disk = _edit(result, ("model.layers.0-1", "disk"))
+    assert to_disk.written == 0 and to_disk.moves[("cpu", "disk")] > 0
+    on_gpu = _edit(result, ("", 0))
+    assert on_gpu.read == to_disk.moves[("cpu", "disk")] and result.model.hf_device_map == {"": 0}
+    assert {p.device.type for p in result.model.parameters()} == {"cuda"}
+    assert torch.allclose(logits(result.model, "cuda:0"), want, atol=1e-4)
+
+
 def test_editor_on_a_gpu_machine_offers_gpus_and_strategies(llama):
     from hf_notebook.core.api import device_map_editor
 
