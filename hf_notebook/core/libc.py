@@ -3,6 +3,7 @@ no-ops or "don't know" elsewhere)."""
 
 from __future__ import annotations
 
+import bisect
 import ctypes
 import functools
 import mmap
@@ -104,8 +105,6 @@ def file_regions(spans: list[tuple[int, int]]) -> list[Optional[tuple[str, int]]
 
 
 def _region(maps: list, starts: list, keys: list, address: int, length: int) -> Optional[tuple[str, int]]:
-    import bisect
-
     at = bisect.bisect_right(keys, address) - 1
     if length <= 0 or at < 0:
         return None

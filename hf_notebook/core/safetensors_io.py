@@ -9,6 +9,7 @@ while mapped) or speed (its serializer copies everything once more).
 from __future__ import annotations
 
 import json
+import os
 import struct
 from typing import Any, Iterable, Optional
 
@@ -69,8 +70,6 @@ def name_at(path: str, offset: int, tensor: Any, headers: Optional[dict] = None)
 
 def _header_if_safetensors(path: str) -> Optional[tuple[int, dict]]:
     """:func:`read_header` of a file that is safetensors by its content, else None (read nothing big)."""
-    import os
-
     try:
         with open(path, "rb") as f:
             (n,) = struct.unpack("<Q", f.read(8))
