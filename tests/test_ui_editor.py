@@ -140,9 +140,10 @@ def test_apply_on_a_plan_updates_the_plan_in_place():
 
 def test_text_form_for_terminals(llama_folder):
     result = load_model(str(llama_folder[0]), device_map="cpu", name="m")
-    text = repr(DeviceMapEditor(result))
+    editor = DeviceMapEditor(result)  # one editor: each takes its own snapshot of free memory when it opens
+    text = repr(editor)
     assert "model.layers.0-1" in text and "cpu: 427.3 kB" in text
-    bundle = DeviceMapEditor(result)._repr_mimebundle_()
+    bundle = editor._repr_mimebundle_()
     assert "application/vnd.jupyter.widget-view+json" in bundle and bundle["text/plain"] == text
 
 
