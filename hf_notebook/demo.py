@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -62,16 +63,20 @@ def execute_notebook(path: Path, env: dict[str, str]):
     import nbformat
     from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError
+    from traitlets.config import Config
 
     nb = nbformat.read(path, as_version=4)
-    # The venv's kernelspec: jupyter_client runs a spec's "python" as sys.executable.
-    client = NotebookClient(nb, kernel_name="python3", timeout=CELL_TIMEOUT,
-                            resources={"metadata": {"path": str(path.parent)}})
-    try:
-        client.execute(env=env, cwd=str(path.parent))
-    except CellExecutionError as exc:
-        client.set_widgets_metadata()  # keep the panels drawn so far, the failed one included
-        return _drop_unused_widget_state(nb), exc
+    # The venv's kernelspec: jupyter_client runs a spec's "python" as sys.executable. Local sockets
+    # (ipc), not TCP: nothing listens on the network, and the kernel has no encryption warning to print.
+    with tempfile.TemporaryDirectory(prefix="hf_notebook-kernel-") as sockets:
+        ipc = Config({"KernelManager": {"transport": "ipc", "ip": os.path.join(sockets, "kernel")}})
+        client = NotebookClient(nb, kernel_name="python3", timeout=CELL_TIMEOUT, config=ipc,
+                                resources={"metadata": {"path": str(path.parent)}})
+        try:
+            client.execute(env=env, cwd=str(path.parent))
+        except CellExecutionError as exc:
+            client.set_widgets_metadata()  # keep the panels drawn so far, the failed one included
+            return _drop_unused_widget_state(nb), exc
     return _drop_unused_widget_state(nb), None
 
 
