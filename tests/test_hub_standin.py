@@ -462,9 +462,9 @@ def test_throttle_slows_downloads(repo, hub_server, hf_cache):
         return time.monotonic() - start
 
     fast = timed_download()
-    hub_server.throttle_bytes_per_s = 1_000_000
+    hub_server.throttle_bytes_per_s = 200_000
     slow = timed_download()
-    assert slow >= 0.18 and slow > fast + 0.1  # 200 KB at 1 MB/s
+    assert slow >= 0.95 and slow > fast + 0.5  # 200 KB at 200 kB/s: a margin no pause of a busy machine closes
 
 
 # --------------------------------------------------------------------------- transformers and CLI

@@ -141,7 +141,7 @@ def test_explicit_map_with_disk_and_widget_summary(shell, loaded, tiny_hub, hf_c
     assert result.placement.bytes_by_device["disk"] > 0 and result.placement.bytes_by_device["cpu"] > 0
 
 
-def test_interrupted_load_binds_nothing_and_cleans_up(shell, loaded, tiny_hub, hf_cache, monkeypatch):
+def test_interrupted_load_binds_nothing_and_cleans_up(shell, loaded, tiny_hub, hf_cache, monkeypatch, tmp_path):
     """Ctrl-C in the middle of materializing: no variable, no registry entry, no temp offload folder."""
     import glob
     import tempfile
@@ -159,16 +159,17 @@ def test_interrupted_load_binds_nothing_and_cleans_up(shell, loaded, tiny_hub, h
         def __call__(self, event):
             super().__call__(event)
             if isinstance(event, ShardProgress) and event.tensors_done == 1:
+                during.extend(glob.glob(f"{tmp_path}/hf_notebook-offload-*"))
                 raise KeyboardInterrupt
 
-    renderer = Interrupting(io.StringIO())
+    renderer, during = Interrupting(io.StringIO()), []
     monkeypatch.setattr(ui, "make_renderer", lambda *a, **k: renderer)
-    before = set(glob.glob(f"{tempfile.gettempdir()}/hf_notebook-offload-*"))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # a temp folder no other process writes to
     shell.user_ns["model"] = sentinel = object()
     with pytest.raises(KeyboardInterrupt):
         shell.run_line_magic("load_model", "tiny/llama --max-memory cpu=300KB")
     assert shell.user_ns["model"] is sentinel and loaded.get("model") is None
-    assert set(glob.glob(f"{tempfile.gettempdir()}/hf_notebook-offload-*")) == before
+    assert len(during) == 1 and glob.glob(f"{tmp_path}/hf_notebook-offload-*") == []  # made, then removed
     assert renderer.final.text.startswith("■ tiny/llama @ (default branch)")  # the panel says so...
     assert "cancelled during load" in renderer.final.text and "✓" not in renderer.final.text  # ...not done
 

@@ -8,7 +8,6 @@ import math
 import struct
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -311,9 +310,7 @@ def meta_param_count(config) -> int:
     ],
 )
 def test_synthetic_checkpoint_matches_meta_model(tmp_path, name, approx_params, expected_key):
-    start = time.perf_counter()
     folder = synthetic_checkpoint(BIG_CONFIGS[name](), tmp_path / name)
-    assert time.perf_counter() - start < 5
     assert sum(p.stat().st_size for p in folder.iterdir()) < 2_000_000  # headers only
 
     index = json.loads((folder / "model.safetensors.index.json").read_text())

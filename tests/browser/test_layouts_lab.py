@@ -73,14 +73,32 @@ MEASURE = (Path(__file__).parent / "measure_layout.js").read_text(encoding="utf-
 def set_theme(page, theme: str) -> None:
     page.evaluate("t => window.jupyterapp.commands.execute('apputils:change-theme', {theme: t})", theme)
     page.wait_for_function("t => document.body.dataset.jpThemeName === t", arg=theme, timeout=30_000)
-    page.wait_for_timeout(300)  # the theme's stylesheet applied
+    wait_settled(page)  # the theme's stylesheet applied
 
 
 def set_layout(page, width: int, file_browser: bool, height: int = 900) -> None:
     page.set_viewport_size({"width": width, "height": height})
     page.evaluate("open => open ? window.jupyterapp.shell.expandLeft('filebrowser') "
                   ": window.jupyterapp.shell.collapseLeft()", file_browser)
-    page.wait_for_timeout(250)  # Lab's panels laid out again
+    wait_settled(page)  # Lab's panels laid out again
+
+
+# True once the open notebook's box, its height and the theme's colours stayed the same for 5 frames in a row.
+SETTLED = """() => {
+    const nb = document.querySelector('.jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook') || document.body;
+    const box = nb.getBoundingClientRect(), style = getComputedStyle(document.body);
+    const sig = [innerWidth, box.x, box.width, nb.scrollHeight, style.backgroundColor,
+                 style.getPropertyValue('--jp-layout-color0')].join();
+    const last = window.__hfLayout;
+    window.__hfLayout = {sig, same: last && last.sig === sig ? last.same + 1 : 0};
+    return window.__hfLayout.same >= 5;
+}"""
+
+
+def wait_settled(page) -> None:
+    """Wait until the layout stops changing (a resize, a theme or a side panel has been laid out)."""
+    page.evaluate("() => { window.__hfLayout = null; }")
+    page.wait_for_function(SETTLED, polling="raf", timeout=30_000)
 
 
 def measure(notebook) -> dict:
@@ -124,7 +142,7 @@ def docs_screenshots(notebook) -> list[Path]:
     written = []
     for name, parts in shots.items():
         parts[0].evaluate("el => el.scrollIntoView({block: 'start'})")
-        page.wait_for_timeout(200)
+        wait_settled(page)
         boxes = [p.bounding_box() for p in parts]
         left, top = min(b["x"] for b in boxes) - 4, min(b["y"] for b in boxes) - 4
         right, bottom = max(b["x"] + b["width"] for b in boxes) + 4, max(b["y"] + b["height"] for b in boxes) + 1

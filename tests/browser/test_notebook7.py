@@ -44,7 +44,8 @@ def test_notebook7_runs_a_load_a_plan_and_models_to_their_records(notebook7, tin
         expect(plan.locator(RECORD)).to_contain_text("disk (offload)")
         figure = plan.locator(".jp-OutputArea img")
         expect(figure).to_have_count(1)
-        assert figure.evaluate("img => img.complete && img.naturalWidth > 100"), "the memory figure did not load"
+        expect(figure).to_have_js_property("complete", True)  # retried until the image has loaded
+        assert figure.evaluate("img => img.naturalWidth > 100"), "the memory figure did not load"
 
         models = notebook7.code_cell(MODELS).locator(RECORD)
         expect(models).to_contain_text(f"tiny/llama@{llama[:12]}")

@@ -2,6 +2,7 @@
 saved notebook reopened without the kernel that made it still shows them (no "Error displaying widget")."""
 
 import os
+import shutil
 
 import pytest
 
@@ -88,7 +89,10 @@ def test_notebook_executed_headless_reopens_with_its_records(notebook, lab, tiny
 
     page = notebook.page
     main, v1 = tiny_hub["llama"].commits["main"], tiny_hub["llama"].commits["v1"]
-    nb, error = execute_notebook(NOTEBOOK, {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hf-cache")})
+    copy = tmp_path / "run" / NOTEBOOK.name  # run in a folder of its own: its lock file stays there
+    copy.parent.mkdir()
+    shutil.copyfile(NOTEBOOK, copy)
+    nb, error = execute_notebook(copy, {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hf-cache")})
     assert error is None, str(error)
     nbformat.write(nb, lab.root_dir / "quickstart-executed.ipynb")
     notebook.open("quickstart-executed.ipynb")

@@ -44,7 +44,8 @@ def test_folders_are_removed_at_interpreter_exit(tiny_hub, tmp_path):
         print("FOLDER", instance(sh).registry.get("m").offload_folder)
     """)
     env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "cache")}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120,
+                         cwd=tmp_path)  # its lock file lands there, not in the checkout
     assert out.returncode == 0, out.stderr
     folder = Path(next(line for line in out.stdout.splitlines() if line.startswith("FOLDER")).split()[1])
     assert folder.name.startswith("hf_notebook-offload-") and not folder.exists()

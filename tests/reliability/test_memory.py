@@ -54,9 +54,10 @@ def tiny_folder(tmp_path_factory):
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-def test_rss_comes_back_after_ctrl_c_mid_load(medium_folder, tiny_folder, dtype):
+def test_rss_comes_back_after_ctrl_c_mid_load(medium_folder, tiny_folder, dtype, tmp_path):
     out = subprocess.run([sys.executable, "-c", SCRIPT, str(medium_folder), str(tiny_folder), dtype],
-                         capture_output=True, text=True, timeout=180, env={**os.environ, "TQDM_DISABLE": "1"})
+                         capture_output=True, text=True, timeout=180, env={**os.environ, "TQDM_DISABLE": "1"},
+                         cwd=tmp_path)  # its lock file lands there, not in the checkout
     assert out.returncode == 0, out.stderr[-2000:]
     facts = json.loads(out.stdout.strip().splitlines()[-1])
     assert facts["interrupted"] and not facts["bound"]
