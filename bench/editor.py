@@ -500,7 +500,7 @@ def redispatch_rows(table: Table, layers: int, nbytes: int, trips: dict, copies:
     table.note(f"disk -> cpu, own memory: apply_device_map {ms(apply_up)}, "
                f"the rest a first touch of every page; then {max(t['mapped'] for t in trips[True]) / GB:.3f} GB "
                f"still mapped from deleted offload files")
-    table.note(f"each apply_device_map runs a full gc.collect(): {ms(collect)} in this process")
+    table.note(f"a full gc pass, when Python starts one during a move, costs {ms(collect)} in this process")
 
 
 def main() -> None:

@@ -14,6 +14,7 @@ import struct
 from typing import Any, Iterable, Optional
 
 from .dtypes import code_of, torch_dtype_of_code
+from .io_threads import read_into
 
 
 def order(entries: Iterable[tuple[str, Any]]) -> list[tuple[str, Any]]:
@@ -90,15 +91,12 @@ def read_tensor(path: str, name: str) -> Any:
     first, last = entry["data_offsets"]
     tensor = torch.empty(entry["shape"], dtype=torch_dtype_of_code(entry["dtype"]))
     if last > first:
-        with open(path, "rb", buffering=0) as f:  # straight into the tensor: Python's buffered reads of big
-            # chunks ran at a third of the disk's speed here
-            f.seek(start + first)
-            view = memoryview(tensor.reshape(-1).view(torch.uint8).numpy())
-            while view:
-                got = f.readinto(view)
-                if not got:
-                    raise EOFError(f"{path} ends inside tensor {name}")
-                view = view[got:]
+        with open(path, "rb", buffering=0) as f:  # straight into the tensor (Python's buffered reads of big
+            # chunks ran at a third of the disk's speed here), a big one on a few cores (its page faults)
+            try:
+                read_into(f.fileno(), memoryview(tensor.reshape(-1).view(torch.uint8).numpy()), start + first)
+            except EOFError:
+                raise EOFError(f"{path} ends inside tensor {name}") from None
     return tensor
 
 

@@ -6,9 +6,10 @@ The model's accelerate hooks come off; every tensor then goes where the new map 
   disk when its module runs. A tensor still mapped from its checkpoint (loaded in place,
   unchanged) is read there, as ``from_pretrained`` offloads; any other is written to the
   offload folder as transformers writes offloaded weights (one safetensors file per tensor,
-  indexed by absolute path);
+  indexed by absolute path), a few files at once, each tensor's memory freed once its file is;
 - from disk: a checkpoint's tensor is mapped again, as a load maps it; one of the offload
-  folder is read into fresh memory (only its own bytes), and its file removed.
+  folder is read into fresh memory (only its own bytes, a big one in parts side by side), and
+  its file removed.
 Tensors already on disk that stay there are not touched. Then accelerate's
 own ``dispatch_model`` attaches the hooks for the new map, exactly as ``from_pretrained`` does
 at the end of a load (same hooks, same ``hf_device_map``). Buffers stay resident on the
@@ -28,6 +29,7 @@ from typing import Any, Mapping, Optional
 
 from .. import libc
 from ..errors import DeviceError, LoadError
+from ..io_threads import InOrder
 from ..quiet import quiet_loggers
 from ..units import Device, device_name, format_bytes, parse_device
 from .machine import free_bytes
@@ -142,38 +144,42 @@ class _Move:
 
         remove_hook_from_submodules(self.model)  # cpu-offloaded weights come back to cpu here
         tensors = {n: t for n, t, _ in _tensors(self.model)}
-        for name, is_param, target in self.plan:
-            tensor, info = tensors[name], self.on_disk.get(name)
-            nbytes = tensor.numel() * tensor.element_size()
-            if target == "disk":
-                if info is not None:
-                    self.index[name] = info  # already on disk: read in place, as before
+
+        def written(item: tuple[str, Any], entry: dict) -> None:  # its file is complete: it leaves memory
+            name, tensor = item
+            self.index[name] = entry
+            self._to_disk(name, tensor)
+            self.written += tensor.numel() * tensor.element_size()
+            tensors.pop(name)  # its memory goes back now, while the next files are written
+
+        with InOrder(lambda item: _write(*item, folder), written) as writes:  # a few files at once
+            for name, is_param, target in self.plan:
+                tensor, info = tensors[name], self.on_disk.get(name)
+                nbytes = tensor.numel() * tensor.element_size()
+                if target == "disk":
+                    if info is not None:
+                        self.index[name] = info  # already on disk: read in place, as before
+                    elif name in self.in_place:  # its checkpoint holds these very bytes: read there, as a load does
+                        self.index[name] = self.in_place[name]
+                        self._to_disk(name, tensor)
+                    else:
+                        writes.add((name, tensor))
                     continue
-                self._count(device_name(tensor.device), "disk", nbytes)
-                self._leaving(tensor)
-                if name in self.in_place:  # its checkpoint holds these very bytes: read them there, as a load does
-                    self.index[name] = self.in_place[name]
-                    _set(self.model, name, "meta")
-                else:
-                    _write(self.model, name, tensor, folder, self.index)
-                    self.written += nbytes
-                self.done.append((name, tensor.device))
-                continue
-            here = torch.device("cuda", target) if isinstance(target, int) else torch.device(target)
-            if info is not None:
-                _set(self.model, name, here, self._bring(info, here, folder))
-                self.done.append((name, "disk"))
-                self.read += nbytes
-                self._count("disk", device_name(here), nbytes)
-            elif tensor.device.type == "meta":
-                raise LoadError(f"{name} is on the meta device and no offload hook says where its data is.",
-                                hint="Reload the model; it cannot be re-dispatched.")
-            elif tensor.device != here:
-                self.done.append((name, tensor.device))
-                self._count(device_name(tensor.device), device_name(here), nbytes)
-                self._leaving(tensor)
-                _set(self.model, name, here)
-        del tensors
+                here = torch.device("cuda", target) if isinstance(target, int) else torch.device(target)
+                if info is not None:
+                    _set(self.model, name, here, self._bring(info, here, folder))
+                    self.done.append((name, "disk"))
+                    self.read += nbytes
+                    self._count("disk", device_name(here), nbytes)
+                elif tensor.device.type == "meta":
+                    raise LoadError(f"{name} is on the meta device and no offload hook says where its data is.",
+                                    hint="Reload the model; it cannot be re-dispatched.")
+                elif tensor.device != here:
+                    self.done.append((name, tensor.device))
+                    self._count(device_name(tensor.device), device_name(here), nbytes)
+                    self._leaving(tensor)
+                    _set(self.model, name, here)
+        tensors.clear()  # the moved tensors go now
         self._checkpoints.clear()  # the tensors keep their mapping; the handles are not needed
         _retie(self.model, self.tied)
         self.index.update({t: self.index[s] for t, s in self.tied.items() if s in self.index})
@@ -225,6 +231,13 @@ class _Move:
 
             tensor = tensor.to(getattr(torch, info["dtype"]))  # no copy when it is stored so
         return tensor.to(device)
+
+    def _to_disk(self, name: str, tensor: Any) -> None:
+        """``tensor`` is readable from the disk index now: a meta tensor takes its place."""
+        self._count(device_name(tensor.device), "disk", tensor.numel() * tensor.element_size())
+        self._leaving(tensor)
+        _set(self.model, name, "meta")
+        self.done.append((name, tensor.device))
 
     def _leaving(self, tensor: Any) -> None:
         if tensor.device.type == "cpu":
@@ -320,15 +333,19 @@ def _read(info: dict, device) -> Any:
     return tensor.to(device)
 
 
-def _write(model: Any, name: str, tensor: Any, folder: str, index: dict) -> None:
+def _write(name: str, tensor: Any, folder: str) -> dict:
     """Write ``tensor`` to ``folder`` as transformers writes offloaded weights (one safetensors file per
-    tensor, indexed by absolute path), then leave a meta tensor in its place."""
+    tensor, indexed by absolute path); its index entry. Runs in an I/O thread: touches no module.
+    A file it could not finish is removed."""
     from ..safetensors_io import write_file
 
     path = os.path.join(os.path.abspath(folder), f"{name}.safetensors")
-    write_file(path, {name: tensor.detach().to("cpu")})
-    index[name] = {"safetensors_file": path, "weight_name": name, "dtype": str(tensor.dtype).removeprefix("torch.")}
-    _set(model, name, "meta")
+    try:
+        write_file(path, {name: tensor.detach().to("cpu")})
+    except BaseException:
+        Path(path).unlink(missing_ok=True)
+        raise
+    return {"safetensors_file": path, "weight_name": name, "dtype": str(tensor.dtype).removeprefix("torch.")}
 
 
 def _set(model: Any, name: str, device, value: Any = None) -> None:

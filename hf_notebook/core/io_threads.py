@@ -1,0 +1,117 @@
+"""File I/O on a few cores at once, where one thread cannot keep up: a big read into fresh memory
+(its page faults) is split in parts read side by side, and files written one after another are
+written a few at a time (the page cache takes them in parallel; parts of one file would contend
+on its inode). One small shared pool, started on first use.
+
+Whatever the caller's fate (an error, Ctrl-C), no worker is left touching memory or files: every
+call waits for the work it started before it returns or raises.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from typing import Any, Callable, Optional
+
+SPLIT_MIN = 2**20  # bytes: a read below twice this is not split
+MAX_WORKERS = 4
+
+_pool: Optional[ThreadPoolExecutor] = None
+_lock = threading.Lock()
+
+
+def workers() -> int:
+    """Threads used at once: the cores this process may run on, at most :data:`MAX_WORKERS`."""
+    return max(1, min(MAX_WORKERS, len(os.sched_getaffinity(0))))
+
+
+def _shared_pool() -> ThreadPoolExecutor:
+    global _pool
+    with _lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(max_workers=MAX_WORKERS, thread_name_prefix="hf_notebook-io")
+        return _pool
+
+
+def settle(futures: list[Future]) -> None:
+    """Wait until every one of ``futures`` is done, through Ctrl-C too (re-raised once all are done)."""
+    interrupted = None
+    while True:
+        try:
+            wait(futures)
+            break
+        except KeyboardInterrupt as exc:
+            interrupted = exc
+    if interrupted is not None:
+        raise interrupted
+
+
+def read_into(fd: int, view: memoryview, offset: int) -> None:
+    """Fill ``view`` (bytes) from file ``fd`` at ``offset``; a big one in parts, one per worker."""
+    parts = min(workers(), len(view) // SPLIT_MIN) or 1
+    per_part = -(-len(view) // parts)
+    step = -(-per_part // 4096) * 4096  # whole pages each
+    bounds = [(a, min(a + step, len(view))) for a in range(0, len(view), step)] if view else [(0, 0)]
+    futures = [_shared_pool().submit(_pread_all, fd, view[a:b], offset + a) for a, b in bounds[1:]]
+    try:
+        _pread_all(fd, view[: bounds[0][1]], offset)
+    finally:
+        settle(futures)  # the workers write into ``view``: never leave while they do
+    for future in futures:
+        future.result()
+
+
+def _pread_all(fd: int, view: memoryview, offset: int) -> None:
+    while view:
+        got = os.preadv(fd, [view], offset)
+        if not got:
+            raise EOFError(f"the file ends {len(view)} bytes early")
+        view, offset = view[got:], offset + got
+
+
+class InOrder:
+    """``fn(item)`` for items given one by one, :func:`workers` calls in flight; each result is handed
+    to ``done(item, result)`` in the items' order, in the caller's thread, as soon as it and every
+    earlier one are ready (:meth:`add` and :meth:`finish` do it).
+
+    Used as a context manager: leaving it by an exception cancels the calls not started, waits for
+    the running ones, and still hands over each result that came back, so the caller knows of every
+    effect (a file written) it has to undo. An error of a call is raised in the caller's thread.
+    """
+
+    def __init__(self, fn: Callable[[Any], Any], done: Callable[[Any, Any], None]):
+        self.fn, self.done = fn, done
+        self.window = workers()
+        self.pending: deque[tuple[Any, Future]] = deque()
+
+    def add(self, item: Any) -> None:
+        self.pending.append((item, _shared_pool().submit(self.fn, item)))
+        while len(self.pending) > self.window or (self.pending and self.pending[0][1].done()):
+            self._hand_over_first()
+
+    def finish(self) -> None:
+        while self.pending:
+            self._hand_over_first()
+
+    def _hand_over_first(self) -> None:
+        item, future = self.pending[0]
+        result = future.result()
+        self.pending.popleft()
+        self.done(item, result)
+
+    def __enter__(self) -> "InOrder":
+        return self
+
+    def __exit__(self, kind, exc, tb) -> None:
+        if kind is None:
+            self.finish()
+            return
+        for _, future in self.pending:
+            future.cancel()
+        settle([future for _, future in self.pending])
+        for item, future in self.pending:
+            if not future.cancelled() and future.exception() is None:
+                self.done(item, future.result())
+        self.pending.clear()

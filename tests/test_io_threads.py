@@ -1,0 +1,143 @@
+"""File I/O on a few cores: split reads give the file's exact bytes, ordered writes hand results over in
+order, and nothing is left running or unaccounted for after an error or Ctrl-C."""
+
+import os
+import threading
+import time
+
+import pytest
+
+from hf_notebook.core import io_threads
+
+
+@pytest.fixture
+def three_workers(monkeypatch):
+    monkeypatch.setattr(io_threads, "workers", lambda: 3)  # parts and calls side by side, even on one core
+
+
+@pytest.fixture
+def data_file(tmp_path):
+    data = os.urandom(5 * 2**20 + 123)
+    path = tmp_path / "data.bin"
+    path.write_bytes(b"x" * 4100 + data)
+    return path, data
+
+
+def test_a_big_read_is_split_and_gives_the_exact_bytes(data_file, three_workers, monkeypatch):
+    path, data = data_file
+    parts, real = [], io_threads._pread_all
+
+    def part(fd, view, offset):
+        parts.append((offset, len(view), threading.current_thread() is threading.main_thread()))
+        real(fd, view, offset)
+
+    monkeypatch.setattr(io_threads, "_pread_all", part)
+    buffer = bytearray(len(data))
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        io_threads.read_into(fd, memoryview(buffer), 4100)
+    finally:
+        os.close(fd)
+    assert bytes(buffer) == data
+    parts.sort()
+    assert len(parts) == 3 and [main for *_, main in parts] == [True, False, False]  # the caller reads one part
+    assert all(size % 4096 == 0 for _, size, _ in parts[:-1])  # whole pages each
+    assert [offset for offset, *_ in parts] == [4100, 4100 + parts[0][1], 4100 + parts[0][1] + parts[1][1]]
+
+
+def test_a_short_file_raises_after_every_part_is_done(data_file, three_workers, monkeypatch):
+    path, data = data_file
+    finished, real = [], io_threads._pread_all
+
+    def slow_part(fd, view, offset):
+        try:
+            if threading.current_thread() is not threading.main_thread():
+                time.sleep(0.2)
+            real(fd, view, offset)
+        finally:
+            finished.append(time.perf_counter())
+
+    monkeypatch.setattr(io_threads, "_pread_all", slow_part)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        with pytest.raises(EOFError, match="ends .* bytes early"):
+            io_threads.read_into(fd, memoryview(bytearray(len(data) + 10)), 4100)  # 10 bytes past the end
+        returned = time.perf_counter()
+    finally:
+        os.close(fd)
+    assert len(finished) == 3 and max(finished) <= returned
+
+
+def test_ctrl_c_during_a_split_read_waits_for_the_other_parts(data_file, three_workers, monkeypatch):
+    path, data = data_file
+    finished = []
+
+    def part(fd, view, offset):
+        if threading.current_thread() is threading.main_thread():
+            raise KeyboardInterrupt
+        time.sleep(0.2)  # still writing into the buffer when the user presses Ctrl-C
+        finished.append(time.perf_counter())
+
+    monkeypatch.setattr(io_threads, "_pread_all", part)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            io_threads.read_into(fd, memoryview(bytearray(len(data))), 4100)
+        returned = time.perf_counter()
+    finally:
+        os.close(fd)
+    assert len(finished) == 2 and max(finished) <= returned
+
+
+def test_results_are_handed_over_in_order(three_workers):
+    handed = []
+
+    def work(i):
+        time.sleep(0.01 * (5 - i))  # later items finish first
+        return i * i
+
+    with io_threads.InOrder(work, lambda item, result: handed.append((item, result))) as calls:
+        for i in range(6):
+            calls.add(i)
+    assert handed == [(i, i * i) for i in range(6)]
+
+
+def test_a_failed_call_stops_the_rest_and_every_result_is_accounted_for(three_workers):
+    handed, started, running = [], [], []
+
+    def work(i):
+        started.append(i)
+        running.append(i)
+        try:
+            time.sleep(0.05)
+            if i == 2:
+                raise OSError("disk full")
+            return i
+        finally:
+            running.remove(i)
+
+    with pytest.raises(OSError, match="disk full"):
+        with io_threads.InOrder(work, lambda item, result: handed.append(item)) as calls:
+            for i in range(10):
+                calls.add(i)
+    assert running == []  # nothing still runs once the error is raised
+    assert 2 not in handed and sorted(handed) == sorted(i for i in started if i != 2)  # each effect known
+    assert len(started) < 10  # the calls not started were cancelled
+
+
+def test_ctrl_c_in_the_caller_waits_for_running_calls_and_hands_them_over(three_workers):
+    handed, running = [], []
+
+    def work(i):
+        running.append(i)
+        time.sleep(0.1)
+        running.remove(i)
+        return i
+
+    with pytest.raises(KeyboardInterrupt):
+        with io_threads.InOrder(work, lambda item, result: handed.append(item)) as calls:
+            calls.add(0)
+            calls.add(1)
+            time.sleep(0.05)  # both running
+            raise KeyboardInterrupt
+    assert running == [] and handed == [0, 1]
