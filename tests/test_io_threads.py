@@ -141,3 +141,33 @@ def test_ctrl_c_in_the_caller_waits_for_running_calls_and_hands_them_over(three_
             time.sleep(0.05)  # both running
             raise KeyboardInterrupt
     assert running == [] and handed == [0, 1]
+
+
+def test_a_forked_child_reads_on_threads_of_its_own(data_file, three_workers):
+    """A child forked after the pool started (a DataLoader worker, say) still reads, on fresh threads."""
+    path, data = data_file
+
+    def read_all() -> bytes:
+        buffer = bytearray(len(data))
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            io_threads.read_into(fd, memoryview(buffer), 4100)
+        finally:
+            os.close(fd)
+        return bytes(buffer)
+
+    assert read_all() == data  # the parent's pool exists now
+    pid = os.fork()
+    if pid == 0:  # the child: exit 0 only if the read completes with the right bytes
+        os._exit(0 if read_all() == data else 1)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        pytest.fail("the forked child's read never finished")
+    assert os.waitstatus_to_exitcode(status) == 0

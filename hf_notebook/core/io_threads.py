@@ -18,7 +18,7 @@ from typing import Any, Callable, Optional
 SPLIT_MIN = 2**20  # bytes: a read below twice this is not split
 MAX_WORKERS = 4
 
-_pool: Optional[ThreadPoolExecutor] = None
+_pool: Optional[tuple[int, ThreadPoolExecutor]] = None  # (the process that made it, the pool)
 _lock = threading.Lock()
 
 
@@ -28,11 +28,12 @@ def workers() -> int:
 
 
 def _shared_pool() -> ThreadPoolExecutor:
+    """The pool, made on first use; again in a forked child (the parent's threads are not there)."""
     global _pool
     with _lock:
-        if _pool is None:
-            _pool = ThreadPoolExecutor(max_workers=MAX_WORKERS, thread_name_prefix="hf_notebook-io")
-        return _pool
+        if _pool is None or _pool[0] != os.getpid():
+            _pool = os.getpid(), ThreadPoolExecutor(max_workers=MAX_WORKERS, thread_name_prefix="hf_notebook-io")
+        return _pool[1]
 
 
 def settle(futures: list[Future]) -> None:
