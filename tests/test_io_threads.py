@@ -171,3 +171,23 @@ def test_a_forked_child_reads_on_threads_of_its_own(data_file, three_workers):
         os.waitpid(pid, 0)
         pytest.fail("the forked child's read never finished")
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_a_call_failing_while_the_last_ones_finish_still_accounts_for_every_one(three_workers):
+    handed, running = [], []
+
+    def work(i):
+        running.append(i)
+        try:
+            time.sleep({3: 0.1, 4: 0.3}.get(i, 0.01))  # the last but one fails while the last still runs
+            if i == 3:
+                raise OSError("disk full")
+            return i
+        finally:
+            running.remove(i)
+
+    with pytest.raises(OSError, match="disk full"):
+        with io_threads.InOrder(work, lambda item, result: handed.append(item)) as calls:
+            for i in range(5):
+                calls.add(i)
+    assert running == [] and handed == [0, 1, 2, 4]  # the last one's effect is known too

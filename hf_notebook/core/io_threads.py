@@ -9,6 +9,7 @@ call waits for the work it started before it returns or raises.
 
 from __future__ import annotations
 
+import io
 import os
 import threading
 from collections import deque
@@ -18,22 +19,32 @@ from typing import Any, Callable, Optional
 SPLIT_MIN = 2**20  # bytes: a read below twice this is not split
 MAX_WORKERS = 4
 
-_pool: Optional[tuple[int, ThreadPoolExecutor]] = None  # (the process that made it, the pool)
+_pool: Optional[ThreadPoolExecutor] = None
 _lock = threading.Lock()
 
 
 def workers() -> int:
     """Threads used at once: the cores this process may run on, at most :data:`MAX_WORKERS`."""
-    return max(1, min(MAX_WORKERS, len(os.sched_getaffinity(0))))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(MAX_WORKERS, cores))
 
 
 def _shared_pool() -> ThreadPoolExecutor:
-    """The pool, made on first use; again in a forked child (the parent's threads are not there)."""
     global _pool
     with _lock:
-        if _pool is None or _pool[0] != os.getpid():
-            _pool = os.getpid(), ThreadPoolExecutor(max_workers=MAX_WORKERS, thread_name_prefix="hf_notebook-io")
-        return _pool[1]
+        if _pool is None:
+            _pool = ThreadPoolExecutor(max_workers=MAX_WORKERS, thread_name_prefix="hf_notebook-io")
+        return _pool
+
+
+def _forget_pool() -> None:
+    """In a forked child: the parent's threads are not there (work given to them would wait forever)."""
+    global _pool, _lock
+    _pool, _lock = None, threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool)
 
 
 def settle(futures: list[Future]) -> None:
@@ -51,25 +62,35 @@ def settle(futures: list[Future]) -> None:
 
 def read_into(fd: int, view: memoryview, offset: int) -> None:
     """Fill ``view`` (bytes) from file ``fd`` at ``offset``; a big one in parts, one per worker."""
+    if not hasattr(os, "preadv"):  # no positioned reads here: one part, from a file position
+        os.lseek(fd, offset, os.SEEK_SET)
+        _read_all(io.FileIO(fd, closefd=False).readinto, view)
+        return
     parts = min(workers(), len(view) // SPLIT_MIN) or 1
     per_part = -(-len(view) // parts)
     step = -(-per_part // 4096) * 4096  # whole pages each
-    bounds = [(a, min(a + step, len(view))) for a in range(0, len(view), step)] if view else [(0, 0)]
-    futures = [_shared_pool().submit(_pread_all, fd, view[a:b], offset + a) for a, b in bounds[1:]]
+    bounds = [(a, min(a + step, len(view))) for a in range(0, len(view), step)] or [(0, 0)]
+    futures: list[Future] = []
     try:
+        for a, b in bounds[1:]:
+            futures.append(_shared_pool().submit(_pread_all, fd, view[a:b], offset + a))
         _pread_all(fd, view[: bounds[0][1]], offset)
     finally:
-        settle(futures)  # the workers write into ``view``: never leave while they do
+        settle(futures)  # the workers write into ``view`` and read ``fd``: never leave while they do
     for future in futures:
         future.result()
 
 
 def _pread_all(fd: int, view: memoryview, offset: int) -> None:
+    _read_all(lambda part: os.preadv(fd, [part], offset + (len(view) - len(part))), view)
+
+
+def _read_all(read: Callable[[memoryview], int], view: memoryview) -> None:
     while view:
-        got = os.preadv(fd, [view], offset)
+        got = read(view)
         if not got:
             raise EOFError(f"the file ends {len(view)} bytes early")
-        view, offset = view[got:], offset + got
+        view = view[got:]
 
 
 class InOrder:
@@ -107,12 +128,25 @@ class InOrder:
 
     def __exit__(self, kind, exc, tb) -> None:
         if kind is None:
-            self.finish()
-            return
+            try:
+                self.finish()
+                return
+            except BaseException:
+                self._abandon()
+                raise
+        self._abandon()
+
+    def _abandon(self) -> None:
+        """Cancel what has not started, wait for what runs, hand over every result that came back."""
         for _, future in self.pending:
             future.cancel()
-        settle([future for _, future in self.pending])
-        for item, future in self.pending:
-            if not future.cancelled() and future.exception() is None:
-                self.done(item, future.result())
-        self.pending.clear()
+        try:
+            settle([future for _, future in self.pending])
+        finally:
+            while self.pending:
+                item, future = self.pending.popleft()
+                if future.done() and not future.cancelled() and future.exception() is None:
+                    try:
+                        self.done(item, future.result())
+                    except Exception:
+                        pass  # the caller is already failing with its own error; the next one still counts

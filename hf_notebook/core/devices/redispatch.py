@@ -78,7 +78,7 @@ def redispatch(model: Any, device_map: Mapping[str, Any], *, offload_folder: Opt
         if made:
             shutil.rmtree(offload_folder, ignore_errors=True)
         raise
-    move.release()
+    move.tidy(offload_folder)
     return Moved(move.moves, move.written, move.read, time.perf_counter() - t0, offload_folder, made)
 
 
@@ -106,6 +106,7 @@ class _Move:
         self.done: list[tuple[str, Any]] = []  # (name, device it was on) for each tensor moved so far
         self.left_cpu: list[tuple[int, int]] = []  # (address, bytes) of cpu tensors moved away
         self.written = self.read = 0
+        self.files: list[str] = []  # offload files this move writes
         self._checkpoints: dict[str, Any] = {}  # checkpoint file -> its safe_open handle, while moving
 
     @property
@@ -163,12 +164,13 @@ class _Move:
                         self.index[name] = self.in_place[name]
                         self._to_disk(name, tensor)
                     else:
+                        self.files.append(_offload_path(folder, name))  # before it starts: put_back sweeps it
                         writes.add((name, tensor))
                     continue
                 here = torch.device("cuda", target) if isinstance(target, int) else torch.device(target)
                 if info is not None:
+                    self.done.append((name, "disk"))  # first: whatever happens next, put_back knows of it
                     _set(self.model, name, here, self._bring(info, here, folder))
-                    self.done.append((name, "disk"))
                     self.read += nbytes
                     self._count("disk", device_name(here), nbytes)
                 elif tensor.device.type == "meta":
@@ -183,7 +185,6 @@ class _Move:
         self._checkpoints.clear()  # the tensors keep their mapping; the handles are not needed
         _retie(self.model, self.tied)
         self.index.update({t: self.index[s] for t, s in self.tied.items() if s in self.index})
-        _drop_stale_files(folder, self.on_disk, self.index)
         self._dispatch(self.new_map, self.index, folder)
 
     def put_back(self) -> None:
@@ -196,10 +197,10 @@ class _Move:
                 _set(self.model, name, "meta")
             elif name in self.index and name not in self.on_disk:
                 _set(self.model, name, was, _read(self.index[name], was))
-                if name not in self.in_place:  # a file we wrote (never a checkpoint)
-                    Path(self.index[name]["safetensors_file"]).unlink(missing_ok=True)
             else:
                 _set(self.model, name, was)
+        for path in self.files:  # every file this move wrote or began to write (never a checkpoint)
+            Path(path).unlink(missing_ok=True)
         _retie(self.model, self.tied)
         old_index = {n: info for n, info in self.on_disk.items()}
         folder = next((os.path.dirname(i.get("safetensors_file") or i.get("dat_file")) for i in old_index.values()), None)
@@ -234,14 +235,23 @@ class _Move:
 
     def _to_disk(self, name: str, tensor: Any) -> None:
         """``tensor`` is readable from the disk index now: a meta tensor takes its place."""
+        self.done.append((name, tensor.device))  # first: whatever happens next, put_back knows of it
         self._count(device_name(tensor.device), "disk", tensor.numel() * tensor.element_size())
         self._leaving(tensor)
         _set(self.model, name, "meta")
-        self.done.append((name, tensor.device))
 
     def _leaving(self, tensor: Any) -> None:
         if tensor.device.type == "cpu":
             self.left_cpu.append((tensor.data_ptr(), tensor.numel() * tensor.element_size()))
+
+    def tidy(self, folder: Optional[str]) -> None:
+        """After a complete move: remove the files of tensors that left the disk, give memory back.
+        Ctrl-C here stops only the tidying (the move is done, and stays done)."""
+        try:
+            _drop_stale_files(folder, self.on_disk, self.index)
+            self.release()
+        except KeyboardInterrupt:
+            pass
 
     def release(self) -> None:
         """Give the memory of tensors that left the cpu back to the system. Tensors a load mapped from
@@ -339,13 +349,17 @@ def _write(name: str, tensor: Any, folder: str) -> dict:
     A file it could not finish is removed."""
     from ..safetensors_io import write_file
 
-    path = os.path.join(os.path.abspath(folder), f"{name}.safetensors")
+    path = _offload_path(folder, name)
     try:
         write_file(path, {name: tensor.detach().to("cpu")})
     except BaseException:
         Path(path).unlink(missing_ok=True)
         raise
     return {"safetensors_file": path, "weight_name": name, "dtype": str(tensor.dtype).removeprefix("torch.")}
+
+
+def _offload_path(folder: str, name: str) -> str:
+    return os.path.join(os.path.abspath(folder), f"{name}.safetensors")
 
 
 def _set(model: Any, name: str, device, value: Any = None) -> None:
