@@ -166,6 +166,8 @@ class _Move:
                     else:
                         self.files.append(_offload_path(folder, name))  # before it starts: put_back sweeps it
                         writes.add((name, tensor))
+                        if tensor.device.type != "cpu":
+                            writes.finish()  # its host copy lives while it is written: one at a time
                     continue
                 here = torch.device("cuda", target) if isinstance(target, int) else torch.device(target)
                 if info is not None:
