@@ -99,8 +99,11 @@ def save_model(result: Any, folder: str | os.PathLike, *, max_shard_size: Any = 
     try:
         writer = ShardWriter(model, out_dtype if convert else None, on_event)
         # library bars off: no "Writing model shards" widget left behind
-        with _streamed(model, writer, convert), library_bars_off(), a_core_for_hashing():
-            model.save_pretrained(tmp, max_shard_size=max_shard_size or "50GB")
+        try:
+            with _streamed(model, writer, convert), library_bars_off(), a_core_for_hashing():
+                model.save_pretrained(tmp, max_shard_size=max_shard_size or "50GB")
+        finally:
+            writer.finish()  # the last shards' hashes (they overlap the writing of the next shard)
         if dtype not in (None, "auto"):
             _set_config_dtype(tmp, out_dtype)
         _copy_companions(result, tmp)

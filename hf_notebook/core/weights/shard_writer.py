@@ -47,6 +47,8 @@ class ShardWriter:
         self._ring: list = []
         self._next = 0
         self._spare = None
+        self._regions: dict[str, tuple[str, int]] = {}  # cpu tensor -> (file, offset), per shard
+        self._hashing: list[tuple[str, Hasher, dict]] = []  # shards written, still being hashed (and their maps)
 
     def target_dtype(self, tensor: Any):
         return self.out if self.out is not None and tensor.is_floating_point() else tensor.dtype
@@ -58,8 +60,10 @@ class ShardWriter:
         entries = [(name, tensors[name]) for name, _ in layout]
         head, offset = header([(name, dtype, tuple(tensors[name].shape)) for name, dtype in layout], metadata)
         total, name = len(head) + offset, os.path.basename(filename)
+        self._regions = self._in_files(entries) if self._kernel_copy else {}
+        hasher = Hasher()
         try:
-            with open(filename, "wb", buffering=0) as f, Hasher() as hasher:  # unbuffered: big chunks go straight out
+            with open(filename, "wb", buffering=0) as f:  # unbuffered: big chunks go straight out
                 write_all(f, head)
                 hasher.put(head, None)
                 done = len(head)
@@ -72,15 +76,36 @@ class ShardWriter:
                             hasher.put(chunk, release)
                             done += len(chunk)
                     emit(self.on_event, FileProgress(name, done, total))
-        finally:
-            self._unmap()
-        self.hashes[name] = hasher.hexdigest
+        except BaseException:
+            hasher.wait()
+            _unmap(self._maps)
+            self._maps = {}
+            raise
+        hasher.end()
+        self._hashing.append((name, hasher, self._maps))  # its hash may still run: the next shard is written meanwhile
+        self._maps = {}
+        self._settle(keep=1)
+
+    def finish(self) -> None:
+        """Wait for every shard's hash (into :attr:`hashes`); release what the hashing held. Call once the
+        shards are written, and after a failure too."""
+        self._settle(keep=0)
+
+    def _settle(self, keep: int) -> None:
+        """Wait for the hashes of all shards but the ``keep`` newest."""
+        while len(self._hashing) > keep:
+            name, hasher, maps = self._hashing.pop(0)
+            try:
+                self.hashes[name] = hasher.wait()
+            finally:
+                _unmap(maps)
 
     def _buffer(self, nbytes: int) -> Any:
         """A reused chunk buffer (uint8). The ring outlasts every chunk still in flight: one being
         written, up to ``Hasher.DEPTH`` queued, one being hashed."""
         import torch
 
+        self._settle(keep=0)  # an earlier shard's hash may still read ring buffers: let it finish first
         if not self._ring:
             self._ring = [torch.empty(CHUNK, dtype=torch.uint8) for _ in range(Hasher.DEPTH + 3)]
         self._next = (self._next + 1) % len(self._ring)
@@ -173,27 +198,26 @@ class ShardWriter:
             mapped = self._map(path)
             return path, first, memoryview(mapped)[first:last], \
                 lambda at, length: _page_release_of_map(mapped, first + at, length)
-        if tensor.device.type != "cpu" or self.target_dtype(tensor) != tensor.dtype or not tensor.is_contiguous() \
-                or not tensor.numel():
-            return None
-        address, nbytes = tensor.data_ptr(), tensor.numel() * tensor.element_size()
-        found = libc.file_region(address, nbytes)
+        found = self._regions.get(name)
         if found is None:
             return None
+        address = tensor.data_ptr()
         data = memoryview(tensor.detach().reshape(-1).view(torch.uint8).numpy())
         return found[0], found[1], data, lambda at, length: _page_release(address + at, length)
+
+    def _in_files(self, entries: list[tuple[str, Any]]) -> dict[str, tuple[str, int]]:
+        """(file, offset) of each cpu tensor of a shard still as loaded in place from a file and written
+        as it is (``libc.file_regions``: the process's mappings read once per shard)."""
+        tensors = {name: t for name, t in entries
+                   if t.device.type == "cpu" and self.target_dtype(t) == t.dtype and t.is_contiguous() and t.numel()}
+        found = libc.file_regions([(t.data_ptr(), t.numel() * t.element_size()) for t in tensors.values()])
+        return {name: where for name, where in zip(tensors, found) if where is not None}
 
     def _map(self, path: str) -> mmap.mmap:
         if path not in self._maps:
             with open(path, "rb") as f:
                 self._maps[path] = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         return self._maps[path]
-
-    def _unmap(self) -> None:
-        maps, self._maps = self._maps, {}
-        for mapped in maps.values():
-            with contextlib.suppress(BufferError):  # a view still held elsewhere: the mapping goes with it
-                mapped.close()
 
     def _offloaded(self, name: str, tensor: Any) -> Iterator[tuple[Any, None]]:
         """A tensor kept on disk (read in place from a checkpoint, or written by an offload): stream it from
@@ -235,6 +259,12 @@ class ShardWriter:
         return self._headers[path]
 
 
+def _unmap(maps: dict) -> None:
+    for mapped in maps.values():
+        with contextlib.suppress(BufferError):  # a view still held elsewhere: the mapping goes with it
+            mapped.close()
+
+
 def _page_release(address: int, length: int) -> Callable[[], None]:
     """Gives back the checkpoint pages of a copied cpu chunk (refaulted if touched again)."""
     return lambda: libc.drop_clean_file_pages(address, length)
@@ -247,7 +277,8 @@ def _page_release_of_map(mapped: mmap.mmap, at: int, length: int) -> Callable[[]
 
 
 class Hasher:
-    """sha256 in a second thread: the writer hands it each chunk after writing it (bounded queue)."""
+    """sha256 in a thread of its own: the writer hands it each chunk after writing it (bounded queue),
+    then :meth:`end`; :meth:`wait` gives the digest once every chunk is hashed."""
 
     DEPTH = 4  # chunks queued at most
 
@@ -255,15 +286,24 @@ class Hasher:
         self._sha = hashlib.sha256()
         self._queue: "queue.Queue" = queue.Queue(maxsize=self.DEPTH)
         self._thread = threading.Thread(target=self._run, name="hf_notebook-sha256", daemon=True)
-        self.hexdigest = ""
-
-    def __enter__(self) -> "Hasher":
         self._thread.start()
-        return self
+        self._ended = False
 
     def put(self, chunk: Any, release: Optional[Callable[[], None]]) -> None:
         """``chunk``: bytes already written; ``release``: called once it is hashed (pages to give back)."""
         self._queue.put((chunk, release))
+
+    def end(self) -> None:
+        """No more chunks."""
+        if not self._ended:
+            self._ended = True
+            self._queue.put(None)
+
+    def wait(self) -> str:
+        """The sha256 of every chunk put, once hashed (ends the input first if need be)."""
+        self.end()
+        self._thread.join()
+        return self._sha.hexdigest()
 
     def _run(self) -> None:
         while (item := self._queue.get()) is not None:
@@ -274,11 +314,6 @@ class Hasher:
             if release is not None:
                 release()
             del chunk, item
-
-    def __exit__(self, *exc) -> None:
-        self._queue.put(None)
-        self._thread.join()
-        self.hexdigest = self._sha.hexdigest()
 
 
 @contextlib.contextmanager
