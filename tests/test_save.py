@@ -7,6 +7,7 @@ import filecmp
 import hashlib
 import json
 import os
+import threading
 
 import pytest
 import torch
@@ -116,8 +117,10 @@ def test_an_existing_folder_is_replaced_only_with_overwrite(shell, loaded, tiny_
     assert sorted(p.name for p in work.iterdir()) == ["out"]
 
 
+@pytest.mark.parametrize("convert", ["", "--dtype bfloat16"])
 @pytest.mark.parametrize("failure", [KeyboardInterrupt, OSError(errno.ENOSPC, "No space left on device")])
-def test_an_interrupted_save_leaves_the_folder_as_it_was(shell, tiny_hub, hf_cache, work, monkeypatch, failure):
+def test_an_interrupted_save_leaves_the_folder_as_it_was(shell, tiny_hub, hf_cache, work, monkeypatch, failure,
+                                                         convert):
     from hf_notebook.core.weights import shard_writer as W
 
     shell.run_line_magic("load_model", "tiny/llama --device-map cpu --as m")
@@ -134,10 +137,11 @@ def test_an_interrupted_save_leaves_the_folder_as_it_was(shell, tiny_hub, hf_cac
 
     monkeypatch.setattr(W.ShardWriter, "save_file", fail_on_third)
     with pytest.raises((KeyboardInterrupt, UsageError)):
-        shell.run_line_magic("save_model", f"m {out} --max-shard-size 100KB --dtype bfloat16 --overwrite")
+        shell.run_line_magic("save_model", f"m {out} --max-shard-size 100KB {convert} --overwrite")
     assert len(calls) == 3
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert sorted(p.name for p in work.iterdir()) == ["out"]
+    assert [t for t in threading.enumerate() if t.name == "hf_notebook-sha256"] == []  # no hash left running
 
 
 def test_too_little_space_is_refused_up_front_with_the_numbers(shell, tiny_hub, hf_cache, work, monkeypatch):
