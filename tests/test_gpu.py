@@ -86,6 +86,21 @@ def test_redispatch_between_gpu_cpu_and_disk_keeps_outputs(llama):
     assert torch.equal(logits(result.model, "cuda:0"), want)
 
 
+def test_gpu_weights_go_straight_to_disk_and_back(llama):
+    """cuda:0 -> disk writes each GPU tensor through a host copy (one at a time), frees its GPU memory,
+    and the model still runs on the GPU with the same outputs; then back to cuda:0."""
+    result = load_model(str(llama), dtype="float32", device_map="cuda:0")
+    want = logits(result.model, "cuda:0")
+    allocated = torch.cuda.memory_allocated(0)
+    moved = _edit(result, ("model.layers.0-1", "disk"))
+    assert moved.moves[("cuda:0", "disk")] > 0 and moved.written == moved.moves[("cuda:0", "disk")]
+    assert torch.cuda.memory_allocated(0) < allocated
+    assert torch.equal(logits(result.model, "cuda:0"), want)
+    back = _edit(result, ("", 0))
+    assert back.read == moved.written and result.model.hf_device_map == {"": 0}
+    assert torch.equal(logits(result.model, "cuda:0"), want)
+
+
 def test_weights_read_in_place_go_from_disk_to_the_gpu(llama):
     """Weights as loaded on cpu go to disk without a write (read in place from the checkpoint), then
     straight to the GPU from their checkpoint's mapping."""
