@@ -19,19 +19,31 @@ def test_ctrl_c_during_download_returns_at_once(shell, big_repo, hf_cache, hub_s
     from hf_notebook import ui
     from hf_notebook.ui.text import TextRenderer
 
+    from hf_notebook.core.events import FileProgress
+
     repo_id, folder = big_repo
-    renderers = []
-    monkeypatch.setattr(ui, "make_renderer", lambda *a, **k: renderers.append(TextRenderer(io.StringIO())) or renderers[-1])
-    hub_server.throttle_bytes_per_s = 2_000_000  # per download: the three shards take 3 s
-    shell.user_ns["m"] = sentinel = object()
     pressed = []
 
     def press():  # a real SIGINT to the main thread, as Ctrl-C in a terminal or a kernel interrupt sends
         pressed.append(time.perf_counter())
         signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
 
-    timer = threading.Timer(0.8, press)
-    timer.start()
+    timer, once = threading.Timer(0.3, press), threading.Lock()
+
+    class PressMidDownload(TextRenderer):
+        """The user presses Ctrl-C 0.3 s after the first weight bytes arrive: surely mid-download."""
+
+        def __call__(self, event):
+            super().__call__(event)
+            if isinstance(event, FileProgress) and event.filename.endswith(".safetensors") and 0 < event.done \
+                    and once.acquire(blocking=False):  # events may come from several download threads
+                timer.start()
+
+    renderers = []
+    monkeypatch.setattr(ui, "make_renderer",
+                        lambda *a, **k: renderers.append(PressMidDownload(io.StringIO())) or renderers[-1])
+    hub_server.throttle_bytes_per_s = 2_000_000  # per download: the three shards take 3 s
+    shell.user_ns["m"] = sentinel = object()
     with pytest.raises(KeyboardInterrupt):
         shell.run_line_magic("load_model", f"{repo_id} --as m")
     back = time.perf_counter() - pressed[0]
