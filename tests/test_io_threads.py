@@ -102,20 +102,27 @@ def test_results_are_handed_over_in_order(three_workers):
     assert handed == [(i, i * i) for i in range(6)]
 
 
-def test_a_failed_call_stops_the_rest_and_every_result_is_accounted_for(three_workers):
-    handed, started, running = [], [], []
+def failing_at(bad, seconds):
+    """A call that sleeps ``seconds(i)`` and fails for item ``bad``; the items it started and those running now."""
+    started, running = [], []
 
     def work(i):
         started.append(i)
         running.append(i)
         try:
-            time.sleep(0.05)
-            if i == 2:
+            time.sleep(seconds(i))
+            if i == bad:
                 raise OSError("disk full")
             return i
         finally:
             running.remove(i)
 
+    return work, started, running
+
+
+def test_a_failed_call_stops_the_rest_and_every_result_is_accounted_for(three_workers):
+    handed = []
+    work, started, running = failing_at(2, lambda i: 0.05)
     with pytest.raises(OSError, match="disk full"):
         with io_threads.InOrder(work, lambda item, result: handed.append(item)) as calls:
             for i in range(10):
@@ -174,18 +181,8 @@ def test_a_forked_child_reads_on_threads_of_its_own(data_file, three_workers):
 
 
 def test_a_call_failing_while_the_last_ones_finish_still_accounts_for_every_one(three_workers):
-    handed, running = [], []
-
-    def work(i):
-        running.append(i)
-        try:
-            time.sleep({3: 0.1, 4: 0.3}.get(i, 0.01))  # the last but one fails while the last still runs
-            if i == 3:
-                raise OSError("disk full")
-            return i
-        finally:
-            running.remove(i)
-
+    handed = []
+    work, _, running = failing_at(3, lambda i: {3: 0.1, 4: 0.3}.get(i, 0.01))  # fails while the last still runs
     with pytest.raises(OSError, match="disk full"):
         with io_threads.InOrder(work, lambda item, result: handed.append(item)) as calls:
             for i in range(5):
