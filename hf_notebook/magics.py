@@ -437,12 +437,27 @@ class HFNotebook(Magics):
         if not args.name and not args.folder:
             raise UsageError("Name a loaded model (%push_model NAME owner/repo) or a folder (--from DIR).")
         if args.folder:
-            display(self._push(args.folder, args))
+            self._push_showing(args.folder, args)
             return
         result = self._loaded(args.name)
         with tempfile.TemporaryDirectory(prefix="hf_notebook-push-") as tmp:
             self._save(result, os.path.join(tmp, "model"), max_shard_size=args.max_shard_size, dtype=args.dtype)
-            display(self._push(os.path.join(tmp, "model"), args))
+            self._push_showing(os.path.join(tmp, "model"), args)
+
+    def _push_showing(self, folder: str, args) -> None:
+        """A push with per-file upload progress (a bar in a kernel, a line per file in a terminal), then its record."""
+        from .ui import _in_kernel
+        from .ui.transfer import TransferProgress
+
+        widget = self.display == "widget" or (self.display == "auto" and _in_kernel(self.shell))
+        progress = TransferProgress("uploaded", widget=widget)
+        progress.display()
+        try:
+            pushed = self._push(folder, args, on_event=progress)
+        except BaseException as exc:
+            progress.fail(exc)
+            raise
+        progress.finish(pushed)
 
     def _push(self, folder: str, args, token=None, on_event=None):
         from .core.hub.push import push_folder

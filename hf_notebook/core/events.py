@@ -45,6 +45,7 @@ class FileProgress:
     done: int
     total: Optional[int]
     cached: bool = False  # already in the cache: no bytes were transferred
+    transferred: Optional[int] = None  # bytes over the network so far (fewer with Xet's deduplication); None: done
 
 
 @dataclass(frozen=True)

@@ -1,10 +1,14 @@
-"""Is a cached file what its name says? Verify Hub cache blobs by content, once per file identity.
+"""Is a cached file what the Hub says it is? Verify cache files by content, once per file identity.
 
-huggingface_hub names each cache blob by its content: an LFS file by the sha256 of its bytes (the
-LFS oid), any other file by its git blob sha1. So a blob can always be checked against its own
-name, online or offline. Hashing runs at ~1.7 GB/s here; to keep warm loads as fast as before, a
-blob that passed is remembered by its identity (size, mtime, inode) in ``$HF_HOME/hf_notebook/
-verified.json``, and checked again only when that identity changes (a file rewritten later).
+huggingface_hub names each repo's cache entry ``models--org--name/blobs/<etag>`` by its content:
+an LFS (or Xet-stored) file by the sha256 of its bytes, any other file by its git blob sha1. Since
+huggingface_hub 2.4 a Xet download's entry is a symlink into a cache-wide shared store named by
+the file's *Xet* hash (``<cache>/blobs/<xx>/<xet hash>``), which is not a sha256 and whose file
+other repos share. So a file is checked against the Hub's sha256 when known, else against the name
+of the repo's own entry (the first link from the snapshot), never against the shared store's name;
+and nothing here deletes anything. Hashing runs at ~1.7 GB/s here; a file that passed is
+remembered by its identity (size, mtime, ctime, inode) in ``$HF_HOME/hf_notebook/verified.json``
+and checked again when that changes (ctime moves with every write and with every mtime reset).
 """
 
 from __future__ import annotations
@@ -32,22 +36,32 @@ def digest_of(path: Path, kind: str) -> str:
     return h.hexdigest()
 
 
+def repo_entry(path: Path) -> Path:
+    """The repo's own cache entry behind a snapshot path (``blobs/<etag>``): the target of its first link,
+    not followed further (a shared blob's name is a Xet hash). A path that is no link is its own entry."""
+    path = Path(path)
+    if not path.is_symlink():
+        return path
+    return Path(os.path.normpath(path.parent / os.readlink(path)))
+
+
 def recorded_sha256(path: Path, known: Optional[str] = None) -> str:
-    """The sha256 a file goes by: ``known`` (the Hub's LFS metadata), the name of a cache blob named by it
-    (checked against its content once by :func:`problem_with`), else its content's, read."""
+    """The sha256 a file goes by: ``known`` (the Hub's LFS metadata), the name of its repo cache entry when
+    that is a sha256 (checked against the content once by :func:`problem_with`), else its content's, read."""
     if known:
         return known
-    blob = Path(os.path.realpath(path))
-    promise = expected_digest(blob)
-    return promise[1] if promise and promise[0] == "sha256" else digest_of(blob, "sha256")
+    promise = expected_digest(repo_entry(path))
+    return promise[1] if promise and promise[0] == "sha256" else digest_of(Path(os.path.realpath(path)), "sha256")
 
 
-def expected_digest(blob: Path) -> Optional[tuple[str, str]]:
-    """What a cache blob's name promises: ``("sha256", oid)``, ``("git-sha1", oid)``, or None."""
-    if _SHA256.fullmatch(blob.name):
-        return "sha256", blob.name
-    if _SHA1.fullmatch(blob.name):
-        return "git-sha1", blob.name
+def expected_digest(entry: Path) -> Optional[tuple[str, str]]:
+    """What a repo cache entry's name promises: ``("sha256", oid)``, ``("git-sha1", oid)``, or None."""
+    if entry.parent.name != "blobs":
+        return None
+    if _SHA256.fullmatch(entry.name):
+        return "sha256", entry.name
+    if _SHA1.fullmatch(entry.name):
+        return "git-sha1", entry.name
     return None
 
 
@@ -89,10 +103,12 @@ def default_memo() -> Verified:
     return Verified(Path(constants.HF_HOME) / "hf_notebook" / "verified.json")
 
 
-def problem_with(path: Path, memo: Verified, expected_size: Optional[int] = None) -> Optional[str]:
-    """Why the cached file at ``path`` is not what its blob name says, or None when it is."""
+def problem_with(path: Path, memo: Verified, expected_size: Optional[int] = None,
+                 sha256: Optional[str] = None) -> Optional[str]:
+    """Why the cached file at ``path`` is not what it should be, or None when it is: of ``expected_size``, with
+    content of the Hub's ``sha256`` when known, else of the digest its repo cache entry's name promises."""
     blob = Path(os.path.realpath(path))
-    promise = expected_digest(blob)
+    promise = ("sha256", sha256) if sha256 else expected_digest(repo_entry(path))
     try:
         st = blob.stat()
     except OSError as exc:
@@ -101,12 +117,12 @@ def problem_with(path: Path, memo: Verified, expected_size: Optional[int] = None
         return f"it has {st.st_size} bytes, not {expected_size}"
     if promise is None:
         return None
-    identity = [st.st_size, st.st_mtime_ns, st.st_ino]
+    identity = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, promise[1]]
     if memo.knows(blob, identity):
         return None
     kind, oid = promise
     actual = digest_of(blob, kind)
     if actual != oid:
-        return f"its {kind} is {actual[:12]}…, not {oid[:12]}… as recorded"
+        return f"its {kind} is {actual[:12]}…, not {oid[:12]}… as the Hub records"
     memo.add(blob, identity)
     return None

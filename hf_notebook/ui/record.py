@@ -242,10 +242,14 @@ def _files_text(files: Sequence[Any]) -> str:
     fetched = [f for f in files if not f.cached]
     total = sum(f.size for f in files)
     parts = []
+    linked = [f for f in fetched if getattr(f, "deduplicated", False)]
+    fetched = [f for f in fetched if f not in linked]
     if fetched:
         parts.append(f"{len(fetched)} downloaded ({format_bytes(sum(f.size for f in fetched))})")
-    if len(fetched) < len(files):
-        parts.append(f"{len(files) - len(fetched)} from the cache")
+    if linked:
+        parts.append(f"{len(linked)} deduplicated (0 B downloaded: the cache's shared store had the content)")
+    if len(fetched) + len(linked) < len(files):
+        parts.append(f"{len(files) - len(fetched) - len(linked)} from the cache")
     return f"{_count(len(files), 'file')}, {format_bytes(total)}: {', '.join(parts)}"
 
 

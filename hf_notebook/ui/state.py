@@ -30,16 +30,20 @@ class FileState:
     first_done: int = 0
     rate: Optional[float] = None  # bytes/s since the first event of this file
     stage: str = ""  # the stage that asked for it: "config" (config, index) or "fetch" (weights)
+    transferred: Optional[int] = None  # bytes over the network, when fewer than ``done`` (Xet deduplication)
 
     @property
     def finished(self) -> bool:
         return self.cached or (self.total is not None and self.done >= self.total)
 
     def progress_text(self, with_rate: bool = True) -> str:
-        """``cached (1.2 kB)``, ``1.2 kB``, or ``12.0 MB / 40.0 MB  5.1 MB/s`` while running."""
+        """``cached (1.2 kB)``, ``1.2 kB``, ``1.2 kB, deduplicated: 0 B downloaded`` or
+        ``12.0 MB / 40.0 MB  5.1 MB/s`` while running."""
         if self.cached:
             return f"cached ({format_bytes(self.total if self.total is not None else self.done)})"
         if self.finished:
+            if self.transferred is not None and self.transferred < self.done:
+                return f"{format_bytes(self.done)}, deduplicated: {format_bytes(self.transferred)} downloaded"
             return format_bytes(self.done)
         rate = format_rate(self.rate) if with_rate else ""
         return "  ".join(p for p in (f"{format_bytes(self.done)} / {format_bytes(self.total)}", rate) if p)
@@ -114,7 +118,7 @@ class LoadState:
             f = self.files[event.filename] = FileState(event.filename, started=now, first_done=event.done,
                                                        stage=self.current_stage)
         was_finished = f.finished and not new
-        f.done, f.total, f.cached = event.done, event.total, event.cached
+        f.done, f.total, f.cached, f.transferred = event.done, event.total, event.cached, event.transferred
         if now > f.started and f.done > f.first_done:
             f.rate = (f.done - f.first_done) / (now - f.started)
         return new or (f.finished and not was_finished)

@@ -102,8 +102,10 @@ class TextRenderer:
                 continue
             self._done_files.add(name)
             verb = "cached" if f.cached else "fetched"
-            size = f.total if f.cached and f.total is not None else f.done
-            lines.append(f"  {verb} {name} ({format_bytes(size)})")
+            size = format_bytes(f.total if f.cached and f.total is not None else f.done)
+            if not f.cached and f.transferred is not None and f.transferred < f.done:
+                size += f", deduplicated: {format_bytes(f.transferred)} downloaded"
+            lines.append(f"  {verb} {name} ({size})")
         return lines
 
     # -- the in-place line (TTY) ----------------------------------------------------

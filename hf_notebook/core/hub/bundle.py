@@ -2,7 +2,8 @@
 
 ``export_bundle`` writes the files a load needs (config, safetensors shards and index,
 generation config, tokenizer files, chat template, the repo's code files, the card) of one
-pinned sha, copied from the Hub cache (only missing files are downloaded), with a manifest
+pinned sha, copied from the Hub cache (each checked against the Hub's sha256; only missing or damaged
+files are downloaded), with a manifest
 (every file's size and sha256, the source ``repo@sha``) and ``BUNDLE.md`` saying how to load
 it. ``layout="hf-cache"`` writes a Hub cache tree instead (``models--org--name/blobs``,
 ``snapshots/<sha>``, ``refs``), which plain transformers loads with ``HF_HUB_CACHE=DIR
@@ -23,8 +24,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ..errors import HfNotebookError, LoadError, OptionError
-from ..events import FileProgress, OnEvent, emit
-from ..integrity import MANIFEST, digest_of, recorded_sha256
+from ..events import OnEvent
+from ..integrity import MANIFEST, digest_of, expected_digest, recorded_sha256, repo_entry
 
 OTHER_WEIGHTS = (".bin", ".pt", ".pth", ".h5", ".msgpack", ".gguf", ".onnx", ".ckpt", ".ot", ".tflite")
 LAYOUTS = ("folder", "hf-cache")
@@ -57,6 +58,7 @@ class ExportResult:
 def export_bundle(spec: str, folder: str | os.PathLike, *, layout: str = "folder", cache_dir=None,
                   offline: bool = False, token=None, on_event: OnEvent | None = None) -> ExportResult:
     """Write the bundle of ``spec`` (``org/name[@rev]``, pinned to its sha first) into ``folder``."""
+    from .fetch import HubFiles
     from .resolve import resolve
     from ..spec import parse_spec
 
@@ -72,13 +74,10 @@ def export_bundle(spec: str, folder: str | os.PathLike, *, layout: str = "folder
         raise OptionError(f"{target} exists and is not an empty folder.", hint="Export into a new folder.")
     resolution = resolve(parsed, offline=offline, cache_dir=cache_dir, token=token)
     names = _bundle_files(resolution, cache_dir)
-    paths, downloaded = {}, []
-    for name in names:
-        path, fetched = _cached_or_downloaded(resolution, name, cache_dir, offline, token)
-        paths[name] = path
-        if fetched:
-            downloaded.append(name)
-        emit(on_event, FileProgress(name, os.path.getsize(path), os.path.getsize(path), cached=not fetched))
+    source = HubFiles(resolution, cache_dir=cache_dir, offline=offline, force_download=False, token=token,
+                      on_event=on_event)
+    paths = source.get_many(names)  # each file checked against the Hub's hash; every missing one named at once
+    downloaded = [n for n in names if not source.facts[n].cached]
     files = {n: {"size": os.path.getsize(p), "sha256": recorded_sha256(p, resolution.file_hashes.get(n))}
              for n, p in sorted(paths.items())}
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -90,7 +89,7 @@ def export_bundle(spec: str, folder: str | os.PathLike, *, layout: str = "folder
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(path, dest)
         else:
-            _write_cache_tree(tmp, resolution, paths)
+            _write_cache_tree(tmp, resolution, paths, files)
         _write_manifest(tmp, resolution, files, layout)
         (tmp / "BUNDLE.md").write_text(_how_to_load(resolution, layout, target))
         if target.exists():
@@ -123,29 +122,14 @@ def _cached_names(resolution: Any, cache_dir) -> list[str]:
     return sorted(p.relative_to(snapshot).as_posix() for p in snapshot.rglob("*") if p.is_file())
 
 
-def _cached_or_downloaded(resolution: Any, name: str, cache_dir, offline: bool, token) -> tuple[Path, bool]:
-    from huggingface_hub import hf_hub_download, try_to_load_from_cache
-
-    from ..errors import OfflineError
-
-    cached = try_to_load_from_cache(resolution.repo_id, name, cache_dir=cache_dir, revision=resolution.sha)
-    if isinstance(cached, str):
-        return Path(cached), False
-    if offline:
-        raise OfflineError(f"Offline, and {name} of {resolution.repo_id}@{resolution.sha} is not in the cache.",
-                           hint=f"Export on a machine with network, or fetch it first: `hf download "
-                                f"{resolution.repo_id} --revision {resolution.sha}`.", missing=[name])
-    return Path(hf_hub_download(resolution.repo_id, name, revision=resolution.sha, cache_dir=cache_dir,
-                                token=token)), True
-
-
-def _write_cache_tree(root: Path, resolution: Any, paths: dict) -> None:
-    """``models--org--name/{blobs,snapshots/<sha>,refs}`` as huggingface_hub lays out its cache."""
+def _write_cache_tree(root: Path, resolution: Any, paths: dict, files: dict) -> None:
+    """``models--org--name/{blobs,snapshots/<sha>,refs}`` as huggingface_hub lays out its cache: each blob named
+    as the source cache names it (sha256 or git sha1), never by a shared store's Xet hash."""
     repo = root / ("models--" + resolution.repo_id.replace("/", "--"))
     snapshot = repo / "snapshots" / resolution.sha
     for name, path in paths.items():
-        blob_name = os.path.basename(os.path.realpath(path))
-        blob = repo / "blobs" / blob_name
+        promise = expected_digest(repo_entry(path))
+        blob = repo / "blobs" / (promise[1] if promise else files[name]["sha256"])
         blob.parent.mkdir(parents=True, exist_ok=True)
         if not blob.exists():
             shutil.copyfile(path, blob)
@@ -212,7 +196,7 @@ def verify_folder(folder: Path, memo: Any = None) -> Optional[dict]:
         if st.st_size != facts["size"]:
             raise BundleError(f"{name} in {folder} has {st.st_size} bytes, but the manifest says {facts['size']}: "
                               "it is truncated or changed.", hint="Copy the folder again; nothing was loaded.")
-        identity = [st.st_size, st.st_mtime_ns, st.st_ino, facts["sha256"]]
+        identity = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, facts["sha256"]]
         real = Path(os.path.realpath(path))
         if memo.knows(real, identity):
             continue

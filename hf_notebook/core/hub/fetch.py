@@ -12,8 +12,6 @@ import json
 import logging
 import os
 import re
-import threading
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -24,6 +22,7 @@ from ..integrity import default_memo, digest_of, problem_with
 from ..quiet import small_download_chunks
 from .headers import HeaderInfo
 from .resolve import Resolution
+from .transfer import Cancelled, Downloads, in_parallel, progress_class, retrying, xet_failure
 
 CONFIG = "config.json"
 GENERATION_CONFIG = "generation_config.json"
@@ -50,11 +49,17 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class FileFacts:
-    """One file of the checkpoint: its size and whether it came from the cache."""
+    """One file of the checkpoint: its size, whether it came from the cache, and (when downloaded) how many
+    bytes crossed the network: 0 when the cache's shared Xet store already held the content."""
 
     name: str
     size: int
     cached: bool
+    transferred: Optional[int] = None
+
+    @property
+    def deduplicated(self) -> bool:
+        return not self.cached and self.transferred == 0 and self.size > 0
 
 
 @dataclass(frozen=True)
@@ -227,10 +232,11 @@ class HubFiles(SourceFiles):
     def __init__(self, resolution: Resolution, *, cache_dir, offline, force_download, token, on_event):
         super().__init__()
         self.memo = default_memo()
-        self.cancel = threading.Event()
+        self.downloads = Downloads()
         self.res, self.cache_dir, self.offline = resolution, cache_dir, offline
         self.force, self.token, self.on_event = force_download, token, on_event
         self.missing: list[str] = []
+        self.damaged: dict[str, str] = {}  # offline: file -> what is wrong with its cached copy
         self._paths: dict[str, Path] = {}
 
     def config(self) -> Path:
@@ -248,10 +254,16 @@ class HubFiles(SourceFiles):
         shards = self.shard_names()
         generation = self.prefix + GENERATION_CONFIG
         names = shards + ([generation] if self._may_exist(generation) else [])
-        paths = dict(zip(names, _in_parallel(self._get, names, max_workers, self.cancel)))
-        self._raise_missing()
+        paths = self.get_many(names, max_workers)
         files = tuple(self.facts[n] for n in names if n in self.facts)
         return Checkpoint(self.config(), [paths[n] for n in shards], paths.get(generation), headers, files)
+
+    def get_many(self, names: list[str], max_workers: int = 4) -> dict[str, Optional[Path]]:
+        """These files of the pinned sha, cached or downloaded side by side; every missing or damaged one
+        named at once (offline)."""
+        paths = dict(zip(names, in_parallel(self._get, names, self.downloads, max_workers)))
+        self._raise_missing()
+        return paths
 
     def code_files(self) -> dict[str, str]:
         names = [n for n in self.res.file_sizes if n.endswith(".py") and "/" not in n]
@@ -305,7 +317,9 @@ class HubFiles(SourceFiles):
         raise _missing_weights(self.where, list(self.res.file_sizes), self.variant, self.subfolder)
 
     def _get(self, name: str, required: bool = True) -> Optional[Path]:
-        """A file of the pinned sha from the cache (verified) or downloaded (and verified)."""
+        """A file of the pinned sha from the cache (verified) or downloaded (and verified). A damaged cached copy
+        is downloaded again (huggingface_hub replaces the repo's entry; nothing is deleted here: a cached file
+        may be a blob that other repos share); offline it is named, with every other damaged file."""
         from huggingface_hub import try_to_load_from_cache
 
         if name in self._paths:
@@ -314,7 +328,7 @@ class HubFiles(SourceFiles):
             self.res.repo_id, name, cache_dir=self.cache_dir, revision=self.res.sha)
         force = self.force
         if isinstance(cached, str):
-            problem = problem_with(Path(cached), self.memo, self.res.file_sizes.get(name))
+            problem = self._problem(name, Path(cached))
             if problem is None:
                 size = Path(cached).stat().st_size
                 self.facts[name] = FileFacts(name, size, True)
@@ -322,46 +336,62 @@ class HubFiles(SourceFiles):
                 self._paths[name] = Path(cached)
                 return self._paths[name]
             if self.offline:
-                raise self._damaged(name, Path(cached), problem)
+                self.damaged[name] = f"{problem} ({os.path.realpath(cached)})"
+                return None
             log.warning("%s in the cache is damaged (%s): downloading it again", name, problem)
-            _discard(Path(cached))
             force = True
         if self.offline:
             if required and not name.endswith(GENERATION_CONFIG):
                 self.missing.append(name)
             return None
-        path = self._download(name, force)
-        problem = problem_with(path, self.memo, self.res.file_sizes.get(name))
+        path, transferred = self._download(name, force)
+        problem = self._problem(name, path)
         if problem is not None:
-            _discard(path)
             raise LoadError(f"{name} of {self.res.repo_id}@{self.res.sha[:12]} arrived damaged: {problem}.",
                             hint="Run the cell again; if it keeps happening, the network or a proxy alters downloads.")
-        self.facts[name] = FileFacts(name, path.stat().st_size, False)
+        size = path.stat().st_size
+        self.facts[name] = FileFacts(name, size, False, transferred)
+        emit(self.on_event, FileProgress(name, size, size, transferred=transferred))  # 0: linked from the shared store
         self._paths[name] = path
         return path
 
-    def _download(self, name: str, force: bool) -> Path:
-        """huggingface_hub's download (its own bounded retries, Retry-After honoured), failures made ours."""
+    def _problem(self, name: str, path: Path) -> Optional[str]:
+        return problem_with(path, self.memo, self.res.file_sizes.get(name), self.res.file_hashes.get(name))
+
+    def _download(self, name: str, force: bool) -> tuple[Path, int]:
+        """huggingface_hub's download (HTTP or Xet), retried after a 5xx/429 answer, failures made ours; with the
+        bytes that crossed the network."""
         from huggingface_hub import constants, hf_hub_download
 
-        progress = _progress_class(name, self.res.file_sizes.get(name), self.on_event, self.cancel)
+        progress = progress_class(name, self.res.file_sizes.get(name), self.on_event)
+
+        def download() -> str:
+            return hf_hub_download(self.res.repo_id, name, revision=self.res.sha, cache_dir=self.cache_dir,
+                                   force_download=force, token=self.token, tqdm_class=progress)
+
+        what = f"{name} of {self.res.repo_id}@{self.res.sha[:12]}"
         try:
             with small_download_chunks():
-                return Path(hf_hub_download(self.res.repo_id, name, revision=self.res.sha, cache_dir=self.cache_dir,
-                                            force_download=force, token=self.token, tqdm_class=progress))
+                path = Path(retrying(download, self.downloads))
+        except Cancelled:
+            raise
         except Exception as exc:
-            ours = hub_failure(exc, f"{name} of {self.res.repo_id}@{self.res.sha[:12]}", constants.ENDPOINT)
+            if self.downloads.cancelled.is_set():
+                raise Cancelled() from exc
+            ours = hub_failure(exc, what, constants.ENDPOINT) or xet_failure(exc, what, constants.ENDPOINT)
             if ours is None:
                 raise
             raise ours from None
-
-    def _damaged(self, name: str, path: Path, problem: str) -> LoadError:
-        spec = f"{self.res.repo_id}@{self.res.sha}"
-        return LoadError(f"{name} of {spec} in the cache is damaged: {problem}.",
-                         hint=f"On a machine with network run `%load_model {spec} --force-download` and copy its "
-                         f"cache here, or delete {os.path.realpath(path)} and load once online.")
+        transferred = sum(p.transferred for p in progress.bars) if progress.bars else 0
+        return path, transferred
 
     def _raise_missing(self) -> None:
+        if self.damaged:
+            spec = f"{self.res.repo_id}@{self.res.sha}"
+            lines = "; ".join(f"{n}: {why}" for n, why in sorted(self.damaged.items()))
+            raise LoadError(f"Offline, and {len(self.damaged)} file(s) of {spec} in the cache are damaged: {lines}.",
+                            hint=f"On a machine with network run `%load_model {spec} --force-download` and copy its "
+                            "cache here (every file named above).")
         if self.missing:
             spec = f"{self.res.repo_id}@{self.res.sha}"
             missing = sorted(self.missing)  # the fetch threads found them in any order: name them in a stable one
@@ -372,40 +402,6 @@ class HubFiles(SourceFiles):
                 missing=missing)
 
 
-class Cancelled(BaseException):
-    """Raised inside a download thread once the user pressed Ctrl-C (a BaseException: nothing may swallow it)."""
-
-
-def _in_parallel(get, names: list[str], max_workers: int, cancel: threading.Event) -> list:
-    """``get(name)`` for every name in worker threads; Ctrl-C (or any error) stops them all at once.
-
-    A plain ``with ThreadPoolExecutor`` waits for every running download to finish before the
-    interrupt reaches the user (seconds to minutes). Here the waiting ones are cancelled and the
-    running ones stop at their next chunk (``cancel`` is checked by the progress callback); what
-    they wrote stays as ``.incomplete`` files, which the next download resumes.
-    """
-    pool = ThreadPoolExecutor(max_workers=max(1, min(max_workers, len(names))), thread_name_prefix="hf_notebook-fetch")
-    futures = [pool.submit(get, name) for name in names]
-    try:
-        results = [future.result() for future in futures]
-    except BaseException:
-        cancel.set()
-        pool.shutdown(wait=True, cancel_futures=True)
-        raise
-    pool.shutdown(wait=True)
-    return results
-
-
-def _discard(path: Path) -> None:
-    """Remove a cached file: its blob and the snapshot link to it."""
-    blob = Path(os.path.realpath(path))
-    for victim in (blob, path):
-        try:
-            victim.unlink()
-        except OSError:
-            pass
-
-
 def _weight_map_files(index_file: Path) -> list[str]:
     """The shard files an index names, in order."""
     try:
@@ -414,31 +410,3 @@ def _weight_map_files(index_file: Path) -> list[str]:
         raise LoadError(f"{index_file.name} in {index_file.parent} has no readable weight_map.",
                         hint="The checkpoint's index is damaged: save the model again, or re-download it.") from None
     return sorted(set(weight_map.values()))
-
-
-def _progress_class(name: str, size: Optional[int], on_event: OnEvent | None, cancel: threading.Event):
-    """A stand-in for tqdm that huggingface_hub drives; it turns updates into FileProgress events,
-    and stops the download (raising :class:`Cancelled`) once ``cancel`` is set."""
-
-    class _Progress:
-        def __init__(self, *, total=None, initial=0, **_):
-            self.total = total or size
-            self.done = initial or 0
-            emit(on_event, FileProgress(name, self.done, self.total))
-
-        def update(self, n: int = 1) -> None:
-            if cancel.is_set():
-                raise Cancelled(name)
-            self.done += n
-            emit(on_event, FileProgress(name, self.done, self.total))
-
-        def close(self) -> None:
-            pass
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc) -> None:
-            pass
-
-    return _Progress

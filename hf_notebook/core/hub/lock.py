@@ -144,9 +144,8 @@ def _hub_sha(entry: dict, token) -> tuple[Optional[str], str]:
 
 
 def _cache_state(entry: dict, cache_dir) -> str:
-    """Every locked file in the cache at the locked sha, of its size and its hash. A cache blob is
-    checked against its name (sha256 or git sha1) once per file identity (``integrity``), then
-    the name stands for the content."""
+    """Every locked file in the cache at the locked sha, of its size and with the locked sha256 (each file's
+    content hashed once per file identity, ``integrity``; a shared Xet blob is checked like any other)."""
     from huggingface_hub import try_to_load_from_cache
 
     from ..integrity import default_memo, problem_with
@@ -159,7 +158,7 @@ def _cache_state(entry: dict, cache_dir) -> str:
             missing.append(name)
         elif os.path.getsize(path) != facts["size"]:
             resized.append(name)
-        elif problem_with(Path(path), memo, facts["size"]) is not None or recorded_sha256(Path(path)) != facts["sha256"]:
+        elif problem_with(Path(path), memo, facts["size"], facts.get("sha256")) is not None:
             changed.append(name)
     for label, names in (("missing", missing), ("size differs", resized), ("hash differs", changed)):
         if names:

@@ -85,24 +85,27 @@ RETRY_WAITS = (0.5, 1.0, 2.0)  # seconds before each retry; a Retry-After up to 
 MAX_RETRY_AFTER = 30.0
 
 
-def with_retries(call):
+def with_retries(call, *, transient=None, sleep=None):
     """``call()``, retried on 408/429/5xx answers and dropped connections, with backoff.
 
-    huggingface_hub retries its downloads itself but not its API calls; the revision lookup is
-    the first request of every load, so a passing hiccup there must not fail it.
+    huggingface_hub retries its API calls and its file GETs only on some answers (2.4: 408 and 429
+    for a file); the revision lookup is the first request of every load and a file GET the longest,
+    so a passing hiccup there must not fail it. ``transient(exc)`` says what to retry (default: the
+    statuses above and network errors); ``sleep(seconds)`` waits (default ``time.sleep``).
     """
     import time
 
+    transient, sleep = transient or _transient, sleep or time.sleep
     for wait in RETRY_WAITS + (None,):
         try:
             return call()
         except Exception as exc:
-            if wait is None or not _transient(exc):
+            if wait is None or not transient(exc):
                 raise
             retry_after = _retry_after(exc)
             delay = min(retry_after, MAX_RETRY_AFTER) if retry_after is not None else wait
             log.warning("the Hub answered %s; retrying in %.1f s", status_of(exc) or type(exc).__name__, delay)
-            time.sleep(delay)
+            sleep(delay)
 
 
 def _transient(exc: BaseException) -> bool:

@@ -1,0 +1,229 @@
+"""The downloads of one call: progress as events, a Ctrl-C that stops them at once, retries, our errors.
+
+huggingface_hub fetches a file either over HTTP (``http_get``, reading 1-10 MB chunks) or through
+Xet storage (``xet_get``: hf_xet, a Rust client with threads of its own). Both drive a tqdm-like
+progress object; neither stops early when asked, and an exception raised in hf_xet's progress
+callback is printed and ignored. So :class:`Downloads` stops them from outside: a cancelled call
+aborts hf_xet's session and shuts down the socket of every HTTP response its threads are reading
+(hooks on huggingface_hub's shared client, active only for threads of ours), and those threads end
+with :class:`Cancelled` at once, whatever the link speed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import threading
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from typing import Any, Callable, Optional
+
+from .. import compat
+from ..errors import RETRY_STATUSES, HubError, status_of
+from ..events import FileProgress, OnEvent, emit
+from ..quiet import shared_setting
+
+log = logging.getLogger(__name__)
+JOIN_AFTER_CANCEL = 0.7  # seconds a Ctrl-C waits for download threads before handing control back
+
+
+class Cancelled(BaseException):
+    """Raised inside a download thread once its call was cancelled (a BaseException: nothing may swallow it)."""
+
+
+_WATCHED: dict[int, "Downloads"] = {}  # thread ident -> the call whose download that thread runs
+_WATCHED_LOCK = threading.Lock()
+
+
+class Downloads:
+    """One call's downloads: the switch that cancels them, and the sockets they read."""
+
+    def __init__(self):
+        self.cancelled = threading.Event()
+        self._sockets: set[socket.socket] = set()
+        self._lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def running(self):
+        """Around one download in a worker thread: its requests are watched, and refused once cancelled."""
+        me = threading.get_ident()
+        with _hooks_installed():
+            with _WATCHED_LOCK:
+                _WATCHED[me] = self
+            try:
+                if self.cancelled.is_set():
+                    raise Cancelled()
+                yield
+            except Exception as exc:
+                if self.cancelled.is_set():  # what a cut socket or an aborted Xet session raises
+                    raise Cancelled() from exc
+                raise
+            finally:
+                with _WATCHED_LOCK:
+                    _WATCHED.pop(me, None)
+
+    def cancel(self) -> None:
+        """Stop every download of this call now: Xet transfers aborted, HTTP responses cut."""
+        self.cancelled.set()
+        compat.abort_xet_downloads()
+        with self._lock:
+            sockets, self._sockets = list(self._sockets), set()
+        for sock in sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def wait(self, seconds: float) -> None:
+        """Sleep that a cancel ends early (then raising :class:`Cancelled`)."""
+        if self.cancelled.wait(seconds):
+            raise Cancelled()
+
+    def _opened(self, response: Any) -> None:
+        sock = compat.response_socket(response)
+        if sock is not None:
+            with self._lock:
+                self._sockets.add(sock)
+        compat.wrap_response_stream(response, self._check)
+
+    def _check(self, failure: Optional[BaseException] = None) -> None:
+        if self.cancelled.is_set():
+            raise Cancelled() from failure
+
+
+def _on_request(request: Any) -> None:
+    downloads = _WATCHED.get(threading.get_ident())
+    if downloads is not None and downloads.cancelled.is_set():
+        raise Cancelled()
+
+
+def _on_response(response: Any) -> None:
+    downloads = _WATCHED.get(threading.get_ident())
+    if downloads is not None:
+        downloads._opened(response)
+
+
+@contextlib.contextmanager
+def _hooks_installed():
+    """Our two hooks on huggingface_hub's shared HTTP client while any download of ours runs."""
+    client = compat.hub_http_client()
+
+    def add():
+        hooks = client.event_hooks
+        hooks["request"].append(_on_request)
+        hooks["response"].append(_on_response)
+
+    def remove(_):
+        hooks = client.event_hooks
+        for kind, hook in (("request", _on_request), ("response", _on_response)):
+            with contextlib.suppress(ValueError):
+                hooks[kind].remove(hook)
+
+    with shared_setting(f"hub-hooks:{id(client)}", lambda: None, add, remove):
+        yield
+
+
+def in_parallel(get: Callable[[str], Any], names: list[str], downloads: Downloads, max_workers: int = 4) -> list:
+    """``get(name)`` for every name in worker threads, results in order. The first failure, or a Ctrl-C,
+    cancels the rest at once; a Ctrl-C hands control back within about a second."""
+    if not names:
+        return []
+    pool = ThreadPoolExecutor(max_workers=max(1, min(max_workers, len(names))), thread_name_prefix="hf_notebook-fetch")
+
+    def run(name):
+        with downloads.running():
+            return get(name)
+
+    futures = [pool.submit(run, name) for name in names]
+    try:
+        wait(futures, return_when=FIRST_EXCEPTION)
+        failed = next((f for f in futures if f.done() and f.exception() is not None), None)
+        if failed is not None:
+            downloads.cancel()
+            pool.shutdown(wait=True, cancel_futures=True)
+            errors = [f.exception() for f in futures if f.done() and not f.cancelled() and f.exception() is not None]
+            raise next((e for e in errors if not isinstance(e, Cancelled)), failed.exception())
+        results = [f.result() for f in futures]
+    except BaseException:
+        downloads.cancel()
+        pool.shutdown(wait=False, cancel_futures=True)
+        _join(pool, JOIN_AFTER_CANCEL)
+        raise
+    pool.shutdown(wait=True)
+    return results
+
+
+def _join(pool: ThreadPoolExecutor, seconds: float) -> None:
+    import time
+
+    deadline = time.monotonic() + seconds
+    for thread in list(getattr(pool, "_threads", ())):
+        thread.join(max(0.0, deadline - time.monotonic()))
+
+
+def retrying(call: Callable[[], Any], downloads: Downloads) -> Any:
+    """``call()`` (one file's download), again after a 5xx or 429 answer to its own request (huggingface_hub 2.4
+    retries a file GET on 408 and 429 only), with backoff and ``Retry-After``; a cancel ends the wait."""
+    from .resolve import with_retries as retried
+
+    return retried(call, transient=_retry_download, sleep=downloads.wait)
+
+
+def _retry_download(exc: BaseException) -> bool:
+    """A file request (``/resolve/``) answered 408, 429 or 5xx. Xet token routes are retried by huggingface_hub
+    itself (five times, with backoff): retrying those again would multiply the wait."""
+    status = status_of(exc)
+    url = str(getattr(getattr(getattr(exc, "response", None), "request", None), "url", ""))
+    return status in RETRY_STATUSES and "/resolve/" in url
+
+
+def xet_failure(exc: BaseException, what: str, endpoint: str) -> Optional[HubError]:
+    """Our error for a failure inside hf_xet (the Rust client reports plain ``RuntimeError`` texts), else None."""
+    kind = type(exc)
+    if not (kind.__module__.startswith("hf_xet") or "Xet" in kind.__name__ or str(exc).startswith("Task error")):
+        return None
+    first = (str(exc).strip().splitlines() or [kind.__name__])[0]
+    return HubError(f"The Hub's Xet storage (reached through {endpoint}) could not deliver {what}: {first}.",
+                    hint="Run the cell again. If it keeps failing, the file may be missing from the Hub's storage: "
+                    "tell the repo's owners; HF_HUB_DISABLE_XET=1 fetches it over plain HTTPS instead.")
+
+
+def progress_class(name: str, size: Optional[int], on_event: Optional[OnEvent]):
+    """A tqdm stand-in for one file, driven by huggingface_hub's ``http_get`` and by hf_xet's progress reporter:
+    bytes of the file so far (``update``) and bytes over the network (``update_transfer``; fewer than the file's
+    when Xet found chunks it already had) become :class:`FileProgress` events. It never raises: an exception in
+    hf_xet's callback would be printed and end its reports."""
+
+    class _Progress:
+        bars: list = []  # every bar made for this file (huggingface_hub makes one per download attempt)
+
+        def __init__(self, *_, total=None, initial=0, **__):
+            type(self).bars.append(self)
+            self.total = total or size
+            self.n = self.transferred = initial or 0
+            self.format_dict = {"rate": None}
+            self._emit()
+
+        def update(self, n=1):
+            self.n += n or 0
+            self._emit()
+
+        def update_transfer(self, n=1):
+            self.transferred += n or 0
+
+        def _emit(self):
+            try:
+                emit(on_event, FileProgress(name, self.n, self.total, transferred=self.transferred))
+            except Exception:  # a renderer's bug must not stop a download, nor print inside hf_xet
+                log.exception("progress report for %s failed", name)
+
+        def set_postfix_str(self, *_, **__):
+            pass
+
+        set_transfer_postfix_str = set_description = set_postfix = refresh = clear = close = set_postfix_str
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *_):
+            pass
+
+    return _Progress
