@@ -160,13 +160,13 @@ class HFNotebook(Magics):
                 raise UsageError("A local folder has no Hub revision to lock; --locked and --update are for Hub models.")
             return args.spec, None
         key = lock.key_of(spec.repo_id, spec.revision)
-        if not args.locked:
-            return args.spec, key
         path = self._lock_path()
-        try:
+        try:  # a damaged lock file is named before anything is loaded, not after the model is bound
             entry = lock.read(path).get(key) if path else None
         except HfNotebookError as exc:
             raise UsageError(str(exc)) from None
+        if not args.locked:
+            return args.spec, key
         if entry is None:
             raise UsageError(f"The lock file {path} has no entry for {key}. Load it once without --locked "
                              "(or with --update) to record it.")
@@ -184,25 +184,29 @@ class HFNotebook(Magics):
         return f"{spec.repo_id}@{entry['sha']}", key
 
     def _record_lock(self, result, key, update: bool) -> None:
-        """Record a Hub load in the lock file; an existing entry moves only with --update (else: a note)."""
+        """Record a Hub load in the lock file; an existing entry moves only with --update (else: a note). The
+        model is bound already: a lock file that cannot be written is a warning, not a lost load."""
         from .core.hub import lock
 
         path = self._lock_path()
         if path is None or key is None or result.pin.kind == "local":
             return
-        entries = lock.read(path)
-        old = entries.get(key)
-        new = lock.entry_for(result, old)
-        new["revision"] = key.rsplit("@", 1)[1]
-        if old is not None and old["sha"] != new["sha"] and not update:
-            print(f"Note: the lock file pins {key} to {old['sha'][:12]}; this load used {new['sha'][:12]} "
-                  f"({new['revision']} moved). --update moves the lock; --locked loads the locked commit.")
+
+        def make(old):
+            new = lock.entry_for(result, old)
+            new["revision"] = key.rsplit("@", 1)[1]
+            return None if old is not None and old["sha"] != new["sha"] and not update else new
+
+        try:
+            old, new = lock.update(path, key, make)
+        except (OSError, HfNotebookError) as exc:
+            reason = exc.message if isinstance(exc, HfNotebookError) else (exc.strerror or str(exc))
+            print(f"Warning: the lock file {path} was not updated ({reason}); the model is loaded and bound.")
             return
-        if old == new:
-            return
-        entries[key] = new
-        lock.write(path, entries)
-        if old is not None:
+        if new is None:
+            print(f"Note: the lock file pins {key} to {old['sha'][:12]}; this load used {result.pin.sha[:12]} "
+                  f"({key.rsplit('@', 1)[1]} moved). --update moves the lock; --locked loads the locked commit.")
+        elif old is not None and old != new:
             print(f"Lock file {path}: {key} updated: " + "; ".join(lock.changes(old, new)))
 
     @magic_arguments()
@@ -428,8 +432,6 @@ class HFNotebook(Magics):
         commit: weights through LFS/Xet, a model card when there is none, then the commit sha, its URL and the
         %%load_model line that loads it back. The token comes from your login (hf auth login, HF_TOKEN)."""
         import tempfile
-
-        from IPython.display import display
 
         args = _parse(self.push_model, line)
         if args.name and args.folder:

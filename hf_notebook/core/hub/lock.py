@@ -9,14 +9,17 @@ local cache (files present, sizes, hashes).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from ..errors import HfNotebookError, OptionError
 from ..integrity import recorded_sha256
+from ..spec import is_commit_sha
 
 FORMAT = "hf_notebook.lock/1"
 _SHA256 = 64
@@ -32,25 +35,88 @@ def key_of(repo_id: str, revision: Optional[str]) -> str:
 
 
 def read(path: str | os.PathLike) -> dict[str, dict]:
-    """The entries of the lock file at ``path`` (none if it does not exist)."""
+    """The entries of the lock file at ``path`` (none if it does not exist), each checked for the fields a
+    locked load relies on: a damaged or hand-edited file is refused here, before anything is loaded."""
     path = Path(path)
     if not path.exists():
         return {}
+    fix = f"Fix or remove {path}, or point %config HFNotebook.lock_file elsewhere."
+    if not path.is_file():
+        raise OptionError(f"The lock file {path} is not a file.", hint=fix)
     try:
         data = json.loads(path.read_text())
-        return dict(data["models"])
+        entries = dict(data["models"])
+    except OSError as exc:
+        raise OptionError(f"The lock file {path} cannot be read: {exc.strerror}.", hint=fix) from None
     except (ValueError, KeyError, TypeError):
-        raise OptionError(f"{path} is not a hf_notebook lock file.",
-                          hint="Fix or remove it, or point %config HFNotebook.lock_file elsewhere.") from None
+        raise OptionError(f"{path} is not a hf_notebook lock file.", hint=fix) from None
+    for key, entry in entries.items():
+        problem = _entry_problem(entry)
+        if problem:
+            raise OptionError(f"The lock file {path} has a damaged entry {key!r}: {problem}.", hint=fix)
+    return entries
+
+
+def _entry_problem(entry: Any) -> Optional[str]:
+    if not isinstance(entry, dict):
+        return "not an object"
+    if not (isinstance(entry.get("sha"), str) and is_commit_sha(entry["sha"]) and len(entry["sha"]) == 40):
+        return "no full commit sha"
+    if not isinstance(entry.get("repo"), str):
+        return "no repo"
+    files = entry.get("files", {})
+    if not isinstance(files, dict):
+        return "its files are not an object"
+    for name, facts in files.items():
+        if not (isinstance(facts, dict) and isinstance(facts.get("size"), int)
+                and isinstance(facts.get("sha256"), str) and len(facts["sha256"]) == _SHA256):
+            return f"file {name!r} lacks its size or sha256"
+    return None
 
 
 def write(path: str | os.PathLike, entries: dict[str, dict]) -> None:
-    """Write ``entries`` atomically, sorted, one key per line."""
+    """Write ``entries`` atomically (a temporary file of this writer's own, then a rename), sorted."""
     path = Path(path)
     text = json.dumps({"format": FORMAT, "models": entries}, indent=1, sort_keys=True) + "\n"
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def update(path: str | os.PathLike, key: str, make: Callable[[Optional[dict]], Optional[dict]]) -> tuple:
+    """Change one entry under an exclusive lock: read the file as it is now, ``make(old)`` the new entry (None:
+    leave it), write. Two kernels loading at once both keep their entries. Returns ``(old, new)``."""
+    path = Path(path)
+    with _locked(path):
+        entries = read(path)
+        old = entries.get(key)
+        new = make(old)
+        if new is not None and new != old:
+            entries[key] = new
+            write(path, entries)
+    return old, new
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    """An advisory lock (``fcntl.flock``) on a companion file; where there is no fcntl, no lock."""
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        yield
+        return
+    with open(path.with_name(f".{path.name}.lock"), "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def entry_for(result: Any, previous: Optional[dict] = None) -> dict:

@@ -1,0 +1,68 @@
+"""The lock file under concurrency and damage: two kernels loading at once keep both entries; a damaged lock
+file is named before the load (nothing bound); one that cannot be written is a warning after a good load."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+from IPython.core.error import UsageError
+
+
+def _lock_path(shell):
+    return shell.config.HFNotebook.lock_file
+
+
+def test_two_processes_writing_at_once_keep_every_entry(tmp_path):
+    """Each process adds 30 entries of its own through lock.update; the file ends with all 60."""
+    path = tmp_path / "hf_notebook.lock.json"
+    script = textwrap.dedent(f"""
+        import sys
+        from hf_notebook.core.hub import lock
+        me = sys.argv[1]
+        for i in range(30):
+            entry = {{"repo": f"org/{{me}}-{{i}}", "revision": "main", "sha": "a" * 40, "files": {{}}}}
+            lock.update({str(path)!r}, f"org/{{me}}-{{i}}@main", lambda old, e=entry: e)
+    """)
+    procs = [subprocess.Popen([sys.executable, "-c", script, who]) for who in ("one", "two")]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0]
+    entries = json.loads(path.read_text())["models"]
+    assert len(entries) == 60
+    assert not [n for n in os.listdir(tmp_path) if n.endswith(".tmp")]
+
+
+@pytest.mark.parametrize("damage", [
+    "{not json",
+    json.dumps({"format": "hf_notebook.lock/1", "models": {"tiny/llama@main": {"repo": "tiny/llama"}}}),
+    json.dumps({"format": "hf_notebook.lock/1", "models": {"tiny/llama@main": {
+        "repo": "tiny/llama", "sha": "b" * 40, "files": {"config.json": {"size": 3}}}}}),
+])
+def test_a_damaged_lock_file_is_named_before_loading(shell, tiny_hub, hf_cache, hub_server, damage):
+    path = _lock_path(shell)
+    with open(path, "w") as handle:
+        handle.write(damage)
+    hub_server.reset_counters()
+    with pytest.raises(UsageError) as info:
+        shell.run_line_magic("load_model", "tiny/llama --device-map cpu --as m")
+    assert path in str(info.value) and "m" not in shell.user_ns
+    assert hub_server.bytes_served() == 0  # refused before any download
+
+
+def test_a_lock_path_that_is_a_folder_is_refused_before_loading(shell, tiny_hub, hf_cache, tmp_path):
+    shell.run_line_magic("config", f"HFNotebook.lock_file = {str(tmp_path)!r}")
+    with pytest.raises(UsageError) as info:
+        shell.run_line_magic("load_model", "tiny/llama --device-map cpu --as m")
+    assert "not a file" in str(info.value) and "m" not in shell.user_ns
+
+
+def test_an_unwritable_lock_file_is_a_warning_and_the_model_stays(shell, tiny_hub, hf_cache, capsys):
+    """/proc takes no new files, not even from root (these tests run as root here, where chmod stops nothing)."""
+    if not os.path.isdir("/proc/self"):
+        pytest.skip("needs Linux's /proc")
+    shell.run_line_magic("config", "HFNotebook.lock_file = '/proc/hf_notebook.lock.json'")
+    shell.run_line_magic("load_model", "tiny/llama --device-map cpu --as m")
+    assert "m" in shell.user_ns
+    out = capsys.readouterr().out
+    assert "/proc/hf_notebook.lock.json was not updated" in out and "loaded and bound" in out
