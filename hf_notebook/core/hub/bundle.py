@@ -171,9 +171,10 @@ def _how_to_load(resolution: Any, layout: str, target: Path) -> str:
 
 
 # -- verification before a load ------------------------------------------------------------------
-def verify_folder(folder: Path, memo: Any = None) -> Optional[dict]:
+def verify_folder(folder: Path, memo: Any = None, action: str = "loaded") -> Optional[dict]:
     """Check ``folder`` against its manifest, if it has one; return the manifest. Raises
-    :class:`BundleError` naming the first file that is missing, of another size, or changed."""
+    :class:`BundleError` naming the first file that is missing, of another size, or changed;
+    ``action`` is what did not happen then (``loaded``, ``pushed``)."""
     manifest_path = folder / MANIFEST
     if not manifest_path.is_file():
         return None
@@ -192,10 +193,10 @@ def verify_folder(folder: Path, memo: Any = None) -> Optional[dict]:
             st = path.stat()
         except OSError:
             raise BundleError(f"{name} is missing from {folder} (its manifest lists it).",
-                              hint="Copy the whole folder again; nothing was loaded.") from None
+                              hint=f"Copy the whole folder again; nothing was {action}.") from None
         if st.st_size != facts["size"]:
             raise BundleError(f"{name} in {folder} has {st.st_size} bytes, but the manifest says {facts['size']}: "
-                              "it is truncated or changed.", hint="Copy the folder again; nothing was loaded.")
+                              "it is truncated or changed.", hint=f"Copy the folder again; nothing was {action}.")
         identity = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, facts["sha256"]]
         real = Path(os.path.realpath(path))
         if memo.knows(real, identity):
@@ -204,6 +205,6 @@ def verify_folder(folder: Path, memo: Any = None) -> Optional[dict]:
         if digest != facts["sha256"]:
             raise BundleError(f"{name} in {folder} is not the file the manifest lists (sha256 {digest[:12]}…, "
                               f"expected {facts['sha256'][:12]}…): it was changed.",
-                              hint="Copy the folder again from its source; nothing was loaded.")
+                              hint=f"Copy the folder again from its source (or save it again); nothing was {action}.")
         memo.add(real, identity)
     return manifest

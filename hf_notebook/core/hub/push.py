@@ -87,6 +87,7 @@ def push_folder(folder: str | os.PathLike, repo_id: str, *, private: bool = Fals
     repo_id = parse_repo_id(repo_id)
     if not folder.is_dir():
         raise OptionError(f"{folder} is not a folder.", hint="Save the model first (%save_model NAME DIR), or fix --from.")
+    _check_folder(folder)
     api = HfApi()
     endpoint = constants.ENDPOINT
     try:
@@ -226,6 +227,20 @@ def _check_token(api: Any, repo_id: str, token: Any) -> None:
         raise AuthError(f"This token belongs to {me.get('name')!r}, which cannot create or write repos under "
                         f"{owner!r}.", hint=f"Push to {me.get('name')}/{repo_id.split('/')[1]} or to an organization "
                                             f"you belong to ({', '.join(sorted(a for a in allowed if a))}).")
+
+
+def _check_folder(folder: Path) -> None:
+    """Publish exactly the folder: no link out of it, and every file its manifest lists as the manifest says
+    (hashed once per file identity; a save remembers what it wrote), before anything is sent."""
+    from .bundle import verify_folder
+
+    root = folder.resolve()
+    for path in sorted(folder.rglob("*")):
+        if path.is_symlink() and not Path(os.path.realpath(path)).is_relative_to(root):
+            raise PushError(f"{path} is a link to {os.path.realpath(path)}, outside the folder: pushing would "
+                            "publish that file.", hint="Copy the file into the folder (or remove the link); "
+                            "nothing was pushed.")
+    verify_folder(folder, action="pushed")
 
 
 def _operations(folder: Path, repo_id: str, on_event: OnEvent | None):
