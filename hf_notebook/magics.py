@@ -63,9 +63,17 @@ def _parse(magic, line: str):
     except ValueError as exc:  # the line splitter: an unterminated quote
         raise UsageError(f"Cannot read the line: {exc}. Close every quote you open.") from None
     for key, value in vars(args).items():
-        if isinstance(value, str) and len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-            setattr(args, key, value[1:-1])
+        if isinstance(value, list):  # repeatable options (--set, --kw): each item as a single value
+            setattr(args, key, [_unquoted(v) for v in value])
+        else:
+            setattr(args, key, _unquoted(value))
     return args
+
+
+def _unquoted(value):
+    if isinstance(value, str) and len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+        return value[1:-1]
+    return value
 
 
 def _placement_args(func):

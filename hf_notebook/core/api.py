@@ -335,12 +335,12 @@ def apply_device_map(target: "LoadResult | Plan", device_map: dict):
 
 
 def check_attention(name: Optional[str]) -> None:
-    """``--attn-implementation``: one transformers knows (a Hub kernel ``org/repo`` is checked by transformers)."""
-    if not name or "/" in name:
+    """``--attn-implementation``: one transformers knows (Hub kernels were refused when the options were parsed)."""
+    if not name:
         return
-    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-
     from .errors import OptionError
+
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
     known = ["eager", *ALL_ATTENTION_FUNCTIONS.keys()]
     if name not in known:

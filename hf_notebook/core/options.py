@@ -62,8 +62,7 @@ class LoadOptions:
                                          config=raw_config)
         return cls(class_name=class_name or None, dtype=parse_dtype(dtype), device_map=parse_device_map(device_map),
                    quantization=quantization, variant=_word(variant, "--variant"),
-                   subfolder=_subfolder(subfolder), attn_implementation=_word(attn_implementation,
-                                                                            "--attn-implementation"),
+                   subfolder=_subfolder(subfolder), attn_implementation=_attention(attn_implementation),
                    extra=parse_kw(kw),
                    max_memory=parse_max_memory(max_memory), no_offload=bool(no_offload),
                    trust_remote_code=bool(trust_remote_code), allow_pickle=bool(allow_pickle),
@@ -91,6 +90,17 @@ def _word(text: Optional[str], flag: str) -> Optional[str]:
     return text
 
 
+def _attention(text: Optional[str]) -> Optional[str]:
+    """An attention implementation by name. A Hub kernel (``org/repo``, ``kernels-community/x``) is code downloaded
+    from the Hub and run, unpinned and outside the lock file: refused here, before any request."""
+    name = _word(text, "--attn-implementation")
+    if name and ("/" in name or ":" in name):
+        raise OptionError(f"--attn-implementation {name!r} names a kernel on the Hub: its code would be downloaded "
+                          "and run, unpinned and not in the lock file, so hf_notebook refuses it.",
+                          hint="Use one of transformers' own implementations (eager, sdpa, flash_attention_2, ...).")
+    return name
+
+
 def _subfolder(text: Optional[str]) -> Optional[str]:
     if not text:
         return None
@@ -107,6 +117,8 @@ MANAGED = {"device_map": "--device-map", "dtype": "--dtype", "torch_dtype": "--d
            "attn_implementation": "--attn-implementation", "cache_dir": "--cache-dir", "revision": "org/name@REV",
            "local_files_only": "--offline", "token": "your login", "use_safetensors": "--allow-pickle",
            "weights_only": "(always True)", "force_download": "--force-download", "config": "(from the repo)"}
+_KERNEL_KEYS = {"use_kernels", "allow_all_kernels", "kernel_config"}  # from_pretrained's switches for Hub kernels
+_TOKEN_KEYS = {"token", "use_auth_token", "hf_token", "api_key", "access_token"}
 
 
 def parse_kw(items: Any) -> dict:
@@ -126,10 +138,28 @@ def parse_kw(items: Any) -> dict:
                 pairs.append((key.strip(), json.loads(value)))
             except ValueError:
                 pairs.append((key.strip(), value))
-    for key, _ in pairs:
+    for key, value in pairs:
         if key in MANAGED:
             raise OptionError(f"--kw {key}=... is set through hf_notebook's own option.", hint=f"Use {MANAGED[key]}.")
+        if key in _KERNEL_KEYS and value not in (False, None):
+            raise OptionError(f"--kw {key}=... would load kernels from the Hub: code downloaded and run, unpinned and "
+                              "not in the lock file, so hf_notebook refuses it.",
+                              hint="Leave it out: transformers' own kernels (eager, sdpa, ...) need no switch.")
+        if _holds_token(value):
+            raise OptionError(f"--kw {key}=... carries a token.", hint="Tokens come only from your login "
+                              "(`hf auth login`, HF_TOKEN): never on a line, where outputs and the lock file keep it.")
     return dict(pairs)
+
+
+def _holds_token(value: Any) -> bool:
+    """A token at any depth of a --kw value: a key that names one, or a string shaped like one."""
+    from .errors import redact
+
+    if isinstance(value, dict):
+        return any(str(k).lower() in _TOKEN_KEYS or _holds_token(v) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return any(_holds_token(v) for v in value)
+    return isinstance(value, str) and redact(value) != value
 
 
 def parse_folder(text: Optional[str], flag: str) -> Optional[str]:
