@@ -74,11 +74,9 @@ def read_config_file(text: Optional[str]) -> Optional[dict]:
         return None
     raw = text
     if text.startswith("@"):
-        try:
-            raw = Path(text[1:]).expanduser().read_text()
-        except OSError as exc:
-            raise OptionError(f"Cannot read {text[1:]!r}: {exc.strerror}.",
-                              hint="Give a JSON file: --quantization-config @quant.json") from None
+        from .options import read_option_file
+
+        raw = read_option_file(Path(text[1:]).expanduser(), "--quantization-config", "--quantization-config @quant.json")
     try:
         value = json.loads(raw)
     except ValueError as exc:

@@ -90,3 +90,17 @@ def device_sort_key(device: str) -> tuple:
     kind, _, index = device.partition(":")
     rank = {"cpu": 1, "disk": 2, "meta": 3}.get(kind, 0)
     return (rank, kind, int(index) if index.isdigit() else -1)
+
+
+DISK_MARGIN = 16 * 2**20  # room kept free beside what a write needs: file system blocks, metadata, a manifest
+
+
+def disk_needed(nbytes: int) -> int:
+    """What writing ``nbytes`` needs free: the bytes, 2% for blocks and metadata, and 16 MiB to spare."""
+    return int(nbytes * 1.02) + DISK_MARGIN
+
+
+def disk_shortfall(what: str, nbytes: int, free: int, where: str) -> str:
+    """``Moving ... writes 10.5 MB (with room for the file system, 26.9 MB), but only 21.0 MB is free in /tmp.``"""
+    return (f"{what} writes {format_bytes(nbytes)} (with room kept for the file system, 2% + 16 MiB: "
+            f"{format_bytes(disk_needed(nbytes))}), but only {format_bytes(free)} is free in {where}.")

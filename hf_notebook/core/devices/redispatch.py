@@ -31,7 +31,7 @@ from .. import libc
 from ..errors import DeviceError, LoadError
 from ..io_threads import InOrder
 from ..quiet import quiet_loggers
-from ..units import Device, device_name, format_bytes, parse_device
+from ..units import Device, device_name, disk_needed, disk_shortfall, parse_device
 from .machine import free_bytes
 from .offloaded import disk_sources
 from .plan import check_devices_exist
@@ -134,9 +134,9 @@ class _Move:
         need = sum(sizes[n] for n, _, t in self.plan
                    if t == "disk" and n not in self.on_disk and n not in self.in_place)
         free = free_bytes("disk", folder)
-        if need and need * 1.02 + 16 * 2**20 > free:
-            raise DeviceError(f"Moving these modules to disk writes {format_bytes(need)}, but only "
-                              f"{format_bytes(free)} is free in {folder or tempfile.gettempdir()}.",
+        if need and disk_needed(need) > free:
+            raise DeviceError(disk_shortfall("Moving these modules to disk", need, free,
+                                             folder or tempfile.gettempdir()),
                               hint="Free space there, or pass another offload folder, or keep more on cpu.")
 
     def run(self, folder: Optional[str]) -> None:

@@ -69,9 +69,7 @@ def export_bundle(spec: str, folder: str | os.PathLike, *, layout: str = "folder
     if parsed.is_local:
         raise OptionError(f"{spec} is a local folder: export a Hub model (org/name@rev).",
                           hint="A local folder can be copied as it is; %save_model writes one with a manifest.")
-    target = Path(folder).expanduser().absolute()
-    if target.exists() and (not target.is_dir() or any(target.iterdir())):
-        raise OptionError(f"{target} exists and is not an empty folder.", hint="Export into a new folder.")
+    target = _export_target(folder)
     resolution = resolve(parsed, offline=offline, cache_dir=cache_dir, token=token)
     names = _bundle_files(resolution, cache_dir)
     source = HubFiles(resolution, cache_dir=cache_dir, offline=offline, force_download=False, token=token,
@@ -80,8 +78,12 @@ def export_bundle(spec: str, folder: str | os.PathLike, *, layout: str = "folder
     downloaded = [n for n in names if not source.facts[n].cached]
     files = {n: {"size": os.path.getsize(p), "sha256": recorded_sha256(p, resolution.file_hashes.get(n))}
              for n, p in sorted(paths.items())}
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.hf_notebook-", dir=target.parent))
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.hf_notebook-", dir=target.parent))
+    except OSError as exc:
+        raise OptionError(f"Cannot write into {target.parent}: {exc.strerror}.",
+                          hint="Export into a folder you can write to; nothing was written.") from None
     try:
         if layout == "folder":
             for name, path in paths.items():
@@ -95,11 +97,31 @@ def export_bundle(spec: str, folder: str | os.PathLike, *, layout: str = "folder
         if target.exists():
             target.rmdir()
         os.rename(tmp, target)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, OSError):
+            raise OptionError(f"Writing the bundle into {target} failed: {exc.strerror or exc}.",
+                              hint="Free some space or export elsewhere; nothing was left behind.") from None
         raise
     return ExportResult(str(target), layout, resolution.repo_id, resolution.sha, files, tuple(downloaded),
                         time.perf_counter() - t0)
+
+
+def _export_target(folder: Any) -> Path:
+    """``--to``: resolved (``..`` and links), a new or empty folder whose nearest existing parent we may write."""
+    from ..options import parse_folder
+
+    fix = "Export into a new folder you can write to, e.g. --to ./bundle."
+    try:
+        target = Path(folder).expanduser().resolve()
+        taken = target.exists() and (not target.is_dir() or any(target.iterdir()))
+    except (OSError, RuntimeError, ValueError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise OptionError(f"--to {str(folder)[:120]!r} cannot be used: {reason}.", hint=fix) from None
+    if taken:
+        raise OptionError(f"{target} exists and is not an empty folder.", hint="Export into a new folder.")
+    parse_folder(str(target), "--to")
+    return target
 
 
 def _bundle_files(resolution: Any, cache_dir) -> list[str]:
