@@ -205,6 +205,7 @@ def verify_folder(folder: Path, memo: Any = None, action: str = "loaded") -> Opt
         files = manifest["files"]
     except (ValueError, KeyError, TypeError):
         raise BundleError(f"{manifest_path} cannot be read.", hint="Export or save the folder again.") from None
+    _check_entries(folder, files, action)
     if memo is None:
         from ..integrity import default_memo
 
@@ -230,3 +231,32 @@ def verify_folder(folder: Path, memo: Any = None, action: str = "loaded") -> Opt
                               hint=f"Copy the folder again from its source (or save it again); nothing was {action}.")
         memo.add(real, identity)
     return manifest
+
+
+_SHA256_HEX = frozenset("0123456789abcdef")
+_UNCHECKED = ("README", "LICENSE", "BUNDLE.md", ".gitattributes", MANIFEST)  # documents nothing loads
+
+
+def _check_entries(folder: Path, files: Any, action: str) -> None:
+    """A verified folder is exactly its manifest: every entry a relative path inside the folder with a size and a
+    sha256, config and weights listed, and no file beside them that a load could read unchecked."""
+    again = f"Export or save the folder again; nothing was {action}."
+    if not isinstance(files, dict) or not files:
+        raise BundleError(f"The manifest of {folder} lists no files.", hint=again)
+    for name, facts in files.items():
+        parts = Path(name).parts if isinstance(name, str) else ()
+        if not parts or Path(name).is_absolute() or ".." in parts or "\\" in name or name.startswith("/"):
+            raise BundleError(f"The manifest of {folder} names {name!r}, which is not a path inside the folder.",
+                              hint=again)
+        if not (isinstance(facts, dict) and isinstance(facts.get("size"), int) and facts["size"] >= 0
+                and isinstance(facts.get("sha256"), str) and len(facts["sha256"]) == 64
+                and set(facts["sha256"]) <= _SHA256_HEX):
+            raise BundleError(f"The manifest of {folder} has no valid size and sha256 for {name!r}.", hint=again)
+    if "config.json" not in files or not any(n.endswith((".safetensors", ".bin")) for n in files):
+        raise BundleError(f"The manifest of {folder} does not list its config and weights.", hint=again)
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() or p.is_symlink()):
+        rel = path.relative_to(folder).as_posix()
+        if rel not in files and not path.name.startswith(_UNCHECKED):
+            raise BundleError(f"{rel} is in {folder} but not in its manifest: a load would read it unchecked.",
+                              hint=f"Remove it (it was added after the folder was written), or save or export the "
+                              f"folder again; nothing was {action}.")
