@@ -104,11 +104,12 @@ def default_memo() -> Verified:
 
 
 def problem_with(path: Path, memo: Verified, expected_size: Optional[int] = None,
-                 sha256: Optional[str] = None) -> Optional[str]:
+                 sha256: Optional[str] = None, git_sha1: Optional[str] = None) -> Optional[str]:
     """Why the cached file at ``path`` is not what it should be, or None when it is: of ``expected_size``, with
-    content of the Hub's ``sha256`` when known, else of the digest its repo cache entry's name promises."""
+    content of the Hub's ``sha256`` (LFS files) or ``git_sha1`` (the others) when known, else of the digest its
+    repo cache entry's name promises."""
     blob = Path(os.path.realpath(path))
-    promise = ("sha256", sha256) if sha256 else expected_digest(repo_entry(path))
+    promise = ("sha256", sha256) if sha256 else ("git-sha1", git_sha1) if git_sha1 else expected_digest(repo_entry(path))
     try:
         st = blob.stat()
     except OSError as exc:

@@ -339,6 +339,7 @@ class HubFiles(SourceFiles):
                 self.damaged[name] = f"{problem} ({os.path.realpath(cached)})"
                 return None
             log.warning("%s in the cache is damaged (%s): downloading it again", name, problem)
+            self._drop_plain_pointer(Path(cached))
             force = True
         if self.offline:
             if required and not name.endswith(GENERATION_CONFIG):
@@ -356,7 +357,30 @@ class HubFiles(SourceFiles):
         return path
 
     def _problem(self, name: str, path: Path) -> Optional[str]:
-        return problem_with(path, self.memo, self.res.file_sizes.get(name), self.res.file_hashes.get(name))
+        sha256, git_sha1 = self.res.file_hashes.get(name), self.res.blob_ids.get(name)
+        if sha256 is None and git_sha1 is None and not path.is_symlink() and self._links_in_cache():
+            return "it is a plain file where huggingface_hub keeps a link to its blob, so it was put there by hand"
+        return problem_with(path, self.memo, self.res.file_sizes.get(name), sha256, git_sha1)
+
+    def _drop_plain_pointer(self, path: Path) -> None:
+        """A plain file in this repo's own snapshot folder stands where huggingface_hub keeps a link, and a forced
+        download would leave it there: remove it (only that: a link, a blob, anything outside is never touched)."""
+        from .resolve import repo_cache_folder
+
+        snapshots = Path(os.path.abspath(repo_cache_folder(self.res.repo_id, self.cache_dir) / "snapshots"))
+        entry = Path(os.path.abspath(path))
+        if entry.is_relative_to(snapshots) and not entry.is_symlink() and entry.is_file():
+            entry.unlink()
+
+    def _links_in_cache(self) -> bool:
+        """huggingface_hub lays this cache out with links (it copies files only where links cannot be made)."""
+        from huggingface_hub import constants
+        from huggingface_hub.file_download import are_symlinks_supported
+
+        try:
+            return bool(are_symlinks_supported(self.cache_dir or constants.HF_HUB_CACHE))
+        except OSError:  # a read-only cache cannot be probed: trust its layout
+            return False
 
     def _download(self, name: str, force: bool) -> tuple[Path, int]:
         """huggingface_hub's download (HTTP or Xet), retried after a 5xx/429 answer, failures made ours; with the

@@ -24,6 +24,7 @@ class Resolution:
     file_sizes: dict[str, Optional[int]] = field(default_factory=dict)  # empty when offline or local
     local_path: Optional[Path] = None
     file_hashes: dict[str, str] = field(default_factory=dict)  # sha256 of LFS files, from the Hub's metadata
+    blob_ids: dict[str, str] = field(default_factory=dict)  # git blob sha1 of the other files, likewise
 
     @property
     def repo_id(self) -> str:
@@ -67,7 +68,9 @@ def _resolve_online(spec: ModelSpec, token) -> Resolution:
     kind = _kind_of(spec.revision, info.sha, api, spec.repo_id)
     sizes = {s.rfilename: s.size for s in info.siblings or []}
     hashes = {s.rfilename: s.lfs.sha256 for s in info.siblings or [] if s.lfs is not None and s.lfs.sha256}
-    return Resolution(pin=Resolved(spec.repo_id, spec.revision, info.sha, kind), file_sizes=sizes, file_hashes=hashes)
+    blobs = {s.rfilename: s.blob_id for s in info.siblings or [] if s.lfs is None and s.blob_id}
+    return Resolution(pin=Resolved(spec.repo_id, spec.revision, info.sha, kind), file_sizes=sizes, file_hashes=hashes,
+                      blob_ids=blobs)
 
 
 def _kind_of(revision: Optional[str], sha: str, api, repo_id: str) -> str:
