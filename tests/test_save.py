@@ -107,13 +107,13 @@ def test_companion_files_come_from_the_pinned_snapshot(shell, hub_store, hub_rep
 def test_an_existing_folder_is_replaced_only_with_overwrite(shell, loaded, tiny_hub, hf_cache, work):
     shell.run_line_magic("load_model", "tiny/llama --device-map cpu --as m")
     out = work / "out"
-    out.mkdir()
-    (out / "keep.txt").write_text("mine")
+    shell.run_line_magic("save_model", f"m {out}")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
     with pytest.raises(UsageError, match="(?s)already exists.*--overwrite"):
-        shell.run_line_magic("save_model", f"m {out}")
-    assert [p.name for p in out.iterdir()] == ["keep.txt"]
-    shell.run_line_magic("save_model", f"m {out} --overwrite")
-    assert not (out / "keep.txt").exists() and (out / MANIFEST).exists()
+        shell.run_line_magic("save_model", f"m {out} --dtype bfloat16")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    shell.run_line_magic("save_model", f"m {out} --dtype bfloat16 --overwrite")
+    assert json.loads((out / MANIFEST).read_text())["dtype"] == "bfloat16"
     assert sorted(p.name for p in work.iterdir()) == ["out"]
 
 

@@ -386,6 +386,8 @@ def save_record(saved: Any) -> Record:
              ("files", f"{_count(len(saved.files), 'file')}, {format_bytes(saved.nbytes)}"
                        + (" (replaced the old folder)" if saved.replaced else "")),
              ("time", W.format_seconds(saved.seconds)), ("manifest", f"sha256 {saved.manifest_sha256[:16]}…")]
+    if getattr(saved, "link", None):
+        facts.insert(0, ("link", f"{saved.link} → {saved.folder} (the link is kept)"))
     rows = [[f.name, format_bytes(f.size), f.sha256[:16] + "…"] for f in saved.files]
     line = f"%load_model {W.quote_arg(saved.folder)} --as {saved.name or 'model'}"
     html = _box(f"<b style='{_OK}'>✓</b> <b>{_h(head)}</b>",

@@ -11,7 +11,11 @@ because ``save_pretrained`` writes it: we only replace the two steps that cost m
   returns a meta placeholder; the writer streams that tensor from the file it is stored in.
 
 The folder is written into a temporary sibling and renamed into place when complete; any
-error or Ctrl-C removes the temporary folder and leaves the target as it was. The manifest
+error or Ctrl-C removes the temporary folder and leaves the target as it was. The target is
+resolved first (``..`` and links: a link to a folder is kept, the folder it points to is saved
+into). An existing folder is replaced only when it is a model folder, and never is the root,
+working or home folder, a Hub cache or anything in one, or what a loaded model reads (behind
+links too); each refusal comes before anything is written. The manifest
 (``hf_notebook.manifest.json``) lists every file with its size and sha256, next to the
 companion files (tokenizer, chat template, ...) of the pinned snapshot.
 """
@@ -22,6 +26,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -40,6 +45,9 @@ from .shard_writer import ShardWriter, a_core_for_hashing
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".h5", ".msgpack", ".gguf", ".onnx", ".ckpt")
 _NOT_COPIED = {"README.md", ".gitattributes", MANIFEST, "model.safetensors.index.json", "pytorch_model.bin.index.json"}
+_SAVE_PRETRAINED = re.compile(r"(generation_)?config\.json|(model|pytorch_model|tf_model|flax_model)(\.\w+)?"
+                              r"(-\d{5}-of-\d{5})?\.(safetensors|bin|h5|msgpack)(\.index\.json)?")  # what it names
+_REPO_FOLDERS = ("models--", "datasets--", "spaces--")  # a Hub cache holds its repos in these
 
 
 class SaveError(HfNotebookError, OSError):
@@ -67,6 +75,7 @@ class SaveResult:
     manifest_sha256: str = ""
     replaced: bool = False  # an existing folder was replaced (--overwrite)
     name: Optional[str] = None
+    link: Optional[str] = None  # the target given was this link, kept: ``folder`` is where it points
 
     @property
     def nbytes(self) -> int:
@@ -86,7 +95,9 @@ def save_model(result: Any, folder: str | os.PathLike, *, max_shard_size: Any = 
     save there would delete the shards being read). ``dtype`` converts on the way out.
     """
     t0 = time.perf_counter()
-    target = Path(folder).expanduser().absolute()
+    given = Path(folder).expanduser().absolute()
+    target = given.resolve()  # every check, the temporary sibling and the swap use the real path
+    link = str(given) if given.is_symlink() else None
     model = result.model
     out_dtype = dtype if dtype not in (None, "auto") else str(model.dtype).removeprefix("torch.")
     if getattr(model, "hf_quantizer", None) is not None and dtype not in (None, "auto"):
@@ -102,8 +113,9 @@ def save_model(result: Any, folder: str | os.PathLike, *, max_shard_size: Any = 
         try:
             with _streamed(model, writer, convert), library_bars_off(), a_core_for_hashing():
                 model.save_pretrained(tmp, max_shard_size=max_shard_size or "50GB")
-        finally:
             writer.finish()  # the last shards' hashes (they overlap the writing of the next shard)
+        finally:
+            writer.close()  # after a failure: every hash thread ended, the first error kept
         if dtype not in (None, "auto"):
             _set_config_dtype(tmp, out_dtype)
         _copy_companions(result, tmp)
@@ -114,25 +126,117 @@ def save_model(result: Any, folder: str | os.PathLike, *, max_shard_size: Any = 
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    _remember(target, files)
     return SaveResult(str(target), files, source, out_dtype, time.perf_counter() - t0, manifest, replaced,
-                      name=getattr(result, "name", None))
+                      name=getattr(result, "name", None), link=link)
 
 
 # -- checks ----------------------------------------------------------------------------------
 def _check_target(target: Path, overwrite: bool, reads_from: tuple) -> None:
-    for used in reads_from:
-        used = Path(used).absolute()
-        if target == used or used.is_relative_to(target) or target.is_relative_to(used):
-            raise SaveError(f"A loaded model reads its weights from {used}; saving into {target} would destroy them "
-                            "while they are read.", hint="Save into another folder (--overwrite does not change this).")
+    """Refuse, before anything is written, a (resolved) target a save must not write into or replace."""
+    _check_not_a_home(target)
+    _check_not_read(target, reads_from)
+    _check_not_in_a_cache(target)
     if target.exists() and not target.is_dir():
         raise SaveError(f"{target} is a file, not a folder.", hint="Give a folder path to save into.")
-    if target.exists() and any(target.iterdir()) and not overwrite:
-        raise SaveError(f"{target} already exists and is not empty.",
-                        hint="Pick a new folder, or pass --overwrite to replace it once the new one is complete.")
+    if target.is_dir():
+        _check_replaceable(target, overwrite)
     parent = target.parent
     if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
         raise SaveError(f"Cannot write into {parent}.", hint="Give a folder whose parent exists and is writable.")
+
+
+def _check_not_read(target: Path, reads_from: tuple) -> None:
+    """Not a folder a loaded model reads from, nor in or above one; not a folder its files link into (a Hub
+    snapshot's ``blobs``, huggingface_hub 2.4's shared ``<cache>/blobs/<xx>/``), nor above one."""
+    given = [Path(f).resolve() for f in reads_from]
+    for used in given + [p for f in reads_from for p in _linked_folders(Path(f))]:
+        if target == used or used.is_relative_to(target) or (used in given and target.is_relative_to(used)):
+            raise SaveError(f"A loaded model reads its weights from {used}; saving into {target} would destroy them "
+                            "while they are read.", hint="Save into another folder (--overwrite does not change this).")
+
+
+def _linked_folders(folder: Path) -> list[Path]:
+    """The real folders the links in ``folder`` land in, hop by hop (snapshot -> repo blob -> shared blob),
+    and the folders linked to themselves."""
+    found = []
+    for root, dirs, names in os.walk(folder):
+        for path in (Path(root, name) for name in names + dirs if os.path.islink(os.path.join(root, name))):
+            with contextlib.suppress(OSError):
+                for _ in range(40):  # the kernel's limit on a chain of links
+                    if not path.is_symlink():
+                        break
+                    path = path.parent.resolve() / os.readlink(path)
+                    found.append(path.parent.resolve())
+                if path.is_dir():
+                    found.append(path.resolve())
+    return list(dict.fromkeys(found))
+
+
+def _check_not_in_a_cache(target: Path) -> None:
+    """Nothing goes into a Hub cache (a folder holding ``models--*`` repo folders) or anywhere below one."""
+    for folder in (target, *target.parents):
+        if any(name.startswith(_REPO_FOLDERS) and (folder / name).is_dir() for name in _names_in(folder)):
+            raise SaveError(f"{target} is in the Hugging Face Hub cache {folder}; a save there would mix its "
+                            "files into the cache's.", hint="Pick a new folder outside the cache.")
+
+
+def _names_in(folder: Path) -> list[str]:
+    try:
+        return os.listdir(folder)
+    except OSError:  # not there (yet), or not readable
+        return []
+
+
+def _check_not_a_home(target: Path) -> None:
+    """Never the root, working or home folder, nor a folder holding one, whatever --overwrite says."""
+    for name, folder in (("the root folder", Path(target.anchor)), ("the working folder", _resolved(Path.cwd)),
+                         ("your home folder", _resolved(Path.home))):
+        if folder is not None and folder.is_relative_to(target):
+            raise SaveError(f"{target} {'is' if folder == target else 'holds'} {name}: a save never replaces it.",
+                            hint="Pick a new folder to save into (--overwrite does not change this).")
+
+
+def _resolved(where: Any) -> Optional[Path]:
+    """``where()`` resolved; None where it fails (a working folder removed since, no home)."""
+    try:
+        return where().resolve()
+    except (OSError, RuntimeError):
+        return None
+
+
+def _check_replaceable(target: Path, overwrite: bool) -> None:
+    """A folder with files is replaced only with --overwrite, and only when it is a model folder."""
+    if not any(target.iterdir()):
+        return
+    foreign = _not_model_files(target)
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
+        raise SaveError(f"{target} already exists and holds files that are not a saved model ({shown}); "
+                        "--overwrite replaces only a model folder (a save's, or save_pretrained's config and weights).",
+                        hint="Pick a new folder, or remove it yourself.")
+    if not overwrite:
+        raise SaveError(f"{target} already exists and is not empty.",
+                        hint="Pick a new folder, or pass --overwrite to replace it once the new one is complete.")
+
+
+def _not_model_files(folder: Path) -> list[str]:
+    """Files (up to 6) that make ``folder`` more than a model folder: for a save's folder, those its manifest
+    does not list; else anything but config and weights named as save_pretrained names them."""
+    try:
+        listed = set(json.loads((folder / MANIFEST).read_text())["files"]) | {MANIFEST}
+    except (OSError, ValueError, KeyError, TypeError):
+        listed = None
+    found = []
+    for root, dirs, names in os.walk(folder):
+        dirs.sort()
+        for name in sorted(names + [d for d in dirs if os.path.islink(os.path.join(root, d))]):
+            rel = Path(root, name).relative_to(folder).as_posix()
+            if not (rel in listed if listed is not None else _SAVE_PRETRAINED.fullmatch(rel)):
+                found.append(rel)
+                if len(found) > 5:
+                    return found
+    return found
 
 
 def _check_space(target: Path, model: Any, out_dtype: Optional[str]) -> None:
@@ -262,6 +366,21 @@ def _hashed(folder: Path, known: dict[str, str]) -> tuple[SavedFile, ...]:
         digest = known.get(rel) or digest_of(path, "sha256")
         files.append(SavedFile(rel, path.stat().st_size, digest))
     return tuple(files)
+
+
+def _remember(folder: Path, files: tuple[SavedFile, ...]) -> None:
+    """The files just hashed, remembered by identity (``integrity``), so loading or pushing this folder reads
+    none of them again to check it against its manifest."""
+    from ..integrity import default_memo
+
+    memo = default_memo()
+    for f in files:
+        path = folder / f.name
+        try:
+            st = path.stat()
+        except OSError:
+            continue
+        memo.add(Path(os.path.realpath(path)), [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, f.sha256])
 
 
 def _write_manifest(folder: Path, files: tuple[SavedFile, ...], source: str, out_dtype: str, model: Any) -> str:

@@ -61,44 +61,56 @@ class ShardWriter:
         head, offset = header([(name, dtype, tuple(tensors[name].shape)) for name, dtype in layout], metadata)
         total, name = len(head) + offset, os.path.basename(filename)
         self._regions = self._in_files(entries) if self._kernel_copy else {}
-        hasher = Hasher()
+        hasher = Hasher()  # its thread starts with the first chunk, inside the try: whatever stops us ends it
         try:
             with open(filename, "wb", buffering=0) as f:  # unbuffered: big chunks go straight out
                 write_all(f, head)
                 hasher.put(head, None)
-                done = len(head)
-                for tensor_name, tensor in entries:
-                    if self._copied(f, tensor_name, tensor, hasher):
-                        done += tensor.numel() * tensor.element_size()
-                    else:
-                        for chunk, release in self._chunks(tensor_name, tensor):
-                            write_all(f, chunk)
-                            hasher.put(chunk, release)
-                            done += len(chunk)
-                    emit(self.on_event, FileProgress(name, done, total))
+                self._write(f, name, entries, hasher, len(head), total)
+            hasher.end()
         except BaseException:
-            hasher.wait()
+            hasher.close()
             _unmap(self._maps)
             self._maps = {}
             raise
-        hasher.end()
         self._hashing.append((name, hasher, self._maps))  # its hash may still run: the next shard is written meanwhile
         self._maps = {}
         self._settle(keep=1)
 
+    def _write(self, f: Any, name: str, entries: list, hasher: "Hasher", done: int, total: int) -> None:
+        """Each tensor's bytes after the header, the cheapest way (see the module docstring)."""
+        for tensor_name, tensor in entries:
+            if self._copied(f, tensor_name, tensor, hasher):
+                done += tensor.numel() * tensor.element_size()
+            else:
+                for chunk, release in self._chunks(tensor_name, tensor):
+                    write_all(f, chunk)
+                    hasher.put(chunk, release)
+                    done += len(chunk)
+            emit(self.on_event, FileProgress(name, done, total))
+
     def finish(self) -> None:
         """Wait for every shard's hash (into :attr:`hashes`); release what the hashing held. Call once the
-        shards are written, and after a failure too."""
+        shards are written."""
         self._settle(keep=0)
+
+    def close(self) -> None:
+        """End every hash thread and release what the hashing held, raising nothing (after a failure;
+        nothing left to do after :meth:`finish`)."""
+        for _, hasher, maps in self._hashing:
+            hasher.close()
+            _unmap(maps)
+        self._hashing = []
 
     def _settle(self, keep: int) -> None:
         """Wait for the hashes of all shards but the ``keep`` newest."""
         while len(self._hashing) > keep:
-            name, hasher, maps = self._hashing.pop(0)
+            name, hasher, maps = self._hashing[0]
             try:
                 self.hashes[name] = hasher.wait()
             finally:
                 _unmap(maps)
+                self._hashing.pop(0)
 
     def _buffer(self, nbytes: int) -> Any:
         """A reused chunk buffer (uint8). The ring outlasts every chunk still in flight: one being
@@ -278,7 +290,12 @@ def _page_release_of_map(mapped: mmap.mmap, at: int, length: int) -> Callable[[]
 
 class Hasher:
     """sha256 in a thread of its own: the writer hands it each chunk after writing it (bounded queue),
-    then :meth:`end`; :meth:`wait` gives the digest once every chunk is hashed."""
+    then :meth:`end`; :meth:`wait` gives the digest once every chunk is hashed.
+
+    Every step may be cut by Ctrl-C (or an error) and :meth:`close` still ends the thread: it starts with
+    the first chunk (a hasher that took none has no thread), the end is marked sent only once the queue
+    took it (a cut ``put`` is sent again), and an error in the thread is kept for the writer while the
+    thread goes on emptying the queue (a writer never waits on a dead thread)."""
 
     DEPTH = 4  # chunks queued at most
 
@@ -286,34 +303,52 @@ class Hasher:
         self._sha = hashlib.sha256()
         self._queue: "queue.Queue" = queue.Queue(maxsize=self.DEPTH)
         self._thread = threading.Thread(target=self._run, name="hf_notebook-sha256", daemon=True)
-        self._thread.start()
-        self._ended = False
+        self._started = self._ended = False
+        self._error: Optional[BaseException] = None
 
     def put(self, chunk: Any, release: Optional[Callable[[], None]]) -> None:
         """``chunk``: bytes already written; ``release``: called once it is hashed (pages to give back)."""
+        if self._error is not None:
+            raise self._error
+        if not self._started:
+            self._started = True  # first: a start cut short is still ended by close()
+            self._thread.start()
         self._queue.put((chunk, release))
 
     def end(self) -> None:
         """No more chunks."""
         if not self._ended:
-            self._ended = True
             self._queue.put(None)
+            self._ended = True  # after the put: a put cut short is sent again
+
+    def close(self) -> None:
+        """End the thread without asking for the digest (after a failure); raises nothing of the thread's."""
+        self.end()
+        with contextlib.suppress(RuntimeError):  # not started, or its start cut short: the end just sent ends it
+            self._thread.join()
 
     def wait(self) -> str:
         """The sha256 of every chunk put, once hashed (ends the input first if need be)."""
-        self.end()
-        self._thread.join()
+        self.close()
+        if self._error is not None:
+            raise self._error
         return self._sha.hexdigest()
 
     def _run(self) -> None:
         while (item := self._queue.get()) is not None:
-            chunk, release = item
-            self._sha.update(chunk)
-            if isinstance(chunk, memoryview):
-                chunk.release()
-            if release is not None:
-                release()
-            del chunk, item
+            if self._error is None:
+                try:
+                    self._hash(*item)
+                except Exception as exc:  # kept for the writer; the queue is still emptied
+                    self._error = exc
+            del item
+
+    def _hash(self, chunk: Any, release: Optional[Callable[[], None]]) -> None:
+        self._sha.update(chunk)
+        if isinstance(chunk, memoryview):
+            chunk.release()
+        if release is not None:
+            release()
 
 
 @contextlib.contextmanager
