@@ -40,7 +40,7 @@ from ..errors import HfNotebookError, OptionError
 from ..events import OnEvent
 from ..integrity import MANIFEST, digest_of
 from ..quiet import library_bars_off
-from ..units import format_bytes
+from ..units import disk_needed, disk_shortfall
 from .shard_writer import ShardWriter, a_core_for_hashing
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".h5", ".msgpack", ".gguf", ".onnx", ".ckpt")
@@ -245,9 +245,9 @@ def _check_space(target: Path, model: Any, out_dtype: Optional[str]) -> None:
     need = sum(t.numel() * (size if size and t.is_floating_point() else t.element_size())
                for t in model.state_dict().values())
     free = shutil.disk_usage(target.parent).free
-    if need * 1.02 + 16 * 2**20 > free:
-        raise SaveError(f"Saving writes about {format_bytes(need)}, but only {format_bytes(free)} is free in "
-                        f"{target.parent}.", hint="Free space there, or save to another disk.")
+    if disk_needed(need) > free:
+        raise SaveError(disk_shortfall("Saving", need, free, str(target.parent)),
+                        hint="Free space there, or save to another disk.")
 
 
 @contextlib.contextmanager
