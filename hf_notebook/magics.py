@@ -6,12 +6,9 @@ with ``%config HFNotebook.cache_dir = "/data/hf"`` or in an IPython profile.
 
 from __future__ import annotations
 
-import atexit
 import gc
 import keyword
 import os
-import shutil
-import weakref
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_magic, magics_class
@@ -106,8 +103,6 @@ class HFNotebook(Magics):
         from .core.registry import Registry
 
         self.registry = Registry()  # this shell's loaded models
-        self._orphans: list[str] = []  # offload folders of replaced models something else still holds
-        atexit.register(_remove_folders, self.registry, self._orphans)
 
     @magic_arguments()
     @argument("spec", help=_SPEC_HELP)
@@ -543,17 +538,10 @@ class HFNotebook(Magics):
                          f"Load one with %load_model ... --as {name}, or plan one with %plan_model ... --as {name}.")
 
     def _release(self, result) -> None:
-        """A model replaced by a new one under its name: remove its temporary offload folder once
-        nothing holds the model any more (else at exit)."""
-        if not (result.owns_offload_folder and result.offload_folder):
-            return
-        ref = weakref.ref(result.model)
+        """A model replaced by a new one under its name: its references go; its temporary offload folder goes
+        with the model itself, once nothing else holds it (``core.owned``)."""
         result.model = None
         gc.collect()
-        if ref() is None:
-            shutil.rmtree(result.offload_folder, ignore_errors=True)
-        else:
-            self._orphans.append(result.offload_folder)
 
     def _plan(self, args, plot: bool):
         from IPython.display import display
@@ -650,13 +638,6 @@ def _check_name(name: str, shell) -> str:
     return name
 
 
-def _remove_folders(registry, orphans: list[str]) -> None:
-    """At interpreter exit: the temporary offload folders this shell's loads made."""
-    folders = orphans + [r.offload_folder for _, r in registry.items() if r.owns_offload_folder and r.offload_folder]
-    for folder in folders:
-        shutil.rmtree(folder, ignore_errors=True)
-
-
 def instance(shell) -> HFNotebook:
     """The ``HFNotebook`` configurable registered with ``shell`` (its registry, its settings)."""
     found = next((c for c in shell.configurables if isinstance(c, HFNotebook)), None)
@@ -677,3 +658,6 @@ def unregister(shell) -> None:
         shell.configurables.remove(instance)
         for name in instance.magics["line"]:
             line_magics.pop(name, None)
+        shell.magics_manager.registry.pop(type(instance).__name__, None)
+        for name in list(instance.registry.names()):  # the models go once the notebook's names go too
+            instance.registry.pop(name)

@@ -24,6 +24,7 @@ from .events import Failed, OnEvent, Resolved, StageDone, StageStarted, emit
 from .hub.fetch import Checkpoint, FileFacts, HubFiles, SourceFiles, source_files
 from .hub.resolve import Resolution, record_ref, resolve
 from .options import LoadOptions
+from .owned import remove_with
 from .quiet import gc_paused, library_bars_off
 from .spec import ModelSpec, parse_spec
 from .units import format_bytes
@@ -259,6 +260,8 @@ class _Pipeline:
                                 hint="Free space there, point --offload-folder at a bigger disk, or raise "
                                 "--max-memory so less goes to disk.") from None
             raise
+        if owns_offload:
+            remove_with(model, offload_folder)
         result = LoadResult(model=model, pin=self.resolution.pin, plan=plan, placement=placement,
                             seconds=time.perf_counter() - t0, options=opts, files=checkpoint.files,
                             offload_folder=offload_folder, owns_offload_folder=owns_offload, name=name,

@@ -23,15 +23,45 @@ def test_rebinding_a_name_removes_the_old_offload_folder(shell, loaded, tiny_hub
     assert not second.exists()
 
 
-def test_a_replaced_model_still_held_keeps_its_folder_until_exit(shell, loaded, tiny_hub, hf_cache):
+def test_a_replaced_model_still_held_keeps_its_folder_until_it_goes(shell, loaded, tiny_hub, hf_cache):
     shell.run_line_magic("load_model", "tiny/llama --max-memory cpu=300KB --as m")
     first = _folder(loaded, "m")
-    kept = shell.user_ns["m"]  # the user still holds the old model: its weights on disk must stay
+    kept = [shell.user_ns["m"]]  # the user still holds the old model: its weights on disk must stay
     shell.run_line_magic("load_model", "tiny/llama --max-memory cpu=300KB --as m")
-    assert first.exists() and kept.model.layers[1].mlp.up_proj.weight.device.type == "meta"
-    from hf_notebook.magics import instance
+    assert first.exists() and _on_disk(kept[0])
+    kept.clear()  # the last reference: the folder goes with the model
+    import gc
 
-    assert str(first) in instance(shell)._orphans
+    gc.collect()
+    assert not first.exists()
+
+
+def _on_disk(model) -> bool:
+    return model.model.layers[1].mlp.up_proj.weight.device.type == "meta"
+
+
+def test_unloading_the_extension_releases_every_model_and_folder(tiny_hub, hf_cache):
+    """Before: IPython's magics registry and a per-instance atexit entry kept every model of every cycle alive."""
+    import gc
+    import weakref
+
+    from IPython.core.interactiveshell import InteractiveShell
+
+    sh = InteractiveShell.instance()
+    models, folders = [], []
+    for _ in range(3):
+        sh.run_line_magic("load_ext", "hf_notebook")
+        sh.run_line_magic("load_model", "tiny/llama --max-memory cpu=300KB --as m")
+        from hf_notebook.magics import instance
+
+        models.append(weakref.ref(sh.user_ns["m"]))
+        folders.append(Path(instance(sh).registry.get("m").offload_folder))
+        sh.run_line_magic("unload_ext", "hf_notebook")
+        del sh.user_ns["m"]
+        sh.user_ns.pop("_", None)
+    gc.collect()
+    assert [m() for m in models] == [None, None, None]
+    assert not any(f.exists() for f in folders)
 
 
 def test_folders_are_removed_at_interpreter_exit(tiny_hub, tmp_path):

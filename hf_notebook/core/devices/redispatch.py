@@ -31,6 +31,7 @@ from .. import libc
 from ..errors import DeviceError, LoadError
 from ..io_threads import InOrder
 from ..quiet import quiet_loggers
+from ..owned import remove_with
 from ..units import Device, device_name, disk_needed, disk_shortfall, parse_device
 from .machine import free_bytes
 from .offloaded import disk_sources
@@ -79,6 +80,8 @@ def redispatch(model: Any, device_map: Mapping[str, Any], *, offload_folder: Opt
             shutil.rmtree(offload_folder, ignore_errors=True)
         raise
     move.tidy(offload_folder)
+    if made:
+        remove_with(model, offload_folder)
     return Moved(move.moves, move.written, move.read, time.perf_counter() - t0, offload_folder, made)
 
 

@@ -21,7 +21,7 @@ from typing import Any, Callable, Optional
 from .. import compat
 from ..errors import RETRY_STATUSES, HubError, status_of
 from ..events import FileProgress, OnEvent, emit
-from ..quiet import shared_setting
+from ..quiet import interrupts_kept, shared_setting
 
 log = logging.getLogger(__name__)
 JOIN_AFTER_CANCEL = 0.7  # seconds a Ctrl-C waits for download threads before handing control back
@@ -126,27 +126,35 @@ def in_parallel(get: Callable[[str], Any], names: list[str], downloads: Download
     cancels the rest at once; a Ctrl-C hands control back within about a second."""
     if not names:
         return []
-    pool = ThreadPoolExecutor(max_workers=max(1, min(max_workers, len(names))), thread_name_prefix="hf_notebook-fetch")
 
     def run(name):
         with downloads.running():
             return get(name)
 
-    futures = [pool.submit(run, name) for name in names]
-    try:
-        wait(futures, return_when=FIRST_EXCEPTION)
-        failed = next((f for f in futures if f.done() and f.exception() is not None), None)
-        if failed is not None:
+    with interrupts_kept():  # the pool's weakref callbacks, run when it is freed, would swallow a Ctrl-C
+        pool = ThreadPoolExecutor(max_workers=max(1, min(max_workers, len(names))),
+                                  thread_name_prefix="hf_notebook-fetch")
+        try:
+            return _results(pool, [pool.submit(run, name) for name in names], downloads)
+        except BaseException:
             downloads.cancel()
-            pool.shutdown(wait=True, cancel_futures=True)
-            errors = [f.exception() for f in futures if f.done() and not f.cancelled() and f.exception() is not None]
-            raise next((e for e in errors if not isinstance(e, Cancelled)), failed.exception())
-        results = [f.result() for f in futures]
-    except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)
+            _join(pool, JOIN_AFTER_CANCEL)
+            raise
+        finally:
+            pool = None  # freed here, inside the block
+
+
+def _results(pool: ThreadPoolExecutor, futures: list, downloads: Downloads) -> list:
+    """Every result in order; on the first failure the others are cancelled and the real error raised."""
+    wait(futures, return_when=FIRST_EXCEPTION)
+    failed = next((f for f in futures if f.done() and f.exception() is not None), None)
+    if failed is not None:
         downloads.cancel()
-        pool.shutdown(wait=False, cancel_futures=True)
-        _join(pool, JOIN_AFTER_CANCEL)
-        raise
+        pool.shutdown(wait=True, cancel_futures=True)
+        errors = [f.exception() for f in futures if f.done() and not f.cancelled() and f.exception() is not None]
+        raise next((e for e in errors if not isinstance(e, Cancelled)), failed.exception())
+    results = [f.result() for f in futures]
     pool.shutdown(wait=True)
     return results
 
