@@ -40,7 +40,7 @@ def _on_disk(model) -> bool:
     return model.model.layers[1].mlp.up_proj.weight.device.type == "meta"
 
 
-def test_unloading_the_extension_releases_every_model_and_folder(tiny_hub, hf_cache):
+def test_unloading_the_extension_releases_every_model_and_folder(tiny_hub, hf_cache, tmp_path):
     """Before: IPython's magics registry and a per-instance atexit entry kept every model of every cycle alive."""
     import gc
     import weakref
@@ -51,6 +51,7 @@ def test_unloading_the_extension_releases_every_model_and_folder(tiny_hub, hf_ca
     models, folders = [], []
     for _ in range(3):
         sh.run_line_magic("load_ext", "hf_notebook")
+        sh.run_line_magic("config", f"HFNotebook.lock_file = {str(tmp_path / 'lock.json')!r}")
         sh.run_line_magic("load_model", "tiny/llama --max-memory cpu=300KB --as m")
         from hf_notebook.magics import instance
 
@@ -59,6 +60,7 @@ def test_unloading_the_extension_releases_every_model_and_folder(tiny_hub, hf_ca
         sh.run_line_magic("unload_ext", "hf_notebook")
         del sh.user_ns["m"]
         sh.user_ns.pop("_", None)
+    sh.config.pop("HFNotebook", None)
     gc.collect()
     assert [m() for m in models] == [None, None, None]
     assert not any(f.exists() for f in folders)

@@ -66,3 +66,13 @@ def test_an_unwritable_lock_file_is_a_warning_and_the_model_stays(shell, tiny_hu
     assert "m" in shell.user_ns
     out = capsys.readouterr().out
     assert "/proc/hf_notebook.lock.json was not updated" in out and "loaded and bound" in out
+
+
+def test_the_lock_file_is_readable_as_before_and_alone(shell, tiny_hub, hf_cache, tmp_path):
+    """Written through a private temporary file, it still gets a normal mode; no companion file is left."""
+    (tmp_path / "notebook").mkdir()
+    path = tmp_path / "notebook" / "hf_notebook.lock.json"
+    shell.run_line_magic("config", f"HFNotebook.lock_file = {str(path)!r}")
+    shell.run_line_magic("load_model", "tiny/llama --device-map cpu --as m")
+    assert oct(path.stat().st_mode & 0o777) == oct(0o644)
+    assert os.listdir(path.parent) == ["hf_notebook.lock.json"]

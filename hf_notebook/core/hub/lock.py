@@ -82,6 +82,7 @@ def write(path: str | os.PathLike, entries: dict[str, dict]) -> None:
     try:
         with os.fdopen(fd, "w") as handle:
             handle.write(text)
+            os.fchmod(handle.fileno(), path.stat().st_mode & 0o777 if path.exists() else 0o644)  # not mkstemp's 0600
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -105,18 +106,19 @@ def update(path: str | os.PathLike, key: str, make: Callable[[Optional[dict]], O
 
 @contextlib.contextmanager
 def _locked(path: Path):
-    """An advisory lock (``fcntl.flock``) on a companion file; where there is no fcntl, no lock."""
+    """An advisory lock (``fcntl.flock``) on the lock file's folder: no companion file is left beside the
+    notebook, and the lock file itself is replaced by rename. Where there is no fcntl, no lock."""
     try:
         import fcntl
     except ImportError:  # Windows
         yield
         return
-    with open(path.with_name(f".{path.name}.lock"), "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
 
 
 def entry_for(result: Any, previous: Optional[dict] = None) -> dict:
