@@ -151,7 +151,7 @@ def start_hub(work: Path):
         os.environ.pop(name, None)
     loopback = "127.0.0.1,localhost"
     os.environ.update(HF_ENDPOINT=server.endpoint, HF_HOME=str(work / "hf-home"), HF_HUB_DISABLE_TELEMETRY="1",
-                      HF_HUB_DISABLE_XET="1", NO_PROXY=loopback, no_proxy=loopback, TRANSFORMERS_VERBOSITY="error")
+                      NO_PROXY=loopback, no_proxy=loopback, TRANSFORMERS_VERBOSITY="error")
     return server
 
 

@@ -254,7 +254,7 @@ for name in ("HUGGING_FACE_HUB_TOKEN", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE",
     os.environ.pop(name, None)
 loopback = "127.0.0.1,localhost"
 os.environ.update(HF_ENDPOINT=server.endpoint, HF_HOME=os.path.join(spec["store"], "hf-home"), HF_TOKEN=server.token,
-                  HF_HUB_DISABLE_TELEMETRY="1", HF_HUB_DISABLE_XET="1", HF_HUB_DISABLE_PROGRESS_BARS="1",
+                  HF_HUB_DISABLE_TELEMETRY="1", HF_HUB_DISABLE_PROGRESS_BARS="1",
                   NO_PROXY=loopback, no_proxy=loopback)
 import huggingface_hub
 import huggingface_hub.lfs as lfs

@@ -46,10 +46,10 @@ def tiny_hub(work: Path):
 
 
 def hub_env(endpoint: str, hf_home: Path) -> dict[str, str]:
-    """This process's environment, pointed at the stand-in with a Hub cache of its own. Pushes to the
-    stand-in go over LFS (it has no Xet storage) and carry a token, as the real Hub wants one; the
-    stand-in started here accepts any."""
-    return {**os.environ, "HF_ENDPOINT": endpoint, "HF_HOME": str(hf_home), "HF_HUB_DISABLE_XET": "1",
+    """This process's environment, pointed at the stand-in with a Hub cache of its own. The client keeps
+    its defaults: large files come and go through Xet storage (hf_xet, against the stand-in's own), as on
+    the real Hub. Pushes carry a token, as the real Hub wants one; the stand-in started here accepts any."""
+    return {**os.environ, "HF_ENDPOINT": endpoint, "HF_HOME": str(hf_home),
             "HF_TOKEN": os.environ.get("HF_TOKEN") or "hf_standin_demo_token",
             "HF_HUB_DISABLE_TELEMETRY": "1", "JUPYTER_PREFER_ENV_PATH": "1"}
 

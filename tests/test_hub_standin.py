@@ -1,4 +1,11 @@
-"""The Hub stand-in answers the real huggingface_hub client and transformers as the Hub would."""
+"""The Hub stand-in answers the real huggingface_hub client and transformers as the Hub would: the LFS tier.
+
+Here the stand-in is a Hub without Xet storage (older deployments, other servers): files are served over plain
+HTTP and uploads go through the LFS batch API. The client's downloads keep every default. Its uploads need Xet
+off: huggingface_hub 2.4 sends every large upload through Xet whenever hf_xet is installed, with no negotiation,
+so against a Hub without Xet only a client with Xet off can push (the one default switched off in the suite).
+The same operations with every default on, through Xet, are the twins in test_hub_standin_xet.py.
+"""
 
 import hashlib
 import http.client
@@ -16,6 +23,17 @@ import pytest
 from hf_notebook.testing.hub import Conflict, EntryNotFound, HubServer, RepoStore, RevisionNotFound, folder_files
 
 WEIGHTS_SIZE = 1 << 20  # the tensor bytes of model.safetensors
+
+
+@pytest.fixture(autouse=True)
+def hub_without_xet(hub_server, monkeypatch, request):
+    """A Hub without Xet storage, and (see the module's docstring) a client that uploads through LFS; tests that
+    turn the client's Xet on themselves (a ``xet`` parameter) keep it."""
+    from huggingface_hub import constants
+
+    hub_server.xet = False
+    if "xet" not in getattr(request.node, "callspec", SimpleNamespace(params={})).params:
+        monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
 
 
 def safetensors_bytes(name: str, rows: int, cols: int) -> bytes:
@@ -222,6 +240,8 @@ def test_upload_folder_as_pull_request(hub_server, hub_store, hub_repo_id, tmp_p
     if xet:  # with hf_xet usable, upload_folder opens an empty PR first, then commits to its ref
         pytest.importorskip("hf_xet")
         monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", False)
+    else:
+        monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)  # the LFS tier (see the module's docstring)
     api = HfApi()
     api.create_repo(hub_repo_id)
     main = api.model_info(hub_repo_id).sha
@@ -451,6 +471,14 @@ def test_ranges(repo, hub_server, range_header, status, start, end):
     if status != 416:
         assert response.content == data[start:end]
         assert hub_server.bytes_served(repo.id) == len(response.content)
+
+
+def test_a_list_of_errors_is_answered_one_request_at_a_time(repo, hub_server):
+    from huggingface_hub import get_session, hf_hub_url
+
+    hub_server.errors = {"config.json": [0, 503]}  # 0: serve that one
+    url = hf_hub_url(repo.id, "config.json")
+    assert [get_session().get(url).status_code for _ in range(3)] == [200, 503, 200]
 
 
 def test_throttle_slows_downloads(repo, hub_server, hf_cache):

@@ -188,8 +188,10 @@ def test_widget_panel_state_after_a_real_load(shell, loaded, tiny_hub, hf_cache,
     sha = tiny_hub["mixtral"].commits["main"]
     assert f"tiny/mixtral@{sha}" in text and "moe = " in text
     assert all(f.done == f.total for f in panel.state.files.values())
-    assert hub_server.bytes_served("tiny/mixtral") >= sum(f.total for f in panel.state.files.values()
-                                                          if not f.cached)
+    fetched = [f for f in panel.state.files.values() if not f.cached]
+    # what the panel counts came over the wire: in full over HTTP, compressed as stored through Xet
+    assert hub_server.bytes_served("tiny/mixtral", via="resolve") + hub_server.bytes_served(
+        "tiny/mixtral", via="xet") >= 0.8 * sum(f.total for f in fetched) > 0
     result = loaded.get("moe")
     layers = result.placement.group_of("model.layers.0")
     assert layers.members == ("model.layers.0", "model.layers.1") and layers.label in text

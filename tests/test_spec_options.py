@@ -75,7 +75,7 @@ def test_device_maps(tmp_path):
     ("{not json", "not valid JSON"),
     ("[1, 2]", "Cannot read --device-map"),
     ('{"model": "tpu"}', "Unknown device"),
-    ("@/no/such/map.json", "Cannot read device map file"),
+    ("@/no/such/map.json", "Cannot read --device-map file"),
     ("{}", "empty device map"),
 ])
 def test_bad_device_maps(text, fragment):

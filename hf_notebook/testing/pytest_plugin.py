@@ -4,9 +4,11 @@ Enable with ``pytest_plugins = ["hf_notebook.testing.pytest_plugin"]`` in ``test
 
 At configure time, before any test module imports ``huggingface_hub`` (it reads its environment
 once, on import), the plugin isolates the session: ``HF_HOME`` in a temp dir (so no stored token
-and an empty default cache), no ``HF_TOKEN``, no offline mode, no telemetry, no Xet, loopback
-never proxied. It starts one :class:`HubServer` on a temp store and puts its endpoint in
-``HF_ENDPOINT``. Everything is restored and removed at unconfigure.
+and an empty default cache), no ``HF_TOKEN``, no offline mode, no telemetry, loopback never proxied.
+The client keeps its defaults: Xet on (large files through hf_xet, against the stand-in's own Xet
+storage) and huggingface_hub's shared blob store on; a test that needs the plain HTTP path makes
+its repo LFS-only (``hub_store.create_repo(repo_id, xet=False)``). It starts one :class:`HubServer` on a
+temp store and puts its endpoint in ``HF_ENDPOINT``. Everything is restored and removed at unconfigure.
 
 Fixtures:
 
@@ -42,8 +44,10 @@ _UNSET = (
     "HUGGINGFACE_HUB_CACHE",
     "HF_XET_CACHE",
     "HUGGINGFACE_CO_STAGING",
+    "HF_HUB_DISABLE_XET",  # the client's defaults are what is tested
+    "HF_HUB_DISABLE_SHARED_BLOBS",
 )
-_SET = ("HF_HOME", "HF_ENDPOINT", "HF_HUB_DISABLE_TELEMETRY", "HF_HUB_DISABLE_XET", "NO_PROXY", "no_proxy")
+_SET = ("HF_HOME", "HF_ENDPOINT", "HF_HUB_DISABLE_TELEMETRY", "NO_PROXY", "no_proxy")
 
 _SERVER = pytest.StashKey[HubServer]()
 _SAVED_ENV = pytest.StashKey[dict]()
@@ -68,7 +72,6 @@ def pytest_configure(config: pytest.Config) -> None:
         HF_HOME=str(tmp / "hf-home"),
         HF_ENDPOINT=server.endpoint,
         HF_HUB_DISABLE_TELEMETRY="1",
-        HF_HUB_DISABLE_XET="1",
         NO_PROXY=f"{loopback},{os.environ['NO_PROXY']}" if os.environ.get("NO_PROXY") else loopback,
         no_proxy=f"{loopback},{os.environ['no_proxy']}" if os.environ.get("no_proxy") else loopback,
     )
@@ -95,6 +98,8 @@ def _reset(server: HubServer) -> None:
     server.retry_after = None
     server.token = None
     server.token_role = "write"
+    server.xet = True
+    server.xet_unknown_hash = set()
 
 
 @pytest.fixture

@@ -371,6 +371,10 @@ def stopped_record(state: Any) -> Record:
     files = state.finished_files()
     if files:
         lines.append(("files", f"{len(files)} complete: {', '.join(files)}"))
+    unfinished = [f.filename for f in state.files.values() if not f.finished]
+    if unfinished:
+        lines.append(("run again", f"reuses the {len(files)} complete file{'s' * (len(files) != 1)} (kept in the "
+                                   f"cache); {len(unfinished)} unfinished start over: {', '.join(unfinished)}"))
     style = _WARN if cancelled else _DANGER
     mark = "■" if cancelled else "✗"
     html = _box(f"<b style='{style}'>{mark} {_h(head)}</b>", _facts_html([(k, _h(v)) for k, v in lines]),

@@ -42,14 +42,20 @@ class FileState:
         if self.cached:
             return f"cached ({format_bytes(self.total if self.total is not None else self.done)})"
         if self.finished:
-            if self.transferred is not None and self.transferred < self.done:
-                return f"{format_bytes(self.done)}, deduplicated: {format_bytes(self.transferred)} downloaded"
-            return format_bytes(self.done)
+            return format_bytes(self.done) + transfer_note(self.done, self.transferred)
         rate = format_rate(self.rate) if with_rate else ""
         return "  ".join(p for p in (f"{format_bytes(self.done)} / {format_bytes(self.total)}", rate) if p)
 
     def text(self, with_rate: bool = True) -> str:
         return f"{self.filename}  {self.progress_text(with_rate)}"
+
+
+def transfer_note(size: int, transferred: Optional[int]) -> str:
+    """``, deduplicated: 0 B downloaded`` when the cache's shared store had the file; ``, 7.7 MB downloaded`` when
+    Xet sent fewer bytes than the file has (compressed, or partly deduplicated); else nothing."""
+    if transferred is None or transferred >= size:
+        return ""
+    return ", deduplicated: 0 B downloaded" if transferred == 0 else f", {format_bytes(transferred)} downloaded"
 
 
 @dataclass

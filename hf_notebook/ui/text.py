@@ -15,7 +15,7 @@ from typing import Any, Callable, Optional, TextIO
 
 from hf_notebook.core.events import FileProgress, Resolved, ShardProgress, StageDone, StageStarted
 from hf_notebook.core.units import format_bytes
-from hf_notebook.ui.state import LoadState
+from hf_notebook.ui.state import LoadState, transfer_note
 from hf_notebook.ui.words import format_seconds, pin_note
 
 
@@ -103,8 +103,8 @@ class TextRenderer:
             self._done_files.add(name)
             verb = "cached" if f.cached else "fetched"
             size = format_bytes(f.total if f.cached and f.total is not None else f.done)
-            if not f.cached and f.transferred is not None and f.transferred < f.done:
-                size += f", deduplicated: {format_bytes(f.transferred)} downloaded"
+            if not f.cached:
+                size += transfer_note(f.done, f.transferred)
             lines.append(f"  {verb} {name} ({size})")
         return lines
 

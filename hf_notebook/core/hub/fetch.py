@@ -347,6 +347,10 @@ class HubFiles(SourceFiles):
             return None
         path, transferred = self._download(name, force)
         problem = self._problem(name, path)
+        if problem is not None and not force:  # e.g. linked from a damaged blob of the cache's shared store
+            log.warning("%s came from the cache's shared store damaged (%s): downloading it again", name, problem)
+            path, transferred = self._download(name, True)  # huggingface_hub then replaces the store's copy
+            problem = self._problem(name, path)
         if problem is not None:
             raise LoadError(f"{name} of {self.res.repo_id}@{self.res.sha[:12]} arrived damaged: {problem}.",
                             hint="Run the cell again; if it keeps happening, the network or a proxy alters downloads.")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import socket
 import threading
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
@@ -183,15 +184,31 @@ def _retry_download(exc: BaseException) -> bool:
     return status in RETRY_STATUSES and "/resolve/" in url
 
 
+_XET_HTTP = re.compile(r"\((\d{3}) ([^)]*)\), domain: (https?://[^/\s]+)")
+
+
 def xet_failure(exc: BaseException, what: str, endpoint: str) -> Optional[HubError]:
-    """Our error for a failure inside hf_xet (the Rust client reports plain ``RuntimeError`` texts), else None."""
+    """Our error for a failure inside hf_xet (the Rust client reports plain ``RuntimeError`` texts), else None:
+    the storage server and its answer when the text names them, the file, and what to do."""
     kind = type(exc)
     if not (kind.__module__.startswith("hf_xet") or "Xet" in kind.__name__ or str(exc).startswith("Task error")):
         return None
-    first = (str(exc).strip().splitlines() or [kind.__name__])[0]
-    return HubError(f"The Hub's Xet storage (reached through {endpoint}) could not deliver {what}: {first}.",
-                    hint="Run the cell again. If it keeps failing, the file may be missing from the Hub's storage: "
-                    "tell the repo's owners; HF_HUB_DISABLE_XET=1 fetches it over plain HTTPS instead.")
+    http = _XET_HTTP.search(str(exc))
+    if http:
+        status, reason, server = http.groups()
+        message = f"The Hub's Xet storage at {server} answered {status} {reason} for {what}."
+        status_code = int(status)
+    else:
+        first = (str(exc).strip().splitlines() or [kind.__name__])[0]
+        message = f"The Hub's Xet storage (reached through {endpoint}) could not deliver {what}: {first}."
+        status_code = None
+    if status_code == 404:
+        hint = ("Its content is missing from the Hub's storage: tell the repo's owners. HF_HUB_DISABLE_XET=1 "
+                "fetches it over plain HTTPS instead.")
+    else:
+        hint = ("Run the cell again: files already complete are kept. If it keeps failing, HF_HUB_DISABLE_XET=1 "
+                "fetches over plain HTTPS instead; if the model is in the cache, add --offline.")
+    return HubError(message, hint=hint, status=status_code)
 
 
 def progress_class(name: str, size: Optional[int], on_event: Optional[OnEvent]):
@@ -216,10 +233,13 @@ def progress_class(name: str, size: Optional[int], on_event: Optional[OnEvent]):
 
         def update_transfer(self, n=1):
             self.transferred += n or 0
+            if self.transferred > self.n:  # hf_xet writes a file's bytes late: show what has arrived meanwhile
+                self._emit()
 
         def _emit(self):
             try:
-                emit(on_event, FileProgress(name, self.n, self.total, transferred=self.transferred))
+                done = min(max(self.n, self.transferred), self.total or max(self.n, self.transferred))
+                emit(on_event, FileProgress(name, done, self.total, transferred=self.transferred))
             except Exception:  # a renderer's bug must not stop a download, nor print inside hf_xet
                 log.exception("progress report for %s failed", name)
 

@@ -1,7 +1,9 @@
-"""Serve a local Hub: ``python -m hf_notebook.testing.hub --root DIR [--port N] [--host H] [--token T]``.
+"""Serve a local Hub: ``python -m hf_notebook.testing.hub --root DIR [--port N] [--host H] [--token T] [--no-xet]``.
 
-Clients upload weights through the LFS batch API, which needs ``HF_HUB_DISABLE_XET=1`` on their side;
-``--regular-uploads`` takes every file inside the commit instead (for clients with Xet enabled).
+Big files are served and taken through Xet storage, as on the Hub, so clients run with their
+defaults (hf_xet installed or not). Its CAS is a second port on the same host, and pushes write
+into ``DIR/.xet-cas/`` directly (hf_xet's local CAS): clients must run on this machine.
+``--no-xet`` serves as a Hub without Xet storage: plain HTTP downloads, uploads through LFS only.
 
 The first line of stdout is the endpoint URL (put it in ``HF_ENDPOINT``); SIGINT or SIGTERM
 stops the server and exits with status 0.
@@ -22,17 +24,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: 127.0.0.1)")
     parser.add_argument("--port", type=int, default=0, help="port (default: a free one)")
     parser.add_argument("--token", help="token that private repos and writes require (default: no checks)")
-    parser.add_argument(
-        "--regular-uploads", action="store_true",
-        help='answer "regular" for every file at preupload, so no upload goes through LFS (or Xet)',
-    )
+    parser.add_argument("--no-xet", action="store_true", help="serve as a Hub without Xet storage (LFS only)")
     args = parser.parse_args(argv)
 
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
     with HubServer(args.root, host=args.host, port=args.port, token=args.token) as server:
-        server.preupload_lfs = not args.regular_uploads
+        server.xet = not args.no_xet
         print(server.endpoint, flush=True)
         stop.wait()
     return 0

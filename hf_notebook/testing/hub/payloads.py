@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .lfs import LFS_SUFFIXES, LfsObjects
+from .lfs import LFS_SUFFIXES
 from .store import Commit, FileEntry, Snapshot
+from .xet import Reconstruction
 
 USER = "user"  # the one account of the stand-in: new repos without an organization land under it
 GITATTRIBUTES = "".join(f"*{suffix} filter=lfs diff=lfs merge=lfs -text\n" for suffix in LFS_SUFFIXES).encode()
@@ -57,11 +59,13 @@ def _sibling(entry: FileEntry, blobs: bool) -> dict:
     return sibling
 
 
-def file_item(entry: FileEntry) -> dict:
-    """A file as the tree and paths-info endpoints list it."""
+def file_item(entry: FileEntry, xet_hash: str | None = None) -> dict:
+    """A file as the tree and paths-info endpoints list it; ``xetHash`` for a file stored in Xet."""
     item: dict = {"type": "file", "oid": entry.blob_id, "size": entry.size, "path": entry.path}
     if entry.lfs:
         item["lfs"] = {"oid": entry.lfs.oid, "size": entry.lfs.size, "pointerSize": entry.lfs.pointer_size}
+    if xet_hash:
+        item["xetHash"] = xet_hash
     return item
 
 
@@ -70,24 +74,27 @@ def folder_item(path: str, oid: str) -> dict:
     return {"type": "directory", "oid": oid, "size": 0, "path": path}
 
 
-def tree(snapshot: Snapshot, folder: str, *, recursive: bool) -> list[dict]:
-    """``/tree/{rev}/{folder}``: the entries below ``folder`` ("" for the root), sorted by path."""
+def tree(snapshot: Snapshot, folder: str, *, recursive: bool, xet_hashes: dict[str, str]) -> list[dict]:
+    """``/tree/{rev}/{folder}``: the entries below ``folder`` ("" for the root), sorted by path.
+
+    ``xet_hashes`` maps the paths of files stored in Xet to their Xet hash (as for :func:`paths_info`).
+    """
     prefix = f"{folder}/" if folder else ""
 
     def wanted(path: str) -> bool:
         return path.startswith(prefix) and (recursive or "/" not in path[len(prefix) :])
 
     items = [folder_item(path, oid) for path, oid in snapshot.dirs.items() if wanted(path)]
-    items += [file_item(entry) for path, entry in snapshot.files.items() if wanted(path)]
+    items += [file_item(entry, xet_hashes.get(path)) for path, entry in snapshot.files.items() if wanted(path)]
     return sorted(items, key=lambda item: item["path"])
 
 
-def paths_info(snapshot: Snapshot, paths: list[str]) -> list[dict]:
+def paths_info(snapshot: Snapshot, paths: list[str], xet_hashes: dict[str, str]) -> list[dict]:
     """``/paths-info/{rev}``: the requested paths that exist, files and folders alike."""
     items = []
     for path in (path.strip("/") for path in paths):
         if path in snapshot.files:
-            items.append(file_item(snapshot.files[path]))
+            items.append(file_item(snapshot.files[path], xet_hashes.get(path)))
         elif path in snapshot.dirs:
             items.append(folder_item(path, snapshot.dirs[path]))
     return items
@@ -144,8 +151,8 @@ class CommitRequest:
     deleted_folders: list[str] = field(default_factory=list)
 
 
-def parse_commit(body: bytes, lfs: LfsObjects) -> CommitRequest:
-    """Parse header, ``file`` (base64), ``lfsFile`` (content already in ``lfs``) and deletion lines."""
+def parse_commit(body: bytes, lfs_path: Callable[[str], Path | None]) -> CommitRequest:
+    """Parse header, ``file`` (base64), ``lfsFile`` (content uploaded: ``lfs_path(oid)`` finds it) and deletions."""
     request = CommitRequest()
     for line in body.splitlines():
         if not line.strip():
@@ -159,7 +166,7 @@ def parse_commit(body: bytes, lfs: LfsObjects) -> CommitRequest:
         elif key == "file":
             request.files[value["path"]] = base64.b64decode(value["content"])
         elif key == "lfsFile":
-            request.files[value["path"]] = _existing_lfs_object(lfs, value["path"], value["oid"], value.get("size"))
+            request.files[value["path"]] = _uploaded_object(lfs_path, value["path"], value["oid"], value.get("size"))
         elif key == "deletedFile":
             request.deleted_files.append(value["path"])
         elif key == "deletedFolder":
@@ -169,14 +176,15 @@ def parse_commit(body: bytes, lfs: LfsObjects) -> CommitRequest:
     return request
 
 
-def _existing_lfs_object(lfs: LfsObjects, path: str, oid: str, size: int | None) -> Path:
+def _uploaded_object(lfs_path: Callable[[str], Path | None], path: str, oid: str, size: int | None) -> Path:
     """Where the content of an ``lfsFile`` line is; ``ValueError`` (400) unless it was uploaded, at that size."""
-    stored = lfs.size(oid)
-    if stored is None:
-        raise ValueError(f"LFS object {oid} for {path} was never uploaded: upload it through the LFS batch API first")
+    found = lfs_path(oid)
+    if found is None:
+        raise ValueError(f"LFS object {oid} for {path} was never uploaded: upload it through Xet or the LFS batch API")
+    stored = found.stat().st_size
     if size is not None and size != stored:
         raise ValueError(f"LFS object {oid} for {path} has {stored} bytes, not {size}")
-    return lfs.path(oid)
+    return found
 
 
 def lfs_batch(objects: list[dict]) -> dict:
@@ -195,3 +203,34 @@ def lfs_batch_object(oid: str, size: int, actions: dict | None) -> dict:
 def lfs_batch_error(oid: object, size: object, code: int, message: str) -> dict:
     """One object of a batch answer that the server refuses (the client raises, naming ``message``)."""
     return {"oid": str(oid), "size": size if isinstance(size, int) else 0, "error": {"code": code, "message": message}}
+
+
+def xet_token(token: str, expires: int, cas_url: str) -> dict:
+    """The answer of ``xet-read-token`` / ``xet-write-token``, as hf_xet's token refresh reads it."""
+    return {"accessToken": token, "exp": expires, "casUrl": cas_url}
+
+
+def xet_reconstruction(plan: Reconstruction, url: Callable[[str], str]) -> dict:
+    """``GET /v2/reconstructions/{hash}`` of a CAS: the terms, and per xorb the byte ranges to fetch at ``url(xorb)``.
+
+    Chunk ranges exclude their end, byte ranges include it (an HTTP ``Range``); one range per fetch,
+    so the client sends single-range requests whatever its multi-range setting.
+    """
+
+    def chunk_range(start: int, end: int) -> dict:
+        return {"start": start, "end": end}
+
+    return {
+        "offset_into_first_range": plan.offset,
+        "terms": [
+            {"hash": t.xorb, "unpacked_length": t.size, "range": chunk_range(t.chunk_start, t.chunk_end)}
+            for t in plan.terms
+        ],
+        "xorbs": {
+            xorb: [
+                {"url": url(xorb), "ranges": [{"chunks": chunk_range(c0, c1), "bytes": {"start": b0, "end": b1 - 1}}]}
+                for c0, c1, b0, b1 in ranges
+            ]
+            for xorb, ranges in plan.fetches.items()
+        },
+    }

@@ -1,9 +1,16 @@
 """The Hub's HTTP API over a :class:`RepoStore`, with knobs for tests: throttle, broken bodies, byte counters.
 
-Only model repos. Files are served straight from ``/resolve`` (no CDN redirect) with the Hub's
-headers: ``X-Repo-Commit``, ``ETag`` (git blob oid, or the sha256 for LFS files),
-``X-Linked-Etag``/``X-Linked-Size`` for LFS files, and ``Range`` support. Errors carry the Hub's
-``X-Error-Code`` so the client raises the same exception types as against the Hub.
+Only model repos. Two listening sockets, as the Hub and its storage are two hosts: ``endpoint``
+(the Hub API) and ``cas_endpoint`` (Xet's CAS and the CAS bridge). ``/resolve`` answers with the
+Hub's headers: ``X-Repo-Commit``, ``ETag`` (git blob oid, or the sha256 for LFS files),
+``X-Linked-Etag``/``X-Linked-Size`` for LFS files. Small files and the LFS files of LFS-only repos
+are served right there, with ``Range`` support. An LFS file of a Xet repo (the default, as on the
+Hub) is answered, HEAD and GET alike, with a 302 to the CAS bridge plus ``X-Xet-Hash`` and
+``Link: <.../xet-read-token/{sha}>; rel="xet-auth"``: the client does not follow a redirect to
+another host for its metadata, downloads through hf_xet (read token, then the CAS's
+``/v2/reconstructions/{hash}`` and ranges of ``/xorbs/...``), and a client without Xet follows the
+302 to the bridge, which serves the bytes with ``Range``. Errors carry the Hub's ``X-Error-Code``
+so the client raises the same exception types as against the Hub.
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 from . import payloads
 from .lfs import ContentMismatch, IncompleteUpload, is_lfs
-from .store import Conflict, FileEntry, NotFound, RepoStore
+from .store import Conflict, FileEntry, NotFound, RepoStore, Snapshot
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +44,12 @@ _REV = r"(?P<rev>[^/]+)"  # one path segment: the client quotes '/' in revisions
 _NAME = r"(?P<name>[^/]+)"  # a branch or tag name, quoted the same way
 _GIT_REPO = r"/(?P<repo>[^/]+/[^/]+)\.git"  # model repos have no type prefix here
 _OID = r"(?P<oid>[0-9a-f]{64})"
+_HASH = r"[0-9a-f]{64}"
 LFS_UPLOAD_PREFIX = "/lfs-upload/"  # upload hrefs: "/lfs-upload/{repo}/{oid}?size=N&signature=S", like signed S3 URLs
+BRIDGE_PREFIX = "/cas-bridge/"  # on the CAS host: "/cas-bridge/{repo}/{oid}?signature=S", bytes of a Xet file
+XORB_PREFIX = "/xorbs/"  # on the CAS host: "/xorbs/{repo}/{xorb}?signature=S", ranges of a xorb (as from S3)
+XET_TELEMETRY_PATH = "/v1/telemetry"  # on the CAS host
+XET_TOKEN_TTL_S = 3600
 _ROUTES = [
     ("GET", r"/api/whoami-v2", "whoami"),
     ("GET", r"/api/agent-harnesses", "agent_harnesses"),
@@ -49,6 +61,8 @@ _ROUTES = [
     ("GET", rf"{_REPO}/refs", "refs"),
     ("GET", rf"{_REPO}/commits/{_REV}", "commits"),
     ("GET HEAD", rf"/(?P<repo>[^/]+/[^/]+)/resolve/{_REV}/(?P<path>.+)", "resolve"),
+    ("GET", rf"{_REPO}/xet-read-token/(?P<rev>.+)", "xet_read_token"),  # the client does not quote '/' here
+    ("GET", rf"{_REPO}/xet-write-token/(?P<rev>.+)", "xet_write_token"),
     ("POST", rf"{_REPO}/preupload/{_REV}", "preupload"),
     ("POST", rf"{_REPO}/commit/{_REV}", "commit"),
     ("POST", rf"{_REPO}/branch/{_NAME}", "create_branch"),
@@ -61,13 +75,19 @@ _ROUTES = [
     ("POST", rf"{_GIT_REPO}/info/lfs/objects/verify", "lfs_verify"),
     ("PUT", rf"{LFS_UPLOAD_PREFIX}(?P<repo>[^/]+/[^/]+)/{_OID}", "lfs_upload"),
 ]
-_COMPILED_ROUTES = [(methods.split(), re.compile(pattern), name) for methods, pattern, name in _ROUTES]
+_CAS_ROUTES = [
+    ("GET HEAD", rf"{BRIDGE_PREFIX}(?P<repo>[^/]+/[^/]+)/{_OID}", "bridge"),
+    ("GET", rf"/v2/reconstructions/(?P<xet_hash>{_HASH})", "reconstruction"),
+    ("GET", rf"{XORB_PREFIX}(?P<repo>[^/]+/[^/]+)/(?P<xorb>{_HASH})", "xorb"),
+]
+_HUB = [(methods.split(), re.compile(pattern), name) for methods, pattern, name in _ROUTES]
+_CAS = [(methods.split(), re.compile(pattern), name) for methods, pattern, name in _CAS_ROUTES]
 _WRITES = {
     "create_repo", "preupload", "commit", "create_branch", "delete_branch", "create_tag", "delete_tag",
-    "open_pull_request", "lfs_batch", "lfs_verify",
+    "open_pull_request", "lfs_batch", "lfs_verify", "xet_write_token",
 }
-# The client PUTs to an upload href without its Authorization header: the href's signature stands for the token.
-_SIGNED = {"lfs_upload"}
+# Reached without the Hub token (an upload href, a redirect to another host): a signature in the URL stands for it.
+_SIGNED = {"lfs_upload", "bridge", "xorb"}
 
 
 class HttpError(Exception):
@@ -89,12 +109,24 @@ class HubServer:
     answers every ``Range`` request with 200 and the whole file, as some mirrors and proxies do;
     ``errors`` maps a piece of a request path (``"/resolve/"``, ``"model-00002"``, ``"/api/models/"``) to
     the status to answer instead: an int for every such request, or a list consumed one request at a
-    time (``[503, 503]``: fail twice, then serve); ``retry_after`` adds that ``Retry-After`` header.
-    ``requests`` logs ``(method, unquoted path)``.
+    time (``[503, 503]``: fail twice, then serve; a 0 serves that one: ``[0, 503]``); ``retry_after``
+    adds that ``Retry-After`` header. ``requests`` logs ``(method, unquoted path)`` on both hosts.
+
+    Xet, on as on the Hub (``xet = False``: a server without it, no Xet headers nor token routes;
+    ``RepoStore.create_repo(..., xet=False)``: one LFS-only repo). Read tokens
+    (``/api/models/{repo}/xet-read-token/{rev}``) name the HTTP CAS on ``cas_endpoint``; write
+    tokens (``.../xet-write-token/{rev}``, which needs the write token) name a new hf_xet local CAS
+    in the store, so a push goes through the real hf_xet into it, and its commit names the files by
+    sha256. CAS and bridge bodies are file bodies for ``throttle_bytes_per_s``, ``fail_after_bytes``
+    and :meth:`bytes_served`, and ``errors`` reaches them by path (``"/reconstructions/"``,
+    ``"/xorbs/"``, ``"/cas-bridge/"``). hf_xet retries a 5xx for minutes and takes a 403 on a xorb
+    for an expired URL (asks again, for minutes); other 4xx fail at once. ``xet_unknown_hash`` holds
+    path pieces (``""``: every file): Xet files whose path has one are announced (``/resolve``, tree,
+    paths-info) with a Xet hash the CAS lacks.
 
     Uploads: ``preupload`` answers ``"lfs"`` for the files :func:`~.lfs.is_lfs` puts in LFS (weights
-    suffixes, 1 MiB and up; ``preupload_lfs = False`` answers ``"regular"`` for all, which is what a
-    client that uploads through Xet needs), and the client sends those through the LFS batch API:
+    suffixes, 1 MiB and up). A client with hf_xet sends those through Xet, as said above; one with
+    ``HF_HUB_DISABLE_XET=1`` through the LFS batch API:
     ``POST {repo}.git/info/lfs/objects/batch`` hands out signed upload hrefs under ``/lfs-upload/``
     (none for content the store has), the bytes are ``PUT`` there and checked against their sha256
     and size, then ``POST {repo}.git/info/lfs/objects/verify``. ``lfs_uploads`` lists the oids stored
@@ -120,33 +152,38 @@ class HubServer:
         self.errors: dict[str, int | list[int]] = {}
         self.retry_after: str | None = None
         self.requests: list[tuple[str, str]] = []
-        self.preupload_lfs = True
         self.lfs_uploads: list[str] = []
+        self.xet = True
+        self.xet_unknown_hash: set[str] = set()
+        self._xet_tokens: dict[str, tuple[str, str, int]] = {}  # token -> (repo, "read" or "write", expiry)
         self._secret = secrets.token_bytes(16)
-        self._bytes: dict[str, int] = {}
+        self._bytes: dict[tuple[str, str], int] = {}
         self._lock = threading.Lock()
-        self._httpd = _HTTPServer((host, port), _Handler, self)
-        self.endpoint = f"http://{host}:{self._httpd.server_address[1]}"
-        self._thread: threading.Thread | None = None
+        self._servers = [_HTTPServer((host, port), _Handler, self, _HUB), _HTTPServer((host, 0), _Handler, self, _CAS)]
+        self.endpoint, self.cas_endpoint = (f"http://{host}:{httpd.server_address[1]}" for httpd in self._servers)
+        self._threads: list[threading.Thread] = []
 
     def start(self) -> HubServer:
-        """Serve in a daemon thread; return self. Starting a running server does nothing."""
-        if self._thread is not None:
+        """Serve in daemon threads; return self. Starting a running server does nothing."""
+        if self._threads:
             return self
-        serve = self._httpd.serve_forever
-        # A short poll interval makes stop() quick: shutdown() waits for the loop to look at its flag.
-        self._thread = threading.Thread(target=serve, kwargs={"poll_interval": 0.05}, name="hub-standin", daemon=True)
-        self._thread.start()
+        for httpd, name in zip(self._servers, ("hub-standin", "hub-standin-cas")):
+            # A short poll interval makes stop() quick: shutdown() waits for the loop to look at its flag.
+            serve = httpd.serve_forever
+            thread = threading.Thread(target=serve, kwargs={"poll_interval": 0.05}, name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
         return self
 
     def stop(self) -> None:
         """Stop serving and drop open connections, so clients see a Hub that is gone."""
-        if self._thread is not None:
-            self._httpd.shutdown()
-            self._thread.join()
-            self._thread = None
-        self._httpd.close_connections()
-        self._httpd.server_close()
+        for httpd, thread in zip(self._servers, self._threads):
+            httpd.shutdown()
+            thread.join()
+        self._threads = []
+        for httpd in self._servers:
+            httpd.close_connections()
+            httpd.server_close()
 
     def __enter__(self) -> HubServer:
         return self.start()
@@ -154,10 +191,12 @@ class HubServer:
     def __exit__(self, *exc_info) -> None:
         self.stop()
 
-    def bytes_served(self, repo_id: str | None = None) -> int:
-        """File-body bytes sent by ``/resolve`` GETs, for one repo or in total."""
+    def bytes_served(self, repo_id: str | None = None, via: str | None = None) -> int:
+        """File-body bytes sent, for one repo or in total: ``via`` ``"resolve"`` (straight from
+        ``/resolve``), ``"bridge"`` (the CAS bridge), ``"xet"`` (xorb bytes from the CAS, compressed
+        as stored), or None for all of them."""
         with self._lock:
-            return self._bytes.get(repo_id, 0) if repo_id else sum(self._bytes.values())
+            return sum(n for (way, repo), n in self._bytes.items() if repo_id in (None, repo) and via in (None, way))
 
     def reset_counters(self) -> None:
         """Zero the byte counters and clear the request log and ``lfs_uploads``."""
@@ -166,17 +205,29 @@ class HubServer:
             self.requests.clear()
             self.lfs_uploads.clear()
 
-    def _count(self, repo_id: str, n: int) -> None:
+    def _count(self, repo_id: str, via: str, n: int) -> None:
         with self._lock:
-            self._bytes[repo_id] = self._bytes.get(repo_id, 0) + n
+            self._bytes[via, repo_id] = self._bytes.get((via, repo_id), 0) + n
 
     def _log(self, method: str, path: str) -> None:
         with self._lock:
             self.requests.append((method, path))
 
-    def _signature(self, repo: str, oid: str, size: int) -> str:
-        """What signs an upload href: only the batch endpoint hands it out, for this repo, object and size."""
-        return hmac.new(self._secret, f"{repo}\0{oid}\0{size}".encode(), hashlib.sha256).hexdigest()[:32]
+    def _signature(self, *parts: object) -> str:
+        """What signs a URL this server hands out (an upload href, a bridge or xorb URL) for what ``parts`` name."""
+        return hmac.new(self._secret, "\0".join(map(str, parts)).encode(), hashlib.sha256).hexdigest()[:32]
+
+    def _new_xet_token(self, repo: str, kind: str) -> tuple[str, int]:
+        token, expires = secrets.token_urlsafe(24), int(time.time()) + XET_TOKEN_TTL_S
+        with self._lock:
+            self._xet_tokens[token] = (repo, kind, expires)
+        return token, expires
+
+    def _xet_token_repo(self, token: str, kind: str) -> str | None:
+        """The repo a live Xet token of ``kind`` was handed out for, or None."""
+        with self._lock:
+            repo, token_kind, expires = self._xet_tokens.get(token, (None, None, 0))
+        return repo if token_kind == kind and expires > time.time() else None
 
     def _uploaded(self, oid: str) -> None:
         with self._lock:
@@ -191,6 +242,8 @@ class HubServer:
                         if not status:
                             continue
                         status = status.pop(0)
+                    if not status:  # 0 in a list: serve this request
+                        continue
                     headers = {"Retry-After": self.retry_after} if self.retry_after is not None else {}
                     raise HttpError(status, None, f"injected error {status}", headers)
 
@@ -209,8 +262,8 @@ class _HTTPServer(ThreadingHTTPServer):
 
     daemon_threads = True
 
-    def __init__(self, address, handler, hub: HubServer):
-        self.hub = hub
+    def __init__(self, address, handler, hub: HubServer, routes: list):
+        self.hub, self.routes = hub, routes
         self.connections: set[socket.socket] = set()
         super().__init__(address, handler)
 
@@ -264,6 +317,11 @@ class _Handler(BaseHTTPRequestHandler):
         self.unread = int(self.headers.get("Content-Length") or 0)
         # A PUT body (LFS content, maybe big) is streamed by its handler; other bodies are read here.
         self.body = b"" if self.command == "PUT" else self._read_body()
+        if self.server.routes is _CAS and url.path == XET_TELEMETRY_PATH:
+            # hf_xet's reports on its transfers, sent on its own schedule (maybe during a later test): taken,
+            # and kept out of the request log and the knobs.
+            self._send_json({})
+            return
         self.hub._log(self.command, unquote(url.path))
         try:
             self.hub._injected_error(unquote(url.path))
@@ -285,7 +343,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _route(self, path: str) -> tuple[Callable[..., None], dict[str, str]]:
         """The handler for this request and its URL parameters, once the token and repo access are checked."""
-        for methods, pattern, name in _COMPILED_ROUTES:
+        for methods, pattern, name in self.server.routes:
             match = pattern.fullmatch(path)
             if match and self.command in methods:
                 params = {key: unquote(value) for key, value in match.groupdict().items() if value is not None}
@@ -294,12 +352,13 @@ class _Handler(BaseHTTPRequestHandler):
                 if name in _WRITES and self.hub.token_role == "read":
                     raise HttpError(403, None, "You don't have the rights to write with a read token")
                 if name in _SIGNED:
-                    self._check_signature(params)
+                    self._check_signature(name, params)
                 elif "repo" in params:
                     self._check_access(params["repo"])
                 return getattr(self, f"_{name}"), params
         # Repo-shaped paths that match no route name a repo id the store cannot hold (e.g. "gpt2").
-        code = "RepoNotFound" if path.startswith("/api/models/") or "/resolve/" in path else None
+        repo_shaped = path.startswith("/api/models/") or "/resolve/" in path
+        code = "RepoNotFound" if self.server.routes is _HUB and repo_shaped else None
         raise HttpError(404, code, f"Not found: {self.command} {path}")
 
     def _send_head(self, status: int, headers: dict[str, str], length: int) -> None:
@@ -346,14 +405,13 @@ class _Handler(BaseHTTPRequestHandler):
     def _authorized(self) -> bool:
         return self.hub.token is None or self.headers.get("Authorization") == f"Bearer {self.hub.token}"
 
-    def _check_signature(self, params: dict[str, str]) -> None:
-        """An upload href is good for the repo, object and size it was handed out for: 403 otherwise."""
+    def _check_signature(self, route: str, params: dict[str, str]) -> None:
+        """A signed URL is good for what it was handed out for (route, repo, object, size): 403 otherwise."""
         size = self.query.get("size", [""])[0]
         signature = self.query.get("signature", [""])[0]
-        if not size.isdigit() or not hmac.compare_digest(
-            signature, self.hub._signature(params["repo"], params["oid"], int(size))
-        ):
-            raise HttpError(403, None, "Upload URL not signed by this server: ask the LFS batch endpoint for one")
+        signed = [value for key, value in params.items() if key != "repo"] + ([size] if route == "lfs_upload" else [])
+        if not hmac.compare_digest(signature, self.hub._signature(route, params["repo"], *signed)):
+            raise HttpError(403, None, f"URL not signed by this server for {route}: ask the Hub for one")
         if not self.store.exists(params["repo"]):
             raise HttpError(404, "RepoNotFound", f"Repository not found: {params['repo']}")
 
@@ -407,11 +465,13 @@ class _Handler(BaseHTTPRequestHandler):
         folder = path.strip("/")
         if folder and folder not in snapshot.dirs:
             raise HttpError(404, "EntryNotFound", f"{folder} is not a folder at {snapshot.sha}")
-        self._send_json(payloads.tree(snapshot, folder, recursive=self._param("recursive")))
+        xet_hashes = self._xet_hashes(repo, snapshot)
+        self._send_json(payloads.tree(snapshot, folder, recursive=self._param("recursive"), xet_hashes=xet_hashes))
 
     def _paths_info(self, repo: str, rev: str) -> None:
         paths = parse_qs(self.body.decode()).get("paths", [])
-        self._send_json(payloads.paths_info(self.store.snapshot(repo, rev), paths))
+        snapshot = self.store.snapshot(repo, rev)
+        self._send_json(payloads.paths_info(snapshot, paths, self._xet_hashes(repo, snapshot, paths)))
 
     def _refs(self, repo: str) -> None:
         include_prs = self._param("include_prs")
@@ -428,24 +488,53 @@ class _Handler(BaseHTTPRequestHandler):
             message = f"{path} does not exist at {snapshot.sha}"
             raise HttpError(404, "EntryNotFound", message, {"X-Repo-Commit": snapshot.sha})
         headers = _file_headers(snapshot.sha, entry)
-        byte_range = None if self.hub.ignore_range else _byte_range(self.headers.get("Range"), entry.size)
-        start, end = byte_range or (0, entry.size)
+        xet_hash = self._xet_hashes(repo, snapshot, [path]).get(path)
+        if xet_hash is None:
+            self._send_content(repo, "resolve", entry.size, headers, lambda: self.store.open(repo, entry))
+            return
+        oid = entry.lfs.oid
+        token_url = f"{self.hub.endpoint}/api/models/{repo}/xet-read-token/{snapshot.sha}"
+        bridge = f"{self.hub.cas_endpoint}{BRIDGE_PREFIX}{quote(repo)}/{oid}"
+        headers.update({
+            "X-Xet-Hash": xet_hash,
+            "Link": f'<{token_url}>; rel="xet-auth"',
+            "Location": f"{bridge}?signature={self.hub._signature('bridge', repo, oid)}",
+        })
+        self._send_head(302, headers, 0)
+
+    def _xet_hashes(self, repo: str, snapshot: Snapshot, paths: list[str] | None = None) -> dict[str, str]:
+        """The Xet hashes announced for the LFS files at ``paths`` (default: all), if the repo is served by Xet."""
+        if not (self.hub.xet and self.store.is_xet(repo)):
+            return {}
+        entries = [snapshot.files.get(path) for path in (snapshot.files if paths is None else paths)]
+        return {entry.path: self._xet_hash(entry) for entry in entries if entry and entry.lfs}
+
+    def _xet_hash(self, entry: FileEntry) -> str:
+        if any(piece in entry.path for piece in self.hub.xet_unknown_hash):
+            return _unknown_xet_hash(entry.lfs.oid)
+        return self.store.xet_file(entry.lfs.oid).hash
+
+    def _send_content(self, repo: str, via: str, size: int, headers: dict, source: Callable[[], BinaryIO]) -> None:
+        """Answer with the bytes of ``source()`` (one ``Range`` honoured) as a file body counted as ``via``."""
+        honour_range = via == "xet" or not self.hub.ignore_range
+        byte_range = _byte_range(self.headers.get("Range"), size) if honour_range else None
+        start, end = byte_range or (0, size)
         if byte_range:
-            headers["Content-Range"] = f"bytes {start}-{end - 1}/{entry.size}"
+            headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
         self._send_head(206 if byte_range else 200, headers, end - start)
         if self.command == "GET":
-            with self.store.open(repo, entry) as stream:
+            with source() as stream:
                 stream.seek(start)
-                self._send_body(repo, stream, end - start)
+                self._send_body(repo, via, stream, end - start)
 
-    def _send_body(self, repo: str, stream: BinaryIO, length: int) -> None:
+    def _send_body(self, repo: str, via: str, stream: BinaryIO, length: int) -> None:
         """Write ``length`` bytes, counted per repo, slowed by the throttle, cut off by ``fail_after_bytes``."""
         limit = self.hub._take_fail_after(length)
         stop = length if limit is None else limit
         sent, started = 0, time.monotonic()
         while sent < stop:
             chunk = stream.read(min(_CHUNK, stop - sent))
-            self.hub._count(repo, len(chunk))  # before the write: once a client has the bytes, they are counted
+            self.hub._count(repo, via, len(chunk))  # before the write: once a client has the bytes, they are counted
             self.wfile.write(chunk)
             sent += len(chunk)
             throttle = self.hub.throttle_bytes_per_s
@@ -455,17 +544,63 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             self.connection.shutdown(socket.SHUT_RDWR)
 
+    # -- Xet: tokens on the Hub, then the CAS host --------------------------------------------
+
+    def _xet_read_token(self, repo: str, rev: str) -> None:
+        self.store.resolve(repo, rev)  # RevisionNotFound for a revision the repo does not have
+        self._send_xet_token(repo, "read", self.hub.cas_endpoint)
+
+    def _xet_write_token(self, repo: str, rev: str) -> None:
+        """A write token names a new local CAS in the store, for hf_xet (``rev`` is ``None`` when opening a PR)."""
+        self._send_xet_token(repo, "write", self.store.xet.push_endpoint())
+
+    def _send_xet_token(self, repo: str, kind: str, cas_url: str) -> None:
+        if not self.hub.xet:
+            raise HttpError(404, None, "This server has no Xet storage")
+        token, expires = self.hub._new_xet_token(repo, kind)
+        headers = {"X-Xet-Cas-Url": cas_url, "X-Xet-Access-Token": token, "X-Xet-Token-Expiration": str(expires)}
+        self._send(200, json.dumps(payloads.xet_token(token, expires, cas_url)).encode(), headers)
+
+    def _reconstruction(self, xet_hash: str) -> None:
+        """Which xorb ranges make up the file (or the bytes its ``Range`` asks for), with signed URLs to them."""
+        authorization = self.headers.get("Authorization", "")
+        repo = self.hub._xet_token_repo(authorization.removeprefix("Bearer "), "read")
+        if repo is None:
+            raise HttpError(401, None, "Invalid or expired Xet token: ask the Hub's xet-read-token route for one")
+        file = self.store.xet.file(xet_hash)
+        if file is None:
+            raise HttpError(404, None, f"No file with Xet hash {xet_hash}")
+        start, end = _byte_range(self.headers.get("Range"), file.size) or (0, file.size)
+
+        def url(xorb: str) -> str:
+            signature = self.hub._signature("xorb", repo, xorb)
+            return f"{self.hub.cas_endpoint}{XORB_PREFIX}{quote(repo)}/{xorb}?signature={signature}"
+
+        self._send_json(payloads.xet_reconstruction(self.store.xet.reconstruction(file, start, end), url))
+
+    def _xorb(self, repo: str, xorb: str) -> None:
+        path = self.store.xet.xorb_path(xorb)
+        if path is None:
+            raise HttpError(404, None, f"No xorb {xorb}")
+        headers = {"Content-Type": "application/octet-stream", "Accept-Ranges": "bytes"}
+        self._send_content(repo, "xet", path.stat().st_size, headers, lambda: open(path, "rb"))
+
+    def _bridge(self, repo: str, oid: str) -> None:
+        """The bytes of a Xet-stored file over plain HTTP, for clients without Xet (the Hub's CAS bridge)."""
+        path = self.store.lfs_path(oid)
+        if path is None:
+            raise HttpError(404, None, f"No content {oid}")
+        headers = {"Content-Type": "application/octet-stream", "Accept-Ranges": "bytes", "ETag": f'"{oid}"'}
+        self._send_content(repo, "bridge", path.stat().st_size, headers, lambda: open(path, "rb"))
+
     # -- writes ------------------------------------------------------------------------------
 
     def _preupload(self, repo: str, rev: str) -> None:
-        """"lfs" for what the store keeps in LFS, "regular" (base64 in the commit) for the rest.
-
-        A client with Xet enabled uploads every "lfs" file to Xet storage, which has no local
-        equivalent: it needs ``HF_HUB_DISABLE_XET=1``, or ``preupload_lfs = False`` here.
-        """
+        """"lfs" for what the store keeps in LFS (the client sends it through Xet, or LFS without hf_xet),
+        "regular" (base64 in the commit) for the rest."""
 
         def mode(file: dict) -> str:
-            return "lfs" if self.hub.preupload_lfs and is_lfs(file["path"], int(file["size"])) else "regular"
+            return "lfs" if is_lfs(file["path"], int(file["size"])) else "regular"
 
         files = [
             {"path": f["path"], "uploadMode": mode(f), "shouldIgnore": False, "oid": None}
@@ -490,7 +625,7 @@ class _Handler(BaseHTTPRequestHandler):
             elif self.store.lfs.size(oid) == size:
                 objects.append(payloads.lfs_batch_object(oid, size, None))
             else:
-                signature = self.hub._signature(repo, oid, size)
+                signature = self.hub._signature("lfs_upload", repo, oid, size)
                 upload = f"{self.hub.endpoint}{LFS_UPLOAD_PREFIX}{quote(repo)}/{oid}?size={size}&signature={signature}"
                 actions = {
                     "upload": {"href": upload, "expires_in": 3600},
@@ -534,7 +669,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._send_json({"oid": oid, "size": size})
 
     def _commit(self, repo: str, rev: str) -> None:
-        request = payloads.parse_commit(self.body, self.store.lfs)
+        request = payloads.parse_commit(self.body, self.store.lfs_path)
         deletes = request.deleted_files + self._files_under(repo, rev, request.deleted_folders)
         pr_url = None
         if self._param("create_pr"):
@@ -609,6 +744,11 @@ def _file_headers(sha: str, entry: FileEntry) -> dict[str, str]:
     if entry.lfs:
         headers.update({"X-Linked-Etag": f'"{entry.lfs.oid}"', "X-Linked-Size": str(entry.size)})
     return headers
+
+
+def _unknown_xet_hash(oid: str) -> str:
+    """A well-formed Xet hash that no CAS has: what ``xet_unknown_hash`` announces instead of the real one."""
+    return hashlib.sha256(f"not in any CAS: {oid}".encode()).hexdigest()
 
 
 def _byte_range(header: str | None, size: int) -> tuple[int, int] | None:

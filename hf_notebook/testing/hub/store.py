@@ -1,8 +1,10 @@
-"""Model repos on disk: one bare git repository per repo id, big files in an LFS object store.
+"""Model repos on disk: one bare git repository per repo id, big files in an LFS object store and in Xet.
 
 Layout under ``root``: ``<org>/<name>.git`` (a bare repo, plus ``hub.json`` for settings the Hub
-keeps outside git) and ``.lfs/<sha256>`` (LFS content). Writes hold a lock and move refs with
-compare-and-swap, so one store can be written by tests while a server process reads it.
+keeps outside git: ``private``, and ``xet``, whether its big files are served through Xet storage),
+``.lfs/<sha256>`` (LFS content) and ``.xet-cas/`` (hf_xet's local CASes: the same content as Xet
+files, see :mod:`.xet`). Committing an LFS file to a Xet repo puts it in both. Writes hold a lock and
+move refs with compare-and-swap, so one store can be written by tests while a server process reads it.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from typing import BinaryIO
 
 from ._git import ZERO_SHA, GitError, git_env, run_git
 from .lfs import LfsInfo, LfsObjects, is_lfs, parse_pointer, pointer
+from .xet import XetStorage
+from .xet_format import XetFile
 
 _REPO_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")
 _HEX_RE = re.compile(r"[0-9a-f]{4,40}")
@@ -97,13 +101,18 @@ class RepoStore:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.lfs = LfsObjects(self.root / ".lfs")
+        self.xet = XetStorage(self.root / ".xet-cas")
         self._lock = threading.Lock()
         self._snapshots: dict[tuple[str, str], Snapshot] = {}
 
     # -- repos -------------------------------------------------------------------------------
 
-    def create_repo(self, repo_id: str, *, private: bool = False, exist_ok: bool = False) -> None:
-        """Create an empty repo (no commit yet); raise :class:`Conflict` if it exists unless ``exist_ok``."""
+    def create_repo(self, repo_id: str, *, private: bool = False, exist_ok: bool = False, xet: bool = True) -> None:
+        """Create an empty repo (no commit yet); raise :class:`Conflict` if it exists unless ``exist_ok``.
+
+        ``xet=False`` makes an LFS-only repo, as older repos and other servers are: its big files are
+        served over plain HTTP, with no Xet headers.
+        """
         path = self._repo_path(repo_id)
         with self._lock:
             if path.exists():
@@ -114,7 +123,7 @@ class RepoStore:
             staging = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
             staging.parent.mkdir(parents=True, exist_ok=True)
             run_git(staging, "init", "--quiet", "--bare", "--initial-branch=main")
-            (staging / "hub.json").write_text(json.dumps({"private": private}))
+            (staging / "hub.json").write_text(json.dumps({"private": private, "xet": xet}))
             os.rename(staging, path)
 
     def exists(self, repo_id: str) -> bool:
@@ -123,7 +132,11 @@ class RepoStore:
 
     def is_private(self, repo_id: str) -> bool:
         """Whether the repo was created private."""
-        return json.loads((self._git_dir(repo_id) / "hub.json").read_text())["private"]
+        return self._settings(repo_id)["private"]
+
+    def is_xet(self, repo_id: str) -> bool:
+        """Whether the repo's LFS files are served through Xet storage (repos made before the setting: yes)."""
+        return self._settings(repo_id).get("xet", True)
 
     # -- writes ------------------------------------------------------------------------------
 
@@ -250,6 +263,25 @@ class RepoStore:
             return open(self.lfs.path(entry.lfs.oid), "rb")
         return io.BytesIO(run_git(self._git_dir(repo_id), "cat-file", "blob", entry.blob_id))
 
+    def xet_file(self, oid: str) -> XetFile:
+        """LFS object ``oid`` as a Xet file, uploaded into Xet storage first if it is not there yet."""
+        return self.xet.put(self.lfs.path(oid), oid)
+
+    def lfs_path(self, oid: str) -> Path | None:
+        """Where the content of ``oid`` is, or None if neither LFS nor Xet storage has it.
+
+        Content pushed through Xet is reconstructed into the LFS objects here, on first use.
+        """
+        if self.lfs.size(oid) is None:
+            file = self.xet.find(oid)
+            if file is None:
+                return None
+            with tempfile.TemporaryDirectory(dir=self.root, prefix=".tmp-") as tmp:
+                self.xet.read(file, Path(tmp) / "content")
+                with open(Path(tmp) / "content", "rb") as stream:
+                    self.lfs.receive(stream, oid, file.size)
+        return self.lfs.path(oid)
+
     def read(self, repo_id: str, path: str, revision: str | None = None) -> bytes:
         """The content of one file at a revision (default ``main``)."""
         with self.open(repo_id, self.entry(repo_id, revision, path)) as stream:
@@ -274,6 +306,9 @@ class RepoStore:
         if not self.exists(repo_id):
             raise RepoNotFound(f"Repository not found: {repo_id}")
         return self._repo_path(repo_id)
+
+    def _settings(self, repo_id: str) -> dict:
+        return json.loads((self._git_dir(repo_id) / "hub.json").read_text())
 
     def _create_ref(self, repo_id: str, ref: str, revision: str) -> None:
         git_dir = self._git_dir(repo_id)
@@ -311,7 +346,7 @@ class RepoStore:
         with tempfile.TemporaryDirectory(dir=self.root, prefix=".tmp-") as tmp:
             env = git_env(GIT_INDEX_FILE=str(Path(tmp) / "index"))
             run_git(git_dir, "read-tree", parent or "--empty", env=env)
-            blobs = self._write_blobs(git_dir, files, Path(tmp))
+            blobs = self._write_blobs(git_dir, files, Path(tmp), xet=self.is_xet(repo_id))
             # Index lines "<mode> <oid>\t<path>"; mode 0 removes the path.
             lines = [f"0 {ZERO_SHA}\t{path}\0" for path in delete]
             lines += [f"100644 {blob}\t{path}\0" for path, blob in blobs.items()]
@@ -320,8 +355,8 @@ class RepoStore:
         parents = ["-p", parent] if parent else []
         return run_git(git_dir, "commit-tree", tree, *parents, "-m", message).decode().strip()
 
-    def _write_blobs(self, git_dir: Path, files: Mapping[str, FileContent], tmp: Path) -> dict[str, str]:
-        """Store each file as a git blob, or its content in LFS and a pointer as the blob; return path -> oid."""
+    def _write_blobs(self, git_dir: Path, files: Mapping[str, FileContent], tmp: Path, *, xet: bool) -> dict[str, str]:
+        """Store each file as a git blob, or its content in LFS (and Xet) and a pointer as the blob; path -> oid."""
         sources = []
         for index, (path, content) in enumerate(files.items()):
             _check_path(path)
@@ -329,6 +364,8 @@ class RepoStore:
             size = source.stat().st_size
             if is_lfs(path, size):
                 info = self.lfs.put(source)
+                if xet:
+                    self.xet_file(info.oid)
                 source = tmp / f"pointer-{index}"
                 source.write_bytes(pointer(info.oid, info.size))
             sources.append(str(source.resolve()))
