@@ -55,8 +55,10 @@ class Downloads:
                 if self.cancelled.is_set():
                     raise Cancelled()
                 yield
-            except Exception as exc:
-                if self.cancelled.is_set():  # what a cut socket or an aborted Xet session raises
+            except BaseException as exc:
+                # What a cut socket or an aborted Xet session raises (hf_xet's abort raises KeyboardInterrupt in
+                # the threads waiting for it): a cancel's echo, not the user's Ctrl-C, which reaches the main thread.
+                if self.cancelled.is_set() and not isinstance(exc, Cancelled):
                     raise Cancelled() from exc
                 raise
             finally:
@@ -154,7 +156,7 @@ def _results(pool: ThreadPoolExecutor, futures: list, downloads: Downloads) -> l
         downloads.cancel()
         pool.shutdown(wait=True, cancel_futures=True)
         errors = [f.exception() for f in futures if f.done() and not f.cancelled() and f.exception() is not None]
-        raise next((e for e in errors if not isinstance(e, Cancelled)), failed.exception())
+        raise next((e for e in errors if not isinstance(e, (Cancelled, KeyboardInterrupt))), failed.exception())
     results = [f.result() for f in futures]
     pool.shutdown(wait=True)
     return results
