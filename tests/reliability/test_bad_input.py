@@ -6,6 +6,7 @@ strings, option values, device-map JSON and whole lines at the magics.
 """
 
 import json
+import os
 import time
 
 import pytest
@@ -115,3 +116,44 @@ def test_generated_lines_give_only_usage_errors(shell, tiny_hub, hf_cache, spec,
         assert shell.user_ns.keys() == before.keys(), line
         assert all(shell.user_ns[k] is v for k, v in before.items() if not k.startswith("_")), line
     assert time.perf_counter() - t0 < 20, line
+
+
+_PATHISH = st.one_of(_TEXT, st.sampled_from([".", "..", "/", "~", "~nouser/x", "/proc/x", "/dev/null", "a/../..",
+                                             "x" * 300, "/etc/passwd"]))
+_OTHER_LINES = st.one_of(
+    st.builds(lambda n, f, o: f"{_arg(n)} {_arg(f)} {o}", st.sampled_from(["m", "nope", "In", ""]), _PATHISH,
+              st.sampled_from(["", "--overwrite", "--dtype bf17", "--max-shard-size -1", "--dtype bfloat16"]))
+    .map(lambda line: ("save_model", line)),
+    st.builds(lambda s, t, o: f"{_arg(s)} --to {_arg(t)} {o}", st.sampled_from(["tiny/llama", "tiny/nope", "m", ""]),
+              _PATHISH, st.sampled_from(["", "--layout x", "--layout hf-cache", "--offline"]))
+    .map(lambda line: ("export_model", line)),
+    st.sampled_from(["", "--check", "--nope", "x"]).map(lambda line: ("lock", line)),
+    st.builds(lambda n, r, o: f"{_arg(n)} {_arg(r)} {o}", st.sampled_from(["m", "nope", ""]),
+              st.one_of(_TEXT, st.sampled_from(["user/x", "noowner", "a/b/c"])),
+              st.sampled_from(["", "--private", "--from /etc", "--branch ''", "--tag"]))
+    .map(lambda line: ("push_model", line)),
+    st.builds(lambda n, s: f"{_arg(n)} --set {_arg(s)}", st.sampled_from(["m", "nope"]),
+              st.one_of(_TEXT, st.sampled_from(["model.layers.0-99=disk", "=cpu", "lm_head=meta", "x=0"])))
+    .map(lambda line: ("edit_device_map", line)),
+)
+
+
+@hypothesis.settings(max_examples=80, deadline=None, derandomize=True,
+                     suppress_health_check=[hypothesis.HealthCheck.function_scoped_fixture,
+                                            hypothesis.HealthCheck.too_slow])
+@hypothesis.given(call=_OTHER_LINES)
+def test_generated_lines_for_every_other_magic_give_only_usage_errors(shell, tiny_hub, hf_cache, tmp_path, call,
+                                                                      monkeypatch):
+    """%save_model, %export_model, %lock, %push_model and %edit_device_map: a line either works or is a UsageError;
+    nothing is bound, and nothing outside the test's own folder is written or deleted."""
+    monkeypatch.chdir(tmp_path)  # relative paths land here, never in the checkout
+    if "m" not in shell.user_ns:
+        shell.run_line_magic("load_model", "tiny/llama --device-map cpu --as m")
+    magic, line = call
+    before = dict(shell.user_ns)
+    cwd_before = sorted(os.listdir(tmp_path))
+    try:
+        shell.run_line_magic(magic, line)
+    except UsageError:
+        assert shell.user_ns.keys() == before.keys(), (magic, line)
+        assert sorted(os.listdir(tmp_path)) == cwd_before, (magic, line)  # a refusal leaves nothing behind
