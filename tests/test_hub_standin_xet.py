@@ -18,7 +18,8 @@ hf_xet = pytest.importorskip("hf_xet")
 
 @pytest.fixture
 def xet_on(monkeypatch):
-    """The client's default where hf_xet is installed (the plugin turns Xet off for the other tests)."""
+    """The client's default where hf_xet is installed (set again here, so a user's HF_HUB_DISABLE_XET cannot
+    turn these tests into LFS tests)."""
     from huggingface_hub import constants
 
     monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", False)
@@ -26,6 +27,9 @@ def xet_on(monkeypatch):
 
 @pytest.fixture
 def xet_off(monkeypatch):
+    """Xet switched off in the client: what a user with HF_HUB_DISABLE_XET=1 (or without hf_xet) gets, who then
+    downloads Xet-stored files over plain HTTP through the CAS bridge. The same downloads with Xet on are the
+    tests above."""
     from huggingface_hub import constants
 
     monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
