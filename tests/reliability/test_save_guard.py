@@ -149,11 +149,13 @@ def _shared_store(shell, hf_cache):
     shell.run_line_magic("load_model", LOAD)
     shell.run_line_magic("unload_model", "m")
     snapshot = next((hf_cache / "models--tiny--llama" / "snapshots").iterdir())
-    entry = sorted(snapshot.glob("*.safetensors"))[0].resolve()
-    if entry.parent.parent == hf_cache / "blobs":  # the real shared store
-        return entry.parent
+    entries = [p.resolve() for p in sorted(snapshot.glob("*.safetensors"))]
+    shared = [e for e in entries if e.parent.parent == (hf_cache / "blobs").resolve()]
+    if shared:  # the real shared store
+        return shared[0].parent
+    entry = entries[0]
     shared = hf_cache / "blobs" / entry.name[:2] / f"{entry.name}-xet"
-    shared.parent.mkdir(parents=True)
+    shared.parent.mkdir(parents=True, exist_ok=True)
     os.rename(entry, shared)
     entry.symlink_to(os.path.relpath(shared, entry.parent))
     return shared.parent
