@@ -647,12 +647,18 @@ def instance(shell) -> HFNotebook:
 
 
 def register(shell) -> None:
-    """Register the magics (and so the ``HFNotebook`` configurable) with ``shell``."""
+    """Register the magics (and so the ``HFNotebook`` configurable) and the core results' records with ``shell``."""
+    from .ui import register_renderers
+
     shell.register_magics(HFNotebook(shell=shell))
+    register_renderers(shell)
 
 
 def unregister(shell) -> None:
-    """Remove the magics and the configurable again."""
+    """Remove the magics, the configurable and the records again."""
+    from .ui import unregister_renderers
+
+    unregister_renderers(shell)
     line_magics = shell.magics_manager.magics["line"]
     for instance in [c for c in shell.configurables if isinstance(c, HFNotebook)]:
         shell.configurables.remove(instance)

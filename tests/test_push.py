@@ -94,6 +94,24 @@ def test_an_interrupted_push_resumes_with_what_is_missing(shell, tiny_hub, hf_ca
     assert not set(first) & set(second) and len(first) + len(second) == len(shards)
 
 
+def test_a_push_that_failed_at_its_commit_runs_again_through_xet(shell, tiny_hub, hf_cache, hub_server, token,
+                                                                 work_dir):
+    """The twin of the test above with every default on: weights go through Xet storage; a push that fails
+    after its upload (the commit refused: insufficient storage) leaves no commit, and running it again
+    publishes exactly the folder."""
+    model = loaded(shell)
+    fresh_weights(model)
+    shell.run_line_magic("save_model", f"m {work_dir / 'out'} --max-shard-size 100KB")
+    hub_server.errors = {"/commit/": [507]}
+    with pytest.raises(UsageError, match="507"):
+        shell.run_line_magic("push_model", f"--from {work_dir / 'out'} user/resumed-xet")
+    assert any("/xet-write-token/" in p for _, p in hub_server.requests)
+    shell.run_line_magic("push_model", f"--from {work_dir / 'out'} user/resumed-xet")
+    shell.run_line_magic("load_model", "user/resumed-xet --device-map cpu --as back")
+    back = shell.user_ns["back"].state_dict()
+    assert all(torch.equal(back[k], v) for k, v in model.state_dict().items())
+
+
 def test_known_hashes_are_not_read_again(shell, tiny_hub, hf_cache, hub_server, token, work_dir, monkeypatch):
     import huggingface_hub.lfs as lfs
 
@@ -169,7 +187,7 @@ def test_the_panel_clears_the_token_and_keeps_it_out_of_everything(shell, tiny_h
     assert pushed is not None and pushed.repo_id == "user/from-panel" and panel.token.value == ""
     assert panel.files.children == ()  # no bar left behind
     state = json.dumps([w.get_state() for w in walk(panel.widget)], default=str)  # what a saved notebook keeps
-    seen = [state, repr(pushed), str(pushed._repr_mimebundle_()), panel.status.value, capsys.readouterr().out]
+    seen = [state, repr(pushed), str(shell.display_formatter.format(pushed)), panel.status.value, capsys.readouterr().out]
     assert all(hub_token not in s for s in seen)
     panel.folder.value = str(work_dir / "saved")
     assert panel.save() is not None and (work_dir / "saved" / "config.json").exists()

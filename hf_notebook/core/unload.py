@@ -24,11 +24,6 @@ class UnloadReport:
     removed_names: tuple[str, ...] = ()
     still_referenced: bool = False
 
-    def _repr_mimebundle_(self, **_):
-        from hf_notebook.ui.record import unload_record
-
-        return unload_record(self).bundle()
-
 
 def unload(name: str, result, namespaces: Iterable[dict]) -> UnloadReport:
     """Drop every reference we know of to ``result.model`` and free its memory."""

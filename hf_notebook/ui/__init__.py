@@ -43,4 +43,38 @@ def make_renderer(shell: Any = None, mode: str = "auto", **kwargs: Any) -> Any:
     return TextRenderer(**kwargs)
 
 
-__all__ = ["make_renderer"]
+#: The core's results and the record that shows each: registered with IPython's display formatter by type name,
+#: so the core returns data and imports nothing of the UI (nor is anything imported before a result is shown).
+RECORDS = {
+    ("hf_notebook.core.unload", "UnloadReport"): "unload_record",
+    ("hf_notebook.core.hub.push", "PushResult"): "push_record",
+    ("hf_notebook.core.hub.bundle", "ExportResult"): "export_record",
+    ("hf_notebook.core.weights.save", "SaveResult"): "save_record",
+}
+
+
+def register_renderers(shell: Any) -> None:
+    """Show each core result as its record (``text/html`` + ``text/plain``) in ``shell``'s outputs."""
+    formatter = shell.display_formatter.mimebundle_formatter
+    for (module, name), record in RECORDS.items():
+        formatter.for_type_by_name(module, name, _shown_as(record))
+
+
+def unregister_renderers(shell: Any) -> None:
+    formatter = shell.display_formatter.mimebundle_formatter
+    for module, name in RECORDS:
+        formatter.deferred_printers.pop((module, name), None)
+        for cls in [c for c in formatter.type_printers if (c.__module__, c.__qualname__) == (module, name)]:
+            formatter.type_printers.pop(cls)
+
+
+def _shown_as(record_name: str):
+    def bundle(obj: Any, include: Any = None, exclude: Any = None) -> dict:
+        from hf_notebook.ui import record
+
+        return getattr(record, record_name)(obj).bundle()
+
+    return bundle
+
+
+__all__ = ["make_renderer", "register_renderers", "unregister_renderers"]

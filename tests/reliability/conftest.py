@@ -1,5 +1,8 @@
 """Fixtures of the reliability tier."""
 
+import os
+from pathlib import Path
+
 import pytest
 
 
@@ -50,3 +53,18 @@ def twins(hub_store, hub_repo_id, tmp_path):
     hub_store.create_repo(hub_repo_id + "-b")
     hub_store.commit(hub_repo_id + "-b", {p.name: p for p in folder.iterdir()}, message="mirror")
     return a, hub_repo_id + "-b", folder
+
+
+def flip_a_byte(path) -> None:
+    """Change one byte inside the last tensor's data of the file behind ``path`` (its size and header kept)."""
+    blob = Path(os.path.realpath(path))
+    blob.chmod(0o600)  # a shared Xet blob is read-only
+    data = bytearray(blob.read_bytes())
+    data[-100] ^= 0xFF
+    blob.write_bytes(bytes(data))
+
+
+@pytest.fixture
+def flip():
+    """``flip(path)``: tamper with a file in place, keeping its size (see ``flip_a_byte``)."""
+    return flip_a_byte

@@ -3,11 +3,9 @@ link speed, every damaged cached file named at once offline. Each runs on both o
 apply: Xet (hf_xet, the real Hub's path for large files) and plain HTTP (LFS-only repos: older repos, other
 servers)."""
 
-import os
 import signal
 import threading
 import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -96,16 +94,13 @@ def test_ctrl_c_returns_within_a_second_on_a_slow_link(shell, big_repo_both, hf_
     assert not list(blobs.glob("*.incomplete"))  # huggingface_hub removes its partial files
 
 
-def test_offline_every_damaged_file_is_named_at_once(shell, big_repo_both, hf_cache, hub_server):
+def test_offline_every_damaged_file_is_named_at_once(shell, big_repo_both, hf_cache, hub_server, flip):
     repo_id, _ = big_repo_both
     shell.run_line_magic("load_model", f"{repo_id} --as m")
     snapshot = next((hf_cache / f"models--{repo_id.replace('/', '--')}" / "snapshots").iterdir())
     victims = sorted(snapshot.glob("model-*.safetensors"))[:2]
     for victim in victims:
-        blob = Path(os.path.realpath(victim))
-        data = bytearray(blob.read_bytes())
-        data[-100] ^= 0xFF
-        blob.write_bytes(bytes(data))
+        flip(victim)
     hub_server.reset_counters()
     with pytest.raises(UsageError) as info:
         shell.run_line_magic("load_model", f"{repo_id}@{snapshot.name} --offline --as broken")

@@ -16,11 +16,9 @@ def saved(shell, tiny_hub, hf_cache, hub_token, monkeypatch, tmp_path):
     return out
 
 
-def test_a_same_size_edit_after_the_save_is_refused(shell, saved, hub_server):
+def test_a_same_size_edit_after_the_save_is_refused(shell, saved, hub_server, flip):
     shard = sorted(saved.glob("model-*.safetensors"))[0]
-    data = bytearray(shard.read_bytes())
-    data[-10] ^= 0xFF
-    shard.write_bytes(bytes(data))
+    flip(shard)
     hub_server.reset_counters()
     with pytest.raises(UsageError) as info:
         shell.run_line_magic("push_model", f"--from {saved} user/tampered")

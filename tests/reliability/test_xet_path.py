@@ -6,7 +6,6 @@ hashes; hf_xet's progress calls printed tracebacks; its failures came out raw.
 """
 
 import os
-import shutil
 import sys
 from pathlib import Path
 
@@ -54,17 +53,15 @@ def test_a_load_shares_blobs_with_another_repo_and_leaves_it_whole(shell, twins,
     assert _equal(shell.user_ns["other"], folder)
 
 
-def test_a_damaged_shared_blob_is_fetched_again_and_nothing_is_deleted(shell, twins, hf_cache, hub_server):
+def test_a_damaged_shared_blob_is_fetched_again_and_nothing_is_deleted(shell, twins, hf_cache, hub_server,
+                                                                       flip):
     from huggingface_hub import snapshot_download
 
     a, b, folder = twins
     snapshot_download(b)
     blob = max((p for p in (hf_cache / "blobs").rglob("*") if p.is_file() and len(p.name) == 64),
                key=lambda p: p.stat().st_size)
-    blob.chmod(0o600)
-    data = bytearray(blob.read_bytes())
-    data[-100] ^= 0xFF
-    blob.write_bytes(bytes(data))
+    flip(blob)
     shell.run_line_magic("load_model", f"{a} --as m")
     assert _equal(shell.user_ns["m"], folder)
     assert _links_resolve(hf_cache, b)  # b's links still lead to a file: nothing of b's was unlinked

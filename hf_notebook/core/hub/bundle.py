@@ -49,11 +49,6 @@ class ExportResult:
     def nbytes(self) -> int:
         return sum(f["size"] for f in self.files.values())
 
-    def _repr_mimebundle_(self, **_):
-        from hf_notebook.ui.record import export_record
-
-        return export_record(self).bundle()
-
 
 def export_bundle(spec: str, folder: str | os.PathLike, *, layout: str = "folder", cache_dir=None,
                   offline: bool = False, token=None, on_event: OnEvent | None = None) -> ExportResult:

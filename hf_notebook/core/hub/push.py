@@ -51,10 +51,6 @@ class PushResult:
     def load_line(self) -> str:
         return f"%load_model {self.repo_id}@{self.commit_sha}" + (f" --as {self.name}" if self.name else "")
 
-    def _repr_mimebundle_(self, **_):
-        from hf_notebook.ui.record import push_record
-
-        return push_record(self).bundle()
 
     def __repr__(self) -> str:
         return f"PushResult({self.repo_id}@{self.commit_sha})"

@@ -81,11 +81,6 @@ class SaveResult:
     def nbytes(self) -> int:
         return sum(f.size for f in self.files)
 
-    def _repr_mimebundle_(self, **_):
-        from hf_notebook.ui.record import save_record
-
-        return save_record(self).bundle()
-
 
 def save_model(result: Any, folder: str | os.PathLike, *, max_shard_size: Any = None, dtype: Optional[str] = None,
                overwrite: bool = False, reads_from: tuple = (), on_event: OnEvent | None = None) -> SaveResult:

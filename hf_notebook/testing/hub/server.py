@@ -125,8 +125,8 @@ class HubServer:
     paths-info) with a Xet hash the CAS lacks.
 
     Uploads: ``preupload`` answers ``"lfs"`` for the files :func:`~.lfs.is_lfs` puts in LFS (weights
-    suffixes, 1 MiB and up). A client with hf_xet sends those through Xet, as said above; one with
-    ``HF_HUB_DISABLE_XET=1`` through the LFS batch API:
+    suffixes, 1 MiB and up). A client with hf_xet sends those through Xet, as said above; one without
+    it (or with its Xet turned off, as the LFS tier of the tests does) through the LFS batch API:
     ``POST {repo}.git/info/lfs/objects/batch`` hands out signed upload hrefs under ``/lfs-upload/``
     (none for content the store has), the bytes are ``PUT`` there and checked against their sha256
     and size, then ``POST {repo}.git/info/lfs/objects/verify``. ``lfs_uploads`` lists the oids stored
