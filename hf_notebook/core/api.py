@@ -341,9 +341,9 @@ def check_attention(name: Optional[str]) -> None:
     """``--attn-implementation``: one transformers knows (Hub kernels were refused when the options were parsed)."""
     if not name:
         return
-    from .errors import OptionError
-
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    from .errors import OptionError
 
     known = ["eager", *ALL_ATTENTION_FUNCTIONS.keys()]
     if name not in known:
