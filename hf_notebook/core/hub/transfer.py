@@ -1,6 +1,6 @@
 """The downloads of one call: progress as events, a Ctrl-C that stops them at once, retries, our errors.
 
-huggingface_hub fetches a file either over HTTP (``http_get``, reading 1-10 MB chunks) or through
+huggingface_hub fetches a file either over HTTP (``http_get``, reading it in chunks) or through
 Xet storage (``xet_get``: hf_xet, a Rust client with threads of its own). Both drive a tqdm-like
 progress object; neither stops early when asked, and an exception raised in hf_xet's progress
 callback is printed and ignored. So :class:`Downloads` stops them from outside: a cancelled call
