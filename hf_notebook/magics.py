@@ -34,6 +34,9 @@ _PLACEMENT_ARGS = (
     argument("--allow-pickle", action="store_true",
              help="Load pickle checkpoints (pytorch_model.bin) when there are no safetensors, with "
                   "torch.load(weights_only=True)."),
+    argument("--no-verify", action="store_true",
+             help="Load a local folder that has no hf_notebook.manifest.json (one save_pretrained wrote), "
+                  "unchecked; the record says unverified. Folders with a manifest are checked otherwise."),
     argument("--quantize", default=None, choices=("4bit", "8bit", "int8-weight"),
              help="Quantize while loading: 4bit / 8bit (bitsandbytes), int8-weight (torchao)."),
     argument("--bnb-compute-dtype", default=None, help="4bit: the dtype computations run in (e.g. bfloat16)."),
@@ -587,7 +590,8 @@ class HFNotebook(Magics):
                 class_name=args.class_name, dtype=args.dtype or self.dtype, device_map=args.device_map or self.device_map,
                 max_memory=args.max_memory or self.max_memory or None, no_offload=args.no_offload,
                 cache_dir=args.cache_dir or self.cache_dir, offline=args.offline or self.offline or _hub_offline(),
-                trust_remote_code=args.trust_remote_code, allow_pickle=args.allow_pickle, quantize=args.quantize,
+                trust_remote_code=args.trust_remote_code, allow_pickle=args.allow_pickle, no_verify=args.no_verify,
+                quantize=args.quantize,
                 bnb_compute_dtype=args.bnb_compute_dtype, bnb_quant_type=args.bnb_quant_type,
                 double_quant=args.double_quant, quantization_config=args.quantization_config, variant=args.variant,
                 subfolder=args.subfolder, attn_implementation=args.attn_implementation, kw=args.kw, **load_only)

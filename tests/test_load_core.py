@@ -43,7 +43,7 @@ def assert_same_tensors(ours, ref):
 @pytest.mark.parametrize("arch", ARCHITECTURES)
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_equal_to_from_pretrained_on_cpu(folders, arch, dtype):
-    ours = load_model(str(folders[arch]), dtype=dtype, device_map="cpu").model
+    ours = load_model(str(folders[arch]), no_verify=True, dtype=dtype, device_map="cpu").model
     ref = reference(arch, folders[arch], dtype=getattr(torch, dtype), device_map="cpu")
     assert_same_tensors(ours, ref)
     assert torch.equal(forward(ours, arch), forward(ref, arch))
@@ -55,7 +55,7 @@ def test_equal_to_from_pretrained_on_cpu(folders, arch, dtype):
 def test_equal_to_from_pretrained_with_disk_spill(folders, arch, tmp_path):
     """A tiny cpu budget makes 'auto' spill to disk, as accelerate's own tests do with byte budgets."""
     budget = {"cpu": 60_000}
-    result = load_model(str(folders[arch]), dtype="float32", device_map="auto", max_memory=budget,
+    result = load_model(str(folders[arch]), no_verify=True, dtype="float32", device_map="auto", max_memory=budget,
                         offload_folder=str(tmp_path / "ours"))
     ref = reference(arch, folders[arch], dtype=torch.float32, device_map="auto", max_memory=budget,
                     offload_folder=str(tmp_path / "ref"))
@@ -69,7 +69,7 @@ def test_equal_to_from_pretrained_with_disk_spill(folders, arch, tmp_path):
 
 def test_progress_reaches_every_shard(folders):
     events = []
-    result = load_model(str(folders["llama"]), dtype="bfloat16", device_map="cpu", on_event=events.append)
+    result = load_model(str(folders["llama"]), no_verify=True, dtype="bfloat16", device_map="cpu", on_event=events.append)
     shards = {}
     for event in events:
         if isinstance(event, ShardProgress):

@@ -45,8 +45,8 @@ def reference(folder, arch, result):
 @pytest.mark.parametrize("choice", list(QUANTIZE))
 def test_quantized_load_equals_from_pretrained_and_the_plan_counts_its_bytes(folders, arch, choice):
     folder = folders[arch]
-    plan = plan_model(str(folder), device_map="cpu", **quantized(choice))
-    result = load_model(str(folder), device_map="cpu", **quantized(choice))
+    plan = plan_model(str(folder), no_verify=True, device_map="cpu", **quantized(choice))
+    result = load_model(str(folder), no_verify=True, device_map="cpu", **quantized(choice))
     ref = reference(folder, arch, result)
     with torch.no_grad():
         assert torch.equal(result.model(IDS).logits, ref(IDS).logits)
@@ -62,7 +62,7 @@ def test_quantized_load_equals_from_pretrained_and_the_plan_counts_its_bytes(fol
 
 
 def test_the_footprint_counts_what_is_held_not_what_get_memory_footprint_says(folders):
-    result = load_model(str(folders["llama"]), device_map="cpu", quantize="int8-weight")
+    result = load_model(str(folders["llama"]), no_verify=True, device_map="cpu", quantize="int8-weight")
     reported = result.model.get_memory_footprint()  # torchao's int8 tensors counted as float32
     assert result.placement.total_bytes < 0.6 * reported
 
@@ -84,7 +84,7 @@ def test_a_quantized_model_saves_what_transformers_loads_back(folders, tmp_path,
 
     from hf_notebook.core.weights.save import MANIFEST, SaveError, save_model
 
-    result = load_model(str(folders["llama"]), device_map="cpu", quantize=choice)
+    result = load_model(str(folders["llama"]), no_verify=True, device_map="cpu", quantize=choice)
     save_model(result, tmp_path / "q")
     back = AutoModelForCausalLM.from_pretrained(tmp_path / "q", device_map={"": "cpu"})
     with torch.no_grad():
@@ -98,7 +98,7 @@ def test_quantized_modules_stay_off_disk_in_the_editor(folders):
     from hf_notebook.core.api import apply_device_map, device_map_editor
     from hf_notebook.core.errors import HfNotebookError
 
-    result = load_model(str(folders["llama"]), device_map="cpu", quantize="8bit")
+    result = load_model(str(folders["llama"]), no_verify=True, device_map="cpu", quantize="8bit")
     draft = device_map_editor(result)
     draft.assign([("model.layers.0", "disk")])
     with pytest.raises(HfNotebookError, match="quantized weight .* not to or from disk"):

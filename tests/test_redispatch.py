@@ -62,7 +62,7 @@ def test_cpu_to_disk_and_back_keeps_outputs_identical(folders, arch, weights):
     from hf_notebook.core.devices.offloaded import disk_sources
 
     folder, want = folders[arch]
-    result = load_model(str(folder), device_map="cpu")
+    result = load_model(str(folder), no_verify=True, device_map="cpu")
     model = result.model
     if weights == "changed since":
         own_memory(model)
@@ -107,7 +107,7 @@ def test_cpu_to_disk_and_back_keeps_outputs_identical(folders, arch, weights):
 
 def test_weights_offloaded_by_the_load_are_read_in_place_and_only_those_that_move(folders):
     folder, want = folders["llama"]
-    result = load_model(str(folder), device_map="auto", max_memory={"cpu": 200_000})
+    result = load_model(str(folder), no_verify=True, device_map="auto", max_memory={"cpu": 200_000})
     assert "disk" in result.device_map.values()
     draft = device_map_editor(result)
     on_disk = [u for u in draft.units() if u.device == "disk"]
@@ -136,7 +136,7 @@ def test_a_failed_move_puts_every_weight_back(folders, monkeypatch, failing):
     from hf_notebook.core.devices import redispatch as R
 
     folder, want = folders["llama"]
-    result = load_model(str(folder), device_map={"model.embed_tokens": "cpu", "model.layers.0": "cpu",
+    result = load_model(str(folder), no_verify=True, device_map={"model.embed_tokens": "cpu", "model.layers.0": "cpu",
                                                  "model.layers.1": "disk", "model.norm": "cpu",
                                                  "model.rotary_emb": "cpu", "lm_head": "cpu"})
     own_memory(result.model)  # so the move writes files
@@ -169,7 +169,7 @@ def test_a_file_cut_short_by_a_full_disk_is_removed(folders, monkeypatch):
     from hf_notebook.core import safetensors_io
 
     folder, want = folders["llama"]
-    result = load_model(str(folder), device_map={"model.embed_tokens": "cpu", "model.layers.0": "cpu",
+    result = load_model(str(folder), no_verify=True, device_map={"model.embed_tokens": "cpu", "model.layers.0": "cpu",
                                                  "model.layers.1": "disk", "model.norm": "cpu",
                                                  "model.rotary_emb": "cpu", "lm_head": "cpu"})
     own_memory(result.model)
@@ -195,7 +195,7 @@ def test_a_failed_move_of_weights_read_in_place_leaves_their_checkpoint_alone(fo
 
     folder, want = folders["llama"]
     files = {p.name: p.read_bytes() for p in folder.iterdir()}
-    result = load_model(str(folder), device_map="cpu")
+    result = load_model(str(folder), no_verify=True, device_map="cpu")
     real_set, calls = R._set, []
 
     def set_then_stop(model, name, device, value=None):
@@ -217,7 +217,7 @@ def test_too_little_disk_is_refused_before_anything_moves(folders, monkeypatch):
     from hf_notebook.core.devices import redispatch as R
 
     folder, want = folders["llama"]
-    result = load_model(str(folder), device_map="cpu")
+    result = load_model(str(folder), no_verify=True, device_map="cpu")
     own_memory(result.model)
     monkeypatch.setattr(R, "free_bytes", lambda device, folder=None: 1000)
     draft = device_map_editor(result)
@@ -227,7 +227,7 @@ def test_too_little_disk_is_refused_before_anything_moves(folders, monkeypatch):
         apply_device_map(result, draft.map)
     assert result.device_map == {"": "cpu"} and result.offload_folder is None
     assert torch.equal(logits(result.model, "llama"), want)
-    as_loaded = load_model(str(folder), device_map="cpu")  # read in place once on disk: nothing to write
+    as_loaded = load_model(str(folder), no_verify=True, device_map="cpu")  # read in place once on disk: nothing to write
     moved = edit(as_loaded, ("model.layers.0-1", "disk"))
     assert moved.written == 0 and as_loaded.device_map["model.layers.0"] == "disk"
     assert torch.equal(logits(as_loaded.model, "llama"), want)
@@ -237,7 +237,7 @@ def test_a_map_for_a_gpu_this_machine_lacks_is_refused(folders):
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
     folder, _ = folders["llama"]
-    result = load_model(str(folder), device_map="cpu")
+    result = load_model(str(folder), no_verify=True, device_map="cpu")
     with pytest.raises(HfNotebookError, match="this machine has no GPU"):
         apply_device_map(result, {"": 0})
     assert result.device_map == {"": "cpu"}
@@ -248,7 +248,7 @@ def test_moving_layers_to_disk_gives_their_memory_back(medium_folder, weights):
     """The issue's measure: RSS drops by at least 80% of the bytes moved to disk."""
     from hf_notebook.core.unload import process_rss as rss_bytes
 
-    result = load_model(str(medium_folder), device_map="cpu")
+    result = load_model(str(medium_folder), no_verify=True, device_map="cpu")
     model = result.model
     if weights == "changed since":
         own_memory(model)
@@ -274,7 +274,7 @@ def test_weights_of_their_own_go_to_disk_and_back_on_a_few_cores(medium_folder, 
     monkeypatch.setattr(R, "_write", lambda *a: writers.add(threading.current_thread().name) or real_write(*a))
     monkeypatch.setattr(io_threads, "_pread_all",
                         lambda *a: readers.add(threading.current_thread().name) or real_read(*a))
-    result = load_model(str(medium_folder), device_map="cpu")
+    result = load_model(str(medium_folder), no_verify=True, device_map="cpu")
     own_memory(result.model)
     want = {n: p.detach().clone() for n, p in result.model.named_parameters()}
     moved = edit(result, ("model.layers.0-7", "disk"))

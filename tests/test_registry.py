@@ -22,7 +22,7 @@ def test_models_lists_pins_and_bytes(shell, loaded, tiny_hub, hf_cache, capsys):
 def test_unload_frees_memory(shell, loaded, medium_folder, capsys):
     gc.collect()
     baseline = process_rss()
-    shell.run_line_magic("load_model", f"{medium_folder} --dtype bfloat16 --as big")
+    shell.run_line_magic("load_model", f"{medium_folder} --no-verify --dtype bfloat16 --as big")
     resident = loaded.get("big").placement.bytes_by_device["cpu"]
     assert resident > 100e6
     shell.user_ns["alias"] = shell.user_ns["big"]  # a second name must not keep it alive

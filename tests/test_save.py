@@ -55,12 +55,12 @@ def test_the_folder_is_what_save_pretrained_writes(folders, tmp_path, arch, wher
     in another dtype equal to ``.to(bfloat16)`` then save_pretrained."""
     src = folders[arch]
     kwargs = {"device_map": "cpu"} if where == "cpu" else {"device_map": "auto", "max_memory": {"cpu": 200_000}}
-    result = load_model(str(src), **kwargs)
+    result = load_model(str(src), no_verify=True, **kwargs)
     assert where == "cpu" or "disk" in result.device_map.values()
     for dtype in (None, "bfloat16"):
         mine = tmp_path / f"mine-{dtype}"
         saved = save_model(result, mine, max_shard_size=100_000, dtype=dtype)
-        reference = load_model(str(src), device_map="cpu").model
+        reference = load_model(str(src), no_verify=True, device_map="cpu").model
         if dtype:
             reference = reference.to(torch.bfloat16)
         theirs = tmp_path / f"theirs-{dtype}"
@@ -72,7 +72,7 @@ def test_the_folder_is_what_save_pretrained_writes(folders, tmp_path, arch, wher
 
 def test_it_loads_back_identical_and_the_manifest_is_true(folders, tmp_path):
     src = folders["llama"]
-    result = load_model(str(src), device_map="cpu")
+    result = load_model(str(src), no_verify=True, device_map="cpu")
     saved = save_model(result, tmp_path / "out", max_shard_size=100_000)
     again = load_model(str(tmp_path / "out"), device_map="cpu").model
     state = result.model.state_dict()
@@ -165,7 +165,7 @@ def test_saving_into_the_folder_an_offloaded_model_reads_from_is_refused(shell, 
     src = tmp_path / "src"
     shutil.copytree(folders["llama"], src)
     before = {p.name: p.read_bytes() for p in src.iterdir()}
-    shell.run_line_magic("load_model", f"{src} --max-memory cpu=200KB --as m")
+    shell.run_line_magic("load_model", f"{src} --no-verify --max-memory cpu=200KB --as m")
     assert "disk" in shell.user_ns["m"].hf_device_map.values()
     for target in (src, src / "inner", src.parent):
         with pytest.raises(UsageError, match="reads its weights from .* would destroy them"):
@@ -212,7 +212,7 @@ def test_small_chunks_through_the_buffer_ring_write_the_same_bytes(folders, tmp_
     for where in ("cpu", "offloaded", "own memory"):
         kwargs = {"device_map": "auto", "max_memory": {"cpu": 200_000}} if where == "offloaded" else \
             {"device_map": "cpu"}
-        result = load_model(str(src), **kwargs)
+        result = load_model(str(src), no_verify=True, **kwargs)
         if where == "own memory":  # changed since the load: no longer the checkpoint's mapped bytes
             with torch.no_grad():
                 for param in result.model.parameters():
@@ -220,7 +220,7 @@ def test_small_chunks_through_the_buffer_ring_write_the_same_bytes(folders, tmp_
         for dtype in (None, "bfloat16"):
             mine = tmp_path / f"mine-{where}-{dtype}"
             save_model(result, mine, max_shard_size=100_000, dtype=dtype)
-            reference = load_model(str(src), device_map="cpu").model
+            reference = load_model(str(src), no_verify=True, device_map="cpu").model
             theirs = tmp_path / f"theirs-{where}-{dtype}"
             (reference.to(torch.bfloat16) if dtype else reference).save_pretrained(theirs, max_shard_size=100_000)
             assert same_weights(mine, theirs), (where, dtype)
@@ -251,12 +251,12 @@ def test_offloaded_weights_are_copied_file_to_file_and_hashed_from_the_source(fo
 
     monkeypatch.setattr(os, "copy_file_range", copy_file_range)
     src = folders["llama"]
-    result = load_model(str(src), device_map="auto", max_memory={"cpu": 200_000})
+    result = load_model(str(src), no_verify=True, device_map="auto", max_memory={"cpu": 200_000})
     on_disk = [t for t in result.model.state_dict().values() if t.device.type == "meta"]
     mine = tmp_path / "mine"
     save_model(result, mine, max_shard_size=100_000)
     theirs = tmp_path / "theirs"
-    load_model(str(src), device_map="cpu").model.save_pretrained(theirs, max_shard_size=100_000)
+    load_model(str(src), no_verify=True, device_map="cpu").model.save_pretrained(theirs, max_shard_size=100_000)
     assert same_weights(mine, theirs)
     assert manifest_is_true(mine)
     if refusal:
@@ -273,7 +273,7 @@ def test_weights_loaded_in_place_are_copied_from_their_checkpoint_unless_changed
     copies = []
     real = os.copy_file_range
     monkeypatch.setattr(os, "copy_file_range", lambda *a: copies.append(a[2]) or real(*a))
-    result = load_model(str(folders["llama"]), device_map="cpu")
+    result = load_model(str(folders["llama"]), no_verify=True, device_map="cpu")
     model = result.model
     with torch.no_grad():
         model.model.layers[0].mlp.up_proj.weight[64, 5] += 1.0  # one element: copy-on-write of one inner page

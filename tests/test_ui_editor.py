@@ -28,7 +28,7 @@ def row(editor, label):
 
 
 def test_rows_collapse_ranges_and_expand_to_layers(llama_folder):
-    result = load_model(str(llama_folder[0]), device_map="cpu", name="m")
+    result = load_model(str(llama_folder[0]), no_verify=True, device_map="cpu", name="m")
     editor = DeviceMapEditor(result)
     assert [r.label for r in editor.rows.values()] == [
         "model.embed_tokens", "model.layers.0-1", "model.norm", "model.rotary_emb", "lm_head"]
@@ -41,7 +41,7 @@ def test_rows_collapse_ranges_and_expand_to_layers(llama_folder):
 
 
 def test_a_selector_moves_a_row_and_totals_follow(llama_folder):
-    result = load_model(str(llama_folder[0]), device_map="cpu", name="m")
+    result = load_model(str(llama_folder[0]), no_verify=True, device_map="cpu", name="m")
     editor = DeviceMapEditor(result)
     head = editor.draft.structure.bytes["lm_head"]
     cpu_before = editor.draft.totals()["cpu"]
@@ -57,7 +57,7 @@ def test_a_selector_moves_a_row_and_totals_follow(llama_folder):
 
 
 def test_the_range_action_and_its_refusals(llama_folder):
-    result = load_model(str(llama_folder[0]), device_map="cpu", name="m")
+    result = load_model(str(llama_folder[0]), no_verify=True, device_map="cpu", name="m")
     editor = DeviceMapEditor(result)
     assert editor.move_range("model.layers.0-1", "disk")
     assert [editor.draft.device_of(f"model.layers.{i}") for i in (0, 1)] == ["disk", "disk"]
@@ -82,7 +82,7 @@ def test_over_budget_disables_apply_and_says_why():
 
 def test_apply_redispatches_in_place_and_updates_the_record(llama_folder):
     folder, want = llama_folder
-    result = load_model(str(folder), device_map="cpu", name="m")
+    result = load_model(str(folder), no_verify=True, device_map="cpu", name="m")
     editor = DeviceMapEditor(result)
     row(editor, "model.layers.0-1").select.value = "disk"
     assert editor.apply()
@@ -99,7 +99,7 @@ def test_apply_redispatches_in_place_and_updates_the_record(llama_folder):
 
 
 def test_undo_and_reset_buttons(llama_folder):
-    result = load_model(str(llama_folder[0]), device_map="cpu", name="m")
+    result = load_model(str(llama_folder[0]), no_verify=True, device_map="cpu", name="m")
     editor = DeviceMapEditor(result)
     row(editor, "lm_head").select.value = "disk"
     row(editor, "model.norm").select.value = "disk"
@@ -113,7 +113,7 @@ def test_undo_and_reset_buttons(llama_folder):
 def test_export_writes_json_and_shows_the_load_line(llama_folder, tmp_path):
     from hf_notebook.core.options import parse_device_map
 
-    result = load_model(str(llama_folder[0]), device_map="cpu", name="m")
+    result = load_model(str(llama_folder[0]), no_verify=True, device_map="cpu", name="m")
     editor = DeviceMapEditor(result)
     row(editor, "lm_head").select.value = "disk"
     path = tmp_path / "map.json"
@@ -139,7 +139,7 @@ def test_apply_on_a_plan_updates_the_plan_in_place():
 
 
 def test_text_form_for_terminals(llama_folder):
-    result = load_model(str(llama_folder[0]), device_map="cpu", name="m")
+    result = load_model(str(llama_folder[0]), no_verify=True, device_map="cpu", name="m")
     editor = DeviceMapEditor(result)  # one editor: each takes its own snapshot of free memory when it opens
     text = repr(editor)
     assert "model.layers.0-1" in text and "cpu: 427.3 kB" in text
@@ -151,7 +151,7 @@ def test_apply_replays_its_own_edits_on_a_map_moved_elsewhere(llama_folder):
     """An editor opened before another cell moved the model must not undo that move."""
     from hf_notebook.core.api import apply_device_map, device_map_editor
 
-    result = load_model(str(llama_folder[0]), device_map="cpu", name="m")
+    result = load_model(str(llama_folder[0]), no_verify=True, device_map="cpu", name="m")
     editor = DeviceMapEditor(result)
     other = device_map_editor(result)
     other.set("model.layers.0-1", "disk")

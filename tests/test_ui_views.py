@@ -29,7 +29,7 @@ def folder(tmp_path_factory):
 def split_plan(folder):
     from hf_notebook.core.api import plan_model
 
-    return plan_model(str(folder), device_map=SPLIT)
+    return plan_model(str(folder), no_verify=True, device_map=SPLIT)
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +37,7 @@ def spill_plan(folder):
     """Everything on disk: a 100 kB cpu budget; the plan's one-device map reads by blocks."""
     from hf_notebook.core.api import plan_model
 
-    return plan_model(str(folder), max_memory="cpu=100KB")
+    return plan_model(str(folder), no_verify=True, max_memory="cpu=100KB")
 
 
 @pytest.fixture(scope="module")
@@ -47,14 +47,14 @@ def big_plan(tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("views") / "big"
     synthetic_checkpoint(BIG_CONFIGS["llama-70b"](), folder)
-    return plan_model(str(folder), dtype="bfloat16", max_memory={0: "80GiB", "cpu": "100GiB"})
+    return plan_model(str(folder), no_verify=True, dtype="bfloat16", max_memory={0: "80GiB", "cpu": "100GiB"})
 
 
 @pytest.fixture(scope="module")
 def split_result(folder, tmp_path_factory):
     from hf_notebook.core.api import load_model
 
-    return load_model(str(folder), device_map=SPLIT, offload_folder=str(tmp_path_factory.mktemp("off")), name="m")
+    return load_model(str(folder), no_verify=True, device_map=SPLIT, offload_folder=str(tmp_path_factory.mktemp("off")), name="m")
 
 
 def _layers(first: int, last: int) -> tuple[str, ...]:
@@ -150,7 +150,7 @@ def test_memory_view_one_bar_per_device_within_budget(split_plan):
 def test_memory_view_over_budget_turns_red(folder):
     from hf_notebook.core.api import plan_model
 
-    plan = plan_model(str(folder), device_map={k: "cpu" for k in SPLIT}, max_memory="cpu=100KB")
+    plan = plan_model(str(folder), no_verify=True, device_map={k: "cpu" for k in SPLIT}, max_memory="cpu=100KB")
     view = MemoryView.from_plan(plan)
     assert view.bars["cpu"].bar_style == "danger"
     over = format_bytes(plan.placement().bytes_by_device["cpu"] - 100_000)

@@ -176,7 +176,8 @@ class _Pipeline:
         stages.start("config")
         self.files = source_files(self.resolution, cache_dir=opts.cache_dir, offline=opts.offline,
                                   force_download=opts.force_download, token=opts.token, on_event=self.on_event,
-                                  allow_pickle=opts.allow_pickle, variant=opts.variant, subfolder=opts.subfolder)
+                                  allow_pickle=opts.allow_pickle, variant=opts.variant, subfolder=opts.subfolder,
+                                  verify=not opts.no_verify)
         self.code = self.files.code_files() if opts.trust_remote_code else {}
         self.config = _read_config(self.files.config(), opts.trust_remote_code)
         self.kw, settings = split_kw(opts.extra, self.config)

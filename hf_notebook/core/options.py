@@ -33,6 +33,7 @@ class LoadOptions:
     no_offload: bool = False
     trust_remote_code: bool = False
     allow_pickle: bool = False  # load pickle checkpoints (with torch.load(weights_only=True))
+    no_verify: bool = False  # a local folder loads without its manifest check (the record says unverified)
     tokenizer: bool = False  # also load the tokenizer from the same pinned sha
     quantization: Any = None  # a transformers quantization config (--quantize ...), or None
     variant: Optional[str] = None  # weights files model.<variant>.safetensors
@@ -48,7 +49,7 @@ class LoadOptions:
     @classmethod
     def parse(cls, *, class_name: Optional[str] = None, dtype: Optional[str] = "auto", device_map: Any = "auto",
               max_memory: Any = None, no_offload: bool = False, trust_remote_code: bool = False,
-              allow_pickle: bool = False, tokenizer: bool = False, quantize: Optional[str] = None,
+              allow_pickle: bool = False, no_verify: bool = False, tokenizer: bool = False, quantize: Optional[str] = None,
               bnb_compute_dtype: Optional[str] = None, bnb_quant_type: Optional[str] = None,
               double_quant: bool = False, quantization_config: Any = None, variant: Optional[str] = None,
               subfolder: Optional[str] = None, attn_implementation: Optional[str] = None, kw: Any = None,
@@ -67,7 +68,7 @@ class LoadOptions:
                    extra=parse_kw(kw),
                    max_memory=parse_max_memory(max_memory), no_offload=bool(no_offload),
                    trust_remote_code=bool(trust_remote_code), allow_pickle=bool(allow_pickle),
-                   tokenizer=bool(tokenizer),
+                   no_verify=bool(no_verify), tokenizer=bool(tokenizer),
                    offload_folder=parse_folder(offload_folder, "--offload-folder"),
                    cache_dir=parse_folder(cache_dir, "--cache-dir"), offline=bool(offline),
                    force_download=bool(force_download), token=token)

@@ -276,6 +276,9 @@ def load_record(result: Any, title: str = "") -> Record:
         from hf_notebook.core.quant import describe
 
         facts.insert(4, ("quantization", describe(result.plan.quantization)))
+    if pin.kind == "local":
+        facts.insert(1, ("integrity", "UNVERIFIED: loaded with --no-verify, its files were not checked"
+                         if result.options.no_verify else "every file checked against hf_notebook.manifest.json"))
     if result.code_files:
         facts.append(("remote code", ", ".join(f"{n} (sha256 {h[:12]}…)" for n, h in sorted(result.code_files.items()))))
     if result.edits:

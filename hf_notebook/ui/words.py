@@ -148,6 +148,8 @@ def load_line(result: Any, device_map: Any = None, name: Optional[str] = None) -
         parts.append("--trust-remote-code")
     if opts.allow_pickle:
         parts.append("--allow-pickle")
+    if opts.no_verify:
+        parts.append("--no-verify")
     parts += quantize_args(opts.quantization)
     for flag, value in (("--variant", opts.variant), ("--subfolder", opts.subfolder),
                         ("--attn-implementation", opts.attn_implementation)):

@@ -60,3 +60,37 @@ def test_an_emptied_manifest_is_refused(shell, bundle):
 def test_a_manifest_without_the_weights_is_refused(shell, bundle):
     _edit_manifest(bundle, lambda m: m.update(files={"config.json": m["files"]["config.json"]}))
     _refused(shell, bundle, "does not list its config and weights")
+
+
+def test_a_deleted_manifest_is_refused_and_no_verify_loads_it_as_unverified(shell, bundle, capsys):
+    shard = sorted(bundle.glob("model-*.safetensors"))[0]
+    (bundle / MANIFEST).unlink()
+    data = bytearray(shard.read_bytes())
+    data[-1] ^= 0xFF  # tampered, and nothing left to tell
+    shard.write_bytes(bytes(data))
+    _refused(shell, bundle, f"has no {MANIFEST}", "--no-verify")
+
+    shell.run_line_magic("load_model", f"{bundle} --no-verify --as m")
+    assert "m" in shell.user_ns  # the user said so: loaded as it is
+    text = capsys.readouterr().out
+    assert "UNVERIFIED" in text and "--no-verify" in text
+    assert f"%load_model {bundle} --dtype float32 --no-verify --as m" in text.replace("\n  ", " ")
+
+
+def test_a_plain_save_pretrained_folder_needs_no_verify_and_a_checked_one_says_so(shell, tmp_path, capsys):
+    from hf_notebook.core.api import load_model
+    from hf_notebook.core.errors import HfNotebookError
+    from hf_notebook.testing.models import build_model
+
+    plain = tmp_path / "plain"
+    build_model("llama").save_pretrained(plain)
+    with pytest.raises(HfNotebookError, match="no_verify=True"):
+        load_model(str(plain), device_map="cpu")
+    assert load_model(str(plain), device_map="cpu", no_verify=True).options.no_verify
+
+    shell.run_line_magic("load_model", f"{plain} --no-verify --as m")
+    shell.run_line_magic("save_model", f"m {tmp_path / 'saved'}")
+    capsys.readouterr()
+    shell.run_line_magic("load_model", f"{tmp_path / 'saved'} --as again")  # a manifest: no flag needed
+    text = capsys.readouterr().out
+    assert "every file checked against hf_notebook.manifest.json" in text and "UNVERIFIED" not in text

@@ -32,13 +32,13 @@ SCRIPT = textwrap.dedent("""
     sh = InteractiveShell.instance()
     sh.run_line_magic("load_ext", "hf_notebook")
     ui.make_renderer = lambda *a, **k: TextRenderer(io.StringIO())
-    sh.run_line_magic("load_model", f"{medium} --dtype {dtype} --as warm")  # imports, caches
+    sh.run_line_magic("load_model", f"{medium} --no-verify --dtype {dtype} --as warm")  # imports, caches
     sh.run_line_magic("unload_model", "warm")
     ui.make_renderer = lambda *a, **k: Interrupting(io.StringIO())
-    sh.run_cell(f"%load_model {tiny} --dtype {dtype} --as m")  # IPython's first traceback imports a lot
+    sh.run_cell(f"%load_model {tiny} --no-verify --dtype {dtype} --as m")  # IPython's first traceback imports a lot
     gc.collect()
     baseline = process_rss()
-    outcome = sh.run_cell(f"%load_model {medium} --dtype {dtype} --as m")
+    outcome = sh.run_cell(f"%load_model {medium} --no-verify --dtype {dtype} --as m")
     interrupted = isinstance(outcome.error_in_exec, KeyboardInterrupt)
     del outcome
     gc.collect()

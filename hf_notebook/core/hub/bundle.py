@@ -188,13 +188,18 @@ def _how_to_load(resolution: Any, layout: str, target: Path) -> str:
 
 
 # -- verification before a load ------------------------------------------------------------------
-def verify_folder(folder: Path, memo: Any = None, action: str = "loaded") -> Optional[dict]:
-    """Check ``folder`` against its manifest, if it has one; return the manifest. Raises
-    :class:`BundleError` naming the first file that is missing, of another size, or changed;
-    ``action`` is what did not happen then (``loaded``, ``pushed``)."""
+def verify_folder(folder: Path, memo: Any = None, action: str = "loaded", required: bool = False) -> Optional[dict]:
+    """Check ``folder`` against its manifest (``None`` when it has none and none is ``required``); return
+    the manifest. Raises :class:`BundleError` naming the first file that is missing, of another size, or
+    changed; ``action`` is what did not happen then (``loaded``, ``pushed``)."""
     manifest_path = folder / MANIFEST
     if not manifest_path.is_file():
-        return None
+        if not required:
+            return None
+        raise BundleError(f"{folder} has no {MANIFEST}: nothing says its files are the ones that were saved.",
+                          hint="If you trust the folder as it is (save_pretrained writes none), load it with "
+                               "--no-verify (Python: no_verify=True); the record then says unverified. "
+                               "%save_model and %export_model write folders with a manifest.")
     try:
         manifest = json.loads(manifest_path.read_text())
         files = manifest["files"]

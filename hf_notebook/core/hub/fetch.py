@@ -79,11 +79,12 @@ class Checkpoint:
 
 def source_files(resolution: Resolution, *, cache_dir=None, offline: bool = False, force_download: bool = False,
                  token=None, on_event: OnEvent | None = None, allow_pickle: bool = False,
-                 variant: Optional[str] = None, subfolder: Optional[str] = None) -> "SourceFiles":
-    """The files of ``resolution``: a local folder, or the pinned repo through the Hub cache; with a
-    ``subfolder``, the model in that folder; with a ``variant``, its ``model.<variant>.safetensors``."""
+                 variant: Optional[str] = None, subfolder: Optional[str] = None, verify: bool = True) -> "SourceFiles":
+    """The files of ``resolution``: a local folder (checked against its manifest unless ``verify`` is
+    false), or the pinned repo through the Hub cache; with a ``subfolder``, the model in that folder;
+    with a ``variant``, its ``model.<variant>.safetensors``."""
     if resolution.local_path is not None:
-        files = LocalFiles(resolution.local_path / subfolder if subfolder else resolution.local_path)
+        files = LocalFiles(resolution.local_path / subfolder if subfolder else resolution.local_path, verify=verify)
         files.where = str(resolution.local_path)
     else:
         files = HubFiles(resolution, cache_dir=cache_dir, offline=offline, force_download=force_download, token=token,
@@ -173,21 +174,24 @@ class SourceFiles:
 
 
 class LocalFiles(SourceFiles):
-    """A folder written by ``save_pretrained``; one with a manifest (a bundle, a ``%save_model`` folder)
-    is checked against it first."""
+    """A local model folder, checked against its manifest first: exactly the files it lists, with their
+    sizes and sha256. A folder without one (as ``save_pretrained`` writes it) loads only unverified
+    (``verify=False``, ``--no-verify``)."""
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, verify: bool = True):
         super().__init__()
         self.folder = folder
+        self.verify = verify
         self.manifest: Optional[dict] = None
-        self._verified = False
+        self._checked = False
 
     def config(self) -> Path:
-        if not self._verified:
+        if not self._checked:
             from .bundle import verify_folder
 
-            self.manifest = verify_folder(self.folder)
-            self._verified = True
+            if self.verify:
+                self.manifest = verify_folder(self.folder, required=True)
+            self._checked = True
         config = self.folder / CONFIG
         if not config.is_file():
             raise LoadError(f"{self.folder} has no {CONFIG}.", hint="Point at a folder written by save_pretrained.")
