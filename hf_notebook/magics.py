@@ -46,7 +46,8 @@ _PLACEMENT_ARGS = (
              help="Any transformers quantization config, as JSON (a file with @)."),
     argument("--variant", default=None, help="Weights variant: model.<VARIANT>.safetensors (e.g. fp16)."),
     argument("--subfolder", default=None, help="The model lives in this folder of the repo."),
-    argument("--attn-implementation", default=None, help="eager | sdpa | flash_attention_2 | ..."),
+    argument("--attn-implementation", default=None,
+             help="eager | sdpa | flash_attention_2 | ... or a Hub kernel, org/repo@<full sha> with --trust-remote-code."),
     argument("--kw", action="append", default=[], metavar="KEY=VALUE",
              help="Any other from_pretrained argument (value as JSON); repeatable. Unknown names are refused."),
 )
@@ -176,6 +177,7 @@ class HFNotebook(Magics):
         if entry is None:
             raise UsageError(f"The lock file {path} has no entry for {key}. Load it once without --locked "
                              "(or with --update) to record it.")
+        _check_locked_kernel(key, entry, options.attn_implementation)
         if not options.offline:
             from .core.hub.resolve import resolve
 
@@ -604,6 +606,23 @@ class HFNotebook(Magics):
         renderer = make_renderer(self.shell, mode=self.display)
         renderer.display()
         return renderer
+
+
+def _check_locked_kernel(key: str, entry: dict, asked) -> None:
+    """Under ``--locked``, the Hub kernel on the line is the one the lock file recorded (or neither has one)."""
+    from .core.hub.kernel import is_hub_kernel
+    from .core.hub.lock import kernel_of
+
+    locked = kernel_of(entry)
+    asked = asked.split(":")[0] if is_hub_kernel(asked) else None
+    if locked == asked:
+        return
+    if locked is None:
+        raise UsageError(f"The lock file records {key} without a Hub kernel; this line asks for {asked}. "
+                         "Leave --attn-implementation out, or record the kernel with --update.")
+    raise UsageError(f"The lock file records {key} with the kernel {locked}; this line asks for "
+                     f"{asked or 'none'}. Add --attn-implementation {locked} --trust-remote-code, "
+                     "or record the change with --update.")
 
 
 def _from_plan(args, value) -> None:

@@ -7,6 +7,7 @@ Nothing is resolved, listed, read or planned twice.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
@@ -22,6 +23,7 @@ from .devices.plan import Plan, check_devices_exist, plan_placement
 from .errors import HfNotebookError, LoadError, PlanError, wrapped
 from .events import Failed, OnEvent, Resolved, StageDone, StageStarted, emit
 from .hub.fetch import Checkpoint, FileFacts, HubFiles, SourceFiles, source_files
+from .hub.kernel import served
 from .hub.resolve import Resolution, record_ref, resolve
 from .options import LoadOptions
 from .owned import remove_with
@@ -51,6 +53,7 @@ class LoadResult:
     paths: dict = field(default_factory=dict)  # repo file name -> its local (cached) path, for every file read
     hashes: dict = field(default_factory=dict)  # repo file name -> sha256 the Hub gave for it (LFS files)
     code_files: dict = field(default_factory=dict)  # the repo's code that ran (--trust-remote-code) -> sha256
+    kernel: Any = None  # the Hub attention kernel it runs (a hub.kernel.KernelPin), or None
     tokenizer: Any = None  # the tokenizer of the same pinned sha (--tokenizer)
 
     @property
@@ -209,6 +212,16 @@ class _Pipeline:
                             hint="Leave --tokenizer out, or load the tokenizer from the repo it was published in.")
         return _load_tokenizer(folder, self.opts.trust_remote_code)
 
+    def _kernel(self):
+        """A Hub attention kernel (``org/repo@sha``), fetched and checked; None for transformers' own."""
+        from .hub.kernel import check, fetch, is_hub_kernel
+
+        name = self.opts.attn_implementation
+        if not is_hub_kernel(name):
+            return None
+        check(name, trust_remote_code=self.opts.trust_remote_code, offline=self.opts.offline)  # offline may be new
+        return fetch(name)
+
     def _headers(self):
         """Safetensors headers: remote through Range requests, or from local/cached shards (None if absent)."""
         from .hub.headers import local_headers, remote_headers
@@ -232,6 +245,7 @@ class _Pipeline:
         tokenizer = self._tokenizer() if opts.tokenizer else None  # before the weights: a missing one fails early
         if not opts.offline:
             record_ref(self.resolution, opts.cache_dir)
+        kernel = self._kernel()
         stages.done(checkpoint)
 
         stages.start("load", plan.model_class)
@@ -247,8 +261,9 @@ class _Pipeline:
             offload_folder = tempfile.mkdtemp(prefix="hf_notebook-offload-")
         before = _entries(offload_folder) if offload_folder and not owns_offload else None
         try:
-            model = materialize(checkpoint, self.config, plan, offload_folder=offload_folder, on_event=self.on_event,
-                                options=opts, kw=self.kw)
+            with served(kernel) if kernel is not None else contextlib.nullcontext():
+                model = materialize(checkpoint, self.config, plan, offload_folder=offload_folder,
+                                    on_event=self.on_event, options=opts, kw=self.kw)
             model.config._name_or_path = self.resolution.repo_id  # the repo, not the cache folder it was read from
             placement = measure_placement(model, _summary_map(plan, model.hf_device_map))
         except BaseException as exc:
@@ -269,7 +284,7 @@ class _Pipeline:
                             timings=stages.timings, source_folder=str(checkpoint.folder),
                             paths={n: str(p) for n, p in getattr(self.files, "_paths", {}).items()},
                             hashes=dict(self.resolution.file_hashes), code_files=dict(self.code),
-                            tokenizer=tokenizer)
+                            tokenizer=tokenizer, kernel=kernel)
         stages.done(result)
         return result
 
@@ -339,8 +354,11 @@ def apply_device_map(target: "LoadResult | Plan", device_map: dict):
 
 
 def check_attention(name: Optional[str]) -> None:
-    """``--attn-implementation``: one transformers knows (Hub kernels were refused when the options were parsed)."""
-    if not name:
+    """``--attn-implementation``: one transformers knows, or a Hub kernel (checked when the options were read:
+    trusted, pinned, online; fetched and checked by the load)."""
+    from .hub.kernel import is_hub_kernel
+
+    if not name or is_hub_kernel(name):
         return
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 

@@ -64,8 +64,8 @@ class LoadOptions:
                                          config=raw_config)
         return cls(class_name=class_name or None, dtype=parse_dtype(dtype), device_map=parse_device_map(device_map),
                    quantization=quantization, variant=_word(variant, "--variant"),
-                   subfolder=_subfolder(subfolder), attn_implementation=_attention(attn_implementation),
-                   extra=parse_kw(kw),
+                   subfolder=_subfolder(subfolder), extra=parse_kw(kw),
+                   attn_implementation=_attention(attn_implementation, bool(trust_remote_code), bool(offline)),
                    max_memory=parse_max_memory(max_memory), no_offload=bool(no_offload),
                    trust_remote_code=bool(trust_remote_code), allow_pickle=bool(allow_pickle),
                    no_verify=bool(no_verify), tokenizer=bool(tokenizer),
@@ -83,11 +83,11 @@ class LoadOptions:
 
 
 def _word(text: Optional[str], flag: str) -> Optional[str]:
-    """A plain name (a variant, an attention implementation): letters, digits, ``_.-:/``."""
+    """A plain name (a variant, an attention implementation): letters, digits, ``_.-:/@``."""
     if not text:
         return None
     text = str(text).strip()
-    if not re.fullmatch(r"[\w.:/-]+", text):
+    if not re.fullmatch(r"[\w.:/@-]+", text):
         raise OptionError(f"Cannot read {flag} {text!r}.", hint=f"{flag} takes a plain name, e.g. fp16 or sdpa.")
     return text
 
@@ -114,14 +114,14 @@ def read_option_file(path: Path, flag: str, example: str) -> str:
         raise OptionError(f"{flag} @{path} is not text (UTF-8 JSON).", hint=f"Give a JSON file: {example}") from None
 
 
-def _attention(text: Optional[str]) -> Optional[str]:
-    """An attention implementation by name. A Hub kernel (``org/repo``, ``kernels-community/x``) is code downloaded
-    from the Hub and run, unpinned and outside the lock file: refused here, before any request."""
+def _attention(text: Optional[str], trust_remote_code: bool, offline: bool) -> Optional[str]:
+    """An attention implementation by name. A Hub kernel (``org/repo@sha``) is code downloaded from the Hub and
+    run: only with ``trust_remote_code``, pinned to a full sha, online (checked here, before any request)."""
+    from .hub.kernel import check, is_hub_kernel
+
     name = _word(text, "--attn-implementation")
-    if name and ("/" in name or ":" in name):
-        raise OptionError(f"--attn-implementation {name!r} names a kernel on the Hub: its code would be downloaded "
-                          "and run, unpinned and not in the lock file, so hf_notebook refuses it.",
-                          hint="Use one of transformers' own implementations (eager, sdpa, flash_attention_2, ...).")
+    if is_hub_kernel(name):
+        check(name, trust_remote_code=trust_remote_code, offline=offline)
     return name
 
 
@@ -168,7 +168,9 @@ def parse_kw(items: Any) -> dict:
         if key in _KERNEL_KEYS and value not in (False, None):
             raise OptionError(f"--kw {key}=... would load kernels from the Hub: code downloaded and run, unpinned and "
                               "not in the lock file, so hf_notebook refuses it.",
-                              hint="Leave it out: transformers' own kernels (eager, sdpa, ...) need no switch.")
+                              hint="Leave it out: transformers' own kernels (eager, sdpa, ...) need no switch, and a Hub "
+                                   "attention kernel loads pinned: --attn-implementation org/repo@<sha> "
+                                   "--trust-remote-code.")
         if _holds_token(value):
             raise OptionError(f"--kw {key}=... carries a token.", hint="Tokens come only from your login "
                               "(`hf auth login`, HF_TOKEN): never on a line, where outputs and the lock file keep it.")

@@ -279,6 +279,10 @@ def load_record(result: Any, title: str = "") -> Record:
     if pin.kind == "local":
         facts.insert(1, ("integrity", "UNVERIFIED: loaded with --no-verify, its files were not checked"
                          if result.options.no_verify else "every file checked against hf_notebook.manifest.json"))
+    if result.kernel is not None:
+        k = result.kernel
+        facts.append(("attention kernel", f"{k.repo_id}@{k.sha} (Hub code, build {k.variant}; "
+                                          + ", ".join(f"{n} sha256 {h[:12]}…" for n, h in sorted(k.files.items())) + ")"))
     if result.code_files:
         facts.append(("remote code", ", ".join(f"{n} (sha256 {h[:12]}…)" for n, h in sorted(result.code_files.items()))))
     if result.edits:

@@ -71,7 +71,18 @@ def _entry_problem(entry: Any) -> Optional[str]:
         if not (isinstance(facts, dict) and isinstance(facts.get("size"), int)
                 and isinstance(facts.get("sha256"), str) and len(facts["sha256"]) == _SHA256):
             return f"file {name!r} lacks its size or sha256"
+    kernel = entry.get("kernel")
+    if kernel is not None and not (isinstance(kernel, dict) and isinstance(kernel.get("repo"), str)
+                                   and isinstance(kernel.get("sha"), str) and len(kernel["sha"]) == 40
+                                   and isinstance(kernel.get("files"), dict)):
+        return "its kernel lacks its repo, full sha or files"
     return None
+
+
+def kernel_of(entry: dict) -> Optional[str]:
+    """The Hub kernel a lock entry loads with, as ``org/repo@sha``, or None."""
+    kernel = entry.get("kernel")
+    return f"{kernel['repo']}@{kernel['sha']}" if kernel else None
 
 
 def write(path: str | os.PathLike, entries: dict[str, dict]) -> None:
@@ -140,6 +151,7 @@ def entry_for(result: Any, previous: Optional[dict] = None) -> dict:
             "versions": {"hf_notebook": __version__, "transformers": transformers.__version__,
                          "torch": torch.__version__.split("+")[0]},
             **({"code": dict(sorted(result.code_files.items()))} if result.code_files else {}),
+            **({"kernel": result.kernel.as_lock()} if result.kernel is not None else {}),
             **({"quantization": _quantization(result)} if result.plan.quantization is not None else {})}
 
 
@@ -159,7 +171,7 @@ def changes(old: Optional[dict], new: dict) -> list[str]:
     found += [f"- {n}" for n in sorted(set(a) - set(b))]
     found += [f"~ {n}: {a[n]['size']} -> {b[n]['size']} bytes" if a[n]["size"] != b[n]["size"] else f"~ {n}: new content"
               for n in sorted(set(a) & set(b)) if a[n] != b[n]]
-    for key in ("class", "dtype", "quantization", "code", "versions"):
+    for key in ("class", "dtype", "quantization", "code", "kernel", "versions"):
         if old.get(key) != new.get(key):
             found.append(f"{key} {_short(old.get(key))} -> {_short(new.get(key))}")
     return found

@@ -1,6 +1,7 @@
 """The Hub's HTTP API over a :class:`RepoStore`, with knobs for tests: throttle, broken bodies, byte counters.
 
-Only model repos. Two listening sockets, as the Hub and its storage are two hosts: ``endpoint``
+Model repos, and kernel repos (``/api/kernels/...``, ``/kernels/{repo}/resolve/...``: reads of small
+files, from ``store.kernels``). Two listening sockets, as the Hub and its storage are two hosts: ``endpoint``
 (the Hub API) and ``cas_endpoint`` (Xet's CAS and the CAS bridge). ``/resolve`` answers with the
 Hub's headers: ``X-Repo-Commit``, ``ETag`` (git blob oid, or the sha256 for LFS files),
 ``X-Linked-Etag``/``X-Linked-Size`` for LFS files. Small files and the LFS files of LFS-only repos
@@ -39,7 +40,7 @@ logger = logging.getLogger(__name__)
 
 _CHUNK = 32 * 1024
 _RANGE_RE = re.compile(r"bytes=(\d*)-(\d*)")
-_REPO = r"/api/models/(?P<repo>[^/]+/[^/]+)"
+_REPO = r"/api/(?:models|(?P<kind>kernels))/(?P<repo>[^/]+/[^/]+)"  # kind: a kernel repo (the Hub's repo type)
 _REV = r"(?P<rev>[^/]+)"  # one path segment: the client quotes '/' in revisions as %2F
 _NAME = r"(?P<name>[^/]+)"  # a branch or tag name, quoted the same way
 _GIT_REPO = r"/(?P<repo>[^/]+/[^/]+)\.git"  # model repos have no type prefix here
@@ -60,7 +61,7 @@ _ROUTES = [
     ("POST", rf"{_REPO}/paths-info/{_REV}", "paths_info"),
     ("GET", rf"{_REPO}/refs", "refs"),
     ("GET", rf"{_REPO}/commits/{_REV}", "commits"),
-    ("GET HEAD", rf"/(?P<repo>[^/]+/[^/]+)/resolve/{_REV}/(?P<path>.+)", "resolve"),
+    ("GET HEAD", rf"(?:/(?P<kind>kernels))?/(?P<repo>[^/]+/[^/]+)/resolve/{_REV}/(?P<path>.+)", "resolve"),
     ("GET", rf"{_REPO}/xet-read-token/(?P<rev>.+)", "xet_read_token"),  # the client does not quote '/' here
     ("GET", rf"{_REPO}/xet-write-token/(?P<rev>.+)", "xet_write_token"),
     ("POST", rf"{_REPO}/preupload/{_REV}", "preupload"),
@@ -307,9 +308,11 @@ class _Handler(BaseHTTPRequestHandler):
     def hub(self) -> HubServer:
         return self.server.hub
 
+    kind: str | None = None
+
     @property
     def store(self) -> RepoStore:
-        return self.server.hub.store
+        return self.server.hub.store.kernels if self.kind else self.server.hub.store
 
     def _dispatch(self) -> None:
         url = urlsplit(self.path)
@@ -347,6 +350,7 @@ class _Handler(BaseHTTPRequestHandler):
             match = pattern.fullmatch(path)
             if match and self.command in methods:
                 params = {key: unquote(value) for key, value in match.groupdict().items() if value is not None}
+                self.kind = params.pop("kind", None)  # "kernels": the request is for a kernel repo
                 if name in _WRITES and not self._authorized():
                     raise HttpError(401, None, "Invalid credentials in Authorization header")
                 if name in _WRITES and self.hub.token_role == "read":
@@ -357,7 +361,7 @@ class _Handler(BaseHTTPRequestHandler):
                     self._check_access(params["repo"])
                 return getattr(self, f"_{name}"), params
         # Repo-shaped paths that match no route name a repo id the store cannot hold (e.g. "gpt2").
-        repo_shaped = path.startswith("/api/models/") or "/resolve/" in path
+        repo_shaped = path.startswith(("/api/models/", "/api/kernels/")) or "/resolve/" in path
         code = "RepoNotFound" if self.server.routes is _HUB and repo_shaped else None
         raise HttpError(404, code, f"Not found: {self.command} {path}")
 
@@ -493,7 +497,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_content(repo, "resolve", entry.size, headers, lambda: self.store.open(repo, entry))
             return
         oid = entry.lfs.oid
-        token_url = f"{self.hub.endpoint}/api/models/{repo}/xet-read-token/{snapshot.sha}"
+        token_url = f"{self.hub.endpoint}/api/{self.kind or 'models'}/{repo}/xet-read-token/{snapshot.sha}"
         bridge = f"{self.hub.cas_endpoint}{BRIDGE_PREFIX}{quote(repo)}/{oid}"
         headers.update({
             "X-Xet-Hash": xet_hash,

@@ -104,6 +104,15 @@ class RepoStore:
         self.xet = XetStorage(self.root / ".xet-cas")
         self._lock = threading.Lock()
         self._snapshots: dict[tuple[str, str], Snapshot] = {}
+        self._kernels: RepoStore | None = None
+
+    @property
+    def kernels(self) -> RepoStore:
+        """The kernel repos (the Hub's ``kernels/`` repo type): a store of their own under ``root/.kernels``,
+        so a kernel and a model may share an id, as on the Hub."""
+        if self._kernels is None:
+            self._kernels = RepoStore(self.root / ".kernels")
+        return self._kernels
 
     # -- repos -------------------------------------------------------------------------------
 
