@@ -1,56 +1,72 @@
-"""IPython magics: parse arguments, call the core, show the result. No logic lives here.
+"""IPython magics: parse arguments, call the core, show the result.
 
-The magics class is also the traitlets configurable ``HFNotebook``, so defaults can be set
-with ``%config HFNotebook.cache_dir = "/data/hf"`` or in an IPython profile.
+The load and plan options come from one table (``core/option_table.py``): a new option is a row
+there, not an ``argument`` here. A new action is a core function that returns a result, a record
+for it in ``ui/record.py`` (registered in ``ui/__init__.py``), and a magic here that parses, calls
+and displays, decorated with ``@_usage_errors``. The magics class is also the traitlets
+configurable ``HFNotebook``, so defaults can be set with ``%config HFNotebook.cache_dir =
+"/data/hf"`` or in an IPython profile. Lock drift checks and the save guard still live here.
 """
 
 from __future__ import annotations
 
+import functools
 import gc
 import keyword
 import os
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_magic, magics_class
-from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
-from traitlets import Bool, CaselessStrEnum, Unicode
+from IPython.core.magic_arguments import argument, argument_group, magic_arguments, parse_argstring
+from traitlets import Bool, CaselessStrEnum, TraitError, Unicode, validate
 
 from .core.errors import HfNotebookError
 
 _SPEC_HELP = ("org/name, org/name@REV (branch, tag, commit sha, refs/pr/N), a local folder, or (for %%load_model) "
               "a plan bound by %%plan_model --as NAME, loaded with its (edited) map.")
-_PLACEMENT_ARGS = (
-    argument("--class", dest="class_name", default=None,
-             help="Model class, e.g. AutoModelForCausalLM (default: from the config's architectures)."),
-    argument("--dtype", default=None, help="auto | float32 | bfloat16 | float16 (default: auto, the checkpoint's)."),
-    argument("--device-map", default=None,
-             help="auto | balanced | balanced_low_0 | sequential | cpu | cuda:N | @map.json | JSON dict."),
-    argument("--max-memory", default=None,
-             help="Budget per device, e.g. 0=20GiB,cpu=30GiB (may name devices of another machine when planning)."),
-    argument("--no-offload", action="store_true", help="Fail instead of spilling to CPU or disk when it does not fit."),
-    argument("--cache-dir", default=None, help="Hub cache folder for this call."),
-    argument("--offline", action="store_true", help="Use the cache only; fail clearly if files are missing."),
-    argument("--trust-remote-code", action="store_true", help="Allow the repo's own Python code to run."),
-    argument("--allow-pickle", action="store_true",
-             help="Load pickle checkpoints (pytorch_model.bin) when there are no safetensors, with "
-                  "torch.load(weights_only=True)."),
-    argument("--no-verify", action="store_true",
-             help="Load a local folder that has no hf_notebook.manifest.json (one save_pretrained wrote), "
-                  "unchecked; the record says unverified. Folders with a manifest are checked otherwise."),
-    argument("--quantize", default=None, choices=("4bit", "8bit", "int8-weight"),
-             help="Quantize while loading: 4bit / 8bit (bitsandbytes), int8-weight (torchao)."),
-    argument("--bnb-compute-dtype", default=None, help="4bit: the dtype computations run in (e.g. bfloat16)."),
-    argument("--bnb-quant-type", default=None, choices=("nf4", "fp4"), help="4bit: nf4 (default) or fp4."),
-    argument("--double-quant", action="store_true", help="4bit: quantize the quantization constants too."),
-    argument("--quantization-config", default=None, metavar="@FILE.json",
-             help="Any transformers quantization config, as JSON (a file with @)."),
-    argument("--variant", default=None, help="Weights variant: model.<VARIANT>.safetensors (e.g. fp16)."),
-    argument("--subfolder", default=None, help="The model lives in this folder of the repo."),
-    argument("--attn-implementation", default=None,
-             help="eager | sdpa | flash_attention_2 | ... or a Hub kernel, org/repo@<full sha> with --trust-remote-code."),
-    argument("--kw", action="append", default=[], metavar="KEY=VALUE",
-             help="Any other from_pretrained argument (value as JSON); repeatable. Unknown names are refused."),
-)
+
+def _option_args(load: bool):
+    """The table's options as magic arguments, in their help groups (``load``: with the load-only ones)."""
+    from .core.option_table import OPTIONS
+
+    decorators, group = [], None
+    for option in OPTIONS:
+        if option.load_only and not load:
+            continue
+        if option.group != group:
+            group = option.group
+            decorators.append(argument_group(f"options: {group}"))
+        kwargs = {"action": "append", "default": []} if option.repeat else \
+            {"action": "store_true"} if option.switch else {"default": None}
+        if option.choices:
+            kwargs["choices"] = option.choices
+        if option.metavar:
+            kwargs["metavar"] = option.metavar
+        decorators.append(argument(option.flag, dest=option.dest, help=option.help.replace("%", "%%"), **kwargs))
+
+    def apply(func):
+        for decorator in reversed(decorators):
+            func = decorator(func)
+        return func
+
+    return apply
+
+
+def _usage_errors(method):
+    """Our errors reach the user as a ``UsageError``: what went wrong and what to do, no traceback. With
+    ``%config HFNotebook.debug = True`` they are raised as they are, with their cause chain, for a bug report
+    (our messages carry no token either way)."""
+
+    @functools.wraps(method)
+    def run(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except HfNotebookError as exc:
+            if self.debug:
+                raise
+            raise UsageError(str(exc)) from None
+
+    return run
 
 
 def _parse(magic, line: str):
@@ -77,13 +93,6 @@ def _unquoted(value):
     return value
 
 
-def _placement_args(func):
-    """The options %load_model and %plan_model share."""
-    for decorator in reversed(_PLACEMENT_ARGS):
-        func = decorator(func)
-    return func
-
-
 @magics_class
 class HFNotebook(Magics):
     """Load Hugging Face models into the notebook, pinned and placed."""
@@ -99,8 +108,24 @@ class HFNotebook(Magics):
     lock_file = Unicode("hf_notebook.lock.json", config=True,
                         help="Lock file recording each Hub model loaded (repo, revision, sha, files with sizes and "
                              "sha256), relative to the working directory; empty: no lock file.")
+    debug = Bool(False, config=True, help="Raise errors as they are, with their cause chain (for a bug report), "
+                                          "instead of a one-line UsageError.")
     display = CaselessStrEnum(("auto", "widget", "text"), "auto", config=True,
                               help="Progress display: widgets in Jupyter, text in a terminal (auto), or forced.")
+
+    @validate("dtype", "device_map", "max_memory")
+    def _check_default(self, proposal):
+        """``%config HFNotebook.dtype = 'bf17'`` is refused when it is set (the value stays as it was, and
+        ``%config`` shows why), not at the next call."""
+        from .core.options import parse_device_map, parse_dtype, parse_max_memory
+
+        check = {"dtype": parse_dtype, "device_map": parse_device_map, "max_memory": parse_max_memory}
+        name, value = proposal["trait"].name, proposal["value"]
+        try:
+            check[name](value or None) if name == "max_memory" else check[name](value)
+        except HfNotebookError as exc:
+            raise TraitError(f"HFNotebook.{name} = {value!r} is refused: {exc}") from None  # %config logs it
+        return value
 
     def __init__(self, shell=None, **kwargs):
         super().__init__(shell=shell, **kwargs)
@@ -112,26 +137,25 @@ class HFNotebook(Magics):
     @argument("spec", help=_SPEC_HELP)
     @argument("--as", dest="name", default=None,
               help="Notebook variable to bind the model to (default: model; with --plan-only, the plan, if given).")
-    @_placement_args
-    @argument("--offload-folder", default=None, help="Folder for weights placed on disk.")
-    @argument("--force-download", action="store_true", help="Download again even if the files are cached.")
     @argument("--plan-only", action="store_true", help="Only plan (like %%plan_model): download no weights.")
     @argument("--tokenizer", nargs="?", const="", default=None, metavar="VAR",
               help="Also load the tokenizer from the same pinned commit, bound to VAR (default: NAME_tokenizer).")
     @argument("--locked", action="store_true",
               help="Load the commit the lock file pins for this repo@revision; refuse if the revision has moved.")
     @argument("--update", action="store_true", help="Load the revision as it is now and move its lock entry there.")
+    @_option_args(load=True)
     @line_magic
+    @_usage_errors
     def load_model(self, line: str):
         """Resolve, download, place and load a Hugging Face model, then bind it to a variable."""
         args = _parse(self.load_model, line)
-        _from_plan(args, self.shell.user_ns.get(args.spec))
+        _from_plan(self.load_model, args, self.shell.user_ns.get(args.spec))
         if args.plan_only:
             return self._plan(args, plot=False)
         name = _check_name(args.name or "model", self.shell)
         tokenizer_name = _check_name(args.tokenizer or f"{name}_tokenizer", self.shell) if args.tokenizer is not None else None
         options = self._options(args, offload_folder=args.offload_folder or self.offload_folder,
-                                force_download=args.force_download, tokenizer=tokenizer_name is not None)
+                                tokenizer=tokenizer_name is not None)
         spec, key = self._lock_spec(args, options)
         result, error = self._load(spec, options, name)
         if error is not None:  # raised here, out of the frames that held the half-built model and the failure
@@ -158,20 +182,14 @@ class HFNotebook(Magics):
 
         if args.locked and args.update:
             raise UsageError("--locked loads the locked commit and --update moves it: give one of them.")
-        try:
-            spec = parse_spec(args.spec)
-        except HfNotebookError as exc:
-            raise UsageError(str(exc)) from None
+        spec = parse_spec(args.spec)
         if spec.is_local:
             if args.locked or args.update:
                 raise UsageError("A local folder has no Hub revision to lock; --locked and --update are for Hub models.")
             return args.spec, None
         key = lock.key_of(spec.repo_id, spec.revision)
         path = self._lock_path()
-        try:  # a damaged lock file is named before anything is loaded, not after the model is bound
-            entry = lock.read(path).get(key) if path else None
-        except HfNotebookError as exc:
-            raise UsageError(str(exc)) from None
+        entry = lock.read(path).get(key) if path else None  # a damaged lock file is named before the load, not after
         if not args.locked:
             return args.spec, key
         if entry is None:
@@ -181,10 +199,7 @@ class HFNotebook(Magics):
         if not options.offline:
             from .core.hub.resolve import resolve
 
-            try:
-                now = resolve(spec, token=options.token).pin.sha
-            except HfNotebookError as exc:
-                raise UsageError(str(exc)) from None
+            now = resolve(spec, token=options.token).pin.sha
             if now != entry["sha"]:
                 raise UsageError(f"{key} has moved on the Hub: the lock file pins {entry['sha']}, the Hub now has "
                                  f"{now}. Load the locked commit with %load_model {spec.repo_id}@{entry['sha']}, "
@@ -222,6 +237,7 @@ class HFNotebook(Magics):
               help="Check every entry against the Hub (has its revision moved?) and the local cache "
                    "(files present, sizes, hashes).")
     @line_magic
+    @_usage_errors
     def lock(self, line: str = ""):
         """Show the lock file's entries: repo@revision, pinned sha, class, dtype, files."""
         from IPython.display import display
@@ -234,10 +250,7 @@ class HFNotebook(Magics):
         path = self._lock_path()
         if path is None:
             raise UsageError("The lock file is off (%config HFNotebook.lock_file = ''). Set a path to use one.")
-        try:
-            entries = L.read(path)
-        except HfNotebookError as exc:
-            raise UsageError(str(exc)) from None
+        entries = L.read(path)
         if not args.check:
             return display(lock_record(path, entries))
         offline = self.offline or _hub_offline()
@@ -270,10 +283,11 @@ class HFNotebook(Magics):
 
     @magic_arguments()
     @argument("spec", help=_SPEC_HELP)
-    @_placement_args
     @argument("--as", dest="name", default=None, help="Bind the Plan object to this variable.")
     @argument("--plot", action="store_true", help="Also draw the memory per device as a static figure.")
+    @_option_args(load=False)
     @line_magic
+    @_usage_errors
     def plan_model(self, line: str):
         """Where would this model go, and will it fit? From config and safetensors headers only."""
         args = _parse(self.plan_model, line)
@@ -282,6 +296,7 @@ class HFNotebook(Magics):
     @magic_arguments()
     @argument("name", nargs="?", default=None, help="Show where this model's blocks are and the memory per device.")
     @line_magic
+    @_usage_errors
     def models(self, line: str = ""):
         """List the models loaded by hf_notebook in this kernel (name, repo@sha, class, dtype, bytes per device);
         with a NAME, show that model's record: pin, device map and memory per device, measured from its tensors."""
@@ -300,6 +315,7 @@ class HFNotebook(Magics):
     @magic_arguments()
     @argument("name", help="The variable a model was loaded into (see %%models).")
     @line_magic
+    @_usage_errors
     def unload_model(self, line: str):
         """Remove a model's hooks and references, free its memory, and report what came back."""
         from IPython.display import display
@@ -322,6 +338,7 @@ class HFNotebook(Magics):
     @argument("--export", default=None, metavar="FILE.json",
               help="Write the (edited) map as JSON and put the %%load_model line that reads it in a new cell below.")
     @line_magic
+    @_usage_errors
     def edit_device_map(self, line: str):
         """Edit where a model's modules live: a widget with one row per block (ranges of layers collapsed),
         live totals against the budget, Apply (re-dispatch in place, nothing downloaded), Undo, Reset and
@@ -358,8 +375,6 @@ class HFNotebook(Magics):
                 draft.to_json(args.export)
                 if hasattr(target, "map_file"):
                     target.map_file = args.export
-        except HfNotebookError as exc:
-            raise UsageError(str(exc)) from None
         except OSError as exc:
             raise UsageError(f"Cannot write {args.export!r}: {exc.strerror}. Give a writable path.") from None
         display(target)
@@ -378,6 +393,7 @@ class HFNotebook(Magics):
     @argument("--overwrite", action="store_true",
               help="Replace an existing folder (only once the new one is complete).")
     @line_magic
+    @_usage_errors
     def save_model(self, line: str):
         """Save a loaded model as a complete model folder (safetensors shards and index as transformers writes
         them, config, generation config, tokenizer files and a manifest of sha256 hashes), atomically and in
@@ -402,8 +418,6 @@ class HFNotebook(Magics):
             shard = parse_shard_size(options.get("max_shard_size"))
             return save_model(result, folder, max_shard_size=shard, dtype=dtype, overwrite=options.get("overwrite"),
                               reads_from=self._folders_in_use(), on_event=options.get("on_event"))
-        except HfNotebookError as exc:
-            raise UsageError(str(exc)) from None
         except KeyboardInterrupt:
             raise KeyboardInterrupt() from None
         except OSError as exc:
@@ -435,10 +449,11 @@ class HFNotebook(Magics):
     @argument("--max-shard-size", default=None, help="When saving a loaded model first: largest shard.")
     @argument("--dtype", default=None, help="When saving a loaded model first: convert on the way out.")
     @line_magic
+    @_usage_errors
     def push_model(self, line: str):
         """Push a loaded model (saved to a temporary folder first) or a saved folder (--from DIR) to the Hub in one
         commit: weights through LFS/Xet, a model card when there is none, then the commit sha, its URL and the
-        %%load_model line that loads it back. The token comes from your login (hf auth login, HF_TOKEN)."""
+        %load_model line that loads it back. The token comes from your login (hf auth login, HF_TOKEN)."""
         import tempfile
 
         args = _parse(self.push_model, line)
@@ -476,8 +491,6 @@ class HFNotebook(Magics):
             return push_folder(folder, args.repo_id, private=args.private, branch=args.branch,
                                create_pr=args.create_pr, message=args.message, tag=args.tag, token=token,
                                name=args.name, on_event=on_event)
-        except HfNotebookError as exc:
-            raise UsageError(str(exc)) from None
         except KeyboardInterrupt:
             raise KeyboardInterrupt() from None
 
@@ -511,6 +524,7 @@ class HFNotebook(Magics):
     @argument("--cache-dir", default=None, help="Hub cache to copy from.")
     @argument("--offline", action="store_true", help="Copy from the cache only.")
     @line_magic
+    @_usage_errors
     def export_model(self, line: str):
         """Write a pinned model's files into a folder to carry to a host without network: copied from the cache
         (only missing files are downloaded), with a manifest of sizes and sha256 and a BUNDLE.md on loading it."""
@@ -520,12 +534,9 @@ class HFNotebook(Magics):
         from .core.hub.bundle import export_bundle
 
         args = _parse(self.export_model, line)
-        try:
-            result = export_bundle(args.spec, args.folder, layout=args.layout,
-                                   cache_dir=args.cache_dir or self.cache_dir,
-                                   offline=args.offline or self.offline or _hub_offline())
-        except HfNotebookError as exc:
-            raise UsageError(str(exc)) from None
+        result = export_bundle(args.spec, args.folder, layout=args.layout,
+                               cache_dir=args.cache_dir or self.cache_dir,
+                               offline=args.offline or self.offline or _hub_offline())
         display(result)
 
     def _edit_target(self, name: str):
@@ -554,10 +565,7 @@ class HFNotebook(Magics):
         from .core.api import plan_model
 
         name = _check_name(args.name, self.shell) if args.name else None
-        try:
-            plan = plan_model(args.spec, self._options(args))
-        except HfNotebookError as exc:
-            raise UsageError(str(exc)) from None
+        plan = plan_model(args.spec, self._options(args))
         display(plan)
         if plot:
             self._show_figure(plan)
@@ -582,23 +590,17 @@ class HFNotebook(Magics):
         print(f"Memory per device drawn to {path}")
 
     def _options(self, args, **load_only):
-        """Options shared by plan and load, with the configurable's defaults filled in, validated
-        (HF_HUB_OFFLINE read now: it may have been set after import)."""
+        """The table's options from the line, the configurable's defaults filled in, validated (HF_HUB_OFFLINE
+        read now: it may have been set after import); ``load_only`` adds or replaces values."""
         from .core.api import _hub_offline
+        from .core.option_table import OPTIONS
         from .core.options import LoadOptions
 
-        try:
-            return LoadOptions.parse(
-                class_name=args.class_name, dtype=args.dtype or self.dtype, device_map=args.device_map or self.device_map,
-                max_memory=args.max_memory or self.max_memory or None, no_offload=args.no_offload,
-                cache_dir=args.cache_dir or self.cache_dir, offline=args.offline or self.offline or _hub_offline(),
-                trust_remote_code=args.trust_remote_code, allow_pickle=args.allow_pickle, no_verify=args.no_verify,
-                quantize=args.quantize,
-                bnb_compute_dtype=args.bnb_compute_dtype, bnb_quant_type=args.bnb_quant_type,
-                double_quant=args.double_quant, quantization_config=args.quantization_config, variant=args.variant,
-                subfolder=args.subfolder, attn_implementation=args.attn_implementation, kw=args.kw, **load_only)
-        except HfNotebookError as exc:
-            raise UsageError(str(exc)) from None
+        given = {o.dest: getattr(args, o.dest) for o in OPTIONS if hasattr(args, o.dest)}
+        given.update(dtype=args.dtype or self.dtype, device_map=args.device_map or self.device_map,
+                     max_memory=args.max_memory or self.max_memory or None, cache_dir=args.cache_dir or self.cache_dir,
+                     offline=args.offline or self.offline or _hub_offline())
+        return LoadOptions.parse(**{**given, **load_only})
 
     def _renderer(self):
         from .ui import make_renderer
@@ -625,18 +627,23 @@ def _check_locked_kernel(key: str, entry: dict, asked) -> None:
                      "or record the change with --update.")
 
 
-def _from_plan(args, value) -> None:
-    """``%load_model PLAN``: a bound (and perhaps edited) plan gives the source and its options; flags
-    given on the line still win."""
+def _from_plan(magic, args, value) -> None:
+    """``%load_model PLAN``: a bound (and perhaps edited) plan gives the source and every option it was made
+    with, and its map; flags given on the line still win (switches add, ``--kw`` items come after the plan's)."""
     from .core.devices.plan import Plan
+    from .core.option_table import OPTIONS
+    from .ui.words import plan_line
 
     if not isinstance(value, Plan) or not value.source:
         return
+    planned = _parse(magic, plan_line(value).removeprefix("%load_model "))
+    for option in OPTIONS:
+        mine = getattr(args, option.dest)
+        if option.repeat:
+            setattr(args, option.dest, getattr(planned, option.dest) + mine)
+        elif mine is None or mine is False:
+            setattr(args, option.dest, getattr(planned, option.dest))
     args.spec = value.source
-    args.class_name = args.class_name or value.model_class
-    args.dtype = args.dtype or value.dtype
-    args.device_map = args.device_map or dict(value.device_map)
-    args.max_memory = args.max_memory or value.max_memory
 
 
 def _figure_image(plan):

@@ -134,10 +134,12 @@ def test_a_failed_call_stops_the_rest_and_every_result_is_accounted_for(three_wo
 
 def test_ctrl_c_in_the_caller_waits_for_running_calls_and_hands_them_over(three_workers):
     handed, running = [], []
+    started = {0: threading.Event(), 1: threading.Event()}
 
     def work(i):
         running.append(i)
-        time.sleep(0.1)
+        started[i].set()
+        time.sleep(0.1)  # the call's own work, still going when Ctrl-C comes
         running.remove(i)
         return i
 
@@ -145,7 +147,7 @@ def test_ctrl_c_in_the_caller_waits_for_running_calls_and_hands_them_over(three_
         with io_threads.InOrder(work, lambda item, result: handed.append(item)) as calls:
             calls.add(0)
             calls.add(1)
-            time.sleep(0.05)  # both running
+            assert started[0].wait(10) and started[1].wait(10)  # both running
             raise KeyboardInterrupt
     assert running == [] and handed == [0, 1]
 

@@ -200,6 +200,7 @@ class _Pipeline:
                               source=source, code_folder=str(self.files.config().parent) if self.code else None,
                               quantization=opts.quantization)
         check_attention(opts.attn_implementation)
+        plan = replace(plan, options=opts.with_(token=None))  # %load_model PLAN loads with these
         stages.done(plan)
         return plan
 

@@ -7,13 +7,11 @@ they say the same thing.
 
 from __future__ import annotations
 
-import json
-import re
-import shlex
 from typing import Any, Optional
 
 from hf_notebook.core.devices import explain as E
-from hf_notebook.core.errors import redact
+from hf_notebook.core.errors import OptionError, redact
+from hf_notebook.core.option_table import quote_arg, to_args
 from hf_notebook.core.events import Resolved
 from hf_notebook.core.spec import is_commit_sha
 from hf_notebook.core.units import format_bytes
@@ -111,88 +109,39 @@ def finding_text(f: E.Finding) -> str:
     return f.kind
 
 
-def quote_arg(text: str) -> str:
-    """A magic argument, quoted only when it needs it."""
-    return _quote(text)
-
-
-def _quote(text: str) -> str:
-    """Quote a magic argument only when it needs it (spaces, quotes)."""
-    return text if re.fullmatch(r"[\w@./:=,+-]+", text) else shlex.quote(text)
-
-
 def load_line(result: Any, device_map: Any = None, name: Optional[str] = None) -> str:
     """The ``%load_model`` line that loads exactly this again: the full sha and the options given
     (``device_map``/``name`` replace the result's own)."""
-    opts, pin = result.options, result.pin
+    pin = result.pin
     spec = pin.repo_id if pin.kind == "local" else pin.pinned_spec
-    parts = ["%load_model", _quote(spec)]
-    if opts.class_name:
-        parts += ["--class", opts.class_name]
-    parts += ["--dtype", result.dtype]
     if device_map is None:
-        device_map = f"@{result.map_file}" if result.map_file else opts.device_map
-    if isinstance(device_map, dict) and list(device_map) == [""]:
-        device_map = _device_arg(device_map[""])
-    if isinstance(device_map, dict):
-        parts += ["--device-map", shlex.quote(json.dumps(device_map, separators=(", ", ": ")))]
-    elif device_map != "auto":
-        parts += ["--device-map", _quote(device_map)]
-    if opts.max_memory:
-        parts += ["--max-memory", ",".join(f"{k}={size_arg(v)}" for k, v in opts.max_memory.items())]
-    if opts.no_offload:
-        parts.append("--no-offload")
-    if opts.offload_folder:
-        parts += ["--offload-folder", _quote(opts.offload_folder)]
-    if opts.trust_remote_code:
-        parts.append("--trust-remote-code")
-    if opts.allow_pickle:
-        parts.append("--allow-pickle")
-    if opts.no_verify:
-        parts.append("--no-verify")
-    parts += quantize_args(opts.quantization)
-    for flag, value in (("--variant", opts.variant), ("--subfolder", opts.subfolder),
-                        ("--attn-implementation", opts.attn_implementation)):
-        if value:
-            parts += [flag, _quote(value)]
-    parts += [arg for key, value in opts.extra.items() for arg in ("--kw", shlex.quote(f"{key}={json.dumps(value)}"))]
+        device_map = f"@{result.map_file}" if result.map_file else result.options.device_map
+    try:
+        parts = ["%load_model", quote_arg(spec), *to_args(result.options, dtype=result.dtype, device_map=device_map)]
+    except OptionError:  # a value with both kinds of quote: no line gives it
+        return "(no %load_model line can give these options, a value holds both kinds of quote: use the Python API)"
     if name or result.name:
         parts += ["--as", name or result.name]
     return " ".join(parts)
 
 
-def quantize_args(qconfig: Any) -> list[str]:
-    """The flags that ask for ``qconfig`` again: ``--quantize 4bit --double-quant``, or the config as JSON."""
-    if qconfig is None:
-        return []
-    if getattr(qconfig, "load_in_4bit", False):
-        args = ["--quantize", "4bit"]
-        if qconfig.bnb_4bit_quant_type != "nf4":
-            args += ["--bnb-quant-type", qconfig.bnb_4bit_quant_type]
-        compute = getattr(qconfig, "bnb_4bit_compute_dtype", None)
-        if compute is not None and str(compute) != "torch.float32":
-            args += ["--bnb-compute-dtype", str(compute).removeprefix("torch.")]
-        return args + (["--double-quant"] if qconfig.bnb_4bit_use_double_quant else [])
-    if getattr(qconfig, "load_in_8bit", False):
-        return ["--quantize", "8bit"]
-    from hf_notebook.core.quant import as_dict, describe
+def plan_line(plan: Any, device_map: Any = None, name: Optional[str] = None) -> str:
+    """The ``%load_model`` line that loads ``plan`` (its source, every option it was made with, its map)."""
+    from hf_notebook.core.options import LoadOptions
 
-    if describe(qconfig) == "int8 weight-only (torchao)":
-        return ["--quantize", "int8-weight"]
-    return ["--quantization-config", shlex.quote(json.dumps(as_dict(qconfig), separators=(",", ":")))]
+    parts = ["%load_model", quote_arg(plan.source),
+             *to_args(plan.options or LoadOptions(), class_name=plan.model_class, dtype=plan.dtype,
+                      device_map=device_map or dict(plan.device_map), max_memory=plan.max_memory)]
+    if name:
+        parts += ["--as", name]
+    return " ".join(parts)
 
 
 def map_load_line(target: Any, device_map_arg: str, name: Optional[str] = None) -> str:
     """The ``%load_model`` line for a loaded model or a plan, with ``--device-map`` set to ``device_map_arg``."""
     if hasattr(target, "pin"):  # a loaded model: its own line, with this map
         return load_line(target, device_map=device_map_arg, name=name)
-    parts = ["%load_model", _quote(target.source), "--class", target.model_class, "--dtype", target.dtype,
-             "--device-map", _quote(device_map_arg)]
-    if target.max_memory:
-        parts += ["--max-memory", ",".join(f"{k}={size_arg(v)}" for k, v in target.max_memory.items())]
-    if name:
-        parts += ["--as", name]
-    return " ".join(parts)
+    return plan_line(target, device_map=device_map_arg, name=name)
 
 
 def moves_text(moved: Any) -> str:
@@ -219,16 +168,3 @@ def problem_text(problem: Any) -> str:
     """Why a draft cannot be applied: ``cpu: 12.0 GB over its 30.0 GB budget``."""
     return (f"{problem.device} would hold {format_bytes(problem.nbytes)}, {format_bytes(problem.over)} over its "
             f"budget of {format_bytes(problem.budget)}")
-
-
-def size_arg(nbytes: int) -> str:
-    """An exact size in the largest unit that divides it: ``20GiB``, ``300KB``, ``1234B``."""
-    for unit, size in (("TiB", 2**40), ("TB", 10**12), ("GiB", 2**30), ("GB", 10**9), ("MiB", 2**20),
-                       ("MB", 10**6), ("KiB", 2**10), ("KB", 10**3)):
-        if nbytes and nbytes % size == 0:
-            return f"{nbytes // size}{unit}"
-    return f"{nbytes}B"
-
-
-def _device_arg(device: Any) -> str:
-    return f"cuda:{device}" if isinstance(device, int) else str(device)

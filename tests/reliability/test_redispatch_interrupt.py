@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from hf_notebook.core.api import load_model
+from hf_notebook.testing.threads import busy_io_threads
 
 
 @pytest.fixture(scope="module")
@@ -83,8 +84,7 @@ def test_ctrl_c_at_any_moment_of_a_move_to_disk_loses_nothing(llama_folder, tmp_
         except KeyboardInterrupt:
             assert disarm()
             outcomes["interrupted"] += 1
-            busy = [t.name for t in threading.enumerate() if t.name.startswith("hf_notebook-io") and _working(t)]
-            assert busy == [], f"trial {trial}: I/O threads still working"
+            assert busy_io_threads(__file__) == [], f"trial {trial}: I/O threads still working"
             assert os.listdir(folder) == ["kept.txt"], f"trial {trial}: {os.listdir(folder)}"
             got = dict(model.named_parameters())
             wrong = [n for n, w in want.items() if got[n].device.type != "cpu" or not torch.equal(got[n], w)]
@@ -101,18 +101,6 @@ def test_ctrl_c_at_any_moment_of_a_move_to_disk_loses_nothing(llama_folder, tmp_
 def _inside_core(frame) -> bool:
     while frame is not None:
         if f"{os.sep}hf_notebook{os.sep}core{os.sep}" in frame.f_code.co_filename:
-            return True
-        frame = frame.f_back
-    return False
-
-
-def _working(thread: threading.Thread) -> bool:
-    """Whether a pool thread is running a call now (our code or this test's), not waiting for work."""
-    import sys
-
-    frame = sys._current_frames().get(thread.ident)
-    while frame is not None:
-        if frame.f_code.co_filename == __file__ or f"{os.sep}hf_notebook{os.sep}core{os.sep}" in frame.f_code.co_filename:
             return True
         frame = frame.f_back
     return False

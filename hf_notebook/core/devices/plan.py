@@ -50,6 +50,7 @@ class Plan:
     model_cls: Any = field(default=None, repr=False, compare=False)  # the class itself (a repo's own, with remote code)
     quantization: Any = field(default=None, repr=False, compare=False)  # the transformers quantization config
     edits: list = field(default_factory=list, compare=False)  # applied editor changes, oldest first
+    options: Any = field(default=None, repr=False, compare=False)  # the LoadOptions it was made with (no token)
 
     @property
     def spilled(self) -> list[str]:
