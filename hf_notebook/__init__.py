@@ -4,7 +4,14 @@
 transformers and accelerate are imported only when a magic needs them.
 """
 
-__version__ = "0.1.0"
+from ._version import __version__  # noqa: F401
+
+
+def edit_device_map(target, *, name=None):
+    """The device-map editor on a loaded model or a plan from Python (see :func:`hf_notebook.ui.editor.edit_device_map`)."""
+    from .ui.editor import edit_device_map as editor
+
+    return editor(target, name=name)
 
 
 def load_ipython_extension(ipython):

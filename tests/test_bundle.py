@@ -96,13 +96,13 @@ def test_a_tampered_bundle_is_refused_naming_the_file(exported, shell, damage):
 
 
 def test_hashes_are_checked_once(exported, shell, monkeypatch):
-    from hf_notebook.core.hub import bundle
+    from hf_notebook.core import manifest
 
     folder, _ = exported
     shell.run_line_magic("load_model", f"{folder} --as m")
     calls = []
-    real = bundle.digest_of
-    monkeypatch.setattr(bundle, "digest_of", lambda *a: calls.append(1) or real(*a))
+    real = manifest.digest_of
+    monkeypatch.setattr(manifest, "digest_of", lambda *a: calls.append(1) or real(*a))
     shell.run_line_magic("load_model", f"{folder} --as again")
     assert calls == []  # sizes checked again, contents remembered
 

@@ -102,11 +102,12 @@ def test_help_lists_the_flags(shell):
 
 
 def test_python_objects_open_the_editor(tiny_hub, hf_cache):
+    from hf_notebook import edit_device_map
     from hf_notebook.core.api import load_model, plan_model
     from hf_notebook.ui.editor import DeviceMapEditor
 
-    assert isinstance(load_model("tiny/llama", device_map="cpu").edit_device_map(), DeviceMapEditor)
-    assert isinstance(plan_model("tiny/llama").edit_device_map(), DeviceMapEditor)
+    assert isinstance(edit_device_map(load_model("tiny/llama", device_map="cpu")), DeviceMapEditor)
+    assert isinstance(edit_device_map(plan_model("tiny/llama")), DeviceMapEditor)
 
 
 def test_an_offload_folder_made_for_an_edit_is_removed_with_the_model(shell, m, loaded):

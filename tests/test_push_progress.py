@@ -54,11 +54,11 @@ def test_a_saved_folder_is_pushed_without_reading_it_to_check_it(shell, tiny_hub
                                                                  tmp_path, monkeypatch):
     """The push checks the folder against its manifest; the save remembered what it hashed, so nothing is read."""
     from hf_notebook.core import integrity
-    from hf_notebook.core.hub import bundle
+    from hf_notebook.core import manifest
 
     shell.run_line_magic("load_model", "tiny/llama --device-map cpu --as m")
     shell.run_line_magic("save_model", f"m {tmp_path / 'out'}")
     reads = []
-    monkeypatch.setattr(bundle, "digest_of", lambda *a: reads.append(a) or integrity.digest_of(*a))
+    monkeypatch.setattr(manifest, "digest_of", lambda *a: reads.append(a) or integrity.digest_of(*a))
     shell.run_line_magic("push_model", f"--from {tmp_path / 'out'} user/unread")
     assert reads == []

@@ -2,7 +2,8 @@
 
 A call runs the pipeline once, each stage handing its product to the next:
 ``spec -> resolve (pin) -> files (config, shard names) -> plan -> fetch (checkpoint) -> load``.
-Nothing is resolved, listed, read or planned twice.
+Nothing is listed, read or planned twice; the revision is resolved once (twice under ``--locked``, which
+first checks the lock against the Hub).
 """
 
 from __future__ import annotations
@@ -72,19 +73,8 @@ class LoadResult:
     def device_map(self) -> dict:
         return dict(getattr(self.model, "hf_device_map", self.plan.device_map))
 
-    def edit_device_map(self):
-        """The interactive device-map editor on this model (re-dispatches in place when applied)."""
-        from hf_notebook.ui.editor import DeviceMapEditor
-
-        return DeviceMapEditor(self)
-
     def __repr__(self) -> str:
         return f"LoadResult({self.name or 'model'} = {self.pin.pinned_spec}, {self.plan.model_class}, {self.dtype})"
-
-    def _repr_mimebundle_(self, **_):
-        from hf_notebook.ui.record import load_record
-
-        return load_record(self).bundle()
 
 
 class _Stages:

@@ -2,14 +2,20 @@
 
 Each helper says which version it was written against and degrades to doing nothing (never to a
 crash) when the name is gone, so a newer huggingface_hub or httpx at worst makes a Ctrl-C slower.
-Tested with huggingface_hub 2.4.0, hf_xet 1.8.0 and httpx2 2.17.0.
+Tested with huggingface_hub 2.4.0, hf_xet 1.8.0, httpx2 2.17.0 and transformers 5.25.0. What a load or a
+plan cannot do without (transformers' device-map and class-picking internals) is probed: a missing name
+raises :class:`~.errors.IncompatibleVersion` naming it and the version found.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import logging
 import socket
-from typing import Any, Optional
+from typing import Any, Callable, Iterator, Optional
+
+from .errors import IncompatibleVersion
 
 log = logging.getLogger(__name__)
 
@@ -72,3 +78,105 @@ def wrap_response_stream(response: Any, check) -> None:
             inner.close()
 
     response.stream = Checked()
+
+
+# -- transformers (written against 5.25) -----------------------------------------------------------
+_TESTED = "Install the versions hf_notebook was tested with (constraints.txt), e.g. pip install -c constraints.txt ."
+
+
+def _private(module: str, name: str, package: str = "transformers") -> Any:
+    import importlib
+    from importlib.metadata import version
+
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError):
+        raise IncompatibleVersion(f"{package} {version(package)} has no {module}.{name}, which hf_notebook uses.",
+                                  hint=_TESTED) from None
+
+
+def auto_class_pick(config: Any, auto_class: Any) -> Any:
+    """The model class an Auto class (``AutoModelForCausalLM``) picks for ``config``
+    (``auto_factory._get_model_class``)."""
+    pick = _private("transformers.models.auto.auto_factory", "_get_model_class")
+    return pick(config, auto_class._model_mapping)
+
+
+def init_contexts(cls: Any, dtype: Any, quantized: bool) -> list:
+    """The contexts ``from_pretrained`` builds a model in (``PreTrainedModel.get_init_context``, positional:
+    dtype, is_quantized, _is_ds_init_called, allow_all_kernels)."""
+    if not hasattr(cls, "get_init_context"):
+        raise IncompatibleVersion(f"{cls.__name__} has no get_init_context: this transformers builds models "
+                                  "another way than hf_notebook knows.", hint=_TESTED)
+    return cls.get_init_context(dtype, quantized, False, None)
+
+
+def device_map_for(model: Any, device_map: Any, max_memory: Any, hf_quantizer: Any) -> dict:
+    """The device map ``from_pretrained`` would compute (``integrations.accelerate._get_device_map``)."""
+    compute = _private("transformers.integrations.accelerate", "_get_device_map")
+    return compute(model, device_map, max_memory, hf_quantizer)
+
+
+# -- huggingface_hub (written against 2.4) ---------------------------------------------------------
+def xet_available() -> bool:
+    """Whether uploads and downloads go through Xet (hf_xet installed, HF_HUB_DISABLE_XET unset):
+    ``huggingface_hub.utils._runtime.is_xet_available``; False where that name is gone."""
+    try:
+        from huggingface_hub.utils._runtime import is_xet_available
+    except ImportError:
+        return False
+    return bool(is_xet_available())
+
+
+_XET_REPORT: contextvars.ContextVar[Optional[Callable]] = contextvars.ContextVar("hf_notebook_xet", default=None)
+
+
+@contextlib.contextmanager
+def xet_upload_reports(report: Callable[[Any, Any], None]) -> Iterator[None]:
+    """While open, every upload commit of huggingface_hub's Xet session (``utils._xet.get_xet_session``) also
+    calls ``report(group, items)`` with each file's progress; without that name, uploads run unreported."""
+    try:
+        from huggingface_hub.utils import _xet
+    except ImportError:
+        yield
+        return
+    from .quiet import shared_setting
+
+    def wrap() -> None:
+        _xet.get_xet_session = _ReportingSessions(_xet.get_xet_session)
+
+    reset = _XET_REPORT.set(report)
+    try:
+        with shared_setting("xet-session", lambda: _xet.get_xet_session, wrap,
+                            lambda saved: setattr(_xet, "get_xet_session", saved)):
+            yield
+    finally:
+        _XET_REPORT.reset(reset)
+
+
+class _ReportingSessions:
+    """``get_xet_session`` whose sessions give each upload commit our report too."""
+
+    def __init__(self, get: Callable):
+        self._get = get
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return _ReportingSession(self._get(*args, **kwargs))
+
+
+class _ReportingSession:
+    def __init__(self, session: Any):
+        self._session = session
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._session, name)
+
+    def new_upload_commit(self, *args: Any, progress_callback: Optional[Callable] = None, **kwargs: Any) -> Any:
+        ours, theirs = _XET_REPORT.get(), progress_callback
+
+        def both(group: Any, items: Any) -> None:
+            ours(group, items)
+            if theirs is not None:
+                theirs(group, items)
+
+        return self._session.new_upload_commit(*args, progress_callback=both if ours else theirs, **kwargs)

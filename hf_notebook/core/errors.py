@@ -130,6 +130,22 @@ class PlanError(HfNotebookError, RuntimeError):
     """A placement that cannot be made: the model does not fit, or would spill when told not to."""
 
 
+class BundleError(HfNotebookError, ValueError):
+    """A folder that does not match its manifest (a file missing, unlisted, truncated or changed)."""
+
+
+class PushError(HfNotebookError, RuntimeError):
+    """A push the Hub refused, or one that cannot start."""
+
+
+class SaveError(HfNotebookError, OSError):
+    """A save that cannot be made (target in use, not writable, too little space); nothing was written."""
+
+
+class IncompatibleVersion(HfNotebookError, RuntimeError):
+    """A dependency lacks a private name hf_notebook relies on (see ``compat.py``): named, with its version."""
+
+
 class LoadError(HfNotebookError, RuntimeError):
     """Loading failed after the plan was made (bad checkpoint, unsupported format, ...)."""
 

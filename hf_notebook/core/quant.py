@@ -74,7 +74,7 @@ def read_config_file(text: Optional[str]) -> Optional[dict]:
         return None
     raw = text
     if text.startswith("@"):
-        from .options import read_option_file
+        from .option_files import read_option_file
 
         raw = read_option_file(Path(text[1:]).expanduser(), "--quantization-config", "--quantization-config @quant.json")
     try:

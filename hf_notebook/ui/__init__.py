@@ -46,6 +46,8 @@ def make_renderer(shell: Any = None, mode: str = "auto", **kwargs: Any) -> Any:
 #: The core's results and the record that shows each: registered with IPython's display formatter by type name,
 #: so the core returns data and imports nothing of the UI (nor is anything imported before a result is shown).
 RECORDS = {
+    ("hf_notebook.core.api", "LoadResult"): "load_record",
+    ("hf_notebook.core.devices.plan", "Plan"): "plan_record",
     ("hf_notebook.core.unload", "UnloadReport"): "unload_record",
     ("hf_notebook.core.hub.push", "PushResult"): "push_record",
     ("hf_notebook.core.hub.bundle", "ExportResult"): "export_record",

@@ -108,6 +108,12 @@ def _walk(widget: Any):
         yield from _walk(child)
 
 
+def edit_device_map(target: Any, *, name: Optional[str] = None) -> "DeviceMapEditor":
+    """The interactive device-map editor on a loaded model (``LoadResult``: Apply re-dispatches it in place) or
+    on a ``Plan`` (Apply updates the plan's map, so the next load of it uses the edit)."""
+    return DeviceMapEditor(target, name=name)
+
+
 class DeviceMapEditor:
     """Edit the device map of a loaded model (``LoadResult``) or of a ``Plan``; see the module docstring."""
 

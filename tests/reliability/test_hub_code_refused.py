@@ -80,7 +80,7 @@ def test_a_consented_kernel_runs_pinned_checked_and_locked(shell, tiny_hub, hf_c
     assert torch.equal(ours, theirs)  # and it is SDPA underneath
 
     text = capsys.readouterr().out
-    assert f"attention kernel" in text and spec in text
+    assert "attention kernel" in text and spec in text
     files = attention_kernel_files()
     expected = {name.split(f"build/{VARIANT}/", 1)[1]: hashlib.sha256(data).hexdigest()
                 for name, data in files.items() if name.startswith(f"build/{VARIANT}/")}

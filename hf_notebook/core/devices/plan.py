@@ -94,24 +94,12 @@ class Plan:
     def devices(self) -> set:
         return set(self.device_map.values())
 
-    def edit_device_map(self):
-        """The interactive device-map editor on this plan (Apply updates this plan's map in place)."""
-        from hf_notebook.ui.editor import DeviceMapEditor
-
-        return DeviceMapEditor(self)
-
     def to_json(self, path: str | Path | None = None) -> str:
         """The device map as JSON, readable by ``--device-map @file``; written to ``path`` if given."""
         text = json.dumps(self.device_map, indent=1)
         if path is not None:
             Path(path).write_text(text + "\n")
         return text
-
-    def _repr_mimebundle_(self, **_):
-        """A bound plan shows its static record (text and HTML)."""
-        from hf_notebook.ui.record import plan_record
-
-        return plan_record(self).bundle()
 
 
 def model_class_for(config, class_name: Optional[str] = None, code_folder: Optional[str] = None):
@@ -186,11 +174,12 @@ def _fits(cls, config) -> bool:
 def _auto_pick(config, auto_name: str):
     """The class ``auto_name`` (an Auto model class) picks for ``config``, or None."""
     import transformers
-    from transformers.models.auto.auto_factory import _get_model_class
+
+    from ..compat import auto_class_pick
 
     auto = getattr(transformers, auto_name, None)
     try:
-        return _get_model_class(config, auto._model_mapping)
+        return auto_class_pick(config, auto)
     except (KeyError, ValueError, AttributeError):
         return None
 
@@ -210,9 +199,10 @@ def build_meta_model(cls, config, dtype: str, hf_quantizer=None, device_map: Any
     quantizer: its modules replaced as the quantizer replaces them before loading)."""
     from transformers.utils.generic import ContextManagers
 
+    from ..compat import init_contexts
     from ..dtypes import torch_dtype
 
-    contexts = cls.get_init_context(torch_dtype(dtype), hf_quantizer is not None, False, None)
+    contexts = init_contexts(cls, torch_dtype(dtype), hf_quantizer is not None)
     with ContextManagers(contexts):
         model = cls(copy.deepcopy(config))
         if hf_quantizer is not None:
@@ -230,7 +220,9 @@ def plan_placement(config, *, class_name: Optional[str] = None, dtype: str = "fl
     ``max_memory`` may name devices this machine lacks: planning for a target machine is fine
     (``check_devices_exist`` is what a load adds).
     """
-    from transformers.integrations.accelerate import _get_device_map, get_max_memory
+    from transformers.integrations.accelerate import get_max_memory
+
+    from ..compat import device_map_for
 
     cls = model_class_for(config, class_name, code_folder)
     hf_quantizer = None
@@ -239,7 +231,7 @@ def plan_placement(config, *, class_name: Optional[str] = None, dtype: str = "fl
     model = build_meta_model(cls, config, dtype, hf_quantizer, device_map)
     with quiet_loggers("accelerate.utils.modeling", "transformers.integrations.accelerate"):
         try:
-            resolved = _get_device_map(model, device_map, max_memory, hf_quantizer)
+            resolved = device_map_for(model, device_map, max_memory, hf_quantizer)
         except ValueError as exc:
             if hf_quantizer is None or "dispatched on the CPU or the disk" not in str(exc):
                 raise

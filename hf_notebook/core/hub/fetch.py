@@ -187,7 +187,7 @@ class LocalFiles(SourceFiles):
 
     def config(self) -> Path:
         if not self._checked:
-            from .bundle import verify_folder
+            from ..manifest import verify_folder
 
             if self.verify:
                 self.manifest = verify_folder(self.folder, required=True)

@@ -25,10 +25,6 @@ FORMAT = "hf_notebook.lock/1"
 _SHA256 = 64
 
 
-class LockError(HfNotebookError, LookupError):
-    """A locked load that cannot be made: no entry, or the revision moved on the Hub."""
-
-
 def key_of(repo_id: str, revision: Optional[str]) -> str:
     """``org/name@main``: the repo and the revision as written (the default branch when none)."""
     return f"{repo_id}@{revision or 'main'}"
@@ -138,7 +134,7 @@ def entry_for(result: Any, previous: Optional[dict] = None) -> dict:
     import torch
     import transformers
 
-    from hf_notebook import __version__
+    from hf_notebook._version import __version__
 
     known = previous.get("files", {}) if previous and previous.get("sha") == result.pin.sha else {}
     files = {}

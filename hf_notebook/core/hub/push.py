@@ -12,7 +12,6 @@ and never appears in a result, an error or a repr: errors are rewritten with tok
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import io
 import json
 import os
@@ -21,14 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
-from ..errors import AuthError, HfNotebookError, HubError, OptionError, hub_failure, redact
+from ..errors import AuthError, HfNotebookError, HubError, OptionError, PushError, hub_failure, redact
 from ..events import FileProgress, OnEvent, emit
 from ..integrity import MANIFEST
-from ..quiet import library_bars_off, shared_setting
-
-
-class PushError(HfNotebookError, RuntimeError):
-    """A push the Hub refused, or one that cannot start."""
+from ..quiet import library_bars_off
 
 
 @dataclass(frozen=True)
@@ -110,29 +105,17 @@ def push_folder(folder: str | os.PathLike, repo_id: str, *, private: bool = Fals
 
 def _through_xet() -> bool:
     """Large files go to Xet storage (the real Hub with hf_xet installed), not through our LFS reader."""
-    from huggingface_hub.utils._runtime import is_xet_available
+    from ..compat import xet_available
 
-    return bool(is_xet_available())  # hf_xet installed and HF_HUB_DISABLE_XET unset
-
-
-_XET_REPORT: contextvars.ContextVar[Optional[Callable]] = contextvars.ContextVar("hf_notebook_xet", default=None)
+    return xet_available()  # hf_xet installed and HF_HUB_DISABLE_XET unset
 
 
 @contextlib.contextmanager
 def _xet_file_progress(operations: list, on_event: OnEvent | None) -> Iterator[None]:
-    """Per-file progress of an upload to Xet storage (the real Hub, hf_xet installed).
-
-    hf_xet reads the files itself, so our reader sees none of it; it reports each file's bytes to
-    its upload commit's ``progress_callback``, which huggingface_hub passes only while its own
-    bars are on (they are off: they would print under our panel). So the Xet session hands every
-    upload commit opened in this call a callback that turns those reports into our events.
-    """
+    """Per-file progress of an upload to Xet storage (the real Hub, hf_xet installed): hf_xet reads the files
+    itself and reports their bytes only to a callback huggingface_hub passes while its own bars are on (they
+    are off: they would print under our panel), so ``compat.xet_upload_reports`` hands it ours."""
     if on_event is None or not _through_xet():
-        yield
-        return
-    try:
-        from huggingface_hub.utils import _xet
-    except ImportError:  # another huggingface_hub layout: the upload goes on without per-file progress
         yield
         return
     name_of = _names_in_repo(operations)
@@ -143,44 +126,10 @@ def _xet_file_progress(operations: list, on_event: OnEvent | None) -> Iterator[N
             if name is not None:
                 emit(on_event, FileProgress(name, int(item.bytes_completed), int(item.total_bytes)))
 
-    def wrap() -> None:
-        _xet.get_xet_session = _ReportingSessions(_xet.get_xet_session)
+    from ..compat import xet_upload_reports
 
-    reset = _XET_REPORT.set(report)
-    try:
-        with shared_setting("xet-session", lambda: _xet.get_xet_session, wrap,
-                            lambda saved: setattr(_xet, "get_xet_session", saved)):
-            yield
-    finally:
-        _XET_REPORT.reset(reset)
-
-
-class _ReportingSessions:
-    """``get_xet_session`` whose sessions give each upload commit our report too (see above)."""
-
-    def __init__(self, get: Callable):
-        self._get = get
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return _ReportingSession(self._get(*args, **kwargs))
-
-
-class _ReportingSession:
-    def __init__(self, session: Any):
-        self._session = session
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._session, name)
-
-    def new_upload_commit(self, *args: Any, progress_callback: Optional[Callable] = None, **kwargs: Any) -> Any:
-        ours, theirs = _XET_REPORT.get(), progress_callback
-
-        def both(group: Any, items: Any) -> None:
-            ours(group, items)
-            if theirs is not None:
-                theirs(group, items)
-
-        return self._session.new_upload_commit(*args, progress_callback=both if ours else theirs, **kwargs)
+    with xet_upload_reports(report):
+        yield
 
 
 def _names_in_repo(operations: list) -> Callable[[str], Optional[str]]:
@@ -228,7 +177,7 @@ def _check_token(api: Any, repo_id: str, token: Any) -> None:
 def _check_folder(folder: Path) -> None:
     """Publish exactly the folder: no link out of it, and every file its manifest lists as the manifest says
     (hashed once per file identity; a save remembers what it wrote), before anything is sent."""
-    from .bundle import verify_folder
+    from ..manifest import verify_folder
 
     root = folder.resolve()
     for path in sorted(folder.rglob("*")):

@@ -36,7 +36,7 @@ from typing import Any, Optional
 
 from ..devices.offloaded import rewrites_weights
 from ..dtypes import torch_dtype
-from ..errors import HfNotebookError, OptionError
+from ..errors import OptionError, SaveError
 from ..events import OnEvent
 from ..integrity import MANIFEST, digest_of
 from ..quiet import library_bars_off
@@ -48,10 +48,6 @@ _NOT_COPIED = {"README.md", ".gitattributes", MANIFEST, "model.safetensors.index
 _SAVE_PRETRAINED = re.compile(r"(generation_)?config\.json|(model|pytorch_model|tf_model|flax_model)(\.\w+)?"
                               r"(-\d{5}-of-\d{5})?\.(safetensors|bin|h5|msgpack)(\.index\.json)?")  # what it names
 _REPO_FOLDERS = ("models--", "datasets--", "spaces--")  # a Hub cache holds its repos in these
-
-
-class SaveError(HfNotebookError, OSError):
-    """A save that cannot be made (target in use, not writable, too little space); nothing was written."""
 
 
 @dataclass(frozen=True)
@@ -383,7 +379,7 @@ def _write_manifest(folder: Path, files: tuple[SavedFile, ...], source: str, out
     import torch
     import transformers
 
-    from hf_notebook import __version__
+    from hf_notebook._version import __version__
 
     manifest = {
         "format": "hf_notebook.manifest/1",
