@@ -28,3 +28,27 @@ def test_no_private_name_of_a_dependency_outside_compat():
              and "testing" not in p.parts for n, line in enumerate(p.read_text().splitlines(), 1)
              if private.search(line)]
     assert found == []
+
+
+def test_a_save_that_cannot_patch_transformers_is_named_and_writes_nothing(shell, tiny_hub, hf_cache, tmp_path,
+                                                                            monkeypatch):
+    import transformers.modeling_utils as mu
+
+    shell.run_line_magic("load_model", "tiny/llama --device-map cpu --as m")
+    monkeypatch.delattr(mu, "safe_save_file")
+    with pytest.raises(UsageError, match=r"has no transformers\.modeling_utils\.safe_save_file"):
+        shell.run_line_magic("save_model", f"m {tmp_path / 'out'}")
+    assert not (tmp_path / "out").exists()
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".out")]  # no temporary folder left
+
+
+def test_loads_and_saves_patch_transformers_under_one_lock():
+    from hf_notebook.core import compat
+    from hf_notebook.core.weights import load, save
+
+    assert "PATCH_LOCK" not in vars(load) and "_PATCH_LOCK" not in vars(load) and "PATCH_LOCK" not in vars(save)
+    with compat.patched_modeling_utils(safe_open=None):
+        import transformers.modeling_utils as mu
+
+        assert mu.safe_open is None and compat.PATCH_LOCK._is_owned()
+    assert mu.safe_open is not None and not compat.PATCH_LOCK._is_owned()

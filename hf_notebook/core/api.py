@@ -365,17 +365,11 @@ def split_kw(extra: dict, config) -> tuple[dict, dict]:
     if not extra:
         return {}, {}
     import difflib
-    import inspect
-    import re
 
-    from transformers import PreTrainedModel
-
+    from .compat import from_pretrained_keywords
     from .errors import OptionError
 
-    source = inspect.getsource(PreTrainedModel.from_pretrained)
-    arguments = set(inspect.signature(PreTrainedModel.from_pretrained).parameters) - {"cls", "args", "kwargs",
-                                                                                        "model_args"}
-    arguments |= set(re.findall(r"kwargs\.pop\(\s*[\"'](\w+)[\"']", source))
+    arguments = from_pretrained_keywords()
     settings = set(config.to_dict()) | {k for k in vars(config) if not k.startswith("_")}
     known = arguments | settings
     for key in extra:

@@ -13,6 +13,7 @@ import contextlib
 import contextvars
 import logging
 import socket
+import threading
 from typing import Any, Callable, Iterator, Optional
 
 from .errors import IncompatibleVersion
@@ -180,3 +181,49 @@ class _ReportingSession:
                 theirs(group, items)
 
         return self._session.new_upload_commit(*args, progress_callback=both if ours else theirs, **kwargs)
+
+
+# -- transformers.modeling_utils, patched while we load or save -------------------------------------
+PATCH_LOCK = threading.RLock()  # one at a time, loads and saves alike: the names are the module's, shared
+
+
+def modeling_utils_name(name: str) -> Any:
+    """A name of ``transformers.modeling_utils`` we replace for a while (probed)."""
+    return _private("transformers.modeling_utils", name)
+
+
+@contextlib.contextmanager
+def patched_modeling_utils(**replacements: Any) -> Iterator[None]:
+    """``transformers.modeling_utils`` with ``replacements`` (name -> object) for the block, under one lock;
+    every name is probed first, and the originals are back afterwards, whatever happens."""
+    import transformers.modeling_utils as mu
+
+    saved = {name: modeling_utils_name(name) for name in replacements}
+    with PATCH_LOCK:
+        try:
+            for name, value in replacements.items():
+                setattr(mu, name, value)
+            yield
+        finally:
+            for name, value in saved.items():
+                setattr(mu, name, value)
+
+
+_KEYWORDS: Optional[frozenset] = None
+
+
+def from_pretrained_keywords() -> frozenset:
+    """Every keyword ``PreTrainedModel.from_pretrained`` takes: its signature, and the ``kwargs.pop("...")``
+    in its source (transformers documents them there, not in the signature)."""
+    global _KEYWORDS
+    if _KEYWORDS is None:
+        import inspect
+        import re
+
+        from transformers import PreTrainedModel
+
+        method = PreTrainedModel.from_pretrained
+        found = set(inspect.signature(method).parameters) - {"cls", "args", "kwargs", "model_args"}
+        found |= set(re.findall(r"kwargs\.pop\(\s*[\"'](\w+)[\"']", inspect.getsource(method)))
+        _KEYWORDS = frozenset(found)
+    return _KEYWORDS

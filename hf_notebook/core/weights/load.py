@@ -132,27 +132,20 @@ class _ObservedHandle:
         return getattr(self._handle, name)
 
 
-_PATCH_LOCK = threading.RLock()
-
-
 @contextlib.contextmanager
 def _observing(counters: dict[str, _ShardCounter], releaser: _PageReleaser, target: str):
     """Wrap transformers' ``safe_open`` for the files in ``counters`` (by real path) while loading."""
-    from transformers import modeling_utils
+    from ..compat import modeling_utils_name, patched_modeling_utils
 
-    original = modeling_utils.safe_open
+    original = modeling_utils_name("safe_open")
 
     def observed(path, *args, **kwargs):
         handle = original(path, *args, **kwargs)
         counter = counters.get(os.path.realpath(path))
         return handle if counter is None else _ObservedHandle(handle, counter, releaser, target)
 
-    with _PATCH_LOCK:
-        modeling_utils.safe_open = observed
-        try:
-            yield
-        finally:
-            modeling_utils.safe_open = original
+    with patched_modeling_utils(safe_open=observed):
+        yield
 
 
 def _extra(plan: Plan, options, kw: Optional[dict]) -> dict:

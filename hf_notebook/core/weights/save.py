@@ -247,11 +247,9 @@ def _streamed(model: Any, writer: ShardWriter, convert: bool):
     dtype they are written in (when converting)."""
     import warnings
 
-    import transformers.modeling_utils as mu
+    from ..compat import modeling_utils_name, patched_modeling_utils
 
-    saved = {name: getattr(mu, name) for name in ("safe_save_file", "load_offloaded_parameter",
-                                                  "split_torch_state_dict_into_shards")}
-    split = saved["split_torch_state_dict_into_shards"]
+    split = modeling_utils_name("split_torch_state_dict_into_shards")
 
     def placeholder(model_to_save, name):
         return _meta_like(model_to_save, name)
@@ -262,19 +260,15 @@ def _streamed(model: Any, writer: ShardWriter, convert: bool):
         sized = {k: torch.empty(v.shape, dtype=writer.target_dtype(v), device="meta") for k, v in state_dict.items()}
         return split(sized, **kwargs)
 
-    mu.safe_save_file = writer.save_file
+    replacements: dict[str, Any] = {"safe_save_file": writer.save_file}
     # reverting fused weights needs their data: keep transformers' own loading for those models
     if not rewrites_weights(type(model).__name__, getattr(model.config, "model_type", "")):
-        mu.load_offloaded_parameter = placeholder
+        replacements["load_offloaded_parameter"] = placeholder
     if convert:
-        mu.split_torch_state_dict_into_shards = split_in_out_dtype
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Attempting to save a model with offloaded modules")
-            yield
-    finally:
-        for name, value in saved.items():
-            setattr(mu, name, value)
+        replacements["split_torch_state_dict_into_shards"] = split_in_out_dtype
+    with patched_modeling_utils(**replacements), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Attempting to save a model with offloaded modules")
+        yield
 
 
 def _meta_like(model: Any, name: str):
