@@ -133,3 +133,13 @@ def test_no_traceback_from_xet_progress_in_a_real_kernel_shape(shell, big_repo, 
     captured = capfd.readouterr()
     assert "Traceback" not in captured.err + captured.out
     assert "AttributeError" not in captured.err + captured.out
+
+
+def test_a_fresh_download_claims_no_deduplication(shell, tiny_hub, hf_cache, hub_server, capfd):
+    """Bytes that crossed the network are not called deduplicated (the note is for files linked from the
+    cache's shared store, as in the test above)."""
+    hub_server.reset_counters()
+    shell.run_line_magic("load_model", "tiny/llama --as m")
+    out = capfd.readouterr().out
+    assert hub_server.bytes_served(via="xet") > 0
+    assert "fetched model-00001-of-00005.safetensors" in out and "deduplicated" not in out

@@ -225,17 +225,24 @@ def progress_class(name: str, size: Optional[int], on_event: Optional[OnEvent]):
         def __init__(self, *_, total=None, initial=0, **__):
             type(self).bars.append(self)
             self.total = total or size
-            self.n = self.transferred = initial or 0
+            self.n = self._network = initial or 0
+            self._reported = False  # hf_xet reports network bytes apart; over plain HTTP they are the file's
             self.format_dict = {"rate": None}
             self._emit()
+
+        @property
+        def transferred(self) -> int:
+            """Bytes that crossed the network for this file."""
+            return self._network if self._reported else self.n
 
         def update(self, n=1):
             self.n += n or 0
             self._emit()
 
         def update_transfer(self, n=1):
-            self.transferred += n or 0
-            if self.transferred > self.n:  # hf_xet writes a file's bytes late: show what has arrived meanwhile
+            self._reported = True
+            self._network += n or 0
+            if self._network > self.n:  # hf_xet writes a file's bytes late: show what has arrived meanwhile
                 self._emit()
 
         def _emit(self):
