@@ -36,9 +36,11 @@ def test_a_load_shares_blobs_with_another_repo_and_leaves_it_whole(shell, twins,
     from huggingface_hub import snapshot_download
 
     a, b, folder = twins
+    hub_server.reset_counters()
     snapshot_download(b)  # the plain client first: its weights land in the cache's shared store
     shared = [p for p in (hf_cache / "blobs").rglob("*") if p.is_file() and len(p.name) == 64]
-    assert len(shared) >= 3
+    served = {via: hub_server.bytes_served(b, via=via) for via in ("resolve", "bridge", "xet")}
+    assert len(shared) >= 3, f"shared store: {[p.name[:12] for p in shared]}; bytes served for b: {served}"
     hub_server.reset_counters()
     shell.run_line_magic("load_model", f"{a} --as m")
     assert _equal(shell.user_ns["m"], folder)
