@@ -1,11 +1,11 @@
 """The Hub stand-in answers the real huggingface_hub client and transformers as the Hub would: the LFS tier.
 
 Here the stand-in is a Hub without Xet storage (older deployments, other servers): files are served over plain
-HTTP and uploads go through the LFS batch API. The client's downloads keep every default. Its uploads need Xet
-off: huggingface_hub 2.4 sends every large upload through Xet whenever hf_xet is installed, with no negotiation,
-so against a Hub without Xet only a client with Xet off can push (the one default switched off in the suite).
-The same operations with every default on, through Xet, are the twins in test_hub_standin_xet.py.
-"""
+HTTP and uploads go through the LFS batch API. The client's downloads keep every default. Its uploads (the
+tests that ask for ``lfs_uploads``) need Xet off: huggingface_hub 2.4 sends every large upload through Xet
+whenever hf_xet is installed, with no negotiation, so against a Hub without Xet only a client with Xet off can
+push (the one default switched off in the suite). The same operations with every default on, through Xet, are
+the twins in test_hub_standin_xet.py."""
 
 import hashlib
 import http.client
@@ -26,14 +26,19 @@ WEIGHTS_SIZE = 1 << 20  # the tensor bytes of model.safetensors
 
 
 @pytest.fixture(autouse=True)
-def hub_without_xet(hub_server, monkeypatch, request):
-    """A Hub without Xet storage, and (see the module's docstring) a client that uploads through LFS; tests that
-    turn the client's Xet on themselves (a ``xet`` parameter) keep it."""
+def hub_without_xet(hub_server):
+    """A Hub without Xet storage: a server setting; the client keeps its defaults (Xet on, shared blobs)."""
+    hub_server.xet = False
+
+
+@pytest.fixture
+def lfs_uploads(monkeypatch):
+    """The one default switched off here, and only for uploads (see the module's docstring): a client with Xet
+    off, so it pushes through the LFS batch API as it must to a Hub without Xet. Twins with Xet on:
+    test_hub_standin_xet.py."""
     from huggingface_hub import constants
 
-    hub_server.xet = False
-    if "xet" not in getattr(request.node, "callspec", SimpleNamespace(params={})).params:
-        monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
 
 
 def safetensors_bytes(name: str, rows: int, cols: int) -> bytes:
@@ -211,7 +216,7 @@ def test_private_repo_needs_the_token(hub_store, hub_repo_id, hub_token, hf_cach
 # --------------------------------------------------------------------------- writes
 
 
-def test_create_repo_and_upload_folder(hub_server, hub_store, hub_repo_id, hf_cache, tmp_path):
+def test_create_repo_and_upload_folder(hub_server, hub_store, hub_repo_id, hf_cache, tmp_path, lfs_uploads):
     from huggingface_hub import HfApi, hf_hub_download
 
     api = HfApi()
@@ -254,7 +259,8 @@ def test_upload_folder_as_pull_request(hub_server, hub_store, hub_repo_id, tmp_p
     assert any(path.endswith("/discussions") for _, path in hub_server.requests) == xet
 
 
-def test_upload_folder_sends_weights_through_lfs(hub_server, hub_store, hub_repo_id, hub_token, hf_cache, tmp_path):
+def test_upload_folder_sends_weights_through_lfs(hub_server, hub_store, hub_repo_id, hub_token, hf_cache, tmp_path,
+                                                 lfs_uploads):
     from huggingface_hub import HfApi, hf_hub_download
 
     api = HfApi(token=hub_token)
@@ -282,7 +288,8 @@ def test_upload_folder_sends_weights_through_lfs(hub_server, hub_store, hub_repo
     assert stray_lfs_files(hub_store) == []
 
 
-def test_transformers_loads_what_push_to_hub_uploaded(hub_server, hub_store, hub_repo_id, hf_cache, tmp_path):
+def test_transformers_loads_what_push_to_hub_uploaded(hub_server, hub_store, hub_repo_id, hf_cache, tmp_path,
+                                                      lfs_uploads):
     import torch
     from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
@@ -301,7 +308,7 @@ def test_transformers_loads_what_push_to_hub_uploaded(hub_server, hub_store, hub
     assert all(torch.equal(expected[name], actual[name]) for name in expected)
 
 
-def test_reupload_sends_only_what_the_hub_lacks(hub_server, hub_store, hub_repo_id, hf_cache, tmp_path):
+def test_reupload_sends_only_what_the_hub_lacks(hub_server, hub_store, hub_repo_id, hf_cache, tmp_path, lfs_uploads):
     from huggingface_hub import HfApi, hf_hub_download
 
     api = HfApi()
@@ -331,7 +338,8 @@ def test_reupload_sends_only_what_the_hub_lacks(hub_server, hub_store, hub_repo_
     assert hub_store.read(hub_repo_id, "b.safetensors") == second
 
 
-def test_commit_naming_an_lfs_object_never_uploaded_is_refused(hub_server, hub_store, hub_repo_id, tmp_path):
+def test_commit_naming_an_lfs_object_never_uploaded_is_refused(hub_server, hub_store, hub_repo_id, tmp_path,
+                                                               lfs_uploads):
     from huggingface_hub import CommitOperationAdd, HfApi
     from huggingface_hub.errors import HfHubHTTPError
 
@@ -348,7 +356,7 @@ def test_commit_naming_an_lfs_object_never_uploaded_is_refused(hub_server, hub_s
     assert api.model_info(hub_repo_id).sha == head and lfs_puts(hub_server) == []
 
 
-def test_upload_checks_content_signature_and_token(hub_server, hub_store, hub_repo_id, hub_token):
+def test_upload_checks_content_signature_and_token(hub_server, hub_store, hub_repo_id, hub_token, lfs_uploads):
     from huggingface_hub import get_session
 
     hub_store.create_repo(hub_repo_id)
@@ -377,7 +385,8 @@ def test_upload_checks_content_signature_and_token(hub_server, hub_store, hub_re
     assert present == [{"oid": oid, "size": len(content)}]  # no actions: the client skips the upload
 
 
-def test_upload_folder_as_pull_request_with_lfs_files(hub_server, hub_store, hub_repo_id, hf_cache, tmp_path):
+def test_upload_folder_as_pull_request_with_lfs_files(hub_server, hub_store, hub_repo_id, hf_cache, tmp_path,
+                                                      lfs_uploads):
     from huggingface_hub import HfApi, hf_hub_download
 
     api = HfApi()
@@ -393,7 +402,7 @@ def test_upload_folder_as_pull_request_with_lfs_files(hub_server, hub_store, hub
     assert api.model_info(hub_repo_id).sha == main
 
 
-def test_broken_upload_leaves_nothing_and_a_rerun_resumes(hub_server, hub_store, hub_repo_id, tmp_path):
+def test_broken_upload_leaves_nothing_and_a_rerun_resumes(hub_server, hub_store, hub_repo_id, tmp_path, lfs_uploads):
     from huggingface_hub import HfApi
 
     api = HfApi()
