@@ -1,10 +1,20 @@
 """hf_notebook: load, place, inspect, save and publish Hugging Face models from a notebook.
 
-``%load_ext hf_notebook`` registers the magics. Importing this package is cheap: torch,
-transformers and accelerate are imported only when a magic needs them.
+``%load_ext hf_notebook`` registers the magics. From Python, ``hf_notebook.Session()`` does what the
+magics do (lock file included). Importing this package is cheap: torch, transformers and accelerate
+are imported only when an action needs them.
 """
 
 from ._version import __version__  # noqa: F401
+
+
+def __getattr__(name):
+    """``Session`` and ``Settings``, imported on first use."""
+    if name in ("Session", "Settings"):
+        from .core import session
+
+        return getattr(session, name)
+    raise AttributeError(f"module 'hf_notebook' has no attribute {name!r}")
 
 
 def edit_device_map(target, *, name=None):

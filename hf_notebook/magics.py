@@ -1,17 +1,16 @@
-"""IPython magics: parse arguments, call the core, show the result.
+"""IPython magics: parse a line, call the shell's :class:`~.core.session.Session`, show the result.
 
 The load and plan options come from one table (``core/option_table.py``): a new option is a row
-there, not an ``argument`` here. A new action is a core function that returns a result, a record
+there, not an ``argument`` here. A new action is a Session method that returns a result, a record
 for it in ``ui/record.py`` (registered in ``ui/__init__.py``), and a magic here that parses, calls
 and displays, decorated with ``@_usage_errors``. The magics class is also the traitlets
-configurable ``HFNotebook``, so defaults can be set with ``%config HFNotebook.cache_dir =
-"/data/hf"`` or in an IPython profile. Lock drift checks and the save guard still live here.
+configurable ``HFNotebook`` (the Session's settings), so defaults can be set with
+``%config HFNotebook.cache_dir = "/data/hf"`` or in an IPython profile.
 """
 
 from __future__ import annotations
 
 import functools
-import gc
 import keyword
 import os
 
@@ -75,22 +74,25 @@ def _parse(magic, line: str):
     IPython splits magic lines without shell rules, so ``--device-map '{"a": 0}'`` arrives
     with its quotes; users write them to keep spaces together, as in a shell.
     """
+    from .core.option_table import unquote
+
     try:
         args = parse_argstring(magic, line)
     except ValueError as exc:  # the line splitter: an unterminated quote
         raise UsageError(f"Cannot read the line: {exc}. Close every quote you open.") from None
     for key, value in vars(args).items():
         if isinstance(value, list):  # repeatable options (--set, --kw): each item as a single value
-            setattr(args, key, [_unquoted(v) for v in value])
+            setattr(args, key, [unquote(v) for v in value])
         else:
-            setattr(args, key, _unquoted(value))
+            setattr(args, key, unquote(value))
     return args
 
 
-def _unquoted(value):
-    if isinstance(value, str) and len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-        return value[1:-1]
-    return value
+def _given(args) -> dict:
+    """The table's options as the line gave them (None, False or [] where it did not)."""
+    from .core.option_table import OPTIONS
+
+    return {o.dest: getattr(args, o.dest) for o in OPTIONS if hasattr(args, o.dest)}
 
 
 @magics_class
@@ -129,9 +131,14 @@ class HFNotebook(Magics):
 
     def __init__(self, shell=None, **kwargs):
         super().__init__(shell=shell, **kwargs)
-        from .core.registry import Registry
+        from .core.session import Session
 
-        self.registry = Registry()  # this shell's loaded models
+        self.session = Session(settings=self, namespace=shell.user_ns if shell is not None else None)
+
+    @property
+    def registry(self):
+        """This shell's loaded models (the Session's)."""
+        return self.session.registry
 
     @magic_arguments()
     @argument("spec", help=_SPEC_HELP)
@@ -148,89 +155,22 @@ class HFNotebook(Magics):
     @_usage_errors
     def load_model(self, line: str):
         """Resolve, download, place and load a Hugging Face model, then bind it to a variable."""
+        from .ui.words import lock_update_text
+
         args = _parse(self.load_model, line)
-        _from_plan(self.load_model, args, self.shell.user_ns.get(args.spec))
         if args.plan_only:
             return self._plan(args, plot=False)
         name = _check_name(args.name or "model", self.shell)
-        tokenizer_name = _check_name(args.tokenizer or f"{name}_tokenizer", self.shell) if args.tokenizer is not None else None
-        options = self._options(args, offload_folder=args.offload_folder or self.offload_folder,
-                                tokenizer=tokenizer_name is not None)
-        spec, key = self._lock_spec(args, options)
-        result, error = self._load(spec, options, name)
+        tokenizer = _check_name(args.tokenizer or f"{name}_tokenizer", self.shell) if args.tokenizer is not None \
+            else False
+        request = self.session.request(args.spec, name=name, tokenizer=tokenizer, locked=args.locked,
+                                       update=args.update, **_given(args))
+        result, error = self._load(request)
         if error is not None:  # raised here, out of the frames that held the half-built model and the failure
             raise error
-        previous = self.registry.get(name)
-        self.shell.user_ns[name] = result.model
-        if tokenizer_name is not None:
-            self.shell.user_ns[tokenizer_name] = result.tokenizer
-        self.registry.add(name, result)
-        if previous is not None:
-            self._release(previous)
-        self._record_lock(result, key, update=args.update or args.locked)
-
-    # -- the lock file ---------------------------------------------------------------------------
-    def _lock_path(self):
-        from pathlib import Path
-
-        return Path(self.lock_file).expanduser() if self.lock_file else None
-
-    def _lock_spec(self, args, options):
-        """The spec to load and the lock key: with --locked, the locked sha (after checking for drift)."""
-        from .core.hub import lock
-        from .core.spec import parse_spec
-
-        if args.locked and args.update:
-            raise UsageError("--locked loads the locked commit and --update moves it: give one of them.")
-        spec = parse_spec(args.spec)
-        if spec.is_local:
-            if args.locked or args.update:
-                raise UsageError("A local folder has no Hub revision to lock; --locked and --update are for Hub models.")
-            return args.spec, None
-        key = lock.key_of(spec.repo_id, spec.revision)
-        path = self._lock_path()
-        entry = lock.read(path).get(key) if path else None  # a damaged lock file is named before the load, not after
-        if not args.locked:
-            return args.spec, key
-        if entry is None:
-            raise UsageError(f"The lock file {path} has no entry for {key}. Load it once without --locked "
-                             "(or with --update) to record it.")
-        _check_locked_kernel(key, entry, options.attn_implementation)
-        if not options.offline:
-            from .core.hub.resolve import resolve
-
-            now = resolve(spec, token=options.token).pin.sha
-            if now != entry["sha"]:
-                raise UsageError(f"{key} has moved on the Hub: the lock file pins {entry['sha']}, the Hub now has "
-                                 f"{now}. Load the locked commit with %load_model {spec.repo_id}@{entry['sha']}, "
-                                 "or take the new one with --update.")
-        return f"{spec.repo_id}@{entry['sha']}", key
-
-    def _record_lock(self, result, key, update: bool) -> None:
-        """Record a Hub load in the lock file; an existing entry moves only with --update (else: a note). The
-        model is bound already: a lock file that cannot be written is a warning, not a lost load."""
-        from .core.hub import lock
-
-        path = self._lock_path()
-        if path is None or key is None or result.pin.kind == "local":
-            return
-
-        def make(old):
-            new = lock.entry_for(result, old)
-            new["revision"] = key.rsplit("@", 1)[1]
-            return None if old is not None and old["sha"] != new["sha"] and not update else new
-
-        try:
-            old, new = lock.update(path, key, make)
-        except (OSError, HfNotebookError) as exc:
-            reason = exc.message if isinstance(exc, HfNotebookError) else (exc.strerror or str(exc))
-            print(f"Warning: the lock file {path} was not updated ({reason}); the model is loaded and bound.")
-            return
-        if new is None:
-            print(f"Note: the lock file pins {key} to {old['sha'][:12]}; this load used {result.pin.sha[:12]} "
-                  f"({key.rsplit('@', 1)[1]} moved). --update moves the lock; --locked loads the locked commit.")
-        elif old is not None and old != new:
-            print(f"Lock file {path}: {key} updated: " + "; ".join(lock.changes(old, new)))
+        note = lock_update_text(result.lock)
+        if note:
+            print(note)
 
     @magic_arguments()
     @argument("--check", action="store_true",
@@ -242,21 +182,15 @@ class HFNotebook(Magics):
         """Show the lock file's entries: repo@revision, pinned sha, class, dtype, files."""
         from IPython.display import display
 
-        from .core.hub import lock as L
-        from .core.api import _hub_offline
         from .ui.record import lock_check_record, lock_record
 
         args = _parse(self.lock, line)
-        path = self._lock_path()
-        if path is None:
-            raise UsageError("The lock file is off (%config HFNotebook.lock_file = ''). Set a path to use one.")
-        entries = L.read(path)
+        session = self.session
         if not args.check:
-            return display(lock_record(path, entries))
-        offline = self.offline or _hub_offline()
-        display(lock_check_record(path, L.check(entries, offline=offline, cache_dir=self.cache_dir)))
+            return display(lock_record(session.lock_path, session.lock_entries()))
+        display(lock_check_record(session.lock_path, session.lock_check()))
 
-    def _load(self, spec: str, options, name: str):
+    def _load(self, request):
         """Run the load with a live panel that ends in its record; return ``(result, None)`` or
         ``(None, error to raise)``.
 
@@ -264,12 +198,11 @@ class HFNotebook(Magics):
         ``%xmode Verbose``, prints the locals of its frames); chained to the original it would keep
         the half-built model alive, and show frames whose locals may hold a token.
         """
-        from .core.api import load_model
         from .ui.record import load_record, stopped_record
 
         renderer = self._renderer()
         try:
-            result = load_model(spec, options, name=name, on_event=renderer)
+            result = self.session.run(request, on_event=renderer)
         except BaseException as exc:
             if renderer.state.failed is not None:
                 renderer.finish(stopped_record(renderer.state))
@@ -307,10 +240,7 @@ class HFNotebook(Magics):
         name = _parse(self.models, line).name
         if name is None:
             return display(models_record(self.registry.items()))
-        result = self.registry.get(name)
-        if result is None:
-            raise UsageError(f"No model named {name!r} was loaded by hf_notebook. See %models.")
-        display(load_record(result))
+        display(load_record(self.session.get(name)))
 
     @magic_arguments()
     @argument("name", help="The variable a model was loaded into (see %%models).")
@@ -320,14 +250,7 @@ class HFNotebook(Magics):
         """Remove a model's hooks and references, free its memory, and report what came back."""
         from IPython.display import display
 
-        from .core.unload import unload
-
-        name = _parse(self.unload_model, line).name
-        result = self.registry.pop(name)
-        if result is None:
-            loaded = ", ".join(self.registry.names()) or "none"
-            raise UsageError(f"No model named {name!r} was loaded by hf_notebook (loaded: {loaded}). See %models.")
-        display(unload(name, result, [self.shell.user_ns]))
+        display(self.session.unload(_parse(self.unload_model, line).name))
 
     @magic_arguments()
     @argument("name", help="A model loaded by %%load_model (its variable), or a plan bound by %%plan_model --as NAME.")
@@ -345,14 +268,12 @@ class HFNotebook(Magics):
         Export. With --set or --export it works without the widget (terminal, scripts)."""
         from IPython.display import display
 
-        from .core.api import apply_device_map, device_map_editor
-        from .core.devices.editing import parse_assignment
         from .ui import _in_kernel
         from .ui import words
         from .ui.editor import DeviceMapEditor
 
         args = _parse(self.edit_device_map, line)
-        target = self._edit_target(args.name)
+        target = self.session.target(args.name)
         if not args.sets and not args.export:
             editor = DeviceMapEditor(target, name=args.name)
             if self.display == "text" or (self.display == "auto" and not _in_kernel(self.shell)):
@@ -361,22 +282,10 @@ class HFNotebook(Magics):
             else:
                 editor.display()
             return
-        try:
-            draft = device_map_editor(target)
-            if args.sets:
-                draft.assign([parse_assignment(text) for text in args.sets])
-                problems = draft.problems()
-                if problems:
-                    raise UsageError("The edited map does not fit: " + "; ".join(map(words.problem_text, problems))
-                                     + ". Nothing was moved.\nMove less there, or raise --max-memory.")
-                moved = apply_device_map(target, draft.map)
-                print(words.applied_text(moved))
-            if args.export:
-                draft.to_json(args.export)
-                if hasattr(target, "map_file"):
-                    target.map_file = args.export
-        except OSError as exc:
-            raise UsageError(f"Cannot write {args.export!r}: {exc.strerror}. Give a writable path.") from None
+        if args.sets:
+            print(words.applied_text(self.session.edit(target, args.sets)))
+        if args.export:
+            self.session.export_map(target, args.export)
         display(target)
         if args.export:
             load = words.map_load_line(target, f"@{args.export}", name=args.name)
@@ -401,41 +310,10 @@ class HFNotebook(Magics):
         from IPython.display import display
 
         args = _parse(self.save_model, line)
-        result = self._loaded(args.name)
         if args.folder is None:
-            return self._save_panel(result, args)
-        saved = self._save(result, args.folder, max_shard_size=args.max_shard_size, dtype=args.dtype,
-                           overwrite=args.overwrite)
-        display(saved)
-
-    def _save(self, result, folder: str, **options):
-        """Run a save with the shell's rules (never into a folder a loaded model reads from)."""
-        from .core.dtypes import parse_dtype
-        from .core.weights.save import parse_shard_size, save_model
-
-        try:
-            dtype = parse_dtype(options.get("dtype")) if options.get("dtype") else None
-            shard = parse_shard_size(options.get("max_shard_size"))
-            return save_model(result, folder, max_shard_size=shard, dtype=dtype, overwrite=options.get("overwrite"),
-                              reads_from=self._folders_in_use(), on_event=options.get("on_event"))
-        except KeyboardInterrupt:
-            raise KeyboardInterrupt() from None
-        except OSError as exc:
-            raise UsageError(f"Saving into {folder} failed: {exc.strerror or exc}. The folder is as it was.") from None
-
-    def _folders_in_use(self) -> tuple:
-        """Folders loaded models read weights from: their source folders and offload folders."""
-        found = []
-        for _, r in self.registry.items():
-            found += [f for f in (r.source_folder, r.offload_folder) if f]
-        return tuple(found)
-
-    def _loaded(self, name: str):
-        result = self.registry.get(name)
-        if result is None:
-            loaded = ", ".join(self.registry.names()) or "none"
-            raise UsageError(f"No model named {name!r} was loaded by hf_notebook (loaded: {loaded}). See %models.")
-        return result
+            return self._save_panel(args)
+        display(self.session.save(args.name, args.folder, max_shard_size=args.max_shard_size, dtype=args.dtype,
+                                  overwrite=args.overwrite))
 
     @magic_arguments()
     @argument("name", nargs="?", default=None, help="A model loaded by %%load_model (saved first, then pushed).")
@@ -454,66 +332,39 @@ class HFNotebook(Magics):
         """Push a loaded model (saved to a temporary folder first) or a saved folder (--from DIR) to the Hub in one
         commit: weights through LFS/Xet, a model card when there is none, then the commit sha, its URL and the
         %load_model line that loads it back. The token comes from your login (hf auth login, HF_TOKEN)."""
-        import tempfile
+        from .ui import _in_kernel
+        from .ui.transfer import TransferProgress
 
         args = _parse(self.push_model, line)
         if args.name and args.folder:
             raise UsageError("Give either a model NAME or --from DIR, not both.")
         if not args.name and not args.folder:
             raise UsageError("Name a loaded model (%push_model NAME owner/repo) or a folder (--from DIR).")
-        if args.folder:
-            self._push_showing(args.folder, args)
-            return
-        result = self._loaded(args.name)
-        with tempfile.TemporaryDirectory(prefix="hf_notebook-push-") as tmp:
-            self._save(result, os.path.join(tmp, "model"), max_shard_size=args.max_shard_size, dtype=args.dtype)
-            self._push_showing(os.path.join(tmp, "model"), args)
-
-    def _push_showing(self, folder: str, args) -> None:
-        """A push with per-file upload progress (a bar in a kernel, a line per file in a terminal), then its record."""
-        from .ui import _in_kernel
-        from .ui.transfer import TransferProgress
-
+        if args.name:
+            self.session.get(args.name)  # a name that is not loaded: said before any panel shows
         widget = self.display == "widget" or (self.display == "auto" and _in_kernel(self.shell))
         progress = TransferProgress("uploaded", widget=widget)
         progress.display()
         try:
-            pushed = self._push(folder, args, on_event=progress)
+            pushed = self.session.push(args.repo_id, model=args.name, folder=args.folder, private=args.private,
+                                       branch=args.branch, create_pr=args.create_pr, message=args.message,
+                                       tag=args.tag, max_shard_size=args.max_shard_size, dtype=args.dtype,
+                                       on_event=progress)
         except BaseException as exc:
             progress.fail(exc)
             raise
         progress.finish(pushed)
 
-    def _push(self, folder: str, args, token=None, on_event=None):
-        from .core.hub.push import push_folder
-
-        try:
-            return push_folder(folder, args.repo_id, private=args.private, branch=args.branch,
-                               create_pr=args.create_pr, message=args.message, tag=args.tag, token=token,
-                               name=args.name, on_event=on_event)
-        except KeyboardInterrupt:
-            raise KeyboardInterrupt() from None
-
-    def _save_panel(self, result, args):
+    def _save_panel(self, args):
         """``%save_model NAME``: the save and push panel (text in a terminal: it needs a folder)."""
         from .ui import _in_kernel
         from .ui.save_push import SavePushPanel
 
+        self.session.get(args.name)  # a name that is not loaded: said first
         if self.display == "text" or (self.display == "auto" and not _in_kernel(self.shell)):
             raise UsageError(f"Give a folder to save into: %save_model {args.name} FOLDER "
                              "(the save and push panel needs Jupyter).")
-        panel = SavePushPanel(result, name=args.name, save=self._save, push=self._push_repo)
-        panel.display()
-        return None
-
-    def _push_repo(self, folder: str, repo_id: str, *, token=None, on_event=None, **options):
-        """The panel's push: the same rules as %push_model, without parsing a line."""
-        from types import SimpleNamespace
-
-        args = SimpleNamespace(repo_id=repo_id, private=options.get("private", False), branch=options.get("branch"),
-                               create_pr=options.get("create_pr", False), message=options.get("message"),
-                               tag=options.get("tag"), name=options.get("name"))
-        return self._push(folder, args, token=token, on_event=on_event)
+        SavePushPanel(self.session, args.name).display()
 
     @magic_arguments()
     @argument("spec", help="org/name or org/name@REV (pinned to its commit sha first).")
@@ -530,42 +381,15 @@ class HFNotebook(Magics):
         (only missing files are downloaded), with a manifest of sizes and sha256 and a BUNDLE.md on loading it."""
         from IPython.display import display
 
-        from .core.api import _hub_offline
-        from .core.hub.bundle import export_bundle
-
         args = _parse(self.export_model, line)
-        result = export_bundle(args.spec, args.folder, layout=args.layout,
-                               cache_dir=args.cache_dir or self.cache_dir,
-                               offline=args.offline or self.offline or _hub_offline())
-        display(result)
-
-    def _edit_target(self, name: str):
-        """The loaded model (its LoadResult) or the bound Plan called ``name``."""
-        from .core.devices.plan import Plan
-
-        result = self.registry.get(name)
-        if result is not None:
-            return result
-        value = self.shell.user_ns.get(name)
-        if isinstance(value, Plan):
-            return value
-        loaded = ", ".join(self.registry.names()) or "none"
-        raise UsageError(f"{name!r} is neither a model loaded by hf_notebook (loaded: {loaded}) nor a plan. "
-                         f"Load one with %load_model ... --as {name}, or plan one with %plan_model ... --as {name}.")
-
-    def _release(self, result) -> None:
-        """A model replaced by a new one under its name: its references go; its temporary offload folder goes
-        with the model itself, once nothing else holds it (``core.owned``)."""
-        result.model = None
-        gc.collect()
+        display(self.session.export(args.spec, args.folder, layout=args.layout, cache_dir=args.cache_dir,
+                                    offline=args.offline))
 
     def _plan(self, args, plot: bool):
         from IPython.display import display
 
-        from .core.api import plan_model
-
         name = _check_name(args.name, self.shell) if args.name else None
-        plan = plan_model(args.spec, self._options(args))
+        plan = self.session.plan(args.spec, **_given(args))
         display(plan)
         if plot:
             self._show_figure(plan)
@@ -589,61 +413,12 @@ class HFNotebook(Magics):
             f.write(image.data)
         print(f"Memory per device drawn to {path}")
 
-    def _options(self, args, **load_only):
-        """The table's options from the line, the configurable's defaults filled in, validated (HF_HUB_OFFLINE
-        read now: it may have been set after import); ``load_only`` adds or replaces values."""
-        from .core.api import _hub_offline
-        from .core.option_table import OPTIONS
-        from .core.options import LoadOptions
-
-        given = {o.dest: getattr(args, o.dest) for o in OPTIONS if hasattr(args, o.dest)}
-        given.update(dtype=args.dtype or self.dtype, device_map=args.device_map or self.device_map,
-                     max_memory=args.max_memory or self.max_memory or None, cache_dir=args.cache_dir or self.cache_dir,
-                     offline=args.offline or self.offline or _hub_offline())
-        return LoadOptions.parse(**{**given, **load_only})
-
     def _renderer(self):
         from .ui import make_renderer
 
         renderer = make_renderer(self.shell, mode=self.display)
         renderer.display()
         return renderer
-
-
-def _check_locked_kernel(key: str, entry: dict, asked) -> None:
-    """Under ``--locked``, the Hub kernel on the line is the one the lock file recorded (or neither has one)."""
-    from .core.hub.kernel import is_hub_kernel
-    from .core.hub.lock import kernel_of
-
-    locked = kernel_of(entry)
-    asked = asked.split(":")[0] if is_hub_kernel(asked) else None
-    if locked == asked:
-        return
-    if locked is None:
-        raise UsageError(f"The lock file records {key} without a Hub kernel; this line asks for {asked}. "
-                         "Leave --attn-implementation out, or record the kernel with --update.")
-    raise UsageError(f"The lock file records {key} with the kernel {locked}; this line asks for "
-                     f"{asked or 'none'}. Add --attn-implementation {locked} --trust-remote-code, "
-                     "or record the change with --update.")
-
-
-def _from_plan(magic, args, value) -> None:
-    """``%load_model PLAN``: a bound (and perhaps edited) plan gives the source and every option it was made
-    with, and its map; flags given on the line still win (switches add, ``--kw`` items come after the plan's)."""
-    from .core.devices.plan import Plan
-    from .core.option_table import OPTIONS
-    from .ui.words import plan_line
-
-    if not isinstance(value, Plan) or not value.source:
-        return
-    planned = _parse(magic, plan_line(value).removeprefix("%load_model "))
-    for option in OPTIONS:
-        mine = getattr(args, option.dest)
-        if option.repeat:
-            setattr(args, option.dest, getattr(planned, option.dest) + mine)
-        elif mine is None or mine is False:
-            setattr(args, option.dest, getattr(planned, option.dest))
-    args.spec = value.source
 
 
 def _figure_image(plan):
@@ -695,5 +470,4 @@ def unregister(shell) -> None:
         for name in instance.magics["line"]:
             line_magics.pop(name, None)
         shell.magics_manager.registry.pop(type(instance).__name__, None)
-        for name in list(instance.registry.names()):  # the models go once the notebook's names go too
-            instance.registry.pop(name)
+        instance.session.close()  # the models go once the notebook's names go too

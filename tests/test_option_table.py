@@ -132,3 +132,14 @@ def test_errors_are_one_line_usage_errors_and_debug_keeps_them_whole(shell, tiny
         shell.run_line_magic("load_model", "tiny/llama --dtype int3 --as m")
     assert not isinstance(info.value, UsageError) and "Unknown dtype" in str(info.value)
     assert "m" not in shell.user_ns
+
+
+@hypothesis.settings(max_examples=100, deadline=None, derandomize=True,
+                     suppress_health_check=list(hypothesis.HealthCheck))
+@hypothesis.given(raw=_RAW)
+def test_unquoted_args_read_back_to_the_same_options(raw):
+    """The Session's plan merge goes through ``from_args(to_args(..., quote=False))``: nothing lost, any value."""
+    from hf_notebook.core.option_table import from_args
+
+    options = LoadOptions.parse(**raw)
+    _same(options, LoadOptions.parse(**from_args(to_args(options, skip=frozenset(), quote=False))))

@@ -177,7 +177,7 @@ def test_the_panel_clears_the_token_and_keeps_it_out_of_everything(shell, tiny_h
     monkeypatch.setenv("HF_HOME", str(work_dir / "no-login"))
     loaded(shell)
     magics = instance(shell)
-    panel = SavePushPanel(magics.registry.get("m"), name="m", save=magics._save, push=magics._push_repo)
+    panel = SavePushPanel(magics.session, "m")
     panel.repo.value = "someone-else/x"
     panel.token.value = hub_token
     assert panel.push() is None and "cannot create or write" in panel.status.value

@@ -56,6 +56,7 @@ class LoadResult:
     code_files: dict = field(default_factory=dict)  # the repo's code that ran (--trust-remote-code) -> sha256
     kernel: Any = None  # the Hub attention kernel it runs (a hub.kernel.KernelPin), or None
     tokenizer: Any = None  # the tokenizer of the same pinned sha (--tokenizer)
+    lock: Any = None  # what the load did to the lock file (a session.LockUpdate), or None
 
     @property
     def repo_id(self) -> str:

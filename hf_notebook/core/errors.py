@@ -118,6 +118,14 @@ def hub_failure(exc: BaseException, what: str, endpoint: str) -> "HubError | Non
     return None
 
 
+class NotLoadedError(HfNotebookError, LookupError):
+    """No model (or plan) of that name was loaded by this session."""
+
+
+class LockError(HfNotebookError, LookupError):
+    """The lock file has no entry for a ``--locked`` load, or pins something other than what was asked."""
+
+
 class DeviceError(HfNotebookError, ValueError):
     """A device that this machine does not have."""
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from .errors import OptionError
 
@@ -76,28 +76,58 @@ BY_DEST = {option.dest: option for option in OPTIONS}
 NOT_REPEATED = frozenset({"offline", "force_download"})  # how this call reaches the Hub, not what it loads
 
 
-def to_args(opts: Any, *, skip: frozenset = NOT_REPEATED, **values: Any) -> list[str]:
+def to_args(opts: Any, *, skip: frozenset = NOT_REPEATED, quote: bool = True, **values: Any) -> list[str]:
     """The flags that give ``opts`` (a :class:`~.options.LoadOptions`) again, in table order; ``values``
     replace fields (``dtype=`` the resolved dtype, ``device_map=`` an edited map or ``@file``). Parsing
-    them gives the same options back; the token is never written."""
+    them gives the same options back; the token is never written. ``quote=False``: values as they are,
+    for :func:`from_args` (no magic line, so any value can be given)."""
     fields = {**{name: getattr(opts, name) for name in vars(opts)}, **values}
+    write = quote_arg if quote else str
     args: list[str] = []
     for option in OPTIONS:
         if option.dest in skip:
             continue
         if option.dest == "quantize":
-            args += quantize_args(fields.get("quantization"))
+            args += quantize_args(fields.get("quantization"), write)
         elif option.dest == "kw":
             args += [arg for key, value in (fields.get("extra") or {}).items()
-                     for arg in ("--kw", quote_arg(f"{key}={_json(value)}"))]
+                     for arg in ("--kw", write(f"{key}={_json(value)}"))]
         elif option.dest in ("bnb_compute_dtype", "bnb_quant_type", "double_quant", "quantization_config"):
             continue  # written with --quantize, from the config itself
         elif option.switch:
             args += [option.flag] if fields.get(option.dest) else []
         else:
             text = _value_text(option.dest, fields.get(option.dest))
-            args += [option.flag, text] if text is not None else []
+            args += [option.flag, write(text)] if text is not None else []
     return args
+
+
+def from_args(args: list[str]) -> dict:
+    """What ``args`` (from :func:`to_args`) give, as ``LoadOptions.parse`` keywords."""
+    flags = {option.flag: option for option in OPTIONS}
+    raw: dict = {}
+    words = iter(args)
+    for word in words:
+        option = flags.get(word)
+        if option is None:
+            raise OptionError(f"{word!r} is not an option of %load_model.", hint="See %load_model --help.")
+        if option.switch:
+            raw[option.dest] = True
+        elif option.repeat:
+            raw.setdefault(option.dest, []).append(unquote(next(words)))
+        else:
+            raw[option.dest] = unquote(next(words))
+    return raw
+
+
+def plan_args(plan: Any, *, quote: bool = True, **values: Any) -> list[str]:
+    """The flags that load ``plan`` (a :class:`~.devices.plan.Plan`): every option it was made with, its class,
+    dtype, budget and (edited) map; ``values`` replace fields as in :func:`to_args`."""
+    from .options import LoadOptions
+
+    fields = dict(class_name=plan.model_class, dtype=plan.dtype, device_map=dict(plan.device_map),
+                  max_memory=plan.max_memory)
+    return to_args(plan.options or LoadOptions(), quote=quote, **{**fields, **values})
 
 
 def _value_text(dest: str, value: Any) -> Optional[str]:
@@ -105,14 +135,14 @@ def _value_text(dest: str, value: Any) -> Optional[str]:
         return None
     if dest == "device_map" and isinstance(value, dict):
         if list(value) == [""]:
-            return quote_arg(device_arg(value[""]))
-        return quote_arg(_json(value, separators=(", ", ": ")))
+            return device_arg(value[""])
+        return _json(value, separators=(", ", ": "))
     if dest == "max_memory":
         return ",".join(f"{k}={size_arg(v)}" for k, v in value.items()) or None
-    return quote_arg(str(value))
+    return str(value)
 
 
-def quantize_args(qconfig: Any) -> list[str]:
+def quantize_args(qconfig: Any, write: Callable[[str], str] = None) -> list[str]:
     """The flags that ask for ``qconfig`` again: ``--quantize 4bit --double-quant``, or the config as JSON."""
     if qconfig is None:
         return []
@@ -130,7 +160,14 @@ def quantize_args(qconfig: Any) -> list[str]:
 
     if describe(qconfig) == "int8 weight-only (torchao)":
         return ["--quantize", "int8-weight"]
-    return ["--quantization-config", quote_arg(_json(as_dict(qconfig), separators=(",", ":")))]
+    return ["--quantization-config", (write or quote_arg)(_json(as_dict(qconfig), separators=(",", ":")))]
+
+
+def unquote(value: Any) -> Any:
+    """One pair of matching outer quotes off ``value`` (what :func:`quote_arg` put on)."""
+    if isinstance(value, str) and len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+        return value[1:-1]
+    return value
 
 
 def quote_arg(text: str) -> str:
@@ -162,3 +199,4 @@ def size_arg(nbytes: int) -> str:
 
 def device_arg(device: Any) -> str:
     return f"cuda:{device}" if isinstance(device, int) else str(device)
+

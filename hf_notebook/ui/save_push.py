@@ -14,7 +14,7 @@ import tempfile
 import threading
 import time
 from html import escape
-from typing import Any, Callable
+from typing import Any
 
 import ipywidgets as W
 
@@ -29,12 +29,13 @@ _WIDE = W.Layout(flex="1 1 16em", min_width="10em")
 
 
 class SavePushPanel:
-    """Save (and push) one loaded model; ``save()`` and ``push()`` are what the buttons call."""
+    """Save (and push) the model ``session`` loaded as ``name``; ``save()`` and ``push()`` are what the
+    buttons call (the session's own save and push, with its rules)."""
 
-    def __init__(self, result: Any, *, name: str, save: Callable[..., Any], push: Callable[..., Any],
-                 min_interval: float = 0.1):
-        self.result, self.name = result, name
-        self._save, self._push = save, push
+    def __init__(self, session: Any, name: str, *, min_interval: float = 0.1):
+        self.result, self.name = session.get(name), name
+        self._save = session.save
+        self._push = lambda folder, repo_id, **options: session.push(repo_id, folder=folder, **options)
         self.saved: Any = None
         self._saved_with: tuple = ()
         self.pushed: Any = None

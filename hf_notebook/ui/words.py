@@ -11,7 +11,7 @@ from typing import Any, Optional
 
 from hf_notebook.core.devices import explain as E
 from hf_notebook.core.errors import OptionError, redact
-from hf_notebook.core.option_table import quote_arg, to_args
+from hf_notebook.core.option_table import plan_args, quote_arg, to_args
 from hf_notebook.core.events import Resolved
 from hf_notebook.core.spec import is_commit_sha
 from hf_notebook.core.units import format_bytes
@@ -127,11 +127,7 @@ def load_line(result: Any, device_map: Any = None, name: Optional[str] = None) -
 
 def plan_line(plan: Any, device_map: Any = None, name: Optional[str] = None) -> str:
     """The ``%load_model`` line that loads ``plan`` (its source, every option it was made with, its map)."""
-    from hf_notebook.core.options import LoadOptions
-
-    parts = ["%load_model", quote_arg(plan.source),
-             *to_args(plan.options or LoadOptions(), class_name=plan.model_class, dtype=plan.dtype,
-                      device_map=device_map or dict(plan.device_map), max_memory=plan.max_memory)]
+    parts = ["%load_model", quote_arg(plan.source), *plan_args(plan, **({"device_map": device_map} if device_map else {}))]
     if name:
         parts += ["--as", name]
     return " ".join(parts)
@@ -165,6 +161,20 @@ def applied_text(moved: Any) -> str:
 
 
 def problem_text(problem: Any) -> str:
-    """Why a draft cannot be applied: ``cpu: 12.0 GB over its 30.0 GB budget``."""
-    return (f"{problem.device} would hold {format_bytes(problem.nbytes)}, {format_bytes(problem.over)} over its "
-            f"budget of {format_bytes(problem.budget)}")
+    """Why a draft cannot be applied: ``cpu would hold 12.0 GB, 2.0 GB over its budget of 10.0 GB``."""
+    from hf_notebook.core.session import problem_text as text
+
+    return text(problem)
+
+
+def lock_update_text(update: Any) -> Optional[str]:
+    """What a load did to the lock file, when the user should hear of it (a new or unchanged entry: nothing)."""
+    if update is None or update.outcome in ("recorded", "unchanged"):
+        return None
+    if update.outcome == "failed":
+        return f"Warning: the lock file {update.path} was not updated ({update.reason}); the model is loaded and bound."
+    if update.outcome == "kept":
+        revision = update.key.rsplit("@", 1)[1]
+        return (f"Note: the lock file pins {update.key} to {short_sha(update.old_sha)}; this load used "
+                f"{short_sha(update.sha)} ({revision} moved). --update moves the lock; --locked loads the locked commit.")
+    return f"Lock file {update.path}: {update.key} updated: " + "; ".join(update.changes)

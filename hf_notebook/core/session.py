@@ -1,0 +1,399 @@
+"""One user's hf_notebook: the models loaded, the lock file and the defaults, one method per action.
+
+The magics are a :class:`Session` with a parser in front and a display behind (one per shell); from
+Python, ``hf_notebook.Session()`` is the same, lock file included. A new action is a method here that
+checks its input, calls the core function that does the work and returns that function's result (data);
+then a magic that parses, calls it and displays the result. A new option is a row of
+``option_table.py``: :meth:`Session.options` takes it by name.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from .errors import LockError, MapError, NotLoadedError, OptionError, SaveError
+from .options import LoadOptions, parse_kw
+from .registry import Registry
+
+
+@dataclass
+class Settings:
+    """The defaults a call falls back to; the ``HFNotebook`` configurable has the same names (``%config``)."""
+
+    cache_dir: Optional[str] = None
+    dtype: str = "auto"
+    device_map: str = "auto"
+    max_memory: str = ""
+    offload_folder: Optional[str] = None
+    offline: bool = False
+    lock_file: str = "hf_notebook.lock.json"  # relative to the working directory; "": no lock file
+
+
+@dataclass(frozen=True)
+class LoadRequest:
+    """A load checked against the lock file and ready to run (:meth:`Session.request`, then :meth:`Session.run`)."""
+
+    spec: str  # what to load: under --locked, repo@<the locked sha>
+    options: LoadOptions
+    name: str
+    tokenizer_name: Optional[str]  # bind the tokenizer under this name too
+    lock_key: Optional[str]  # repo@revision in the lock file; None: not recorded (a local folder)
+    move_lock: bool  # --update / --locked: the entry follows this load
+
+
+@dataclass(frozen=True)
+class LockUpdate:
+    """What a load did to the lock file: ``recorded``, ``updated`` (``changes``), ``unchanged``, ``kept`` (the
+    entry pins another sha and was not moved) or ``failed`` (``reason``; the model is loaded all the same)."""
+
+    path: str
+    key: str
+    outcome: str
+    old_sha: Optional[str] = None
+    sha: Optional[str] = None
+    changes: tuple = ()
+    reason: str = ""
+
+
+class Session:
+    """The loaded models (``registry``), the lock file and the defaults (``settings``) of one user.
+
+    ``namespace``: where models are bound by name (a notebook's ``user_ns``); without one, :meth:`load`
+    only returns them. ``settings``: any object with :class:`Settings`' attributes, read at each call.
+    """
+
+    def __init__(self, settings: Any = None, namespace: Optional[dict] = None):
+        self.settings = settings if settings is not None else Settings()
+        self.namespace = namespace
+        self.registry = Registry()
+
+    # -- options ---------------------------------------------------------------------------------
+    def options(self, *, load: bool = False, **given: Any) -> LoadOptions:
+        """``LoadOptions`` from the options given (``None``/``False``/``[]``: not given), the settings filling
+        the rest; ``HF_HUB_OFFLINE`` is read now (it may be set after import). ``load``: a load (its offload
+        folder default too)."""
+        from .api import _hub_offline
+
+        s = self.settings
+        raw = {k: v for k, v in given.items() if not _absent(v)}
+        raw.update(dtype=raw.get("dtype") or s.dtype, device_map=raw.get("device_map") or s.device_map,
+                   max_memory=raw.get("max_memory") or s.max_memory or None,
+                   cache_dir=raw.get("cache_dir") or s.cache_dir,
+                   offline=bool(raw.get("offline") or s.offline or _hub_offline()))
+        if load:
+            raw["offload_folder"] = raw.get("offload_folder") or s.offload_folder
+        return LoadOptions.parse(**raw)
+
+    def with_plan(self, spec: Any, given: dict) -> tuple[Any, dict]:
+        """``spec`` a :class:`Plan` (or the name of one in the namespace): its source, and every option it was
+        made with and its (edited) map under the options ``given`` (given ones win, ``kw`` items come after)."""
+        from .devices.plan import Plan
+        from .option_table import from_args, plan_args
+
+        plan = self.namespace.get(spec) if isinstance(spec, str) and self.namespace is not None else spec
+        if not isinstance(plan, Plan) or not plan.source:
+            return spec, given
+        merged = from_args(plan_args(plan, quote=False))
+        for key, value in given.items():
+            if key == "kw" and value:
+                merged["kw"] = {**parse_kw(merged.get("kw")), **parse_kw(value)}
+            elif not _absent(value):
+                merged[key] = value
+        return plan.source, merged
+
+    # -- plan and load ---------------------------------------------------------------------------
+    def plan(self, spec: Any, *, on_event: Any = None, **given: Any):
+        """Where ``spec`` would go (:func:`~.api.plan_model`), with the session's defaults."""
+        from .api import plan_model
+
+        spec, given = self.with_plan(spec, given)
+        return plan_model(spec, self.options(**given), on_event=on_event)
+
+    def load(self, spec: Any, *, name: str = "model", tokenizer: Any = False, locked: bool = False,
+             update: bool = False, on_event: Any = None, **given: Any):
+        """Load ``spec`` (``org/name@rev``, a folder, or a Plan) and keep it under ``name``; see :meth:`request`."""
+        return self.run(self.request(spec, name=name, tokenizer=tokenizer, locked=locked, update=update, **given),
+                        on_event=on_event)
+
+    def request(self, spec: Any, *, name: str = "model", tokenizer: Any = False, locked: bool = False,
+                update: bool = False, **given: Any) -> LoadRequest:
+        """Check a load before it starts: its options, and the lock file (``locked``: load the sha it pins,
+        refusing if the Hub has moved on; ``update``: move the entry to this load). ``tokenizer``: also load
+        the tokenizer, bound as ``NAME_tokenizer`` (or the name given)."""
+        spec, given = self.with_plan(spec, given)
+        options = self.options(load=True, tokenizer=bool(tokenizer), **given)
+        tokenizer_name = (tokenizer if isinstance(tokenizer, str) and tokenizer else f"{name}_tokenizer") \
+            if tokenizer else None
+        spec, key = self._locked_spec(str(spec), options, locked=locked, update=update)
+        return LoadRequest(spec, options, name, tokenizer_name, key, update or locked)
+
+    def run(self, request: LoadRequest, *, on_event: Any = None):
+        """Run a checked load; bind the model (and tokenizer) only once it is whole, then record the lock
+        entry (``result.lock`` says what became of it)."""
+        from .api import load_model
+
+        result = load_model(request.spec, request.options, name=request.name, on_event=on_event)
+        previous = self.registry.get(request.name)
+        if self.namespace is not None:
+            self.namespace[request.name] = result.model
+            if request.tokenizer_name:
+                self.namespace[request.tokenizer_name] = result.tokenizer
+        self.registry.add(request.name, result)
+        if previous is not None and previous is not result:
+            previous.model = None  # its temporary offload folder goes with the model (core.owned)
+            gc.collect()
+        result.lock = self._record_lock(result, request.lock_key, request.move_lock)
+        return result
+
+    # -- what is loaded --------------------------------------------------------------------------
+    def get(self, name: str):
+        """The :class:`~.api.LoadResult` of the model loaded as ``name``."""
+        result = self.registry.get(name)
+        if result is None:
+            raise NotLoadedError(f"No model named {name!r} was loaded by hf_notebook (loaded: {self._loaded()}).",
+                                 hint="See %models (from Python: session.registry.names()).")
+        return result
+
+    def models(self) -> list:
+        """``(name, LoadResult)`` of every model loaded, oldest first."""
+        return self.registry.items()
+
+    def unload(self, name: str):
+        """Free the model loaded as ``name``: hooks, every name bound to it, its memory; an
+        :class:`~.unload.UnloadReport` of what came back."""
+        from .unload import unload
+
+        result = self.get(name)
+        self.registry.pop(name)
+        return unload(name, result, [self.namespace] if self.namespace is not None else [])
+
+    def close(self) -> None:
+        """Forget every model (the namespace's names stay: the models go once those go too)."""
+        for name in self.registry.names():
+            self.registry.pop(name)
+
+    # -- the device map --------------------------------------------------------------------------
+    def target(self, name: Any):
+        """A loaded model's record, or a Plan (given, or bound to ``name`` in the namespace)."""
+        from .devices.plan import Plan
+
+        if isinstance(name, Plan) or hasattr(name, "pin"):
+            return name
+        result = self.registry.get(name)
+        if result is not None:
+            return result
+        value = self.namespace.get(name) if self.namespace is not None else None
+        if isinstance(value, Plan):
+            return value
+        raise NotLoadedError(f"{name!r} is neither a model loaded by hf_notebook (loaded: {self._loaded()}) nor a "
+                             "plan.", hint=f"Load one with %load_model ... --as {name}, or plan one with %plan_model "
+                                           f"... --as {name}.")
+
+    def edit(self, name: Any, assignments: Sequence[str]):
+        """Move modules (``"model.layers.20-39=cpu"``, ...), all checked together and applied as one change: a
+        loaded model is re-dispatched in place (the :class:`~.devices.redispatch.Moved`), a plan's map replaced
+        (None). A map that does not fit is refused (:class:`MapError`) and nothing moves."""
+        from .api import apply_device_map, device_map_editor
+        from .devices.editing import parse_assignment
+
+        target = self.target(name)
+        draft = device_map_editor(target)
+        draft.assign([parse_assignment(text) for text in assignments])
+        problems = draft.problems()
+        if problems:
+            raise MapError("The edited map does not fit: " + "; ".join(map(problem_text, problems))
+                           + ". Nothing was moved.", hint="Move less there, or raise --max-memory.")
+        return apply_device_map(target, draft.map)
+
+    def export_map(self, name: Any, path: str) -> None:
+        """Write the (edited) map of ``name`` as JSON (``--device-map @path`` loads it)."""
+        from .api import device_map_editor
+
+        target = self.target(name)
+        try:
+            device_map_editor(target).to_json(path)
+        except OSError as exc:
+            raise SaveError(f"Cannot write {path!r}: {exc.strerror or exc}.", hint="Give a writable path.") from None
+        if hasattr(target, "map_file"):
+            target.map_file = path
+
+    # -- save, push, export ----------------------------------------------------------------------
+    def save(self, model: Any, folder: str, *, max_shard_size: Any = None, dtype: Optional[str] = None,
+             overwrite: bool = False, on_event: Any = None):
+        """Save ``model`` (a name, or a LoadResult) as a complete model folder, atomically; never into a folder
+        a loaded model reads from (:func:`~.weights.save.save_model`)."""
+        from .dtypes import parse_dtype
+        from .weights.save import parse_shard_size, save_model
+
+        result = self.get(model) if isinstance(model, str) else model
+        out_dtype = parse_dtype(dtype) if dtype else None
+        shard = parse_shard_size(max_shard_size)
+        try:
+            return save_model(result, folder, max_shard_size=shard, dtype=out_dtype, overwrite=overwrite,
+                              reads_from=self.folders_in_use(), on_event=on_event)
+        except KeyboardInterrupt:
+            raise KeyboardInterrupt() from None  # not chained: the frames hold the model's tensors
+        except OSError as exc:
+            raise SaveError(f"Saving into {folder} failed: {exc.strerror or exc}. The folder is as it was.") from None
+
+    def folders_in_use(self) -> tuple:
+        """Folders loaded models read weights from: their source folders and offload folders."""
+        return tuple(f for _, r in self.registry.items() for f in (r.source_folder, r.offload_folder) if f)
+
+    def push(self, repo_id: str, *, model: Any = None, folder: Optional[str] = None, private: bool = False,
+             branch: Optional[str] = None, create_pr: bool = False, message: Optional[str] = None,
+             tag: Optional[str] = None, token: Any = None, max_shard_size: Any = None, dtype: Optional[str] = None,
+             name: Optional[str] = None, on_event: Any = None):
+        """Push a saved ``folder``, or a loaded ``model`` (saved into a temporary folder first), in one commit
+        (:func:`~.hub.push.push_folder`). The token comes from the login unless given."""
+        from .hub.push import push_folder
+
+        if (model is None) == (folder is None):
+            raise OptionError("Push either a loaded model or a saved folder.",
+                              hint="%push_model NAME owner/repo, or %push_model owner/repo --from DIR.")
+        push = dict(private=private, branch=branch, create_pr=create_pr, message=message, tag=tag, token=token,
+                    on_event=on_event)
+        try:
+            if folder is not None:
+                return push_folder(folder, repo_id, name=name, **push)
+            name = name or (model if isinstance(model, str) else None)
+            with tempfile.TemporaryDirectory(prefix="hf_notebook-push-") as tmp:
+                saved = os.path.join(tmp, "model")
+                self.save(model, saved, max_shard_size=max_shard_size, dtype=dtype)
+                return push_folder(saved, repo_id, name=name, **push)
+        except KeyboardInterrupt:
+            raise KeyboardInterrupt() from None
+
+    def export(self, spec: str, folder: str, *, layout: str = "folder", cache_dir: Optional[str] = None,
+               offline: bool = False):
+        """Write a pinned model's files into ``folder`` for a host without network (:func:`~.hub.bundle.export_bundle`)."""
+        from .api import _hub_offline
+        from .hub.bundle import export_bundle
+
+        return export_bundle(spec, folder, layout=layout, cache_dir=cache_dir or self.settings.cache_dir,
+                             offline=bool(offline or self.settings.offline or _hub_offline()))
+
+    # -- the lock file ---------------------------------------------------------------------------
+    @property
+    def lock_path(self) -> Optional[Path]:
+        """The lock file (relative to the working directory now), or None when it is off."""
+        return Path(self.settings.lock_file).expanduser() if self.settings.lock_file else None
+
+    def lock_entries(self) -> dict:
+        """The lock file's entries, ``repo@revision`` -> entry."""
+        from .hub import lock
+
+        return lock.read(self._need_lock())
+
+    def lock_check(self) -> list:
+        """Every entry checked against the Hub (has its revision moved?) and the cache (files, sizes, hashes)."""
+        from .api import _hub_offline
+        from .hub import lock
+
+        entries = lock.read(self._need_lock())
+        return lock.check(entries, offline=bool(self.settings.offline or _hub_offline()),
+                          cache_dir=self.settings.cache_dir)
+
+    def _need_lock(self) -> Path:
+        if self.lock_path is None:
+            raise OptionError("The lock file is off.",
+                              hint="Set a path: %config HFNotebook.lock_file = 'hf_notebook.lock.json'.")
+        return self.lock_path
+
+    def _locked_spec(self, spec: str, options: LoadOptions, *, locked: bool, update: bool) -> tuple:
+        """The spec to load and its lock key: under ``locked``, the locked sha (after checking for drift)."""
+        from .hub import lock
+        from .spec import parse_spec
+
+        if locked and update:
+            raise OptionError("--locked loads the locked commit and --update moves it: give one of them.")
+        parsed = parse_spec(spec)
+        if parsed.is_local:
+            if locked or update:
+                raise OptionError("A local folder has no Hub revision to lock; --locked and --update are for Hub "
+                                  "models.")
+            return spec, None
+        key = lock.key_of(parsed.repo_id, parsed.revision)
+        path = self.lock_path
+        entry = lock.read(path).get(key) if path else None  # a damaged lock file is named before the load
+        if not locked:
+            return spec, key
+        if entry is None:
+            raise LockError(f"The lock file {path} has no entry for {key}.",
+                            hint="Load it once without --locked (or with --update) to record it.")
+        _check_locked_kernel(key, entry, options.attn_implementation)
+        if not options.offline:
+            from .hub.resolve import resolve
+
+            now = resolve(parsed, token=options.token).pin.sha
+            if now != entry["sha"]:
+                raise LockError(f"{key} has moved on the Hub: the lock file pins {entry['sha']}, the Hub now has {now}.",
+                                hint=f"Load the locked commit with %load_model {parsed.repo_id}@{entry['sha']}, or take "
+                                     "the new one with --update.")
+        return f"{parsed.repo_id}@{entry['sha']}", key
+
+    def _record_lock(self, result: Any, key: Optional[str], move: bool) -> Optional[LockUpdate]:
+        """Record a Hub load in the lock file; an existing entry moves only with ``move``. The model is bound
+        already: a lock file that cannot be written is reported (``failed``), not a lost load."""
+        from .errors import HfNotebookError
+        from .hub import lock
+
+        path = self.lock_path
+        if path is None or key is None or result.pin.kind == "local":
+            return None
+
+        def make(old):
+            new = lock.entry_for(result, old)
+            new["revision"] = key.rsplit("@", 1)[1]
+            return None if old is not None and old["sha"] != new["sha"] and not move else new
+
+        try:
+            old, new = lock.update(path, key, make)
+        except (OSError, HfNotebookError) as exc:
+            reason = exc.message if isinstance(exc, HfNotebookError) else (exc.strerror or str(exc))
+            return LockUpdate(str(path), key, "failed", reason=reason)
+        if new is None:
+            return LockUpdate(str(path), key, "kept", old_sha=old["sha"], sha=result.pin.sha)
+        if old is None:
+            return LockUpdate(str(path), key, "recorded", sha=new["sha"])
+        if old == new:
+            return LockUpdate(str(path), key, "unchanged", old_sha=old["sha"], sha=new["sha"])
+        return LockUpdate(str(path), key, "updated", old_sha=old["sha"], sha=new["sha"],
+                          changes=tuple(lock.changes(old, new)))
+
+    def _loaded(self) -> str:
+        return ", ".join(self.registry.names()) or "none"
+
+
+def _absent(value: Any) -> bool:
+    """An option not given: None, a switch off, an empty list."""
+    return value is None or value is False or (isinstance(value, (list, tuple, dict)) and not value)
+
+
+def problem_text(problem: Any) -> str:
+    """Why a draft map cannot be applied: ``cpu would hold 12.0 GB, 2.0 GB over its budget of 10.0 GB``."""
+    from .units import format_bytes
+
+    return (f"{problem.device} would hold {format_bytes(problem.nbytes)}, {format_bytes(problem.over)} over its "
+            f"budget of {format_bytes(problem.budget)}")
+
+
+def _check_locked_kernel(key: str, entry: dict, asked: Optional[str]) -> None:
+    """Under ``--locked``, the Hub kernel asked for is the one the lock file recorded (or neither has one)."""
+    from .hub.kernel import is_hub_kernel
+    from .hub.lock import kernel_of
+
+    locked = kernel_of(entry)
+    asked = asked.split(":")[0] if is_hub_kernel(asked) else None
+    if locked == asked:
+        return
+    if locked is None:
+        raise LockError(f"The lock file records {key} without a Hub kernel; this load asks for {asked}.",
+                        hint="Leave --attn-implementation out, or record the kernel with --update.")
+    raise LockError(f"The lock file records {key} with the kernel {locked}; this load asks for {asked or 'none'}.",
+                    hint=f"Add --attn-implementation {locked} --trust-remote-code, or record the change with --update.")
