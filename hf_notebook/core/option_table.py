@@ -74,6 +74,9 @@ OPTIONS: tuple[Option, ...] = (
 )
 BY_DEST = {option.dest: option for option in OPTIONS}
 NOT_REPEATED = frozenset({"offline", "force_download"})  # how this call reaches the Hub, not what it loads
+#: Not what a load reads or runs (where it goes, how it reaches the Hub), or recorded under keys of their own
+#: (class, dtype): the lock entry's ``options`` leave them out (:func:`recorded_args`).
+NOT_RECORDED = frozenset(o.dest for o in OPTIONS if o.group not in (SOURCE, CODE, QUANT)) | {"class_name"}
 
 
 def to_args(opts: Any, *, skip: frozenset = NOT_REPEATED, quote: bool = True, **values: Any) -> list[str]:
@@ -100,6 +103,12 @@ def to_args(opts: Any, *, skip: frozenset = NOT_REPEATED, quote: bool = True, **
             text = _value_text(option.dest, fields.get(option.dest))
             args += [option.flag, write(text)] if text is not None else []
     return args
+
+
+def recorded_args(opts: Any) -> list[str]:
+    """The flags of ``opts`` that change what is read or run (``--variant``, ``--subfolder``, ``--kw``, code,
+    quantization): what a lock entry records beside the sha, class and dtype."""
+    return to_args(opts, skip=NOT_RECORDED, quote=False)
 
 
 def from_args(args: list[str]) -> dict:

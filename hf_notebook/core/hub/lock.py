@@ -1,8 +1,8 @@
 """The lock file: what each Hub model a notebook loaded really was, so it loads the same again.
 
 One entry per ``repo@revision as written``: the resolved sha, every file read (size and
-sha256: from the Hub's LFS metadata for weights, never by re-reading them), class, dtype and the
-library versions. JSON with sorted keys and one entry per line group, so it diffs well next to
+sha256: from the Hub's LFS metadata for weights, never by re-reading them), class, dtype, the
+options that change what is read or run (``options``: the option table's flags) and the library versions. JSON with sorted keys and one entry per line group, so it diffs well next to
 the notebook. ``check`` compares entries with the Hub (has the revision moved?) and with the
 local cache (files present, sizes, hashes).
 """
@@ -19,6 +19,7 @@ from typing import Any, Callable, Optional
 
 from ..errors import HfNotebookError, OptionError
 from ..integrity import recorded_sha256
+from ..option_table import recorded_args
 from ..spec import is_commit_sha
 
 FORMAT = "hf_notebook.lock/1"
@@ -137,6 +138,7 @@ def entry_for(result: Any, previous: Optional[dict] = None) -> dict:
     from hf_notebook._version import __version__
 
     known = previous.get("files", {}) if previous and previous.get("sha") == result.pin.sha else {}
+    options = recorded_args(result.options)
     files = {}
     for name, local in sorted(result.paths.items()):
         size = os.path.getsize(local)
@@ -146,6 +148,7 @@ def entry_for(result: Any, previous: Optional[dict] = None) -> dict:
             "class": result.plan.model_class, "dtype": result.dtype, "files": files,
             "versions": {"hf_notebook": __version__, "transformers": transformers.__version__,
                          "torch": torch.__version__.split("+")[0]},
+            **({"options": options} if options else {}),
             **({"code": dict(sorted(result.code_files.items()))} if result.code_files else {}),
             **({"kernel": result.kernel.as_lock()} if result.kernel is not None else {}),
             **({"quantization": _quantization(result)} if result.plan.quantization is not None else {})}
@@ -167,7 +170,7 @@ def changes(old: Optional[dict], new: dict) -> list[str]:
     found += [f"- {n}" for n in sorted(set(a) - set(b))]
     found += [f"~ {n}: {a[n]['size']} -> {b[n]['size']} bytes" if a[n]["size"] != b[n]["size"] else f"~ {n}: new content"
               for n in sorted(set(a) & set(b)) if a[n] != b[n]]
-    for key in ("class", "dtype", "quantization", "code", "kernel", "versions"):
+    for key in ("class", "dtype", "options", "quantization", "code", "kernel", "versions"):
         if old.get(key) != new.get(key):
             found.append(f"{key} {_short(old.get(key))} -> {_short(new.get(key))}")
     return found
