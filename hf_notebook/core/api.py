@@ -413,11 +413,10 @@ def _check_offload_space(plan: Plan, config, folder: Optional[str], rewrites: bo
     need = plan.bytes_by_device.get("disk", 0)
     if not need or not (rewrites or rewrites_weights(plan.model_class, config.model_type)):
         return
-    where = Path(folder) if folder else Path(tempfile.gettempdir())
-    probe = where
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    free = shutil.disk_usage(probe).free
+    from .devices.machine import free_bytes
+
+    where = folder or tempfile.gettempdir()
+    free = free_bytes("disk", where)
     if free < need * 1.05:
         raise PlanError(f"Offloading writes about {format_bytes(need)} of {plan.dtype} weights to {where}, "
                         f"but only {format_bytes(free)} is free there.",
@@ -440,9 +439,9 @@ def _remove_new_entries(folder: str, before: set[str]) -> None:
 
 def _summary_map(plan: Plan, device_map: dict) -> dict:
     """The map to report by: a one-device map is spelled out per block (embeddings, layers, head)."""
-    if list(device_map) == [""] and plan.blocks:
-        return {block: device_map[""] for block in plan.blocks}
-    return device_map
+    from .devices.placement import spread_one_device
+
+    return dict(spread_one_device(device_map, plan.blocks))
 
 
 def _hub_offline() -> bool:

@@ -7,7 +7,6 @@ so every action gets the same checks and the core sees only valid, typed values.
 from __future__ import annotations
 
 import json
-import os
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import Any, Optional, Union
 
 from .dtypes import parse_dtype
 from .errors import OptionError
+from .folders import nearest_existing, writable_folder
 from .option_files import read_option_file
 from .units import Device, parse_device, parse_size
 
@@ -170,12 +170,10 @@ def parse_folder(text: Optional[str], flag: str) -> Optional[str]:
     """A folder that exists, or could be created: its nearest existing ancestor is a writable folder."""
     if not text:
         return None
-    path = Path(str(text)).expanduser()
+    path = probe = Path(str(text)).expanduser()
     try:
-        probe = path
-        while not probe.exists() and probe != probe.parent:
-            probe = probe.parent
-        usable = probe.is_dir() and os.access(probe, os.W_OK | os.X_OK)
+        probe = nearest_existing(path)
+        usable = writable_folder(probe)
     except (OSError, ValueError):
         usable = False
     if not usable:

@@ -1,9 +1,12 @@
-"""The safetensors file format, for the few places that stream it: a header as safetensors writes
-it (same order, same bytes), one tensor read into fresh memory, a small file written directly.
+"""The safetensors file format, the one place it is parsed: a header's length (under one size limit),
+its JSON checked (known dtypes, offsets that match each tensor and do not overlap, string metadata),
+a header as safetensors writes it (same order, same bytes), one tensor read, a small file written.
 
-Used where going through ``safetensors`` itself would cost memory (a whole shard dict), a mapping
-(``get_tensor`` maps the file: it is read only when touched, and a deleted file stays on disk
-while mapped) or speed (its serializer copies everything once more).
+The header parser takes bytes, so a header fetched by HTTP Range requests (``hub/headers.py``) is checked
+by the same code as a local file's. The rest is used where going through ``safetensors`` itself would
+cost memory (a whole shard dict), a mapping (``get_tensor`` maps the file: it is read only when
+touched, and a deleted file stays on disk while mapped) or speed (its serializer copies everything
+once more).
 """
 
 from __future__ import annotations
@@ -11,10 +14,111 @@ from __future__ import annotations
 import json
 import os
 import struct
+from dataclasses import dataclass, field
 from typing import Any, Iterable, Optional
 
-from .dtypes import code_of, torch_dtype_of_code
+from .dtypes import ITEMSIZE, code_of, torch_dtype_of_code
+from .errors import LoadError
 from .io_threads import read_into
+from .units import numel
+
+MAX_HEADER = 100 * 2**20  # safetensors' own limit on a header's size
+_SUB_BYTE = {"F4": 4, "F6_E2M3": 6, "F6_E3M2": 6}  # safetensors' packed codes -> bits per element
+_DAMAGED = "The file is damaged or not safetensors; download it again (--force-download)."
+
+
+@dataclass(frozen=True)
+class Header:
+    """A checked safetensors header."""
+
+    tensors: dict[str, dict] = field(default_factory=dict)  # name -> {"dtype", "shape", "data_offsets"}
+    metadata: dict[str, str] = field(default_factory=dict)  # ``__metadata__``
+    start: int = 8  # where the data starts: 8 + the header's length
+    end: int = 8  # bytes the file must have: the data's end
+    last: str = ""  # the tensor whose bytes end last
+
+    def check_size(self, name: str, size: int) -> None:
+        """Refuse a file of ``size`` bytes that ends before its last tensor does."""
+        check_extent(name, size, self.end, self.last)
+
+
+def tensor_nbytes(dtype_code: str, shape) -> int:
+    """Bytes of a tensor of safetensors dtype ``dtype_code`` and ``shape`` (sub-byte codes packed)."""
+    if dtype_code in _SUB_BYTE:
+        return (numel(shape) * _SUB_BYTE[dtype_code] + 7) // 8
+    return numel(shape) * ITEMSIZE.get(dtype_code, 4)
+
+
+def header_length(name: str, prefix: bytes, size: Optional[int] = None) -> int:
+    """The header length that a file's first 8 bytes declare, refused over :data:`MAX_HEADER` or past
+    the end of a ``size``-byte file (so a lying length allocates nothing)."""
+    if len(prefix) < 8:
+        raise LoadError(f"{name} is {len(prefix)} bytes long: too short for a safetensors file.",
+                        hint="The file is truncated; download it again (--force-download).")
+    (length,) = struct.unpack("<Q", prefix[:8])
+    if length > MAX_HEADER or (size is not None and 8 + length > size):
+        raise LoadError(f"{name} declares a {length}-byte header"
+                        + (f" in a {size}-byte file" if size is not None else "") + ": not a valid safetensors file.",
+                        hint=_DAMAGED)
+    return length
+
+
+def parse_header(name: str, raw: bytes, length: int) -> Header:
+    """The ``length``-byte header JSON ``raw``, checked: dtypes safetensors knows, offsets that match each
+    tensor's dtype and shape and do not overlap, ``__metadata__`` a map of strings.
+
+    Whether the data fits the file needs the file's size: :meth:`Header.check_size`."""
+    if len(raw) < length:
+        raise LoadError(f"{name} ends inside its header ({len(raw)} of {length} bytes).", hint=_DAMAGED)
+    try:
+        entries = json.loads(raw)
+    except (UnicodeDecodeError, ValueError):
+        raise LoadError(f"{name}: its header is not valid JSON.", hint=_DAMAGED) from None
+    if not isinstance(entries, dict):
+        raise LoadError(f"{name}: its header is not a JSON object.", hint=_DAMAGED)
+    metadata = entries.pop("__metadata__", {})
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise LoadError(f"{name}: its __metadata__ is not a map of strings.", hint=_DAMAGED)
+    spans = []
+    for key, tensor in entries.items():
+        try:
+            code, shape, (begin, end) = tensor["dtype"], tensor["shape"], tensor["data_offsets"]
+            ok = (code in ITEMSIZE or code in _SUB_BYTE) and all(isinstance(d, int) and d >= 0 for d in shape) \
+                and isinstance(begin, int) and isinstance(end, int) and 0 <= begin <= end
+        except (KeyError, TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise LoadError(f"{name}: tensor {key!r} has a malformed entry in the header.", hint=_DAMAGED)
+        if end - begin != tensor_nbytes(code, shape):
+            raise LoadError(f"{name}: tensor {key!r} claims {end - begin} bytes, but a {code} tensor of shape "
+                            f"{shape} has {tensor_nbytes(code, shape)}.", hint=_DAMAGED)
+        spans.append((begin, end, key))
+    spans.sort()
+    for (_, end, key), (begin, _, other) in zip(spans, spans[1:]):
+        if begin < end:
+            raise LoadError(f"{name}: tensors {key!r} and {other!r} overlap in the file.", hint=_DAMAGED)
+    end, last = (spans[-1][1], spans[-1][2]) if spans else (0, "")
+    return Header(entries, metadata, 8 + length, 8 + length + end, last)
+
+
+def check_extent(name: str, size: int, end: int, last: str) -> None:
+    """Refuse a ``size``-byte file whose header says its data runs to byte ``end`` (tensor ``last``)."""
+    if size < end:
+        raise LoadError(f"{name}: tensor {last!r} lies past the end of the {size}-byte file ({end} bytes expected).",
+                        hint="The file is truncated or damaged; download it again (--force-download).")
+
+
+def read_header(path: str, *, data: bool = True) -> Header:
+    """The checked header of a local safetensors file (only its first bytes are read). ``data``: refuse a
+    file shorter than its tensors too (a plan may read header-only files, and passes False)."""
+    name = os.path.basename(path)
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        length = header_length(name, f.read(8), size)
+        found = parse_header(name, f.read(length), length)
+    if data:
+        found.check_size(name, size)
+    return found
 
 
 def order(entries: Iterable[tuple[str, Any]]) -> list[tuple[str, Any]]:
@@ -44,13 +148,6 @@ def write_all(f, data) -> None:
         view = view[f.write(view):]
 
 
-def read_header(path: str) -> tuple[int, dict]:
-    """(where the data starts, the header) of a safetensors file."""
-    with open(path, "rb") as f:
-        (n,) = struct.unpack("<Q", f.read(8))
-        return 8 + n, json.loads(f.read(n))
-
-
 def name_at(path: str, offset: int, tensor: Any, headers: Optional[dict] = None) -> Optional[str]:
     """The name under which ``path`` stores ``tensor``'s bytes at file ``offset`` (same dtype, shape
     and extent), or None (not a safetensors file, or not there). ``path`` may have any name (the
@@ -60,34 +157,28 @@ def name_at(path: str, offset: int, tensor: Any, headers: Optional[dict] = None)
         headers[path] = _header_if_safetensors(path)
     if headers[path] is None:
         return None
-    start, head = headers[path]
+    found: Header = headers[path]
     code, shape = code_of(tensor.dtype), list(tensor.shape)
-    for name, entry in head.items():
-        if name != "__metadata__" and isinstance(entry, dict) and entry.get("dtype") == code \
-                and entry.get("shape") == shape and start + (entry.get("data_offsets") or [-1])[0] == offset:
+    for name, entry in found.tensors.items():
+        if entry["dtype"] == code and entry["shape"] == shape and found.start + entry["data_offsets"][0] == offset:
             return name
     return None
 
 
-def _header_if_safetensors(path: str) -> Optional[tuple[int, dict]]:
-    """:func:`read_header` of a file that is safetensors by its content, else None (read nothing big)."""
+def _header_if_safetensors(path: str) -> Optional[Header]:
+    """:func:`read_header` of a file that is a sound safetensors file by its content, else None."""
     try:
-        with open(path, "rb") as f:
-            (n,) = struct.unpack("<Q", f.read(8))
-            if not 2 <= n <= min(os.fstat(f.fileno()).st_size - 8, 100 * 2**20):
-                return None
-            head = json.loads(f.read(n))
-    except (OSError, ValueError, struct.error):
+        return read_header(path)
+    except (OSError, LoadError):
         return None
-    return (8 + n, head) if isinstance(head, dict) else None
 
 
 def read_tensor(path: str, name: str) -> Any:
     """Tensor ``name`` of ``path``, read into fresh memory (only its own bytes are read)."""
     import torch
 
-    start, head = read_header(path)
-    entry = head[name]
+    found = read_header(path)
+    entry, start = found.tensors[name], found.start
     first, last = entry["data_offsets"]
     tensor = torch.empty(entry["shape"], dtype=torch_dtype_of_code(entry["dtype"]))
     if last > first:

@@ -21,17 +21,7 @@ import ipywidgets as W
 from hf_notebook.core.errors import HfNotebookError
 from hf_notebook.core.units import device_name, format_bytes
 from hf_notebook.ui import words
-
-_MUTED = "color:var(--jp-ui-font-color2,#666)"
-_DANGER = "color:#e53935;color:var(--jp-error-color1,#e53935)"  # plain first: sanitized output drops var()
-_OK = "color:#388e3c;color:var(--jp-success-color0,#388e3c)"
-_MONO = "font-family:var(--jp-code-font-family,monospace)"
-
-
-def _set(widget: Any, **traits: Any) -> None:
-    for key, value in traits.items():
-        if getattr(widget, key) != value:
-            setattr(widget, key, value)
+from hf_notebook.ui.style import DANGER, MONO, MUTED, OK, PANEL_BORDER, close_all, set_changed
 
 
 class _Row:
@@ -64,18 +54,18 @@ class _Row:
             return
         self.members, self.label = members, label
         ranged = len(members) > 1 and not self.nested
-        _set(self.toggle.layout, visibility="visible" if ranged else "hidden")
-        _set(self.toggle, tooltip=f"one row per module ({len(members)})" if ranged else "")
+        set_changed(self.toggle.layout, visibility="visible" if ranged else "hidden")
+        set_changed(self.toggle, tooltip=f"one row per module ({len(members)})" if ranged else "")
         self.expand(False)
         self.children = []
 
     def show(self, device: Any, nbytes: int) -> None:
-        count = f" <span style='{_MUTED}'>({len(self.members)} modules)</span>" if len(self.members) > 1 else ""
-        _set(self.name, value=f"<code style='{_MONO};white-space:normal;word-break:break-all'>"
+        count = f" <span style='{MUTED}'>({len(self.members)} modules)</span>" if len(self.members) > 1 else ""
+        set_changed(self.name, value=f"<code style='{MONO};white-space:normal;word-break:break-all'>"
                               f"{escape(self.label)}</code>{count}")
-        _set(self.size, value=f"<span style='{_MONO}'>{escape(format_bytes(nbytes))}</span>")
+        set_changed(self.size, value=f"<span style='{MONO}'>{escape(format_bytes(nbytes))}</span>")
         with self.editor.quiet():
-            _set(self.select, value=device_name(device))
+            set_changed(self.select, value=device_name(device))
         for child in self.children:
             child.show(self.editor.draft.device_of(child.members[0]), self.editor.bytes_of(child.members))
 
@@ -88,24 +78,17 @@ class _Row:
                 child.bind((member,), member)
                 child.show(self.editor.draft.device_of(member), self.editor.bytes_of((member,)))
             self.box.children = tuple(c.widget for c in self.children)
-        _set(self.box.layout, display="flex" if show else "none")
-        _set(self.toggle, icon="caret-down" if show else "caret-right")
+        set_changed(self.box.layout, display="flex" if show else "none")
+        set_changed(self.toggle, icon="caret-down" if show else "caret-right")
 
     def close(self) -> None:
         for row in self.pool:
             row.close()
-        for widget in _walk(self.widget):
-            widget.close()
+        close_all(self.widget)
 
     def _picked(self, change: dict) -> None:
         if not self.editor.syncing:
             self.editor.move([(m, change["new"]) for m in self.members])
-
-
-def _walk(widget: Any):
-    yield widget
-    for child in getattr(widget, "children", ()):
-        yield from _walk(child)
 
 
 def edit_device_map(target: Any, *, name: Optional[str] = None) -> "DeviceMapEditor":
@@ -163,7 +146,7 @@ class DeviceMapEditor:
                    layout=W.Layout(flex_flow="row wrap", align_items="center")),
             W.HBox([self.export_path, self.export_button], layout=W.Layout(flex_flow="row wrap")),
             self.export_line,
-        ], layout=W.Layout(border="1px solid var(--jp-border-color2,#ccc)", padding="6px", max_width="100%"))
+        ], layout=W.Layout(border=PANEL_BORDER, padding="6px", max_width="100%"))
         self.refresh()
 
     # -- what the buttons do (callable from Python: tests and scripts drive these) --------
@@ -172,11 +155,11 @@ class DeviceMapEditor:
         try:
             change = self.draft.assign(edits)
         except HfNotebookError as exc:
-            self.last_note = f"<span style='{_DANGER}'>{escape(exc.message)}</span>"
+            self.last_note = f"<span style='{DANGER}'>{escape(exc.message)}</span>"
             self.refresh()
             return False
         self.last_note = "".join(
-            f"<span style='{_MUTED}'>{escape(f)} follows {escape(lead)} (tied weights).</span> "
+            f"<span style='{MUTED}'>{escape(f)} follows {escape(lead)} (tied weights).</span> "
             for f, lead in change.followed.items())
         self.refresh()
         return True
@@ -185,7 +168,7 @@ class DeviceMapEditor:
         return self.move([(modules.strip(), device)])
 
     def undo(self) -> None:
-        self.last_note = "" if self.draft.undo() else f"<span style='{_MUTED}'>Nothing to undo.</span>"
+        self.last_note = "" if self.draft.undo() else f"<span style='{MUTED}'>Nothing to undo.</span>"
         self.refresh()
 
     def reset(self, strategy: str = "auto") -> None:
@@ -193,7 +176,7 @@ class DeviceMapEditor:
             self.draft.reset(strategy)
             self.last_note = ""
         except HfNotebookError as exc:
-            self.last_note = f"<span style='{_DANGER}'>{escape(exc.message)}</span>"
+            self.last_note = f"<span style='{DANGER}'>{escape(exc.message)}</span>"
         self.refresh()
 
     def apply(self) -> bool:
@@ -206,21 +189,21 @@ class DeviceMapEditor:
         try:
             self.draft = _on_current_map(self.draft, self.target)
         except HfNotebookError as exc:
-            self.last_note = (f"<span style='{_DANGER}'>The map changed since this editor opened, and these edits "
+            self.last_note = (f"<span style='{DANGER}'>The map changed since this editor opened, and these edits "
                               f"no longer apply to it: {escape(exc.message)} Reset, or open the editor again.</span>")
             self.refresh()
             return False
-        self.last_note = f"<span style='{_MUTED}'>applying…</span>"
-        _set(self.apply_button, disabled=True)
-        _set(self.status, value=self.last_note)
+        self.last_note = f"<span style='{MUTED}'>applying…</span>"
+        set_changed(self.apply_button, disabled=True)
+        set_changed(self.status, value=self.last_note)
         try:
             moved = apply_device_map(self.target, self.draft.map)
         except HfNotebookError as exc:
-            self.last_note = f"<span style='{_DANGER}'>Not applied: {escape(exc.message)}</span>"
+            self.last_note = f"<span style='{DANGER}'>Not applied: {escape(exc.message)}</span>"
             self.refresh()
             return False
         self.draft = device_map_editor(self.target)  # the applied map is the new starting point
-        self.last_note = f"<span style='{_OK}'>✓ {escape(words.applied_text(moved))}</span>"
+        self.last_note = f"<span style='{OK}'>✓ {escape(words.applied_text(moved))}</span>"
         self.refresh()
         self.update_record()
         return True
@@ -231,7 +214,7 @@ class DeviceMapEditor:
             target = Path(path).expanduser()
             self.draft.to_json(target)
         except OSError as exc:
-            self.last_note = f"<span style='{_DANGER}'>Cannot write {escape(path)}: {escape(exc.strerror or '')}</span>"
+            self.last_note = f"<span style='{DANGER}'>Cannot write {escape(path)}: {escape(exc.strerror or '')}</span>"
             self.refresh()
             return None
         line = words.map_load_line(self.target, f"@{path}", name=self.name)
@@ -239,7 +222,7 @@ class DeviceMapEditor:
             self.target.map_file = path
         from hf_notebook.ui.record import copy_line_html
 
-        _set(self.export_line, value=f"<div style='{_MUTED}'>wrote {escape(str(target))}; load it with:</div>"
+        set_changed(self.export_line, value=f"<div style='{MUTED}'>wrote {escape(str(target))}; load it with:</div>"
                                      + copy_line_html(line))
         self.update_record()
         return line
@@ -262,14 +245,14 @@ class DeviceMapEditor:
             self.rows_box.children = shown
         self.rows = rows
         problems = self.draft.problems()
-        _set(self.totals, value=self._totals_html({p.device for p in problems}))
+        set_changed(self.totals, value=self._totals_html({p.device for p in problems}))
         reason = "; ".join(words.problem_text(p) for p in problems)
-        _set(self.apply_button, disabled=bool(problems) or not self.draft.changed)
-        _set(self.undo_button, disabled=not self.draft.history)
-        status = f"<span style='{_DANGER}'>{escape(reason)}</span>" if reason else self.last_note
+        set_changed(self.apply_button, disabled=bool(problems) or not self.draft.changed)
+        set_changed(self.undo_button, disabled=not self.draft.history)
+        status = f"<span style='{DANGER}'>{escape(reason)}</span>" if reason else self.last_note
         if not reason and not self.draft.changed and not self.last_note:
-            status = f"<span style='{_MUTED}'>no changes yet</span>"
-        _set(self.status, value=status)
+            status = f"<span style='{MUTED}'>no changes yet</span>"
+        set_changed(self.status, value=status)
         self.seconds = time.perf_counter() - t0
 
     def _new_row(self) -> _Row:
@@ -281,15 +264,14 @@ class DeviceMapEditor:
         """Close every widget of the editor (a kernel holds one comm per widget until then)."""
         for row in self.pool:
             row.close()
-        for widget in _walk(self.widget):
-            widget.close()
+        close_all(self.widget)
 
     def _totals_html(self, over: set) -> str:
         cells = []
         for device, nbytes in self.draft.totals().items():
             budget = self.draft.budget.get(device)
             amount = format_bytes(nbytes) + (f" of {format_bytes(budget)}" if budget is not None else "")
-            style = _DANGER + ";font-weight:bold" if device in over else ""
+            style = DANGER + ";font-weight:bold" if device in over else ""
             cells.append(f"<span style='margin-right:1.5em;display:inline-block'>{escape(words.device_title(device))}:"
                          f" <span style='{style}'>{escape(amount)}</span></span>")
         return f"<div style='margin:4px 0'>{''.join(cells)}</div>"

@@ -23,13 +23,12 @@ import ipywidgets as W
 
 from hf_notebook.ui.record import html_text as _h  # sizes as ``cached (717 B)``, never split over two lines
 from hf_notebook.ui.state import LoadState
-
-_MUTED = "color:var(--jp-ui-font-color2,#777)"
+from hf_notebook.ui.style import ANYWHERE, MUTED, close_all, set_changed
 
 
 def _bar_row(label: str) -> tuple[W.HBox, W.HTML, W.FloatProgress, W.HTML]:
     """Name, bar, numbers; each part keeps a useful width and the row wraps when they do not fit side by side."""
-    name = W.HTML(f"<span style='overflow-wrap:anywhere'>{escape(label)}</span>",
+    name = W.HTML(f"<span style='{ANYWHERE}'>{escape(label)}</span>",
                   layout=W.Layout(flex="1 1 14em", min_width="0", margin="0 8px 0 0"))
     bar = W.FloatProgress(min=0.0, max=1.0, value=0.0,
                           layout=W.Layout(flex="1 1 10em", min_width="6em", width="auto"))
@@ -37,31 +36,17 @@ def _bar_row(label: str) -> tuple[W.HBox, W.HTML, W.FloatProgress, W.HTML]:
     return W.HBox([name, bar, info], layout=W.Layout(flex_flow="row wrap", align_items="center")), name, bar, info
 
 
-def _walk(widget: Any):
-    """A widget and all its descendants."""
-    yield widget
-    for child in getattr(widget, "children", ()):
-        yield from _walk(child)
-
-
-def _set(widget: Any, **traits: Any) -> None:
-    """Assign traits that changed (no comm message for unchanged values)."""
-    for key, value in traits.items():
-        if getattr(widget, key) != value:
-            setattr(widget, key, value)
-
-
 def _fill(bar: W.FloatProgress, value: float, total: Optional[float]) -> None:
     """Set a bar; an unknown total shows a full 'info' bar (as tqdm does)."""
     if total is None:
-        _set(bar, max=1.0, value=1.0, bar_style="info")
+        set_changed(bar, max=1.0, value=1.0, bar_style="info")
     elif value >= total:
         top = float(total) if total > 0 else 1.0
-        _set(bar, max=top)
-        _set(bar, value=top, bar_style="success")
+        set_changed(bar, max=top)
+        set_changed(bar, value=top, bar_style="success")
     else:
-        _set(bar, max=float(total))
-        _set(bar, value=float(value), bar_style="")
+        set_changed(bar, max=float(total))
+        set_changed(bar, value=float(value), bar_style="")
 
 
 class LoadPanel:
@@ -112,10 +97,7 @@ class LoadPanel:
             self.final = record
             if self._handle is not None:
                 self._handle.update(record)
-            for widget in list(_walk(self.widget)):
-                for part in (getattr(widget, "layout", None), getattr(widget, "style", None), widget):
-                    if isinstance(part, W.Widget):
-                        part.close()
+            close_all(self.widget)
 
     def __repr__(self) -> str:
         with self._lock:
@@ -126,20 +108,20 @@ class LoadPanel:
         self.redraws += 1
         self._dirty = False
         s = self.state
-        _set(self.header, value=self._header_html())
+        set_changed(self.header, value=self._header_html())
         stages = "  ·  ".join(_h(st.text()) for st in s.stages.values())
-        _set(self.stages, value=f"<span style='{_MUTED}'>{stages}</span>" if stages else "")
+        set_changed(self.stages, value=f"<span style='{MUTED}'>{stages}</span>" if stages else "")
         self._draw_files()
         if s.shards:
             _fill(self.load_bar, s.load_fraction(), float(s.shard_count))
-            _set(self.load_info, value=_h(s.load_text()))
-        _set(self.load_row.layout, display="flex" if s.shards else "none")
+            set_changed(self.load_info, value=_h(s.load_text()))
+        set_changed(self.load_row.layout, display="flex" if s.shards else "none")
 
     def _header_html(self) -> str:
         s = self.state
-        html = f"<b style='overflow-wrap:anywhere'>{escape(s.header_text())}</b>"
+        html = f"<b style='{ANYWHERE}'>{escape(s.header_text())}</b>"
         if s.pinned_text():
-            html += f"<br><span style='{_MUTED};overflow-wrap:anywhere'>{escape(s.pinned_text())}</span>"
+            html += f"<br><span style='{MUTED};{ANYWHERE}'>{escape(s.pinned_text())}</span>"
         return html
 
     def _draw_files(self) -> None:
@@ -153,14 +135,14 @@ class LoadPanel:
                 self.files.children = tuple(r[0] for r in self._file_rows.values())
             _, _, bar, info = row
             if f.cached:
-                _set(bar.layout, visibility="hidden")
-                _set(info, value=f"<span style='{_MUTED}'>{_h(f.progress_text())}</span>")
+                set_changed(bar.layout, visibility="hidden")
+                set_changed(info, value=f"<span style='{MUTED}'>{_h(f.progress_text())}</span>")
                 continue
             _fill(bar, f.done, f.total if f.total is not None or not fetched else f.done)
-            _set(info, value=_h(f.progress_text()))
+            set_changed(info, value=_h(f.progress_text()))
         weights = s.weight_files()
         if weights:
             done, total, _ = s.download_totals()
             _fill(self.download_bar, done, total if total is not None or not fetched else done)
-            _set(self.download_info, value=_h(s.download_text()))
-        _set(self.download_row.layout, display="flex" if weights else "none")
+            set_changed(self.download_info, value=_h(s.download_text()))
+        set_changed(self.download_row.layout, display="flex" if weights else "none")

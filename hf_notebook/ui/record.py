@@ -12,7 +12,7 @@ a URL: 20 characters or more) may break anywhere; a size never breaks between it
 unit (a no-break space); header and cells of a column share alignment and padding; each table sits
 in a box that scrolls sideways only when even wrapped it cannot fit (a phone-wide output), so nothing
 sticks out of the output area. The ``%load_model`` line to copy wraps at spaces in its ``<pre>``
-and copies back unchanged. Colours are the theme's (``var(--jp-...)``) with fallbacks; status
+and copies back unchanged. Colours (``ui/style.py``) are the theme's (``var(--jp-...)``) with fallbacks; status
 colours carry a plain colour first as well, read on white and on dark alike, because JupyterLab's
 sanitizer (an untrusted notebook) drops every declaration that holds ``var()``; for the same
 reason each breaking rule is also given in a form that sanitizer keeps (``word-break:break-all``,
@@ -28,25 +28,11 @@ from typing import Any, Iterable, Optional, Sequence
 
 from hf_notebook.core.units import device_sort_key, format_bytes
 from hf_notebook.ui import words as W
+from hf_notebook.ui.style import DANGER as _DANGER, MUTED as _MUTED, OK as _OK, RULE as _RULE, \
+    RULE_DANGER as _RULE_DANGER, RULE_OK as _RULE_OK, RULE_WARN as _RULE_WARN, WARN as _WARN
 
 CLASS = "hf-notebook-record"
-
-
-def _color(var: str, plain: str) -> str:
-    """The theme's colour ``var``; before it ``plain`` alone, for renderers that drop ``var()``."""
-    return f"color:{plain};color:var({var},{plain})"
-
-
-# Muted text has no plain colour: where var() is dropped it keeps the theme's text colour.
-_MUTED = "color:var(--jp-ui-font-color2,#777)"
-_OK = _color("--jp-success-color0", "#388e3c")
-_WARN = _color("--jp-warn-color0", "#e65100")
-_DANGER = _color("--jp-error-color1", "#e53935")
 _SEVERITY = {"ok": _OK, "info": "", "warning": _WARN, "danger": _DANGER}
-# Left rules of the record boxes: the theme's colour, with a fallback that shows on light and dark.
-_RULE_OK, _RULE_WARN, _RULE_DANGER = ("var(--jp-success-color1,#388e3c)", "var(--jp-warn-color1,#e65100)",
-                                      "var(--jp-error-color1,#e53935)")
-_RULE = "var(--jp-border-color1,#9e9e9e)"
 # A long word wraps inside its box instead of widening it (break-word: what JupyterLab's sanitizer keeps).
 _WRAP = "overflow-wrap:break-word;overflow-wrap:anywhere"
 # JupyterLab's sanitizer keeps only word-break:break-all of these: tokens that must break carry it as well.
@@ -130,7 +116,7 @@ class Record:
 def _box(status_html: str, body: str, border: str = _RULE) -> str:
     """The record's box: a left rule in ``border`` (a ``var(--jp-...,#plain)``; the plain colour first)."""
     plain = re.search(r",\s*(#[0-9a-fA-F]{3,8})\)$", border)
-    rule = f"border-left:3px solid {plain.group(1) if plain else '#9e9e9e'};border-left-color:{border}"
+    rule = f"border-left:3px solid {plain.group(1) if plain else border};border-left-color:{border}"
     return (f"<div class='{CLASS}' style='{rule};padding:2px 8px;margin:2px 0;max-width:100%;box-sizing:border-box'>"
             f"<div style='{_WRAP}'>{status_html}</div>{body}</div>")
 

@@ -21,10 +21,8 @@ import ipywidgets as W
 from hf_notebook.core.events import FileProgress
 from hf_notebook.core.units import format_bytes
 from hf_notebook.ui.record import html_text
+from hf_notebook.ui.style import DANGER, MUTED, OK, PANEL_BORDER
 
-_MUTED = "color:var(--jp-ui-font-color2,#666)"
-_DANGER = "color:#e53935;color:var(--jp-error-color1,#e53935)"  # plain first: sanitized output drops var()
-_OK = "color:#388e3c;color:var(--jp-success-color0,#388e3c)"
 _WIDE = W.Layout(flex="1 1 16em", min_width="10em")
 
 
@@ -66,11 +64,11 @@ class SavePushPanel:
         self.widget = W.VBox([
             W.HTML(f"<b>Save and push</b> · {escape(name)}"),
             W.HBox([self.folder, self.shard, self.dtype], **row), W.HBox([self.overwrite, self.save_button], **row),
-            W.HTML(f"<div style='{_MUTED};margin-top:6px'>push to the Hub (saved first if needed)</div>"),
+            W.HTML(f"<div style='{MUTED};margin-top:6px'>push to the Hub (saved first if needed)</div>"),
             W.HBox([self.repo, self.private], **row), W.HBox([self.branch, self.create_pr], **row),
             W.HBox([self.message], **row), W.HBox([self.token, self.push_button], **row),
             self.files, self.status,
-        ], layout=W.Layout(border="1px solid var(--jp-border-color2,#ccc)", padding="6px", max_width="100%"))
+        ], layout=W.Layout(border=PANEL_BORDER, padding="6px", max_width="100%"))
 
     # -- actions ------------------------------------------------------------------------------
     def save(self) -> Any:
@@ -145,12 +143,12 @@ class SavePushPanel:
     def _start(self, text: str) -> None:
         self._clear_bars()
         self.save_button.disabled = self.push_button.disabled = True
-        self.status.value = f"<span style='{_MUTED}'>{escape(text)}</span>"
+        self.status.value = f"<span style='{MUTED}'>{escape(text)}</span>"
 
     def _done(self, text: str, result: Any) -> None:
         self._clear_bars()  # the record beside the panel tells the outcome: no bar stays behind
         self.save_button.disabled = self.push_button.disabled = False
-        self.status.value = f"<span style='{_OK}'>{escape(text)}</span>"
+        self.status.value = f"<span style='{OK}'>{escape(text)}</span>"
         self._show(result)
 
     def _failed(self, what: str, exc: BaseException) -> None:
@@ -159,7 +157,7 @@ class SavePushPanel:
         self._clear_bars()
         self.save_button.disabled = self.push_button.disabled = False
         reason = "cancelled" if isinstance(exc, KeyboardInterrupt) else redact(str(exc))
-        self.status.value = f"<span style='{_DANGER}'>{escape(what)}: {escape(reason)}</span>"
+        self.status.value = f"<span style='{DANGER}'>{escape(what)}: {escape(reason)}</span>"
         return None
 
     def _clear_bars(self) -> None:
@@ -174,7 +172,7 @@ class SavePushPanel:
         from IPython.display import HTML, display
 
         display(self.widget)
-        self.record_handle = display(HTML(f"<div style='{_MUTED}'>nothing saved or pushed yet</div>"),
+        self.record_handle = display(HTML(f"<div style='{MUTED}'>nothing saved or pushed yet</div>"),
                                      display_id=True)
 
     def _show(self, result: Any) -> None:

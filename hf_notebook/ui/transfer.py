@@ -14,6 +14,7 @@ from typing import Any, Optional
 
 from hf_notebook.core.events import FileProgress
 from hf_notebook.core.units import format_bytes
+from hf_notebook.ui.style import DANGER, WARN
 
 
 class TransferProgress:
@@ -81,7 +82,8 @@ class TransferProgress:
         word = "cancelled" if isinstance(error, KeyboardInterrupt) else "failed"
         done, total, finished = self.totals()
         text = f"{self.verb} {word} after {format_bytes(done)} of {format_bytes(total)} ({finished} files complete)"
-        self._end(HTML(f"<div style='color:#b26a00'>{escape(text)}</div>") if self._bar is not None else None, text)
+        style = WARN if word == "cancelled" else DANGER
+        self._end(HTML(f"<div style='{style}'>{escape(text)}</div>") if self._bar is not None else None, text)
 
     def _end(self, shown: Any, text: str = "") -> None:
         if self._handle is not None:

@@ -18,6 +18,8 @@ import ipywidgets as W
 
 from hf_notebook.core.units import device_sort_key, format_bytes
 from hf_notebook.ui.record import html_text
+from hf_notebook.ui.style import (ANYWHERE, DANGER, MONO, MUTED, PLOT_BUFFERS, PLOT_OVER, PLOT_OVER_BUFFERS,
+                                  PLOT_OVER_TEXT, PLOT_PARAMS, set_changed)
 from hf_notebook.ui.words import device_title
 
 __all__ = [
@@ -30,11 +32,7 @@ __all__ = [
     "memory_figure",
 ]
 
-# The theme's colours with fallbacks that read on light and dark backgrounds (see hf_notebook.ui.record).
-_MUTED = "color:var(--jp-ui-font-color2,#777)"
-_DANGER = "color:#e53935;color:var(--jp-error-color1,#e53935)"
-_MONO = "font-family:var(--jp-code-font-family,monospace);white-space:nowrap"  # sizes: number and unit together
-_NAME = "overflow-wrap:anywhere"  # a long module name wraps in its column instead of being cut
+_SIZE = f"{MONO};white-space:nowrap"  # a size: number and unit together
 
 
 # -- shared pieces ------------------------------------------------------------------------
@@ -80,12 +78,6 @@ def device_usage(placement: Any, budget: Optional[Mapping[str, int]] = None) -> 
             for d in devices]
 
 
-def _set(widget: Any, **traits: Any) -> None:
-    for key, value in traits.items():
-        if getattr(widget, key) != value:
-            setattr(widget, key, value)
-
-
 class _View:
     """``repr`` is the text form; Jupyter gets the widget, other frontends the text."""
 
@@ -125,10 +117,10 @@ class GroupRow:
             self.toggle = lead = W.Button(icon="caret-right", tooltip=f"show the {len(self.members)} modules",
                                           layout=W.Layout(width="28px", padding="0"))
             self.toggle.on_click(lambda _: self.expand(not self.expanded))
-        count = f" <span style='{_MUTED}'>({len(self.members)} modules)</span>" if self.members else ""
-        self.name = W.HTML(f"<code style='{_NAME}'>{escape(group.label)}</code>{count}",
+        count = f" <span style='{MUTED}'>({len(self.members)} modules)</span>" if self.members else ""
+        self.name = W.HTML(f"<code style='{ANYWHERE}'>{escape(group.label)}</code>{count}",
                            layout=W.Layout(width="60%", min_width="0"))
-        self.size = W.HTML(f"<span style='{_MONO}'>{escape(format_bytes(group.nbytes))}</span>")
+        self.size = W.HTML(f"<span style='{_SIZE}'>{escape(format_bytes(group.nbytes))}</span>")
         self.widget = W.VBox([W.HBox([lead, self.name, self.size]), self.member_box])
 
     @property
@@ -139,14 +131,14 @@ class GroupRow:
         """Show (build on first use) or hide the member rows."""
         if show and not self.member_box.children:
             self.member_box.children = tuple(
-                W.HBox([W.HTML(f"<code style='{_NAME}'>{escape(name)}</code>",
+                W.HBox([W.HTML(f"<code style='{ANYWHERE}'>{escape(name)}</code>",
                                layout=W.Layout(width="60%", min_width="0")),
-                        W.HTML(f"<span style='{_MONO}'>{escape(self.member_size_text(nbytes))}</span>")])
+                        W.HTML(f"<span style='{_SIZE}'>{escape(self.member_size_text(nbytes))}</span>")])
                 for name, nbytes in self.members
             )
-        _set(self.member_box.layout, display="flex" if show else "none")
+        set_changed(self.member_box.layout, display="flex" if show else "none")
         if self.toggle is not None:
-            _set(self.toggle, icon="caret-down" if show else "caret-right")
+            set_changed(self.toggle, icon="caret-down" if show else "caret-right")
 
     def member_size_text(self, nbytes: Optional[int]) -> str:
         if nbytes is None:
@@ -159,10 +151,10 @@ class DeviceSection:
 
     def __init__(self, usage: DeviceUsage, rows: list[GroupRow]):
         self.usage, self.device, self.rows = usage, usage.device, rows
-        style = _DANGER if usage.over else ""
+        style = DANGER if usage.over else ""
         self.header = W.HTML(
             f"<b>{escape(device_title(self.device))}</b> <span style='{style}'>{html_text(usage.amount_text())}</span>"
-            f" <span style='{_MUTED};white-space:nowrap'>· {len(rows)} group{'s' * (len(rows) != 1)}</span>"
+            f" <span style='{MUTED};white-space:nowrap'>· {len(rows)} group{'s' * (len(rows) != 1)}</span>"
         )
         self.widget = W.VBox([self.header] + [r.widget for r in rows], layout=W.Layout(margin="4px 0"))
 
@@ -243,9 +235,9 @@ class MemoryView(_View):
         bar = W.FloatProgress(min=0.0, max=top, value=min(float(u.nbytes), top),
                               bar_style="danger" if u.over else "",
                               layout=W.Layout(width="40%", visibility="visible" if u.budget is not None else "hidden"))
-        style = _DANGER if u.over else ""
+        style = DANGER if u.over else ""
         label = W.HTML(f"<span style='{style}'>{html_text(u.amount_text())}</span>"
-                       f"<br><span style='{_MUTED};font-size:90%'>{html_text(u.split_text())}</span>",
+                       f"<br><span style='{MUTED};font-size:90%'>{html_text(u.split_text())}</span>",
                        layout=W.Layout(width="40%"))
         self.bars[u.device], self.labels[u.device] = bar, label
         return W.HBox([W.HTML(escape(device_title(u.device)), layout=W.Layout(width="20%")), bar, label])
@@ -287,7 +279,7 @@ def memory_figure(placement: Any, budget: Optional[Mapping[str, int]] = None, ti
     fig = Figure(figsize=(8, 1.5 + 0.6 * max(len(usage), 1)), layout="constrained")
     ax = fig.add_subplot()
     ys = range(len(usage))
-    colors = [("#d62728", "#ff9896") if u.over else ("#1f77b4", "#aec7e8") for u in usage]
+    colors = [(PLOT_OVER, PLOT_OVER_BUFFERS) if u.over else (PLOT_PARAMS, PLOT_BUFFERS) for u in usage]
     ax.barh(ys, [u.param_bytes / scale for u in usage], color=[c[0] for c in colors], height=0.6)
     ax.barh(ys, [u.buffer_bytes / scale for u in usage], left=[u.param_bytes / scale for u in usage],
             color=[c[1] for c in colors], height=0.6)
@@ -295,14 +287,14 @@ def memory_figure(placement: Any, budget: Optional[Mapping[str, int]] = None, ti
         if u.budget is not None:
             ax.vlines(u.budget / scale, y - 0.4, y + 0.4, colors="black", linestyles="--", linewidth=1.5)
         ax.text(max(u.nbytes, u.budget or 0) / scale + top / scale * 0.01, y, u.amount_text(), va="center",
-                fontsize=9, color="#b71c1c" if u.over else "black")
+                fontsize=9, color=PLOT_OVER_TEXT if u.over else "black")
     ax.set_yticks(list(ys), [device_title(u.device) for u in usage])
     ax.invert_yaxis()
     ax.set_xlim(0, top / scale * 1.45)  # room for the labels right of the bars
     ax.set_xlabel(f"memory ({unit})")
     ax.set_title(title or "Memory per device")
-    handles = [Patch(color="#1f77b4", label="parameters"), Patch(color="#aec7e8", label="buffers")]
-    handles += [Patch(color="#d62728", label="over budget")] if any(u.over for u in usage) else []
+    handles = [Patch(color=PLOT_PARAMS, label="parameters"), Patch(color=PLOT_BUFFERS, label="buffers")]
+    handles += [Patch(color=PLOT_OVER, label="over budget")] if any(u.over for u in usage) else []
     handles += [Line2D([], [], color="black", linestyle="--", label="budget")] if any(u.budget for u in usage) else []
     fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), fontsize=8, frameon=False)
     return fig

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from pathlib import Path
 from typing import Optional
+
+from ..folders import nearest_existing
 
 
 def devices_here() -> list[str]:
@@ -25,7 +26,4 @@ def free_bytes(device: str, folder: Optional[str] = None) -> int:
         import psutil
 
         return int(psutil.virtual_memory().available)
-    probe = Path(folder) if folder else Path(tempfile.gettempdir())
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    return int(shutil.disk_usage(probe).free)
+    return int(shutil.disk_usage(nearest_existing(folder or tempfile.gettempdir())).free)

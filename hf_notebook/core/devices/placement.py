@@ -147,6 +147,14 @@ def _totals(rows: list[_Row], measured: bool, totals: Optional[dict] = None) -> 
     return Placement(_group(rows), devices, measured)
 
 
+def spread_one_device(device_map: Mapping[str, Any], members) -> Mapping[str, Any]:
+    """A one-device map ``{"": device}`` as one entry per member (a plan's blocks: embeddings, each layer,
+    head), so it still reads layer by layer; any other map (or no members) as it is."""
+    if list(device_map) == [""] and members:
+        return {member: device_map[""] for member in members}
+    return device_map
+
+
 def planned_placement(device_map: Mapping[str, Any], entry_bytes: Mapping[str, tuple[int, int]],
                       offloaded: frozenset = frozenset()) -> Placement:
     """A plan's placement: ``entry_bytes`` gives (param, buffer) bytes per device-map entry.

@@ -17,7 +17,7 @@ from ..hub.headers import HeaderInfo
 from ..quiet import quiet_loggers
 from ..units import Device, device_name, format_bytes, parse_device
 from .explain import Finding, explain
-from .placement import Placement, planned_placement
+from .placement import Placement, planned_placement, spread_one_device
 
 # Default class per task when the config names none we know (order matters: first match wins).
 _AUTO_CLASSES = ("AutoModelForCausalLM", "AutoModelForSeq2SeqLM", "AutoModelForMaskedLM", "AutoModel")
@@ -75,10 +75,8 @@ class Plan:
 
         A one-device map (``{"": "cpu"}``) is shown block by block, so it still reads layer by layer.
         """
-        shown = self.device_map
-        if list(shown) == [""] and self.blocks:
-            shown = {block: shown[""] for block in self.blocks}
-        else:  # accelerate lists what it placed last at the end: show the map in module order
+        shown = spread_one_device(self.device_map, self.blocks)
+        if shown is self.device_map:  # accelerate lists what it placed last at the end: show it in module order
             shown = dict(sorted(shown.items(), key=lambda item: _block_position(item[0], self.blocks)))
         return planned_placement(shown, self.module_bytes, frozenset(self.spilled))
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import Any
 
 from ..errors import LoadError, OptionError
 from ..events import OnEvent
+from ..folders import temp_sibling
 from ..integrity import MANIFEST, expected_digest, recorded_sha256, repo_entry
 
 OTHER_WEIGHTS = (".bin", ".pt", ".pth", ".h5", ".msgpack", ".gguf", ".onnx", ".ckpt", ".ot", ".tflite")
@@ -69,7 +69,7 @@ def export_bundle(spec: str, folder: str | os.PathLike, *, layout: str = "folder
              for n, p in sorted(paths.items())}
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.hf_notebook-", dir=target.parent))
+        tmp = temp_sibling(target)
     except OSError as exc:
         raise OptionError(f"Cannot write into {target.parent}: {exc.strerror}.",
                           hint="Export into a folder you can write to; nothing was written.") from None

@@ -2,20 +2,20 @@
 
 Remote headers come through two HTTP Range requests per shard (length, then header); a server
 that ignores ``Range`` is read only as far as the header. Local ones from the files' first bytes.
-Every header is checked before it is trusted: a sane length, valid JSON, known dtypes, and
-tensor offsets that lie inside the file, match their dtype and shape, and do not overlap.
+Either way the bytes are checked by ``safetensors_io`` (the one parser of the format); that the
+tensors lie inside the files is checked on the local files before a load (``check_files``).
 """
 
 from __future__ import annotations
 
-import json
 import os
-import struct
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterable
 
-from ..dtypes import FLOAT_NAMES, ITEMSIZE
+from ..dtypes import FLOAT_NAMES
 from ..errors import LoadError, Secret
+from ..safetensors_io import Header, check_extent, header_length, parse_header, read_header, tensor_nbytes
 from ..units import numel
 
 
@@ -31,11 +31,7 @@ class HeaderInfo:
         """Refuse a local shard shorter than its header says, naming the file and the tensor cut off."""
         for path in paths:
             need, last = self.extents.get(Path(path).name, (0, ""))
-            size = os.path.getsize(path)
-            if size < need:
-                raise LoadError(f"{Path(path).name}: tensor {last!r} lies past the end of the {size}-byte file "
-                                f"({need} bytes expected).",
-                                hint="The file is truncated or damaged; download it again (--force-download).")
+            check_extent(Path(path).name, os.path.getsize(path), need, last)
 
     @property
     def shard_bytes(self) -> dict[str, int]:
@@ -57,10 +53,6 @@ class HeaderInfo:
         return FLOAT_NAMES[max(floats, key=floats.get)] if floats else None
 
 
-MAX_HEADER = 100 * 2**20  # safetensors' own limit on a header's size
-_EXTENT = "\0extent"  # (bytes the file must have, its last tensor), added by _parse; no JSON key can be this
-
-
 def remote_headers(repo_id: str, sha: str, shard_names: list[str], *, token=None, max_workers: int = 8) -> HeaderInfo:
     """Headers of ``shard_names`` at ``sha``: two Range requests per shard, so no weight byte moves.
 
@@ -74,12 +66,12 @@ def remote_headers(repo_id: str, sha: str, shard_names: list[str], *, token=None
 
     auth = Secret(build_hf_headers(token=token))
 
-    def read(name: str) -> tuple[str, dict]:
+    def read(name: str) -> tuple[str, Header]:
         url = hf_hub_url(repo_id, name, revision=sha)
         prefix, size = _get_range(url, auth, 0, 7)
-        length = _header_length(name, prefix, size)
+        length = header_length(name, prefix, size)
         raw, _ = _get_range(url, auth, 8, 8 + length - 1)
-        return name.rsplit("/", 1)[-1], _parse(name, raw, length)  # keyed by file name, as local headers are
+        return name.rsplit("/", 1)[-1], parse_header(name, raw, length)  # keyed by file name, as local headers are
 
     with ThreadPoolExecutor(max_workers=max(1, min(max_workers, len(shard_names)))) as pool:
         return _tally(pool.map(read, shard_names))
@@ -111,81 +103,19 @@ def _get_range(url: str, headers: dict, first: int, last: int) -> tuple[bytes, i
         return bytes(data[first : last + 1]), int(size) if size and size.isdigit() else None
 
 
-def _header_length(name: str, prefix: bytes, size: int | None) -> int:
-    if len(prefix) < 8:
-        raise LoadError(f"{name} is {len(prefix)} bytes long: too short for a safetensors file.",
-                        hint="The file is truncated; download it again (--force-download).")
-    (length,) = struct.unpack("<Q", prefix)
-    if length > MAX_HEADER or (size is not None and 8 + length > size):
-        raise LoadError(f"{name} declares a {length}-byte header"
-                        + (f" in a {size}-byte file" if size is not None else "") + ": not a valid safetensors file.",
-                        hint="The file is damaged or not safetensors; download it again (--force-download).")
-    return length
-
-
-def _parse(name: str, raw: bytes, length: int) -> dict:
-    """The header JSON, checked: known dtypes, offsets that match each tensor and do not overlap.
-
-    Whether the data fits the file is checked on the local file (``HeaderInfo.check_files``).
-    """
-    hint = "The file is damaged or not safetensors; download it again (--force-download)."
-    if len(raw) < length:
-        raise LoadError(f"{name} ends inside its header ({len(raw)} of {length} bytes).", hint=hint)
-    try:
-        header = json.loads(raw)
-    except (UnicodeDecodeError, ValueError):
-        raise LoadError(f"{name}: its header is not valid JSON.", hint=hint) from None
-    if not isinstance(header, dict):
-        raise LoadError(f"{name}: its header is not a JSON object.", hint=hint)
-    spans = []
-    for key, tensor in header.items():
-        if key == "__metadata__":
-            continue
-        try:
-            code, shape, (begin, end) = tensor["dtype"], tensor["shape"], tensor["data_offsets"]
-            ok = code in ITEMSIZE and all(isinstance(d, int) and d >= 0 for d in shape) and 0 <= begin <= end
-        except (KeyError, TypeError, ValueError):
-            ok = False
-        if not ok:
-            raise LoadError(f"{name}: tensor {key!r} has a malformed entry in the header.", hint=hint)
-        if end - begin != tensor_nbytes(code, shape):
-            raise LoadError(f"{name}: tensor {key!r} claims {end - begin} bytes, but a {code} tensor of shape "
-                            f"{shape} has {tensor_nbytes(code, shape)}.", hint=hint)
-        spans.append((begin, end, key))
-    spans.sort()
-    for (_, end, key), (begin, _, other) in zip(spans, spans[1:]):
-        if begin < end:
-            raise LoadError(f"{name}: tensors {key!r} and {other!r} overlap in the file.", hint=hint)
-    header[_EXTENT] = (8 + length + (spans[-1][1] if spans else 0), spans[-1][2] if spans else "")
-    return header
-
-
 def local_headers(shards: list[Path]) -> HeaderInfo:
-    """Headers of local shard files (reads only their first bytes)."""
-
-    def read(path: Path) -> tuple[str, dict]:
-        name, size = Path(path).name, os.path.getsize(path)
-        with open(path, "rb") as handle:
-            length = _header_length(name, handle.read(8), size)
-            return name, _parse(name, handle.read(length), length)
-
-    return _tally(map(read, shards))
+    """Headers of local shard files (reads only their first bytes; a header-only file is fine for a plan)."""
+    return _tally((Path(path).name, read_header(str(path), data=False)) for path in shards)
 
 
-def tensor_nbytes(dtype_code: str, shape) -> int:
-    """Bytes of a tensor of safetensors dtype ``dtype_code`` and ``shape``."""
-    return numel(shape) * ITEMSIZE.get(dtype_code, 4)
-
-
-def _tally(headers) -> HeaderInfo:
+def _tally(headers: Iterable[tuple[str, Header]]) -> HeaderInfo:
     counts: dict[str, int] = {}
     tensors: dict[str, dict[str, tuple[str, int]]] = {}
     extents: dict[str, tuple[int, str]] = {}
     for name, header in headers:
-        header.pop("__metadata__", None)
-        extents[name] = header.pop(_EXTENT)
+        extents[name] = (header.end, header.last)
         shard = tensors[name] = {}
-        for key, tensor in header.items():
+        for key, tensor in header.tensors.items():
             counts[tensor["dtype"]] = counts.get(tensor["dtype"], 0) + numel(tensor["shape"])
             shard[key] = (tensor["dtype"], tensor_nbytes(tensor["dtype"], tensor["shape"]))
     return HeaderInfo(counts, tensors, extents)

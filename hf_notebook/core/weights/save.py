@@ -28,7 +28,6 @@ import json
 import os
 import re
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +37,7 @@ from ..devices.offloaded import rewrites_weights
 from ..dtypes import torch_dtype
 from ..errors import OptionError, SaveError
 from ..events import OnEvent
+from ..folders import temp_sibling, writable_folder
 from ..integrity import MANIFEST, digest_of
 from ..quiet import library_bars_off
 from ..units import disk_needed, disk_shortfall
@@ -97,7 +97,7 @@ def save_model(result: Any, folder: str | os.PathLike, *, max_shard_size: Any = 
     _check_target(target, overwrite, reads_from)
     convert = dtype not in (None, "auto")
     _check_space(target, model, out_dtype if convert else None)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.hf_notebook-", dir=target.parent))
+    tmp = temp_sibling(target)
     try:
         writer = ShardWriter(model, out_dtype if convert else None, on_event)
         # library bars off: no "Writing model shards" widget left behind
@@ -133,7 +133,7 @@ def _check_target(target: Path, overwrite: bool, reads_from: tuple) -> None:
     if target.is_dir():
         _check_replaceable(target, overwrite)
     parent = target.parent
-    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+    if not writable_folder(parent):
         raise SaveError(f"Cannot write into {parent}.", hint="Give a folder whose parent exists and is writable.")
 
 

@@ -28,7 +28,7 @@ from .. import libc
 from ..devices.offloaded import disk_sources
 from ..dtypes import torch_dtype, torch_dtype_of_code
 from ..events import FileProgress, OnEvent, emit
-from ..safetensors_io import write_all
+from ..safetensors_io import Header, header, order, read_header, write_all
 
 CHUNK = 8 * 2**20
 
@@ -41,7 +41,7 @@ class ShardWriter:
         self.out = torch_dtype(out_dtype) if out_dtype else None  # None: every tensor keeps its dtype
         self.on_disk = disk_sources(model)  # offloaded tensor name -> where its bytes are
         self.hashes: dict[str, str] = {}  # file name -> sha256, computed while writing
-        self._headers: dict[str, tuple[int, dict]] = {}
+        self._headers: dict[str, Header] = {}
         self._maps: dict[str, mmap.mmap] = {}  # source file -> read-only mapping, hashed from (kernel copies)
         self._kernel_copy = hasattr(os, "copy_file_range")  # off after the first refusal (other file system, ...)
         self._ring: list = []
@@ -54,8 +54,6 @@ class ShardWriter:
         return self.out if self.out is not None and tensor.is_floating_point() else tensor.dtype
 
     def save_file(self, tensors: dict, filename: str, metadata: Optional[dict] = None) -> None:
-        from ..safetensors_io import header, order
-
         layout = order((name, self.target_dtype(t)) for name, t in tensors.items())
         entries = [(name, tensors[name]) for name, _ in layout]
         head, offset = header([(name, dtype, tuple(tensors[name].shape)) for name, dtype in layout], metadata)
@@ -161,8 +159,8 @@ class ShardWriter:
         if info is None or not info.get("safetensors_file"):
             return None
         path = info["safetensors_file"]
-        start, head = self._header(path)
-        entry = head[info.get("weight_name", name)]
+        found = self._header(path)
+        entry, start = found.tensors[info.get("weight_name", name)], found.start
         stored = torch_dtype_of_code(entry["dtype"])
         first, last = entry["data_offsets"]
         return path, start + first, start + last, stored, self.target_dtype(tensor) if tensor.is_floating_point() \
@@ -263,9 +261,7 @@ class ShardWriter:
                     converted.view(out).copy_(source)
                     yield converted.numpy(), None
 
-    def _header(self, path: str) -> tuple[int, dict]:
-        from ..safetensors_io import read_header
-
+    def _header(self, path: str) -> Header:
         if path not in self._headers:
             self._headers[path] = read_header(path)
         return self._headers[path]
