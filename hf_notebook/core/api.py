@@ -1,4 +1,5 @@
-"""The core's face: one function per user action, typed options, an ``on_event`` callback.
+"""The load pipeline: ``plan_model`` and ``load_model`` (typed options, an ``on_event`` callback), and the
+device-map edits of a loaded model or plan. ``session.Session`` calls them for each user action.
 
 A call runs the pipeline once, each stage handing its product to the next:
 ``spec -> resolve (pin) -> files (config, shard names) -> plan -> fetch (checkpoint) -> load``.

@@ -14,7 +14,7 @@ from typing import Any, Optional, Union
 
 from .dtypes import parse_dtype
 from .errors import OptionError
-from .folders import nearest_existing, writable_folder
+from .folders import parse_folder
 from .option_files import read_option_file
 from .units import Device, parse_device, parse_size
 
@@ -164,22 +164,6 @@ def _holds_token(value: Any) -> bool:
     if isinstance(value, (list, tuple)):
         return any(_holds_token(v) for v in value)
     return isinstance(value, str) and redact(value) != value
-
-
-def parse_folder(text: Optional[str], flag: str) -> Optional[str]:
-    """A folder that exists, or could be created: its nearest existing ancestor is a writable folder."""
-    if not text:
-        return None
-    path = probe = Path(str(text)).expanduser()
-    try:
-        probe = nearest_existing(path)
-        usable = writable_folder(probe)
-    except (OSError, ValueError):
-        usable = False
-    if not usable:
-        where = "is not a folder" if probe == path else f"cannot be created ({str(probe)!r} is not a writable folder)"
-        raise OptionError(f"{flag} {str(path)!r} {where}.", hint=f"Give {flag} a folder you can write to.")
-    return str(path)
 
 
 def parse_max_memory(text: str | dict | None) -> dict[Device, int] | None:

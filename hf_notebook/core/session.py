@@ -342,13 +342,14 @@ class Session:
         already: a lock file that cannot be written is reported (``failed``), not a lost load."""
         from .errors import HfNotebookError
         from .hub import lock
+        from .option_table import recorded_args
 
         path = self.lock_path
         if path is None or key is None or result.pin.kind == "local":
             return None
 
         def make(old):
-            new = lock.entry_for(result, old)
+            new = lock.entry_for(result, old, options=recorded_args(result.options))
             new["revision"] = key.rsplit("@", 1)[1]
             return None if old is not None and old["sha"] != new["sha"] and not move else new
 

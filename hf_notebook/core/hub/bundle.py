@@ -98,7 +98,7 @@ def export_bundle(spec: str, folder: str | os.PathLike, *, layout: str = "folder
 
 def _export_target(folder: Any) -> Path:
     """``--to``: resolved (``..`` and links), a new or empty folder whose nearest existing parent we may write."""
-    from ..options import parse_folder
+    from ..folders import parse_folder
 
     fix = "Export into a new folder you can write to, e.g. --to ./bundle."
     try:

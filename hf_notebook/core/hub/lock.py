@@ -19,7 +19,6 @@ from typing import Any, Callable, Optional
 
 from ..errors import HfNotebookError, OptionError
 from ..integrity import recorded_sha256
-from ..option_table import recorded_args
 from ..spec import is_commit_sha
 
 FORMAT = "hf_notebook.lock/1"
@@ -129,8 +128,9 @@ def _locked(path: Path):
         os.close(fd)  # closing releases the lock
 
 
-def entry_for(result: Any, previous: Optional[dict] = None) -> dict:
-    """The lock entry of a finished Hub load. Hashes ``previous`` (the entry being replaced) recorded for the same
+def entry_for(result: Any, previous: Optional[dict] = None, options: Optional[list] = None) -> dict:
+    """The lock entry of a finished Hub load; ``options``: its flags that change what is read or run
+    (``option_table.recorded_args``). Hashes ``previous`` (the entry being replaced) recorded for the same
     sha and size are kept, so loading a locked model again reads no file to hash it."""
     import torch
     import transformers
@@ -138,7 +138,6 @@ def entry_for(result: Any, previous: Optional[dict] = None) -> dict:
     from hf_notebook._version import __version__
 
     known = previous.get("files", {}) if previous and previous.get("sha") == result.pin.sha else {}
-    options = recorded_args(result.options)
     files = {}
     for name, local in sorted(result.paths.items()):
         size = os.path.getsize(local)
