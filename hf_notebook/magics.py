@@ -51,19 +51,35 @@ def _option_args(load: bool):
     return apply
 
 
+class Cancelled(KeyboardInterrupt):
+    """Ctrl-C (or the kernel's interrupt) ended an action: IPython shows this one line, no frames."""
+
+    def _render_traceback_(self) -> list[str]:  # IPython's hook: these lines instead of a traceback
+        return [f"KeyboardInterrupt: {self}"]
+
+
 def _usage_errors(method):
-    """Our errors reach the user as a ``UsageError``: what went wrong and what to do, no traceback. With
-    ``%config HFNotebook.debug = True`` they are raised as they are, with their cause chain, for a bug report
-    (our messages carry no token either way)."""
+    """Our errors reach the user as a ``UsageError``: what went wrong and what to do, no traceback; Ctrl-C as one
+    ``Cancelled`` line. With ``%config HFNotebook.debug = True`` errors are raised as they are, with their cause
+    chain, for a bug report (our messages carry no token either way)."""
 
     @functools.wraps(method)
     def run(self, *args, **kwargs):
+        interrupted = False
         try:
             return method(self, *args, **kwargs)
         except HfNotebookError as exc:
             if self.debug:
                 raise
             raise UsageError(str(exc)) from None
+        except Cancelled:
+            raise
+        except KeyboardInterrupt:
+            interrupted = True  # raised below, outside this block: no reference to the frames it stopped
+        if interrupted:
+            from .ui.words import cancelled_text
+
+            raise Cancelled(cancelled_text(f"%{method.__name__}"))
 
     return run
 
@@ -209,7 +225,7 @@ class HFNotebook(Magics):
             if isinstance(exc, HfNotebookError):
                 return None, UsageError(str(exc))
             if isinstance(exc, KeyboardInterrupt):
-                return None, KeyboardInterrupt()
+                return None, Cancelled(_cancelled_load(request, renderer.state))
             raise
         renderer.finish(load_record(result))
         return result, None
@@ -419,6 +435,16 @@ class HFNotebook(Magics):
         renderer = make_renderer(self.shell, mode=self.display)
         renderer.display()
         return renderer
+
+
+def _cancelled_load(request, state) -> str:
+    """The one line a cancelled load ends with (the record above it has the details)."""
+    from .ui.words import cancelled_text
+
+    files = state.files.values()
+    stage = state.failed.stage if state.failed is not None else None
+    return cancelled_text(f"The load of {request.spec}", stage,
+                          files=(sum(f.finished for f in files), sum(not f.finished for f in files)))
 
 
 def _figure_image(plan):

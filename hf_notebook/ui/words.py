@@ -178,3 +178,17 @@ def lock_update_text(update: Any) -> Optional[str]:
         return (f"Note: the lock file pins {update.key} to {short_sha(update.old_sha)}; this load used "
                 f"{short_sha(update.sha)} ({revision} moved). --update moves the lock; --locked loads the locked commit.")
     return f"Lock file {update.path}: {update.key} updated: " + "; ".join(update.changes)
+
+
+def cancelled_text(what: str, stage: Optional[str] = None, files: Optional[tuple[int, int]] = None) -> str:
+    """The one line a cancelled action ends with: what stopped, and for a load (``files``: complete and
+    unfinished downloads) that nothing was bound and what running it again reuses."""
+    line = f"{what} cancelled" + (f" during {stage}" if stage else "")
+    if files is None:
+        return line + "."
+    complete, unfinished = files
+    line += "; nothing was bound."
+    if complete or unfinished:
+        line += (f" Run the cell again: it reuses the {complete} complete file{'s' * (complete != 1)} in the cache"
+                 + (f" and downloads the {unfinished} unfinished one{'s' * (unfinished != 1)}." if unfinished else "."))
+    return line

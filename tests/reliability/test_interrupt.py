@@ -92,3 +92,44 @@ def test_a_dropped_connection_resumes_where_it_stopped(shell, big_repo_both, hf_
     expected = transformers_model(folder)
     state = shell.user_ns["m"].state_dict()
     assert all(torch.equal(state[k], v) for k, v in expected.state_dict().items())
+
+
+def test_a_cancelled_load_ends_with_one_line_and_no_frames(shell, tiny_hub, hf_cache, monkeypatch, capsys):
+    import io
+
+    from hf_notebook import ui
+    from hf_notebook.core.events import ShardProgress
+    from hf_notebook.ui.text import TextRenderer
+
+    class Interrupting(TextRenderer):
+        def __call__(self, event):
+            super().__call__(event)
+            if isinstance(event, ShardProgress) and event.tensors_done == 1:
+                raise KeyboardInterrupt  # the first tensor is in: downloads done, the load under way
+
+    monkeypatch.setattr(ui, "make_renderer", lambda *a, **k: Interrupting(io.StringIO()))
+    capsys.readouterr()
+    outcome = shell.run_cell("%load_model tiny/llama --device-map cpu --as m")
+    assert isinstance(outcome.error_in_exec, KeyboardInterrupt) and "m" not in shell.user_ns
+    shown = capsys.readouterr()
+    lines = [line for line in (shown.out + shown.err).splitlines() if line.strip()]
+    assert len(lines) == 1, lines  # no traceback, no frame of magics.py, no source comment
+    assert lines[0].startswith("KeyboardInterrupt: The load of tiny/llama cancelled during load; nothing was bound.")
+    assert "Run the cell again: it reuses the" in lines[0] and "complete files in the cache" in lines[0]
+
+
+def test_ctrl_c_in_any_magic_is_one_line(shell, tiny_hub, hf_cache, monkeypatch, capsys):
+    from hf_notebook.core.session import Session
+
+    shell.run_line_magic("load_model", "tiny/llama --device-map cpu --as m")
+
+    def interrupted(self, *args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Session, "save", interrupted)
+    capsys.readouterr()
+    outcome = shell.run_cell("%save_model m somewhere")
+    assert isinstance(outcome.error_in_exec, KeyboardInterrupt)
+    shown = capsys.readouterr()
+    assert [line for line in (shown.out + shown.err).splitlines() if line.strip()] == \
+        ["KeyboardInterrupt: %save_model cancelled."]
