@@ -51,7 +51,7 @@ def assert_progress_and_record(lines: list[str], sha: str, again: str) -> None:
     text = "\n".join(lines)
     expected_in_order = [
         f"pinned: tiny/llama@{sha}", "resolve done in", "  fetched config.json", "config done in", "plan done in",
-        "  fetched model.safetensors.index.json", "fetch done in", "  loaded shard", "load done in",
+        "  fetched 6 files (", "fetch done in", "  loaded 5 shards (", "load done in",
         f"✓ m = tiny/llama@{sha[:12]}", "load it again:",
     ]
     positions = [text.find(piece) for piece in expected_in_order]
@@ -121,7 +121,8 @@ def test_pipe_gets_plain_lines_only(child_env, tiny_hub, tmp_path):
     lines = [line.removeprefix("In [2]: ") for line in out.splitlines()]
     again = f"%load_model tiny/llama@{sha} --dtype float32 --max-memory cpu=300KB --as m"
     assert_progress_and_record(lines, sha, again)
-    assert "disk (offload)" in out and "  loaded shard 5/5" in out
+    assert "disk (offload)" in out and "  loaded 5 shards" in out
+    assert re.search(r"\n +files +6 files", out), out  # the record counts what the progress counted
     # The failed load: a record line on stdout, the reason once on stderr, no traceback.
     assert "✗ resolving tiny/does-not-exist: failed during resolve" in out
     assert proc.stderr.count("UsageError: Repository tiny/does-not-exist does not exist") == 1, proc.stderr

@@ -96,13 +96,7 @@ def test_panel_full_load_ends_in_the_static_record(result):
 
     assert "0123456789ab" in panel.header.value
     assert f"org/tiny@{SHA}" in panel.header.value  # the pinned spelling for a floating branch
-    rows = panel.files.children
-    assert len(rows) == 3
-    name, bar, info = rows[0].children
-    assert "config.json" in name.value and "cached" in info.value and bar.layout.visibility == "hidden"
-    for row in rows[1:]:
-        _, bar, _ = row.children
-        assert bar.value == bar.max == MB and bar.bar_style == "success"
+    assert panel.files.children == ()  # finished files fold into the download row
     assert panel.download_bar.value == panel.download_bar.max == 2 * MB
     assert "2 files" in panel.download_info.value  # the weights, not the config read while planning
     assert panel.load_bar.value == panel.load_bar.max == 2 and panel.load_bar.bar_style == "success"
@@ -172,7 +166,7 @@ def test_panel_rate_limits_progress_but_not_endings():
     before = panel.redraws
     panel(FileProgress("model.safetensors", 1_000_000, 1_000_000))  # an ending draws at once
     assert panel.redraws == before + 1
-    assert panel.files.children[0].children[1].bar_style == "success"
+    assert panel.files.children == ()  # the finished file's row is folded away at once
 
 
 def test_panel_redraws_about_ten_times_a_second():
@@ -188,7 +182,7 @@ def test_panel_is_thread_safe():
     names = [f"model-{i}.safetensors" for i in range(4)]
 
     def feed(name):
-        for i in range(1, 201):
+        for i in range(1, 200):
             panel(FileProgress(name, i * 100, 20_000))
 
     threads = [threading.Thread(target=feed, args=(n,)) for n in names]
@@ -198,7 +192,7 @@ def test_panel_is_thread_safe():
         t.join()
     panel(StageStarted("fetch"))  # an ending: draws what the rate limit held back
     assert len(panel.files.children) == 4
-    assert all(row.children[1].value == 20_000 for row in panel.files.children)
+    assert all(row.children[1].value == 19_900 for row in panel.files.children)
 
 
 def test_panel_unknown_size_shows_info_bar():
@@ -209,8 +203,7 @@ def test_panel_unknown_size_shows_info_bar():
     assert (bar.bar_style, bar.value, bar.max) == ("info", 1.0, 1.0)
     panel(FileProgress("empty.txt", 0, 0))
     panel(StageDone("fetch", 0.3))  # sizes that never came are done when the stage is
-    assert [row.children[1].bar_style for row in panel.files.children] == ["success", "success"]
-    assert panel.download_bar.bar_style == "success"
+    assert panel.files.children == () and panel.download_bar.bar_style == "success"
 
 
 def test_panel_header_for_local_folder_and_pinned_sha():
@@ -237,11 +230,9 @@ def test_text_non_tty_is_short_and_exact(result):
         "resolve done in 0.10 s",
         "  cached config.json (700 B)",
         "config done in 0.00 s",
-        "  fetched model-00001-of-00002.safetensors (1.00 MB)",
-        "  fetched model-00002-of-00002.safetensors (1.00 MB)",
+        "  fetched 2 files (2.00 MB)",  # one line per stage, whatever the number of shards
         "fetch done in 0.50 s",
-        "  loaded shard 1/2 model-00001-of-00002.safetensors (4 tensors, 1.00 MB)",
-        "  loaded shard 2/2 model-00002-of-00002.safetensors (4 tensors, 1.00 MB)",
+        "  loaded 2 shards (8 tensors, 2.00 MB)",
         "load done in 0.25 s",
         *load_record(result).text.splitlines(),
     ]
@@ -251,6 +242,7 @@ def test_text_non_tty_is_short_and_exact(result):
 def test_text_unknown_size_finishes_with_fetch():
     out = io.StringIO()
     renderer = TextRenderer(out)
+    renderer(StageStarted("fetch"))
     renderer(FileProgress("README.md", 300, None))
     assert out.getvalue() == ""
     renderer(StageDone("fetch", 1.0))
@@ -260,12 +252,15 @@ def test_text_unknown_size_finishes_with_fetch():
 def test_text_counts_say_one_tensor_and_many_tensors():
     out = io.StringIO()
     renderer = TextRenderer(out)
+    renderer(ShardProgress("model.safetensors", 0, 1, 1, 1, 512, 512))
+    renderer(StageDone("load", 0.5))
+    assert out.getvalue().splitlines() == ["  loaded 1 shard (1 tensor, 512 B)", "load done in 0.50 s"]
+    out = io.StringIO()
+    renderer = TextRenderer(out)
     renderer(ShardProgress("model-00001-of-00002.safetensors", 0, 2, 1, 1, 512, 512))
     renderer(ShardProgress("model-00002-of-00002.safetensors", 1, 2, 3, 3, MB, MB))
-    assert out.getvalue().splitlines() == [
-        "  loaded shard 1/2 model-00001-of-00002.safetensors (1 tensor, 512 B)",
-        "  loaded shard 2/2 model-00002-of-00002.safetensors (3 tensors, 1.00 MB)",
-    ]
+    renderer(StageDone("load", 0.5))
+    assert out.getvalue().splitlines()[0] == "  loaded 2 shards (4 tensors, 1.00 MB)"
 
 
 def test_records_count_one_file_in_the_singular():
@@ -289,12 +284,12 @@ def test_panel_rows_wrap_rather_than_clip():
     their unit on the same line (checked in a browser by tests/browser/test_layouts_lab.py)."""
     panel = LoadPanel(min_interval=0.0)
     panel(StageStarted("fetch"))
-    panel(FileProgress("generation_config.json", 137, 137, cached=True))
-    row, name, bar, info = panel._file_rows["generation_config.json"]
+    panel(FileProgress("model-00001-of-00002.safetensors", 137, 1000))
+    row, name, bar, info = panel._file_rows["model-00001-of-00002.safetensors"]
     assert row.layout.flex_flow == "row wrap"
     for part in (name, bar, info):
         assert part.layout.overflow in (None, "", "visible") and "%" not in (part.layout.flex or "")
-    assert "generation_config.json" in name.value and "cached (137\u00a0B)" in info.value
+    assert "model-00001-of-00002.safetensors" in name.value and "137\u00a0B / 1.00\u00a0kB" in info.value
 
 
 class _Tty(io.StringIO):
@@ -309,10 +304,12 @@ def test_text_tty_updates_one_line_in_place():
     for i in range(100):
         renderer(FileProgress("model.safetensors", i * 10_000, MB))
     renderer(FileProgress("model.safetensors", MB, MB))
+    live = out.getvalue()
+    assert renderer.redraws <= 3 and "\n" not in live and "\r  download " in live  # the whole download, in place
+    renderer(StageDone("fetch", 1.0))
     value = out.getvalue()
-    assert renderer.redraws <= 3
-    assert "\r" in value and value.count("\n") == 1
-    assert value.rstrip().endswith("fetched model.safetensors (1.00 MB)")
+    assert value.count("\n") == 2
+    assert value.rstrip().splitlines()[-2:] == ["  fetched model.safetensors (1.00 MB)", "fetch done in 1.00 s"]
 
 
 # -- make_renderer -----------------------------------------------------------------------
@@ -333,3 +330,31 @@ def test_make_renderer_mode_forces_a_kind():
     assert isinstance(make_renderer(ZMQInteractiveShell(), mode="auto", min_interval=0.5), LoadPanel)
     with pytest.raises(ValueError):
         make_renderer(mode="fancy")
+
+
+def test_the_download_total_is_whole_from_the_first_frame():
+    """16 shards, 4 downloading at once, 2 already cached: the total, the count and the bar are the whole fetch's
+    from the first byte; a row per running download only; speed and time left once there is a rate."""
+    from hf_notebook.core.events import FetchPlanned
+
+    clock = FakeClock(step=0.01)
+    panel = LoadPanel(clock=clock, min_interval=0.0)
+    names = [f"model-{i:05d}-of-00016.safetensors" for i in range(1, 17)]
+    panel(StageStarted("fetch"))
+    panel(FetchPlanned(tuple((n, MB) for n in names), cached=frozenset(names[-2:])))
+    assert panel.download_bar.max == 14 * MB and panel.download_bar.value == 0
+    assert "0/14 files" in panel.download_info.value and "2 cached" in panel.download_info.value
+    for name in names[:4]:
+        for i in range(1, 60):
+            panel(FileProgress(name, i * MB // 100, MB))
+    assert len(panel.files.children) == 4
+    assert panel.download_bar.max == 14 * MB  # not the 4 files that have started
+    text = panel.download_info.value
+    assert "0/14 files" in text and "left" in text and "/s" in text
+    panel(FileProgress(names[0], MB, MB))
+    assert len(panel.files.children) == 3 and "1/14 files" in panel.download_info.value
+    for name in names[2:-2] + names[1:2]:
+        panel(FileProgress(name, MB, MB))
+    panel(StageDone("fetch", 1.0))
+    assert panel.download_bar.value == panel.download_bar.max == 14 * MB
+    assert "14 files" in panel.download_info.value and panel.files.children == ()

@@ -49,6 +49,15 @@ class FileProgress:
 
 
 @dataclass(frozen=True)
+class FetchPlanned:
+    """The files a fetch brings, before its first byte: every name with its size (None: unknown) and the
+    names already in the cache, so a progress total is whole from the start."""
+
+    sizes: tuple[tuple[str, Optional[int]], ...]
+    cached: frozenset = frozenset()
+
+
+@dataclass(frozen=True)
 class ShardProgress:
     """Tensors of one checkpoint shard materialized so far."""
 
@@ -78,7 +87,7 @@ class Failed:
     error: BaseException
 
 
-Event = Union[StageStarted, Resolved, FileProgress, ShardProgress, StageDone, Failed]
+Event = Union[StageStarted, Resolved, FetchPlanned, FileProgress, ShardProgress, StageDone, Failed]
 OnEvent = Callable[[Event], None]
 
 

@@ -125,21 +125,18 @@ class LoadPanel:
         return html
 
     def _draw_files(self) -> None:
+        """A row per file being downloaded; finished and cached files fold into the download row's count."""
         s = self.state
         fetch = s.stages.get("fetch")
         fetched = fetch is not None and fetch.seconds is not None  # sizes that never came are done now
-        for name, f in s.files.items():
-            row = self._file_rows.get(name)
-            if row is None:
-                row = self._file_rows[name] = _bar_row(name)
-                self.files.children = tuple(r[0] for r in self._file_rows.values())
-            _, _, bar, info = row
-            if f.cached:
-                set_changed(bar.layout, visibility="hidden")
-                set_changed(info, value=f"<span style='{MUTED}'>{_h(f.progress_text())}</span>")
-                continue
-            _fill(bar, f.done, f.total if f.total is not None or not fetched else f.done)
-            set_changed(info, value=_h(f.progress_text()))
+        active = [f for f in s.files.values() if not f.pending and not f.finished and not fetched]
+        for f in active:
+            row = self._file_rows.get(f.filename) or self._file_rows.setdefault(f.filename, _bar_row(f.filename))
+            _fill(row[2], f.done, f.total)
+            set_changed(row[3], value=_h(f.progress_text()))
+        shown = tuple(self._file_rows[f.filename][0] for f in active)
+        if self.files.children != shown:
+            self.files.children = shown
         weights = s.weight_files()
         if weights:
             done, total, _ = s.download_totals()

@@ -12,7 +12,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
-from hf_notebook.core.events import Failed, FileProgress, Resolved, ShardProgress, StageDone, StageStarted
+from hf_notebook.core.events import (Failed, FetchPlanned, FileProgress, Resolved, ShardProgress, StageDone,
+                                     StageStarted)
 from hf_notebook.core.spec import is_commit_sha
 from hf_notebook.core.units import format_bytes
 from hf_notebook.ui.words import format_rate, format_seconds, moving_text, revision_text, short_sha
@@ -31,6 +32,8 @@ class FileState:
     rate: Optional[float] = None  # bytes/s since the first event of this file
     stage: str = ""  # the stage that asked for it: "config" (config, index) or "fetch" (weights)
     transferred: Optional[int] = None  # bytes over the network, when fewer than ``done`` (Xet deduplication)
+    pending: bool = False  # announced by the fetch's plan, not started yet
+    planned: bool = False  # one of the files the fetch announced (the checkpoint's: what the record counts)
 
     @property
     def finished(self) -> bool:
@@ -86,6 +89,7 @@ class LoadState:
         self.current_stage = ""
         self.failed: Optional[Failed] = None
         self.result: Any = None
+        self.fetch_started: Optional[float] = None  # when the fetch announced its files (its rate counts from here)
 
     # -- folding events -------------------------------------------------------------
     def apply(self, event: Any) -> bool:
@@ -101,6 +105,8 @@ class LoadState:
             self.stages.setdefault(event.stage, StageState(event.stage)).seconds = event.seconds
             if event.stage == "load" and event.result is not None:
                 self.result = event.result
+        elif isinstance(event, FetchPlanned):
+            self._planned(event)
         elif isinstance(event, Resolved):
             self.resolved = event
         elif isinstance(event, Failed):
@@ -116,9 +122,20 @@ class LoadState:
         self.shard_count = max(self.shard_count, event.count)
         return event.tensors_done >= event.tensors_total
 
+    def _planned(self, event: FetchPlanned) -> None:
+        """Every file of the fetch, with its size, before the first byte: totals are whole from the start."""
+        self.fetch_started = self.clock()
+        for name, size in event.sizes:
+            if name not in self.files:
+                cached = name in event.cached
+                self.files[name] = FileState(name, done=(size or 0) if cached else 0, total=size, cached=cached,
+                                             stage=self.current_stage, pending=True, planned=True)
+
     def _file(self, event: FileProgress) -> bool:
         now = self.clock()
         f = self.files.get(event.filename)
+        if f is not None and f.pending:  # its first report: its own rate counts from now
+            f.pending, f.started, f.first_done, f.done = False, now, event.done, 0 if not event.cached else f.done
         new = f is None or (event.done < f.done and not event.cached)  # new, or a restarted download
         if new:
             f = self.files[event.filename] = FileState(event.filename, started=now, first_done=event.done,
@@ -131,8 +148,10 @@ class LoadState:
 
     # -- derived values -------------------------------------------------------------
     def weight_files(self) -> list[FileState]:
-        """The files of the fetch stage (weights, generation config), in the order they were asked for."""
-        return [f for f in self.files.values() if f.stage == "fetch"]
+        """The checkpoint's files (weights, generation config) as the fetch announced them, the same files the
+        record counts; without an announcement, the files the fetch stage asked for."""
+        planned = [f for f in self.files.values() if f.planned]
+        return planned or [f for f in self.files.values() if f.stage == "fetch"]
 
     def finished_files(self) -> list[str]:
         return [f.filename for f in self.files.values() if f.finished]
@@ -144,6 +163,19 @@ class LoadState:
         done = sum(f.done for f in fetched)
         total = None if any(f.total is None for f in fetched) else sum(f.total or 0 for f in fetched)
         return done, total, len(files) - len(fetched)
+
+    def download_count(self) -> tuple[int, int]:
+        """(files finished, files) of the fetch stage's downloads (cached files not counted)."""
+        fetched = [f for f in self.weight_files() if not f.cached]
+        return sum(f.finished for f in fetched), len(fetched)
+
+    def download_rate(self) -> Optional[float]:
+        """Bytes per second over the whole download so far (None in its first half second)."""
+        if self.fetch_started is None:
+            return None
+        elapsed = self.clock() - self.fetch_started
+        done = self.download_totals()[0]
+        return done / elapsed if elapsed >= 0.5 and done else None
 
     def load_fraction(self) -> float:
         """Shards loaded, counting each by its tensors: 0 .. ``shard_count``."""
@@ -175,10 +207,15 @@ class LoadState:
         return f"{done}/{count} shard{'s' * (count != 1)}  {format_bytes(nbytes)} / {format_bytes(total)}"
 
     def download_text(self) -> str:
+        """``12.0 MB / 42.1 MB  5.1 MB/s  6.0 s left  3/16 files  2 cached``: the whole download, every file
+        counted from the start."""
         done, total, cached = self.download_totals()
+        finished, count = self.download_count()
         parts = [f"{format_bytes(done)} / {format_bytes(total)}" if total != done else format_bytes(done)]
-        n = len(self.weight_files()) - cached
-        parts.append(f"{n} file{'s' * (n != 1)}")
+        rate = self.download_rate()
+        if rate and total and done < total:
+            parts += [format_rate(rate), f"{format_seconds((total - done) / rate)} left"]
+        parts.append(f"{finished}/{count} files" if finished < count else f"{count} file{'s' * (count != 1)}")
         if cached:
             parts.append(f"{cached} cached")
         return "  ".join(parts)

@@ -1,8 +1,9 @@
 """``TextRenderer``: a load's progress as plain lines, for terminal IPython and logs.
 
-On a TTY one line is rewritten in place with ``\\r`` (rate-limited); everywhere else only
-lines for things that finished are written, so captured output is short and the same for
-the same events: one per finished file or shard, one per stage, the pin, the summary.
+On a TTY one line is rewritten in place with ``\\r`` (rate-limited): the whole download (bytes of the
+total, speed, time left, files) or the whole load. Everywhere a line is written only when something
+ends, so captured output is short and the same for the same events, whatever the number of shards:
+the pin, per stage its files (one line) or its shards (one line) and its time, then the record.
 """
 
 from __future__ import annotations
@@ -38,7 +39,6 @@ class TextRenderer:
         self._last_draw = float("-inf")
         self._live = ""  # the line currently shown under the cursor (TTY only)
         self._done_files: set[str] = set()
-        self._done_shards: set[int] = set()
         self.final: Any = None
         try:
             self.tty = bool(self.stream.isatty())
@@ -48,11 +48,11 @@ class TextRenderer:
     # -- renderer protocol ------------------------------------------------------------
     def __call__(self, event: Any) -> None:
         with self._lock:
-            self.state.apply(event)
+            ends = self.state.apply(event)
             for line in self._lines_for(event):
                 self._println(line)
             if self.tty:
-                self._live_update(event)
+                self._live_update(event, ends)
             self.stream.flush()
 
     def finish(self, record: Any) -> None:
@@ -77,51 +77,50 @@ class TextRenderer:
             if event.was_floating:
                 lines.append(f"pinned: {event.pinned_spec} ({pin_note(event)})")
             return lines
-        if isinstance(event, FileProgress):
-            return self._finished_files(only=event.filename)
-        if isinstance(event, ShardProgress):
-            if event.tensors_done < event.tensors_total or event.index in self._done_shards:
-                return []
-            self._done_shards.add(event.index)
-            return [
-                f"  loaded shard {event.index + 1}/{event.count} {event.shard}"
-                f" ({event.tensors_total} tensor{'s' * (event.tensors_total != 1)}, {format_bytes(event.bytes_total)})"
-            ]
         if isinstance(event, StageDone):
-            lines = self._finished_files(only=None) if event.stage == "fetch" else []
+            lines = self._files_line(event.stage)
+            if event.stage == "load" and s.shards:
+                _, count, _, nbytes = s.load_totals()
+                tensors = sum(sh.tensors_total for sh in s.shards.values())
+                lines.append(f"  loaded {count} shard{'s' * (count != 1)} ({tensors} tensor{'s' * (tensors != 1)}, "
+                             f"{format_bytes(nbytes)})")
             return lines + [f"{event.stage} done in {format_seconds(event.seconds)}"]
         return []
 
-    def _finished_files(self, only: Optional[str]) -> list[str]:
-        """One line per file finished since last time; ``only=None`` also flushes unknown sizes."""
-        lines = []
-        for name, f in self.state.files.items():
-            if name in self._done_files or (only is not None and name != only):
-                continue
-            if not f.finished and (only is not None or f.total is not None):
-                continue
-            self._done_files.add(name)
-            verb = "cached" if f.cached else "fetched"
-            size = format_bytes(f.total if f.cached and f.total is not None else f.done)
-            if not f.cached:
-                size += transfer_note(f.done, f.transferred)
-            lines.append(f"  {verb} {name} ({size})")
-        return lines
+    def _files_line(self, stage: str) -> list[str]:
+        """One line for the files a stage brought: how many came over the network (bytes), how many were cached."""
+        s = self.state
+        files = s.weight_files() if stage == "fetch" else [f for f in s.files.values() if f.stage == stage]
+        files = [f for f in files if f.filename not in self._done_files]
+        self._done_files.update(f.filename for f in files)
+        if not files:
+            return []
+        fetched, cached = [f for f in files if not f.cached], [f for f in files if f.cached]
+        parts = []
+        if fetched:
+            nbytes = sum(f.done for f in fetched)
+            sent = [f.transferred for f in fetched]
+            note = transfer_note(nbytes, sum(sent)) if all(t is not None for t in sent) else ""
+            parts.append(f"fetched {_files(fetched)} ({format_bytes(nbytes)}{note})")
+        if cached:
+            parts.append(f"cached {_files(cached)} ({format_bytes(sum(f.total or f.done for f in cached))})")
+        return ["  " + ", ".join(parts)]
 
     # -- the in-place line (TTY) ----------------------------------------------------
-    def _live_update(self, event: Any) -> None:
+    def _live_update(self, event: Any, ends: bool) -> None:
         s = self.state
         text = ""
-        if isinstance(event, FileProgress) and event.filename not in self._done_files:
-            text = f"  {s.files[event.filename].text()}"
-        elif isinstance(event, ShardProgress) and event.index not in self._done_shards:
+        if isinstance(event, FileProgress) and event.filename in s.files:
+            f = s.files[event.filename]
+            text = f"  download {s.download_text()}" if f.planned or f.stage == "fetch" else f"  {f.text()}"
+        elif isinstance(event, ShardProgress):
             text = f"  load {s.load_text()}"
         elif isinstance(event, StageStarted):
             text = f"{event.stage}… {event.detail}".rstrip()
         if not text:
             return
         now = self._clock()
-        if now - self._last_draw < self._min_interval and not isinstance(event, StageStarted):
+        if now - self._last_draw < self._min_interval and not ends:  # an ending (a file, a stage) shows at once
             return
         self._last_draw = now
         self.redraws += 1
@@ -138,3 +137,8 @@ class TextRenderer:
     def _println(self, line: str) -> None:
         self._clear_live()
         self.stream.write(line + "\n")
+
+
+def _files(files: list) -> str:
+    """``model.safetensors`` for one file, ``16 files`` for more."""
+    return files[0].filename if len(files) == 1 else f"{len(files)} files"

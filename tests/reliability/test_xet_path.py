@@ -32,19 +32,26 @@ def _equal(model, folder) -> bool:
     return got.keys() == expected.keys() and all(torch.equal(got[k], v) for k, v in expected.items())
 
 
-def test_a_load_shares_blobs_with_another_repo_and_leaves_it_whole(shell, twins, hf_cache, hub_server, capfd):
+def test_a_load_shares_blobs_with_another_repo_and_leaves_it_whole(shell, twins, hf_cache, hub_server, capfd,
+                                                                   caplog):
+    import logging
+
     from huggingface_hub import snapshot_download
 
     a, b, folder = twins
-    hub_server.reset_counters()
-    snapshot_download(b)  # the plain client first: its weights land in the cache's shared store
-    shared = [p for p in (hf_cache / "blobs").rglob("*") if p.is_file() and len(p.name) == 64]
-    served = {via: hub_server.bytes_served(b, via=via) for via in ("resolve", "bridge", "xet")}
-    assert len(shared) >= 3, f"shared store: {[p.name[:12] for p in shared]}; bytes served for b: {served}"
+    caplog.set_level(logging.DEBUG, logger="huggingface_hub.utils._shared_blobs")
+    snapshot = Path(snapshot_download(b))  # the plain client first: its weights land in the cache's shared store
+    shards = sorted(snapshot.glob("*.safetensors"))
+    store = (hf_cache / "blobs").resolve()
+    unshared = [p for p in shards if store not in Path(os.path.realpath(p)).parents]
+    # huggingface_hub publishes to the store best-effort (it logs why it did not): seen once in about 30 runs,
+    # one shard stayed in b's own blobs. Then a's load must download exactly that shard and link the others.
+    assert len(unshared) < len(shards), caplog.text
     hub_server.reset_counters()
     shell.run_line_magic("load_model", f"{a} --as m")
     assert _equal(shell.user_ns["m"], folder)
-    assert hub_server.bytes_served(via="xet") == 0  # every weight linked from the shared store
+    # every weight in the shared store linked, not downloaded
+    assert hub_server.bytes_served(via="xet") <= sum(p.stat().st_size for p in unshared) * 1.1, caplog.text
     out = capfd.readouterr()
     assert "deduplicated" in out.out and "Traceback" not in out.err + out.out
     assert _links_resolve(hf_cache, b) and _links_resolve(hf_cache, a)
@@ -144,4 +151,4 @@ def test_a_fresh_download_claims_no_deduplication(shell, tiny_hub, hf_cache, hub
     shell.run_line_magic("load_model", "tiny/llama --as m")
     out = capfd.readouterr().out
     assert hub_server.bytes_served(via="xet") > 0
-    assert "fetched model-00001-of-00005.safetensors" in out and "deduplicated" not in out
+    assert "fetched 6 files" in out and "deduplicated" not in out

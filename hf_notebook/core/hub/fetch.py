@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..errors import LoadError, OfflineError, hub_failure
-from ..events import FileProgress, OnEvent, emit
+from ..events import FetchPlanned, FileProgress, OnEvent, emit
 from ..integrity import default_memo, digest_of, problem_with
 from ..quiet import small_download_chunks
 from .headers import HeaderInfo
@@ -258,6 +258,8 @@ class HubFiles(SourceFiles):
         shards = self.shard_names()
         generation = self.prefix + GENERATION_CONFIG
         names = shards + ([generation] if self._may_exist(generation) else [])
+        emit(self.on_event, FetchPlanned(tuple((n, self.res.file_sizes.get(n)) for n in names),
+                                         frozenset(n for n in names if self._cached(n))))
         paths = self.get_many(names, max_workers)
         files = tuple(self.facts[n] for n in names if n in self.facts)
         return Checkpoint(self.config(), [paths[n] for n in shards], paths.get(generation), headers, files)
@@ -299,6 +301,13 @@ class HubFiles(SourceFiles):
         except OfflineError:
             self.missing.clear()
             return None
+
+    def _cached(self, name: str) -> bool:
+        """Whether the cache has ``name`` of the pinned sha (a lookup: it is checked when fetched)."""
+        from huggingface_hub import try_to_load_from_cache
+
+        return name in self._paths or not self.force and isinstance(
+            try_to_load_from_cache(self.res.repo_id, name, cache_dir=self.cache_dir, revision=self.res.sha), str)
 
     def _may_exist(self, name: str) -> bool:
         """Online we know the file list; offline we try and accept absence."""
