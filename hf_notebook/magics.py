@@ -217,6 +217,7 @@ class HFNotebook(Magics):
         from .ui.record import load_record, stopped_record
 
         renderer = self._renderer()
+        renderer.state.spec = request.spec
         try:
             result = self.session.run(request, on_event=renderer)
         except BaseException as exc:
@@ -478,11 +479,32 @@ def instance(shell) -> HFNotebook:
 
 
 def register(shell) -> None:
-    """Register the magics (and so the ``HFNotebook`` configurable) and the core results' records with ``shell``."""
-    from .ui import register_renderers
+    """Register the magics (and so the ``HFNotebook`` configurable) and the core results' records with ``shell``;
+    in a Jupyter kernel, start importing the libraries a first load needs in the background."""
+    from .ui import _in_kernel, register_renderers
 
     shell.register_magics(HFNotebook(shell=shell))
     register_renderers(shell)
+    if _in_kernel(shell):
+        import threading
+
+        threading.Thread(target=_warm_imports, name="hf_notebook-warm-imports", daemon=True).start()
+
+
+def _warm_imports() -> None:
+    """Import torch, transformers, accelerate and huggingface_hub while the user reads and types: a first
+    ``%load_model`` then starts at once (one that comes sooner waits for these imports in its ``import``
+    stage). Failures are left for that stage to report."""
+    import importlib
+
+    from .core.api import LIBRARIES
+
+    try:
+        for name in LIBRARIES:
+            importlib.import_module(name)
+        importlib.import_module("transformers.modeling_utils")
+    except Exception:  # noqa: BLE001 - the load's own import stage reports it
+        pass
 
 
 def unregister(shell) -> None:

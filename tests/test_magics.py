@@ -221,3 +221,43 @@ def test_a_broken_download_is_retried_and_the_weights_are_right(shell, tiny_hub,
     shell.run_line_magic("load_model", "tiny/bert --as bert")
     assert hub_server.fail_after_bytes is None  # the failure really happened
     assert weights_equal(shell.user_ns["bert"], build_model("bert", seed=tiny_hub["bert"].seeds["main"]))
+
+
+FIRST_LOAD = """
+import io, json, sys, threading
+from IPython.core.interactiveshell import InteractiveShell
+from hf_notebook import ui
+from hf_notebook.ui.text import TextRenderer
+
+sh = InteractiveShell.instance()
+if sys.argv[2] == "kernel":
+    sh.kernel = object()  # what ipykernel's shell has: hf_notebook then warms the imports up in the background
+sh.run_line_magic("load_ext", "hf_notebook")
+warming = [t for t in threading.enumerate() if t.name == "hf_notebook-warm-imports"]
+alive = bool(warming) and warming[0].is_alive() and "transformers.modeling_utils" not in sys.modules
+for t in warming:
+    t.join()
+out = io.StringIO()
+ui.make_renderer = lambda *a, **k: TextRenderer(out)
+sh.run_line_magic("load_model", f"{sys.argv[1]} --no-verify --as m")
+print(json.dumps({"warming": bool(warming), "alive": alive, "out": out.getvalue()}))
+"""
+
+
+@pytest.mark.parametrize("where", ["terminal", "kernel"])
+def test_a_fresh_processes_first_load_shows_and_counts_its_imports(tmp_path, where):
+    """The first seconds of a fresh kernel are the libraries' imports: a named, timed stage of the load (not a
+    silent bold 'loading'), or, in a Jupyter kernel, done in the background right after %load_ext returns."""
+    from hf_notebook.testing.models import save_model
+
+    folder = save_model("llama", tmp_path / "llama")
+    run = subprocess.run([sys.executable, "-c", FIRST_LOAD, str(folder), where], capture_output=True, text=True,
+                         timeout=300, cwd=tmp_path, check=True)
+    got = json.loads(run.stdout.splitlines()[-1])
+    record_time = next(line for line in got["out"].splitlines() if line.strip().startswith("time"))
+    if where == "terminal":
+        assert not got["warming"]
+        assert "import done in" in got["out"] and "import " in record_time  # counted in the record's times
+    else:
+        assert got["warming"] and got["alive"]  # %load_ext returned while the imports ran
+        assert "import done in" not in got["out"] and "import " not in record_time  # nothing left to import

@@ -114,6 +114,7 @@ def plan_model(spec: str | ModelSpec, options: Optional[LoadOptions] = None, *, 
     opts = _options(options, raw)
     stages = _Stages(on_event)
     try:
+        _import_libraries(stages)
         with library_bars_off():
             return _Pipeline(spec, opts, stages, on_event).plan(read_headers=True)
     except BaseException as exc:
@@ -128,11 +129,33 @@ def load_model(spec: str | ModelSpec, options: Optional[LoadOptions] = None, *, 
     opts = _options(options, raw)
     stages = _Stages(on_event)
     try:
+        _import_libraries(stages)
         with library_bars_off(), gc_paused():
             return _Pipeline(spec, opts, stages, on_event).load(name, t0)
     except BaseException as exc:
         stages.failed(exc)
         _raise_ours(exc, stages.current)
+
+
+#: What a first plan or load imports (seconds, in a fresh process): an ``import`` stage, named and timed.
+LIBRARIES = ("torch", "transformers", "accelerate", "huggingface_hub")
+
+
+def _import_libraries(stages: _Stages) -> None:
+    """Import what is not imported yet as a stage of its own, so a fresh kernel's first seconds are shown
+    (which libraries) and counted in the record's times, not silent."""
+    import importlib
+    import sys
+
+    missing = [name for name in LIBRARIES if name not in sys.modules]
+    if not missing:
+        return
+    stages.start("import", ", ".join(missing))
+    for name in missing:
+        importlib.import_module(name)
+    import transformers.modeling_utils  # noqa: F401 - the bulk of transformers' import, needed by every load
+
+    stages.done()
 
 
 def _raise_ours(exc: BaseException, stage: str):

@@ -90,6 +90,7 @@ class LoadState:
         self.failed: Optional[Failed] = None
         self.result: Any = None
         self.fetch_started: Optional[float] = None  # when the fetch announced its files (its rate counts from here)
+        self.spec: Optional[str] = None  # what was asked for: the header before the revision is resolved
 
     # -- folding events -------------------------------------------------------------
     def apply(self, event: Any) -> bool:
@@ -192,7 +193,9 @@ class LoadState:
         r = self.resolved
         if r is None:
             start = self.stages.get("resolve")
-            return f"resolving {start.detail}".rstrip() if start else "loading"
+            if start is not None:
+                return f"resolving {start.detail}".rstrip()
+            return f"loading {self.spec}" if self.spec else "loading"
         arrow = f" -> {short_sha(r.sha)}" if is_commit_sha(r.sha) else ""
         return f"{r.repo_id} {revision_text(r)}{arrow}"
 
