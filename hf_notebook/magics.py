@@ -495,14 +495,10 @@ def _warm_imports() -> None:
     """Import torch, transformers, accelerate and huggingface_hub while the user reads and types: a first
     ``%load_model`` then starts at once (one that comes sooner waits for these imports in its ``import``
     stage). Failures are left for that stage to report."""
-    import importlib
-
-    from .core.api import LIBRARIES
+    from .core.api import import_libraries
 
     try:
-        for name in LIBRARIES:
-            importlib.import_module(name)
-        importlib.import_module("transformers.modeling_utils")
+        import_libraries()
     except Exception:  # noqa: BLE001 - the load's own import stage reports it
         pass
 

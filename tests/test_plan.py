@@ -145,3 +145,21 @@ def test_does_a_70b_fit_on_a_48gb_gpu_in_4bit(big_repos, hf_cache):
     assert abs(plan.bytes_by_device["cuda:0"] - expected) < 0.01 * expected
     with pytest.raises(PlanError, match="does not fit on the GPUs"):
         plan_model("big/llama-70b", dtype="bfloat16", quantize="8bit", max_memory="0=48GiB,cpu=200GiB")
+
+
+def test_a_filled_device_says_why_with_numbers_that_add_up(tiny_hub, hf_cache):
+    """400 kB of CPU, 65.5 kB planned: the headline says what accelerate keeps free (the largest layer) and how
+    little was left for the next block, so the plot at 16% does not contradict it; advice is in the units shown."""
+    from hf_notebook.core.devices.explain import FILLED, NEEDS
+    from hf_notebook.core.units import parse_size
+    from hf_notebook.ui.words import finding_text
+
+    plan = plan_model("tiny/mixtral", max_memory="cpu=400KB")
+    filled = next(f for f in plan.explain() if f.kind == FILLED)
+    assert filled.reserved == max(plan.module_sizes[b] for b in plan.blocks)
+    assert filled.next_block == "model.layers.0" and filled.budget - filled.reserved - filled.nbytes < filled.next_bytes
+    text = finding_text(filled)
+    assert "kept free by accelerate for the largest layer" in text and "model.layers.0" in text
+    needs = next(f for f in plan.explain() if f.kind == NEEDS)
+    assert parse_size(needs.option.rsplit("=", 1)[1]) >= needs.nbytes  # the advice is never below the need
+    assert needs.option.endswith("MB") and "MiB" not in needs.option

@@ -144,18 +144,26 @@ LIBRARIES = ("torch", "transformers", "accelerate", "huggingface_hub")
 def _import_libraries(stages: _Stages) -> None:
     """Import what is not imported yet as a stage of its own, so a fresh kernel's first seconds are shown
     (which libraries) and counted in the record's times, not silent."""
-    import importlib
     import sys
 
     missing = [name for name in LIBRARIES if name not in sys.modules]
     if not missing:
         return
     stages.start("import", ", ".join(missing))
-    for name in missing:
-        importlib.import_module(name)
-    import transformers.modeling_utils  # noqa: F401 - the bulk of transformers' import, needed by every load
-
+    import_libraries()
     stages.done()
+
+
+def import_libraries() -> None:
+    """Import :data:`LIBRARIES` and transformers' model code, without optional backends' chatter (``quiet.py``)."""
+    import importlib
+
+    from .quiet import import_transformers, quiet_loggers
+
+    with quiet_loggers("torchao", "torch.utils._pytree"):
+        for name in LIBRARIES:
+            importlib.import_module(name)
+        import_transformers()
 
 
 def _raise_ours(exc: BaseException, stage: str):

@@ -98,7 +98,13 @@ def finding_text(f: E.Finding) -> str:
         return f"Fits without offloading: {where}."
     if f.kind == E.FILLED:
         of = f" of its {format_bytes(f.budget)} budget" if f.budget else ""
-        return f"{f.device} filled up: {format_bytes(f.nbytes)} planned{of}; the next block did not fit."
+        text = f"{f.device} filled up: {format_bytes(f.nbytes)} planned{of}"
+        nxt = f"the next block, {f.next_block} ({format_bytes(f.next_bytes)})," if f.next_block else "the next block"
+        if f.budget and f.reserved:
+            left = max(0, f.budget - f.reserved - f.nbytes)
+            return (f"{text}, {format_bytes(f.reserved)} of it kept free by accelerate for the largest layer (each "
+                    f"offloaded layer is moved there to run); {nxt} did not fit in the {format_bytes(left)} left.")
+        return f"{text}; {nxt} did not fit."
     if f.kind == E.SPILL:
         why = " (slow: read from disk at every forward pass)." if f.device == "disk" else " (slower)."
         return f"{format_bytes(f.nbytes)} spill to {f.device}{why}"

@@ -29,17 +29,25 @@ class Finding:
     nbytes: int = 0
     budget: Optional[int] = None
     dtype: str = ""
-    option: str = ""  # the flag that changes this, e.g. "--max-memory 0=20GiB"
+    option: str = ""  # the flag that changes this, e.g. "--max-memory 0=20GB"
     by_device: tuple[tuple[str, int], ...] = ()
+    reserved: int = 0  # FILLED: what accelerate keeps free on ``device`` for the largest layer (run there in turn)
+    next_block: str = ""  # FILLED: the first block that did not fit, and its bytes
+    next_bytes: int = 0
 
 
-def explain(used: dict[str, int], budget: dict[str, int], spilled: list[str], dtype: str) -> list[Finding]:
-    """Findings for a plan that puts ``used`` bytes per device, with ``budget`` and ``spilled`` devices."""
+def explain(used: dict[str, int], budget: dict[str, int], spilled: list[str], dtype: str, *, largest: int = 0,
+            next_block: tuple[str, int] = ("", 0)) -> list[Finding]:
+    """Findings for a plan that puts ``used`` bytes per device, with ``budget`` and ``spilled`` devices;
+    ``largest``: the largest block's bytes (accelerate keeps that much free on a device that offloads),
+    ``next_block``: the first block placed on a spilled device (name, bytes)."""
     if not spilled:
         return [Finding(FITS, "ok", nbytes=sum(used.values()), by_device=tuple(used.items()))]
     candidates = [d for d in budget if d != "disk"] + list(used)
     fast = [d for d in dict.fromkeys(candidates) if d not in spilled]
-    findings = [Finding(FILLED, "info", device=d, nbytes=used.get(d, 0), budget=budget.get(d)) for d in fast]
+    findings = [Finding(FILLED, "info", device=d, nbytes=used.get(d, 0), budget=budget.get(d),
+                        reserved=largest if budget.get(d) else 0, next_block=next_block[0], next_bytes=next_block[1])
+                for d in fast]
     findings += [Finding(SPILL, "danger" if d == "disk" else "warning", device=d, nbytes=used.get(d, 0))
                  for d in spilled]
     target = fast[0] if fast else "cpu"
@@ -52,4 +60,5 @@ def explain(used: dict[str, int], budget: dict[str, int], spilled: list[str], dt
 
 
 def _gib_arg(nbytes: float) -> str:
-    return f"{-(-nbytes // 2**30):.0f}GiB" if nbytes >= 2**30 else f"{-(-nbytes // 2**20):.0f}MiB"
+    """A budget of at least ``nbytes`` in the units sizes are shown in (``46.3 MB`` needs ``47MB``)."""
+    return f"{-(-nbytes // 10**9):.0f}GB" if nbytes >= 10**9 else f"{-(-nbytes // 10**6):.0f}MB"

@@ -67,8 +67,23 @@ class Plan:
         An edited map was placed by hand, so "the next block did not fit" no longer applies."""
         from .explain import FILLED
 
-        findings = explain(self.bytes_by_device, self.budget, self.spilled, self.dtype)
+        sizes = self.module_sizes
+        largest = max((sizes.get(b, 0) for b in self.blocks), default=0)
+        spilled = set(self.spilled)
+        first = next((b for b in self.blocks if str(self._device_of(b)) in spilled), "")
+        findings = explain(self.bytes_by_device, self.budget, self.spilled, self.dtype, largest=largest,
+                           next_block=(first, sizes.get(first, 0)))
         return [f for f in findings if not (self.edits and f.kind == FILLED)]
+
+    def _device_of(self, module: str):
+        """The device the map gives ``module`` (its own entry or its nearest mapped parent)."""
+        name = module
+        while True:
+            if name in self.device_map:
+                return self.device_map[name]
+            if not name:
+                return None
+            name = name.rpartition(".")[0]
 
     def placement(self) -> Placement:
         """The plan as a :class:`~hf_notebook.core.devices.placement.Placement` (estimated bytes).
