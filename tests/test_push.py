@@ -182,15 +182,18 @@ def test_the_panel_clears_the_token_and_keeps_it_out_of_everything(shell, tiny_h
     panel.token.value = hub_token
     assert panel.push() is None and "cannot create or write" in panel.status.value
     assert panel.token.value == ""  # read once, cleared at once
-    panel.repo.value, panel.token.value = "user/from-panel", hub_token
-    pushed = panel.push()
-    assert pushed is not None and pushed.repo_id == "user/from-panel" and panel.token.value == ""
-    assert panel.files.children == ()  # no bar left behind
-    state = json.dumps([w.get_state() for w in walk(panel.widget)], default=str)  # what a saved notebook keeps
-    seen = [state, repr(pushed), str(shell.display_formatter.format(pushed)), panel.status.value, capsys.readouterr().out]
-    assert all(hub_token not in s for s in seen)
     panel.folder.value = str(work_dir / "saved")
     assert panel.save() is not None and (work_dir / "saved" / "config.json").exists()
+    panel.repo.value, panel.token.value = "user/from-panel", hub_token
+    states = []
+    panel.token.observe(lambda change: states.append(json.dumps([w.get_state() for w in walk(panel.widget)],
+                                                                default=str)), "value")
+    pushed = panel.push()
+    assert pushed is not None and pushed.repo_id == "user/from-panel" and panel.token.value == ""
+    assert panel.files.children == () and panel.closed  # no bar left behind; the panel gave way to its records
+    seen = [*states, repr(pushed), str(shell.display_formatter.format(pushed)), panel.status.value,
+            capsys.readouterr().out]  # the widget state as a saved notebook would keep it, once the token was read
+    assert states and all(hub_token not in s for s in seen)
 
 
 def walk(widget):

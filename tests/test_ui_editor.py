@@ -123,7 +123,7 @@ def test_export_writes_json_and_shows_the_load_line(llama_folder, tmp_path):
     assert line.startswith("%load_model ") and f"--device-map @{path}" in line and line.endswith("--as m")
     assert f"@{path}" in editor.export_line.value
     assert editor.export(str(tmp_path / "missing" / "map.json")) is None
-    assert "Cannot write" in editor.status.value
+    assert "cannot write" in editor.export_line.value  # said where Export is
 
 
 def test_apply_on_a_plan_updates_the_plan_in_place():

@@ -21,6 +21,7 @@ import ipywidgets as W
 from hf_notebook.core.errors import HfNotebookError
 from hf_notebook.core.units import device_name, format_bytes
 from hf_notebook.ui import words
+from hf_notebook.ui.record import Record
 from hf_notebook.ui.style import DANGER, MONO, MUTED, OK, PANEL_BORDER, close_all, set_changed
 
 
@@ -112,6 +113,9 @@ class DeviceMapEditor:
         self.rows: dict[tuple[str, ...], _Row] = {}  # the rows shown, by the modules they stand for
         self.pool: list[_Row] = []
         self.record_handle = None
+        self.widget_handle = None
+        self.applied = 0  # changes applied from this editor
+        self.closed = False
         self.last_note = ""
 
         self.title = W.HTML(f"<b>Device map</b> · {escape(self._subject())}")
@@ -134,6 +138,9 @@ class DeviceMapEditor:
         self.export_button = W.Button(description="Export", icon="download",
                                       tooltip="write the map as JSON and show the %load_model line that uses it")
         self.export_line = W.HTML()
+        self.done_button = W.Button(description="Done", icon="check",
+                                    tooltip="close the editor: the record of the map stays, so a saved notebook shows it")
+        self.done_button.on_click(lambda _: self.done())
         self.apply_button.on_click(lambda _: self.apply())
         self.undo_button.on_click(lambda _: self.undo())
         self.reset_button.on_click(lambda _: self.reset(self.reset_choice.value))
@@ -142,7 +149,8 @@ class DeviceMapEditor:
             self.title, self.rows_box,
             W.HBox([self.range_text, self.range_device, self.range_button], layout=W.Layout(flex_flow="row wrap")),
             self.totals,
-            W.HBox([self.apply_button, self.undo_button, self.reset_choice, self.reset_button, self.status],
+            W.HBox([self.apply_button, self.undo_button, self.reset_choice, self.reset_button, self.done_button,
+                    self.status],
                    layout=W.Layout(flex_flow="row wrap", align_items="center")),
             W.HBox([self.export_path, self.export_button], layout=W.Layout(flex_flow="row wrap")),
             self.export_line,
@@ -203,9 +211,12 @@ class DeviceMapEditor:
             self.refresh()
             return False
         self.draft = device_map_editor(self.target)  # the applied map is the new starting point
+        self.applied += 1
         self.last_note = f"<span style='{OK}'>✓ {escape(words.applied_text(moved))}</span>"
         self.refresh()
         self.update_record()
+        if self.widget_handle is not None:  # the text beside the widget (what viewers show) is the applied map
+            self.widget_handle.update(self)
         return True
 
     def export(self, path: str) -> Optional[str]:
@@ -213,9 +224,9 @@ class DeviceMapEditor:
         try:
             target = Path(path).expanduser()
             self.draft.to_json(target)
-        except OSError as exc:
-            self.last_note = f"<span style='{DANGER}'>Cannot write {escape(path)}: {escape(exc.strerror or '')}</span>"
-            self.refresh()
+        except OSError as exc:  # said where Export is, in place of the last export's line
+            set_changed(self.export_line, value=f"<span style='{DANGER}'>Not exported: cannot write {escape(path)}: "
+                                                f"{escape(exc.strerror or str(exc))}</span>")
             return None
         line = words.map_load_line(self.target, f"@{path}", name=self.name)
         if self.loaded and not self.draft.changed:
@@ -308,8 +319,23 @@ class DeviceMapEditor:
         """Show the live editor and, beside it, the static record that Apply and Export update."""
         from IPython.display import display
 
-        display(self)  # the widget, with the map as text for viewers that cannot draw it
+        self.widget_handle = display(self, display_id=True)  # with the map as text for viewers that cannot draw it
         self.record_handle = display(self.record(), display_id=True)
+
+    def done(self) -> None:
+        """Close the editor: its output becomes one static line (a saved notebook shows no widget there), the
+        record of the map stays below it."""
+        if self.closed:
+            return
+        self.closed = True
+        if self.widget_handle is not None:
+            line = self.closed_text()
+            self.widget_handle.update(Record(f"<div style='{MUTED}'>{escape(line)}</div>", line))
+        close_all(self.widget)
+
+    def closed_text(self) -> str:
+        changes = f"{self.applied} change{'s' * (self.applied != 1)} applied" if self.applied else "nothing applied"
+        return f"Device-map editor on {self.name}: closed, {changes}. %edit_device_map {self.name} opens it again."
 
     def update_record(self) -> None:
         if self.record_handle is not None:
@@ -353,3 +379,4 @@ def _on_current_map(draft: Any, target: Any) -> Any:
         else:
             fresh.assign(list(change.asked.items()))
     return fresh
+

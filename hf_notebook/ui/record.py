@@ -472,3 +472,11 @@ def export_record(exported: Any) -> Record:
                 + f"<div style='{_MUTED}'>on the other host:</div>{copy_line_html(line)}",
                 border=_RULE_OK)
     return Record(html, "\n".join([f"✓ {head}"] + _text_facts(facts) + ["", "on the other host:", f"  {line}"]))
+
+
+def record_of(result: Any) -> Record:
+    """The record of any core result, by the table the extension registers (``ui/__init__.RECORDS``)."""
+    from hf_notebook.ui import RECORDS
+
+    kind = type(result)
+    return globals()[RECORDS[(kind.__module__, kind.__qualname__)]](result)

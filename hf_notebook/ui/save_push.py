@@ -20,7 +20,7 @@ import ipywidgets as W
 
 from hf_notebook.core.events import FileProgress
 from hf_notebook.core.units import format_bytes
-from hf_notebook.ui.record import html_text
+from hf_notebook.ui.record import Record, html_text
 from hf_notebook.ui.style import DANGER, MUTED, OK, PANEL_BORDER
 
 _WIDE = W.Layout(flex="1 1 16em", min_width="10em")
@@ -38,6 +38,9 @@ class SavePushPanel:
         self._saved_with: tuple = ()
         self.pushed: Any = None
         self.record_handle: Any = None
+        self.widget_handle: Any = None
+        self.records: list = []  # one static record per action done here, oldest first
+        self.closed = False
         self._lock, self._last, self.min_interval = threading.Lock(), 0.0, min_interval
         style = {"description_width": "7em"}
         self.folder = W.Text(value=f"{name}-saved", description="folder", style=style, layout=_WIDE)
@@ -55,6 +58,9 @@ class SavePushPanel:
         self.token = W.Password(placeholder="empty: your login (hf auth login / HF_TOKEN)", description="token",
                                 style=style, layout=_WIDE)
         self.push_button = W.Button(description="Push", icon="upload", button_style="primary")
+        self.done_button = W.Button(description="Done", icon="check",
+                                    tooltip="close the panel: its records stay, so a saved notebook shows them")
+        self.done_button.on_click(lambda _: self.done())
         self.files = W.VBox()
         self.status = W.HTML()
         self.bars: dict[str, tuple[W.FloatProgress, W.HTML]] = {}
@@ -66,7 +72,7 @@ class SavePushPanel:
             W.HBox([self.folder, self.shard, self.dtype], **row), W.HBox([self.overwrite, self.save_button], **row),
             W.HTML(f"<div style='{MUTED};margin-top:6px'>push to the Hub (saved first if needed)</div>"),
             W.HBox([self.repo, self.private], **row), W.HBox([self.branch, self.create_pr], **row),
-            W.HBox([self.message], **row), W.HBox([self.token, self.push_button], **row),
+            W.HBox([self.message], **row), W.HBox([self.token, self.push_button, self.done_button], **row),
             self.files, self.status,
         ], layout=W.Layout(border=PANEL_BORDER, padding="6px", max_width="100%"))
 
@@ -106,6 +112,7 @@ class SavePushPanel:
         finally:
             token = None
         self._done(f"✓ pushed to {self.pushed.repo_id} at {self.pushed.commit_sha[:12]}", self.pushed)
+        self.done()  # the last step: the panel gives way to its records
         return self.pushed
 
     def _push_options(self) -> dict:
@@ -156,7 +163,7 @@ class SavePushPanel:
 
         self._clear_bars()
         self.save_button.disabled = self.push_button.disabled = False
-        reason = "cancelled" if isinstance(exc, KeyboardInterrupt) else redact(str(exc))
+        reason = "cancelled" if isinstance(exc, KeyboardInterrupt) else _panel_words(redact(str(exc)))
         self.status.value = f"<span style='{DANGER}'>{escape(what)}: {escape(reason)}</span>"
         return None
 
@@ -168,19 +175,62 @@ class SavePushPanel:
 
     # -- output ---------------------------------------------------------------------------------
     def display(self) -> None:
-        """The live panel, and beside it a static record output that each result replaces."""
+        """The live panel and, below it, the static records of what was done in it (every save and push)."""
         from IPython.display import HTML, display
 
-        display(self.widget)
+        self.widget_handle = display(self, display_id=True)
         self.record_handle = display(HTML(f"<div style='{MUTED}'>nothing saved or pushed yet</div>"),
                                      display_id=True)
 
     def _show(self, result: Any) -> None:
+        from hf_notebook.ui.record import record_of
+
+        self.records.append(record_of(result))
         if self.record_handle is not None:
-            self.record_handle.update(result)
+            self.record_handle.update(_records(self.records))
+
+    def done(self) -> None:
+        """Close the panel: its output becomes one static line (a saved notebook shows no widget there), the
+        records stay below it."""
+        if self.closed:
+            return
+        self.closed = True
+        if self.widget_handle is not None:
+            line = self.closed_text()
+            self.widget_handle.update(Record(f"<div style='{MUTED}'>{escape(line)}</div>", line))
+        from hf_notebook.ui.style import close_all
+
+        close_all(self.widget)
+
+    def closed_text(self) -> str:
+        done = [f"saved to {self.saved.folder}"] if self.saved is not None else []
+        done += [f"pushed to {self.pushed.repo_id} at {self.pushed.commit_sha[:12]}"] if self.pushed is not None else []
+        return (f"Save and push panel for {self.name}: closed" + (f" ({'; '.join(done)})" if done else "")
+                + f". %save_model {self.name} opens it again.")
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> dict:
+        bundle = dict(self.widget._repr_mimebundle_(**kwargs) or {})
+        bundle["text/plain"] = self.to_text()
+        return bundle
 
     def to_text(self) -> str:
         return f"Save and push panel for {self.name} (use %save_model {self.name} DIR / %push_model in a terminal)"
 
     def __repr__(self) -> str:
         return self.to_text()
+
+
+def _records(records: list) -> Any:
+    """Every record so far, one below the other, as one output."""
+    return Record("".join(r.html for r in records), "\n\n".join(r.text for r in records))
+
+
+#: Flags in messages from the core, as the controls of this panel that set them.
+_CONTROLS = {"--overwrite": "“replace an existing folder”", "--max-shard-size": "“shard size”", "--dtype": "“dtype”"}
+
+
+def _panel_words(message: str) -> str:
+    for flag, control in _CONTROLS.items():
+        message = message.replace(f"pass {flag}", f"tick {control}" if flag == "--overwrite" else f"set {control}")
+        message = message.replace(flag, control)
+    return message
