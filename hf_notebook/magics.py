@@ -171,7 +171,7 @@ class HFNotebook(Magics):
     @_usage_errors
     def load_model(self, line: str):
         """Resolve, download, place and load a Hugging Face model, then bind it to a variable."""
-        from .ui.words import lock_update_text
+        from .ui.words import lock_update_text, replaced_text
 
         args = _parse(self.load_model, line)
         if args.plan_only:
@@ -184,9 +184,9 @@ class HFNotebook(Magics):
         result, error = self._load(request)
         if error is not None:  # raised here, out of the frames that held the half-built model and the failure
             raise error
-        note = lock_update_text(result.lock)
-        if note:
-            print(note)
+        for note in (replaced_text(result.replaced, name), lock_update_text(result.lock)):
+            if note:
+                print(note)
 
     @magic_arguments()
     @argument("--check", action="store_true",

@@ -163,3 +163,23 @@ def test_a_filled_device_says_why_with_numbers_that_add_up(tiny_hub, hf_cache):
     needs = next(f for f in plan.explain() if f.kind == NEEDS)
     assert parse_size(needs.option.rsplit("=", 1)[1]) >= needs.nbytes  # the advice is never below the need
     assert needs.option.endswith("MB") and "MiB" not in needs.option
+
+
+def test_a_refused_spill_gives_the_numbers_that_would_fit(shell, tiny_hub, hf_cache):
+    """--no-offload on a CPU-only budget: no 'fastest device' (there is one device), and the budget that fits."""
+    with pytest.raises(UsageError) as info:
+        shell.run_line_magic("plan_model", "tiny/llama --max-memory cpu=300KB --no-offload")
+    text = str(info.value)
+    assert "does not fit on cpu:" in text and "fastest" not in text
+    assert "--max-memory cpu=1MB" in text and "--dtype bfloat16" in text and "drop --no-offload" in text
+
+
+def test_models_shows_how_a_model_is_quantized(shell, tiny_hub, hf_cache, capsys):
+    shell.run_line_magic("load_model", "tiny/llama --quantize int8-weight --device-map cpu --as q")
+    capsys.readouterr()
+    shell.run_line_magic("config", "HFNotebook.display = 'text'")
+    from hf_notebook.magics import instance
+    from hf_notebook.ui.record import models_record
+
+    text = models_record(instance(shell).session.models()).text
+    assert "int8 weight-only (torchao)" in text

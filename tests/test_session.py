@@ -108,3 +108,17 @@ def test_the_lock_entry_records_the_options_that_change_what_is_read(tiny_hub, h
     again = s.load("tiny/llama", name="m", device_map="cpu", update=True)
     assert again.lock.outcome == "updated" and any(c.startswith("options ") for c in again.lock.changes)
     assert "options" not in s.lock_entries()["tiny/llama@main"]
+
+
+def test_a_load_under_a_used_name_says_the_old_model_was_released(shell, tiny_hub, hf_cache, capsys):
+    import weakref
+
+    shell.run_line_magic("load_model", "tiny/llama --device-map cpu --as m")
+    first = weakref.ref(shell.user_ns["m"])
+    capsys.readouterr()
+    shell.run_line_magic("load_model", "tiny/llama --device-map cpu --dtype bfloat16 --as m")
+    out = capsys.readouterr().out
+    assert "m held tiny/llama@" in out and "on cpu); it was released." in out and first() is None
+    keep = shell.user_ns["keep"] = shell.user_ns["m"]  # another name for it: not released, and said so
+    shell.run_line_magic("load_model", "tiny/llama --device-map cpu --as m")
+    assert "something else still refers to it" in capsys.readouterr().out and keep is not None

@@ -58,6 +58,7 @@ class LoadResult:
     kernel: Any = None  # the Hub attention kernel it runs (a hub.kernel.KernelPin), or None
     tokenizer: Any = None  # the tokenizer of the same pinned sha (--tokenizer)
     lock: Any = None  # what the load did to the lock file (a session.LockUpdate), or None
+    replaced: Any = None  # the model it replaced under its name (a session.Replaced), or None
 
     @property
     def repo_id(self) -> str:

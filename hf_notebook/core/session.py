@@ -145,8 +145,7 @@ class Session:
                 self.namespace[request.tokenizer_name] = result.tokenizer
         self.registry.add(request.name, result)
         if previous is not None and previous is not result:
-            previous.model = None  # its temporary offload folder goes with the model (core.owned)
-            gc.collect()
+            result.replaced = _release(previous)
         result.lock = self._record_lock(result, request.lock_key, request.move_lock)
         return result
 
@@ -369,6 +368,27 @@ class Session:
 
     def _loaded(self) -> str:
         return ", ".join(self.registry.names()) or "none"
+
+
+@dataclass(frozen=True)
+class Replaced:
+    """The model a load replaced under its name: what it was, what it held, and whether it is gone."""
+
+    spec: str
+    held: dict
+    freed: bool  # False: something else (another variable, an output) still holds it
+
+
+def _release(previous: Any) -> Replaced:
+    """Drop our reference to a model replaced under its name; its temporary offload folder goes with the
+    model itself (``core.owned``)."""
+    import weakref
+
+    model = weakref.ref(previous.model) if previous.model is not None else None
+    spec = previous.pin.pinned_spec if previous.pin.kind != "local" else previous.pin.repo_id
+    previous.model = None
+    gc.collect()
+    return Replaced(spec, dict(previous.placement.bytes_by_device), model is None or model() is None)
 
 
 def _absent(value: Any) -> bool:

@@ -323,13 +323,21 @@ def plan_record(plan: Any) -> Record:
 EMPTY_REGISTRY = "No models loaded by hf_notebook in this kernel."
 
 
+def _dtype_text(result: Any) -> str:
+    """``float32``, or ``float32, 4-bit nf4 ...`` for a quantized model (its bytes are the packed weights')."""
+    from hf_notebook.core.quant import describe
+
+    quantized = describe(result.plan.quantization)
+    return f"{result.dtype}, {quantized}" if quantized else result.dtype
+
+
 def models_record(entries: Sequence[tuple[str, Any]]) -> Record:
     """``%models``: one row per loaded model, bytes per device."""
     if not entries:
         return Record(f"<div class='{CLASS}'><i>{escape(EMPTY_REGISTRY)}</i></div>", EMPTY_REGISTRY)
     devices = sorted({d for _, r in entries for d in r.placement.devices}, key=device_sort_key)
     header = ["name", "model", "class", "dtype"] + devices
-    rows = [[name, W.pinned_name(r.pin.repo_id, r.pin.sha), r.plan.model_class, r.dtype]
+    rows = [[name, W.pinned_name(r.pin.repo_id, r.pin.sha), r.plan.model_class, _dtype_text(r)]
             + [format_bytes(r.placement.bytes_by_device[d]) if r.placement.bytes_by_device.get(d) else ""
                for d in devices] for name, r in entries]
     cells = [[_cell_code(c) if i == 1 else _camel(c) if i == 2 else _h(c) for i, c in enumerate(row)]

@@ -198,3 +198,14 @@ def cancelled_text(what: str, stage: Optional[str] = None, files: Optional[tuple
         line += (f" Run the cell again: it reuses the {complete} complete file{'s' * (complete != 1)} in the cache"
                  + (f" and downloads the {unfinished} unfinished one{'s' * (unfinished != 1)}." if unfinished else "."))
     return line
+
+
+def replaced_text(replaced: Any, name: str) -> Optional[str]:
+    """What became of the model a load replaced under ``name``."""
+    if replaced is None:
+        return None
+    held = ", ".join(f"{format_bytes(n)} on {d}" for d, n in replaced.held.items() if n) or "nothing"
+    if replaced.freed:
+        return f"{name} held {replaced.spec} ({held}); it was released."
+    return (f"{name} held {replaced.spec} ({held}); hf_notebook let it go, but something else still refers to it "
+            f"(another variable or an output), so its memory is not back yet.")

@@ -262,8 +262,7 @@ def plan_placement(config, *, class_name: Optional[str] = None, dtype: str = "fl
                 model_cls=cls, quantization=quantization)
     spilled = plan.spilled
     if no_offload and spilled:
-        raise PlanError(_spill_message(plan, spilled),
-                        hint="Raise --max-memory, pick a smaller --dtype, or drop --no-offload to accept it.")
+        raise PlanError(_spill_message(plan, spilled), hint=_spill_hint(plan))
     return plan
 
 
@@ -373,7 +372,21 @@ def spilled_devices(device_map: dict) -> list[str]:
 def _spill_message(plan: Plan, spilled: list[str]) -> str:
     sizes = plan.bytes_by_device
     parts = ", ".join(f"{format_bytes(sizes.get(name, 0))} to {name}" for name in spilled)
-    return f"The model does not fit on the fastest device: {parts} would be offloaded, and --no-offload forbids it."
+    fast = [d for d in sizes if d not in spilled]
+    where = " and ".join(fast) if fast else "the devices budgeted"
+    return f"The model does not fit on {where}: {parts} would be offloaded, and --no-offload forbids it."
+
+
+def _spill_hint(plan: Plan) -> str:
+    """What would make it fit, with the plan's own numbers: the budget it needs, a smaller dtype."""
+    from .explain import NEEDS, SMALLER_DTYPE
+
+    found = {f.kind: f for f in plan.explain()}
+    ways = [f"raise the budget ({found[NEEDS].option})"] if NEEDS in found else ["raise --max-memory"]
+    if SMALLER_DTYPE in found:
+        ways.append(f"load in {found[SMALLER_DTYPE].dtype} ({found[SMALLER_DTYPE].option}, about "
+                    f"{format_bytes(found[SMALLER_DTYPE].nbytes)})")
+    return "To fit: " + ", or ".join(ways) + "; or drop --no-offload to accept the offload."
 
 
 def check_devices_exist(device_map: dict) -> None:
