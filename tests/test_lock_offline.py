@@ -80,7 +80,8 @@ def test_a_plain_load_after_drift_says_so_and_update_moves_the_lock(shell, repo,
     assert json.loads(lock_path(shell).read_text())["models"][f"{repo_id}@main"]["sha"] == shas["first"]
     shell.run_line_magic("load_model", f"{repo_id} --update --as m")
     out = capsys.readouterr().out
-    assert f"sha {shas['first'][:12]} -> {new[:12]}" in out and ".safetensors: new content" in out
+    assert f"{repo_id}@main updated\n" in out  # a short table: what moved, one row each
+    assert f"\n  sha    {shas['first'][:12]} → {new[:12]}\n" in out and "\n  files  5 changed\n" in out
     assert json.loads(lock_path(shell).read_text())["models"][f"{repo_id}@main"]["sha"] == new
 
 
@@ -155,5 +156,20 @@ def test_an_entry_that_changes_only_its_options_says_which(shell, repo, hf_cache
     repo_id, _, _ = repo
     shell.run_line_magic("load_model", f"{repo_id} --as m")
     capsys.readouterr()
-    shell.run_line_magic("load_model", f"{repo_id} --dtype bfloat16 --as m")
-    assert "updated: dtype float32 -> bfloat16" in capsys.readouterr().out
+    shell.run_line_magic("load_model", f"{repo_id} --attn-implementation eager --as m")
+    out = capsys.readouterr().out
+    assert f"{repo_id}@main updated\n  options  none → --attn-implementation eager\n" in out
+
+
+def test_each_choice_of_weights_has_its_own_entry(shell, repo, hf_cache, capsys):
+    """A full, a bfloat16 and a quantized load of one revision are three entries: none rewrites another, and
+    no note is printed for any of them."""
+    repo_id, _, _ = repo
+    capsys.readouterr()
+    for extra in ("", "--dtype bfloat16", "--quantize int8-weight --device-map cpu"):
+        shell.run_line_magic("load_model", f"{repo_id} {extra} --as m")
+    out = capsys.readouterr().out
+    assert "Lock file" not in out and "Note:" not in out
+    keys = set(json.loads(lock_path(shell).read_text())["models"])
+    assert keys == {f"{repo_id}@main", f"{repo_id}@main --dtype bfloat16", f"{repo_id}@main --quantize int8-weight"}
+    shell.run_line_magic("load_model", f"{repo_id} --dtype bfloat16 --locked --as m")  # found by the same key

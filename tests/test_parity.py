@@ -74,7 +74,8 @@ def test_the_record_and_the_lock_say_how_it_was_quantized(shell, tiny_hub, hf_ca
     out = capsys.readouterr().out
     assert "4-bit nf4, compute bfloat16 (bitsandbytes)" in out
     assert "--quantize 4bit --bnb-compute-dtype bfloat16 --as m" in out  # the line that loads it again
-    entry = json.loads(open(instance(shell).lock_file).read())["models"]["tiny/llama@main"]
+    entry = json.loads(open(instance(shell).lock_file).read())["models"]
+    entry = entry["tiny/llama@main --quantize 4bit --bnb-compute-dtype bfloat16"]  # keyed by what was loaded
     assert entry["quantization"]["load_in_4bit"] is True
 
 

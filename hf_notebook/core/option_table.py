@@ -105,6 +105,15 @@ def to_args(opts: Any, *, skip: frozenset = NOT_REPEATED, quote: bool = True, **
     return args
 
 
+#: What chooses the weights a load ends with: a lock entry's key carries these (``hub.lock.key_of``).
+KEYED = frozenset({"dtype", "variant", "subfolder", "quantize"})
+
+
+def key_args(opts: Any) -> list[str]:
+    """The flags of ``opts`` that choose the weights loaded (dtype as given, variant, subfolder, quantization)."""
+    return to_args(opts, skip=frozenset(BY_DEST) - KEYED, quote=False)
+
+
 def recorded_args(opts: Any) -> list[str]:
     """The flags of ``opts`` that change what is read or run (``--variant``, ``--subfolder``, ``--kw``, code,
     quantization): what a lock entry records beside the sha, class and dtype."""

@@ -56,8 +56,9 @@ class LockUpdate:
     outcome: str
     old_sha: Optional[str] = None
     sha: Optional[str] = None
-    changes: tuple = ()
+    changes: tuple = ()  # ("sha", "0123456789ab → 89abcdef0123"), ("files", "2 changed"), ...
     reason: str = ""
+    revision: str = ""
 
 
 class Session:
@@ -307,6 +308,7 @@ class Session:
     def _locked_spec(self, spec: str, options: LoadOptions, *, locked: bool, update: bool) -> tuple:
         """The spec to load and its lock key: under ``locked``, the locked sha (after checking for drift)."""
         from .hub import lock
+        from .option_table import key_args
         from .spec import parse_spec
 
         if locked and update:
@@ -317,7 +319,7 @@ class Session:
                 raise OptionError("A local folder has no Hub revision to lock; --locked and --update are for Hub "
                                   "models.")
             return spec, None
-        key = lock.key_of(parsed.repo_id, parsed.revision)
+        key = lock.key_of(parsed.repo_id, parsed.revision, tuple(key_args(options)))
         path = self.lock_path
         entry = lock.read(path).get(key) if path else None  # a damaged lock file is named before the load
         if not locked:
@@ -346,10 +348,11 @@ class Session:
         path = self.lock_path
         if path is None or key is None or result.pin.kind == "local":
             return None
+        revision = key.split(" ")[0].rsplit("@", 1)[1]  # as written: the key's first word is repo@revision
 
         def make(old):
             new = lock.entry_for(result, old, options=recorded_args(result.options))
-            new["revision"] = key.rsplit("@", 1)[1]
+            new["revision"] = revision
             return None if old is not None and old["sha"] != new["sha"] and not move else new
 
         try:
@@ -358,7 +361,7 @@ class Session:
             reason = exc.message if isinstance(exc, HfNotebookError) else (exc.strerror or str(exc))
             return LockUpdate(str(path), key, "failed", reason=reason)
         if new is None:
-            return LockUpdate(str(path), key, "kept", old_sha=old["sha"], sha=result.pin.sha)
+            return LockUpdate(str(path), key, "kept", old_sha=old["sha"], sha=result.pin.sha, revision=revision)
         if old is None:
             return LockUpdate(str(path), key, "recorded", sha=new["sha"])
         if old == new:

@@ -180,10 +180,12 @@ def lock_update_text(update: Any) -> Optional[str]:
     if update.outcome == "failed":
         return f"Warning: the lock file {update.path} was not updated ({update.reason}); the model is loaded and bound."
     if update.outcome == "kept":
-        revision = update.key.rsplit("@", 1)[1]
         return (f"Note: the lock file pins {update.key} to {short_sha(update.old_sha)}; this load used "
-                f"{short_sha(update.sha)} ({revision} moved). --update moves the lock; --locked loads the locked commit.")
-    return f"Lock file {update.path}: {update.key} updated: " + "; ".join(update.changes)
+                f"{short_sha(update.sha)} ({update.revision} moved). --update moves the lock; --locked loads the "
+                "locked commit.")
+    width = max(len(what) for what, _ in update.changes)
+    return "\n".join([f"Lock file {update.path}: {update.key} updated"]
+                     + [f"  {what.ljust(width)}  {how}" for what, how in update.changes])
 
 
 def cancelled_text(what: str, stage: Optional[str] = None, files: Optional[tuple[int, int]] = None) -> str:

@@ -25,9 +25,11 @@ FORMAT = "hf_notebook.lock/1"
 _SHA256 = 64
 
 
-def key_of(repo_id: str, revision: Optional[str]) -> str:
-    """``org/name@main``: the repo and the revision as written (the default branch when none)."""
-    return f"{repo_id}@{revision or 'main'}"
+def key_of(repo_id: str, revision: Optional[str], loaded: tuple = ()) -> str:
+    """``org/name@main``: the repo and the revision as written (the default branch when none), then the flags
+    that choose what is loaded of it (``option_table.key_args``: ``org/name@main --quantize 4bit``), so a full,
+    a 4-bit and a bfloat16 load of one revision are three entries, not one rewritten each time."""
+    return " ".join([f"{repo_id}@{revision or 'main'}", *loaded])
 
 
 def read(path: str | os.PathLike) -> dict[str, dict]:
@@ -159,25 +161,43 @@ def _quantization(result: Any) -> dict:
     return as_dict(result.plan.quantization)
 
 
-def changes(old: Optional[dict], new: dict) -> list[str]:
-    """What moved between two entries of one key: the sha, and files added, removed or resized."""
+def changes(old: Optional[dict], new: dict) -> list[tuple[str, str]]:
+    """What moved between two entries of one key, as ``(what, how)`` rows: the sha, the files (counted), and
+    each recorded fact that changed."""
     if old is None:
-        return [f"new entry at {new['sha'][:12]}"]
-    found = [] if old["sha"] == new["sha"] else [f"sha {old['sha'][:12]} -> {new['sha'][:12]}"]
+        return [("entry", f"new at {new['sha'][:12]}")]
+    found = [] if old["sha"] == new["sha"] else [("sha", f"{old['sha'][:12]} → {new['sha'][:12]}")]
     a, b = old.get("files", {}), new.get("files", {})
-    found += [f"+ {n} ({b[n]['size']} bytes)" for n in sorted(set(b) - set(a))]
-    found += [f"- {n}" for n in sorted(set(a) - set(b))]
-    found += [f"~ {n}: {a[n]['size']} -> {b[n]['size']} bytes" if a[n]["size"] != b[n]["size"] else f"~ {n}: new content"
-              for n in sorted(set(a) & set(b)) if a[n] != b[n]]
+    counts = [(len(set(b) - set(a)), "added"), (len(set(a) - set(b)), "removed"),
+              (sum(1 for n in set(a) & set(b) if a[n] != b[n]), "changed")]
+    if any(n for n, _ in counts):
+        delta = sum(f["size"] for f in b.values()) - sum(f["size"] for f in a.values())
+        sign = "+" if delta >= 0 else "-"
+        found.append(("files", ", ".join(f"{n} {word}" for n, word in counts if n)
+                      + (f" ({sign}{_size(abs(delta))})" if delta else "")))
     for key in ("class", "dtype", "options", "quantization", "code", "kernel", "versions"):
         if old.get(key) != new.get(key):
-            found.append(f"{key} {_short(old.get(key))} -> {_short(new.get(key))}")
+            found.append((key, f"{_short(old.get(key))} → {_short(new.get(key))}"))
     return found
+
+
+def _size(nbytes: int) -> str:
+    from ..units import format_bytes
+
+    return format_bytes(nbytes)
 
 
 def _short(value: Any) -> str:
     if value is None:
         return "none"
+    if isinstance(value, list):
+        return " ".join(map(str, value)) or "none"
+    if isinstance(value, dict) and "quant_method" in value:  # a quantization config: its method and bits
+        bits = "4-bit" if value.get("load_in_4bit") or value.get("_load_in_4bit") else \
+            "8-bit" if value.get("load_in_8bit") or value.get("_load_in_8bit") else ""
+        return " ".join(filter(None, [str(value["quant_method"]), bits]))
+    if isinstance(value, dict) and all(isinstance(v, str) for v in value.values()):  # versions, code hashes
+        return ", ".join(f"{k} {v[:12]}" for k, v in sorted(value.items()))
     if isinstance(value, dict):
         text = json.dumps(value, sort_keys=True, separators=(",", ":"))
         return text if len(text) <= 60 else text[:57] + "..."
