@@ -234,7 +234,9 @@ class HFNotebook(Magics):
     @magic_arguments()
     @argument("spec", help=_SPEC_HELP)
     @argument("--as", dest="name", default=None, help="Bind the Plan object to this variable.")
-    @argument("--plot", action="store_true", help="Also draw the memory per device as a static figure.")
+    @argument("--plot", nargs="?", const=True, default=None, metavar="FILE.png",
+              help="Also draw the memory per device as a static figure (in Jupyter, shown; with FILE.png, also "
+                   "written there; a terminal needs the FILE).")
     @_option_args(load=False)
     @line_magic
     @_usage_errors
@@ -409,26 +411,30 @@ class HFNotebook(Magics):
         plan = self.session.plan(args.spec, **_given(args))
         display(plan)
         if plot:
-            self._show_figure(plan)
+            self._show_figure(plan, plot)
         if name:
             self.shell.user_ns[name] = plan
 
-    def _show_figure(self, plan) -> None:
-        """The memory figure: an image in Jupyter; in a terminal, a PNG file whose path is printed."""
+    def _show_figure(self, plan, path) -> None:
+        """The memory figure: an image in Jupyter; written to ``path`` when one is given (a terminal needs it)."""
         from IPython.display import display
 
         from .ui import _in_kernel
 
+        shown = self.display == "widget" or (self.display == "auto" and _in_kernel(self.shell))
+        if not shown and not isinstance(path, str):
+            raise UsageError("A terminal cannot show the figure: give the file to draw it into, e.g. "
+                             "--plot plan.png")
         image = _figure_image(plan)
-        if self.display == "widget" or (self.display == "auto" and _in_kernel(self.shell)):
+        if shown:
             display(image)
-            return
-        import tempfile
-
-        handle, path = tempfile.mkstemp(prefix="hf_notebook-plan-", suffix=".png")
-        with os.fdopen(handle, "wb") as f:
-            f.write(image.data)
-        print(f"Memory per device drawn to {path}")
+        if isinstance(path, str):
+            try:
+                with open(os.path.expanduser(path), "wb") as f:
+                    f.write(image.data)
+            except OSError as exc:
+                raise UsageError(f"Cannot write the figure to {path!r}: {exc.strerror}. Give a writable path.") from None
+            print(f"Memory per device drawn to {path}")
 
     def _renderer(self):
         from .ui import make_renderer
@@ -457,7 +463,7 @@ def _figure_image(plan):
     from .ui.views import memory_figure
 
     buffer = io.BytesIO()
-    memory_figure(plan.placement(), plan.budget, title=plan.source).savefig(buffer, format="png", dpi=96)
+    memory_figure(plan.placement(), plan.budget, title=plan.source).savefig(buffer, format="png", dpi=96, transparent=True)
     return Image(data=buffer.getvalue(), format="png")
 
 

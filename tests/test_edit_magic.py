@@ -121,3 +121,11 @@ def test_an_offload_folder_made_for_an_edit_is_removed_with_the_model(shell, m, 
     assert folder and os.listdir(folder)
     shell.run_line_magic("unload_model", "m")
     assert not os.path.exists(folder)
+
+
+def test_the_terminal_editor_names_the_line_that_applies_not_a_button(shell, tiny_hub, hf_cache, capsys):
+    shell.run_line_magic("load_model", "tiny/llama --device-map cpu --as m")
+    capsys.readouterr()
+    shell.run_line_magic("edit_device_map", "m")
+    out = capsys.readouterr().out
+    assert "(loaded: %edit_device_map m --set MODULES=DEVICE moves it in place)" in out and "Apply" not in out

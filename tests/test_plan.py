@@ -110,15 +110,27 @@ def test_plot_is_a_static_png(shell, tiny_hub, hf_cache, monkeypatch):
     assert any("image/png" in d and d["image/png"] for d in shown)
 
 
-def test_in_a_terminal_the_plot_goes_to_a_png_file(shell, tiny_hub, hf_cache, capsys):
-    import re
-    from pathlib import Path
+def test_in_a_terminal_the_plot_goes_to_the_png_file_named(shell, tiny_hub, hf_cache, capsys, tmp_path):
+    """A terminal writes the figure where the user says, and nowhere unchosen (no temp file left behind)."""
+    with pytest.raises(UsageError, match="--plot plan.png"):
+        shell.run_line_magic("plan_model", "tiny/gpt2 --plot")
+    target = tmp_path / "plan.png"
+    shell.run_line_magic("plan_model", f"tiny/gpt2 --plot {target}")
+    assert f"drawn to {target}" in capsys.readouterr().out
+    assert target.read_bytes().startswith(b"\x89PNG")
 
-    shell.run_line_magic("plan_model", "tiny/gpt2 --plot")
-    out = capsys.readouterr().out
-    [path] = re.findall(r"drawn to (\S+\.png)", out)
-    assert Path(path).read_bytes().startswith(b"\x89PNG")
-    Path(path).unlink()
+
+def test_the_figure_reads_on_a_dark_page_too(tiny_hub, hf_cache):
+    """No white slab in a dark theme: the PNG's background is transparent."""
+    import io
+
+    from PIL import Image
+
+    from hf_notebook.magics import _figure_image
+
+    png = _figure_image(plan_model("tiny/gpt2", max_memory="cpu=300KB")).data
+    image = Image.open(io.BytesIO(png)).convert("RGBA")
+    assert image.getpixel((2, 2))[3] == 0  # a corner: fully transparent
 
 
 def test_load_refuses_a_gpu_this_machine_lacks_but_plan_accepts_it(shell, tiny_hub, hf_cache):

@@ -130,10 +130,10 @@ def test_pipe_gets_plain_lines_only(child_env, tiny_hub, tmp_path):
 
 
 def test_tty_plan_plot_is_saved_as_a_png_whose_path_is_printed(child_env, tiny_hub, tmp_path):
-    """A terminal cannot show an image: the figure goes to a PNG file and the path is printed, not the repr of an
-    IPython Image object (which is what a terminal prints for a display() of one)."""
+    """A terminal cannot show an image: the figure goes to the PNG file named and the path is printed, not the repr
+    of an IPython Image object (which is what a terminal prints for a display() of one)."""
     output = tty_output(child_env, tmp_path, ["%load_ext hf_notebook",
-                                              "%plan_model tiny/mixtral --max-memory cpu=400KB --plot"])
+                                              "%plan_model tiny/mixtral --max-memory cpu=400KB --plot plan.png"])
     text = "\n".join(screen_lines(output))
     assert "Plan for tiny/mixtral" in text and "disk (offload)" in text  # the plan's text record, as today
     assert "<IPython.core.display.Image object>" not in text, text

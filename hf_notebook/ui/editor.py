@@ -287,11 +287,14 @@ class DeviceMapEditor:
                          f" <span style='{style}'>{escape(amount)}</span></span>")
         return f"<div style='margin:4px 0'>{''.join(cells)}</div>"
 
-    def _subject(self) -> str:
+    def _subject(self, text: bool = False) -> str:
+        """What is edited, and what applying does: by the Apply button, or (``text``: no buttons there) by the
+        magic line that does it."""
+        how = f"%edit_device_map {self.name} --set MODULES=DEVICE" if text else "Apply"
         if self.loaded:
             pin = self.target.pin
-            return f"{self.name} = {words.pinned_name(pin.repo_id, pin.sha)} (loaded: Apply moves it in place)"
-        return f"plan for {self.target.source or self.target.model_class} (Apply updates the plan)"
+            return f"{self.name} = {words.pinned_name(pin.repo_id, pin.sha)} (loaded: {how} moves it in place)"
+        return f"plan for {self.target.source or self.target.model_class} ({how} updates the plan)"
 
     def bytes_of(self, members: tuple[str, ...]) -> int:
         return sum(self.draft.structure.bytes.get(m, 0) for m in members)
@@ -345,7 +348,7 @@ class DeviceMapEditor:
         """The draft as text: one line per group, totals per device, what blocks Apply."""
         groups = self.draft.placement().groups
         width = max((len(g.label) for g in groups), default=0)
-        lines = [f"Device map · {self._subject()}"]
+        lines = [f"Device map · {self._subject(text=True)}"]
         lines += [f"  {g.label.ljust(width)}  {format_bytes(g.nbytes):>9}  {g.device}" for g in groups]
         lines.append("  " + " · ".join(f"{d}: {format_bytes(n)}" + (f" of {format_bytes(self.draft.budget[d])}"
                                                                     if d in self.draft.budget else "")

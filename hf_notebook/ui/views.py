@@ -19,7 +19,7 @@ import ipywidgets as W
 from hf_notebook.core.units import device_sort_key, format_bytes
 from hf_notebook.ui.record import html_text
 from hf_notebook.ui.style import (ANYWHERE, DANGER, MONO, MUTED, PLOT_BUFFERS, PLOT_OVER, PLOT_OVER_BUFFERS,
-                                  PLOT_OVER_TEXT, PLOT_PARAMS, set_changed)
+                                  PLOT_INK, PLOT_OVER_TEXT, PLOT_PARAMS, set_changed)
 from hf_notebook.ui.words import device_title
 
 __all__ = [
@@ -277,7 +277,12 @@ def memory_figure(placement: Any, budget: Optional[Mapping[str, int]] = None, ti
     top = max([u.nbytes for u in usage] + [u.budget or 0 for u in usage] + [1])
     unit, scale = next((n, s) for n, s in reversed(_UNITS) if top >= s or s == 1)
     fig = Figure(figsize=(8, 1.5 + 0.6 * max(len(usage), 1)), layout="constrained")
+    fig.patch.set_alpha(0)  # no white slab in a dark theme: the page shows through, ink is a mid grey
     ax = fig.add_subplot()
+    ax.set_facecolor("none")
+    for side in ax.spines.values():
+        side.set_color(PLOT_INK)
+    ax.tick_params(colors=PLOT_INK, labelcolor=PLOT_INK)
     ys = range(len(usage))
     colors = [(PLOT_OVER, PLOT_OVER_BUFFERS) if u.over else (PLOT_PARAMS, PLOT_BUFFERS) for u in usage]
     ax.barh(ys, [u.param_bytes / scale for u in usage], color=[c[0] for c in colors], height=0.6)
@@ -285,16 +290,17 @@ def memory_figure(placement: Any, budget: Optional[Mapping[str, int]] = None, ti
             color=[c[1] for c in colors], height=0.6)
     for y, u in zip(ys, usage):
         if u.budget is not None:
-            ax.vlines(u.budget / scale, y - 0.4, y + 0.4, colors="black", linestyles="--", linewidth=1.5)
+            ax.vlines(u.budget / scale, y - 0.4, y + 0.4, colors=PLOT_INK, linestyles="--", linewidth=1.5)
         ax.text(max(u.nbytes, u.budget or 0) / scale + top / scale * 0.01, y, u.amount_text(), va="center",
-                fontsize=9, color=PLOT_OVER_TEXT if u.over else "black")
+                fontsize=9, color=PLOT_OVER_TEXT if u.over else PLOT_INK)
     ax.set_yticks(list(ys), [device_title(u.device) for u in usage])
     ax.invert_yaxis()
     ax.set_xlim(0, top / scale * 1.45)  # room for the labels right of the bars
-    ax.set_xlabel(f"memory ({unit})")
-    ax.set_title(title or "Memory per device")
+    ax.set_xlabel(f"memory ({unit})", color=PLOT_INK)
+    ax.set_title(title or "Memory per device", color=PLOT_INK)
     handles = [Patch(color=PLOT_PARAMS, label="parameters"), Patch(color=PLOT_BUFFERS, label="buffers")]
     handles += [Patch(color=PLOT_OVER, label="over budget")] if any(u.over for u in usage) else []
-    handles += [Line2D([], [], color="black", linestyle="--", label="budget")] if any(u.budget for u in usage) else []
-    fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), fontsize=8, frameon=False)
+    handles += [Line2D([], [], color=PLOT_INK, linestyle="--", label="budget")] if any(u.budget for u in usage) else []
+    fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), fontsize=8, frameon=False,
+               labelcolor=PLOT_INK)
     return fig
