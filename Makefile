@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test lab bench browser-deps binder-check clean
+.PHONY: venv demo test test-compat lab bench browser-deps binder-check clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,11 @@ browser-deps:
 
 test: venv browser-deps
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The core suite on the oldest and the newest huggingface_hub and transformers that pyproject.toml allows,
+# each in a venv of its own (.venv-compat-oldest, .venv-compat-newest); versions in compat/oldest.txt, newest.txt.
+test-compat:
+	bash compat/run.sh $(PYTHON)
 
 demo: venv
 	$(PY) -m hf_notebook.demo
