@@ -66,3 +66,25 @@ def test_the_save_and_push_panel_keeps_a_record_per_action(shell, tiny_hub, hf_c
     closed, records = (data["text/plain"] for _, data in outputs)
     assert closed.startswith("Save and push panel for m: closed (saved to ") and "pushed to user/ends" in closed
     assert records.count("saved m to") == 1 and "user/ends" in records  # the save's record and the push's
+
+
+def test_the_push_panel_says_who_pushes_and_where_they_may_write(shell, tiny_hub, hf_cache, hub_server, hub_token,
+                                                                monkeypatch):
+    from hf_notebook.magics import instance
+    from hf_notebook.testing.hub.payloads import USER
+    from hf_notebook.ui.save_push import SavePushPanel
+
+    shell.run_line_magic("load_model", "tiny/llama --device-map cpu --as m")
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setenv("HF_HOME", str(hf_cache.parent / "no-login"))
+    nobody = SavePushPanel(instance(shell).session, "m")
+    assert "No Hugging Face token" in nobody.who.value
+    monkeypatch.setenv("HF_TOKEN", hub_token)
+    panel = SavePushPanel(instance(shell).session, "m")
+    assert f"logged in as {USER} (write token)" in panel.who.value
+    panel.repo.value = f"{USER}/new-model"
+    assert f"can write to {USER}/" in panel.who.value
+    panel.repo.value = "someone-else/x"
+    assert "cannot write to someone-else/" in panel.who.value and hub_token not in panel.who.value
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert "Offline" in SavePushPanel(instance(shell).session, "m").who.value

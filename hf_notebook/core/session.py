@@ -269,6 +269,23 @@ class Session:
         except KeyboardInterrupt:
             raise KeyboardInterrupt() from None
 
+    def whoami(self, token: Any = None):
+        """Who pushes (:class:`~.hub.push.Identity`): the login's token, or ``token``; offline, nobody is asked
+        (an :class:`~.errors.OfflineError`)."""
+        from .api import _hub_offline
+        from .errors import HfNotebookError, OfflineError, wrapped
+        from .hub.push import whoami
+
+        if self.settings.offline or _hub_offline():
+            raise OfflineError("Offline: the Hub is not asked who you are.", hint="Pushing needs the network.")
+        try:
+            return whoami(token)
+        except HfNotebookError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the network or the Hub: said as ours, without frames
+            error = wrapped(exc, "Asking the Hub who you are")
+        raise error
+
     def export(self, spec: str, folder: str, *, layout: str = "folder", cache_dir: Optional[str] = None,
                offline: bool = False):
         """Write a pinned model's files into ``folder`` for a host without network (:func:`~.hub.bundle.export_bundle`)."""

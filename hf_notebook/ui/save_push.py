@@ -23,7 +23,10 @@ from hf_notebook.core.units import format_bytes
 from hf_notebook.ui.record import Record, html_text
 from hf_notebook.ui.style import DANGER, MUTED, OK, PANEL_BORDER
 
-_WIDE = W.Layout(flex="1 1 16em", min_width="10em")
+
+def _wide() -> W.Layout:
+    """A field's layout: its own (closing a panel closes its layouts, so none may be shared)."""
+    return W.Layout(flex="1 1 16em", min_width="10em")
 
 
 class SavePushPanel:
@@ -32,6 +35,7 @@ class SavePushPanel:
 
     def __init__(self, session: Any, name: str, *, min_interval: float = 0.1):
         self.result, self.name = session.get(name), name
+        self.identity, self.identity_problem = _identity(session)
         self._save = session.save
         self._push = lambda folder, repo_id, **options: session.push(repo_id, folder=folder, **options)
         self.saved: Any = None
@@ -43,24 +47,28 @@ class SavePushPanel:
         self.closed = False
         self._lock, self._last, self.min_interval = threading.Lock(), 0.0, min_interval
         style = {"description_width": "7em"}
-        self.folder = W.Text(value=f"{name}-saved", description="folder", style=style, layout=_WIDE)
+        self.folder = W.Text(value=f"{name}-saved", description="folder", style=style, layout=_wide())
         self.shard = W.Text(placeholder="50GB", description="shard size", style=style, layout=W.Layout(width="16em"))
         self.dtype = W.Dropdown(options=[("as loaded", ""), ("float32", "float32"), ("bfloat16", "bfloat16"),
                                          ("float16", "float16")], value="", description="dtype", style=style,
                                 layout=W.Layout(width="16em"))
         self.overwrite = W.Checkbox(value=False, description="replace an existing folder", indent=False)
         self.save_button = W.Button(description="Save", icon="save", button_style="primary")
-        self.repo = W.Text(placeholder="owner/name", description="repo", style=style, layout=_WIDE)
+        self.repo = W.Text(placeholder="owner/name", description="repo", style=style, layout=_wide())
         self.private = W.Checkbox(value=False, description="private", indent=False, layout=W.Layout(width="7em"))
         self.branch = W.Text(placeholder="main", description="branch", style=style, layout=W.Layout(width="16em"))
         self.create_pr = W.Checkbox(value=False, description="open a pull request", indent=False)
-        self.message = W.Text(placeholder="Upload with hf_notebook", description="message", style=style, layout=_WIDE)
+        self.message = W.Text(placeholder="Upload with hf_notebook", description="message", style=style, layout=_wide())
         self.token = W.Password(placeholder="empty: your login (hf auth login / HF_TOKEN)", description="token",
-                                style=style, layout=_WIDE)
+                                style=style, layout=_wide())
         self.push_button = W.Button(description="Push", icon="upload", button_style="primary")
         self.done_button = W.Button(description="Done", icon="check",
                                     tooltip="close the panel: its records stay, so a saved notebook shows them")
         self.done_button.on_click(lambda _: self.done())
+        self.who = W.HTML()
+        self.repo.observe(lambda _: self._show_who(), "value")
+        self.token.observe(lambda _: self._show_who(), "value")
+        self._show_who()
         self.files = W.VBox()
         self.status = W.HTML()
         self.bars: dict[str, tuple[W.FloatProgress, W.HTML]] = {}
@@ -73,6 +81,7 @@ class SavePushPanel:
             W.HTML(f"<div style='{MUTED};margin-top:6px'>push to the Hub (saved first if needed)</div>"),
             W.HBox([self.repo, self.private], **row), W.HBox([self.branch, self.create_pr], **row),
             W.HBox([self.message], **row), W.HBox([self.token, self.push_button, self.done_button], **row),
+            self.who,
             self.files, self.status,
         ], layout=W.Layout(border=PANEL_BORDER, padding="6px", max_width="100%"))
 
@@ -118,6 +127,23 @@ class SavePushPanel:
     def _push_options(self) -> dict:
         return dict(private=self.private.value, branch=self.branch.value.strip() or None,
                     create_pr=self.create_pr.value, message=self.message.value.strip() or None, name=self.name)
+
+    def _show_who(self) -> None:
+        """Who the push would be made as, and whether that account may write to the repo typed."""
+        if self.token.value:
+            text, style = "pushing with the token typed above (checked when you push)", MUTED
+        elif self.identity is None:
+            text, style = self.identity_problem, DANGER
+        else:
+            me, repo = self.identity, self.repo.value.strip()
+            text, style = f"logged in as {me.name}" + (f" ({me.role} token)" if me.role else ""), MUTED
+            if "/" in repo:
+                may = me.may_write(repo)
+                text += f"; {'can' if may else 'cannot'} write to {repo.split('/')[0]}/"
+                style = OK if may else DANGER
+        html = f"<span style='{style}'>{escape(text)}</span>"
+        if self.who.value != html:
+            self.who.value = html
 
     # -- drawing --------------------------------------------------------------------------------
     def event(self, event: Any) -> None:
@@ -234,3 +260,13 @@ def _panel_words(message: str) -> str:
         message = message.replace(f"pass {flag}", f"tick {control}" if flag == "--overwrite" else f"set {control}")
         message = message.replace(flag, control)
     return message
+
+
+def _identity(session: Any) -> tuple[Any, str]:
+    """(who the login is, or None; what is wrong when there is none)."""
+    from hf_notebook.core.errors import HfNotebookError
+
+    try:
+        return session.whoami(), ""
+    except HfNotebookError as exc:
+        return None, exc.message

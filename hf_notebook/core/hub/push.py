@@ -147,12 +147,27 @@ def _names_in_repo(operations: list) -> Callable[[str], Optional[str]]:
     return name_of
 
 
-def _check_token(api: Any, repo_id: str, token: Any) -> None:
-    """A token that may write to ``repo_id``'s owner, before anything is sent."""
+@dataclass(frozen=True)
+class Identity:
+    """Who a token is on the Hub: the user, their organizations, and what the token may do."""
+
+    name: str
+    orgs: tuple[str, ...] = ()
+    role: Optional[str] = None  # "write", "read", or None when the Hub does not say (fine-grained tokens)
+
+    def may_write(self, repo_id: str) -> bool:
+        """Whether this token may create or write repos under ``repo_id``'s owner."""
+        return self.role != "read" and repo_id.split("/")[0] in {self.name, *self.orgs}
+
+
+def whoami(token: Any = None, api: Any = None) -> Identity:
+    """The identity of ``token`` (default: the login's, ``hf auth login`` or ``HF_TOKEN``); :class:`AuthError`
+    when there is none or the Hub refuses it."""
+    from huggingface_hub import HfApi
     from huggingface_hub.errors import HfHubHTTPError, LocalTokenNotFoundError
 
     try:
-        me = api.whoami(token=token)
+        me = (api or HfApi()).whoami(token=token)
     except LocalTokenNotFoundError:
         raise AuthError("No Hugging Face token: pushing needs one that may write.",
                         hint="Log in with `hf auth login` (or set HF_TOKEN), or type a token in the panel's "
@@ -163,15 +178,20 @@ def _check_token(api: Any, repo_id: str, token: Any) -> None:
                             hint="Log in again with `hf auth login`, or give a valid token.") from None
         raise
     role = ((me.get("auth") or {}).get("accessToken") or {}).get("role")
-    if role == "read":
+    return Identity(me.get("name") or "", tuple(o.get("name") for o in me.get("orgs") or [] if o.get("name")), role)
+
+
+def _check_token(api: Any, repo_id: str, token: Any) -> None:
+    """A token that may write to ``repo_id``'s owner, before anything is sent."""
+    me = whoami(token, api)
+    if me.role == "read":
         raise AuthError("The token can only read; pushing needs a token that may write.",
                         hint="Create a write token at https://huggingface.co/settings/tokens and log in with it.")
-    owner = repo_id.split("/")[0]
-    allowed = {me.get("name")} | {o.get("name") for o in me.get("orgs") or []}
-    if owner not in allowed:
-        raise AuthError(f"This token belongs to {me.get('name')!r}, which cannot create or write repos under "
-                        f"{owner!r}.", hint=f"Push to {me.get('name')}/{repo_id.split('/')[1]} or to an organization "
-                                            f"you belong to ({', '.join(sorted(a for a in allowed if a))}).")
+    if not me.may_write(repo_id):
+        owner, allowed = repo_id.split("/")[0], sorted(a for a in (me.name, *me.orgs) if a)
+        raise AuthError(f"This token belongs to {me.name!r}, which cannot create or write repos under "
+                        f"{owner!r}.", hint=f"Push to {me.name}/{repo_id.split('/')[1]} or to an organization "
+                                            f"you belong to ({', '.join(allowed)}).")
 
 
 def _check_folder(folder: Path) -> None:
