@@ -40,6 +40,8 @@ _RAW = st.fixed_dictionaries({}, optional={
         lambda d: ",".join(f"{k}={v}B" for k, v in d.items())),
     "no_offload": st.booleans(), "trust_remote_code": st.booleans(), "allow_pickle": st.booleans(),
     "no_verify": st.booleans(),
+    "context": st.integers(1, 10**6), "batch": st.integers(1, 64),
+    "kv_dtype": st.sampled_from(["bfloat16", "float16", "float32", "float8_e4m3fn"]),
     "quantize": st.sampled_from(["4bit", "8bit", "int8-weight"]),
     "variant": _WORD, "subfolder": st.lists(_WORD, min_size=1, max_size=2).map("/".join),
     "attn_implementation": st.sampled_from(["eager", "sdpa"]),

@@ -222,7 +222,8 @@ class _Pipeline:
         plan = plan_placement(self.config, class_name=opts.class_name, dtype=dtype, device_map=opts.device_map,
                               max_memory=opts.max_memory, no_offload=opts.no_offload, headers=self.headers,
                               source=source, code_folder=str(self.files.config().parent) if self.code else None,
-                              quantization=opts.quantization)
+                              quantization=opts.quantization, context=opts.context, batch=opts.batch,
+                              kv_dtype=opts.kv_dtype)
         check_attention(opts.attn_implementation)
         plan = replace(plan, options=opts.with_(token=None))  # %load_model PLAN loads with these
         stages.done(plan)

@@ -16,8 +16,9 @@ from typing import Any, Callable, Optional
 
 from .errors import OptionError
 
-PLACEMENT, SOURCE, CODE, QUANT, HUB, LOAD = ("placement", "what is read", "code and formats", "quantization",
-                                             "the Hub", "load only")
+PLACEMENT, INFERENCE, SOURCE, CODE, QUANT, HUB, LOAD = (
+    "placement", "inference (room kept for it)", "what is read", "code and formats", "quantization", "the Hub",
+    "load only")
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,11 @@ OPTIONS: tuple[Option, ...] = (
     Option("--no-offload", "no_offload", "Fail instead of spilling to CPU or disk when it does not fit.", PLACEMENT,
            switch=True),
     Option("--offload-folder", "offload_folder", "Folder for weights placed on disk.", PLACEMENT, load_only=True),
+    Option("--context", "context", "Tokens per sequence to keep room for: the KV cache of every layer is planned on "
+           "the device that runs it, and the map leaves that room.", INFERENCE, metavar="TOKENS"),
+    Option("--batch", "batch", "Sequences at once (with --context; default 1).", INFERENCE, metavar="N"),
+    Option("--kv-dtype", "kv_dtype", "The KV cache's dtype (with --context; default: the model's).", INFERENCE,
+           choices=("bfloat16", "float16", "float32", "float8_e4m3fn", "float8_e5m2")),
     Option("--cache-dir", "cache_dir", "Hub cache folder for this call.", HUB),
     Option("--offline", "offline", "Use the cache only; fail clearly if files are missing.", HUB, switch=True),
     Option("--force-download", "force_download", "Download again even if the files are cached.", HUB, switch=True,

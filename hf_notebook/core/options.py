@@ -31,6 +31,9 @@ class LoadOptions:
     device_map: DeviceMap = "auto"
     max_memory: Optional[dict[Device, int]] = None
     no_offload: bool = False
+    context: Optional[int] = None  # tokens per sequence the plan keeps KV-cache room for (None: weights only)
+    batch: Optional[int] = None  # sequences at once (with context; None: 1)
+    kv_dtype: Optional[str] = None  # the KV cache's dtype (None: the model's)
     trust_remote_code: bool = False
     allow_pickle: bool = False  # load pickle checkpoints (with torch.load(weights_only=True))
     no_verify: bool = False  # a local folder loads without its manifest check (the record says unverified)
@@ -48,7 +51,8 @@ class LoadOptions:
 
     @classmethod
     def parse(cls, *, class_name: Optional[str] = None, dtype: Optional[str] = "auto", device_map: Any = "auto",
-              max_memory: Any = None, no_offload: bool = False, trust_remote_code: bool = False,
+              max_memory: Any = None, no_offload: bool = False, context: Any = None, batch: Any = None,
+              kv_dtype: Optional[str] = None, trust_remote_code: bool = False,
               allow_pickle: bool = False, no_verify: bool = False, tokenizer: bool = False, quantize: Optional[str] = None,
               bnb_compute_dtype: Optional[str] = None, bnb_quant_type: Optional[str] = None,
               double_quant: bool = False, quantization_config: Any = None, variant: Optional[str] = None,
@@ -67,6 +71,7 @@ class LoadOptions:
                    subfolder=_subfolder(subfolder), extra=parse_kw(kw),
                    attn_implementation=_attention(attn_implementation, bool(trust_remote_code), bool(offline)),
                    max_memory=parse_max_memory(max_memory), no_offload=bool(no_offload),
+                   context=_count(context, "--context"), batch=_count(batch, "--batch"), kv_dtype=_kv_dtype(kv_dtype),
                    trust_remote_code=bool(trust_remote_code), allow_pickle=bool(allow_pickle),
                    no_verify=bool(no_verify), tokenizer=bool(tokenizer),
                    offload_folder=parse_folder(offload_folder, "--offload-folder"),
@@ -80,6 +85,30 @@ class LoadOptions:
         shown = {k: v for k, v in self.__dict__.items() if k != "token"}
         token = "" if self.token is None else ", token=<hidden>"
         return f"LoadOptions({', '.join(f'{k}={v!r}' for k, v in shown.items())}{token})"
+
+
+def _count(text: Any, flag: str) -> Optional[int]:
+    """A whole number of at least 1 (``--context 8192``, ``--batch 4``), or None."""
+    if text is None or text == "":
+        return None
+    try:
+        value = int(str(text).replace("_", ""))
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise OptionError(f"Cannot read {flag} {text!r}.", hint=f"{flag} takes a whole number, e.g. {flag} 8192.")
+    return value
+
+
+def _kv_dtype(text: Optional[str]) -> Optional[str]:
+    from .devices.kv_cache import KV_DTYPES
+
+    if not text:
+        return None
+    name = str(text).strip().lower().removeprefix("torch.")
+    if name not in KV_DTYPES:
+        raise OptionError(f"Unknown --kv-dtype {text!r}.", hint=f"Use one of: {', '.join(KV_DTYPES)}.")
+    return name
 
 
 def _word(text: Optional[str], flag: str) -> Optional[str]:

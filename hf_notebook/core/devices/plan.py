@@ -51,6 +51,23 @@ class Plan:
     quantization: Any = field(default=None, repr=False, compare=False)  # the transformers quantization config
     edits: list = field(default_factory=list, compare=False)  # applied editor changes, oldest first
     options: Any = field(default=None, repr=False, compare=False)  # the LoadOptions it was made with (no token)
+    kv: Any = None  # the KV cache planned for (a kv_cache.KVCache, with --context), or None
+    layer_names: tuple[str, ...] = ()  # the decoder layers in order: where each layer's cache goes
+
+    @property
+    def kv_cache_bytes(self) -> int:
+        """The KV cache of ``--context`` tokens for ``--batch`` sequences, every layer (0 without --context)."""
+        return self.kv.nbytes if self.kv is not None else 0
+
+    @property
+    def kv_cache_by_device(self) -> dict[str, int]:
+        """Device name -> the KV cache bytes it holds under the current (perhaps edited) map."""
+        from .kv_cache import by_device, layer_devices, main_device
+
+        if self.kv is None:
+            return {}
+        found = by_device(self.kv, layer_devices(self.device_map, list(self.layer_names)), main_device(self.device_map))
+        return {device_name(d): n for d, n in found.items()}
 
     @property
     def spilled(self) -> list[str]:
@@ -227,11 +244,13 @@ def build_meta_model(cls, config, dtype: str, hf_quantizer=None, device_map: Any
 def plan_placement(config, *, class_name: Optional[str] = None, dtype: str = "float32",
                    device_map: Any = "auto", max_memory: Optional[dict] = None,
                    no_offload: bool = False, headers: Optional[HeaderInfo] = None, source: str = "",
-                   code_folder: Optional[str] = None, quantization: Any = None) -> Plan:
+                   code_folder: Optional[str] = None, quantization: Any = None, context: Optional[int] = None,
+                   batch: Optional[int] = None, kv_dtype: Optional[str] = None) -> Plan:
     """Compute the device map ``from_pretrained`` would use for these options, without weights.
 
     ``max_memory`` may name devices this machine lacks: planning for a target machine is fine
-    (``check_devices_exist`` is what a load adds).
+    (``check_devices_exist`` is what a load adds). With ``context``, the KV cache of that many tokens for
+    ``batch`` sequences is planned too, and a strategy's map leaves room for it on every device.
     """
     from transformers.integrations.accelerate import get_max_memory
 
@@ -253,17 +272,66 @@ def plan_placement(config, *, class_name: Optional[str] = None, dtype: str = "fl
                             hint="Raise the GPUs' --max-memory, use --quantize 4bit, or pass a --quantization-config "
                             "with llm_int8_enable_fp32_cpu_offload and a --device-map.") from None
         budget = {device_name(k): int(v) for k, v in get_max_memory(max_memory).items()}
-    resolved = {name: parse_device(device) for name, device in resolved.items()}
-    blocks = _blocks(model)
+        resolved = {name: parse_device(device) for name, device in resolved.items()}
+        blocks = _blocks(model)
+        kv, layers = None, ()
+        if context:
+            from .kv_cache import KV_DTYPES, kv_cache
+
+            kv = kv_cache(config, context=context, batch=batch or 1,
+                          dtype=kv_dtype or (dtype if dtype in KV_DTYPES else "bfloat16"))
+            layers = _layer_names(blocks, len(kv.layers))
+            if isinstance(device_map, str) and device_map != "":  # a strategy: it places around the cache
+                resolved = _with_room(model, device_map, get_max_memory(max_memory), hf_quantizer, kv, layers,
+                                      resolved)
     plan = Plan(model_class=cls.__name__, dtype=dtype, device_map=resolved, max_memory=max_memory,
                 module_bytes=_module_bytes(model, _quantized_sizes(model, hf_quantizer)), blocks=tuple(blocks),
                 tied=dict(getattr(model, "all_tied_weights_keys", None) or {}), budget=budget, headers=headers,
                 source=source, no_split=_no_split(model), direct=_direct_tensors(model), config=config,
-                model_cls=cls, quantization=quantization)
+                model_cls=cls, quantization=quantization, kv=kv, layer_names=layers)
     spilled = plan.spilled
     if no_offload and spilled:
         raise PlanError(_spill_message(plan, spilled), hint=_spill_hint(plan))
     return plan
+
+
+def _layer_names(blocks: list[str], count: int) -> tuple[str, ...]:
+    """The decoder layers among the plan's blocks: the numbered run of ``count`` children (``model.layers.N``)."""
+    import re
+
+    runs: dict[str, list[str]] = {}
+    for block in blocks:
+        found = re.fullmatch(r"(.+)\.(\d+)", block)
+        if found:
+            runs.setdefault(found.group(1), []).append(block)
+    names = next((names for names in runs.values() if len(names) == count), None)
+    if names is None:
+        raise PlanError(f"Cannot tell which of the model's modules are its {count} decoder layers, to place their "
+                        "KV cache.", hint="Plan without --context.")
+    return tuple(names)
+
+
+def _with_room(model, strategy: str, full: dict, hf_quantizer, kv, layers, resolved: dict) -> dict:
+    """The strategy's map with each device's budget lowered by the KV cache it would hold, until the map and
+    the cache agree (the cache follows the layers: a few rounds at most)."""
+    from ..compat import device_map_for
+    from .kv_cache import by_device, layer_devices, main_device
+
+    for _ in range(4):
+        need = by_device(kv, layer_devices(resolved, list(layers)), main_device(resolved))
+        lowered = {}
+        for device, nbytes in full.items():
+            left = int(nbytes) - need.get(parse_device(device), 0)
+            if left <= 0 and need.get(parse_device(device)):
+                raise PlanError(f"The KV cache alone needs {format_bytes(need[parse_device(device)])} on "
+                                f"{device_name(device)}, more than its budget of {format_bytes(int(nbytes))}.",
+                                hint="Lower --context or --batch, use --kv-dtype float8_e4m3fn, or raise --max-memory.")
+            lowered[device] = max(left, 0)
+        again = {name: parse_device(d) for name, d in device_map_for(model, strategy, lowered, hf_quantizer).items()}
+        if again == resolved:
+            break
+        resolved = again
+    return resolved
 
 
 def _quantizer(config, quantization, device_map):

@@ -1,0 +1,95 @@
+"""The KV cache a model fills for a context and batch, per decoder layer, from its config alone.
+
+A layer keeps ``2 (keys, values) x batch x KV heads x head dim x tokens`` elements, in the cache dtype.
+``tokens`` is the context for full attention; a sliding-window layer keeps ``window - 1`` tokens at most
+(transformers' ``DynamicSlidingWindowLayer``); hybrid models say which layer is which in ``layer_types``.
+A model whose cache is not a plain KV cache (latent attention, state-space or linear-attention layers) or
+an encoder-decoder is refused with the reason: never guessed. The cache of a layer lives where the layer
+computes: its device, or accelerate's main device for a layer whose weights are offloaded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping, Optional
+
+from ..errors import PlanError
+
+#: Cache dtypes a user may ask for, with their bytes per element.
+KV_DTYPES = {"bfloat16": 2, "float16": 2, "float32": 4, "float8_e4m3fn": 1, "float8_e5m2": 1}
+_FULL, _SLIDING = "full_attention", "sliding_attention"
+
+
+@dataclass(frozen=True)
+class KVCache:
+    """The cache of one context and batch: bytes per decoder layer, in layer order."""
+
+    context: int
+    batch: int
+    dtype: str
+    layers: tuple[int, ...]  # bytes of layer 0, 1, ...
+
+    @property
+    def nbytes(self) -> int:
+        return sum(self.layers)
+
+
+def kv_cache(config: Any, *, context: int, batch: int = 1, dtype: str = "bfloat16") -> KVCache:
+    """The KV cache ``config``'s decoder fills with ``context`` tokens for ``batch`` sequences."""
+    text = getattr(config, "get_text_config", lambda **_: config)(decoder=True)
+    _refuse_other_caches(config, text)
+    layers = text.num_hidden_layers
+    heads = text.num_attention_heads
+    kv_heads = getattr(text, "num_key_value_heads", None) or heads
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
+    window = getattr(text, "sliding_window", None)
+    kinds = list(getattr(text, "layer_types", None) or [])
+    if not kinds:
+        sliding = window is not None and getattr(text, "use_sliding_window", True)
+        kinds = [_SLIDING if sliding else _FULL] * layers
+    unknown = sorted({k for k in kinds if k not in (_FULL, _SLIDING)})
+    if unknown:
+        raise PlanError(f"{text.model_type} has {', '.join(unknown)} layers, whose cache is not a plain KV cache: "
+                        "hf_notebook does not plan it yet.", hint="Plan without --context.")
+    per_token = 2 * batch * kv_heads * head_dim * KV_DTYPES[dtype]
+    sizes = tuple(per_token * (min(context, window - 1) if kind == _SLIDING and window else context) for kind in kinds)
+    return KVCache(context, batch, dtype, sizes)
+
+
+def _refuse_other_caches(config: Any, text: Any) -> None:
+    if getattr(config, "is_encoder_decoder", False):
+        raise PlanError(f"{config.model_type} is an encoder-decoder: its cache (decoder and cross-attention, of two "
+                        "lengths) is not planned yet.", hint="Plan without --context.")
+    if getattr(text, "kv_lora_rank", None):
+        raise PlanError(f"{text.model_type} uses latent attention (MLA): its cache holds compressed latents, not "
+                        "keys and values per head, and is not planned yet.", hint="Plan without --context.")
+    if any(hasattr(text, name) for name in ("state_size", "ssm_state_size", "mamba_d_state")):
+        raise PlanError(f"{text.model_type} has state-space layers, whose state is not a KV cache: not planned yet.",
+                        hint="Plan without --context.")
+
+
+def by_device(cache: KVCache, layer_devices: list[Any], main_device: Any) -> dict[Any, int]:
+    """Cache bytes per device: layer ``i`` on ``layer_devices[i]``, an offloaded layer (``"disk"``, or ``"cpu"``
+    behind an accelerator) on ``main_device``, where accelerate runs it."""
+    offloaded = {"disk"} | ({"cpu"} if main_device not in ("cpu", None) else set())
+    found: dict[Any, int] = {}
+    for size, device in zip(cache.layers, layer_devices):
+        where = main_device if device in offloaded else device
+        found[where] = found.get(where, 0) + size
+    return found
+
+
+def main_device(device_map: Mapping[str, Any]) -> Any:
+    """Accelerate's main device for a map: its first accelerator, else cpu."""
+    return next((d for d in device_map.values() if d not in ("cpu", "disk")), "cpu")
+
+
+def layer_devices(device_map: Mapping[str, Any], layer_names: list[str]) -> list[Optional[Any]]:
+    """The device each decoder layer is mapped to (its own entry or its nearest mapped parent)."""
+    found = []
+    for name in layer_names:
+        probe = name
+        while probe not in device_map and probe:
+            probe = probe.rpartition(".")[0]
+        found.append(device_map.get(probe))
+    return found
