@@ -8,6 +8,7 @@ import time
 import pytest
 
 from hf_notebook.core import io_threads
+from hf_notebook.testing.threads import busy_io_threads
 
 
 @pytest.fixture
@@ -69,12 +70,18 @@ def test_a_short_file_raises_after_every_part_is_done(data_file, three_workers, 
 
 
 def test_ctrl_c_during_a_split_read_waits_for_the_other_parts(data_file, three_workers, monkeypatch):
+    """No worker writes into the buffer once the read has raised: those running are waited for, and those
+    not started by then never start."""
     path, data = data_file
-    finished = []
+    started, finished = [], []
+    both = threading.Barrier(3)
 
     def part(fd, view, offset):
         if threading.current_thread() is threading.main_thread():
+            both.wait(10)  # the two other parts are running
             raise KeyboardInterrupt
+        started.append(time.perf_counter())
+        both.wait(10)
         time.sleep(0.2)  # still writing into the buffer when the user presses Ctrl-C
         finished.append(time.perf_counter())
 
@@ -87,6 +94,32 @@ def test_ctrl_c_during_a_split_read_waits_for_the_other_parts(data_file, three_w
     finally:
         os.close(fd)
     assert len(finished) == 2 and max(finished) <= returned
+
+
+def test_a_call_whose_future_ctrl_c_lost_is_waited_for_and_handed_over(three_workers, monkeypatch):
+    """Ctrl-C between the pool's submit and the caller keeping its future: the call still counts."""
+    handed, running = [], threading.Event()
+    real_submit = io_threads._Group.submit
+
+    def submit_then_interrupted(self, fn, *args):
+        if args == (1,):
+            real_submit(self, fn, *args)  # the pool has it; the caller never sees its future
+            assert running.wait(10)  # and it runs
+            raise KeyboardInterrupt
+        return real_submit(self, fn, *args)
+
+    def work(i):
+        if i == 1:
+            running.set()
+        time.sleep(0.1)
+        return i
+
+    monkeypatch.setattr(io_threads._Group, "submit", submit_then_interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        with io_threads.InOrder(work, lambda item, result: handed.append(item)) as calls:
+            calls.add(0)
+            calls.add(1)
+    assert handed == [0, 1] and busy_io_threads(__file__) == []
 
 
 def test_results_are_handed_over_in_order(three_workers):

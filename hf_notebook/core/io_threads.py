@@ -10,6 +10,7 @@ call waits for the work it started before it returns or raises.
 from __future__ import annotations
 
 import io
+import itertools
 import os
 import threading
 from collections import deque
@@ -60,6 +61,57 @@ def settle(futures: list[Future]) -> None:
         raise interrupted
 
 
+class _Skipped(Exception):
+    """A call its group was closed to before it started: it did nothing."""
+
+
+class _Group:
+    """Calls to the shared pool, tracked from inside the workers. A Ctrl-C can land between ``submit``
+    returning a future and the caller keeping it: that call is still waited for by :meth:`close` if it
+    runs, and does nothing if it starts after. ``completed`` lists ``(args, result)`` of every call that
+    finished, so a caller can undo the effect of one whose future it lost."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._active = 0
+        self._closed = False
+        self._submitted = itertools.count()
+        self.completed: list[tuple[int, tuple, Any]] = []  # (order of submission, args, result)
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Future:
+        return _shared_pool().submit(self._run, next(self._submitted), fn, args)
+
+    def _run(self, order: int, fn: Callable[..., Any], args: tuple) -> Any:
+        with self._cond:
+            if self._closed:
+                raise _Skipped()
+            self._active += 1
+        try:
+            result = fn(*args)
+            with self._cond:
+                self.completed.append((order, args, result))
+            return result
+        finally:
+            with self._cond:
+                self._active -= 1
+                self._cond.notify_all()
+
+    def close(self) -> None:
+        """No call of this group starts from now on; wait (through Ctrl-C, re-raised after) for those running."""
+        interrupted = None
+        with self._cond:
+            self._closed = True
+        while True:
+            try:
+                with self._cond:
+                    self._cond.wait_for(lambda: self._active == 0)
+                break
+            except KeyboardInterrupt as exc:
+                interrupted = exc
+        if interrupted is not None:
+            raise interrupted
+
+
 def read_into(fd: int, view: memoryview, offset: int) -> None:
     """Fill ``view`` (bytes) from file ``fd`` at ``offset``; a big one in parts, one per worker."""
     if not hasattr(os, "preadv"):  # no positioned reads here: one part, from a file position
@@ -71,12 +123,16 @@ def read_into(fd: int, view: memoryview, offset: int) -> None:
     step = -(-per_part // 4096) * 4096  # whole pages each
     bounds = [(a, min(a + step, len(view))) for a in range(0, len(view), step)] or [(0, 0)]
     futures: list[Future] = []
+    group = _Group()
     try:
         for a, b in bounds[1:]:
-            futures.append(_shared_pool().submit(_pread_all, fd, view[a:b], offset + a))
+            futures.append(group.submit(_pread_all, fd, view[a:b], offset + a))
         _pread_all(fd, view[: bounds[0][1]], offset)
-    finally:
-        settle(futures)  # the workers write into ``view`` and read ``fd``: never leave while they do
+    except BaseException:
+        group.close()  # the workers write into ``view`` and read ``fd``: never leave while one does
+        settle(futures)
+        raise
+    settle(futures)
     for future in futures:
         future.result()
 
@@ -107,9 +163,11 @@ class InOrder:
         self.fn, self.done = fn, done
         self.window = workers()
         self.pending: deque[tuple[Any, Future]] = deque()
+        self.group = _Group()
+        self.handed: set[int] = set()  # id() of the items whose result was handed over
 
     def add(self, item: Any) -> None:
-        self.pending.append((item, _shared_pool().submit(self.fn, item)))
+        self.pending.append((item, self.group.submit(self.fn, item)))
         while len(self.pending) > self.window or (self.pending and self.pending[0][1].done()):
             self._hand_over_first()
 
@@ -121,6 +179,7 @@ class InOrder:
         item, future = self.pending[0]
         result = future.result()
         self.pending.popleft()
+        self.handed.add(id(item))
         self.done(item, result)
 
     def __enter__(self) -> "InOrder":
@@ -137,16 +196,20 @@ class InOrder:
         self._abandon()
 
     def _abandon(self) -> None:
-        """Cancel what has not started, wait for what runs, hand over every result that came back."""
+        """Cancel what has not started, wait for what runs (a call whose future a Ctrl-C lost included), hand
+        over every result that came back."""
         for _, future in self.pending:
             future.cancel()
         try:
+            self.group.close()
             settle([future for _, future in self.pending])
         finally:
-            while self.pending:
-                item, future = self.pending.popleft()
-                if future.done() and not future.cancelled() and future.exception() is None:
-                    try:
-                        self.done(item, future.result())
-                    except Exception:
-                        pass  # the caller is already failing with its own error; the next one still counts
+            self.pending.clear()
+            for _, (item,), result in sorted(self.group.completed, key=lambda done: done[0]):
+                if id(item) in self.handed:
+                    continue
+                self.handed.add(id(item))
+                try:
+                    self.done(item, result)
+                except Exception:
+                    pass  # the caller is already failing with its own error; the next one still counts
