@@ -263,6 +263,23 @@ class HFNotebook(Magics):
 
     @magic_arguments()
     @argument("name", help="The variable a model was loaded into (see %%models).")
+    @argument("--context", type=int, required=True, metavar="TOKENS", help="Tokens of the prefill.")
+    @argument("--batch", type=int, default=1, metavar="N", help="Sequences at once (default 1).")
+    @argument("--steps", type=int, default=4, metavar="N", help="Decode steps after the prefill (default 4).")
+    @line_magic
+    @_usage_errors
+    def measure(self, line: str):
+        """Run one prefill and a few decode steps on random token ids with a loaded model, and show per device
+        the KV cache planned against the cache's own tensors, and the peak memory the step added."""
+        from IPython.display import display
+
+        args = _parse(self.measure, line)
+        if min(args.context, args.batch) < 1 or args.steps < 0:
+            raise UsageError("--context and --batch take whole numbers of at least 1, --steps of at least 0.")
+        display(self.session.measure(args.name, context=args.context, batch=args.batch, steps=args.steps))
+
+    @magic_arguments()
+    @argument("name", help="The variable a model was loaded into (see %%models).")
     @line_magic
     @_usage_errors
     def unload_model(self, line: str):

@@ -4,6 +4,7 @@ import pytest
 import torch
 import transformers
 
+from hf_notebook.core.compat import cache_step
 from hf_notebook.core.devices.kv_cache import by_device, kv_cache
 from hf_notebook.core.errors import PlanError
 
@@ -28,9 +29,9 @@ def test_the_planned_cache_is_the_cache_a_prefill_fills(arch, dtype, context):
     config = CONFIGS[arch]()
     model = transformers.AutoModelForCausalLM.from_config(config).to(getattr(torch, dtype)).eval()
     with torch.no_grad():
-        out = model(torch.randint(0, 255, (3, context)), use_cache=True)
+        _, cache = cache_step(model, torch.randint(0, 255, (3, context)))
     planned = kv_cache(config, context=context, batch=3, dtype=dtype)
-    assert list(planned.layers) == _cache_bytes(out.past_key_values)
+    assert list(planned.layers) == _cache_bytes(cache)
 
 
 def test_caches_that_are_not_plain_kv_caches_are_refused_with_the_reason():
@@ -79,3 +80,22 @@ def test_the_context_options_round_trip_through_a_plan(shell, tiny_hub, hf_cache
     assert (result.options.context, result.options.batch, result.options.kv_dtype) == (64, 2, "float16")
     assert result.plan.kv_cache_bytes == 2 * 2 * 2 * 16 * 2 * 64 * 2  # K and V, batch, heads, dim, fp16, tokens, layers
     assert "--context 64 --batch 2 --kv-dtype float16" in load_line(result)  # the line that loads it again
+
+
+@pytest.mark.parametrize("where", ["cpu", "cpu and disk"])
+def test_measure_checks_the_planned_cache_against_the_real_one(shell, tiny_hub, hf_cache, where):
+    """%measure: one prefill and decode steps with the loaded model; the cache's own tensors, by device, equal
+    the plan (for an offloaded layer too: its cache is where it runs)."""
+    from hf_notebook.magics import instance
+
+    budget = "--max-memory cpu=150KB" if where == "cpu and disk" else "--device-map cpu"
+    shell.run_line_magic("load_model", f"tiny/llama --dtype bfloat16 {budget} --as m")
+    if where == "cpu and disk":
+        assert "disk" in instance(shell).session.get("m").device_map.values()
+    measured = instance(shell).session.measure("m", context=24, batch=2, steps=3)
+    per_layer = 2 * 2 * 2 * 16 * 2 * (24 + 3)  # K and V x batch x KV heads x head dim x bf16 x tokens
+    assert measured.planned_kv == measured.measured_kv == {"cpu": 2 * per_layer}
+    assert measured.peak["cpu"] >= 0 and measured.seconds > 0
+    shell.run_line_magic("measure", "m --context 8")  # the magic shows it (its record)
+    with pytest.raises(Exception, match="whole numbers"):
+        shell.run_line_magic("measure", "m --context 0")

@@ -172,6 +172,18 @@ class Session:
         self.registry.pop(name)
         return unload(name, result, [self.namespace] if self.namespace is not None else [])
 
+    def measure(self, name: str, *, context: int, batch: int = 1, steps: int = 4):
+        """One prefill of ``context`` random tokens for ``batch`` sequences and ``steps`` decode steps with the
+        model loaded as ``name``: the KV cache planned against the cache's own tensors, and the peak each
+        device saw (:class:`~.devices.measure.Measurement`)."""
+        from .devices.measure import measure
+
+        result = self.get(name)
+        try:
+            return measure(result, context=context, batch=batch, steps=steps, name=name)
+        except KeyboardInterrupt:
+            raise KeyboardInterrupt() from None
+
     def close(self) -> None:
         """Forget every model (the namespace's names stay: the models go once those go too)."""
         for name in self.registry.names():
