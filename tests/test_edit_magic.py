@@ -129,3 +129,20 @@ def test_the_terminal_editor_names_the_line_that_applies_not_a_button(shell, tin
     shell.run_line_magic("edit_device_map", "m")
     out = capsys.readouterr().out
     assert "(loaded: %edit_device_map m --set MODULES=DEVICE moves it in place)" in out and "Apply" not in out
+
+
+def test_the_editor_and_the_record_agree_on_a_buffer_only_module(shell, tiny_hub, hf_cache):
+    """model.rotary_emb (buffers only) mapped to disk: both say disk for the module and count its buffers on
+    cpu, where accelerate keeps them (the record measures the tensors; the editor plans from the map)."""
+    from hf_notebook import edit_device_map
+    from hf_notebook.magics import instance
+
+    shell.run_line_magic("load_model", "tiny/llama --device-map cpu --as m")
+    shell.run_line_magic("edit_device_map", "m --set model.rotary_emb=disk --set model.layers.1=disk")
+    result = instance(shell).session.get("m")
+    editor = edit_device_map(result, name="m")
+    record = result.placement
+    rotary = record.group_of("model.rotary_emb")
+    assert (rotary.device, rotary.buffers_on) == ("disk", "cpu")
+    assert editor.draft.placement().group_of("model.rotary_emb").device == "disk"
+    assert editor.draft.totals()["cpu"] == record.devices["cpu"].nbytes  # one number, from both sources

@@ -123,8 +123,9 @@ def test_groups_carry_their_members_and_bytes_by_kind():
     layers, disk = p.groups[1], p.groups[2]
     assert layers.members == ("model.layers.0", "model.layers.1", "model.layers.2") and layers.label == "model.layers.0-2"
     assert (layers.param_bytes, layers.buffer_bytes, layers.offloaded) == (30, 3, False)
-    assert (disk.members, disk.offloaded) == (("model.layers.3",), True)
-    assert p.devices == {"cuda:0": DeviceBytes("cuda:0", 130, 3, 0), "disk": DeviceBytes("disk", 10, 1, 11)}
+    assert (disk.members, disk.offloaded, disk.buffers_on) == (("model.layers.3",), True, "cuda:0")
+    # an offloaded layer's buffers stay where it runs (accelerate's offload_buffers=False): counted on cuda:0
+    assert p.devices == {"cuda:0": DeviceBytes("cuda:0", 130, 4, 0), "disk": DeviceBytes("disk", 10, 0, 10)}
     assert p.group_of("model.layers.1") is layers and not p.measured
 
 

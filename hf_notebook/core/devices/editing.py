@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterable, Mapping, Optional
 
 from ..errors import MapError, OptionError
 from ..units import Device, device_name, device_sort_key, parse_device
-from .placement import Placement, planned_placement
+from .placement import Placement, planned_placement, runs_on
 
 _RANGE = re.compile(r"^(.+)\.(\d+)-(\d+)$")
 
@@ -75,6 +75,7 @@ class Structure:
                  no_split: Iterable[str] = (), tied: Optional[Mapping[str, str]] = None,
                  direct: Optional[Mapping[str, Mapping[str, int]]] = None):
         self.bytes = {name: p + b for name, (p, b) in module_bytes.items()}
+        self.buffers = {name: b for name, (_, b) in module_bytes.items()}
         self.order = {name: i for i, name in enumerate(module_bytes)}
         self.blocks = tuple(blocks)
         self.no_split = frozenset(no_split)
@@ -173,11 +174,16 @@ class MapEditor:
         raise MapError(f"The device map does not place {name!r}.")
 
     def totals(self) -> dict[str, int]:
-        """Bytes per device label, every offered device listed (accelerators first)."""
+        """Bytes per device label, every offered device listed (accelerators first); an offloaded module's
+        buffers count where it runs, as accelerate keeps them (the record measures the same)."""
+        units = self.units()
+        main, offloaded = runs_on(u.device for u in units)
         totals = dict.fromkeys(self.devices, 0)
-        for unit in self.units():
+        for unit in units:
             label = device_name(unit.device)
-            totals[label] = totals.get(label, 0) + unit.nbytes
+            buffers = self.structure.buffers.get(unit.name, 0) if label in offloaded else 0
+            totals[label] = totals.get(label, 0) + unit.nbytes - buffers
+            totals[main] = totals.get(main, 0) + buffers
         return dict(sorted(totals.items(), key=lambda kv: device_sort_key(kv[0])))
 
     def problems(self) -> list[Problem]:
@@ -189,7 +195,9 @@ class MapEditor:
         """The draft as a planned :class:`Placement` (groups in module order, totals per device)."""
         s = self.structure
         rows = {u.name: u.device for u in self.units()}
-        return planned_placement(rows, {n: (s.bytes.get(n, 0), 0) for n in rows})
+        _, offloaded = runs_on(rows.values())
+        return planned_placement(rows, {n: (s.bytes.get(n, 0) - s.buffers.get(n, 0), s.buffers.get(n, 0))
+                                        for n in rows}, offloaded)
 
     @property
     def changed(self) -> bool:

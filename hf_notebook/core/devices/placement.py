@@ -36,6 +36,8 @@ class PlacementGroup:
     param_bytes: int = 0
     buffer_bytes: int = 0
     offloaded: bool = False  # behind an offload hook: stored on ``device``, computed elsewhere
+    buffers_on: str = ""  # where its buffers are, when not on ``device``: accelerate keeps an offloaded
+    #                       module's buffers on the device that runs it (``offload_buffers=False``)
 
     @property
     def nbytes(self) -> int:
@@ -105,6 +107,15 @@ class _Row:
     params: int = 0
     buffers: int = 0
     offloaded: bool = False
+    buffers_on: str = ""
+
+
+def runs_on(devices) -> tuple[str, frozenset]:
+    """Accelerate's main device for a map's devices (its first accelerator, else cpu) and the devices that only
+    store weights for it (disk; cpu too behind an accelerator), as device names."""
+    names = [device_name(d) for d in devices]
+    main = next((d for d in names if d not in ("cpu", "disk")), "cpu")
+    return main, frozenset({"disk"} | ({"cpu"} if main != "cpu" else set()))
 
 
 def _group(rows: list[_Row]) -> tuple[PlacementGroup, ...]:
@@ -115,7 +126,8 @@ def _group(rows: list[_Row]) -> tuple[PlacementGroup, ...]:
     def flush() -> None:
         if run:
             groups.append(PlacementGroup(run[0].device, tuple(r.name for r in run), sum(r.params for r in run),
-                                         sum(r.buffers for r in run), run[0].offloaded))
+                                         sum(r.buffers for r in run), run[0].offloaded,
+                                         next((r.buffers_on for r in run if r.buffers_on and r.buffers), "")))
             run.clear()
 
     for row in rows:
@@ -141,8 +153,10 @@ def _totals(rows: list[_Row], measured: bool, totals: Optional[dict] = None) -> 
         for r in rows:
             t = totals.setdefault(r.device, [0, 0, 0])
             t[0] += r.params
-            t[1] += r.buffers
-            t[2] += (r.params + r.buffers) if r.offloaded else 0
+            t[2] += r.params if r.offloaded else 0
+            home = totals.setdefault(r.buffers_on or r.device, [0, 0, 0])
+            home[1] += r.buffers
+            home[2] += r.buffers if r.offloaded and not r.buffers_on else 0
     devices = {d: DeviceBytes(d, *totals[d]) for d in sorted(totals, key=device_sort_key) if sum(totals[d][:2])}
     return Placement(_group(rows), devices, measured)
 
@@ -161,11 +175,13 @@ def planned_placement(device_map: Mapping[str, Any], entry_bytes: Mapping[str, t
 
     ``offloaded`` names the devices that only store weights (disk; cpu behind a GPU).
     """
+    main, _ = runs_on(device_map.values())
     rows = []
     for name, device in device_map.items():
         label = device_name(device)
         params, buffers = entry_bytes.get(name, (0, 0))
-        rows.append(_Row(name, label, params, buffers, label in offloaded))
+        away = label in offloaded and label != main
+        rows.append(_Row(name, label, params, buffers, label in offloaded, main if away else ""))
     return _totals(rows, measured=False)
 
 
@@ -329,7 +345,12 @@ def _measured_rows(declared: dict[str, str], units: dict, order: dict[str, int])
         device, offloaded = max(nonzero, key=lambda key: (nonzero[key], key[0] == declared.get(unit)))
         params = sum(v[0] for v in slots.values())
         buffers = sum(v[1] for v in slots.values())
-        rows.append(_Row(unit, device, params, buffers, offloaded))
+        buffers_on = ""
+        mapped = declared.get(unit)
+        if mapped and mapped != device and not slots.get((device, offloaded), [0, 0])[0]:
+            # only buffers where it runs: its place is the map's (an offloaded module keeps its buffers there)
+            device, offloaded, buffers_on = mapped, True, device
+        rows.append(_Row(unit, device, params, buffers, offloaded, buffers_on))
     return rows
 
 
