@@ -250,13 +250,19 @@ class _Pipeline:
 
     def _headers(self):
         """Safetensors headers: remote through Range requests, or from local/cached shards (None if absent)."""
-        from .hub.headers import local_headers, remote_headers
+        from .hub.headers import cached_headers, local_headers, remote_headers
 
         names = self.files.shard_names()
         if self.files.pickled:  # no header to read: sizes come from the config alone
             return None
+        res = self.resolution
         if isinstance(self.files, HubFiles) and not self.opts.offline:
-            return remote_headers(self.resolution.repo_id, self.resolution.sha, names, token=self.opts.token)
+            return remote_headers(res.repo_id, res.sha, names, token=self.opts.token, cache_dir=self.opts.cache_dir,
+                                  etags={**res.blob_ids, **res.file_hashes})
+        if isinstance(self.files, HubFiles):  # offline: headers a plan kept serve, else the cached shards'
+            found = cached_headers(res.repo_id, res.sha, names, cache_dir=self.opts.cache_dir)
+            if found is not None:
+                return found
         checkpoint = self.files.cached_checkpoint() if isinstance(self.files, HubFiles) else self.files.checkpoint()
         return local_headers(checkpoint.shards) if checkpoint is not None else None
 
