@@ -268,14 +268,16 @@ def test_models_record_rows_and_escaping(two_loaded):
     assert lines[1].index("LlamaForCausalLM") == lines[2].index("GPT2LMHeadModel")  # aligned columns
     html = record.html
     assert "<script>" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
-    assert html.count("<tr>") == 3 and llama.pin.sha[:12] in html and "GPT2LMHeadModel" in html.replace("<wbr>", "")
+    assert html.count("<tr ") == 3 and llama.pin.sha[:12] in html and "GPT2LMHeadModel" in html.replace("<wbr>", "")
     assert "padding" in html  # cells do not run into each other
-    # each column's header and cells line up: the same side and the same padding on it
-    rows = re.findall(r"<tr>(.*?)</tr>", html)
+    # each column's header and cells line up: the same side, the same padding on it and the same width (so
+    # that, where the table reflows, the header and every row wrap at the same cells)
+    rows = re.findall(r"<tr style='[^']*display:flex;flex-wrap:wrap[^']*'>(.*?)</tr>", html)
     columns = [re.findall(r"<t[hd] style='([^']*)'", row) for row in rows]
-    side = [[re.search(r"text-align:(\w+)", c).group(1) + re.search(r"padding:([^;]+)", c).group(1) for c in row]
-            for row in columns]
+    side = [[re.search(r"text-align:(\w+)", c).group(1) + re.search(r"padding:([^;]+)", c).group(1)
+             + re.search(r"(?<![-\w])(?:min-)?width:([^;]+)", c).group(0) for c in row] for row in columns]
     assert side[0] == side[1] == side[2] and len(side[0]) == len(lines[0].split())
+    assert f"llama<wbr>@{llama.pin.sha[:12]}</code>" in html  # the repo id breaks before its @, not inside the sha
     assert "<code style='padding:0;background:none" in html  # Lab's box around <code> would shift the names
 
 

@@ -21,12 +21,17 @@ import ipywidgets as W
 from hf_notebook.core.errors import HfNotebookError
 from hf_notebook.core.units import device_name, format_bytes
 from hf_notebook.ui import words
-from hf_notebook.ui.record import Record
-from hf_notebook.ui.style import DANGER, MONO, MUTED, OK, PANEL_BORDER, close_all, set_changed
+from hf_notebook.ui.record import Record, wrappable_name
+from hf_notebook.ui.style import ANYWHERE, DANGER, MONO, MUTED, OK, PANEL_BORDER, close_all, set_changed
 
 
 class _Row:
     """One group: [toggle] name  bytes  [device ▾]; a range expands to one row per member.
+
+    The row never wraps: the dropdown stays beside its module's name at any width. Name and bytes share a
+    wrapping box between the toggle and the dropdown, so a narrow row grows taller (the bytes go under the name,
+    right-aligned as beside it; the name wraps at its ``/ . - _``) instead of putting the dropdown under the next
+    module's name.
 
     Rows are pooled: a change rebinds existing rows to the new groups rather than building
     widgets (each widget is a front-end comm, and building them is what a change would cost).
@@ -36,18 +41,23 @@ class _Row:
         self.editor, self.nested = editor, nested
         self.members: tuple[str, ...] = ()
         self.label = ""
-        self.select = W.Dropdown(options=editor.options, layout=W.Layout(width="11em"))
+        # narrower (down to what "CPU RAM (cpu)" needs) only where the row has no room for its full width
+        self.select = W.Dropdown(options=editor.options, layout=W.Layout(width="10.5em", flex="0 1 10.5em",
+                                                                         min_width="10em"))
         self.select.observe(self._picked, names="value")
-        self.name = W.HTML(layout=W.Layout(flex="1 1 auto", min_width="10em"))
-        self.size = W.HTML(layout=W.Layout(width="7em"))
+        self.name = W.HTML(layout=W.Layout(flex="1 1 auto", min_width="5em"))
+        # at the right end of its line, beside the name or under it: sizes line up on their right edges
+        self.size = W.HTML(layout=W.Layout(flex="0 0 auto", margin="0 0 0 auto"))
         self.toggle = W.Button(icon="caret-right", layout=W.Layout(width="28px", min_width="28px", padding="0",
                                                                    visibility="hidden"))
         self.toggle.on_click(lambda _: self.expand(self.box.layout.display == "none"))
         self.pool: list[_Row] = []  # member rows, built on first expand
         self.children: list[_Row] = []  # the member rows in use
         self.box = W.VBox(layout=W.Layout(display="none", margin="0 0 0 28px"))
-        self.widget = W.VBox([W.HBox([self.toggle, self.name, self.size, self.select],
-                                     layout=W.Layout(flex_flow="row wrap", align_items="center")), self.box])
+        name_and_size = W.Box([self.name, self.size], layout=W.Layout(
+            flex="1 1 8em", min_width="0", flex_flow="row wrap", align_items="baseline", overflow="visible"))
+        self.widget = W.VBox([W.HBox([self.toggle, name_and_size, self.select],
+                                     layout=W.Layout(flex_flow="row nowrap", align_items="flex-start")), self.box])
 
     def bind(self, members: tuple[str, ...], label: str) -> None:
         """Make this row stand for ``members``; a row that now stands for other modules is collapsed."""
@@ -62,8 +72,8 @@ class _Row:
 
     def show(self, device: Any, nbytes: int) -> None:
         count = f" <span style='{MUTED}'>({len(self.members)} modules)</span>" if len(self.members) > 1 else ""
-        set_changed(self.name, value=f"<code style='{MONO};white-space:normal;word-break:break-all'>"
-                              f"{escape(self.label)}</code>{count}")
+        set_changed(self.name, value=f"<code style='{MONO};white-space:normal;{ANYWHERE}'>"
+                              f"{wrappable_name(self.label, whole_below=0)}</code>{count}")
         set_changed(self.size, value=f"<span style='{MONO}'>{escape(format_bytes(nbytes))}</span>")
         with self.editor.quiet():
             set_changed(self.select, value=device_name(device))

@@ -8,10 +8,12 @@ styles and ``<details>`` (no script), and every remote string is escaped.
 
 Layout and colour, checked in a real browser at several widths and in the light and dark themes
 (tests/browser/test_layouts_lab.py): text wraps at spaces; a long token (a sha, a pinned spec, a path,
-a URL: 20 characters or more) may break anywhere; a size never breaks between its number and its
-unit (a no-break space); header and cells of a column share alignment and padding; each table sits
-in a box that scrolls sideways only when even wrapped it cannot fit (a phone-wide output), so nothing
-sticks out of the output area. The ``%load_model`` line to copy wraps at spaces in its ``<pre>``
+a URL: 20 characters or more) may break anywhere; a name in a table (a module, a repo, a file) is kept
+whole below 20 characters and wraps only after ``/ . - _`` or before ``@`` from there on; a size never
+breaks between its number and its unit (a no-break space); header and cells of a column share alignment,
+padding and width. Tables reflow instead of scrolling (``_table_html``): where a table is wider than the
+output, its text columns narrow, then the header and every row wrap at the same cells; nothing sticks out
+of the output area, scrolls or is cut. The ``%load_model`` line to copy wraps at spaces in its ``<pre>``
 and copies back unchanged. Colours (``ui/style.py``) are the theme's (``var(--jp-...)``) with fallbacks; status
 colours carry a plain colour first as well, read on white and on dark alike, because JupyterLab's
 sanitizer (an untrusted notebook) drops every declaration that holds ``var()``; for the same
@@ -23,7 +25,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from html import escape
+from html import escape, unescape
 from typing import Any, Iterable, Optional, Sequence
 
 from hf_notebook.core.units import device_sort_key, format_bytes
@@ -37,11 +39,18 @@ _SEVERITY = {"ok": _OK, "info": "", "warning": _WARN, "danger": _DANGER}
 _WRAP = "overflow-wrap:break-word;overflow-wrap:anywhere"
 # JupyterLab's sanitizer keeps only word-break:break-all of these: tokens that must break carry it as well.
 _BREAK = "word-break:break-all"
-# Table cells wrap at spaces only; a long token in them (20 characters or more) carries _BREAK (see html_text).
+# Cells of the facts table wrap at spaces only; a long token in them (20 characters or more) carries _BREAK
+# (see html_text).
 _CELL = "padding:2px 1em 2px 0;text-align:left;vertical-align:baseline;overflow-wrap:break-word"
-_HEAD = "padding:2px 1em 2px 0;text-align:left;vertical-align:bottom;white-space:nowrap"
-_NUM = "padding:2px 0 2px .6em;text-align:right;vertical-align:baseline;white-space:nowrap"
-_NUM_HEAD = "padding:2px 0 2px .6em;text-align:right;vertical-align:bottom;white-space:nowrap"
+# The reflowing table (_table_html): every property and value here is one JupyterLab's sanitizer keeps. A text
+# cell pads its right, a number its left (more room between a name and a number); a number never wraps.
+_TABLE = "display:inline-block;max-width:100%;margin:4px 0;vertical-align:top;border-collapse:collapse"
+_ROW = "display:flex;flex-wrap:wrap;align-items:baseline;padding:0"
+_TEXT_CELL = "padding:2px .8em 2px 0;text-align:left;overflow-wrap:break-word"
+_NUM = "padding:2px 0 2px .6em;text-align:right;white-space:nowrap"
+_TEXT_PAD, _NUM_PAD = 0.8, 0.6  # their horizontal padding, in em
+_MAX_TEXT_EM = 26.0  # a text column wider than this wraps its cells (a 40-character sha still fits)
+_HASH_LINE = 12  # characters: a column of hashes keeps at least this many on a line (a short sha)
 _CODE = f"{_BREAK};{_WRAP};user-select:all"  # a sha, a pinned spec: one token
 # In a table cell a <code> gets no box of its own (JupyterLab pads it), so it lines up with its header.
 _CELL_CODE = "padding:0;background:none"
@@ -83,11 +92,26 @@ def copy_line_html(line: str) -> str:
 _h = html_text
 
 
+_NAME_BREAKS = re.compile(r"(?<=[/.\-_])(?=.)|(?<=.)(?=@)")
+
+
+def wrappable_name(text: str, whole_below: int = 20) -> str:
+    """A name (``org/repo@sha``, ``model.layers.0-1``, a file) escaped; from ``whole_below`` characters on, free to
+    wrap after ``/ . - _`` and before ``@`` (``<wbr>``: nothing is added to what is copied). A shorter one (under
+    13 em, it fits any output) is kept whole."""
+    if len(text) < whole_below:
+        return escape(text)
+    return "<wbr>".join(escape(part) for part in _NAME_BREAKS.split(text))
+
+
 def _cell_code(text: str, breakable: bool = False) -> str:
-    """A name in a table cell: kept whole (``model.layers.0-1`` not cut at its hyphen) unless it is long or
-    ``breakable`` (a hash)."""
-    fit = f"{_BREAK};{_WRAP}" if breakable or len(text) >= 20 else "white-space:nowrap"
-    return f"<code style='{_CELL_CODE};{fit}'>{escape(text)}</code>"
+    """A name in a table cell: whole when short (``model.layers.0-1`` not cut at its hyphen), a long one wrapping
+    at its separators only (``tiny/llama@4edaf8693df3`` as ``tiny/ llama @4edaf8693df3``, never in five-letter
+    pieces), or ``breakable`` anywhere (a hash)."""
+    if breakable:
+        return f"<code style='{_CELL_CODE};{_BREAK};{_WRAP}'>{escape(text)}</code>"
+    fit = f"white-space:normal;{_WRAP}" if len(text) >= 20 else "white-space:nowrap"
+    return f"<code style='{_CELL_CODE};{fit}'>{wrappable_name(text)}</code>"
 
 
 def _camel(text: str) -> str:
@@ -127,15 +151,68 @@ def _facts_html(facts: Sequence[tuple[str, str]]) -> str:
     return f"<table style='border-collapse:collapse;margin:2px 0;table-layout:auto'>{rows}</table>"
 
 
+def _plain_lines(cell_html: str, wrap: str = "") -> list[str]:
+    """What a cell shows, line by line (a ``<div>`` or ``<summary>`` starts a line), each ``<wbr>`` as ``wrap``;
+    for sizing its column."""
+    text = re.sub(r"<(?:div|/summary|br)\b[^>]*>", "\n", cell_html.replace("<wbr>", wrap))
+    return unescape(re.sub(r"<[^>]*>", "", text)).split("\n")
+
+
+_NARROW, _WIDE = set("iljtfr.,:;!|'()[]· \u00a0"), set("mwMW@%")
+
+
+def _text_em(text: str, mono: bool = False, bold: bool = False) -> float:
+    """About how wide ``text`` is, in em, a little more rather than less: the code font's characters are 0.6 em
+    (0.602 in DejaVu Sans Mono, Menlo, Consolas); the UI font's vary (DejaVu Sans, the widest common one)."""
+    if mono:
+        return len(text) * 0.61
+    em = sum(0.36 if c in _NARROW else 0.92 if c in _WIDE else 0.74 if c.isupper() else 0.64 for c in text)
+    return em * (1.1 if bold else 1.03)
+
+
+def _column_em(header: str, cells: Sequence[str], numeric: bool) -> tuple[float, float]:
+    """A column's narrowest and widest width in em: its longest piece that cannot wrap (anything, for a cell that
+    breaks anywhere) and its widest line (a nested member line counts its indent), its header in bold."""
+    widest = [_text_em(header, bold=True)]
+    piece = [max(_text_em(w, bold=True) for w in header.split() or [""])]
+    for c in cells:
+        mono = "<code" in c
+        for i, (line, marked) in enumerate(zip(_plain_lines(c), _plain_lines(c, wrap=" "))):
+            indent = 1.2 if i and "margin-left:1.2em" in c else 0
+            widest.append(_text_em(line, mono) + indent)
+            # a hash breaks anywhere, but had better wrap its row than stand in a column of four-letter lines
+            words = re.split(r"[ \t]+", marked) if _BREAK not in c else ["0" * _HASH_LINE]
+            piece.append(max(_text_em(w, mono) for w in words) + indent)
+    most = max(widest) if numeric else min(max(widest), _MAX_TEXT_EM)
+    return round(min(max(piece), most) + .05, 1), round(most + .05, 1)
+
+
 def _table_html(header: Sequence[str], rows: Iterable[Sequence[str]], numeric_from: int) -> str:
-    """Header and cells share their alignment and padding column by column; numbers never wrap. The table
-    scrolls sideways in its own box when even wrapped it cannot fit (a phone-wide output)."""
-    head = "".join(f"<th style='{_NUM_HEAD if i >= numeric_from else _HEAD}'>{escape(h)}</th>"
-                   for i, h in enumerate(header))
-    body = "".join("<tr>" + "".join(f"<td style='{_NUM if i >= numeric_from else _CELL}'>{c}</td>"
-                                    for i, c in enumerate(row)) + "</tr>" for row in rows)
-    return (f"<div style='overflow-x:auto;max-width:100%'><table style='border-collapse:collapse;margin:4px 0;"
-            f"table-layout:auto'><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>")
+    """A table that reflows instead of scrolling, with no media query and no ``<style>`` (JupyterLab's sanitizer
+    keeps neither), only inline styles it keeps: each row is a wrapping flex line whose cells have, column by
+    column, the same size rules in every row, header included (``_column_em``). The table is as wide as its
+    widest cells (or the output, if narrower): text columns give up width in proportion to what they can spare,
+    wrapping names at ``/ . - _ @`` and prose at spaces; numbers never wrap. Only where even the narrowest
+    columns do not fit does a row wrap, and then the header and every row wrap at the same cell: the values stack
+    in lines under the header's labels, laid out the same way. Columns share alignment and padding."""
+    rows = [list(r) for r in rows]
+    sizes = [_column_em(h, [r[i] for r in rows], i >= numeric_from) for i, h in enumerate(header)]
+    width = sum(most + (_NUM_PAD if i >= numeric_from else _TEXT_PAD) for i, (_, most) in enumerate(sizes))
+
+    def cell(tag: str, i: int, content: str) -> str:
+        least, most = sizes[i]
+        if i >= numeric_from:  # a number: to the right of what is left of its line (a wrapped one too)
+            style = f"{_NUM};flex:none;min-width:{most}em;margin-left:auto"
+        else:  # from its narrowest width, it grows in step with the other text columns up to its widest
+            style = f"{_TEXT_CELL};flex:{round(most - least, 1)} 1 {least}em;max-width:{most}em;min-width:0"
+        return f"<{tag} style='{style}'>{content}</{tag}>"
+
+    head = "".join(cell("th", i, escape(h)) for i, h in enumerate(header))
+    body = "".join(f"<tr style='{_ROW}'>" + "".join(cell("td", i, c) for i, c in enumerate(row)) + "</tr>"
+                   for row in rows)
+    return (f"<div style='max-width:100%'><table class='{CLASS}-table' style='{_TABLE};width:{width + .3:.1f}em'>"
+            f"<thead style='display:block'><tr style='{_ROW}'>{head}</tr></thead>"
+            f"<tbody style='display:block'>{body}</tbody></table></div>")
 
 
 def _text_table(header: Sequence[str], rows: Sequence[Sequence[str]], numeric_from: int, indent: str = "  ") -> list[str]:
@@ -442,7 +519,7 @@ def lock_record(path: Any, entries: dict) -> Record:
     header = ["repo@revision", "sha", "class", "dtype", "files", "bytes"]
     rows = [[key, e["sha"], e.get("class", ""), e.get("dtype", ""), str(len(e.get("files", {}))),
              format_bytes(sum(f["size"] for f in e.get("files", {}).values()))] for key, e in sorted(entries.items())]
-    cells = [[_cell_code(c) if i in (0, 1) else _h(c) for i, c in enumerate(r)] for r in rows]
+    cells = [[_cell_code(c, breakable=i == 1) if i in (0, 1) else _h(c) for i, c in enumerate(r)] for r in rows]
     html = (f"<div class='{CLASS}' style='max-width:100%'>"
             f"<div style='{_MUTED};{_WRAP}'>lock file {_h(str(path))}</div>"
             f"{_table_html(header, cells, numeric_from=4)}</div>")
@@ -456,8 +533,8 @@ def lock_check_record(path: Any, rows: Sequence[Any]) -> Record:
               r.cache_note] for r in rows]
     bad = [r for r in rows if not r.ok]
     head = f"{len(rows) - len(bad)} of {len(rows)} entries as locked" + (f"; {len(bad)} need attention" if bad else "")
-    cells = [[_h(c) if (r.ok or i < 2) else f"<span style='{_DANGER}'>{_h(c)}</span>" for i, c in enumerate(row)]
-             for row, r in zip(table, rows)]
+    cells = [[wrappable_name(c) if i == 0 else _h(c) if (r.ok or i < 2) else f"<span style='{_DANGER}'>{_h(c)}</span>"
+              for i, c in enumerate(row)] for row, r in zip(table, rows)]
     html = (f"<div class='{CLASS}' style='max-width:100%'>"
             f"<div style='{_WRAP}'><b style='{_OK if not bad else _DANGER}'>{_h(head)}</b> "
             f"<span style='{_MUTED}'>({_h(str(path))})</span></div>"

@@ -1,8 +1,16 @@
 // Runs in the page (test_layouts_lab.py): every layout and legibility problem in a notebook's outputs.
-// Returns {problems: [{kind, cell, owner, what}], lowest, records, outputWidth, height}, where kind is
+// Returns {problems: [{kind, cell, owner, what}], lowest, records, outputWidth, height, tables, editorRows},
+// where kind is
 //   overflow  something reaches past the output area's right edge (or a record is wider than its box)
 //   scroll    something is only seen by scrolling a box sideways
 //   clipped   something is cut off by overflow:hidden or an ellipsis
+//   cell      a record table's cell shows less than its content (scrollWidth > clientWidth), reaches past its
+//             table, or overlaps the next cell of its row
+//   align     a record table's cell is not where its header cell is in the header row (the header and every
+//             row must wrap the same way, so a stacked row still reads under its labels)
+//   fragment  a name in a record table or the editor (a repo id, a module, a file) breaks other than after
+//             / . - _ or before @ (a hash, all hex digits, may break anywhere)
+//   row       a device dropdown of the editor is not on the same visual row as its module's name
 //   pre       a %load_model line to copy does not fit its <pre>, cannot be selected, copies back other than it
 //             reads, or is cut inside a short token (--dtype, @device_map.json) instead of at a space
 //   size      a size (717 B, 65.5 kB) is broken between its number and its unit
@@ -168,6 +176,93 @@
       }
     }
   }
+  // record tables: every cell whole and inside its table, cells of a row apart, each column where its header is
+  const tables = [];
+  for (const table of panel.querySelectorAll(".jp-OutputArea-output table.hf-notebook-record-table")) {
+    if (!visible(table)) continue;
+    const tb = table.getBoundingClientRect();
+    const rows = [...table.querySelectorAll("tr")].filter(visible);
+    const head = rows[0];
+    // the line of each cell in its row: a wrapped row starts a new line with a cell below the line before
+    const lineOf = (row) => {
+      let line = 0, bottom = -Infinity;
+      return [...row.children].map((c) => {
+        const r = c.getBoundingClientRect();
+        if (r.top >= bottom - 2) { line += bottom === -Infinity ? 0 : 1; bottom = r.bottom; }
+        bottom = Math.max(bottom, r.bottom);
+        return line;
+      });
+    };
+    const lines = (row) => Math.max(...lineOf(row)) + 1;
+    tables.push({ cell: cellOf(table), columns: head.children.length, rows: rows.length - 1,
+      lines: lines(head), width: Math.round(tb.width) });
+    const place = (row, i) => { // [x in its row, width, which line of its row (0: the first)]
+      const r = row.getBoundingClientRect(), c = row.children[i].getBoundingClientRect();
+      return [c.left - r.left, c.width, lineOf(row)[i]];
+    };
+    for (const row of rows) {
+      const cells = [...row.children];
+      const line = lineOf(row);
+      cells.forEach((c, i) => {
+        const r = c.getBoundingClientRect();
+        const what = `column ${i + 1} "${(c.innerText || "").trim().replace(/\s+/g, " ").slice(0, 40)}"`;
+        if (c.scrollWidth > c.clientWidth + 1) {
+          say("cell", c, `${what} needs ${c.scrollWidth} px, its cell is ${c.clientWidth} px`);
+        } else if (r.left < tb.left - 1 || r.right > tb.right + 1) {
+          const [from, to] = [r.left - tb.left, r.right - tb.left].map(Math.round);
+          say("cell", c, `${what} reaches past its table (${from}..${to} px of ${Math.round(tb.width)})`);
+        }
+        const next = cells[i + 1]?.getBoundingClientRect();
+        if (next && line[i + 1] === line[i] && next.left < r.right - 1) {
+          say("cell", c, `${what} overlaps the next cell by ${Math.round(r.right - next.left)} px`);
+        }
+        if (row !== head && head.children[i]) {
+          const [x, w, line] = place(row, i), [hx, hw, hline] = place(head, i);
+          if (Math.abs(x - hx) > 1.5 || Math.abs(w - hw) > 1.5 || line !== hline) {
+            say("align", c, `${what} is at x ${Math.round(x)}, ${Math.round(w)} px wide, on line ${line + 1} of its `
+              + `row; its header at x ${Math.round(hx)}, ${Math.round(hw)} px wide, on line ${hline + 1}`);
+          }
+        }
+      });
+    }
+  }
+  // names break only at their sensible points: after / . - _ or before @ (never in five-letter pieces)
+  const names = [...panel.querySelectorAll(".jp-OutputArea-output table.hf-notebook-record-table code, "
+    + ".jp-OutputArea-output .jupyter-widgets code")].filter(visible);
+  for (const code of names) {
+    if (/^[0-9a-f]{7,}…?$/.test(code.textContent.trim())) continue; // a hash: any point will do
+    const walker = document.createTreeWalker(code, NodeFilter.SHOW_TEXT);
+    const chars = [];
+    for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+      for (let k = 0; k < node.textContent.length; k++) {
+        const rect = [...rangeOf(node, k, 1).getClientRects()].find((q) => q.width > 0);
+        if (rect) chars.push([node.textContent[k], Math.round(rect.top)]);
+      }
+    }
+    for (let k = 1; k < chars.length; k++) {
+      if (chars[k][1] === chars[k - 1][1]) continue;
+      if ("/.-_ ".includes(chars[k - 1][0]) || chars[k][0] === "@" || chars[k][0] === " ") continue;
+      const text = chars.map((c) => c[0]).join("");
+      const [before, after] = [text.slice(Math.max(0, k - 6), k), text.slice(k, k + 6)];
+      say("fragment", code, `"${text}" breaks between "${before}" and "${after}"`);
+      break;
+    }
+  }
+  // the editor: each device dropdown on the visual row of its module's name (the name's first line)
+  let editorRows = 0;
+  for (const select of panel.querySelectorAll(".jp-OutputArea-output .jupyter-widgets select")) {
+    if (!visible(select)) continue;
+    const row = select.closest(".widget-hbox");
+    const name = row && [...row.querySelectorAll("code")].find(visible);
+    if (!name) continue; // not a module's row (the Move row, the dtype of the save panel)
+    editorRows += 1;
+    const first = [...name.getClientRects()].find((q) => q.width > 0);
+    const s = select.getBoundingClientRect();
+    if (!(s.top < first.bottom - 2 && s.bottom > first.top + 2)) {
+      say("row", select, `the dropdown of "${name.textContent}" is at y ${Math.round(s.top)}..${Math.round(s.bottom)}, `
+        + `its name's first line at ${Math.round(first.top)}..${Math.round(first.bottom)}`);
+    }
+  }
   const records = {};
   for (const rec of panel.querySelectorAll(".jp-OutputArea-output .hf-notebook-record")) {
     records[cellOf(rec)] = (records[cellOf(rec)] || 0) + 1;
@@ -177,6 +272,8 @@
     problems,
     lowest,
     records,
+    tables,
+    editorRows,
     outputWidth: Math.round(Math.max(...outputs.map((o) => o.getBoundingClientRect().width))),
     height: Math.max(...scrollers.map((e) => e.scrollHeight)),
   };
