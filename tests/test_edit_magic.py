@@ -146,3 +146,6 @@ def test_the_editor_and_the_record_agree_on_a_buffer_only_module(shell, tiny_hub
     assert (rotary.device, rotary.buffers_on) == ("disk", "cpu")
     assert editor.draft.placement().group_of("model.rotary_emb").device == "disk"
     assert editor.draft.totals()["cpu"] == record.devices["cpu"].nbytes  # one number, from both sources
+    from hf_notebook.ui.record import load_record
+
+    assert "disk, its buffers on cpu" in load_record(result).text  # and the record says why

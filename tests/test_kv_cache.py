@@ -1,5 +1,7 @@
 """The KV cache planned from a config equals the bytes of the cache tensors after a real prefill."""
 
+import re
+
 import pytest
 import torch
 import transformers
@@ -80,10 +82,13 @@ def test_the_context_options_round_trip_through_a_plan(shell, tiny_hub, hf_cache
     assert (result.options.context, result.options.batch, result.options.kv_dtype) == (64, 2, "float16")
     assert result.plan.kv_cache_bytes == 2 * 2 * 2 * 16 * 2 * 64 * 2  # K and V, batch, heads, dim, fp16, tokens, layers
     assert "--context 64 --batch 2 --kv-dtype float16" in load_line(result)  # the line that loads it again
+    from hf_notebook.ui.record import plan_record
+
+    assert re.search(r"KV cache +32.8 kB for 64 tokens x 2 sequences in float16 \(cpu 32.8 kB\)", plan_record(plan).text)
 
 
 @pytest.mark.parametrize("where", ["cpu", "cpu and disk"])
-def test_measure_checks_the_planned_cache_against_the_real_one(shell, tiny_hub, hf_cache, where):
+def test_measure_checks_the_planned_cache_against_the_real_one(shell, tiny_hub, hf_cache, where, monkeypatch):
     """%measure: one prefill and decode steps with the loaded model; the cache's own tensors, by device, equal
     the plan (for an offloaded layer too: its cache is where it runs)."""
     from hf_notebook.magics import instance
@@ -96,6 +101,11 @@ def test_measure_checks_the_planned_cache_against_the_real_one(shell, tiny_hub, 
     per_layer = 2 * 2 * 2 * 16 * 2 * (24 + 3)  # K and V x batch x KV heads x head dim x bf16 x tokens
     assert measured.planned_kv == measured.measured_kv == {"cpu": 2 * per_layer}
     assert measured.peak["cpu"] >= 0 and measured.seconds > 0
-    shell.run_line_magic("measure", "m --context 8")  # the magic shows it (its record)
+    shown = []
+    monkeypatch.setattr(shell.display_pub, "publish", lambda data, metadata=None, **kw: shown.append(data))
+    shell.run_line_magic("measure", "m --context 8")  # the magic shows its record: planned against measured
+    text = shown[-1]["text/plain"]
+    assert text.startswith("measured m: prefill of 8 tokens x 1, 4 decode steps")
+    assert "+0.0%" in text and "KV planned" in shown[-1]["text/html"]
     with pytest.raises(Exception, match="whole numbers"):
         shell.run_line_magic("measure", "m --context 0")

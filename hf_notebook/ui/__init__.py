@@ -52,6 +52,7 @@ RECORDS = {
     ("hf_notebook.core.hub.push", "PushResult"): "push_record",
     ("hf_notebook.core.hub.bundle", "ExportResult"): "export_record",
     ("hf_notebook.core.weights.save", "SaveResult"): "save_record",
+    ("hf_notebook.core.devices.measure", "Measurement"): "measure_record",
 }
 
 

@@ -232,6 +232,8 @@ def _group_rows(placement: Any) -> list[tuple[str, str, str, list[str]]]:
     rows = []
     for g in placement.groups:
         device = g.device + (" (offloaded)" if g.offloaded and g.device != "disk" else "")
+        if g.buffers_on and g.buffer_bytes:  # accelerate keeps an offloaded module's buffers where it runs
+            device += f", its buffers on {g.buffers_on}"
         members = list(g.members) if len(g.members) > 1 else []
         rows.append((g.label, device, format_bytes(g.nbytes), members))
     return rows
@@ -384,6 +386,13 @@ def plan_record(plan: Any) -> Record:
         shards = len(h.tensors)
         facts.append(("parameters", f"{W.count(h.total_params)} ({counts})"))
         facts.append(("checkpoint", f"{format_bytes(h.total_bytes)} in {shards} shard{'s' * (shards != 1)}"))
+    if plan.kv is not None:
+        kv = plan.kv
+        where = ", ".join(f"{d} {format_bytes(n)}" for d, n in sorted(plan.kv_cache_by_device.items(),
+                                                                      key=lambda item: device_sort_key(item[0])))
+        facts.append(("KV cache", f"{format_bytes(plan.kv_cache_bytes)} for {kv.context} tokens x {kv.batch} "
+                                  f"sequence{'s' * (kv.batch != 1)} in {kv.dtype} ({where}); the map keeps room "
+                                  "for it"))
     findings = plan.explain()
     placement = plan.placement()
     html = _box(
@@ -565,3 +574,18 @@ def record_of(result: Any) -> Record:
 
     kind = type(result)
     return globals()[RECORDS[(kind.__module__, kind.__qualname__)]](result)
+
+
+def measure_record(measured: Any) -> Record:
+    """``%measure``: per device the KV cache planned and measured (the cache's own tensors) and the peak."""
+    head = (f"measured {measured.name}: prefill of {measured.context} tokens x {measured.batch}, "
+            f"{measured.steps} decode step{'s' * (measured.steps != 1)}, {W.format_seconds(measured.seconds)}")
+    rows = []
+    for d in sorted(measured.devices, key=device_sort_key):
+        planned, got = measured.planned_kv.get(d, 0), measured.measured_kv.get(d, 0)
+        diff = "" if not planned else f"{100 * (got - planned) / planned:+.1f}%"
+        rows.append([W.device_title(d), format_bytes(planned), format_bytes(got), diff,
+                     format_bytes(measured.peak.get(d, 0)) + (" (sampled)" if d == "cpu" else "")])
+    header = ["device", "KV planned", "KV measured", "difference", "peak added"]
+    html = _box(f"<b>{_h(head)}</b>", _table_html(header, [[_h(c) for c in r] for r in rows], numeric_from=1))
+    return Record(html, "\n".join([head] + _text_table(header, rows, numeric_from=1)))
