@@ -181,3 +181,17 @@ def test_changes_reuse_rows_instead_of_building_widgets():
     assert len(_instances) == before
     editor.close()
     assert len(_instances) < before
+
+
+def test_the_editor_lists_what_apply_will_move_and_marks_those_rows(tiny_hub, hf_cache):
+    from hf_notebook.core.api import load_model
+    from hf_notebook.ui.editor import DeviceMapEditor
+
+    editor = DeviceMapEditor(load_model("tiny/llama", device_map="cpu"), name="m")
+    assert editor.range_text.placeholder == "model.layers.1"  # a range this model has (2 layers)
+    assert "no changes yet" in editor.status.value
+    assert editor.move([("lm_head", "disk")])
+    assert "Apply moves lm_head (65.5 kB) cpu → disk." in editor.status.value
+    marked = [row for row in editor.rows.values() if "●" in row.name.value]
+    assert [row.label for row in marked] == ["lm_head"]
+    assert editor.apply() and not any("●" in row.name.value for row in editor.rows.values())

@@ -22,7 +22,7 @@ from hf_notebook.core.errors import HfNotebookError
 from hf_notebook.core.units import device_name, format_bytes
 from hf_notebook.ui import words
 from hf_notebook.ui.record import Record, wrappable_name
-from hf_notebook.ui.style import ANYWHERE, DANGER, MONO, MUTED, OK, PANEL_BORDER, close_all, set_changed
+from hf_notebook.ui.style import ANYWHERE, DANGER, MONO, MUTED, OK, PANEL_BORDER, WARN, close_all, set_changed
 
 
 class _Row:
@@ -70,15 +70,18 @@ class _Row:
         self.expand(False)
         self.children = []
 
-    def show(self, device: Any, nbytes: int) -> None:
+    def show(self, device: Any, nbytes: int, moved: bool = False) -> None:
         count = f" <span style='{MUTED}'>({len(self.members)} modules)</span>" if len(self.members) > 1 else ""
-        set_changed(self.name, value=f"<code style='{MONO};white-space:normal;{ANYWHERE}'>"
+        mark = f"<b style='{WARN}' title='Apply moves it'>● </b>" if moved else ""  # changed since the last Apply
+        set_changed(self.name, value=f"{mark}<code style='{MONO};white-space:normal;{ANYWHERE}'>"
                               f"{wrappable_name(self.label, whole_below=0)}</code>{count}")
         set_changed(self.size, value=f"<span style='{MONO}'>{escape(format_bytes(nbytes))}</span>")
         with self.editor.quiet():
             set_changed(self.select, value=device_name(device))
+        moving = self.editor.moving
         for child in self.children:
-            child.show(self.editor.draft.device_of(child.members[0]), self.editor.bytes_of(child.members))
+            child.show(self.editor.draft.device_of(child.members[0]), self.editor.bytes_of(child.members),
+                       any(m in moving for m in child.members))
 
     def expand(self, show: bool = True) -> None:
         if show and not self.children:
@@ -123,6 +126,7 @@ class DeviceMapEditor:
         self.rows: dict[tuple[str, ...], _Row] = {}  # the rows shown, by the modules they stand for
         self.pool: list[_Row] = []
         self.record_handle = None
+        self.moving: set = set()  # modules Apply would move (their rows are marked)
         self.widget_handle = None
         self.applied = 0  # changes applied from this editor
         self.closed = False
@@ -130,7 +134,7 @@ class DeviceMapEditor:
 
         self.title = W.HTML(f"<b>Device map</b> · {escape(self._subject())}")
         self.rows_box = W.VBox(layout=W.Layout(max_height="32em", overflow="auto"))
-        self.range_text = W.Text(placeholder="model.layers.20-39", description="Move",
+        self.range_text = W.Text(placeholder=_range_example(self.draft.structure.blocks), description="Move",
                                  layout=W.Layout(flex="1 1 14em", min_width="10em"))
         self.range_device = W.Dropdown(options=self.options, value=self.options[-1][1], description="to",
                                        layout=W.Layout(width="17em"))
@@ -253,13 +257,15 @@ class DeviceMapEditor:
         """Sync rows, totals and the Apply state from the draft."""
         t0 = time.perf_counter()
         groups = self.draft.placement().groups
+        moves = self.draft.moves()
+        self.moving = {name for name, *_ in moves}
         kept = {members: row for members, row in self.rows.items() if any(g.members == members for g in groups)}
         spare = [row for row in self.pool if row not in kept.values()]
         rows = {}
         for group in groups:  # a group still shown keeps its row (and whether it is expanded)
             row = kept.get(group.members) or (spare.pop(0) if spare else self._new_row())
             row.bind(group.members, group.label)
-            row.show(group.device, group.nbytes)
+            row.show(group.device, group.nbytes, any(m in self.moving for m in group.members))
             rows[group.members] = row
         shown = tuple(r.widget for r in rows.values())
         if self.rows_box.children != shown:
@@ -271,7 +277,10 @@ class DeviceMapEditor:
         set_changed(self.apply_button, disabled=bool(problems) or not self.draft.changed)
         set_changed(self.undo_button, disabled=not self.draft.history)
         status = f"<span style='{DANGER}'>{escape(reason)}</span>" if reason else self.last_note
-        if not reason and not self.draft.changed and not self.last_note:
+        if not reason and moves:
+            status = f"<span style='{MUTED}'>{escape(_moves_text(moves))}</span>" + (f" {self.last_note}"
+                                                                                     if self.last_note else "")
+        elif not reason and not self.draft.changed and not self.last_note:
             status = f"<span style='{MUTED}'>no changes yet</span>"
         set_changed(self.status, value=status)
         self.seconds = time.perf_counter() - t0
@@ -393,3 +402,27 @@ def _on_current_map(draft: Any, target: Any) -> Any:
             fresh.assign(list(change.asked.items()))
     return fresh
 
+
+
+def _moves_text(moves: list) -> str:
+    """``Apply moves model.layers.1 (148.0 kB) cpu → disk, lm_head (65.5 kB) cpu → disk``: the first few."""
+    shown = [f"{name} ({format_bytes(n)}) {a} → {b}" for name, a, b, n in moves[:4]]
+    more = f", and {len(moves) - 4} more" if len(moves) > 4 else ""
+    return f"Apply moves {', '.join(shown)}{more}."
+
+
+def _range_example(blocks: tuple) -> str:
+    """A range this model has (its second half of layers), for the Move field's placeholder."""
+    import re
+
+    runs: dict[str, list[int]] = {}
+    for block in blocks:
+        found = re.fullmatch(r"(.+)\.(\d+)", block)
+        if found:
+            runs.setdefault(found.group(1), []).append(int(found.group(2)))
+    if not runs:
+        return "module.name"
+    prefix, numbers = max(runs.items(), key=lambda item: len(item[1]))
+    last = max(numbers)
+    start = (last + 1) // 2
+    return f"{prefix}.{start}-{last}" if start < last else f"{prefix}.{last}"

@@ -166,6 +166,15 @@ class MapEditor:
                 units.append(Unit(block, self.device_of(block), s.bytes.get(block, 0)))
         return units
 
+    def moves(self) -> list[tuple[str, str, str, int]]:
+        """What applying the draft would move: ``(unit, from, to, bytes)`` in module order."""
+        found = []
+        for unit in self.units():
+            before = next((self.initial[k] for k in [unit.name, *ancestors(unit.name)] if k in self.initial), None)
+            if before is not None and device_name(before) != device_name(unit.device):
+                found.append((unit.name, device_name(before), device_name(unit.device), unit.nbytes))
+        return found
+
     def device_of(self, name: str) -> Device:
         """The device the most specific entry covering ``name`` gives it."""
         for key in [name, *ancestors(name)]:
