@@ -90,3 +90,14 @@ def test_dtypes():
     assert parse_dtype("torch.float16") == "float16"
     with pytest.raises(OptionError, match="Unknown dtype"):
         parse_dtype("int4")
+
+
+def test_a_misspelt_repo_gets_a_did_you_mean(shell, tiny_hub, hf_cache):
+    from IPython.core.error import UsageError
+
+    with pytest.raises(UsageError) as info:
+        shell.run_line_magic("plan_model", "tiny/lama")
+    assert "Did you mean tiny/llama?" in str(info.value)
+    with pytest.raises(UsageError) as info:
+        shell.run_line_magic("plan_model", "nobody-at-all/zzqq")
+    assert "Did you mean" not in str(info.value)  # nothing close: no guess

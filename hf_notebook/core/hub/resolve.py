@@ -130,11 +130,31 @@ def _retry_after(exc: BaseException) -> float | None:
 
 def _repo_not_found(repo_id: str, exc, api) -> HfNotebookError:
     status = getattr(getattr(exc, "response", None), "status_code", None)
+    close = _similar_repos(repo_id, api)
+    meant = f"Did you mean {' or '.join(close)}? " if close else ""
     if status == 401:
         return AuthError(f"{repo_id} was not found, or it is private and no valid token was sent.",
-                         hint=f"Check the spelling. If it is private: {LOGIN_HINT}")
+                         hint=f"{meant}Check the spelling. If it is private: {LOGIN_HINT}")
     return RepoNotFoundError(f"Repository {repo_id} does not exist on {_endpoint()}.",
-                             hint="Check the spelling (org/name); private repos also need a login: " + LOGIN_HINT)
+                             hint=f"{meant}Check the spelling (org/name); private repos also need a login: " + LOGIN_HINT)
+
+
+def _similar_repos(repo_id: str, api) -> list[str]:
+    """Up to three public repos whose ids are close to ``repo_id`` (a typo's likely meaning): from the owner's
+    repos and a search on the name's first letters. Best effort: any failure gives none."""
+    import difflib
+
+    owner, _, name = repo_id.partition("/")
+    found: set[str] = set()
+    try:
+        if owner:
+            found |= {m.id for m in api.list_models(author=owner, limit=500)}
+        if len(name) >= 3:
+            found |= {m.id for m in api.list_models(search=name[:3], limit=500)}
+    except Exception:  # noqa: BLE001 - an error path: the suggestion is a bonus, the error is what matters
+        return []
+    lowered = {f.lower(): f for f in found}
+    return [lowered[m] for m in difflib.get_close_matches(repo_id.lower(), list(lowered), n=3, cutoff=0.75)]
 
 
 def _revision_not_found(spec: ModelSpec, api) -> RevisionNotFoundError:

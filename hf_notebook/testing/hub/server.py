@@ -56,6 +56,7 @@ _ROUTES = [
     ("GET", r"/api/agent-harnesses", "agent_harnesses"),
     ("POST", r"/api/repos/create", "create_repo"),
     ("POST", r"/api/validate-yaml", "validate_yaml"),
+    ("GET", r"/api/models", "list_models"),
     ("GET", rf"{_REPO}(?:/revision/{_REV})?", "model_info"),
     ("GET", rf"{_REPO}/tree/{_REV}(?:/(?P<path>.*))?", "tree"),
     ("POST", rf"{_REPO}/paths-info/{_REV}", "paths_info"),
@@ -457,6 +458,15 @@ class _Handler(BaseHTTPRequestHandler):
         self._send_json({"errors": [], "warnings": []})
 
     # -- reads -------------------------------------------------------------------------------
+
+    def _list_models(self) -> None:
+        """``/api/models?search=&author=&limit=``: public repos whose id holds ``search``, by ``author`` (one page)."""
+        search = self.query.get("search", [""])[0].lower()
+        author = self.query.get("author", [""])[0]
+        limit = int(self.query.get("limit", ["1000"])[0] or 1000)
+        ids = [r for r in self.store.repo_ids() if search in r.lower() and (not author or r.split("/")[0] == author)
+               and not self.store.is_private(r)]
+        self._send_json([{"id": r, "modelId": r, "private": False} for r in ids[:limit]])
 
     def _model_info(self, repo: str, rev: str | None = None) -> None:
         empty = rev is None and not any(self.store.refs(repo).values())

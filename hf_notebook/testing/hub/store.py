@@ -139,6 +139,11 @@ class RepoStore:
         """Whether the repo exists (a malformed id never does)."""
         return _REPO_ID_RE.fullmatch(repo_id) is not None and self._repo_path(repo_id).exists()
 
+    def repo_ids(self) -> list[str]:
+        """Every model repo's id, sorted."""
+        return sorted(f"{path.parent.name}/{path.name.removesuffix('.git')}" for path in self.root.glob("*/*.git")
+                      if path.is_dir())
+
     def is_private(self, repo_id: str) -> bool:
         """Whether the repo was created private."""
         return self._settings(repo_id)["private"]
