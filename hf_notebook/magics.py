@@ -295,7 +295,8 @@ class HFNotebook(Magics):
               "numbered children (model.layers.20-39); DEVICE is cpu, disk, cuda:N or N. Repeatable; all --set are "
               "checked together and applied as one change.")
     @argument("--export", default=None, metavar="FILE.json",
-              help="Write the (edited) map as JSON and put the %%load_model line that reads it in a new cell below.")
+              help="Write the (edited) map as JSON and show the %%load_model line that reads it (in a terminal, "
+                   "also at the next prompt).")
     @line_magic
     @_usage_errors
     def edit_device_map(self, line: str):
@@ -325,8 +326,9 @@ class HFNotebook(Magics):
         display(target)
         if args.export:
             load = words.map_load_line(target, f"@{args.export}", name=args.name)
-            print(f"Wrote {args.export}; a new cell below loads it:\n  {load}")
-            self.shell.set_next_input(load)
+            print(f"Wrote {args.export}; this line loads it:\n  {load}")
+            if not _in_kernel(self.shell):  # a terminal's next prompt; in Jupyter a new cell on every run would pile up
+                self.shell.set_next_input(load)
 
     @magic_arguments()
     @argument("name", help="The variable a model was loaded into by %%load_model.")

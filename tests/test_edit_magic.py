@@ -60,12 +60,12 @@ def test_over_budget_is_refused_with_the_numbers(shell, tiny_hub, hf_cache, load
     assert m.hf_device_map == before
 
 
-def test_export_writes_the_map_and_puts_the_load_line_in_the_next_cell(shell, m, tmp_path, capsys):
+def test_export_writes_the_map_and_puts_the_load_line_at_the_next_prompt(shell, m, tmp_path, capsys):
     path = tmp_path / "map.json"
     shell.run_line_magic("edit_device_map", f"m --set model.layers.1=disk --export {path}")
     written = json.loads(path.read_text())
     assert written == m.hf_device_map and written["model.layers.1"] == "disk"
-    line = shell.rl_next_input  # what set_next_input queued (a new cell below, in Jupyter)
+    line = shell.rl_next_input  # what set_next_input queued: a terminal's next prompt
     assert line.startswith("%load_model tiny/llama@") and f"--device-map @{path}" in line
     assert f"Wrote {path}" in capsys.readouterr().out
     shell.run_line_magic("load_model", line[len("%load_model "):].replace("--as m", "--as again"))
@@ -149,3 +149,14 @@ def test_the_editor_and_the_record_agree_on_a_buffer_only_module(shell, tiny_hub
     from hf_notebook.ui.record import load_record
 
     assert "disk, its buffers on cpu" in load_record(result).text  # and the record says why
+
+
+def test_export_in_jupyter_adds_no_cell(shell, m, tmp_path, capsys):
+    """A notebook run again must not grow a cell per run: in a kernel the line is printed, not inserted."""
+    shell.kernel = object()  # what ipykernel's shell has
+    try:
+        shell.rl_next_input = None
+        shell.run_line_magic("edit_device_map", f"m --export {tmp_path / 'map.json'}")
+        assert shell.rl_next_input is None and "this line loads it" in capsys.readouterr().out
+    finally:
+        del shell.kernel
