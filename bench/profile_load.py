@@ -126,7 +126,7 @@ def child_main(argv: list[str]) -> None:
     def hf_load(path, dtype, device_map, offload_folder, on_event):
         # The one call into hf_notebook: if load_model's signature changes, adapt it here.
         return api.load_model(path, dtype=dtype, device_map=device_map, offload_folder=offload_folder,
-                              on_event=on_event)
+                              on_event=on_event, no_verify=True)  # save_pretrained's folder: no manifest
 
     def load(path, offload_folder, on_event=None, dm=device_map):
         if which == "from_pretrained":

@@ -130,9 +130,10 @@ def load_model(spec: str | ModelSpec, options: Optional[LoadOptions] = None, *, 
     opts = _options(options, raw)
     stages = _Stages(on_event)
     try:
-        _import_libraries(stages)
-        with library_bars_off(), gc_paused():
-            return _Pipeline(spec, opts, stages, on_event).load(name, t0)
+        with gc_paused():  # the imports too: at the default threshold the collector walks every new module
+            _import_libraries(stages)
+            with library_bars_off():
+                return _Pipeline(spec, opts, stages, on_event).load(name, t0)
     except BaseException as exc:
         stages.failed(exc)
         _raise_ours(exc, stages.current)
