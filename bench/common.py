@@ -56,6 +56,23 @@ def build_tiny(folder: Path) -> Path:
     return folder
 
 
+def start_hub(work: Path):
+    """The Hub stand-in in this process, ``HF_*`` pointed at it before huggingface_hub is imported."""
+    import sys
+
+    if "huggingface_hub" in sys.modules:
+        raise SystemExit("a bench must point HF_ENDPOINT at the stand-in before huggingface_hub is imported")
+    from hf_notebook.testing.hub import HubServer
+
+    server = HubServer(work / "hub").start()
+    for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HUB_CACHE"):
+        os.environ.pop(name, None)
+    loopback = "127.0.0.1,localhost"
+    os.environ.update(HF_ENDPOINT=server.endpoint, HF_HOME=str(work / "hf-home"), HF_HUB_DISABLE_TELEMETRY="1",
+                      NO_PROXY=loopback, no_proxy=loopback, TRANSFORMERS_VERBOSITY="error")
+    return server
+
+
 def busy_seconds() -> float | None:
     """CPU seconds the whole machine has spent busy (Linux /proc/stat), or None."""
     try:

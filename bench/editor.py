@@ -46,7 +46,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import random_llama
+from common import random_llama, start_hub
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -140,21 +140,6 @@ def timed(action, clock: GcClock) -> tuple[float, float]:
 
 
 # -- part 1: the editor on a 70B-shaped plan -----------------------------------------------------
-def start_hub(work: Path):
-    """The Hub stand-in in this process, ``HF_*`` pointed at it before huggingface_hub is imported."""
-    if "huggingface_hub" in sys.modules:
-        raise SystemExit("bench/editor.py must point HF_ENDPOINT at the stand-in before huggingface_hub is imported")
-    from hf_notebook.testing.hub import HubServer
-
-    server = HubServer(work / "hub").start()
-    for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HUB_CACHE"):
-        os.environ.pop(name, None)
-    loopback = "127.0.0.1,localhost"
-    os.environ.update(HF_ENDPOINT=server.endpoint, HF_HOME=str(work / "hf-home"), HF_HUB_DISABLE_TELEMETRY="1",
-                      NO_PROXY=loopback, no_proxy=loopback, TRANSFORMERS_VERBOSITY="error")
-    return server
-
-
 def publish_70b(server, work: Path) -> str:
     """A header-only llama-70b checkpoint (no weight bytes) committed into the stand-in; its repo id."""
     from hf_notebook.testing.models import BIG_CONFIGS, synthetic_checkpoint

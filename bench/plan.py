@@ -32,7 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import busy_seconds
+from common import busy_seconds, start_hub
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # this checkout's hf_notebook, wherever the bench is started from
@@ -41,21 +41,6 @@ WARM_TARGET = 0.3  # seconds for a warm plan
 BUDGET = {0: "80GiB", "cpu": "100GiB"}
 COLS = (("case", 34, "<"), ("cold", 10, ">"), ("warm", 10, ">"), ("warm/cold", 10, ">"),
         ("header GETs", 12, ">"), ("bytes", 16, ">"), ("noise", 7, ">"))
-
-
-def start_hub(work: Path):
-    """The Hub stand-in in this process, ``HF_*`` pointed at it before huggingface_hub is imported."""
-    if "huggingface_hub" in sys.modules:
-        raise SystemExit("bench/plan.py must point HF_ENDPOINT at the stand-in before huggingface_hub is imported")
-    from hf_notebook.testing.hub import HubServer
-
-    server = HubServer(work / "hub").start()
-    for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HUB_CACHE"):
-        os.environ.pop(name, None)
-    loopback = "127.0.0.1,localhost"
-    os.environ.update(HF_ENDPOINT=server.endpoint, HF_HOME=str(work / "hf-home"), HF_HUB_DISABLE_TELEMETRY="1",
-                      NO_PROXY=loopback, no_proxy=loopback, TRANSFORMERS_VERBOSITY="error")
-    return server
 
 
 def publish(server, work: Path, model: str) -> tuple[str, Path]:

@@ -21,7 +21,7 @@ import ipywidgets as W
 from hf_notebook.core.errors import HfNotebookError
 from hf_notebook.core.units import device_name, format_bytes
 from hf_notebook.ui import words
-from hf_notebook.ui.record import Record, wrappable_name
+from hf_notebook.ui.record import end_panel, wrappable_name
 from hf_notebook.ui.style import ANYWHERE, DANGER, MONO, MUTED, OK, PANEL_BORDER, WARN, close_all, set_changed
 
 
@@ -350,10 +350,7 @@ class DeviceMapEditor:
         if self.closed:
             return
         self.closed = True
-        if self.widget_handle is not None:
-            line = self.closed_text()
-            self.widget_handle.update(Record(f"<div style='{MUTED}'>{escape(line)}</div>", line))
-        close_all(self.widget)
+        end_panel(self.widget_handle, self.widget, self.closed_text())
 
     def closed_text(self) -> str:
         changes = f"{self.applied} change{'s' * (self.applied != 1)} applied" if self.applied else "nothing applied"

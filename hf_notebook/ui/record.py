@@ -589,3 +589,12 @@ def measure_record(measured: Any) -> Record:
     header = ["device", "KV planned", "KV measured", "difference", "peak added"]
     html = _box(f"<b>{_h(head)}</b>", _table_html(header, [[_h(c) for c in r] for r in rows], numeric_from=1))
     return Record(html, "\n".join([head] + _text_table(header, rows, numeric_from=1)))
+
+
+def end_panel(handle: Any, widget: Any, line: str) -> None:
+    """A live panel's output becomes ``line``, static (a saved notebook keeps no widget there); its widgets close."""
+    from hf_notebook.ui.style import close_all
+
+    if handle is not None:
+        handle.update(Record(f"<div style='{_MUTED}'>{escape(line)}</div>", line))
+    close_all(widget)

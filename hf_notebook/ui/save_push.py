@@ -20,7 +20,7 @@ import ipywidgets as W
 
 from hf_notebook.core.events import FileProgress
 from hf_notebook.core.units import format_bytes
-from hf_notebook.ui.record import Record, html_text
+from hf_notebook.ui.record import Record, end_panel, html_text
 from hf_notebook.ui.style import DANGER, MUTED, OK, PANEL_BORDER
 
 
@@ -221,12 +221,7 @@ class SavePushPanel:
         if self.closed:
             return
         self.closed = True
-        if self.widget_handle is not None:
-            line = self.closed_text()
-            self.widget_handle.update(Record(f"<div style='{MUTED}'>{escape(line)}</div>", line))
-        from hf_notebook.ui.style import close_all
-
-        close_all(self.widget)
+        end_panel(self.widget_handle, self.widget, self.closed_text())
 
     def closed_text(self) -> str:
         done = [f"saved to {self.saved.folder}"] if self.saved is not None else []
