@@ -52,20 +52,22 @@ def test_an_offloaded_layers_cache_lives_on_the_device_that_runs_it():
 
 
 def test_a_plan_with_a_context_keeps_room_for_the_cache(tiny_hub, hf_cache):
-    """Weights that fit a 600 kB budget alone, and the cache of 600 tokens beside them: the plan moves weights
-    off until weights and cache fit together; the load follows that map."""
+    """Weights that fit a 600 kB budget alone, and the cache and one step's activations of 100 tokens beside them:
+    the plan moves weights off until weights, cache and step fit together; the load follows that map."""
     from hf_notebook.core.api import load_model, plan_model
 
     weights_only = plan_model("tiny/llama", dtype="float32", max_memory="cpu=600KB")
     assert set(weights_only.device_map.values()) == {"cpu"} and weights_only.kv_cache_bytes == 0
-    plan = plan_model("tiny/llama", dtype="float32", max_memory="cpu=600KB", context=600, kv_dtype="float32")
-    per_layer = 2 * 1 * 2 * 16 * 4 * 600  # keys and values x batch x KV heads x head dim x float32 x tokens
+    assert weights_only.headroom_by_device == {}
+    plan = plan_model("tiny/llama", dtype="float32", max_memory="cpu=600KB", context=100, kv_dtype="float32")
+    per_layer = 2 * 1 * 2 * 16 * 4 * 100  # keys and values x batch x KV heads x head dim x float32 x tokens
     assert plan.kv.layers == (per_layer, per_layer) and plan.kv_cache_by_device == {"cpu": 2 * per_layer}
-    assert "disk" in plan.device_map.values()  # weights made room for the cache
-    assert plan.bytes_by_device["cpu"] + plan.kv_cache_bytes <= 600_000
-    loaded = load_model("tiny/llama", dtype="float32", max_memory="cpu=600KB", context=600, kv_dtype="float32")
+    assert set(plan.headroom_by_device) == {"cpu"} and plan.headroom_by_device["cpu"] > 100 * 64 * 4
+    assert "disk" in plan.device_map.values()  # weights made room for the cache and the step
+    assert plan.bytes_by_device["cpu"] + plan.kv_cache_bytes + plan.headroom_by_device["cpu"] <= 600_000
+    loaded = load_model("tiny/llama", dtype="float32", max_memory="cpu=600KB", context=100, kv_dtype="float32")
     assert loaded.device_map == plan.device_map
-    with pytest.raises(PlanError, match="KV cache alone needs"):
+    with pytest.raises(PlanError, match="KV cache and one step's activations alone need"):
         plan_model("tiny/llama", dtype="float32", max_memory="cpu=600KB", context=100_000)
 
 

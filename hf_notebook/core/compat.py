@@ -229,11 +229,11 @@ def from_pretrained_keywords() -> frozenset:
     return _KEYWORDS
 
 
-def cache_step(model: Any, input_ids: Any, cache: Any = None) -> tuple[Any, Any]:
+def cache_step(model: Any, input_ids: Any, cache: Any = None, **kwargs: Any) -> tuple[Any, Any]:
     """One forward that fills a KV cache: ``(output, cache)``. transformers 5.25 renamed ``past_key_values`` to
     ``cache`` (the old name warns there); older releases know only the old one."""
     import inspect
 
     keyword = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-    output = model(input_ids=input_ids, use_cache=True, **({keyword: cache} if cache is not None else {}))
+    output = model(input_ids=input_ids, use_cache=True, **({keyword: cache} if cache is not None else {}), **kwargs)
     return output, getattr(output, keyword)

@@ -139,3 +139,28 @@ def malloc_trim() -> None:
     libc = _libc()
     if libc is not None and hasattr(libc, "malloc_trim"):
         libc.malloc_trim(0)
+
+
+def reset_peak_rss() -> bool:
+    """Start the kernel's peak-resident-set count (``VmHWM``) again from now; False where it cannot be."""
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def memory_status() -> dict[str, int]:
+    """``/proc/self/status``'s memory lines in bytes (``VmHWM``, ``VmRSS``, ``RssFile``, ...); empty elsewhere."""
+    found = {}
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                name, _, value = line.partition(":")
+                if value.strip().endswith(" kB"):
+                    found[name] = int(value.split()[0]) * 1024
+    except OSError:
+        pass
+    return found
+

@@ -89,6 +89,17 @@ def _cuda_allocated() -> int:
     return sum(torch.cuda.memory_allocated(i) for i in range(torch.cuda.device_count()))
 
 
+def anonymous_rss() -> int:
+    """The resident bytes of this process that no file backs (tensors made at run time, not the pages of a
+    memory-mapped checkpoint); Linux /proc, else the whole resident set."""
+    try:
+        with open("/proc/self/statm") as handle:
+            fields = handle.read().split()
+        return (int(fields[1]) - int(fields[2])) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, IndexError, ValueError):
+        return process_rss()
+
+
 def process_rss() -> int:
     """Resident set size of this process in bytes (Linux /proc; psutil elsewhere; 0 if neither)."""
     try:

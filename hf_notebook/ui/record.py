@@ -393,6 +393,9 @@ def plan_record(plan: Any) -> Record:
         facts.append(("KV cache", f"{format_bytes(plan.kv_cache_bytes)} for {kv.context} tokens x {kv.batch} "
                                   f"sequence{'s' * (kv.batch != 1)} in {kv.dtype} ({where}); the map keeps room "
                                   "for it"))
+        room = ", ".join(f"{d} {format_bytes(n)}" for d, n in sorted(plan.headroom_by_device.items(),
+                                                                     key=lambda item: device_sort_key(item[0])))
+        facts.append(("step", f"activations and logits of one generate step: {room}; the map keeps room for them"))
     findings = plan.explain()
     placement = plan.placement()
     html = _box(
@@ -577,18 +580,23 @@ def record_of(result: Any) -> Record:
 
 
 def measure_record(measured: Any) -> Record:
-    """``%measure``: per device the KV cache planned and measured (the cache's own tensors) and the peak."""
+    """``%measure``: per device the KV cache and the step's peak, each planned against measured, in percent."""
     head = (f"measured {measured.name}: prefill of {measured.context} tokens x {measured.batch}, "
             f"{measured.steps} decode step{'s' * (measured.steps != 1)}, {W.format_seconds(measured.seconds)}")
     rows = []
     for d in sorted(measured.devices, key=device_sort_key):
         planned, got = measured.planned_kv.get(d, 0), measured.measured_kv.get(d, 0)
-        diff = "" if not planned else f"{100 * (got - planned) / planned:+.1f}%"
-        rows.append([W.device_title(d), format_bytes(planned), format_bytes(got), diff,
-                     format_bytes(measured.peak.get(d, 0)) + (" (sampled)" if d == "cpu" else "")])
-    header = ["device", "KV planned", "KV measured", "difference", "peak added"]
-    html = _box(f"<b>{_h(head)}</b>", _table_html(header, [[_h(c) for c in r] for r in rows], numeric_from=1))
-    return Record(html, "\n".join([head] + _text_table(header, rows, numeric_from=1)))
+        kv_diff = "" if not planned else f"{100 * (got - planned) / planned:+.1f}%"
+        peak_diff = measured.peak_difference(d)
+        rows.append([W.device_title(d), format_bytes(planned), format_bytes(got), kv_diff,
+                     format_bytes(measured.planned_peak.get(d, 0)),
+                     format_bytes(measured.peak.get(d, 0)) + (" (sampled)" if d == "cpu" and measured.cpu_sampled else ""),
+                     "" if peak_diff is None else f"{peak_diff:+.1f}%"])
+    header = ["device", "KV planned", "KV measured", "KV diff", "peak planned", "peak measured", "peak diff"]
+    note = "peak: what the step added over what was held; planned = KV cache + the activations traced from its forward"
+    html = _box(f"<b>{_h(head)}</b>", _table_html(header, [[_h(c) for c in r] for r in rows], numeric_from=1)
+                + f"<div style='{_MUTED}'>{_h(note)}</div>")
+    return Record(html, "\n".join([head] + _text_table(header, rows, numeric_from=1) + [note]))
 
 
 def end_panel(handle: Any, widget: Any, line: str) -> None:

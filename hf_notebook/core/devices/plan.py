@@ -53,6 +53,7 @@ class Plan:
     options: Any = field(default=None, repr=False, compare=False)  # the LoadOptions it was made with (no token)
     kv: Any = None  # the KV cache planned for (a kv_cache.KVCache, with --context), or None
     layer_names: tuple[str, ...] = ()  # the decoder layers in order: where each layer's cache goes
+    step: Any = None  # what one generation step holds beside weights and cache (a step_memory.StepMemory)
 
     @property
     def kv_cache_bytes(self) -> int:
@@ -68,6 +69,13 @@ class Plan:
             return {}
         found = by_device(self.kv, layer_devices(self.device_map, list(self.layer_names)), main_device(self.device_map))
         return {device_name(d): n for d, n in found.items()}
+
+    @property
+    def headroom_by_device(self) -> dict[str, int]:
+        """Device name -> the activations and logits of one ``--context`` step it computes (0 without --context)."""
+        if self.step is None:
+            return {}
+        return {device_name(d): n for d, n in _step_by_device(self.step, self.blocks, self.device_map).items()}
 
     @property
     def spilled(self) -> list[str]:
@@ -274,21 +282,23 @@ def plan_placement(config, *, class_name: Optional[str] = None, dtype: str = "fl
         budget = {device_name(k): int(v) for k, v in get_max_memory(max_memory).items()}
         resolved = {name: parse_device(device) for name, device in resolved.items()}
         blocks = _blocks(model)
-        kv, layers = None, ()
+        kv, layers, step = None, (), None
         if context:
             from .kv_cache import KV_DTYPES, kv_cache
 
+            _refuse_no_generation(cls, config)
             kv = kv_cache(config, context=context, batch=batch or 1,
                           dtype=kv_dtype or (dtype if dtype in KV_DTYPES else "bfloat16"))
             layers = _layer_names(blocks, len(kv.layers))
-            if isinstance(device_map, str) and device_map != "":  # a strategy: it places around the cache
+            step = _trace(model if hf_quantizer is None else None, cls, config, dtype, blocks, context, batch or 1)
+            if isinstance(device_map, str) and device_map != "":  # a strategy: it places around the step
                 resolved = _with_room(model, device_map, get_max_memory(max_memory), hf_quantizer, kv, layers,
-                                      resolved)
+                                      step, blocks, resolved)
     plan = Plan(model_class=cls.__name__, dtype=dtype, device_map=resolved, max_memory=max_memory,
                 module_bytes=_module_bytes(model, _quantized_sizes(model, hf_quantizer)), blocks=tuple(blocks),
                 tied=dict(getattr(model, "all_tied_weights_keys", None) or {}), budget=budget, headers=headers,
                 source=source, no_split=_no_split(model), direct=_direct_tensors(model), config=config,
-                model_cls=cls, quantization=quantization, kv=kv, layer_names=layers)
+                model_cls=cls, quantization=quantization, kv=kv, layer_names=layers, step=step)
     spilled = plan.spilled
     if no_offload and spilled:
         raise PlanError(_spill_message(plan, spilled), hint=_spill_hint(plan))
@@ -311,20 +321,46 @@ def _layer_names(blocks: list[str], count: int) -> tuple[str, ...]:
     return tuple(names)
 
 
-def _with_room(model, strategy: str, full: dict, hf_quantizer, kv, layers, resolved: dict) -> dict:
-    """The strategy's map with each device's budget lowered by the KV cache it would hold, until the map and
-    the cache agree (the cache follows the layers: a few rounds at most)."""
+def _refuse_no_generation(cls, config) -> None:
+    if not cls.can_generate():
+        raise PlanError(f"{cls.__name__} does not generate: a {config.model_type} model keeps no KV cache to plan "
+                        "for a --context.", hint="Plan without --context (and --batch), or pick a generating --class.")
+
+
+def _trace(model, cls, config, dtype: str, blocks: list[str], context: int, batch: int):
+    """One step's memory, traced on the plan's meta model (an unquantized twin for a quantized plan: its
+    activations are computed in ``dtype`` all the same)."""
+    from .step_memory import trace_step
+
+    return trace_step(model if model is not None else build_meta_model(cls, config, dtype), blocks,
+                      context=context, batch=batch)
+
+
+def _step_by_device(step, blocks, device_map) -> dict:
+    from .kv_cache import main_device
+    from .step_memory import block_devices
+
+    main = main_device(device_map)
+    return step.by_device(block_devices(list(blocks), device_map, main), main)
+
+
+def _with_room(model, strategy: str, full: dict, hf_quantizer, kv, layers, step, blocks, resolved: dict) -> dict:
+    """The strategy's map with each device's budget lowered by the KV cache and the step's activations it
+    would hold, until the map and they agree (they follow the layers: a few rounds at most)."""
     from ..compat import device_map_for
     from .kv_cache import by_device, layer_devices, main_device
 
     for _ in range(4):
         need = by_device(kv, layer_devices(resolved, list(layers)), main_device(resolved))
+        for device, nbytes in _step_by_device(step, blocks, resolved).items():
+            need[device] = need.get(device, 0) + nbytes
         lowered = {}
         for device, nbytes in full.items():
             left = int(nbytes) - need.get(parse_device(device), 0)
             if left <= 0 and need.get(parse_device(device)):
-                raise PlanError(f"The KV cache alone needs {format_bytes(need[parse_device(device)])} on "
-                                f"{device_name(device)}, more than its budget of {format_bytes(int(nbytes))}.",
+                raise PlanError(f"The KV cache and one step's activations alone need "
+                                f"{format_bytes(need[parse_device(device)])} on {device_name(device)}, more than its "
+                                f"budget of {format_bytes(int(nbytes))}.",
                                 hint="Lower --context or --batch, use --kv-dtype float8_e4m3fn, or raise --max-memory.")
             lowered[device] = max(left, 0)
         again = {name: parse_device(d) for name, d in device_map_for(model, strategy, lowered, hf_quantizer).items()}
