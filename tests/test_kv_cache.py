@@ -1,5 +1,6 @@
 """The KV cache planned from a config equals the bytes of the cache tensors after a real prefill."""
 
+import inspect
 import re
 
 import pytest
@@ -24,6 +25,79 @@ def _cache_bytes(cache) -> list[int]:
     return [sum(t.numel() * t.element_size() for t in (layer.keys, layer.values)) for layer in cache.layers]
 
 
+_T5 = dict(d_model=64, d_kv=16, num_heads=4, num_layers=2, num_decoder_layers=3, d_ff=128, vocab_size=256)
+_BART = dict(vocab_size=256, d_model=64, encoder_layers=2, decoder_layers=3, encoder_attention_heads=2,
+             decoder_attention_heads=4, encoder_ffn_dim=128, decoder_ffn_dim=96, max_position_embeddings=128)
+ENCODER_DECODERS = {  # encoder and decoder differ in depth (and bart's in heads): the cache is the decoder's
+    "t5": (transformers.T5Config, _T5, transformers.T5ForConditionalGeneration),
+    "mt5": (transformers.MT5Config, _T5, transformers.MT5ForConditionalGeneration),
+    "umt5": (transformers.UMT5Config, _T5, transformers.UMT5ForConditionalGeneration),
+    "longt5": (transformers.LongT5Config, _T5, transformers.LongT5ForConditionalGeneration),
+    "bart": (transformers.BartConfig, _BART, transformers.BartForConditionalGeneration),
+    "mbart": (transformers.MBartConfig, _BART, transformers.MBartForConditionalGeneration),
+    "marian": (transformers.MarianConfig, dict(_BART, decoder_vocab_size=256, pad_token_id=0), transformers.MarianMTModel),
+    "pegasus": (transformers.PegasusConfig, _BART, transformers.PegasusForConditionalGeneration),
+    "m2m_100": (transformers.M2M100Config, _BART, transformers.M2M100ForConditionalGeneration),
+}
+
+
+def _prefill(arch: str, dtype: str, batch: int, context: int, decoder_tokens: int):
+    """An encoder pass over ``context`` tokens and a decoder prefill of ``decoder_tokens``: (config, model, cache)."""
+    config_cls, fields, model_cls = ENCODER_DECODERS[arch]
+    config = config_cls(**fields)
+    model = model_cls(config).to(getattr(torch, dtype)).eval()
+    with torch.no_grad():
+        out = model(input_ids=torch.randint(3, 255, (batch, context)),
+                    decoder_input_ids=torch.randint(3, 255, (batch, decoder_tokens)), use_cache=True)
+    cache = out.cache if hasattr(out, "cache") else out.past_key_values  # renamed in transformers 5.25
+    assert isinstance(cache, transformers.EncoderDecoderCache)
+    return config, model, cache
+
+
+@pytest.mark.parametrize("context, decoder_tokens", [(8, 5), (40, 1)])
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+def test_t5s_planned_cache_is_its_decoders_self_and_cross_attention_after_a_prefill(dtype, context, decoder_tokens):
+    config, _, cache = _prefill("t5", dtype, 3, context, decoder_tokens)
+    planned = kv_cache(config, context=context, batch=3, dtype=dtype, decoder_tokens=decoder_tokens)
+    own, cross = _cache_bytes(cache.self_attention_cache), _cache_bytes(cache.cross_attention_cache)
+    assert len(planned.layers) == config.num_decoder_layers == 3  # the decoder's 3 layers, not the encoder's 2
+    assert list(planned.cross) == cross
+    assert list(planned.layers) == [s + c for s, c in zip(own, cross)]
+    assert (planned.context, planned.decoder_tokens) == (context, decoder_tokens)
+    size = 2 if dtype == "bfloat16" else 4
+    assert planned.layers[0] == 2 * 3 * 4 * 16 * size * (context + decoder_tokens)  # K and V, batch, heads, d_kv
+
+
+def test_decode_steps_grow_the_self_attention_cache_and_not_the_cross_attention_cache():
+    config, model, cache = _prefill("t5", "float32", 2, 12, 4)
+    keyword = "cache" if "cache" in inspect.signature(model.decoder.forward).parameters else "past_key_values"
+    with torch.no_grad():  # one decode step: the cross-attention cache is reused, the self-attention one grows
+        model.decoder(input_ids=torch.randint(3, 255, (2, 1)), encoder_hidden_states=torch.zeros(2, 12, 64),
+                      use_cache=True, **{keyword: cache})
+    planned = kv_cache(config, context=12, batch=2, dtype="float32", decoder_tokens=5)
+    assert list(planned.cross) == _cache_bytes(cache.cross_attention_cache)
+    assert list(planned.layers) == [s + c for s, c in zip(_cache_bytes(cache.self_attention_cache),
+                                                           _cache_bytes(cache.cross_attention_cache))]
+
+
+def test_the_decoder_tokens_default_to_the_context():
+    config = transformers.T5Config(**_T5)
+    assert kv_cache(config, context=32) == kv_cache(config, context=32, decoder_tokens=32)
+    assert kv_cache(config, context=32).cross_bytes * 2 == kv_cache(config, context=32).nbytes
+    with pytest.raises(PlanError, match="decoder-only"):  # a decoder-only model has one length: its context
+        kv_cache(CONFIGS["llama (GQA)"](), context=32, decoder_tokens=8)
+    assert kv_cache(CONFIGS["llama (GQA)"](), context=32).cross == ()
+
+
+@pytest.mark.parametrize("arch", [a for a in ENCODER_DECODERS if a != "t5"])
+def test_other_encoder_decoders_plan_the_cache_a_prefill_fills(arch):
+    config, _, cache = _prefill(arch, "float32", 2, 11, 5)
+    planned = kv_cache(config, context=11, batch=2, dtype="float32", decoder_tokens=5)
+    assert list(planned.cross) == _cache_bytes(cache.cross_attention_cache)
+    assert list(planned.layers) == [s + c for s, c in zip(_cache_bytes(cache.self_attention_cache),
+                                                           _cache_bytes(cache.cross_attention_cache))]
+
+
 @pytest.mark.parametrize("context", [8, 40])  # shorter and longer than the sliding window
 @pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
 @pytest.mark.parametrize("arch", list(CONFIGS))
@@ -37,8 +111,10 @@ def test_the_planned_cache_is_the_cache_a_prefill_fills(arch, dtype, context):
 
 
 def test_caches_that_are_not_plain_kv_caches_are_refused_with_the_reason():
-    with pytest.raises(PlanError, match="encoder-decoder"):
-        kv_cache(transformers.T5Config(), context=16)
+    with pytest.raises(PlanError, match="audio frames whatever the context"):  # whisper's encoder length is fixed
+        kv_cache(transformers.WhisperConfig(), context=16)
+    with pytest.raises(PlanError, match="encoder-decoder whose cache .* has not been checked"):
+        kv_cache(transformers.ProphetNetConfig(), context=16)
     with pytest.raises(PlanError, match="latent attention"):
         kv_cache(transformers.DeepseekV3Config(), context=16)
 

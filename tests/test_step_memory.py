@@ -104,3 +104,15 @@ def test_the_measured_peak_is_the_planned_one_on_cpu(shell, tiny_hub, hf_cache, 
     assert measured.planned_peak["cpu"] > 20e6
     assert measured.planned_kv == measured.measured_kv
     assert abs(measured.peak_difference("cpu")) <= 15, (measured.planned_peak, measured.peak)
+
+
+def test_an_encoder_decoder_plans_its_decoder_layers(tiny_hub, hf_cache):
+    """t5: the cache belongs to the decoder's blocks (not the encoder's run of the same length); the step reads
+    the context in the encoder and starts the decoder."""
+    from hf_notebook.core.api import plan_model
+    from hf_notebook.core.devices.kv_cache import kv_cache
+
+    plan = plan_model("tiny/t5", dtype="float32", context=64, batch=2)
+    assert plan.layer_names and all(name.startswith("decoder.") for name in plan.layer_names)
+    assert plan.kv_cache_bytes == kv_cache(plan.config, context=64, batch=2, dtype="float32").nbytes > 0
+    assert plan.headroom_by_device["cpu"] > 2 * 64 * plan.config.d_model * 4  # at least the encoder's states

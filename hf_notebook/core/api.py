@@ -224,8 +224,11 @@ class _Pipeline:
                               max_memory=opts.max_memory, no_offload=opts.no_offload, headers=self.headers,
                               source=source, code_folder=str(self.files.config().parent) if self.code else None,
                               quantization=opts.quantization, context=opts.context, batch=opts.batch,
-                              kv_dtype=opts.kv_dtype)
+                              kv_dtype=opts.kv_dtype, fit=opts.fit, reserve=opts.reserve)
         check_attention(opts.attn_implementation)
+        if opts.fit or opts.context == "max":  # what they chose, as options that give it again
+            opts = self.opts = opts.with_(device_map=dict(plan.device_map), fit=False, reserve=None,
+                                          context=plan.kv.context if plan.kv is not None else None)
         plan = replace(plan, options=opts.with_(token=None))  # %load_model PLAN loads with these
         stages.done(plan)
         return plan
@@ -269,8 +272,8 @@ class _Pipeline:
 
     def load(self, name: Optional[str], t0: float) -> LoadResult:
         """The load pipeline proper; a temp offload folder it made is removed if it fails."""
-        opts, stages = self.opts, self.stages
         plan = self.plan(read_headers=False)
+        opts, stages = self.opts, self.stages  # as the plan resolved them (--fit, --context max)
         check_devices_exist(plan.device_map)
 
         stages.start("fetch")

@@ -47,9 +47,15 @@ OPTIONS: tuple[Option, ...] = (
            "Budget per device, e.g. 0=20GiB,cpu=30GiB (may name devices of another machine when planning).", PLACEMENT),
     Option("--no-offload", "no_offload", "Fail instead of spilling to CPU or disk when it does not fit.", PLACEMENT,
            switch=True),
+    Option("--fit", "fit", "Place for speed: everything on the accelerators if it fits, else the fewest bytes on cpu "
+           "and disk (with --context: its KV cache and step included); the record gives the options that reproduce it.",
+           PLACEMENT, switch=True),
+    Option("--reserve", "reserve", "Leave this much free on every device (CUDA context, other work), e.g. 2GiB.",
+           PLACEMENT, metavar="SIZE"),
     Option("--offload-folder", "offload_folder", "Folder for weights placed on disk.", PLACEMENT, load_only=True),
-    Option("--context", "context", "Tokens per sequence to keep room for: the KV cache of every layer is planned on "
-           "the device that runs it, and the map leaves that room.", INFERENCE, metavar="TOKENS"),
+    Option("--context", "context", "Tokens per sequence to keep room for: the KV cache of every layer and one generate "
+           "step are planned on the devices that run them, and the map leaves that room; max: the longest context that "
+           "fits beside the weights where the map puts them.", INFERENCE, metavar="TOKENS|max"),
     Option("--batch", "batch", "Sequences at once (with --context; default 1).", INFERENCE, metavar="N"),
     Option("--kv-dtype", "kv_dtype", "The KV cache's dtype (with --context; default: the model's).", INFERENCE,
            choices=("bfloat16", "float16", "float32", "float8_e4m3fn", "float8_e5m2")),
@@ -163,6 +169,8 @@ def _value_text(dest: str, value: Any) -> Optional[str]:
         return _json(value, separators=(", ", ": "))
     if dest == "max_memory":
         return ",".join(f"{k}={size_arg(v)}" for k, v in value.items()) or None
+    if dest == "reserve":
+        return size_arg(value)
     return str(value)
 
 

@@ -31,7 +31,9 @@ class LoadOptions:
     device_map: DeviceMap = "auto"
     max_memory: Optional[dict[Device, int]] = None
     no_offload: bool = False
-    context: Optional[int] = None  # tokens per sequence the plan keeps KV-cache room for (None: weights only)
+    fit: bool = False  # place for the fewest bytes streamed from cpu or disk (core/devices/fit.py)
+    reserve: Optional[int] = None  # bytes every device's budget leaves free
+    context: Union[int, str, None] = None  # tokens per sequence to keep room for; "max": the longest that fits
     batch: Optional[int] = None  # sequences at once (with context; None: 1)
     kv_dtype: Optional[str] = None  # the KV cache's dtype (None: the model's)
     trust_remote_code: bool = False
@@ -51,7 +53,8 @@ class LoadOptions:
 
     @classmethod
     def parse(cls, *, class_name: Optional[str] = None, dtype: Optional[str] = "auto", device_map: Any = "auto",
-              max_memory: Any = None, no_offload: bool = False, context: Any = None, batch: Any = None,
+              max_memory: Any = None, no_offload: bool = False, fit: bool = False, reserve: Any = None,
+              context: Any = None, batch: Any = None,
               kv_dtype: Optional[str] = None, trust_remote_code: bool = False,
               allow_pickle: bool = False, no_verify: bool = False, tokenizer: bool = False, quantize: Optional[str] = None,
               bnb_compute_dtype: Optional[str] = None, bnb_quant_type: Optional[str] = None,
@@ -71,7 +74,8 @@ class LoadOptions:
                    subfolder=_subfolder(subfolder), extra=parse_kw(kw),
                    attn_implementation=_attention(attn_implementation, bool(trust_remote_code), bool(offline)),
                    max_memory=parse_max_memory(max_memory), no_offload=bool(no_offload),
-                   context=_count(context, "--context"), batch=_count(batch, "--batch"), kv_dtype=_kv_dtype(kv_dtype),
+                   fit=bool(fit), reserve=_reserve(reserve),
+                   context=_context(context, bool(fit)), batch=_count(batch, "--batch"), kv_dtype=_kv_dtype(kv_dtype),
                    trust_remote_code=bool(trust_remote_code), allow_pickle=bool(allow_pickle),
                    no_verify=bool(no_verify), tokenizer=bool(tokenizer),
                    offload_folder=parse_folder(offload_folder, "--offload-folder"),
@@ -85,6 +89,29 @@ class LoadOptions:
         shown = {k: v for k, v in self.__dict__.items() if k != "token"}
         token = "" if self.token is None else ", token=<hidden>"
         return f"LoadOptions({', '.join(f'{k}={v!r}' for k, v in shown.items())}{token})"
+
+
+def _context(text: Any, fit: bool) -> Union[int, str, None]:
+    """``--context``: a whole number of tokens, or ``max`` (the longest that fits beside the weights)."""
+    if str(text).strip().lower() != "max":
+        return _count(text, "--context")
+    if fit:
+        raise OptionError("--context max keeps the weights where the map puts them, and --fit moves them for a "
+                          "given context: they cannot be used together.",
+                          hint="Use --fit --context N, or --context max alone (then --fit with the context it gives).")
+    return "max"
+
+
+def _reserve(text: Any) -> Optional[int]:
+    """``--reserve 2GiB``: bytes every device's budget leaves free."""
+    if text is None or text == "":
+        return None
+    if isinstance(text, int):
+        return text
+    try:
+        return parse_size(str(text))
+    except OptionError:
+        raise OptionError(f"Cannot read --reserve {text!r} as a size.", hint="Give a size, e.g. --reserve 2GiB.") from None
 
 
 def _count(text: Any, flag: str) -> Optional[int]:

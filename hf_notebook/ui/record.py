@@ -398,14 +398,20 @@ def plan_record(plan: Any) -> Record:
         facts.append(("step", f"activations and logits of one generate step: {room}; the map keeps room for them"))
     findings = plan.explain()
     placement = plan.placement()
+    chosen_html, chosen_text = "", []
+    if plan.chosen_by:  # what --fit or --context max chose, as options that give it again
+        what = {"--fit": "the map", "--context max": "the context"}[plan.chosen_by]
+        line = W.plan_line(plan)
+        chosen_html = f"<div style='{_MUTED}'>{plan.chosen_by} chose {what}; load it with:</div>{copy_line_html(line)}"
+        chosen_text = ["", f"{plan.chosen_by} chose {what}; load it with:", f"  {line}"]
     html = _box(
         f"<b>Plan for <code style='{_CODE}'>{escape(plan.source or plan.model_class)}</code></b>",
         _facts_html([(k, _h(v)) for k, v in facts])
         + "".join(f"<div style='{_SEVERITY.get(f.severity, '')}'>{_h(W.finding_text(f))}</div>" for f in findings)
-        + _groups_html(placement, plan.module_bytes) + _devices_html(placement, plan.budget))
+        + _groups_html(placement, plan.module_bytes) + _devices_html(placement, plan.budget) + chosen_html)
     text = "\n".join([f"Plan for {plan.source or plan.model_class}"] + _text_facts(facts)
                      + [W.finding_text(f) for f in findings] + [""] + _groups_text(placement) + [""]
-                     + _devices_text(placement, plan.budget))
+                     + _devices_text(placement, plan.budget) + chosen_text)
     return Record(html, text)
 
 

@@ -60,7 +60,7 @@ def measure(result: Any, *, context: int, batch: int = 1, steps: int = 4, name: 
     kv_dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
     planned = kv_cache(plan.config, context=context + steps, batch=batch,
                        dtype=kv_dtype if kv_dtype in ("bfloat16", "float16", "float32") else "bfloat16")
-    layers = list(plan.layer_names) or _layer_names(plan)
+    layers = list(plan.layer_names) or _layer_names(plan, len(planned.layers))
     placed = result.device_map  # where the layers are now (edits applied since the load included)
     planned_kv = {device_name(d): n for d, n in by_device(planned, layer_devices(placed, layers),
                                                          main_device(placed)).items()}
@@ -99,10 +99,9 @@ def _planned_step(plan: Any, placed: dict, context: int, batch: int) -> dict[str
     return {device_name(d): n for d, n in step.by_device(block_devices(list(plan.blocks), placed, main), main).items()}
 
 
-def _layer_names(plan: Any) -> list[str]:
+def _layer_names(plan: Any, count: int) -> list[str]:
     from .plan import _layer_names as names
 
-    count = plan.config.get_text_config(decoder=True).num_hidden_layers
     return list(names(list(plan.blocks), count))
 
 

@@ -54,6 +54,7 @@ class Plan:
     kv: Any = None  # the KV cache planned for (a kv_cache.KVCache, with --context), or None
     layer_names: tuple[str, ...] = ()  # the decoder layers in order: where each layer's cache goes
     step: Any = None  # what one generation step holds beside weights and cache (a step_memory.StepMemory)
+    chosen_by: str = ""  # "--fit" or "--context max" when the plan chose the map or the context itself
 
     @property
     def kv_cache_bytes(self) -> int:
@@ -89,7 +90,7 @@ class Plan:
     def explain(self) -> list[Finding]:
         """Structured findings: does it fit, what spills where, what would make it fit.
 
-        An edited map was placed by hand, so "the next block did not fit" no longer applies."""
+        An edited or fitted map was not filled block by block, so "the next block did not fit" does not apply."""
         from .explain import FILLED
 
         sizes = self.module_sizes
@@ -98,7 +99,7 @@ class Plan:
         first = next((b for b in self.blocks if str(self._device_of(b)) in spilled), "")
         findings = explain(self.bytes_by_device, self.budget, self.spilled, self.dtype, largest=largest,
                            next_block=(first, sizes.get(first, 0)))
-        return [f for f in findings if not (self.edits and f.kind == FILLED)]
+        return [f for f in findings if not ((self.edits or self.chosen_by == "--fit") and f.kind == FILLED)]
 
     def _device_of(self, module: str):
         """The device the map gives ``module`` (its own entry or its nearest mapped parent)."""
@@ -252,13 +253,16 @@ def build_meta_model(cls, config, dtype: str, hf_quantizer=None, device_map: Any
 def plan_placement(config, *, class_name: Optional[str] = None, dtype: str = "float32",
                    device_map: Any = "auto", max_memory: Optional[dict] = None,
                    no_offload: bool = False, headers: Optional[HeaderInfo] = None, source: str = "",
-                   code_folder: Optional[str] = None, quantization: Any = None, context: Optional[int] = None,
-                   batch: Optional[int] = None, kv_dtype: Optional[str] = None) -> Plan:
+                   code_folder: Optional[str] = None, quantization: Any = None, context: Any = None,
+                   batch: Optional[int] = None, kv_dtype: Optional[str] = None, fit: bool = False,
+                   reserve: Optional[int] = None) -> Plan:
     """Compute the device map ``from_pretrained`` would use for these options, without weights.
 
     ``max_memory`` may name devices this machine lacks: planning for a target machine is fine
     (``check_devices_exist`` is what a load adds). With ``context``, the KV cache of that many tokens for
-    ``batch`` sequences is planned too, and a strategy's map leaves room for it on every device.
+    ``batch`` sequences and one generate step are planned too, and a strategy's map leaves room for them on
+    every device; ``context="max"``: the longest that fits beside the weights where the map puts them.
+    ``fit``: the placement that streams the fewest bytes (``fit.py``). ``reserve``: bytes every budget leaves free.
     """
     from transformers.integrations.accelerate import get_max_memory
 
@@ -269,9 +273,13 @@ def plan_placement(config, *, class_name: Optional[str] = None, dtype: str = "fl
     if quantization is not None:
         hf_quantizer, config, device_map = _quantizer(config, quantization, device_map)
     model = build_meta_model(cls, config, dtype, hf_quantizer, device_map)
+    room_memory = get_max_memory(max_memory)
+    if reserve:
+        room_memory = {d: max(0, int(n) - reserve) for d, n in room_memory.items()}
+    context_max = context == "max"
     with quiet_loggers("accelerate.utils.modeling", "transformers.integrations.accelerate"):
         try:
-            resolved = device_map_for(model, device_map, max_memory, hf_quantizer)
+            resolved = device_map_for(model, device_map, room_memory if reserve else max_memory, hf_quantizer)
         except ValueError as exc:
             if hf_quantizer is None or "dispatched on the CPU or the disk" not in str(exc):
                 raise
@@ -279,26 +287,56 @@ def plan_placement(config, *, class_name: Optional[str] = None, dtype: str = "fl
                             "disk, where bitsandbytes cannot run them quantized.",
                             hint="Raise the GPUs' --max-memory, use --quantize 4bit, or pass a --quantization-config "
                             "with llm_int8_enable_fp32_cpu_offload and a --device-map.") from None
-        budget = {device_name(k): int(v) for k, v in get_max_memory(max_memory).items()}
+        budget = {device_name(k): int(v) for k, v in room_memory.items()}
         resolved = {name: parse_device(device) for name, device in resolved.items()}
         blocks = _blocks(model)
+        module_bytes = _module_bytes(model, _quantized_sizes(model, hf_quantizer))
+        sizes = {name: p + b for name, (p, b) in module_bytes.items()}
+        tied = dict(getattr(model, "all_tied_weights_keys", None) or {})
         kv, layers, step = None, (), None
         if context:
             from .kv_cache import KV_DTYPES, kv_cache
 
             _refuse_no_generation(cls, config)
-            kv = kv_cache(config, context=context, batch=batch or 1,
-                          dtype=kv_dtype or (dtype if dtype in KV_DTYPES else "bfloat16"))
+            kv_type = kv_dtype or (dtype if dtype in KV_DTYPES else "bfloat16")
+            kv = kv_cache(config, context=1, batch=batch or 1, dtype=kv_type)
             layers = _layer_names(blocks, len(kv.layers))
-            step = _trace(model if hf_quantizer is None else None, cls, config, dtype, blocks, context, batch or 1)
-            if isinstance(device_map, str) and device_map != "":  # a strategy: it places around the step
-                resolved = _with_room(model, device_map, get_max_memory(max_memory), hf_quantizer, kv, layers,
-                                      step, blocks, resolved)
+            twin = model if hf_quantizer is None else build_meta_model(cls, config, dtype)
+            trace_at = lambda c: _trace(twin, blocks, c, batch or 1)  # noqa: E731
+            kv_at = lambda c: kv_cache(config, context=c, batch=batch or 1, dtype=kv_type)  # noqa: E731
+            offload = not no_offload
+
+            def room_at(kv_now, step_now):
+                from .fit import room_of
+
+                return room_of(blocks, sizes, tied, kv=kv_now, layer_names=layers, step=step_now,
+                               budgets=_ordered(budget), offload=offload)
+
+            if context == "max":
+                most = getattr(config.get_text_config(decoder=True), "max_position_embeddings", None) or 2**20
+                context = _longest(trace_at, kv_at, room_at, resolved, most)
+                if not context:
+                    raise PlanError("Not one token's KV cache and step fit beside the weights where the map puts them.",
+                                    hint="Raise --max-memory, lower --batch or --reserve, or let --fit move weights.")
+            kv, step = kv_at(context), trace_at(context)
+            if fit:
+                from .fit import best_placement, fitted_map
+
+                room = room_at(kv, step)
+                resolved = {name: parse_device(d) for name, d in fitted_map(room, best_placement(room)).items()}
+            elif isinstance(device_map, str) and device_map != "" and not context_max:
+                resolved = _with_room(model, device_map, room_memory, hf_quantizer, kv, layers, step, blocks,
+                                      resolved)
+        elif fit:
+            from .fit import best_placement, fitted_map, room_of
+
+            room = room_of(blocks, sizes, tied, budgets=_ordered(budget), offload=not no_offload)
+            resolved = {name: parse_device(d) for name, d in fitted_map(room, best_placement(room)).items()}
     plan = Plan(model_class=cls.__name__, dtype=dtype, device_map=resolved, max_memory=max_memory,
-                module_bytes=_module_bytes(model, _quantized_sizes(model, hf_quantizer)), blocks=tuple(blocks),
-                tied=dict(getattr(model, "all_tied_weights_keys", None) or {}), budget=budget, headers=headers,
+                module_bytes=module_bytes, blocks=tuple(blocks), tied=tied, budget=budget, headers=headers,
                 source=source, no_split=_no_split(model), direct=_direct_tensors(model), config=config,
-                model_cls=cls, quantization=quantization, kv=kv, layer_names=layers, step=step)
+                model_cls=cls, quantization=quantization, kv=kv, layer_names=layers, step=step,
+                chosen_by="--fit" if fit else "--context max" if context_max else "")
     spilled = plan.spilled
     if no_offload and spilled:
         raise PlanError(_spill_message(plan, spilled), hint=_spill_hint(plan))
@@ -314,11 +352,41 @@ def _layer_names(blocks: list[str], count: int) -> tuple[str, ...]:
         found = re.fullmatch(r"(.+)\.(\d+)", block)
         if found:
             runs.setdefault(found.group(1), []).append(block)
-    names = next((names for names in runs.values() if len(names) == count), None)
+    fitting = [(prefix, names) for prefix, names in runs.items() if len(names) == count]
+    decoders = [names for prefix, names in fitting if "decoder" in prefix.split(".")]  # an encoder's run may match
+    names = decoders[0] if len(decoders) == 1 else fitting[0][1] if len(fitting) == 1 else None
     if names is None:
         raise PlanError(f"Cannot tell which of the model's modules are its {count} decoder layers, to place their "
                         "KV cache.", hint="Plan without --context.")
     return tuple(names)
+
+
+def _longest(trace_at, kv_at, room_at, device_map: dict, most: int) -> int:
+    """``--context max``: the longest context whose KV cache and step fit beside the weights where ``device_map``
+    puts them. Each block's step grows as a polynomial of degree at most two in the context (a materialised mask
+    is the square term), so three traces give a guess, which exact traces then confirm (or bisection finds)."""
+    from .fit import longest_context, placed
+    from .step_memory import StepMemory
+
+    probes = [trace_at(c) for c in (64, 128, 256)]
+
+    def curve(context: int) -> StepMemory:
+        x = (context - 128) / 64  # the probes at x = -1, 0, 1
+        by_block = {}
+        for block, low in probes[0].by_block.items():
+            mid, high = probes[1].by_block.get(block, 0), probes[2].by_block.get(block, 0)
+            by_block[block] = int(mid + x * (high - low) / 2 + x * x * (high - 2 * mid + low) / 2)
+        return StepMemory(context, probes[0].batch, by_block, probes[0].logits, probes[0].head)
+
+    def fits(context: int, step) -> bool:
+        room = room_at(kv_at(context), step)
+        return room.fits(placed(room, device_map))
+
+    guess = longest_context(lambda c: fits(c, curve(c)), most)
+    exact = lambda c: fits(c, trace_at(c))  # noqa: E731
+    if guess and exact(guess) and (guess == most or not exact(guess + 1)):
+        return guess
+    return longest_context(exact, most)
 
 
 def _refuse_no_generation(cls, config) -> None:
@@ -327,13 +395,18 @@ def _refuse_no_generation(cls, config) -> None:
                         "for a --context.", hint="Plan without --context (and --batch), or pick a generating --class.")
 
 
-def _trace(model, cls, config, dtype: str, blocks: list[str], context: int, batch: int):
+def _trace(model, blocks: list[str], context: int, batch: int):
     """One step's memory, traced on the plan's meta model (an unquantized twin for a quantized plan: its
-    activations are computed in ``dtype`` all the same)."""
+    activations are computed in the plan's dtype all the same)."""
     from .step_memory import trace_step
 
-    return trace_step(model if model is not None else build_meta_model(cls, config, dtype), blocks,
-                      context=context, batch=batch)
+    return trace_step(model, blocks, context=context, batch=batch)
+
+
+def _ordered(budget: dict) -> dict:
+    """Budgets keyed by device, the accelerators first (by index), then cpu; disk left out (no budget)."""
+    devices = sorted((parse_device(d) for d in budget if d != "disk"), key=lambda d: (not isinstance(d, int), str(d)))
+    return {d: budget[device_name(d)] for d in devices}
 
 
 def _step_by_device(step, blocks, device_map) -> dict:

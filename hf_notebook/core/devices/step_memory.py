@@ -52,7 +52,9 @@ def trace_step(model: Any, blocks: list[str], *, context: int, batch: int = 1) -
 
     keep = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
     ids = torch.zeros((batch, context), dtype=torch.long, device="meta")
-    known = {_key(t) for t in (*model.parameters(), *model.buffers(), ids)}
+    if getattr(model.config, "is_encoder_decoder", False):  # the encoder reads the context; the decoder starts
+        keep["decoder_input_ids"] = torch.zeros((batch, 1), dtype=torch.long, device="meta")
+    known = {_key(t) for t in (*model.parameters(), *model.buffers(), ids, *keep.values()) if hasattr(t, "untyped_storage")}
     notes = _Notes(known)
     hooks = _mark_blocks(model, blocks, notes.events)
     try:
@@ -173,8 +175,10 @@ def _replay(events: list, cached: set) -> dict[str, int]:
 
 
 def _cache_tensors(cache: Any) -> list:
+    """The key and value tensors of a cache (an encoder-decoder's: of both its caches)."""
     found = []
-    for layer in getattr(cache, "layers", None) or []:
+    caches = [getattr(cache, "self_attention_cache", None), getattr(cache, "cross_attention_cache", None)]
+    for layer in [l for c in (caches if caches[0] is not None else [cache]) for l in getattr(c, "layers", None) or []]:
         found += [t for t in (getattr(layer, "keys", None), getattr(layer, "values", None)) if t is not None]
     return found
 
