@@ -284,3 +284,32 @@ def test_models_record_rows_and_escaping(two_loaded):
 def test_models_record_empty():
     record = models_record([])
     assert record.text == EMPTY_REGISTRY and EMPTY_REGISTRY in record.html
+
+
+def test_a_context_plan_shows_weights_kv_cache_and_step_as_parts_of_each_bar(tiny_hub, hf_cache):
+    """The record's device table, the memory view, the figure and the editor's totals each show the KV cache
+    and the step beside the weights, and count them against the budget."""
+    from hf_notebook.core.api import device_map_editor, plan_model
+
+    plan = plan_model("tiny/llama", dtype="float32", max_memory="cpu=600KB", context=100)
+    kv, step = plan.kv_cache_by_device["cpu"], plan.headroom_by_device["cpu"]
+    weights = plan.placement().bytes_by_device["cpu"]  # resident there (offloaded blocks' buffers included)
+    text = plan_record(plan).text
+    row = next(line for line in text.splitlines() if line.strip().startswith("CPU RAM"))
+    assert format_bytes(kv) in row and format_bytes(step) in row and format_bytes(weights + kv + step) in row
+    assert "KV cache" in text and "step" in text
+    usage = {u.device: u for u in MemoryView.from_plan(plan).usage}["cpu"]
+    assert (usage.nbytes, usage.kv_bytes, usage.step_bytes) == (weights, kv, step) and not usage.over
+    assert f"KV cache {format_bytes(kv)}" in MemoryView.from_plan(plan).to_text()
+    fig = memory_figure(plan.placement(), plan.budget)
+    widths = [round(b.get_width() * 1e3) for b in fig.axes[0].patches]  # drawn in kB: params, buffers, KV, step
+    assert kv in widths and step in widths
+    assert {"KV cache", "step"} <= {t.get_text() for t in fig.legends[0].get_texts()}
+    editor = device_map_editor(plan)
+    assert editor.room()["cpu"] == kv + step
+    editor.set("model.layers.0", "cpu")  # all weights on cpu: with the cache and step, over the budget
+    editor.set("model.layers.1", "cpu")
+    editor.set("lm_head", "cpu")
+    editor.set("model.embed_tokens", "cpu")
+    assert [p.device for p in editor.problems()] == ["cpu"]
+    assert editor.problems()[0].nbytes == sum(editor.totals().values()) - editor.totals().get("disk", 0) + editor.room()["cpu"]

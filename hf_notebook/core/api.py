@@ -351,7 +351,8 @@ def device_map_editor(target: "LoadResult | Plan"):
             strategies[name] = lambda name=name: plan_placement(
                 plan.config, class_name=plan.model_class, dtype=plan.dtype, device_map=name,
                 max_memory=max_memory).device_map
-    return MapEditor(Structure.of(plan), current, devices=devices, budget=budget, strategies=strategies)
+    return MapEditor(Structure.of(plan), current, devices=devices, budget=budget, strategies=strategies,
+                     room=plan.room_for if plan.kv is not None else None)
 
 
 def apply_device_map(target: "LoadResult | Plan", device_map: dict):

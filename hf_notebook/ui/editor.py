@@ -298,9 +298,11 @@ class DeviceMapEditor:
 
     def _totals_html(self, over: set) -> str:
         cells = []
+        room = self.draft.room()
         for device, nbytes in self.draft.totals().items():
             budget = self.draft.budget.get(device)
-            amount = format_bytes(nbytes) + (f" of {format_bytes(budget)}" if budget is not None else "")
+            amount = format_bytes(nbytes) + (f" + KV and step {format_bytes(room[device])}" if room.get(device) else "")
+            amount += f" of {format_bytes(budget)}" if budget is not None else ""
             style = DANGER + ";font-weight:bold" if device in over else ""
             cells.append(f"<span style='margin-right:1.5em;display:inline-block'>{escape(words.device_title(device))}:"
                          f" <span style='{style}'>{escape(amount)}</span></span>")
@@ -366,8 +368,10 @@ class DeviceMapEditor:
         width = max((len(g.label) for g in groups), default=0)
         lines = [f"Device map · {self._subject(text=True)}"]
         lines += [f"  {g.label.ljust(width)}  {format_bytes(g.nbytes):>9}  {g.device}" for g in groups]
-        lines.append("  " + " · ".join(f"{d}: {format_bytes(n)}" + (f" of {format_bytes(self.draft.budget[d])}"
-                                                                    if d in self.draft.budget else "")
+        room = self.draft.room()
+        lines.append("  " + " · ".join(f"{d}: {format_bytes(n)}"
+                                       + (f" + KV and step {format_bytes(room[d])}" if room.get(d) else "")
+                                       + (f" of {format_bytes(self.draft.budget[d])}" if d in self.draft.budget else "")
                                        for d, n in self.draft.totals().items()))
         lines += [f"  cannot apply: {words.problem_text(p)}" for p in self.draft.problems()]
         return "\n".join(lines)

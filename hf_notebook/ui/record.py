@@ -262,14 +262,22 @@ def _groups_text(placement: Any) -> list[str]:
 
 
 def _device_rows(placement: Any, budget: Optional[dict] = None) -> tuple[list[str], list[list[str]]]:
+    """Per device: weights resident and offloaded, and for a ``--context`` plan its KV cache and step, the total
+    against the budget."""
     budget = {d: b for d, b in (budget or {}).items() if d != "disk"}
-    devices = sorted(set(placement.devices) | set(budget), key=device_sort_key)
-    header = ["device", "resident", "offloaded", "total"] + (["budget"] if budget else [])
+    kv, step = getattr(placement, "kv_by_device", {}), getattr(placement, "step_by_device", {})
+    devices = sorted(set(placement.devices) | set(budget) | set(kv) | set(step), key=device_sort_key)
+    room = bool(kv or step)
+    header = (["device", "resident", "offloaded"] + (["KV cache", "step"] if room else []) + ["total"]
+              + (["budget"] if budget else []))
     rows = []
     for d in devices:
         b = placement.devices.get(d)
-        total, off = (b.nbytes, b.offloaded_bytes) if b else (0, 0)
-        row = [W.device_title(d), format_bytes(total - off), format_bytes(off) if off else "-", format_bytes(total)]
+        weights, off = (b.nbytes, b.offloaded_bytes) if b else (0, 0)
+        total = weights + kv.get(d, 0) + step.get(d, 0)
+        row = [W.device_title(d), format_bytes(weights - off), format_bytes(off) if off else "-"]
+        row += [format_bytes(kv[d]) if kv.get(d) else "-", format_bytes(step[d]) if step.get(d) else "-"] if room else []
+        row.append(format_bytes(total))
         if budget:
             limit = budget.get(d)
             row.append("-" if limit is None else f"{format_bytes(limit)}{' OVER' if total > limit else ''}")

@@ -32,6 +32,8 @@ ANYWHERE = "overflow-wrap:anywhere"  # a long name (file, module) wraps in its c
 # The memory figure (matplotlib): parameters and buffers, within budget and over it.
 PLOT_PARAMS, PLOT_BUFFERS = "#1f77b4", "#aec7e8"
 PLOT_OVER, PLOT_OVER_BUFFERS = "#d62728", "#ff9896"
+PLOT_KV, PLOT_STEP = "#2ca02c", "#98df8a"  # a --context plan's KV cache and step beside the weights
+PLOT_OVER_KV, PLOT_OVER_STEP = "#b2182b", "#f4a582"
 PLOT_OVER_TEXT = "#e53935"  # readable on a light and a dark page
 PLOT_INK = "#888888"  # text, axes and the budget mark: a grey that reads on a light and a dark page
 

@@ -18,8 +18,9 @@ import ipywidgets as W
 
 from hf_notebook.core.units import device_sort_key, format_bytes
 from hf_notebook.ui.record import html_text
-from hf_notebook.ui.style import (ANYWHERE, DANGER, MONO, MUTED, PLOT_BUFFERS, PLOT_OVER, PLOT_OVER_BUFFERS,
-                                  PLOT_INK, PLOT_OVER_TEXT, PLOT_PARAMS, set_changed)
+from hf_notebook.ui.style import (ANYWHERE, DANGER, MONO, MUTED, PLOT_BUFFERS, PLOT_INK, PLOT_KV, PLOT_OVER,
+                                  PLOT_OVER_BUFFERS, PLOT_OVER_KV, PLOT_OVER_STEP, PLOT_OVER_TEXT, PLOT_PARAMS,
+                                  PLOT_STEP, set_changed)
 from hf_notebook.ui.words import device_title
 
 __all__ = [
@@ -30,6 +31,7 @@ __all__ = [
     "MemoryView",
     "device_usage",
     "memory_figure",
+    "plan_room",
 ]
 
 _SIZE = f"{MONO};white-space:nowrap"  # a size: number and unit together
@@ -38,44 +40,67 @@ _SIZE = f"{MONO};white-space:nowrap"  # a size: number and unit together
 # -- shared pieces ------------------------------------------------------------------------
 @dataclass(frozen=True)
 class DeviceUsage:
-    """One device's bytes against its budget (``None``: no budget, as for disk)."""
+    """One device's bytes against its budget (``None``: no budget, as for disk): weights (parameters and
+    buffers) and, for a plan with ``--context``, the KV cache and one step's activations it keeps room for."""
 
     device: str
     nbytes: int
     buffer_bytes: int = 0
     budget: Optional[int] = None
+    kv_bytes: int = 0
+    step_bytes: int = 0
 
     @property
     def param_bytes(self) -> int:
-        """The device total less its buffers, so the two segments always add up to the total."""
+        """The device's weights less its buffers, so the segments always add up to the total."""
         return self.nbytes - self.buffer_bytes
+
+    @property
+    def total(self) -> int:
+        """Weights, KV cache and step: what the budget must hold."""
+        return self.nbytes + self.kv_bytes + self.step_bytes
 
     @property
     def over(self) -> int:
         """Bytes beyond the budget (0 when within it or without one)."""
-        return max(0, self.nbytes - self.budget) if self.budget is not None else 0
+        return max(0, self.total - self.budget) if self.budget is not None else 0
 
     def amount_text(self) -> str:
         """``12.3 GB of 80.0 GB (15%)``, ``90.0 GB of 80.0 GB, 10.0 GB over budget``, or ``148.0 kB``."""
         if self.budget is None:
-            return format_bytes(self.nbytes)
-        text = f"{format_bytes(self.nbytes)} of {format_bytes(self.budget)}"
+            return format_bytes(self.total)
+        text = f"{format_bytes(self.total)} of {format_bytes(self.budget)}"
         if self.over:
             return f"{text}, {format_bytes(self.over)} over budget"
-        return f"{text} ({self.nbytes / self.budget:.0%})" if self.budget else text
+        return f"{text} ({self.total / self.budget:.0%})" if self.budget else text
 
     def split_text(self) -> str:
-        return f"params {format_bytes(self.param_bytes)} · buffers {format_bytes(self.buffer_bytes)}"
+        parts = [f"params {format_bytes(self.param_bytes)}", f"buffers {format_bytes(self.buffer_bytes)}"]
+        parts += [f"KV cache {format_bytes(self.kv_bytes)}"] if self.kv_bytes else []
+        parts += [f"step {format_bytes(self.step_bytes)}"] if self.step_bytes else []
+        return " · ".join(parts)
 
 
-def device_usage(placement: Any, budget: Optional[Mapping[str, int]] = None) -> list[DeviceUsage]:
-    """Per device, accelerators first: every device the placement uses or the budget names (disk: no budget)."""
+def device_usage(placement: Any, budget: Optional[Mapping[str, int]] = None, kv: Optional[Mapping[str, int]] = None,
+                 step: Optional[Mapping[str, int]] = None) -> list[DeviceUsage]:
+    """Per device, accelerators first: every device the placement uses or the budget names (disk: no budget);
+    ``kv`` and ``step``: a ``--context`` plan's KV cache and step per device (default: the placement's own)."""
     budget = {d: int(b) for d, b in (budget or {}).items() if d != "disk"}
+    kv = dict(kv if kv is not None else getattr(placement, "kv_by_device", {}))
+    step = dict(step if step is not None else getattr(placement, "step_by_device", {}))
     used = placement.bytes_by_device
     buffers = placement.buffer_bytes_by_device
-    devices = sorted(set(used) | set(budget), key=device_sort_key)
-    return [DeviceUsage(d, int(used.get(d, 0)), min(int(buffers.get(d, 0)), int(used.get(d, 0))), budget.get(d))
-            for d in devices]
+    devices = sorted(set(used) | set(budget) | set(kv) | set(step), key=device_sort_key)
+    return [DeviceUsage(d, int(used.get(d, 0)), min(int(buffers.get(d, 0)), int(used.get(d, 0))), budget.get(d),
+                        int(kv.get(d, 0)), int(step.get(d, 0))) for d in devices]
+
+
+def plan_room(plan: Any, device_map: Optional[Mapping[str, Any]] = None) -> dict:
+    """``kv=`` and ``step=`` for :func:`device_usage` from a plan (under ``device_map``, default its own)."""
+    if getattr(plan, "kv", None) is None:
+        return {}
+    device_map = plan.device_map if device_map is None else device_map
+    return {"kv": plan.kv_for(device_map), "step": plan.headroom_for(device_map)}
 
 
 class _View:
@@ -217,12 +242,12 @@ class MemoryView(_View):
     KINDS = {"planned": "planned", "resident": "resident, measured after loading"}
 
     def __init__(self, placement: Any, budget: Optional[Mapping[str, int]] = None, title: str = "",
-                 kind: str = "planned"):
+                 kind: str = "planned", kv: Optional[Mapping[str, int]] = None, step: Optional[Mapping[str, int]] = None):
         if kind not in self.KINDS:
             raise ValueError(f"kind must be 'planned' or 'resident', not {kind!r}")
         self.kind = kind
         self.title = title or f"Memory per device ({self.KINDS[kind]})"
-        self.usage = device_usage(placement, budget)
+        self.usage = device_usage(placement, budget, kv, step)
         self.bars: dict[str, W.FloatProgress] = {}
         self.labels: dict[str, W.HTML] = {}
         rows = [W.HTML(f"<b>{escape(self.title)}</b>")]
@@ -232,7 +257,7 @@ class MemoryView(_View):
 
     def _row(self, u: DeviceUsage) -> W.HBox:
         top = float(u.budget) if u.budget else 1.0
-        bar = W.FloatProgress(min=0.0, max=top, value=min(float(u.nbytes), top),
+        bar = W.FloatProgress(min=0.0, max=top, value=min(float(u.total), top),
                               bar_style="danger" if u.over else "",
                               layout=W.Layout(width="40%", visibility="visible" if u.budget is not None else "hidden"))
         style = DANGER if u.over else ""
@@ -248,7 +273,8 @@ class MemoryView(_View):
 
     @classmethod
     def from_result(cls, result: Any, title: str = "") -> "MemoryView":
-        return cls(result.placement, result.plan.budget, title, kind="resident")
+        return cls(result.placement, result.plan.budget, title, kind="resident",
+                   **plan_room(result.plan, result.device_map))
 
     def to_text(self) -> str:
         width = max((len(device_title(u.device)) for u in self.usage), default=0)
@@ -263,8 +289,10 @@ class MemoryView(_View):
 _UNITS = (("B", 1), ("kB", 1e3), ("MB", 1e6), ("GB", 1e9), ("TB", 1e12))
 
 
-def memory_figure(placement: Any, budget: Optional[Mapping[str, int]] = None, title: str = ""):
-    """A static ``Figure``: per device a params+buffers bar, the budget as a dashed mark, red when over.
+def memory_figure(placement: Any, budget: Optional[Mapping[str, int]] = None, title: str = "",
+                  kv: Optional[Mapping[str, int]] = None, step: Optional[Mapping[str, int]] = None):
+    """A static ``Figure``: per device a bar of parameters, buffers and (``kv``, ``step``: a ``--context`` plan's)
+    KV cache and step, the budget as a dashed mark, red when over.
 
     Built with matplotlib's object API (no pyplot), so it needs no GUI backend and keeps no
     global state; ``fig.savefig(...)`` works anywhere.
@@ -273,8 +301,8 @@ def memory_figure(placement: Any, budget: Optional[Mapping[str, int]] = None, ti
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
-    usage = device_usage(placement, budget)
-    top = max([u.nbytes for u in usage] + [u.budget or 0 for u in usage] + [1])
+    usage = device_usage(placement, budget, kv, step)
+    top = max([u.total for u in usage] + [u.budget or 0 for u in usage] + [1])
     unit, scale = next((n, s) for n, s in reversed(_UNITS) if top >= s or s == 1)
     fig = Figure(figsize=(8, 1.5 + 0.6 * max(len(usage), 1)), layout="constrained")
     fig.patch.set_alpha(0)  # no white slab in a dark theme: the page shows through, ink is a mid grey
@@ -284,14 +312,19 @@ def memory_figure(placement: Any, budget: Optional[Mapping[str, int]] = None, ti
         side.set_color(PLOT_INK)
     ax.tick_params(colors=PLOT_INK, labelcolor=PLOT_INK)
     ys = range(len(usage))
-    colors = [(PLOT_OVER, PLOT_OVER_BUFFERS) if u.over else (PLOT_PARAMS, PLOT_BUFFERS) for u in usage]
-    ax.barh(ys, [u.param_bytes / scale for u in usage], color=[c[0] for c in colors], height=0.6)
-    ax.barh(ys, [u.buffer_bytes / scale for u in usage], left=[u.param_bytes / scale for u in usage],
-            color=[c[1] for c in colors], height=0.6)
+    left = [0.0] * len(usage)
+    parts = [("param_bytes", PLOT_PARAMS, PLOT_OVER), ("buffer_bytes", PLOT_BUFFERS, PLOT_OVER_BUFFERS),
+             ("kv_bytes", PLOT_KV, PLOT_OVER_KV), ("step_bytes", PLOT_STEP, PLOT_OVER_STEP)]
+    for attr, colour, over_colour in parts:
+        widths = [getattr(u, attr) / scale for u in usage]
+        if attr in ("kv_bytes", "step_bytes") and not any(widths):
+            continue  # no --context: weights only
+        ax.barh(ys, widths, left=left, color=[over_colour if u.over else colour for u in usage], height=0.6)
+        left = [a + b for a, b in zip(left, widths)]
     for y, u in zip(ys, usage):
         if u.budget is not None:
             ax.vlines(u.budget / scale, y - 0.4, y + 0.4, colors=PLOT_INK, linestyles="--", linewidth=1.5)
-        ax.text(max(u.nbytes, u.budget or 0) / scale + top / scale * 0.01, y, u.amount_text(), va="center",
+        ax.text(max(u.total, u.budget or 0) / scale + top / scale * 0.01, y, u.amount_text(), va="center",
                 fontsize=9, color=PLOT_OVER_TEXT if u.over else PLOT_INK)
     ax.set_yticks(list(ys), [device_title(u.device) for u in usage])
     ax.invert_yaxis()
@@ -299,6 +332,8 @@ def memory_figure(placement: Any, budget: Optional[Mapping[str, int]] = None, ti
     ax.set_xlabel(f"memory ({unit})", color=PLOT_INK)
     ax.set_title(title or "Memory per device", color=PLOT_INK)
     handles = [Patch(color=PLOT_PARAMS, label="parameters"), Patch(color=PLOT_BUFFERS, label="buffers")]
+    handles += [Patch(color=PLOT_KV, label="KV cache")] if any(u.kv_bytes for u in usage) else []
+    handles += [Patch(color=PLOT_STEP, label="step")] if any(u.step_bytes for u in usage) else []
     handles += [Patch(color=PLOT_OVER, label="over budget")] if any(u.over for u in usage) else []
     handles += [Line2D([], [], color=PLOT_INK, linestyle="--", label="budget")] if any(u.budget for u in usage) else []
     fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), fontsize=8, frameon=False,

@@ -138,13 +138,16 @@ class MapEditor:
 
     ``devices`` are the devices on offer (labels as ``device_name`` gives them); ``budget`` the
     bytes each may hold (missing: no limit); ``strategies`` computes the map of a named
-    strategy ("auto", "balanced", ...) for :meth:`reset`.
+    strategy ("auto", "balanced", ...) for :meth:`reset`; ``room`` gives, for a map, what a plan's
+    ``--context`` needs per device beside the weights (KV cache and one step), counted against budgets.
     """
 
     def __init__(self, structure: Structure, device_map: Mapping[str, Any], *, devices: Iterable[str],
                  budget: Optional[Mapping[str, int]] = None,
-                 strategies: Optional[Mapping[str, Callable[[], Mapping[str, Any]]]] = None):
+                 strategies: Optional[Mapping[str, Callable[[], Mapping[str, Any]]]] = None,
+                 room: Optional[Callable[[Mapping[str, Any]], Mapping[str, int]]] = None):
         self.structure = structure
+        self.room_of = room
         self.devices = tuple(sorted({device_name(d) for d in devices}, key=device_sort_key))
         self.budget = {device_name(d): int(b) for d, b in (budget or {}).items() if b is not None}
         self.strategies = dict(strategies or {})
@@ -195,10 +198,16 @@ class MapEditor:
             totals[main] = totals.get(main, 0) + buffers
         return dict(sorted(totals.items(), key=lambda kv: device_sort_key(kv[0])))
 
+    def room(self) -> dict[str, int]:
+        """Per device, the KV cache and step the plan's ``--context`` needs there under the draft (empty without)."""
+        return dict(self.room_of(self.map)) if self.room_of is not None else {}
+
     def problems(self) -> list[Problem]:
-        """What stops the draft from being applied (empty: it may be applied)."""
-        return [Problem("over-budget", d, n, self.budget[d]) for d, n in self.totals().items()
-                if d in self.budget and n > self.budget[d]]
+        """What stops the draft from being applied (empty: it may be applied): weights, and the KV cache and step
+        of a ``--context`` plan, beyond a device's budget."""
+        room = self.room()
+        return [Problem("over-budget", d, n + room.get(d, 0), self.budget[d]) for d, n in self.totals().items()
+                if d in self.budget and n + room.get(d, 0) > self.budget[d]]
 
     def placement(self) -> Placement:
         """The draft as a planned :class:`Placement` (groups in module order, totals per device)."""

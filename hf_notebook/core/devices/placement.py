@@ -77,6 +77,8 @@ class Placement:
     groups: tuple[PlacementGroup, ...]
     devices: dict[str, DeviceBytes] = field(default_factory=dict)
     measured: bool = True  # False: a plan's estimate
+    kv_by_device: dict[str, int] = field(default_factory=dict)  # a --context plan's KV cache per device
+    step_by_device: dict[str, int] = field(default_factory=dict)  # ... and one step's activations and logits
 
     @property
     def bytes_by_device(self) -> dict[str, int]:

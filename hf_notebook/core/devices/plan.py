@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import copy
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Optional
 
@@ -64,19 +64,34 @@ class Plan:
     @property
     def kv_cache_by_device(self) -> dict[str, int]:
         """Device name -> the KV cache bytes it holds under the current (perhaps edited) map."""
-        from .kv_cache import by_device, layer_devices, main_device
-
-        if self.kv is None:
-            return {}
-        found = by_device(self.kv, layer_devices(self.device_map, list(self.layer_names)), main_device(self.device_map))
-        return {device_name(d): n for d, n in found.items()}
+        return self.kv_for(self.device_map)
 
     @property
     def headroom_by_device(self) -> dict[str, int]:
         """Device name -> the activations and logits of one ``--context`` step it computes (0 without --context)."""
+        return self.headroom_for(self.device_map)
+
+    def kv_for(self, device_map: dict) -> dict[str, int]:
+        """Device name -> KV cache bytes under ``device_map`` (a draft, say); empty without --context."""
+        from .kv_cache import by_device, layer_devices, main_device
+
+        if self.kv is None:
+            return {}
+        found = by_device(self.kv, layer_devices(device_map, list(self.layer_names)), main_device(device_map))
+        return {device_name(d): n for d, n in found.items()}
+
+    def headroom_for(self, device_map: dict) -> dict[str, int]:
+        """Device name -> one step's activations and logits under ``device_map``; empty without --context."""
         if self.step is None:
             return {}
-        return {device_name(d): n for d, n in _step_by_device(self.step, self.blocks, self.device_map).items()}
+        return {device_name(d): n for d, n in _step_by_device(self.step, self.blocks, device_map).items()}
+
+    def room_for(self, device_map: dict) -> dict[str, int]:
+        """Device name -> what beside the weights a ``--context`` step needs there: KV cache and step."""
+        found = dict(self.kv_for(device_map))
+        for device, nbytes in self.headroom_for(device_map).items():
+            found[device] = found.get(device, 0) + nbytes
+        return found
 
     @property
     def spilled(self) -> list[str]:
@@ -112,14 +127,18 @@ class Plan:
             name = name.rpartition(".")[0]
 
     def placement(self) -> Placement:
-        """The plan as a :class:`~hf_notebook.core.devices.placement.Placement` (estimated bytes).
+        """The plan as a :class:`~hf_notebook.core.devices.placement.Placement` (estimated bytes; with
+        ``--context``, the KV cache and step it keeps room for per device).
 
         A one-device map (``{"": "cpu"}``) is shown block by block, so it still reads layer by layer.
         """
         shown = spread_one_device(self.device_map, self.blocks)
         if shown is self.device_map:  # accelerate lists what it placed last at the end: show it in module order
             shown = dict(sorted(shown.items(), key=lambda item: _block_position(item[0], self.blocks)))
-        return planned_placement(shown, self.module_bytes, frozenset(self.spilled))
+        placed = planned_placement(shown, self.module_bytes, frozenset(self.spilled))
+        if self.kv is None:
+            return placed
+        return replace(placed, kv_by_device=self.kv_cache_by_device, step_by_device=self.headroom_by_device)
 
     @property
     def bytes_by_device(self) -> dict[str, int]:
