@@ -297,6 +297,7 @@ def test_a_context_plan_shows_weights_kv_cache_and_step_as_parts_of_each_bar(tin
     text = plan_record(plan).text
     row = next(line for line in text.splitlines() if line.strip().startswith("CPU RAM"))
     assert format_bytes(kv) in row and format_bytes(step) in row and format_bytes(weights + kv + step) in row
+    assert row.rstrip().endswith(format_bytes(600_000 - weights - kv - step))  # what is left of the budget
     assert "KV cache" in text and "step" in text
     usage = {u.device: u for u in MemoryView.from_plan(plan).usage}["cpu"]
     assert (usage.nbytes, usage.kv_bytes, usage.step_bytes) == (weights, kv, step) and not usage.over

@@ -263,13 +263,13 @@ def _groups_text(placement: Any) -> list[str]:
 
 def _device_rows(placement: Any, budget: Optional[dict] = None) -> tuple[list[str], list[list[str]]]:
     """Per device: weights resident and offloaded, and for a ``--context`` plan its KV cache and step, the total
-    against the budget."""
+    against the budget (and, with a ``--context``, what is left of it)."""
     budget = {d: b for d, b in (budget or {}).items() if d != "disk"}
     kv, step = getattr(placement, "kv_by_device", {}), getattr(placement, "step_by_device", {})
     devices = sorted(set(placement.devices) | set(budget) | set(kv) | set(step), key=device_sort_key)
     room = bool(kv or step)
     header = (["device", "resident", "offloaded"] + (["KV cache", "step"] if room else []) + ["total"]
-              + (["budget"] if budget else []))
+              + (["budget"] if budget else []) + (["left"] if budget and room else []))
     rows = []
     for d in devices:
         b = placement.devices.get(d)
@@ -281,6 +281,8 @@ def _device_rows(placement: Any, budget: Optional[dict] = None) -> tuple[list[st
         if budget:
             limit = budget.get(d)
             row.append("-" if limit is None else f"{format_bytes(limit)}{' OVER' if total > limit else ''}")
+            if room:
+                row.append("-" if limit is None else format_bytes(max(0, limit - total)))
         rows.append(row)
     return header, rows
 
