@@ -195,3 +195,39 @@ def test_the_editor_lists_what_apply_will_move_and_marks_those_rows(tiny_hub, hf
     marked = [row for row in editor.rows.values() if "●" in row.name.value]
     assert [row.label for row in marked] == ["lm_head"]
     assert editor.apply() and not any("●" in row.name.value for row in editor.rows.values())
+
+
+def test_the_layers_slider_spreads_layers_and_says_if_they_fit():
+    """The "layers on GPU" slider of a plan for a GPU machine: n first layers on cuda:0, the rest on cpu; the
+    note and the totals say whether that fits; "Most that fit" picks the largest n within every budget."""
+    config = make_config("llama")
+    config.num_hidden_layers = 6
+    plan = plan_placement(config, dtype="float32", max_memory={0: 400_000, "cpu": 10**7})
+    editor = DeviceMapEditor(plan, name="p")
+    draft = editor.draft
+    assert (draft.fastest, draft.slower) == ("cuda:0", "cpu") and len(draft.layers) == 6
+    assert editor.slider.max == 6 and editor.slider.description == "layers on cuda:0"
+    editor.slider.value = 0  # the user drags the slider
+    assert editor.draft.layers_on_fastest() == 0
+    assert {str(editor.draft.device_of(layer)) for layer in draft.layers} == {"cpu"}
+    assert "0 of 6 layers on GPU 0 (cuda:0), the rest on CPU RAM (cpu): fits" in editor.slider_note.value
+    editor.slider.value = 6
+    assert editor.draft.layers_on_fastest() == 6
+    assert "over its budget" in editor.slider_note.value and editor.apply_button.disabled
+    editor.fit_button.click()
+    most = editor.slider.value
+    assert 0 < most < 6 and not editor.draft.problems()
+    editor.put_layers(most + 1)  # one more layer does not fit
+    assert editor.draft.problems()
+    editor.undo_button.click()  # the slider follows the draft back
+    assert editor.slider.value == most
+
+
+def test_the_slider_counts_the_kv_cache_of_a_context_plan(tiny_hub, hf_cache):
+    """With --context, the KV cache and step count against the budget too: fewer layers fit."""
+    from hf_notebook.core.api import plan_model
+
+    weights = DeviceMapEditor(plan_model("tiny/llama", dtype="float32", max_memory="cpu=450KB"), name="w")
+    room = DeviceMapEditor(plan_model("tiny/llama", dtype="float32", max_memory="cpu=450KB", context=64), name="c")
+    assert (weights.draft.fastest, weights.draft.slower) == ("cpu", "disk")
+    assert room.draft.most_layers_that_fit() < weights.draft.most_layers_that_fit()

@@ -141,6 +141,13 @@ class DeviceMapEditor:
         self.range_button = W.Button(description="Move", tooltip="move these modules to that device")
         self.range_button.on_click(lambda _: self.move_range(self.range_text.value, self.range_device.value))
         self.totals = W.HTML()
+        self.slider = W.IntSlider(min=0, max=len(self.draft.layers), value=self.draft.layers_on_fastest(),
+                                  continuous_update=False, description="layers on",
+                                  layout=W.Layout(flex="1 1 16em", min_width="12em"))
+        self.slider.observe(self._slid, names="value")
+        self.slider_note = W.HTML(layout=W.Layout(flex="1 1 14em"))
+        self.fit_button = W.Button(description="Most that fit", tooltip="the most layers the budgets allow there")
+        self.fit_button.on_click(lambda _: self.put_layers(self.draft.most_layers_that_fit()))
         self.status = W.HTML()
         self.apply_button = W.Button(description="Apply", button_style="primary", icon="check")
         self.undo_button = W.Button(description="Undo", icon="undo")
@@ -162,6 +169,9 @@ class DeviceMapEditor:
         self.widget = W.VBox([
             self.title, self.rows_box,
             W.HBox([self.range_text, self.range_device, self.range_button], layout=W.Layout(flex_flow="row wrap")),
+            W.HBox([self.slider, self.fit_button, self.slider_note], layout=W.Layout(
+                flex_flow="row wrap", align_items="center",
+                display="flex" if self.draft.layers and self.draft.slower else "none")),
             self.totals,
             W.HBox([self.apply_button, self.undo_button, self.reset_choice, self.reset_button, self.done_button,
                     self.status],
@@ -188,6 +198,19 @@ class DeviceMapEditor:
 
     def move_range(self, modules: str, device: Any) -> bool:
         return self.move([(modules.strip(), device)])
+
+    def put_layers(self, count: int) -> None:
+        """The first ``count`` layers on the fastest device, the rest on the next (the slider does this)."""
+        try:
+            self.draft.put_layers(count)
+            self.last_note = ""
+        except HfNotebookError as exc:
+            self.last_note = f"<span style='{DANGER}'>{escape(exc.message)}</span>"
+        self.refresh()
+
+    def _slid(self, change: dict) -> None:
+        if not self.syncing and change["new"] != self.draft.layers_on_fastest():
+            self.put_layers(change["new"])
 
     def undo(self) -> None:
         self.last_note = "" if self.draft.undo() else f"<span style='{MUTED}'>Nothing to undo.</span>"
@@ -273,6 +296,7 @@ class DeviceMapEditor:
         self.rows = rows
         problems = self.draft.problems()
         set_changed(self.totals, value=self._totals_html({p.device for p in problems}))
+        self._sync_slider(problems)
         reason = "; ".join(words.problem_text(p) for p in problems)
         set_changed(self.apply_button, disabled=bool(problems) or not self.draft.changed)
         set_changed(self.undo_button, disabled=not self.draft.history)
@@ -284,6 +308,24 @@ class DeviceMapEditor:
             status = f"<span style='{MUTED}'>no changes yet</span>"
         set_changed(self.status, value=status)
         self.seconds = time.perf_counter() - t0
+
+    def _sync_slider(self, problems: list) -> None:
+        """The slider shows the draft's count of first layers on the fastest device, and whether it fits."""
+        draft = self.draft
+        if not draft.layers or draft.slower is None:
+            return
+        count = draft.layers_on_fastest()
+        self.syncing = True
+        try:
+            set_changed(self.slider, value=count, description=f"layers on {draft.fastest}")
+        finally:
+            self.syncing = False
+        over = [p for p in problems if p.device in (draft.fastest, draft.slower)]
+        text = f"{count} of {len(draft.layers)} layers on {words.device_title(draft.fastest)}, the rest on " \
+               f"{words.device_title(draft.slower)}"
+        note = (f"<span style='{DANGER}'>{escape(text)}: {escape(words.problem_text(over[0]))}</span>" if over
+                else f"<span style='{MUTED}'>{escape(text)}: fits</span>")
+        set_changed(self.slider_note, value=note)
 
     def _new_row(self) -> _Row:
         row = _Row(self)

@@ -228,6 +228,60 @@ class MapEditor:
             Path(path).expanduser().write_text(text + "\n")
         return text
 
+    # -- layers on the fastest device (the "n layers on GPU" slider) -----------------------
+    @property
+    def layers(self) -> list[str]:
+        """The decoder layers in order: the longest numbered run among the blocks (``model.layers.N``)."""
+        runs: dict[str, list[str]] = {}
+        for block in self.structure.blocks:
+            prefix, _, index = block.rpartition(".")
+            if prefix and index.isdigit():
+                runs.setdefault(prefix, []).append(block)
+        return max(runs.values(), key=len, default=[])
+
+    @property
+    def fastest(self) -> str:
+        """The device the slider fills: the first accelerator on offer, else cpu (the rest going to disk)."""
+        return self.devices[0]
+
+    @property
+    def slower(self) -> Optional[str]:
+        """Where the layers beyond the slider's count go: the next device on offer (cpu, or disk)."""
+        return self.devices[1] if len(self.devices) > 1 else None
+
+    def layers_on_fastest(self) -> int:
+        """How many of the first layers, in order, are on :attr:`fastest` now."""
+        count = 0
+        for layer in self.layers:
+            if device_name(self.device_of(layer)) != self.fastest:
+                break
+            count += 1
+        return count
+
+    def put_layers(self, count: int) -> Change:
+        """The first ``count`` layers on :attr:`fastest`, the rest on :attr:`slower`, as one undoable step."""
+        layers = self.layers
+        if not layers or self.slower is None:
+            raise MapError("There are no numbered layers to spread, or only one device on offer.",
+                           hint="Move modules with the selectors instead.")
+        count = max(0, min(int(count), len(layers)))
+        edits = [(layer, self.fastest) for layer in layers[:count]] + [(layer, self.slower) for layer in layers[count:]]
+        return self.assign(edits)
+
+    def most_layers_that_fit(self) -> int:
+        """The most first layers :attr:`fastest` takes with every budget kept (the rest on :attr:`slower`)."""
+        saved = (self.map, list(self.history))
+        try:
+            for count in range(len(self.layers), -1, -1):
+                self.put_layers(count)
+                fits = not self.problems()
+                self.map, self.history = saved[0], list(saved[1])
+                if fits:
+                    return count
+            return 0
+        finally:
+            self.map, self.history = saved
+
     # -- editing -------------------------------------------------------------------------
     def assign(self, edits: Iterable[tuple[str, Any]]) -> Change:
         """Put each ``(modules, device)`` of ``edits`` there, checked together, as one undoable step."""
