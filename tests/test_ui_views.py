@@ -99,6 +99,9 @@ def test_expanding_a_range_reveals_its_members(spill_plan):
     assert all(n.startswith("<code") for n in names)
     for i, size in enumerate(sizes):
         assert format_bytes(spill_plan.module_sizes[f"model.layers.{i}"]) in size and "planned" not in size
+    # bytes at the right edge of each row (a member's under its range's), not beside the name
+    for line in [row.widget.children[0], *row.member_box.children]:
+        assert line.children[-1].layout.margin == "0 0 0 auto" and line.children[-2].layout.flex == "1 1 auto"
     row.toggle.click()
     assert not row.expanded
     assert view.row("lm_head").toggle is None  # nothing to expand

@@ -35,6 +35,9 @@ __all__ = [
 ]
 
 _SIZE = f"{MONO};white-space:nowrap"  # a size: number and unit together
+# a row's name takes the room there is; its bytes sit at the right edge, where a member row's bytes line up too
+_NAME = dict(flex="1 1 auto", min_width="0")
+_BYTES = dict(flex="0 0 auto", margin="0 0 0 auto")
 
 
 # -- shared pieces ------------------------------------------------------------------------
@@ -143,9 +146,8 @@ class GroupRow:
                                           layout=W.Layout(width="28px", padding="0"))
             self.toggle.on_click(lambda _: self.expand(not self.expanded))
         count = f" <span style='{MUTED}'>({len(self.members)} modules)</span>" if self.members else ""
-        self.name = W.HTML(f"<code style='{ANYWHERE}'>{escape(group.label)}</code>{count}",
-                           layout=W.Layout(width="60%", min_width="0"))
-        self.size = W.HTML(f"<span style='{_SIZE}'>{escape(format_bytes(group.nbytes))}</span>")
+        self.name = W.HTML(f"<code style='{ANYWHERE}'>{escape(group.label)}</code>{count}", layout=_NAME)
+        self.size = W.HTML(f"<span style='{_SIZE}'>{escape(format_bytes(group.nbytes))}</span>", layout=_BYTES)
         self.widget = W.VBox([W.HBox([lead, self.name, self.size]), self.member_box])
 
     @property
@@ -156,9 +158,9 @@ class GroupRow:
         """Show (build on first use) or hide the member rows."""
         if show and not self.member_box.children:
             self.member_box.children = tuple(
-                W.HBox([W.HTML(f"<code style='{ANYWHERE}'>{escape(name)}</code>",
-                               layout=W.Layout(width="60%", min_width="0")),
-                        W.HTML(f"<span style='{_SIZE}'>{escape(self.member_size_text(nbytes))}</span>")])
+                W.HBox([W.HTML(f"<code style='{ANYWHERE}'>{escape(name)}</code>", layout=_NAME),
+                        W.HTML(f"<span style='{_SIZE}'>{escape(self.member_size_text(nbytes))}</span>",
+                               layout=_BYTES)])
                 for name, nbytes in self.members
             )
         set_changed(self.member_box.layout, display="flex" if show else "none")
