@@ -21,6 +21,8 @@ from typing import Any, Callable, Optional
 
 import ipywidgets as W
 
+from hf_notebook.core.events import Failed, StageDone
+from hf_notebook.ui.cancel import CancelButton
 from hf_notebook.ui.record import html_text as _h  # sizes as ``cached (717 B)``, never split over two lines
 from hf_notebook.ui.state import LoadState
 from hf_notebook.ui.style import ANYWHERE, MUTED, close_all, set_changed
@@ -69,7 +71,11 @@ class LoadPanel:
         self.files = W.VBox()
         self.download_row, _, self.download_bar, self.download_info = _bar_row("download")
         self.load_row, _, self.load_bar, self.load_info = _bar_row("load")
-        self.widget = W.VBox([self.header, self.stages, self.files, self.download_row, self.load_row],
+        self.cancel = CancelButton()  # no widget where a click could not reach the running cell
+        top = W.HBox([self.header, self.cancel.widget], layout=W.Layout(flex_flow="row wrap", align_items="center",
+                                                                       justify_content="space-between")) \
+            if self.cancel.widget is not None else self.header
+        self.widget = W.VBox([top, self.stages, self.files, self.download_row, self.load_row],
                              layout=W.Layout(padding="2px 4px"))
         self._draw()
 
@@ -78,6 +84,10 @@ class LoadPanel:
         with self._lock:
             if self.final is not None:
                 return
+            if isinstance(event, Failed):
+                self.cancel.close()  # the load is over
+            elif isinstance(event, StageDone) and event.stage == "load":
+                self.cancel.disarm()  # the model is whole: nothing left to cancel
             urgent = self.state.apply(event)
             now = self._clock()
             if urgent or now - self._last_draw >= self._min_interval:
@@ -90,9 +100,11 @@ class LoadPanel:
         from IPython.display import display
 
         self._handle = display(self.widget, display_id=True)
+        self.cancel.arm()
 
     def finish(self, record: Any) -> None:
         """Replace the live panel by ``record`` (a static output) and close the widgets."""
+        self.cancel.close()
         with self._lock:
             self.final = record
             if self._handle is not None:
