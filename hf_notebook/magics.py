@@ -2,8 +2,8 @@
 
 The load and plan options come from one table (``core/option_table.py``): a new option is a row
 there, not an ``argument`` here. A new action is a Session method that returns a result, a record
-for it in ``ui/record.py`` (registered in ``ui/__init__.py``), and a magic here that parses, calls
-and displays, decorated with ``@_usage_errors``. The magics class is also the traitlets
+for it in ``ui/record.py`` or another module of ``ui/`` (registered in ``ui/__init__.py``), and a magic
+here that parses, calls and displays, decorated with ``@_usage_errors``. The magics class is also the traitlets
 configurable ``HFNotebook`` (the Session's settings), so defaults can be set with
 ``%config HFNotebook.cache_dir = "/data/hf"`` or in an IPython profile.
 """
@@ -233,17 +233,119 @@ class HFNotebook(Magics):
 
     @magic_arguments()
     @argument("spec", help=_SPEC_HELP)
-    @argument("--as", dest="name", default=None, help="Bind the Plan object to this variable.")
+    @argument("--as", dest="name", default=None,
+              help="Bind the Plan object to this variable (with --target: the RankPlan, for %%launch_model NAME).")
     @argument("--plot", nargs="?", const=True, default=None, metavar="FILE.png",
               help="Also draw the memory per device as a static figure (in Jupyter, shown; with FILE.png, also "
                    "written there; a terminal needs the FILE).")
     @_option_args(load=False)
+    @argument_group("options: tensor/pipeline-parallel (a plan per rank, for %launch_model)")
+    @argument("--target", default=None, metavar="NODESxGPUSxCARD",
+              help="Plan for these machines instead of this one: 2x8xH100 (2 nodes of 8), 8xH100, 1x2xcpu (2 ranks "
+                   "on this machine's CPU, which %%launch_model --run runs).")
+    @argument("--gpus", type=int, default=None, metavar="N", help="Instead of --target: devices per node.")
+    @argument("--gpu-memory", default=None, metavar="SIZE", help="With --gpus: memory per device, e.g. 80GiB.")
+    @argument("--nodes", type=int, default=None, metavar="N", help="With --gpus: nodes (default 1).")
+    @argument("--tp", type=int, default=None, metavar="N",
+              help="Tensor-parallel ranks (default: with --pp, 1; without both, the smallest layout that fits).")
+    @argument("--pp", type=int, default=None, metavar="N",
+              help="Pipeline stages (default: with --tp, 1; without both, the smallest layout that fits).")
     @line_magic
     @_usage_errors
     def plan_model(self, line: str):
-        """Where would this model go, and will it fit? From config and safetensors headers only."""
+        """Where would this model go, and will it fit? From config and safetensors headers only. With --target
+        (or --gpus --gpu-memory), each rank's share of a tensor/pipeline-parallel split instead, for
+        %launch_model."""
         args = _parse(self.plan_model, line)
         return self._plan(args, plot=args.plot)
+
+    @magic_arguments()
+    @argument("name", help="A parallel plan bound by %%plan_model ... --target ... --as NAME.")
+    @argument("--engine", default="transformers", choices=("transformers", "vllm", "sglang"),
+              help="transformers (default): write run.py, launch.sh and README.md into --to DIR; vllm, sglang: "
+                   "show the serve command per node. Every one is pinned to the plan's full commit sha.")
+    @argument("--to", dest="folder", default=None, metavar="DIR",
+              help="transformers: the folder to write (new, empty, or one %%launch_model wrote); with --run, "
+                   "where the run's launch files go (default: a temporary folder).")
+    @argument("--run", action="store_true",
+              help="Run it here (transformers, a 1xNxcpu plan): one process per rank under torchrun, each rank's "
+                   "state live, then its logits against one process and its parameter bytes against the plan. "
+                   "Ctrl-C stops every rank.")
+    @argument("--as", dest="as_name", default=None, metavar="VAR",
+              help="Bind the result: with --run the RunResult (.command, .max_logit_diff, .rank_param_bytes, "
+                   ".returncode), else the Launch (.commands, .files).")
+    @argument("--memory-fraction", type=float, default=None, metavar="F",
+              help="Share of each GPU the engine may take (vLLM --gpu-memory-utilization, SGLang "
+                   "--mem-fraction-static; default 0.9 for them, none for transformers).")
+    @argument("--master-addr", default=None, metavar="HOST",
+              help="Several nodes: node 0's address (default: the placeholder MASTER_ADDR to fill in).")
+    @argument("--master-port", type=int, default=None, metavar="PORT", help="Several nodes: node 0's port.")
+    @argument("--timeout", type=float, default=600.0, metavar="SECONDS", help="--run: stop the ranks after this.")
+    @line_magic
+    @_usage_errors
+    def launch_model(self, line: str):
+        """Launch a parallel plan (%plan_model ... --target ... --as NAME) pinned to its commit sha: the files
+        and commands for transformers (torchrun), vLLM or SGLang, one line per node; or, with --run, run it
+        here and check it."""
+        from IPython.display import display
+
+        args = _parse(self.launch_model, line)
+        name = _check_name(args.as_name, self.shell) if args.as_name else None
+        plan = self.session.rank_plan(args.name)  # not a parallel plan: said before anything else
+        if args.run:
+            result = self._run_ranks(plan, args)
+            if name:
+                self.shell.user_ns[name] = result
+            if result.returncode != 0 and not result.cancelled:
+                raise UsageError(f"The run failed (exit {result.returncode}); each rank's last log lines are in the "
+                                 f"record above{', its logs in ' + result.logs if result.logs else ''}.")
+            return
+        else:
+            fraction = args.memory_fraction
+            if fraction is None and args.engine != "transformers":
+                fraction = 0.9
+            result = self.session.launch(plan, engine=args.engine, folder=args.folder, memory_fraction=fraction,
+                                         master_addr=args.master_addr, master_port=args.master_port)
+            display(result)
+        if name:
+            self.shell.user_ns[name] = result
+
+    def _run_ranks(self, plan, args):
+        """``%launch_model NAME --run``: the run with a live panel per rank that ends in the run's record."""
+        from .ui.distributed import RunPanel
+
+        if args.engine != "transformers":
+            raise UsageError(f"--run runs the transformers engine here; {args.engine} runs on your GPU servers. "
+                             f"Show its command with %launch_model {args.name} --engine {args.engine}, or run with "
+                             "--engine transformers.")
+        if args.memory_fraction is not None or args.master_addr or args.master_port:
+            raise UsageError("--run starts one node on this machine's CPU: leave out --memory-fraction, "
+                             "--master-addr and --master-port.")
+        if not plan.local:
+            raise UsageError(f"--run starts the ranks on this machine's CPU, and {args.name} is planned for "
+                             f"{plan.target}. Plan with --target 1x{plan.world_size}xcpu to run it here, or write "
+                             f"the launch with %launch_model {args.name} --to DIR and run its launch.sh on the "
+                             "cluster.")
+        from .ui import _in_kernel
+
+        widget = self.display == "widget" or (self.display == "auto" and _in_kernel(self.shell))
+        panel = RunPanel(plan, widget=widget)
+        panel.display()
+        interrupted = False
+        try:
+            result = self.session.run_ranks(plan, folder=args.folder, on_event=panel, timeout_s=args.timeout)
+        except KeyboardInterrupt:
+            panel.fail(KeyboardInterrupt())
+            interrupted = True  # raised below, outside this block: no reference to the frames it stopped
+        except BaseException as exc:
+            panel.fail(exc)
+            raise
+        if interrupted:
+            from .ui.words import cancelled_text
+
+            raise Cancelled(cancelled_text(f"The run of {plan.source}") + " Every rank was stopped.")
+        panel.finish(result)
+        return result
 
     @magic_arguments()
     @argument("name", nargs="?", default=None, help="Show where this model's blocks are and the memory per device.")
@@ -427,6 +529,16 @@ class HFNotebook(Magics):
         from IPython.display import display
 
         name = _check_name(args.name, self.shell) if args.name else None
+        parallel = {k: getattr(args, k, None) for k in _PARALLEL}
+        if any(v is not None for v in parallel.values()):
+            if plot:
+                raise UsageError("--plot draws a plan on this machine; a parallel plan (--target) shows its ranks "
+                                 "as a table. Leave --plot out.")
+            plan = self.session.plan_ranks(args.spec, name=name, **parallel, **_given(args))
+            display(plan)
+            if name:
+                self.shell.user_ns[name] = plan
+            return
         plan = self.session.plan(args.spec, **_given(args))
         display(plan)
         if plot:
@@ -461,6 +573,10 @@ class HFNotebook(Magics):
         renderer = make_renderer(self.shell, mode=self.display)
         renderer.display()
         return renderer
+
+
+#: %plan_model's arguments of a tensor/pipeline-parallel plan (not load options: not in the option table).
+_PARALLEL = ("target", "gpus", "gpu_memory", "nodes", "tp", "pp")
 
 
 def _cancelled_load(request, state) -> str:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import gc
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -149,6 +149,111 @@ class Session:
             result.replaced = _release(previous)
         result.lock = self._record_lock(result, request.lock_key, request.move_lock)
         return result
+
+    # -- tensor/pipeline-parallel plans and launches -----------------------------------------------
+    def plan_ranks(self, spec: Any, *, target: Optional[str] = None, gpus: Optional[int] = None,
+                   gpu_memory: Optional[str] = None, nodes: Optional[int] = None, tp: Optional[int] = None,
+                   pp: Optional[int] = None, name: Optional[str] = None, on_event: Any = None, **given: Any):
+        """Each rank's share of ``spec`` split tp x pp over ``target`` (``"2x8xH100"``), or ``nodes`` x ``gpus``
+        devices of ``gpu_memory``: :meth:`plan` (config, dtype, meta model), then
+        :func:`~.distributed.ranks.plan_ranks`. Without ``tp`` and ``pp``, the smallest layout that fits. The
+        :class:`~.distributed.ranks.RankPlan` keeps the pinned source, class and options a launch needs;
+        ``name``: the variable it will be bound to (its record's ``%launch_model`` lines)."""
+        from .devices.plan import build_meta_model
+        from .distributed.ranks import plan_ranks
+
+        machine = _machine(target, gpus, gpu_memory, nodes)
+        for what, value in (("--tp", tp), ("--pp", pp)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise OptionError(f"{what} {value!r} is not a whole number >= 1.", hint=f"e.g. {what} 2.")
+        inference = self.options(**{k: given.pop(k, None) for k in ("context", "batch", "kv_dtype")})
+        if inference.context == "max":
+            raise OptionError("--context max is for a plan on this machine; a parallel plan needs the number of "
+                              "tokens.", hint="Give --context TOKENS, e.g. --context 8192.")
+        plan = self.plan(spec, on_event=on_event, **given)
+        if plan.quantization is not None:
+            raise OptionError("A tensor/pipeline-parallel plan is made for unquantized weights.",
+                              hint="Leave out --quantize and --quantization-config.")
+        model = build_meta_model(plan.model_cls, plan.config, plan.dtype) if plan.model_cls is not None else None
+        ranks = plan_ranks(plan.config, machine, dtype=plan.dtype, tp=tp, pp=pp, context=inference.context,
+                           batch=inference.batch or 1, kv_dtype=inference.kv_dtype, class_name=plan.model_class,
+                           model=model)
+        return replace(ranks, source=plan.source, model_class=plan.model_class, options=plan.options,
+                       name=name or "")
+
+    def rank_plan(self, name: Any):
+        """The :class:`~.distributed.ranks.RankPlan` given, or bound to ``name`` in the namespace."""
+        from .distributed.ranks import RankPlan
+
+        value = self.namespace.get(name) if isinstance(name, str) and self.namespace is not None else name
+        if isinstance(value, RankPlan):
+            return value
+        what = "not defined" if value is None else f"a {type(value).__name__}"
+        raise NotLoadedError(f"{name!r} is not a tensor/pipeline-parallel plan ({what}).",
+                             hint=f"Make one with %plan_model org/name --target 2x8xH100 --as {name} (or --gpus N "
+                                  "--gpu-memory SIZE instead of --target).")
+
+    def launch(self, plan: Any, *, engine: str = "transformers", folder: Optional[str] = None,
+               memory_fraction: Optional[float] = None, master_addr: Optional[str] = None,
+               master_port: Optional[int] = None):
+        """What runs ``plan`` on ``engine``, pinned to its full sha (:func:`~.distributed.launch.prepare_launch`):
+        ``transformers`` writes ``folder`` (run.py, launch.sh, README.md and the sha's lock file); ``vllm`` and
+        ``sglang`` give their serve commands. A :class:`~.distributed.launch.Launch`."""
+        from .distributed.launch import options_for, prepare_launch
+        from .distributed.pinning import pinned_files
+
+        plan = self.rank_plan(plan)
+        if engine != "transformers" and folder is not None:
+            raise OptionError(f"{engine} downloads the pinned revision itself: there is no folder to write.",
+                              hint="Leave --to out; run the command shown on each node.")
+        o = options_for(plan, engine=engine, memory_fraction=memory_fraction, **_address(master_addr, master_port))
+        lock = None
+        if engine == "transformers":
+            if folder is None:
+                raise OptionError("The transformers engine writes a launch folder: run.py, launch.sh, README.md.",
+                                  hint="Give it: --to DIR (a new or empty folder).")
+            lock = pinned_files(plan, fetch=False, **self._hub(plan)).lock
+        return prepare_launch(engine, o, folder, lock=lock)
+
+    def run_ranks(self, plan: Any, *, folder: Optional[str] = None, on_event: Any = None, stop: Any = None,
+                  timeout_s: float = 600.0):
+        """Run ``plan`` for real on this machine (a ``1xNxcpu`` target): fetch the pinned files, start the
+        ranks under torchrun (:func:`~.distributed.run.run_transformers`), and compare their logits with one
+        process and their parameter bytes with the plan. ``folder``: where the launch files go (default: a
+        temporary folder, removed after a run that passed). Ctrl-C stops every rank."""
+        import shutil
+
+        from .distributed.launch import options_for
+        from .distributed.pinning import pinned_files
+        from .distributed.run import run_transformers
+
+        plan = self.rank_plan(plan)
+        if not plan.local:
+            raise OptionError(f"--run starts the ranks on this machine's CPU, and {plan.name or 'the plan'} is for "
+                              f"{plan.target}.", hint="Plan with --target 1x2xcpu to run it here; for the cluster, "
+                              "write the launch with --to DIR and run its launch.sh there.")
+        pinned = pinned_files(plan, fetch=True, on_event=on_event, **self._hub(plan))
+        o = options_for(plan, local_folder=pinned.folder)
+        workdir = tempfile.mkdtemp(prefix="hf_notebook-run-")
+        try:
+            result = run_transformers(o, workdir, on_event=on_event, stop=stop, timeout_s=timeout_s, folder=folder,
+                                      lock=pinned.lock)
+        except KeyboardInterrupt:
+            shutil.rmtree(workdir, ignore_errors=True)
+            raise KeyboardInterrupt() from None  # not chained: its frames hold the job
+        result = replace(result, planned_param_bytes=tuple(r.weight_bytes for r in plan.ranks))
+        if (result.ok or result.cancelled) and folder is None:
+            shutil.rmtree(workdir, ignore_errors=True)
+            result = replace(result, folder="", logs="")
+        return result
+
+    def _hub(self, plan: Any) -> dict:
+        """Where the plan's files come from: its cache folder and offline switch, or the settings'."""
+        from .api import _hub_offline
+
+        opts = plan.options
+        return dict(cache_dir=getattr(opts, "cache_dir", None) or self.settings.cache_dir,
+                    offline=bool(getattr(opts, "offline", False) or self.settings.offline or _hub_offline()))
 
     # -- what is loaded --------------------------------------------------------------------------
     def get(self, name: str):
@@ -421,6 +526,27 @@ def _release(previous: Any) -> Replaced:
     previous.model = None
     gc.collect()
     return Replaced(spec, dict(previous.placement.bytes_by_device), model is None or model() is None)
+
+
+def _machine(target: Optional[str], gpus: Optional[int], gpu_memory: Optional[str], nodes: Optional[int]):
+    """The :class:`~.distributed.targets.Target` of ``--target`` or of ``--gpus``/``--gpu-memory``/``--nodes``."""
+    from .distributed.targets import parse_target, target_from
+
+    numbers = (gpus, gpu_memory, nodes)
+    if target is not None:
+        if any(v is not None for v in numbers):
+            raise OptionError("Give either --target or --gpus/--gpu-memory/--nodes, not both.",
+                              hint="e.g. --target 2x8xH100, or --gpus 8 --gpu-memory 80GiB --nodes 2.")
+        return parse_target(target)
+    if gpus is None or gpu_memory is None:
+        raise OptionError("A parallel plan needs the machines: --target, or --gpus with --gpu-memory.",
+                          hint="e.g. --target 2x8xH100, or --gpus 8 --gpu-memory 80GiB --nodes 2.")
+    return target_from(gpus, gpu_memory, nodes or 1)
+
+
+def _address(master_addr: Optional[str], master_port: Optional[int]) -> dict:
+    """Node 0's address and port where given (else the launch's placeholder and default port)."""
+    return {k: v for k, v in (("master_addr", master_addr), ("master_port", master_port)) if v is not None}
 
 
 def _absent(value: Any) -> bool:

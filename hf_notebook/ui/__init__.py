@@ -45,6 +45,7 @@ def make_renderer(shell: Any = None, mode: str = "auto", **kwargs: Any) -> Any:
 
 #: The core's results and the record that shows each: registered with IPython's display formatter by type name,
 #: so the core returns data and imports nothing of the UI (nor is anything imported before a result is shown).
+#: A record is a function of ``ui/record.py``, or ``"module:function"`` for one in another module of ``ui/``.
 RECORDS = {
     ("hf_notebook.core.api", "LoadResult"): "load_record",
     ("hf_notebook.core.devices.plan", "Plan"): "plan_record",
@@ -53,6 +54,9 @@ RECORDS = {
     ("hf_notebook.core.hub.bundle", "ExportResult"): "export_record",
     ("hf_notebook.core.weights.save", "SaveResult"): "save_record",
     ("hf_notebook.core.devices.measure", "Measurement"): "measure_record",
+    ("hf_notebook.core.distributed.ranks", "RankPlan"): "hf_notebook.ui.distributed:rank_plan_record",
+    ("hf_notebook.core.distributed.launch", "Launch"): "hf_notebook.ui.distributed:launch_record",
+    ("hf_notebook.core.distributed.run", "RunResult"): "hf_notebook.ui.distributed:run_record",
 }
 
 
@@ -71,11 +75,17 @@ def unregister_renderers(shell: Any) -> None:
             formatter.type_printers.pop(cls)
 
 
+def record_function(record_name: str):
+    """The function a :data:`RECORDS` entry names (imported on first use)."""
+    import importlib
+
+    module, _, name = record_name.rpartition(":")
+    return getattr(importlib.import_module(module or "hf_notebook.ui.record"), name)
+
+
 def _shown_as(record_name: str):
     def bundle(obj: Any, include: Any = None, exclude: Any = None) -> dict:
-        from hf_notebook.ui import record
-
-        return getattr(record, record_name)(obj).bundle()
+        return record_function(record_name)(obj).bundle()
 
     return bundle
 

@@ -589,10 +589,10 @@ def export_record(exported: Any) -> Record:
 
 def record_of(result: Any) -> Record:
     """The record of any core result, by the table the extension registers (``ui/__init__.RECORDS``)."""
-    from hf_notebook.ui import RECORDS
+    from hf_notebook.ui import RECORDS, record_function
 
     kind = type(result)
-    return globals()[RECORDS[(kind.__module__, kind.__qualname__)]](result)
+    return record_function(RECORDS[(kind.__module__, kind.__qualname__)])(result)
 
 
 def measure_record(measured: Any) -> Record:

@@ -292,11 +292,11 @@ def plan_placement(config, *, class_name: Optional[str] = None, dtype: str = "fl
     if quantization is not None:
         hf_quantizer, config, device_map = _quantizer(config, quantization, device_map)
     model = build_meta_model(cls, config, dtype, hf_quantizer, device_map)
-    room_memory = get_max_memory(max_memory)
-    if reserve:
-        room_memory = {d: max(0, int(n) - reserve) for d, n in room_memory.items()}
     context_max = context == "max"
     with quiet_loggers("accelerate.utils.modeling", "transformers.integrations.accelerate"):
+        room_memory = get_max_memory(max_memory)  # (it warns of devices this machine lacks: planning for another)
+        if reserve:
+            room_memory = {d: max(0, int(n) - reserve) for d, n in room_memory.items()}
         try:
             resolved = device_map_for(model, device_map, room_memory if reserve else max_memory, hf_quantizer)
         except ValueError as exc:

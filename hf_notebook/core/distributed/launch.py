@@ -26,6 +26,7 @@ ENGINES = ("transformers", "vllm", "sglang")
 #: What ``launch.sh``/the commands put where node 0's address belongs until the user fills it in.
 MASTER_PLACEHOLDER = "MASTER_ADDR"
 MARKER = ".hf_notebook-launch.json"  # names (and hashes) the files we wrote into a launch folder
+LOCK_FILE = "hf_notebook.lock.json"  # the pinned sha's lock entry, in a launch folder
 
 # One table per engine: our option -> its flag (documented names; see tests/test_launch.py).
 VLLM_FLAGS = {"revision": "--revision", "tp": "--tensor-parallel-size", "pp": "--pipeline-parallel-size",
@@ -90,6 +91,41 @@ class LaunchOptions:
     @property
     def pin(self) -> str:
         return f"{self.repo_id}@{self.revision}"
+
+
+def options_for(plan, *, engine: str = "transformers", local_folder=None, memory_fraction: Optional[float] = None,
+                master_addr: str = MASTER_PLACEHOLDER, master_port: int = 29500) -> LaunchOptions:
+    """The launch of a :class:`~.ranks.RankPlan` (as ``Session.plan_ranks`` makes them: with its pinned
+    ``source``): its tp x pp ranks over whole nodes, its dtype and context, pinned to the full sha."""
+    from ..spec import parse_spec
+
+    if engine not in ENGINES:
+        raise OptionError(f"Unknown engine {engine!r}.", hint=f"Use one of: {', '.join(ENGINES)}.")
+    spec = parse_spec(plan.source) if plan.source else None
+    if spec is None or spec.is_local or not is_commit_sha(spec.revision or "") or len(spec.revision) != 40:
+        raise SpecError(f"The plan's model {plan.source or '(unknown)'} is not pinned to a Hub commit, and a launch "
+                        "is.", hint="Plan a Hub model: %plan_model org/name@REV --target ... --as NAME.")
+    if engine == "transformers" and plan.tp > 1 and plan.pp > 1:
+        raise PlanError(f"transformers {_version()} cannot load tp={plan.tp} together with pp={plan.pp} (its "
+                        "tensor-parallel rules still name the modules a pipeline stage dropped).",
+                        hint="Launch it with --engine vllm or --engine sglang, or plan with --tp or --pp alone.")
+    world, per_node = plan.world_size, plan.target.gpus_per_node
+    if world > per_node and world % per_node:
+        raise PlanError(f"{world} ranks (tp={plan.tp} x pp={plan.pp}) do not fill whole nodes of {per_node}: a "
+                        "launch starts the same number of processes on every node.",
+                        hint=f"Plan tp x pp as a multiple of {per_node}, or at most {per_node}.")
+    nodes = max(1, world // per_node) if world > per_node else 1
+    context = plan.kv.context if plan.kv is not None else None
+    return LaunchOptions(repo_id=spec.repo_id, revision=spec.revision, dtype=plan.dtype or "auto", tp=plan.tp,
+                         pp=plan.pp, nodes=nodes, nproc_per_node=world // nodes, context=context,
+                         memory_fraction=memory_fraction, local_folder=local_folder, master_addr=master_addr,
+                         master_port=master_port)
+
+
+def _version() -> str:
+    from importlib.metadata import version
+
+    return version("transformers")
 
 
 def _check_int(name: str, value) -> None:
@@ -169,8 +205,10 @@ def engine_commands(engine: str, o: LaunchOptions) -> list[str]:
 # --------------------------------------------------------------------------- the transformers folder
 
 
-def write_transformers_launch(o: LaunchOptions, folder: str | os.PathLike) -> Launch:
-    """Write ``run.py``, ``launch.sh`` and ``README.md`` into ``folder``, all at once or not at all.
+def write_transformers_launch(o: LaunchOptions, folder: str | os.PathLike, *, lock: Optional[dict] = None) -> Launch:
+    """Write ``run.py``, ``launch.sh`` and ``README.md`` into ``folder``, all at once or not at all;
+    with ``lock`` (``{key: entry}``, as ``hub.lock.entry_for`` makes them) also the lock file of the pinned
+    sha, ``hf_notebook.lock.json``, in the lock file's own format (``%lock --check`` reads it).
 
     ``folder`` must be absent, empty, or a launch folder we wrote whose files are unchanged;
     anything else is refused (nothing is deleted that we did not write).
@@ -181,29 +219,37 @@ def write_transformers_launch(o: LaunchOptions, folder: str | os.PathLike) -> La
     target = Path(folder).expanduser().absolute()
     _check_ours(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    texts = {"run.py": run_script(o), "launch.sh": launch_script(o), "README.md": readme(o)}
+    texts = {"run.py": run_script(o), "launch.sh": launch_script(o), "README.md": readme(o, locked=bool(lock))}
     tmp = temp_sibling(target)
     try:
         for name, text in texts.items():
             (tmp / name).write_text(text, encoding="utf-8")
         (tmp / "launch.sh").chmod(0o755)
-        marker = {"pin": o.pin, "files": {n: hashlib.sha256(t.encode()).hexdigest() for n, t in texts.items()}}
+        hashes = {n: hashlib.sha256(t.encode()).hexdigest() for n, t in texts.items()}
+        if lock:
+            from ..hub.lock import write as write_lock
+
+            write_lock(tmp / LOCK_FILE, lock)
+            hashes[LOCK_FILE] = hashlib.sha256((tmp / LOCK_FILE).read_bytes()).hexdigest()
+        marker = {"pin": o.pin, "files": hashes}
         (tmp / MARKER).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
         tmp.chmod(0o755)  # mkdtemp made it private
         _swap_in(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return Launch("transformers", torchrun_commands(o), [target / n for n in texts], o.pin)
+    return Launch("transformers", torchrun_commands(o), [target / n for n in hashes], o.pin)
 
 
-def prepare_launch(engine: str, o: LaunchOptions, folder: str | os.PathLike | None = None) -> Launch:
-    """One call per engine choice: the commands, and for ``transformers`` the folder written."""
+def prepare_launch(engine: str, o: LaunchOptions, folder: str | os.PathLike | None = None, *,
+                   lock: Optional[dict] = None) -> Launch:
+    """One call per engine choice: the commands, and for ``transformers`` the folder written (``lock``: with
+    the lock file of the pinned sha)."""
     if engine == "transformers":
         if folder is None:
             raise OptionError("The transformers engine writes a launch folder, and none was given.",
                               hint="Pass the folder to write run.py, launch.sh and README.md into.")
-        return write_transformers_launch(o, folder)
+        return write_transformers_launch(o, folder, lock=lock)
     return Launch(engine, engine_commands(engine, o), [], o.pin)
 
 
@@ -271,8 +317,8 @@ def launch_script(o: LaunchOptions) -> str:
         f'{f["node_rank"]} "$NODE_RANK" {f["master_addr"]} "$MASTER_ADDR" {f["master_port"]} {o.master_port} run.py\n')
 
 
-def readme(o: LaunchOptions) -> str:
-    """The launch folder's README: what was pinned and how to run it."""
+def readme(o: LaunchOptions, locked: bool = False) -> str:
+    """The launch folder's README: what was pinned and how to run it (``locked``: a lock file is beside it)."""
     from importlib.metadata import version
 
     source = f"the local folder `{o.local_folder}`" if o.local_folder else "the Hub (`revision=` the sha above)"
@@ -283,7 +329,11 @@ def readme(o: LaunchOptions) -> str:
              f"({o.nodes} node(s) x {o.nproc_per_node} process(es))",
              f"- max model len: {o.context or 'the model config default'} (caps run.py's check input)",
              f"- memory fraction: {o.memory_fraction or 'not set'} (per-process CUDA limit, when on CUDA)",
-             f"- written against transformers {version('transformers')}", "", "## Run", ""]
+             f"- written against transformers {version('transformers')}"]
+    if locked:
+        lines += [f"- files: `{LOCK_FILE}` records every file of the commit with its size and sha256 (in",
+                  f"  hf_notebook: `%config HFNotebook.lock_file = '{LOCK_FILE}'`, then `%lock --check`)"]
+    lines += ["", "## Run", ""]
     if o.nodes == 1:
         lines += ["```bash", "bash launch.sh", "```", "", "which runs:", "", "```bash", *torchrun_commands(o), "```"]
     else:

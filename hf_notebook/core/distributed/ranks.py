@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from ..errors import IncompatibleVersion, PlanError
@@ -77,6 +77,10 @@ class RankPlan:
     dtype: str = ""
     weight_bytes: int = 0  # the whole model, each tensor once
     kv: Any = None  # the kv_cache.KVCache planned for, or None
+    source: str = ""  # what a launch pins: "org/name@sha" (Session.plan_ranks fills these four)
+    model_class: str = ""
+    options: Any = field(default=None, repr=False, compare=False)  # the LoadOptions it was planned with (no token)
+    name: str = ""  # the notebook variable it is bound to (%plan_model --as), for the %launch_model lines
 
     @property
     def world_size(self) -> int:
@@ -85,6 +89,11 @@ class RankPlan:
     @property
     def fits(self) -> bool:
         return all(r.free >= 0 for r in self.ranks)
+
+    @property
+    def local(self) -> bool:
+        """Whether every rank runs on this machine's CPU (one node of ``cpu`` ranks): ``%launch_model --run``."""
+        return self.target.kind == "cpu" and self.target.nodes == 1
 
     @property
     def distributed_config(self) -> dict:

@@ -28,6 +28,8 @@ from .launch import LaunchOptions, torchrun_commands, write_transformers_launch
 STAGE = "distributed"
 DEFAULT_IDS = ((1, 5, 9, 42, 7, 3, 200, 17),)
 _TAIL_LINES = 20
+BYTES_TOLERANCE = 0.02  # measured per-rank parameter bytes against the plan's
+LOGIT_TOLERANCE = 1e-5  # the largest |logit difference| against one process (float32 reductions in another order)
 
 
 @dataclass(frozen=True)
@@ -53,20 +55,47 @@ class RunResult:
     seconds: float
     log_tail: list[str]
     cancelled: bool = False
+    planned_param_bytes: tuple[int, ...] = ()  # each rank's weight bytes in its RankPlan, when run from one
+    pin: str = ""  # org/name@sha
+    folder: str = ""  # the launch folder that ran (run.py, launch.sh, README.md)
+    logs: str = ""  # the per-rank progress records and logs
+
+    @property
+    def byte_differences(self) -> list[Optional[float]]:
+        """Per rank, measured parameter bytes against planned, as a fraction of planned (None: not planned)."""
+        planned = list(self.planned_param_bytes)
+        return [(got - want) / want if want else None
+                for got, want in zip(self.rank_param_bytes, planned + [0] * (len(self.rank_param_bytes) - len(planned)))]
+
+    def bytes_match(self, tolerance: float = BYTES_TOLERANCE) -> bool:
+        """Every rank's measured parameter bytes within ``tolerance`` of its plan."""
+        diffs = self.byte_differences
+        return bool(diffs) and all(d is not None and abs(d) <= tolerance for d in diffs)
+
+    @property
+    def ok(self) -> bool:
+        """Ran to the end, every rank's logits within ``LOGIT_TOLERANCE`` of one process, bytes as planned (when
+        planned)."""
+        return (self.returncode == 0 and not self.cancelled and self.max_logit_diff is not None
+                and self.max_logit_diff <= LOGIT_TOLERANCE
+                and (not self.planned_param_bytes or self.bytes_match()))
 
 
 def run_transformers(options: LaunchOptions, workdir: str | os.PathLike, *, input_ids=DEFAULT_IDS,
                      on_event: Optional[OnEvent] = None, stop=None, timeout_s: float = 600.0,
-                     grace_s: float = 5.0, poll_s: float = 0.1) -> RunResult:
+                     grace_s: float = 5.0, poll_s: float = 0.1, folder: str | os.PathLike | None = None,
+                     lock: Optional[dict] = None) -> RunResult:
     """Launch ``options`` on this machine (one node, gloo on CPU), forward ``input_ids``, compare.
 
     ``stop`` (a ``threading.Event``) cancels like Ctrl-C but returns a result marked ``cancelled``;
     Ctrl-C itself stops every process and re-raises. Weights are read offline (``HF_HUB_OFFLINE=1``).
+    The launch folder is ``folder`` (default ``workdir/launch``; ``lock``: with the lock file), the
+    progress records and logs go into a fresh folder in ``workdir``.
     """
     if options.nodes != 1:
         raise PlanError("A run on this machine uses one node.", hint="Set nodes=1, or use launch.sh on each node.")
     workdir = Path(workdir)
-    launch = write_transformers_launch(options, workdir / "launch")
+    launch = write_transformers_launch(options, folder if folder is not None else workdir / "launch", lock=lock)
     check = Path(tempfile.mkdtemp(prefix="check-", dir=workdir))
     ids_file = check / "ids.json"
     ids_file.write_text(json.dumps([list(row) for row in input_ids]), encoding="utf-8")
@@ -104,7 +133,7 @@ def run_transformers(options: LaunchOptions, workdir: str | os.PathLike, *, inpu
     ok = proc.returncode == 0 and not cancelled
     diff = _max_logit_diff(options, check, input_ids) if ok else None
     result = RunResult(command, proc.returncode, diff, ranks.bytes(), time.monotonic() - started, ranks.tails(),
-                       cancelled)
+                       cancelled, pin=options.pin, folder=str(launch.files[0].parent), logs=str(check))
     if ok:
         emit(on_event, StageDone(STAGE, result.seconds, result))
     else:
@@ -188,7 +217,10 @@ def _max_logit_diff(options: LaunchOptions, check: Path, input_ids) -> Optional[
     source = str(options.local_folder) if options.local_folder else options.repo_id
     pin = {} if options.local_folder else {"revision": options.revision}
     dtype = options.dtype if options.dtype == "auto" else getattr(torch, options.dtype)
-    model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, local_files_only=True, **pin).eval()
+    from ..quiet import library_bars_off
+
+    with library_bars_off():  # no bar of transformers' own left in the notebook's output
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, local_files_only=True, **pin).eval()
     with torch.no_grad():
         expected = model(input_ids=torch.tensor([list(row) for row in input_ids])).logits.float()
     return max(float((torch.load(f, weights_only=True) - expected).abs().max()) for f in files)
