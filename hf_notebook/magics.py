@@ -531,11 +531,10 @@ class HFNotebook(Magics):
         name = _check_name(args.name, self.shell) if args.name else None
         parallel = {k: getattr(args, k, None) for k in _PARALLEL}
         if any(v is not None for v in parallel.values()):
-            if plot:
-                raise UsageError("--plot draws a plan on this machine; a parallel plan (--target) shows its ranks "
-                                 "as a table. Leave --plot out.")
             plan = self.session.plan_ranks(args.spec, name=name, **parallel, **_given(args))
             display(plan)
+            if plot:
+                self._show_figure(plan, plot)
             if name:
                 self.shell.user_ns[name] = plan
             return
@@ -565,7 +564,7 @@ class HFNotebook(Magics):
                     f.write(image.data)
             except OSError as exc:
                 raise UsageError(f"Cannot write the figure to {path!r}: {exc.strerror}. Give a writable path.") from None
-            print(f"Memory per device drawn to {path}")
+            print(f"Memory per {'rank' if hasattr(plan, 'ranks') else 'device'} drawn to {path}")
 
     def _renderer(self):
         from .ui import make_renderer
@@ -595,10 +594,12 @@ def _figure_image(plan):
 
     from IPython.display import Image
 
-    from .ui.views import memory_figure
+    from .ui.views import memory_figure, rank_figure
 
     buffer = io.BytesIO()
-    memory_figure(plan.placement(), plan.budget, title=plan.source).savefig(buffer, format="png", dpi=96, transparent=True)
+    figure = rank_figure(plan) if hasattr(plan, "ranks") else memory_figure(plan.placement(), plan.budget,
+                                                                             title=plan.source)
+    figure.savefig(buffer, format="png", dpi=96, transparent=True)
     return Image(data=buffer.getvalue(), format="png")
 
 

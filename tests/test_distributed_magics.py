@@ -95,7 +95,6 @@ def test_a_model_type_without_a_tp_plan_is_refused_by_name_before_any_launch(she
     ("--target 2xZ80", "Unknown card 'Z80'"),
     ("--target 1x2xcpu --tp 3", "3 ranks; 1x2xcpu has 2 devices"),
     ("--target 1x2xcpu --context max", "needs the number of tokens"),
-    ("--target 1x2xcpu --plot f.png", "Leave --plot out"),
 ])
 def test_parallel_options_that_cannot_work_are_refused_with_the_fix(shell, tiny_hub, hf_cache, line, message):
     with pytest.raises(UsageError, match=message.replace("(", r"\(").replace(")", r"\)")):
@@ -294,3 +293,18 @@ def test_the_live_panel_draws_each_rank_and_ends_in_the_run_record(shell, shown)
     display(RunResult("torchrun ...", 0, 1e-3, [100, 150], 3.0, ["", ""], planned_param_bytes=(100, 100)))
     text = shown[-1]["text/plain"]  # ran, but rank 1 holds half again what was planned, and the logits differ
     assert "ran, but does not match" in text and "+50.00%" in text and "over 1e-05" in text
+
+
+def test_a_parallel_plan_draws_one_bar_per_rank(shell, tiny_hub, hf_cache, tmp_path, capsys):
+    """--plot with --target: each rank's weights and KV cache against its device's memory, written to a PNG."""
+    from hf_notebook.ui.views import rank_figure
+
+    figure_file = tmp_path / "ranks.png"
+    shell.run_line_magic("plan_model", f"tiny/llama --target 1x2xcpu --tp 2 --context 64 --plot {figure_file} --as p")
+    assert figure_file.read_bytes().startswith(b"\x89PNG") and "Memory per rank drawn to" in capsys.readouterr().out
+    plan = shell.user_ns["p"]
+    ax = rank_figure(plan).axes[0]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["rank 0 · node 0 · cpu", "rank 1 · node 0 · cpu"]
+    scale = {"B": 1, "kB": 1e3, "MB": 1e6, "GB": 1e9}[ax.get_xlabel().split("(")[1].rstrip(")")]
+    drawn = [round(bar.get_width() * scale) for bar in ax.patches]  # weights of ranks 0, 1, then their KV caches
+    assert drawn == [r.weight_bytes for r in plan.ranks] + [r.kv_bytes for r in plan.ranks]

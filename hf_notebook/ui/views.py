@@ -32,6 +32,8 @@ __all__ = [
     "device_usage",
     "memory_figure",
     "plan_room",
+    "rank_figure",
+    "rank_usage",
 ]
 
 _SIZE = f"{MONO};white-space:nowrap"  # a size: number and unit together
@@ -299,11 +301,26 @@ def memory_figure(placement: Any, budget: Optional[Mapping[str, int]] = None, ti
     Built with matplotlib's object API (no pyplot), so it needs no GUI backend and keeps no
     global state; ``fig.savefig(...)`` works anywhere.
     """
+    usage = device_usage(placement, budget, kv, step)
+    return _usage_figure(usage, [device_title(u.device) for u in usage], title or "Memory per device")
+
+
+def rank_usage(rank_plan: Any) -> list[DeviceUsage]:
+    """A parallel plan's ranks as bars: each rank's weights and KV cache against its device's memory."""
+    return [DeviceUsage(f"rank {r.rank}", r.weight_bytes, 0, r.budget, r.kv_bytes) for r in rank_plan.ranks]
+
+
+def rank_figure(rank_plan: Any, title: str = ""):
+    """A static ``Figure`` of a parallel plan: one bar per rank (weights, KV cache), its device's memory marked."""
+    labels = [f"rank {r.rank} · node {r.node} · {r.device}" for r in rank_plan.ranks]
+    return _usage_figure(rank_usage(rank_plan), labels, title or f"Memory per rank (tp={rank_plan.tp} x pp={rank_plan.pp})")
+
+
+def _usage_figure(usage: list[DeviceUsage], labels: list[str], title: str):
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
-    usage = device_usage(placement, budget, kv, step)
     top = max([u.total for u in usage] + [u.budget or 0 for u in usage] + [1])
     unit, scale = next((n, s) for n, s in reversed(_UNITS) if top >= s or s == 1)
     fig = Figure(figsize=(8, 1.5 + 0.6 * max(len(usage), 1)), layout="constrained")
@@ -319,8 +336,8 @@ def memory_figure(placement: Any, budget: Optional[Mapping[str, int]] = None, ti
              ("kv_bytes", PLOT_KV, PLOT_OVER_KV), ("step_bytes", PLOT_STEP, PLOT_OVER_STEP)]
     for attr, colour, over_colour in parts:
         widths = [getattr(u, attr) / scale for u in usage]
-        if attr in ("kv_bytes", "step_bytes") and not any(widths):
-            continue  # no --context: weights only
+        if attr != "param_bytes" and not any(widths):
+            continue  # nothing of that kind (no buffers, no --context): no empty bars
         ax.barh(ys, widths, left=left, color=[over_colour if u.over else colour for u in usage], height=0.6)
         left = [a + b for a, b in zip(left, widths)]
     for y, u in zip(ys, usage):
@@ -328,12 +345,13 @@ def memory_figure(placement: Any, budget: Optional[Mapping[str, int]] = None, ti
             ax.vlines(u.budget / scale, y - 0.4, y + 0.4, colors=PLOT_INK, linestyles="--", linewidth=1.5)
         ax.text(max(u.total, u.budget or 0) / scale + top / scale * 0.01, y, u.amount_text(), va="center",
                 fontsize=9, color=PLOT_OVER_TEXT if u.over else PLOT_INK)
-    ax.set_yticks(list(ys), [device_title(u.device) for u in usage])
+    ax.set_yticks(list(ys), labels)
     ax.invert_yaxis()
     ax.set_xlim(0, top / scale * 1.45)  # room for the labels right of the bars
     ax.set_xlabel(f"memory ({unit})", color=PLOT_INK)
-    ax.set_title(title or "Memory per device", color=PLOT_INK)
-    handles = [Patch(color=PLOT_PARAMS, label="parameters"), Patch(color=PLOT_BUFFERS, label="buffers")]
+    ax.set_title(title, color=PLOT_INK)
+    handles = [Patch(color=PLOT_PARAMS, label="parameters")]
+    handles += [Patch(color=PLOT_BUFFERS, label="buffers")] if any(u.buffer_bytes for u in usage) else []
     handles += [Patch(color=PLOT_KV, label="KV cache")] if any(u.kv_bytes for u in usage) else []
     handles += [Patch(color=PLOT_STEP, label="step")] if any(u.step_bytes for u in usage) else []
     handles += [Patch(color=PLOT_OVER, label="over budget")] if any(u.over for u in usage) else []
