@@ -166,7 +166,6 @@ def test_vllm_and_sglang_commands_carry_the_revision_and_the_parallel_sizes(shel
     ("nothing", "'nothing' is not a tensor/pipeline-parallel plan (not defined)"),
     ("single", "'single' is not a tensor/pipeline-parallel plan (a Plan)"),
     ("p --engine transformers", "--to DIR"),
-    ("p --engine vllm --to somewhere", "Leave --to out"),
     ("p --run --engine vllm", "--run runs the transformers engine here"),
     ("h100 --run", "--run starts the ranks on this machine's CPU, and h100 is planned for 1x2xH100"),
     ("p --run --master-addr head", "leave out --memory-fraction, --master-addr"),
@@ -308,3 +307,25 @@ def test_a_parallel_plan_draws_one_bar_per_rank(shell, tiny_hub, hf_cache, tmp_p
     scale = {"B": 1, "kB": 1e3, "MB": 1e6, "GB": 1e9}[ax.get_xlabel().split("(")[1].rstrip(")")]
     drawn = [round(bar.get_width() * scale) for bar in ax.patches]  # weights of ranks 0, 1, then their KV caches
     assert drawn == [r.weight_bytes for r in plan.ranks] + [r.kv_bytes for r in plan.ranks]
+
+
+def test_a_serve_launch_folder_for_vllm_and_two_nodes(shell, tiny_hub, hf_cache, tmp_path):
+    """--engine vllm --to DIR: serve.sh (each node's line under NODE_RANK), a README that says what is pinned and
+    that vLLM was not run here, and the pinned sha's lock file."""
+    import json
+    import subprocess
+
+    _plan(shell, "tiny/llama --target 2x1xH100 --pp 2 --as p")
+    shell.run_line_magic("launch_model", f"p --engine vllm --to {tmp_path / 'serve'} --as s")
+    folder, sha = tmp_path / "serve", shell.user_ns["p"].source.split("@")[1]
+    assert sorted(p.name for p in folder.iterdir()) == [".hf_notebook-launch.json", "README.md",
+                                                         "hf_notebook.lock.json", "serve.sh"]
+    readme = (folder / "README.md").read_text()
+    assert sha in readme and "did not run vLLM" in readme and "NODE_RANK=1 bash serve.sh" in readme
+    assert sha in json.dumps(json.loads((folder / "hf_notebook.lock.json").read_text()))
+    script = folder / "serve.sh"
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0  # valid bash
+    no_rank = subprocess.run(["bash", str(script)], capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"})
+    assert no_rank.returncode != 0 and "NODE_RANK" in no_rank.stderr  # refuses to guess which node it is
+    assert [line.split(") exec ")[1].split()[0:2] for line in script.read_text().splitlines() if ") exec " in line] \
+        == [["vllm", "serve"], ["vllm", "serve"]]

@@ -198,20 +198,18 @@ class Session:
                master_port: Optional[int] = None):
         """What runs ``plan`` on ``engine``, pinned to its full sha (:func:`~.distributed.launch.prepare_launch`):
         ``transformers`` writes ``folder`` (run.py, launch.sh, README.md and the sha's lock file); ``vllm`` and
-        ``sglang`` give their serve commands. A :class:`~.distributed.launch.Launch`."""
+        ``sglang`` give their serve commands, written with a README and the lock file into ``folder`` when one is
+        given. A :class:`~.distributed.launch.Launch`."""
         from .distributed.launch import options_for, prepare_launch
         from .distributed.pinning import pinned_files
 
         plan = self.rank_plan(plan)
-        if engine != "transformers" and folder is not None:
-            raise OptionError(f"{engine} downloads the pinned revision itself: there is no folder to write.",
-                              hint="Leave --to out; run the command shown on each node.")
         o = options_for(plan, engine=engine, memory_fraction=memory_fraction, **_address(master_addr, master_port))
         lock = None
-        if engine == "transformers":
-            if folder is None:
-                raise OptionError("The transformers engine writes a launch folder: run.py, launch.sh, README.md.",
-                                  hint="Give it: --to DIR (a new or empty folder).")
+        if engine == "transformers" and folder is None:
+            raise OptionError("The transformers engine writes a launch folder: run.py, launch.sh, README.md.",
+                              hint="Give it: --to DIR (a new or empty folder).")
+        if folder is not None:
             lock = pinned_files(plan, fetch=False, **self._hub(plan)).lock
         return prepare_launch(engine, o, folder, lock=lock)
 

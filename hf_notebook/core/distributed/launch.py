@@ -216,15 +216,30 @@ def write_transformers_launch(o: LaunchOptions, folder: str | os.PathLike, *, lo
     if o.pp > 1 and not _supports_pp():
         raise PlanError("This transformers has no pipeline parallelism (DistributedConfig lacks pp_size).",
                         hint="Use pp=1 with the transformers engine, or vLLM/SGLang.")
+    texts = {"run.py": run_script(o), "launch.sh": launch_script(o), "README.md": readme(o, locked=bool(lock))}
+    return _write_folder("transformers", o, folder, texts, "launch.sh", torchrun_commands(o), lock)
+
+
+def write_serve_launch(engine: str, o: LaunchOptions, folder: str | os.PathLike, *,
+                       lock: Optional[dict] = None) -> Launch:
+    """For vLLM or SGLang: ``serve.sh`` (the serve command, per node) and ``README.md`` in ``folder``, with the
+    pinned sha's lock file when ``lock`` is given; written as :func:`write_transformers_launch` writes."""
+    commands = engine_commands(engine, o)
+    texts = {"serve.sh": serve_script(commands, o), "README.md": serve_readme(engine, o, commands, bool(lock))}
+    return _write_folder(engine, o, folder, texts, "serve.sh", commands, lock)
+
+
+def _write_folder(engine: str, o: LaunchOptions, folder: str | os.PathLike, texts: dict, script: str,
+                  commands: list[str], lock: Optional[dict]) -> Launch:
+    """``texts`` (name -> text) into ``folder`` all at once (a temp sibling, then a swap), ``script`` executable."""
     target = Path(folder).expanduser().absolute()
     _check_ours(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    texts = {"run.py": run_script(o), "launch.sh": launch_script(o), "README.md": readme(o, locked=bool(lock))}
     tmp = temp_sibling(target)
     try:
         for name, text in texts.items():
             (tmp / name).write_text(text, encoding="utf-8")
-        (tmp / "launch.sh").chmod(0o755)
+        (tmp / script).chmod(0o755)
         hashes = {n: hashlib.sha256(t.encode()).hexdigest() for n, t in texts.items()}
         if lock:
             from ..hub.lock import write as write_lock
@@ -238,18 +253,56 @@ def write_transformers_launch(o: LaunchOptions, folder: str | os.PathLike, *, lo
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return Launch("transformers", torchrun_commands(o), [target / n for n in hashes], o.pin)
+    return Launch(engine, commands, [target / n for n in hashes], o.pin)
+
+
+def serve_script(commands: list[str], o: LaunchOptions) -> str:
+    """The serve command as a script: one node's line, or each node's under ``NODE_RANK``."""
+    lines = ["#!/usr/bin/env bash", "# Written by hf_notebook: serve the pinned revision.", "set -euo pipefail"]
+    if len(commands) == 1:
+        return "\n".join(lines + [f"exec {commands[0]}", ""])
+    lines += [f": \"${{NODE_RANK:?set NODE_RANK to this node's index, 0 to {len(commands) - 1}}}\"",
+              f": \"${{{MASTER_PLACEHOLDER}:?set {MASTER_PLACEHOLDER} to node 0's address}}\"", 'case "$NODE_RANK" in']
+    lines += [f"  {rank}) exec {command.replace(MASTER_PLACEHOLDER, '$' + MASTER_PLACEHOLDER)} ;;"
+              for rank, command in enumerate(commands)]
+    return "\n".join(lines + ['  *) echo "NODE_RANK must be 0 to ' + str(len(commands) - 1) + '" >&2; exit 2 ;;',
+                               "esac", ""])
+
+
+def serve_readme(engine: str, o: LaunchOptions, commands: list[str], locked: bool = False) -> str:
+    """A vLLM / SGLang launch folder's README: what was pinned, how to serve it, and that it was not run here."""
+    name = {"vllm": "vLLM", "sglang": "SGLang"}[engine]
+    lines = [f"# Tensor/pipeline-parallel serving ({name})", "", "Written by hf_notebook. Pinned:", "",
+             f"- model: `{o.repo_id}` at commit `{o.revision}` (`--revision` in the command)",
+             f"- dtype: `{o.dtype}`; tensor parallel: {o.tp}, pipeline parallel: {o.pp} "
+             f"({o.nodes} node(s) x {o.nproc_per_node} GPU(s))",
+             f"- context: {o.context or 'the model config default'}; memory fraction: {o.memory_fraction or 'default'}"]
+    if locked:
+        lines += [f"- files: `{LOCK_FILE}` records every file of the commit with its size and sha256"]
+    lines += ["", "## Serve", ""]
+    if len(commands) == 1:
+        lines += ["```bash", "bash serve.sh", "```", "", "which runs:", "", "```bash", commands[0], "```"]
+    else:
+        lines += [f"On each node, with node 0's address in place of `{MASTER_PLACEHOLDER}`:", "", "```bash"]
+        lines += [f"{MASTER_PLACEHOLDER}=<node-0-address> NODE_RANK={r} bash serve.sh   # node {r}"
+                  for r in range(len(commands))]
+        lines += ["```", "", "that is:", "", "```bash", *commands, "```"]
+    lines += ["", f"hf_notebook checked these flags against {name}'s documented ones; it did not run {name} (the",
+              "machine that wrote this had no GPU).", ""]
+    return "\n".join(lines)
 
 
 def prepare_launch(engine: str, o: LaunchOptions, folder: str | os.PathLike | None = None, *,
                    lock: Optional[dict] = None) -> Launch:
-    """One call per engine choice: the commands, and for ``transformers`` the folder written (``lock``: with
-    the lock file of the pinned sha)."""
+    """One call per engine choice: the commands, and the folder written (always for ``transformers``; for vLLM
+    and SGLang when ``folder`` is given: ``serve.sh`` and README) (``lock``: with the pinned sha's lock file)."""
     if engine == "transformers":
         if folder is None:
             raise OptionError("The transformers engine writes a launch folder, and none was given.",
                               hint="Pass the folder to write run.py, launch.sh and README.md into.")
         return write_transformers_launch(o, folder, lock=lock)
+    if folder is not None:
+        return write_serve_launch(engine, o, folder, lock=lock)
     return Launch(engine, engine_commands(engine, o), [], o.pin)
 
 
