@@ -143,6 +143,7 @@ class DeviceMapEditor:
         self.totals = W.HTML()
         self.slider = W.IntSlider(min=0, max=len(self.draft.layers), value=self.draft.layers_on_fastest(),
                                   continuous_update=False, description="layers on",
+                                  style={"description_width": "initial"},
                                   layout=W.Layout(flex="1 1 16em", min_width="12em"))
         self.slider.observe(self._slid, names="value")
         self.slider_note = W.HTML(layout=W.Layout(flex="1 1 14em"))
