@@ -39,7 +39,7 @@ lab: venv
 	$(PY) -m hf_notebook.demo --lab
 
 bench: venv
-	$(PY) bench/load.py && $(PY) bench/editor.py && $(PY) bench/save.py && $(PY) bench/plan.py && $(PY) bench/first_load.py
+	$(PY) bench/load.py --size-gb 0.3 --only wall,rss && $(PY) bench/load.py --size-gb 1.2 --only wall,rss && $(PY) bench/load.py && $(PY) bench/editor.py && $(PY) bench/save.py && $(PY) bench/plan.py && $(PY) bench/first_load.py
 
 # Binder's build steps in a fresh venv (requirements.txt, postBuild, start), then every notebook.
 binder-check:

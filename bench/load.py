@@ -57,13 +57,23 @@ def build_checkpoint(folder: Path, size_gb: float) -> Path:
     marker = folder / "model.safetensors.index.json"
     if marker.exists():
         return folder
-    hidden, inter, vocab = 2048, 5632, 32000
+    hidden, inter, vocab = _shape(size_gb)
     per_layer = 4 * hidden * hidden + 3 * hidden * inter
     layers = max(DISK_LAYERS + 1, round((size_gb * 1e9 / 4 - 2 * vocab * hidden) / per_layer))
     model = random_llama(hidden, inter, layers, vocab)
     total = sum(p.numel() * 4 for p in model.parameters())
     save_built(model, folder, max_shard_size=f"{total // 4 // 10**6 + 1}MB")
     return folder
+
+
+def _shape(size_gb: float) -> tuple[int, int, int]:
+    """(hidden, intermediate, vocab) of a llama whose embeddings leave room for layers at ``size_gb``: with
+    hidden 2048 the embeddings and 5 layers alone are 1.55 GB, so smaller sizes get narrower models."""
+    if size_gb < 0.6:
+        return 768, 2048, 16000
+    if size_gb < 2.5:
+        return 1536, 4096, 32000
+    return 2048, 5632, 32000
 
 
 def device_maps(folder: Path) -> dict:
@@ -104,6 +114,13 @@ def rss():
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def hwm():
+    # This process's own peak RSS. Not ru_maxrss: Linux carries that across fork and exec, so a child of a big
+    # parent (the bench that just built the checkpoint) reads the parent's size as its own peak.
+    with open("/proc/self/status") as f:
+        return next((int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:")), 0)
+
+
 spec = json.loads(sys.argv[1])
 which, folder, dtype, device_map = spec["which"], spec["folder"], spec["dtype"], spec["device_map"]
 which, variant = (which.split("+") + [""])[:2]
@@ -132,7 +149,7 @@ model = load(which, folder, dtype, device_map, offload, on_event)
 seconds = time.perf_counter() - t0
 after = resource.getrusage(resource.RUSAGE_SELF)
 cpu = (after.ru_utime + after.ru_stime) - (usage.ru_utime + usage.ru_stime)
-peak = after.ru_maxrss * 1024
+peak = hwm() or after.ru_maxrss * 1024
 result = sum(p.numel() * p.element_size() for p in model.parameters() if p.device.type != "meta")
 if sink is not None and callable(getattr(renderer, "close", None)):
     renderer.close()
