@@ -396,6 +396,9 @@ class HFNotebook(Magics):
               help="Move modules without the widget: MODULES is a module name (as in hf_device_map) or a range of "
               "numbered children (model.layers.20-39); DEVICE is cpu, disk, cuda:N or N. Repeatable; all --set are "
               "checked together and applied as one change.")
+    @argument("--layers", default=None, metavar="N|max",
+              help="The first N layers on the fastest device on offer, the rest on the next one (the editor's "
+                   "slider); max: the most that fit the budgets. Applied before any --set.")
     @argument("--export", default=None, metavar="FILE.json",
               help="Write the (edited) map as JSON and show the %%load_model line that reads it (in a terminal, "
                    "also at the next prompt).")
@@ -413,16 +416,17 @@ class HFNotebook(Magics):
 
         args = _parse(self.edit_device_map, line)
         target = self.session.target(args.name)
-        if not args.sets and not args.export:
+        if not args.sets and not args.export and args.layers is None:
             editor = DeviceMapEditor(target, name=args.name)
             if self.display == "text" or (self.display == "auto" and not _in_kernel(self.shell)):
                 print(editor.to_text())
-                print(f"Change it with %edit_device_map {args.name} --set MODULES=DEVICE [--set ...]")
+                print(f"Change it with %edit_device_map {args.name} --set MODULES=DEVICE [--set ...], or "
+                      f"--layers N (the first N layers on the fastest device)")
             else:
                 editor.display()
             return
-        if args.sets:
-            print(words.applied_text(self.session.edit(target, args.sets)))
+        if args.sets or args.layers is not None:
+            print(words.applied_text(self.session.edit(target, args.sets, layers=args.layers)))
         if args.export:
             self.session.export_map(target, args.export)
         display(target)

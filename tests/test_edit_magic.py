@@ -160,3 +160,19 @@ def test_export_in_jupyter_adds_no_cell(shell, m, tmp_path, capsys):
         assert shell.rl_next_input is None and "this line loads it" in capsys.readouterr().out
     finally:
         del shell.kernel
+
+
+def test_layers_puts_the_first_layers_on_the_fastest_device(shell, m, loaded, capsys):
+    """--layers N: the slider from a line (terminal, scripts): on a cpu machine the first N layers stay on cpu and
+    the rest go to disk, in place; max picks the most that fit; a bad count changes nothing."""
+    before = out(m)
+    shell.run_line_magic("edit_device_map", "m --layers 1")
+    assert "Re-dispatched in place" in capsys.readouterr().out
+    assert (m.hf_device_map["model.layers.0"], m.hf_device_map["model.layers.1"]) == ("cpu", "disk")
+    assert torch.equal(out(m), before)
+    shell.run_line_magic("edit_device_map", "m --layers max")  # no budget given: everything fits on cpu
+    assert {m.hf_device_map[f"model.layers.{i}"] for i in (0, 1)} == {"cpu"}
+    with pytest.raises(UsageError, match="Cannot read --layers 'two'"):
+        shell.run_line_magic("edit_device_map", "m --layers two")
+    assert {m.hf_device_map[f"model.layers.{i}"] for i in (0, 1)} == {"cpu"}
+    assert "--layers N|max" in shell.find_line_magic("edit_device_map").__doc__

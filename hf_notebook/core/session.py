@@ -309,16 +309,21 @@ class Session:
                              "plan.", hint=f"Load one with %load_model ... --as {name}, or plan one with %plan_model "
                                            f"... --as {name}.")
 
-    def edit(self, name: Any, assignments: Sequence[str]):
+    def edit(self, name: Any, assignments: Sequence[str] = (), *, layers: Any = None):
         """Move modules (``"model.layers.20-39=cpu"``, ...), all checked together and applied as one change: a
         loaded model is re-dispatched in place (the :class:`~.devices.redispatch.Moved`), a plan's map replaced
-        (None). A map that does not fit is refused (:class:`MapError`) and nothing moves."""
+        (None). ``layers``: first the first N layers on the fastest device on offer and the rest on the next (the
+        editor's slider; ``"max"``: the most that fit). A map that does not fit is refused (:class:`MapError`)
+        and nothing moves."""
         from .api import apply_device_map, device_map_editor
         from .devices.editing import parse_assignment
 
         target = self.target(name)
         draft = device_map_editor(target)
-        draft.assign([parse_assignment(text) for text in assignments])
+        if layers is not None:
+            draft.put_layers(draft.most_layers_that_fit() if str(layers) == "max" else _layer_count(layers))
+        if assignments:
+            draft.assign([parse_assignment(text) for text in assignments])
         problems = draft.problems()
         if problems:
             raise MapError("The edited map does not fit: " + "; ".join(map(problem_text, problems))
@@ -574,3 +579,14 @@ def _check_locked_kernel(key: str, entry: dict, asked: Optional[str]) -> None:
                         hint="Leave --attn-implementation out, or record the kernel with --update.")
     raise LockError(f"The lock file records {key} with the kernel {locked}; this load asks for {asked or 'none'}.",
                     hint=f"Add --attn-implementation {locked} --trust-remote-code, or record the change with --update.")
+
+
+def _layer_count(text: Any) -> int:
+    """``--layers N``: a whole number of at least 0."""
+    try:
+        count = int(str(text))
+    except ValueError:
+        count = -1
+    if count < 0:
+        raise MapError(f"Cannot read --layers {text!r}.", hint="Give a number of layers (0 or more), or max.")
+    return count
