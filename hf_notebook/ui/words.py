@@ -93,12 +93,13 @@ def error_text(error: BaseException) -> str:
 
 def finding_text(f: E.Finding) -> str:
     """One finding as a sentence."""
+    room = ", KV cache and step included" if f.room else ""
     if f.kind == E.FITS:
         where = ", ".join(f"{d} ({format_bytes(b)})" for d, b in f.by_device)
-        return f"Fits without offloading: {where}."
+        return f"Fits without offloading{room}: {where}."
     if f.kind == E.FILLED:
         of = f" of its {format_bytes(f.budget)} budget" if f.budget else ""
-        text = f"{f.device} filled up: {format_bytes(f.nbytes)} planned{of}"
+        text = f"{f.device} filled up: {format_bytes(f.nbytes)} planned{of}{room}"
         nxt = f"the next block, {f.next_block} ({format_bytes(f.next_bytes)})," if f.next_block else "the next block"
         if f.budget and f.reserved:
             left = max(0, f.budget - f.reserved - f.nbytes)
@@ -109,9 +110,9 @@ def finding_text(f: E.Finding) -> str:
         why = " (slow: read from disk at every forward pass)." if f.device == "disk" else " (slower)."
         return f"{format_bytes(f.nbytes)} spill to {f.device}{why}"
     if f.kind == E.NEEDS:
-        return f"To fit on {f.device} alone it needs about {format_bytes(f.nbytes)}: {f.option}."
+        return f"To fit on {f.device} alone it needs about {format_bytes(f.nbytes)}{room}: {f.option}."
     if f.kind == E.SMALLER_DTYPE:
-        return f"In {f.dtype} it would need about {format_bytes(f.nbytes)}: {f.option}."
+        return f"In {f.dtype} it would need about {format_bytes(f.nbytes)}{room}: {f.option}."
     return f.kind
 
 

@@ -34,28 +34,37 @@ class Finding:
     reserved: int = 0  # FILLED: what accelerate keeps free on ``device`` for the largest layer (run there in turn)
     next_block: str = ""  # FILLED: the first block that did not fit, and its bytes
     next_bytes: int = 0
+    room: int = 0  # the part of ``nbytes`` that is a --context plan's KV cache and step
 
 
 def explain(used: dict[str, int], budget: dict[str, int], spilled: list[str], dtype: str, *, largest: int = 0,
-            next_block: tuple[str, int] = ("", 0)) -> list[Finding]:
-    """Findings for a plan that puts ``used`` bytes per device, with ``budget`` and ``spilled`` devices;
-    ``largest``: the largest block's bytes (accelerate keeps that much free on a device that offloads),
-    ``next_block``: the first block placed on a spilled device (name, bytes)."""
+            next_block: tuple[str, int] = ("", 0), room_by_device: Optional[dict[str, int]] = None,
+            room: int = 0) -> list[Finding]:
+    """Findings for a plan that puts ``used`` bytes of weights per device, with ``budget`` and ``spilled``
+    devices; ``largest``: the largest block's bytes (accelerate keeps that much free on a device that offloads),
+    ``next_block``: the first block placed on a spilled device (name, bytes). A ``--context`` plan also holds
+    ``room_by_device`` (KV cache and step) and needs ``room`` beside the weights on one device alone."""
+    extra = dict(room_by_device or {})
     if not spilled:
-        return [Finding(FITS, "ok", nbytes=sum(used.values()), by_device=tuple(used.items()))]
+        return [Finding(FITS, "ok", nbytes=sum(used.values()) + sum(extra.values()),
+                        by_device=tuple((d, n + extra.get(d, 0)) for d, n in used.items()),
+                        room=sum(extra.values()))]
     candidates = [d for d in budget if d != "disk"] + list(used)
     fast = [d for d in dict.fromkeys(candidates) if d not in spilled]
-    findings = [Finding(FILLED, "info", device=d, nbytes=used.get(d, 0), budget=budget.get(d),
-                        reserved=largest if budget.get(d) else 0, next_block=next_block[0], next_bytes=next_block[1])
+    findings = [Finding(FILLED, "info", device=d, nbytes=used.get(d, 0) + extra.get(d, 0), budget=budget.get(d),
+                        reserved=largest if budget.get(d) else 0, next_block=next_block[0], next_bytes=next_block[1],
+                        room=extra.get(d, 0))
                 for d in fast]
     findings += [Finding(SPILL, "danger" if d == "disk" else "warning", device=d, nbytes=used.get(d, 0))
                  for d in spilled]
     target = fast[0] if fast else "cpu"
-    need = int(sum(used.values()) * HEADROOM)
+    need = int(sum(used.values()) * HEADROOM) + room
     key = target.removeprefix("cuda:")
-    findings.append(Finding(NEEDS, "info", device=target, nbytes=need, option=f"--max-memory {key}={_gib_arg(need)}"))
+    findings.append(Finding(NEEDS, "info", device=target, nbytes=need, option=f"--max-memory {key}={_gib_arg(need)}",
+                            room=room))
     if dtype == "float32":
-        findings.append(Finding(SMALLER_DTYPE, "info", nbytes=need // 2, dtype="bfloat16", option="--dtype bfloat16"))
+        findings.append(Finding(SMALLER_DTYPE, "info", nbytes=int(sum(used.values()) * HEADROOM) // 2 + room,
+                                dtype="bfloat16", option="--dtype bfloat16", room=room))
     return findings
 
 

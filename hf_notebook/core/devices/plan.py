@@ -112,8 +112,11 @@ class Plan:
         largest = max((sizes.get(b, 0) for b in self.blocks), default=0)
         spilled = set(self.spilled)
         first = next((b for b in self.blocks if str(self._device_of(b)) in spilled), "")
+        room = self.room_for(self.device_map)
+        alone = self.step.by_device({}, "here") if self.step is not None else {}  # every block on one device
+        whole = self.kv_cache_bytes + sum(alone.values())
         findings = explain(self.bytes_by_device, self.budget, self.spilled, self.dtype, largest=largest,
-                           next_block=(first, sizes.get(first, 0)))
+                           next_block=(first, sizes.get(first, 0)), room_by_device=room, room=whole)
         return [f for f in findings if not ((self.edits or self.chosen_by == "--fit") and f.kind == FILLED)]
 
     def _device_of(self, module: str):
