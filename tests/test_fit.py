@@ -104,7 +104,8 @@ def test_context_max_is_the_longest_that_fits(tiny, max_memory, batch):
     """--context max against every context around it, each with its own exact trace: N fits, N + 1 does not."""
     from hf_notebook.core.api import plan_model
     from hf_notebook.core.devices.kv_cache import kv_cache
-    from hf_notebook.core.devices.plan import _trace, build_meta_model
+    from hf_notebook.core.devices.plan import build_meta_model
+    from hf_notebook.core.devices.step_memory import trace_step
 
     plan = plan_model(tiny, no_verify=True, dtype="float32", max_memory=max_memory, context="max", batch=batch)
     longest = plan.kv.context
@@ -114,7 +115,7 @@ def test_context_max_is_the_longest_that_fits(tiny, max_memory, batch):
     def fits(context):
         room = room_of(list(plan.blocks), plan.module_sizes, plan.tied,
                        kv=kv_cache(plan.config, context=context, batch=batch, dtype="float32"),
-                       layer_names=plan.layer_names, step=_trace(meta, list(plan.blocks), context, batch),
+                       layer_names=plan.layer_names, step=trace_step(meta, list(plan.blocks), context=context, batch=batch),
                        budgets={"cpu": plan.budget["cpu"]})
         return room.fits(placed(room, plan.device_map))
 

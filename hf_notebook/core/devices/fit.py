@@ -54,7 +54,7 @@ class Room:
             found += [d for d in self.budgets if d not in found] + ["disk"]
         return found
 
-    def needs(self, where: Iterable) -> Optional[dict]:
+    def needs(self, where: Iterable) -> dict:
         """Bytes per device for units placed at ``where`` (one device per unit)."""
         main = self.runners[0]
         need: dict = {}

@@ -118,13 +118,18 @@ def _refuse_other_caches(text: Any) -> None:
                         hint="Plan without --context.")
 
 
+def runs_at(device: Any, main_device: Any) -> Any:
+    """Where a module mapped to ``device`` computes: there, or on ``main_device`` when it is offloaded (``"disk"``,
+    or ``"cpu"`` behind an accelerator), as accelerate runs it."""
+    offloaded = device == "disk" or (device == "cpu" and main_device not in ("cpu", None))
+    return main_device if offloaded else device
+
+
 def by_device(cache: KVCache, layer_devices: list[Any], main_device: Any) -> dict[Any, int]:
-    """Cache bytes per device: layer ``i`` on ``layer_devices[i]``, an offloaded layer (``"disk"``, or ``"cpu"``
-    behind an accelerator) on ``main_device``, where accelerate runs it."""
-    offloaded = {"disk"} | ({"cpu"} if main_device not in ("cpu", None) else set())
+    """Cache bytes per device: layer ``i``'s where it runs (:func:`runs_at`) when mapped to ``layer_devices[i]``."""
     found: dict[Any, int] = {}
     for size, device in zip(cache.layers, layer_devices):
-        where = main_device if device in offloaded else device
+        where = runs_at(device, main_device)
         found[where] = found.get(where, 0) + size
     return found
 

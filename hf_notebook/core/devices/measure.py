@@ -89,14 +89,12 @@ def measure(result: Any, *, context: int, batch: int = 1, steps: int = 4, name: 
 
 def _planned_step(plan: Any, placed: dict, context: int, batch: int) -> dict[str, int]:
     """Device -> the activations of this step, traced on a meta twin of the model (as the plan traces them)."""
-    from .kv_cache import main_device
-    from .plan import build_meta_model
-    from .step_memory import block_devices, trace_step
+    from .plan import _step_by_device, build_meta_model
+    from .step_memory import trace_step
 
-    twin = build_meta_model(plan.model_cls, plan.config, plan.dtype)
-    step = trace_step(twin, list(plan.blocks), context=context, batch=batch)
-    main = main_device(placed)
-    return {device_name(d): n for d, n in step.by_device(block_devices(list(plan.blocks), placed, main), main).items()}
+    step = trace_step(build_meta_model(plan.model_cls, plan.config, plan.dtype), list(plan.blocks), context=context,
+                      batch=batch)
+    return {device_name(d): n for d, n in _step_by_device(step, plan.blocks, placed).items()}
 
 
 def _layer_names(plan: Any, count: int) -> list[str]:

@@ -318,13 +318,14 @@ def plan_placement(config, *, class_name: Optional[str] = None, dtype: str = "fl
         kv, layers, step = None, (), None
         if context:
             from .kv_cache import KV_DTYPES, kv_cache
+            from .step_memory import trace_step
 
             _refuse_no_generation(cls, config)
             kv_type = kv_dtype or (dtype if dtype in KV_DTYPES else "bfloat16")
             kv = kv_cache(config, context=1, batch=batch or 1, dtype=kv_type)
             layers = _layer_names(blocks, len(kv.layers))
-            twin = model if hf_quantizer is None else build_meta_model(cls, config, dtype)
-            trace_at = lambda c: _trace(twin, blocks, c, batch or 1)  # noqa: E731
+            twin = model if hf_quantizer is None else build_meta_model(cls, config, dtype)  # activations: dtype's
+            trace_at = lambda c: trace_step(twin, blocks, context=c, batch=batch or 1)  # noqa: E731
             kv_at = lambda c: kv_cache(config, context=c, batch=batch or 1, dtype=kv_type)  # noqa: E731
             offload = not no_offload
 
@@ -415,14 +416,6 @@ def _refuse_no_generation(cls, config) -> None:
     if not cls.can_generate():
         raise PlanError(f"{cls.__name__} does not generate: a {config.model_type} model keeps no KV cache to plan "
                         "for a --context.", hint="Plan without --context (and --batch), or pick a generating --class.")
-
-
-def _trace(model, blocks: list[str], context: int, batch: int):
-    """One step's memory, traced on the plan's meta model (an unquantized twin for a quantized plan: its
-    activations are computed in the plan's dtype all the same)."""
-    from .step_memory import trace_step
-
-    return trace_step(model, blocks, context=context, batch=batch)
 
 
 def _ordered(budget: dict) -> dict:

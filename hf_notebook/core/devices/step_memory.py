@@ -194,11 +194,8 @@ def _head_block(model: Any, blocks: list[str]) -> str:
 
 def block_devices(blocks: list[str], device_map: Mapping[str, Any], main_device: Any) -> dict[str, Any]:
     """Block -> where it computes: its mapped device, or ``main_device`` for one whose weights are offloaded."""
-    from .kv_cache import layer_devices
+    from .kv_cache import layer_devices, runs_at
 
-    offloaded = {"disk"} | ({"cpu"} if main_device not in ("cpu", None) else set())
-    found = {}
-    for name, device in zip(blocks, layer_devices(device_map, blocks)):
-        found[name] = main_device if device in offloaded or device is None else device
-    return found
+    return {name: main_device if device is None else runs_at(device, main_device)
+            for name, device in zip(blocks, layer_devices(device_map, blocks))}
 
