@@ -196,17 +196,41 @@ def modeling_utils_name(name: str) -> Any:
 def patched_modeling_utils(**replacements: Any) -> Iterator[None]:
     """``transformers.modeling_utils`` with ``replacements`` (name -> object) for the block, under one lock;
     every name is probed first, and the originals are back afterwards, whatever happens."""
-    import transformers.modeling_utils as mu
+    with _patched("transformers.modeling_utils", replacements):
+        yield
 
-    saved = {name: modeling_utils_name(name) for name in replacements}
+
+@contextlib.contextmanager
+def loader_pools() -> Iterator[list]:
+    """The thread pools transformers' weight loader starts in the block (``core_model_loading``'s
+    ``ThreadPoolExecutor``), listed as they start. Its loader shuts a pool down without waiting, so after
+    an error or a Ctrl-C a worker still converts the tensor in hand; a caller joins them with this list."""
+    base = _private("transformers.core_model_loading", "ThreadPoolExecutor")
+    pools: list = []
+
+    class Recorded(base):  # type: ignore[misc, valid-type]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            pools.append(self)
+
+    with _patched("transformers.core_model_loading", {"ThreadPoolExecutor": Recorded}):
+        yield pools
+
+
+@contextlib.contextmanager
+def _patched(module: str, replacements: dict) -> Iterator[None]:
+    import importlib
+
+    target = importlib.import_module(module)
+    saved = {name: _private(module, name) for name in replacements}
     with PATCH_LOCK:
         try:
             for name, value in replacements.items():
-                setattr(mu, name, value)
+                setattr(target, name, value)
             yield
         finally:
             for name, value in saved.items():
-                setattr(mu, name, value)
+                setattr(target, name, value)
 
 
 _KEYWORDS: Optional[frozenset] = None

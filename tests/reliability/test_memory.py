@@ -5,11 +5,14 @@ driving a real InteractiveShell the way a notebook does: ``run_cell``, after whi
 the error it showed.
 """
 
+import io
 import json
 import os
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 
 import pytest
 
@@ -62,3 +65,41 @@ def test_rss_comes_back_after_ctrl_c_mid_load(medium_folder, tiny_folder, dtype,
     facts = json.loads(out.stdout.strip().splitlines()[-1])
     assert facts["interrupted"] and not facts["bound"]
     assert facts["grown"] < 10 * 2**20, f"RSS stayed {facts['grown'] / 2**20:.1f} MiB higher"
+
+
+def test_the_ctrl_c_waits_for_every_tensor_a_loader_thread_has_taken(shell, medium_folder, monkeypatch):
+    """transformers shuts its loader pool down without waiting: a worker that has just taken a tensor still
+    reads and converts it (memory the user was told is free). On a busy machine that worker may not have
+    read a byte yet when the Ctrl-C lands; the error reaches the user only after its read is done too."""
+    from hf_notebook import ui
+    from hf_notebook.core.events import ShardProgress
+    from hf_notebook.core.weights import load
+    from hf_notebook.ui.text import TextRenderer
+
+    read_at, started, original = [], set(), load._LazyTensor.__getitem__
+
+    def slowly(self, index):
+        me = threading.current_thread()
+        if started and me not in started:  # every worker but the first, on its first tensor: a machine busy
+            started.add(me)                # elsewhere, and the Ctrl-C lands before it has read a byte
+            time.sleep(1.0)
+        started.add(me)
+        try:
+            return original(self, index)
+        finally:
+            read_at.append(time.monotonic())
+
+    class Interrupting(TextRenderer):
+        def __call__(self, event):
+            super().__call__(event)
+            if isinstance(event, ShardProgress) and event.tensors_done == 1:
+                raise KeyboardInterrupt
+
+    monkeypatch.setattr(load._LazyTensor, "__getitem__", slowly)
+    monkeypatch.setattr(ui, "make_renderer", lambda *a, **k: Interrupting(io.StringIO()))
+    with pytest.raises(KeyboardInterrupt):
+        shell.run_line_magic("load_model", f"{medium_folder} --no-verify --dtype bfloat16 --as m")
+    raised_at = time.monotonic()
+    time.sleep(1.0)  # any read still going ends now
+    assert "m" not in shell.user_ns and read_at  # workers read, and the load was cancelled
+    assert max(read_at) < raised_at, f"{sum(t > raised_at for t in read_at)} tensor(s) read after the Ctrl-C returned"

@@ -16,11 +16,11 @@ import contextlib
 import gc
 import os
 import threading
-import time
 from pathlib import Path
 from typing import Optional
 
 from .. import libc
+from ..compat import loader_pools
 from ..devices.plan import Plan, model_class_for
 from ..dtypes import converts, torch_dtype
 from ..events import OnEvent, ShardProgress, emit
@@ -37,9 +37,8 @@ class _ShardCounter:
     """
 
     def __init__(self, name: str, index: int, count: int, sizes: dict[str, tuple[str, int]],
-                 on_event: OnEvent | None, readers: set):
+                 on_event: OnEvent | None):
         self.name, self.index, self.count, self.on_event = name, index, count, on_event
-        self.readers = readers  # the threads that read tensors (shared by all shards' counters)
         self.sizes = sizes  # tensor -> (safetensors dtype code, bytes), from the header
         self.tensors_total, self.bytes_total = len(sizes), sum(n for _, n in sizes.values())
         self.tensors_done = self.bytes_done = 0
@@ -47,7 +46,6 @@ class _ShardCounter:
 
     def add(self, nbytes: int) -> None:
         with self._lock:
-            self.readers.add(threading.current_thread())
             self.tensors_done += 1
             self.bytes_done += nbytes
             emit(self.on_event, self._event())
@@ -165,17 +163,18 @@ def materialize(checkpoint: Checkpoint, config, plan: Plan, *, offload_folder: s
     cls = plan.model_cls or model_class_for(config, plan.model_class)
     libc.pin_mmap_threshold()
     releaser = _PageReleaser()
-    readers: set = set()
     pickled = any(str(p).endswith(".bin") for p in checkpoint.shards)  # only with --allow-pickle: no progress
-    counters = {} if pickled else _shard_counters(checkpoint, on_event, readers)
+    counters = {} if pickled else _shard_counters(checkpoint, on_event)
+    pools: list = []
     try:
-        with _observing(counters, releaser, plan.dtype), quiet_loggers("accelerate.big_modeling"), interrupts_kept():
+        with _observing(counters, releaser, plan.dtype), loader_pools() as pools, \
+                quiet_loggers("accelerate.big_modeling"), interrupts_kept():
             model = cls.from_pretrained(str(checkpoint.folder), config=config, dtype=torch_dtype(plan.dtype),
                                         device_map=dict(plan.device_map), offload_folder=offload_folder,
                                         use_safetensors=not pickled, weights_only=True, local_files_only=True,
                                         **_extra(plan, options, kw))
     except BaseException:
-        _drain(readers)
+        _drain(pools)
         _release()
         raise
     finally:
@@ -185,16 +184,15 @@ def materialize(checkpoint: Checkpoint, config, plan: Plan, *, offload_folder: s
     return model
 
 
-def _drain(readers: set, timeout: float = 10.0) -> None:
-    """After a failed or interrupted load: wait for transformers' loader threads to finish the
-    tensor each has in hand (its pool is shut down without waiting), so their memory is free when
-    the error reaches the user, not a moment later."""
-    deadline = time.monotonic() + timeout
-    for thread in readers - {threading.current_thread()}:
-        thread.join(max(0.0, deadline - time.monotonic()))
+def _drain(pools: list) -> None:
+    """After a failed or interrupted load: wait for transformers' loader threads to finish the tensor
+    each has in hand (its pools are shut down without waiting), so their memory is free when the error
+    reaches the user, not a moment later. A thread that has just taken its tensor counts too."""
+    for pool in pools:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _shard_counters(checkpoint: Checkpoint, on_event: OnEvent | None, readers: set) -> dict[str, _ShardCounter]:
+def _shard_counters(checkpoint: Checkpoint, on_event: OnEvent | None) -> dict[str, _ShardCounter]:
     """A counter per shard (by real path), sized from the headers; announces each shard at 0."""
     headers: HeaderInfo = checkpoint.headers or local_headers(checkpoint.shards)
     headers.check_files(checkpoint.shards)
@@ -202,7 +200,7 @@ def _shard_counters(checkpoint: Checkpoint, on_event: OnEvent | None, readers: s
     count = len(checkpoint.shards)
     for index, path in enumerate(checkpoint.shards):
         sizes = headers.tensors.get(Path(path).name, {})
-        counter = _ShardCounter(Path(path).name, index, count, sizes, on_event, readers)
+        counter = _ShardCounter(Path(path).name, index, count, sizes, on_event)
         counters[os.path.realpath(path)] = counter
         counter.announce()
     return counters
