@@ -57,6 +57,9 @@ _CELL_CODE = "padding:0;background:none"
 # The line to copy: wraps (at spaces first), never scrolls or clips, one click selects all of it.
 # (word-break:normal: JupyterLab's output <pre> breaks anywhere, inside --dtype too; long tokens get _line's spans.)
 _PRE = f"margin:0;white-space:pre-wrap;word-break:normal;{_WRAP};user-select:all;max-width:100%"
+# A member of an expanded range: its name, then its bytes pushed to the right edge of the module column.
+_MEMBER = "display:flex;align-items:baseline"
+_MEMBER_BYTES = "white-space:nowrap;margin-left:auto;padding-left:1em"
 _SIZE = re.compile(r"(\d) (?=(?:B|kB|MB|GB|TB)\b)")
 _LONG = re.compile(r"\S{20,}")  # a path, a pinned spec, a URL: long enough to need breaking inside
 
@@ -83,10 +86,33 @@ def _line(text: str) -> str:
     return re.sub(r"\S+", token, escape(text))
 
 
+# A Copy button for the line before it, made by a script where a front end runs one (a live or trusted notebook
+# in JupyterLab, Notebook 7, VS Code; an HTML export). Where none runs (an untrusted notebook, GitHub, a widget's
+# HTML) there is no button, not a dead one, and the line is still selected whole by one click. The script holds
+# no data: it copies the <pre>'s text. The clipboard API needs a secure context (https, localhost); elsewhere
+# (a server reached by plain http) it copies the selected line, as the browser's own Copy does.
+_COPY_SCRIPT = (
+    "(function(s){var p=s.previousElementSibling,b=document.createElement('button');"
+    "b.textContent='Copy';b.title='Copy this line';b.className='hf-notebook-copy';"
+    "b.style.cssText='float:right;margin:0 0 2px .6em;padding:0 .5em;font-size:85%;cursor:pointer;border-radius:2px;'+"
+    "'color:var(--jp-ui-font-color1,#222);background:var(--jp-layout-color2,#eee);border:1px solid var(--jp-border-color1,#bbb)';"
+    "function said(ok){b.textContent=ok?'Copied':'Selected: press Ctrl+C';"
+    "setTimeout(function(){b.textContent='Copy'},1500)}"
+    "function selected(){var r=document.createRange(),g=getSelection(),ok=false;r.selectNodeContents(p);"
+    "g.removeAllRanges();g.addRange(r);try{ok=document.execCommand('copy')}catch(e){}"
+    "if(ok)g.removeAllRanges();return ok}"
+    "b.onclick=function(){if(navigator.clipboard&&window.isSecureContext){"
+    "navigator.clipboard.writeText(p.textContent).then(function(){said(true)},function(){said(selected())})}"
+    "else said(selected())};"
+    "p.parentNode.insertBefore(b,p)})(document.currentScript)"
+)
+
+
 def copy_line_html(line: str) -> str:
     """A ``%load_model ...`` line to copy, as a ``<pre>`` that wraps at spaces inside any output width, never
-    scrolls or clips, is selected whole by one click, and copies back exactly as ``line``."""
-    return f"<pre style='{_PRE}'>{_line(line)}</pre>"
+    scrolls or clips, is selected whole by one click, and copies back exactly as ``line``; a Copy button beside
+    it where the front end runs scripts."""
+    return f"<pre style='{_PRE}'>{_line(line)}</pre><script class='hf-notebook-copy'>{_COPY_SCRIPT}</script>"
 
 
 _h = html_text
@@ -243,10 +269,10 @@ def _groups_html(placement: Any, sizes: Optional[dict] = None) -> str:
     cells = []
     for label, device, nbytes, members in _group_rows(placement):
         name = _cell_code(label)
-        if members:
+        if members:  # each member on a line of its own, its bytes at the line's right edge: a column of numbers
             listed = "".join(
-                f"<div>{_cell_code(m)}"
-                + (f" <span style='{_MUTED};white-space:nowrap'>{_h(format_bytes(sum(sizes[m])))}</span>"
+                f"<div class='{CLASS}-member' style='{_MEMBER}'>{_cell_code(m)}"
+                + (f"<span style='{_MUTED};{_MEMBER_BYTES}'>{_h(format_bytes(sum(sizes[m])))}</span>"
                    if sizes and m in sizes else "")
                 + "</div>" for m in members)
             count = f"<span style='{_MUTED};white-space:nowrap'>({len(members)} modules)</span>"

@@ -14,6 +14,7 @@
 //   pre       a %load_model line to copy does not fit its <pre>, cannot be selected, copies back other than it
 //             reads, or is cut inside a short token (--dtype, @device_map.json) instead of at a space
 //   size      a size (717 B, 65.5 kB) is broken between its number and its unit
+//   members   an expanded range's member bytes are not at the right edge of their line, lined up
 //   contrast  text whose contrast with what it is drawn on is below minContrast (disabled controls excepted)
 // owner: 'record' (inside .hf-notebook-record), 'widget' (inside a widget view) or 'other'; cell: the first
 // line of the cell's input.
@@ -173,6 +174,18 @@
       if (ratio < minContrast && !disabled) {
         say("contrast", el, `${label(el)}: ${getComputedStyle(el).color} on rgb(${bg.slice(0, 3).map(Math.round)}) `
           + `is ${ratio.toFixed(2)}:1`);
+      }
+    }
+  }
+  // an expanded range's members: each one's bytes at the right edge, all of them lined up (not beside the names)
+  for (const list of panel.querySelectorAll(".jp-OutputArea-output details")) {
+    const lines = [...list.querySelectorAll(".hf-notebook-record-member")].filter(visible);
+    const rights = lines.filter((m) => m.children.length > 1)
+      .map((m) => [m, m.lastElementChild.getBoundingClientRect().right, m.getBoundingClientRect().right]);
+    for (const [m, right, edge] of rights) {
+      if (Math.abs(right - edge) > 1 || Math.abs(right - rights[0][1]) > 1) {
+        say("members", m, `${label(m)}: its bytes end at ${Math.round(right)} px, the line at ${Math.round(edge)}, `
+          + `the first member's bytes at ${Math.round(rights[0][1])}`);
       }
     }
   }
