@@ -1,7 +1,9 @@
 """The device-map editor widget, driven from Python as a user drives it: selectors, the range
 action, Apply / Undo / Reset / Export; asserting the map, totals, messages and the model."""
 
+import html
 import json
+import re
 
 import pytest
 import torch
@@ -122,6 +124,9 @@ def test_export_writes_json_and_shows_the_load_line(llama_folder, tmp_path):
     assert json.loads(path.read_text())["lm_head"] == "disk"
     assert line.startswith("%load_model ") and f"--device-map @{path}" in line and line.endswith("--as m")
     assert f"@{path}" in editor.export_line.value
+    record = editor.record().bundle()  # the static record beside the editor keeps the line (its Copy button there)
+    assert f"  {line}" in record["text/plain"] and "class='hf-notebook-copy'" in record["text/html"]
+    assert line in html.unescape(re.sub(r"<[^>]+>", "", record["text/html"]))
     assert editor.export(str(tmp_path / "missing" / "map.json")) is None
     assert "cannot write" in editor.export_line.value  # said where Export is
 

@@ -131,6 +131,7 @@ class DeviceMapEditor:
         self.applied = 0  # changes applied from this editor
         self.closed = False
         self.last_note = ""
+        self.exported: Optional[tuple[str, str]] = None  # (file, the line that loads it) of the last Export
 
         self.title = W.HTML(f"<b>Device map</b> · {escape(self._subject())}")
         self.rows_box = W.VBox(layout=W.Layout(max_height="32em", overflow="auto"))
@@ -273,6 +274,7 @@ class DeviceMapEditor:
 
         set_changed(self.export_line, value=f"<div style='{MUTED}'>wrote {escape(str(target))}; load it with:</div>"
                                      + copy_line_html(line))
+        self.exported = (str(target), line)  # the record beside the editor keeps it, with a Copy button there
         self.update_record()
         return line
 
@@ -378,9 +380,13 @@ class DeviceMapEditor:
     # -- output ------------------------------------------------------------------------------
     def record(self):
         """The static record of the target as it is now (a load record or a plan record)."""
-        from hf_notebook.ui.record import load_record, plan_record
+        from hf_notebook.ui.record import Record, export_map_record, load_record, plan_record
 
-        return load_record(self.target) if self.loaded else plan_record(self.target)
+        record = load_record(self.target) if self.loaded else plan_record(self.target)
+        if self.exported is None:
+            return record
+        exported = export_map_record(*self.exported)
+        return Record(record.html + exported.html, f"{record.text}\n{exported.text}")
 
     def display(self) -> None:
         """Show the live editor and, beside it, the static record that Apply and Export update."""

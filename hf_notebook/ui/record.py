@@ -613,6 +613,14 @@ def export_record(exported: Any) -> Record:
     return Record(html, "\n".join([f"✓ {head}"] + _text_facts(facts) + ["", "on the other host:", f"  {line}"]))
 
 
+def export_map_record(path: str, line: str) -> Record:
+    """The editor's Export: the file written and the line that loads the model with it."""
+    head = f"wrote the device map to {path}"
+    return Record(_box(f"<b style='{_OK}'>✓</b> {_h(head)}",
+                       f"<div style='{_MUTED}'>load it with:</div>{copy_line_html(line)}", border=_RULE_OK),
+                  f"✓ {head}\n  load it with:\n  {line}")
+
+
 def record_of(result: Any) -> Record:
     """The record of any core result, by the table the extension registers (``ui/__init__.RECORDS``)."""
     from hf_notebook.ui import RECORDS, record_function

@@ -1,0 +1,155 @@
+"""The panels issue point by point, as a user reads them in a real JupyterLab and Notebook 7.
+
+- Words and records: a fresh kernel's first load counts its imports; the record and the editor agree on a
+  buffer-only module; a filled device says what accelerate keeps free; a reused name says the old model was
+  released; no lock note for another choice of weights; ``%models`` names the quantization; a misspelt repo
+  gets "did you mean"; ``--no-offload`` gives the budget that fits, and no "fastest device" on a cpu machine.
+- Panels end as records: the editor (what Apply will move, the changed row marked, a Move example this model
+  has, Apply, Export with a Copy button in the record beside it, Done) and the save and push panel (who
+  pushes, its own words, Save, Done) leave records that a saved notebook, reopened without its kernel, shows
+  with no widget error.
+"""
+
+import re
+
+import pytest
+
+expect = pytest.importorskip("playwright.sync_api", reason="the playwright Python package is not installed").expect
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+RECORD = ".hf-notebook-record"
+OFFLOADED = "%load_model tiny/llama --max-memory cpu=300KB --as off"
+PLAN = "%plan_model tiny/mixtral --max-memory cpu=400KB"
+AGAIN = "%load_model tiny/llama --device-map cpu --dtype bfloat16 --as model"
+QUANTIZED = "%load_model tiny/llama --quantize int8-weight --device-map cpu --as q"
+WORDS = ["%load_ext hf_notebook", OFFLOADED, PLAN, "%load_model tiny/llama --device-map cpu --as model", AGAIN,
+         QUANTIZED, "%models"]
+
+
+def run_failing_cell(notebook, source: str):
+    """Add a cell at the end and run it, expecting it to fail (a UsageError); return the cell."""
+    ok = notebook.page.evaluate("""async source => {
+        const app = window.jupyterapp, notebook = app.shell.currentWidget.content;
+        notebook.activeCellIndex = notebook.widgets.length - 1;
+        await app.commands.execute('notebook:insert-cell-below');
+        notebook.activeCell.model.sharedModel.setSource(source);
+        return await app.commands.execute('notebook:run-cell');
+    }""", source)
+    assert ok is not True, f"expected {source!r} to fail"
+    return notebook.code_cell(source)
+
+
+def row_of(record, page, module: str):
+    return record.locator("tr").filter(has=page.locator("code", has_text=re.compile(rf"^{re.escape(module)}$")))
+
+
+def test_the_words_and_records_a_user_reads(front_end, artifacts):
+    notebook, page = front_end, front_end.page
+    notebook.open(notebook.write(f"{notebook.shot_prefix}points_words.ipynb", WORDS))
+    notebook.run_all()
+
+    first = notebook.code_cell(OFFLOADED).locator(RECORD)  # the kernel's first load: its imports shown and counted
+    expect(first.locator("tr", has_text="time")).to_contain_text(re.compile(r"\(import \d+\.\d+ s"))
+    rotary = row_of(first, page, "model.rotary_emb")  # offloaded, its buffers stay where it runs: said so
+    expect(rotary.locator("td").nth(1)).to_have_text("disk, its buffers on cpu")
+
+    plan = notebook.code_cell(PLAN).locator(RECORD)
+    expect(plan).to_contain_text("kept free by accelerate for the largest layer")
+    expect(plan).to_contain_text(re.compile(r"--max-memory cpu=\d+(\.\d+)?MB"))
+    expect(plan).not_to_contain_text("MiB")
+
+    again = notebook.code_cell(AGAIN).locator(".jp-OutputArea")
+    expect(again).to_contain_text(re.compile(r"model held tiny/llama@\w+ .*it was released\."))
+    expect(again).not_to_contain_text("Note:")  # another choice of weights: its own lock entry, no note
+    expect(again).not_to_contain_text("Lock file")
+    expect(notebook.code_cell("%models").locator(RECORD)).to_contain_text("int8 weight-only (torchao)")
+
+    typo = run_failing_cell(notebook, "%plan_model tiny/lama")
+    expect(typo.locator(".jp-OutputArea")).to_contain_text("Did you mean tiny/llama?")
+    refused = run_failing_cell(notebook, "%plan_model tiny/llama --max-memory cpu=300KB --no-offload")
+    output = refused.locator(".jp-OutputArea")
+    expect(output).to_contain_text("does not fit on cpu:")
+    expect(output).to_contain_text("--max-memory cpu=1MB")
+    expect(output).not_to_contain_text("fastest")
+    expect(output).not_to_contain_text("Traceback")  # a UsageError: one message, no frames
+    expect(page.get_by_text("Error displaying widget")).to_have_count(0)
+    page.screenshot(path=artifacts / f"{notebook.shot_prefix}points_words.png", full_page=True)
+
+
+EDITOR = "%edit_device_map model"
+SAVE = "%save_model model"
+PANELS = ["%load_ext hf_notebook", "%load_model tiny/llama --max-memory cpu=300KB --as model", EDITOR, SAVE]
+
+
+def test_panels_end_as_records_that_a_reopened_notebook_shows(front_end, lab, artifacts, tmp_path):
+    notebook, page = front_end, front_end.page
+    page.context.grant_permissions(["clipboard-read", "clipboard-write"], origin=f"http://127.0.0.1:{lab.port}")
+    name = f"{notebook.shot_prefix}points_panels.ipynb"
+    notebook.open(notebook.write(name, PANELS))
+    notebook.run_all()
+
+    cell = notebook.code_cell(EDITOR)
+    editor = cell.locator(".jp-OutputArea .jupyter-widgets").first
+    record = cell.locator(f".jp-OutputArea {RECORD}").first  # the model's; an Export adds its own below
+
+    def row(module: str):
+        return editor.locator(".widget-hbox").filter(
+            has=page.locator("code", has_text=re.compile(rf"^{re.escape(module)}$")))
+
+    def select(module: str):
+        return row(module).locator("select")
+
+    # the editor and the record say the same of a buffer-only module
+    expect(select("model.rotary_emb")).to_have_value(re.compile(r"^disk"))
+    expect(row_of(record, page, "model.rotary_emb").locator("td").nth(1)).to_have_text("disk, its buffers on cpu")
+    expect(notebook.text_field(editor, "Move")).to_have_attribute("placeholder", "model.layers.1")  # 2 layers here
+    expect(editor).to_contain_text("layers on")  # the slider: first layers on the fastest device
+
+    lm_head = select("lm_head")
+    lm_head.select_option(label=next(o for o in lm_head.locator("option").all_inner_texts() if "(cpu)" in o))
+    expect(editor).to_contain_text("Apply moves lm_head (65.5 kB) disk → cpu.")
+    expect(row("lm_head")).to_contain_text("●")  # the changed row is marked, no other
+    expect(editor.locator(".widget-hbox", has_text="●").locator("select")).to_have_count(1)
+    editor.get_by_role("button", name="Apply").click()
+    expect(editor).to_contain_text("Re-dispatched in place", timeout=30_000)
+    expect(row_of(record, page, "lm_head").locator("td").nth(1)).to_have_text("cpu")
+
+    editor.get_by_role("button", name="Export").click()
+    exported = cell.locator(RECORD, has_text="wrote the device map to")
+    expect(exported).to_have_count(1)
+    line = exported.locator("pre")
+    expect(line).to_contain_text("--device-map @")
+    copy = exported.locator("button")
+    copy.click()
+    expect(copy).to_have_text("Copied")
+    assert page.evaluate("() => navigator.clipboard.readText()") == line.text_content()
+    editor.get_by_role("button", name="Done").click()
+    expect(cell).to_contain_text("Device-map editor on model: closed, 1 change applied.")
+
+    cell = notebook.code_cell(SAVE)
+    panel = cell.locator(".jp-OutputArea .jupyter-widgets").first
+    expect(panel).to_contain_text("No Hugging Face token")  # who would push: nobody is logged in here
+    expect(panel).to_contain_text("replace an existing folder")
+    notebook.text_field(panel, "folder").fill(str(tmp_path / "saved"))
+    save = panel.get_by_role("button", name="Save")
+    save.click()
+    expect(cell.locator(RECORD)).to_contain_text("saved model to", timeout=60_000)
+    save.click()  # again, into the folder it just wrote: refused in the panel's own words
+    expect(panel).to_contain_text("replace an existing folder”", timeout=30_000)
+    expect(panel).not_to_contain_text("--overwrite")
+    panel.get_by_role("button", name="Done").click()
+    expect(cell).to_contain_text(f"Save and push panel for model: closed (saved to {tmp_path / 'saved'}).")
+    expect(cell.locator(RECORD)).to_have_count(1)
+    page.screenshot(path=artifacts / f"{notebook.shot_prefix}points_panels.png", full_page=True)
+
+    notebook.save()
+    notebook.shut_down_kernel()
+    notebook.open(name)  # no kernel has these widgets now: every panel must be a record
+    expect(page.get_by_text("Error displaying widget")).to_have_count(0)
+    editor_cell, save_cell = notebook.code_cell(EDITOR), notebook.code_cell(SAVE)
+    expect(editor_cell).to_contain_text("Device-map editor on model: closed, 1 change applied.")
+    expect(row_of(editor_cell.locator(RECORD).first, page, "lm_head").locator("td").nth(1)).to_have_text("cpu")
+    expect(editor_cell.locator(RECORD, has_text="wrote the device map to")).to_have_count(1)
+    expect(save_cell.locator(RECORD)).to_contain_text("saved model to")
+    expect(page.locator(".jupyter-widgets")).to_have_count(0)
