@@ -122,6 +122,8 @@ def test_pipe_gets_plain_lines_only(child_env, tiny_hub, tmp_path):
     again = f"%load_model tiny/llama@{sha} --dtype float32 --max-memory cpu=300KB --as m"
     assert_progress_and_record(lines, sha, again)
     assert "disk (offload)" in out and "  loaded 5 shards" in out
+    assert [line for line in lines if "shard" in line] == ["  loaded 5 shards (21 tensors, 427.3 kB)"]  # not one a shard
+    assert not [line for line in lines if ".safetensors" in line]
     assert re.search(r"\n +files +6 files", out), out  # the record counts what the progress counted
     # The failed load: a record line on stdout, the reason once on stderr, no traceback.
     assert "✗ resolving tiny/does-not-exist: failed during resolve" in out
@@ -141,3 +143,39 @@ def test_tty_plan_plot_is_saved_as_a_png_whose_path_is_printed(child_env, tiny_h
     assert paths, f"no .png path printed:\n{text}"
     png = (tmp_path / paths[-1]).resolve()  # absolute, or relative to the shell's working directory
     assert png.is_file() and png.read_bytes().startswith(b"\x89PNG"), f"{png} is not a PNG file"
+
+
+def test_tty_first_load_shows_its_imports_and_a_ctrl_c_ends_in_one_line(child_env, tiny_hub, hub_server, tmp_path):
+    """A fresh terminal's first load is not silent while torch and transformers import (the stage names them and
+    its time is counted); Ctrl-C during the download ends in one line that says what a re-run reuses: no frames,
+    no source of ours, nothing bound."""
+    env = {**child_env, "TERM": "xterm-256color", "PROMPT_TOOLKIT_NO_CPR": "1"}
+    child = pexpect.spawn(sys.executable, ["-m", "IPython", "--no-banner", "--colors=NoColor"], env=env,
+                          cwd=str(tmp_path), dimensions=(50, 200), timeout=TIMEOUT, encoding="utf-8",
+                          codec_errors="replace")
+    try:
+        child.expect_exact("In [1]:")
+        child.sendline("%load_ext hf_notebook")
+        child.expect_exact("In [2]:")
+        hub_server.throttle_bytes_per_s = 40_000  # the tiny llama's 430 kB take about 11 s
+        child.sendline("%load_model tiny/llama --force-download --as m")
+        child.expect(r"import… [a-z_, ]*torch")  # the live line names what is being imported
+        child.expect_exact("import done in")
+        child.expect_exact("download ")  # the weights are under way
+        child.sendintr()
+        child.expect_exact("In [3]:", timeout=10)  # at once, not when the 11 s download would have ended
+        drawn = child.before
+        hub_server.throttle_bytes_per_s = None
+        child.sendline("print('m' in dir())")
+        child.expect_exact("In [4]:")
+        bound = child.before
+        child.sendline("exit")
+        child.expect(pexpect.EOF)
+    finally:
+        hub_server.throttle_bytes_per_s = None
+        child.close(force=True)
+    text = "\n".join(screen_lines(ANSI.sub("", drawn)))
+    assert "cancelled during fetch" in text and "nothing was bound" in text, text
+    assert "Traceback" not in text and "magics.py" not in text and "raise" not in text, text
+    assert sum("KeyboardInterrupt" in line for line in text.splitlines()) <= 1, text
+    assert "False" in bound
