@@ -124,6 +124,19 @@ def test_panels_end_as_records_that_a_reopened_notebook_shows(front_end, lab, ar
     copy.click()
     expect(copy).to_have_text("Copied")
     assert page.evaluate("() => navigator.clipboard.readText()") == line.text_content()
+    # the "layers on" slider: all layers on cpu do not fit its 300 kB, and "Most that fit" finds how many do
+    handle, track = editor.locator(".widget-slider .noUi-handle"), editor.locator(".widget-slider .noUi-target")
+    handle.scroll_into_view_if_needed()
+    start, end = handle.bounding_box(), track.bounding_box()
+    page.mouse.move(start["x"] + start["width"] / 2, start["y"] + start["height"] / 2)
+    page.mouse.down()  # dragged to the far right, as a user does
+    page.mouse.move(end["x"] + end["width"] + 20, start["y"] + start["height"] / 2, steps=8)
+    page.mouse.up()
+    note = editor.locator(".widget-html", has_text="layers on CPU RAM (cpu), the rest on disk")
+    expect(note).to_contain_text("2 of 2 layers on CPU RAM (cpu), the rest on disk (offload): cpu would hold 427.1 kB, "
+                                 "127.1 kB over its budget of 300.0 kB")
+    editor.get_by_role("button", name="Most that fit").click()
+    expect(note).to_contain_text(re.compile(r"^[01] of 2 layers on CPU RAM \(cpu\), the rest on disk \(offload\): fits$"))
     editor.get_by_role("button", name="Done").click()
     expect(cell).to_contain_text("Device-map editor on model: closed, 1 change applied.")
 
@@ -153,3 +166,56 @@ def test_panels_end_as_records_that_a_reopened_notebook_shows(front_end, lab, ar
     expect(editor_cell.locator(RECORD, has_text="wrote the device map to")).to_have_count(1)
     expect(save_cell.locator(RECORD)).to_contain_text("saved model to")
     expect(page.locator(".jupyter-widgets")).to_have_count(0)
+
+
+def test_notebooks_in_one_folder_share_a_lock_without_notes_about_each_other(front_end):
+    """Two tutorials in one folder load the same repo, one in full, one in bfloat16: each kind of load is its own
+    lock entry, so neither prints a note about the other's (a quantized one: the words test)."""
+    notebook = front_end
+    first = notebook.write(f"{notebook.shot_prefix}lock_first.ipynb",
+                           ["%load_ext hf_notebook", "%load_model tiny/llama --device-map cpu --as a"])
+    second = notebook.write(f"{notebook.shot_prefix}lock_second.ipynb",
+                            ["%load_ext hf_notebook", "%load_model tiny/llama --device-map cpu --dtype bfloat16 --as b"])
+    for path in (first, second):  # the second would note how the first loaded, were they one entry
+        notebook.open(path)
+        notebook.run_all()
+        outputs = notebook.panel.locator(".jp-OutputArea")
+        expect(outputs.filter(has_text="✓")).to_have_count(1)
+        for text in outputs.all_inner_texts():
+            assert "Note:" not in text and "Lock file" not in text and '{"' not in text, text
+        notebook.shut_down_kernel()
+
+
+def test_the_device_map_tutorial_adds_no_cell_when_run(front_end):
+    """Run All: the tutorial's Export prints its line, it does not insert a cell (which every run would add)."""
+    notebook, page = front_end, front_end.page
+    notebook.open("device_map_editor.ipynb")
+    cells = notebook.panel.locator(".jp-Notebook .jp-Cell")
+    count = cells.count()
+    notebook.run_all()
+    expect(cells).to_have_count(count)
+    expect(page.get_by_text("Error displaying widget")).to_have_count(0)
+
+
+def test_the_plot_reads_on_a_dark_page(front_end, artifacts):
+    """--plot in the dark theme: a figure drawn for the page it is on, not a bright white slab."""
+    import io
+
+    from PIL import Image, ImageStat
+
+    notebook, page = front_end, front_end.page
+    source = "%plan_model tiny/mixtral --max-memory cpu=400KB --plot"
+    notebook.open(notebook.write(f"{notebook.shot_prefix}dark_plot.ipynb", ["%load_ext hf_notebook", source]))
+    page.evaluate("t => window.jupyterapp.commands.execute('apputils:change-theme', {theme: t})", "JupyterLab Dark")
+    try:
+        expect(page.locator("body[data-jp-theme-light='false']")).to_have_count(1)
+        notebook.run_all()
+        image = notebook.code_cell(source).locator(".jp-OutputArea img")
+        expect(image).to_have_count(1)
+        shot = Image.open(io.BytesIO(image.screenshot())).convert("L")
+        mean = ImageStat.Stat(shot).mean[0]
+        shot.save(artifacts / f"{notebook.shot_prefix}dark_plot.png")
+        assert mean < 110, f"the plot averages {mean:.0f}/255 on a dark page: a bright slab"
+    finally:
+        page.evaluate("t => window.jupyterapp.commands.execute('apputils:change-theme', {theme: t})",
+                      "JupyterLab Light")
