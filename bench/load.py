@@ -20,6 +20,11 @@ for CPU time (user + system, all threads): much less disturbed by other processe
 time; the bench ends by saying how busy the machine was.
 
     python bench/load.py [--size-gb 4] [--repeat 5] [--src DIR] [--only wall,rss,progress,ext]
+    python bench/load.py --device cuda [--size-gb 4]   # on a GPU machine
+
+``--device cuda`` loads to ``cuda:0`` instead (float32, and float32 -> bfloat16): wall time against
+``from_pretrained`` in the same run (target <= 1.0x), each side's GB/s, and the host -> device limit of
+this machine measured with a plain pinned copy of the same bytes (the physical reference).
 
 The checkpoint (random float32 llama) is built once under build/bench/ and reused.
 ``--src`` benchmarks the hf_notebook package found in DIR (another checkout) instead of
@@ -146,6 +151,8 @@ before = rss()
 usage = resource.getrusage(resource.RUSAGE_SELF)
 t0 = time.perf_counter()
 model = load(which, folder, dtype, device_map, offload, on_event)
+if torch.cuda.is_available():
+    torch.cuda.synchronize()  # copies to the GPU may still be in flight: the load ends when they do
 seconds = time.perf_counter() - t0
 after = resource.getrusage(resource.RUSAGE_SELF)
 cpu = (after.ru_utime + after.ru_stime) - (usage.ru_utime + usage.ru_stime)
@@ -170,6 +177,26 @@ magics = shell.magics_manager.magics["line"]
 print(json.dumps({"seconds": seconds, "already": already, "heavy": [m for m in %r if m in sys.modules],
                   "registered": "load_model" in magics}))
 """ % (HEAVY, HEAVY)
+
+
+# The physical reference of a load to the GPU: the same bytes copied host -> device from pinned memory
+# (the fastest a load can put them there), best of a few copies after a warm-up.
+H2D_CHILD = r"""
+import json, sys, time
+import torch
+nbytes = int(sys.argv[1])
+host = torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)
+device = torch.empty(nbytes, dtype=torch.uint8, device="cuda:0")
+device.copy_(host, non_blocking=True)
+torch.cuda.synchronize()
+best = float("inf")
+for _ in range(5):
+    t0 = time.perf_counter()
+    device.copy_(host, non_blocking=True)
+    torch.cuda.synchronize()
+    best = min(best, time.perf_counter() - t0)
+print(json.dumps({"seconds": best, "gbps": nbytes / best / 1e9, "card": torch.cuda.get_device_name(0)}))
+"""
 
 
 class Runner:
@@ -271,10 +298,14 @@ def main() -> None:
     parser.add_argument("--src", type=Path, default=ROOT, help="folder holding the hf_notebook package to bench")
     parser.add_argument("--only", default="wall,rss,progress,ext",
                         help="comma-separated subset of: wall, rss, progress, ext")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                        help="load to cpu (default) or to cuda:0 (wall, GB/s and the host -> device limit)")
     parser.add_argument("-v", "--verbose", action="store_true", help="print every run")
     args = parser.parse_args()
     if args.repeat < 3:
         parser.error("--repeat must be at least 3")
+    if args.device == "cuda":
+        return cuda_main(args)
     only = set(args.only.split(","))
     folder = args.folder or ROOT / "build" / "bench" / f"llama-fp32-{args.size_gb:g}gb"
     started = time.perf_counter()
@@ -355,6 +386,39 @@ def main() -> None:
                   ", ".join(heavy) or "none", "none", not heavy)
         if already:
             print(f"{'':{INFO}}(note: {', '.join(already)} already imported by IPython itself)")
+    print_footer(runner.others, table.misses, started)
+
+
+def cuda_main(args) -> None:
+    """Loads to ``cuda:0``: wall against from_pretrained, GB/s of each side, the pinned-copy limit."""
+    import torch
+
+    if not torch.cuda.is_available():
+        raise SystemExit("bench/load.py --device cuda needs a CUDA device (torch.cuda.is_available() is False here)")
+    folder = args.folder or ROOT / "build" / "bench" / f"llama-fp32-{args.size_gb:g}gb"
+    started = time.perf_counter()
+    build_checkpoint(folder, args.size_gb)
+    runner = Runner(args.src.resolve())
+    warm_page_cache(folder)
+    runner.load("from_pretrained", folder, "bfloat16", "cuda:0")  # byte-code cache, CUDA context: not measured
+    runner.others.clear()
+    shards = sorted(folder.glob("*.safetensors"))
+    size = sum(p.stat().st_size for p in shards) / 1e9
+    print(f"checkpoint: {folder} ({size:.2f} GB float32, {len(shards)} shards), warm page cache, to cuda:0\n"
+          f"hf_notebook from {runner.src}; each value is the median of {args.repeat} fresh processes; "
+          f"baseline = transformers from_pretrained, same run\n")
+    table = Table()
+    for label, dtype in (("cuda:0, float32", "float32"), ("cuda:0, float32 -> bfloat16", "bfloat16")):
+        base, ours = runner.pairs("from_pretrained", "hf_notebook", folder, dtype, "cuda:0", args.repeat)
+        ratio = median(ours, "seconds") / median(base, "seconds")
+        table.row(f"wall: {label}", f"{median(base, 'seconds'):.3f} s", f"{median(ours, 'seconds'):.3f} s",
+                  f"{ratio:.3f}x", f"<= {WALL_TARGET:.2f}x", ratio <= WALL_TARGET, noise(base, ours),
+                  cpu_ratio(base, ours))
+        result = median(ours, "result")
+        limit = runner.run(H2D_CHILD, str(int(result)))
+        print(f"{'':{INFO}}({result / 1e9:.2f} GB on the GPU: from_pretrained {result / median(base, 'seconds') / 1e9:.2f}"
+              f" GB/s, hf_notebook {result / median(ours, 'seconds') / 1e9:.2f} GB/s; pinned host -> device copy of "
+              f"the same bytes {limit['gbps']:.2f} GB/s on {limit['card']})")
     print_footer(runner.others, table.misses, started)
 
 

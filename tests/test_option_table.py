@@ -145,3 +145,18 @@ def test_unquoted_args_read_back_to_the_same_options(raw):
 
     options = LoadOptions.parse(**raw)
     _same(options, LoadOptions.parse(**from_args(to_args(options, skip=frozenset(), quote=False))))
+
+
+def test_the_lock_keys_a_load_by_the_options_that_choose_its_weights():
+    """A full load, a variant, a subfolder, a dtype and a quantization of one revision are five lock entries; the
+    placement options are not part of the key (moving a model does not change what was read)."""
+    from hf_notebook.core.hub.lock import key_of
+    from hf_notebook.core.option_table import key_args
+
+    def key(**raw):
+        return key_of("org/name", None, tuple(key_args(LoadOptions.parse(**raw))))
+
+    keys = [key(), key(variant="fp16"), key(subfolder="text_encoder"), key(dtype="bfloat16"), key(quantize="8bit")]
+    assert keys == ["org/name@main", "org/name@main --variant fp16", "org/name@main --subfolder text_encoder",
+                    "org/name@main --dtype bfloat16", "org/name@main --quantize 8bit"]
+    assert key(device_map="cpu", max_memory="cpu=1GB", context=4096) == "org/name@main"

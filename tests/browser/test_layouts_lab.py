@@ -74,9 +74,10 @@ for event in [StageStarted("resolve", "tiny/llama"), Resolved("tiny/llama", None
     live(event)"""
 LIVE_CELL = LIVE.splitlines()[0]
 SOURCES = ["%load_ext hf_notebook", LOAD, SMALL, PLAN, MODELS, LOCK, LOCK_CHECK, EDITOR, SAVE, LIVE]
-RECORD_CELLS = {LOAD: 1, SMALL: 1, PLAN: 1, MODELS: 1, LOCK: 1, LOCK_CHECK: 1, EDITOR: 1, SAVE: 1}  # each ends with
+RECORD_CELLS = {LOAD: 1, SMALL: 1, PLAN: 1, MODELS: 1, LOCK: 1, LOCK_CHECK: 1, EDITOR: 2, SAVE: 1}  # each ends with
 # The tables of each record cell: (module, device) groups and bytes per device of a load; the same for a plan;
-# one for %models, %lock, %lock --check, the editor's record (a load record) and the save record's files.
+# one for %models, %lock, %lock --check, the editor's record (a load record; its Export adds a record of its own, no
+# table) and the save record's files.
 TABLE_CELLS = {LOAD: 2, SMALL: 2, PLAN: 2, MODELS: 1, LOCK: 1, LOCK_CHECK: 1, EDITOR: 2, SAVE: 1}
 
 # Runs in the page: every problem in the notebook's outputs (see the file for the kinds).

@@ -1,6 +1,6 @@
 """The panels issue point by point, as a user reads them in a real JupyterLab and Notebook 7.
 
-- Words and records: a fresh kernel's first load counts its imports; the record and the editor agree on a
+- Words and records (in the dark theme, where `--plot` must not be a white slab): a fresh kernel's first load counts its imports; the record and the editor agree on a
   buffer-only module; a filled device says what accelerate keeps free; a reused name says the old model was
   released; no lock note for another choice of weights; ``%models`` names the quantization; a misspelt repo
   gets "did you mean"; ``--no-offload`` gives the budget that fits, and no "fastest device" on a cpu machine.
@@ -20,7 +20,7 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 RECORD = ".hf-notebook-record"
 OFFLOADED = "%load_model tiny/llama --max-memory cpu=300KB --as off"
-PLAN = "%plan_model tiny/mixtral --max-memory cpu=400KB"
+PLAN = "%plan_model tiny/mixtral --max-memory cpu=400KB --plot"
 AGAIN = "%load_model tiny/llama --device-map cpu --dtype bfloat16 --as model"
 QUANTIZED = "%load_model tiny/llama --quantize int8-weight --device-map cpu --as q"
 WORDS = ["%load_ext hf_notebook", OFFLOADED, PLAN, "%load_model tiny/llama --device-map cpu --as model", AGAIN,
@@ -45,9 +45,25 @@ def row_of(record, page, module: str):
 
 
 def test_the_words_and_records_a_user_reads(front_end, artifacts):
+    """Read in the dark theme: the --plot figure is drawn for the page it is on, not a bright white slab."""
     notebook, page = front_end, front_end.page
     notebook.open(notebook.write(f"{notebook.shot_prefix}points_words.ipynb", WORDS))
-    notebook.run_all()
+    page.evaluate("t => window.jupyterapp.commands.execute('apputils:change-theme', {theme: t})", "JupyterLab Dark")
+    try:
+        expect(page.locator("body[data-jp-theme-light='false']")).to_have_count(1)
+        notebook.run_all()
+        read_the_words(notebook, artifacts)
+    finally:
+        page.evaluate("t => window.jupyterapp.commands.execute('apputils:change-theme', {theme: t})",
+                      "JupyterLab Light")
+
+
+def read_the_words(notebook, artifacts) -> None:
+    import io
+
+    from PIL import Image, ImageStat
+
+    page = notebook.page
 
     first = notebook.code_cell(OFFLOADED).locator(RECORD)  # the kernel's first load: its imports shown and counted
     expect(first.locator("tr", has_text="time")).to_contain_text(re.compile(r"\(import \d+\.\d+ s"))
@@ -56,6 +72,11 @@ def test_the_words_and_records_a_user_reads(front_end, artifacts):
 
     plan = notebook.code_cell(PLAN).locator(RECORD)
     expect(plan).to_contain_text("kept free by accelerate for the largest layer")
+    image = notebook.code_cell(PLAN).locator(".jp-OutputArea img")
+    expect(image).to_have_count(1)
+    shot = Image.open(io.BytesIO(image.screenshot())).convert("L")
+    shot.save(artifacts / f"{notebook.shot_prefix}dark_plot.png")
+    assert ImageStat.Stat(shot).mean[0] < 110, "the plot is a bright slab on a dark page"
     expect(plan).to_contain_text(re.compile(r"--max-memory cpu=\d+(\.\d+)?MB"))
     expect(plan).not_to_contain_text("MiB")
 
@@ -168,10 +189,9 @@ def test_panels_end_as_records_that_a_reopened_notebook_shows(front_end, lab, ar
     expect(page.locator(".jupyter-widgets")).to_have_count(0)
 
 
-def test_notebooks_in_one_folder_share_a_lock_without_notes_about_each_other(front_end):
-    """Two tutorials in one folder load the same repo, one in full, one in bfloat16: each kind of load is its own
+def test_notebooks_in_one_folder_share_a_lock_without_notes_about_each_other(notebook):
+    """In JupyterLab (the lock and its notes are the kernel's, the same in any front end). Two tutorials in one folder load the same repo, one in full, one in bfloat16: each kind of load is its own
     lock entry, so neither prints a note about the other's (a quantized one: the words test)."""
-    notebook = front_end
     first = notebook.write(f"{notebook.shot_prefix}lock_first.ipynb",
                            ["%load_ext hf_notebook", "%load_model tiny/llama --device-map cpu --as a"])
     second = notebook.write(f"{notebook.shot_prefix}lock_second.ipynb",
@@ -196,26 +216,3 @@ def test_the_device_map_tutorial_adds_no_cell_when_run(front_end):
     expect(cells).to_have_count(count)
     expect(page.get_by_text("Error displaying widget")).to_have_count(0)
 
-
-def test_the_plot_reads_on_a_dark_page(front_end, artifacts):
-    """--plot in the dark theme: a figure drawn for the page it is on, not a bright white slab."""
-    import io
-
-    from PIL import Image, ImageStat
-
-    notebook, page = front_end, front_end.page
-    source = "%plan_model tiny/mixtral --max-memory cpu=400KB --plot"
-    notebook.open(notebook.write(f"{notebook.shot_prefix}dark_plot.ipynb", ["%load_ext hf_notebook", source]))
-    page.evaluate("t => window.jupyterapp.commands.execute('apputils:change-theme', {theme: t})", "JupyterLab Dark")
-    try:
-        expect(page.locator("body[data-jp-theme-light='false']")).to_have_count(1)
-        notebook.run_all()
-        image = notebook.code_cell(source).locator(".jp-OutputArea img")
-        expect(image).to_have_count(1)
-        shot = Image.open(io.BytesIO(image.screenshot())).convert("L")
-        mean = ImageStat.Stat(shot).mean[0]
-        shot.save(artifacts / f"{notebook.shot_prefix}dark_plot.png")
-        assert mean < 110, f"the plot averages {mean:.0f}/255 on a dark page: a bright slab"
-    finally:
-        page.evaluate("t => window.jupyterapp.commands.execute('apputils:change-theme', {theme: t})",
-                      "JupyterLab Light")
