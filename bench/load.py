@@ -353,9 +353,12 @@ def main() -> None:
         wbase, wours = runner.pairs("from_pretrained", "hf_notebook", folder, "bfloat16", maps["cpu"], 3,
                                     warm=build_tiny(folder.parent / "tiny-llama"))
         rss_row(table, "modules preloaded", wbase, wours)
+        # The wall of that load: the issue's own measure (imports excluded on both sides), where a fixed cost of
+        # hf_notebook (its meta model for the plan, the record) is not hidden behind seconds of imports.
         ratio = median(wours, "seconds") / median(wbase, "seconds")
-        print(f"{'':{INFO}}(info, not a target: wall of that load with modules imported first: from_pretrained "
-              f"{median(wbase, 'seconds'):.3f} s, hf_notebook {median(wours, 'seconds'):.3f} s, {ratio:.3f}x)")
+        table.row("wall: cpu, float32 -> bfloat16, modules preloaded", f"{median(wbase, 'seconds'):.3f} s",
+                  f"{median(wours, 'seconds'):.3f} s", f"{ratio:.3f}x", f"<= {WALL_TARGET:.2f}x",
+                  ratio <= WALL_TARGET, noise(wbase, wours), cpu_ratio(wbase, wours))
     if "progress" in only:
         label, dtype, device_map = cases[0]  # the shortest load: the worst case for a fixed cost
         quiet, text = runner.pairs("hf_notebook+none", "hf_notebook+text", folder, dtype, device_map, args.repeat)
