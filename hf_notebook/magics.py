@@ -640,12 +640,12 @@ def register(shell) -> None:
 def _warm_imports() -> None:
     """Import torch, transformers, accelerate and huggingface_hub while the user reads and types: a first
     ``%load_model`` then starts at once (one that comes sooner waits for these imports in its ``import``
-    stage). Failures are left for that stage to report."""
-    from .core.api import import_libraries
+    stage, and a Ctrl-C there stops its wait, not the imports). Failures are left for that stage to report."""
+    from .core.api import start_imports, wait_for
 
     try:
-        import_libraries()
-    except Exception:  # noqa: BLE001 - the load's own import stage reports it
+        wait_for(start_imports())
+    except Exception:  # noqa: BLE001 - the load's own import stage tries again and reports it
         pass
 
 

@@ -179,3 +179,32 @@ def test_tty_first_load_shows_its_imports_and_a_ctrl_c_ends_in_one_line(child_en
     assert "Traceback" not in text and "magics.py" not in text and "raise" not in text, text
     assert sum("KeyboardInterrupt" in line for line in text.splitlines()) <= 1, text
     assert "False" in bound
+
+
+def test_tty_ctrl_c_while_torch_imports_then_the_next_load_works(child_env, tiny_hub, tmp_path):
+    """Ctrl-C in a fresh terminal's import stage ends the load at once, naming the repo; the imports themselves
+    go on (one stopped halfway leaves torch "partially initialized" until a restart), so the next load works."""
+    env = {**child_env, "TERM": "xterm-256color", "PROMPT_TOOLKIT_NO_CPR": "1"}
+    child = pexpect.spawn(sys.executable, ["-m", "IPython", "--no-banner", "--colors=NoColor"], env=env,
+                          cwd=str(tmp_path), dimensions=(50, 200), timeout=TIMEOUT, encoding="utf-8",
+                          codec_errors="replace")
+    try:
+        child.expect_exact("In [1]:")
+        child.sendline("%load_ext hf_notebook")
+        child.expect_exact("In [2]:")
+        child.sendline("%load_model tiny/llama --as m")
+        child.expect(r"import… [a-z_, ]*torch")
+        child.sendintr()  # torch is being imported now: it takes seconds
+        child.expect_exact("In [3]:", timeout=5)
+        first = child.before
+        child.sendline("%load_model tiny/llama --as m")
+        child.expect_exact("In [4]:")
+        second = child.before
+        child.sendline("exit")
+        child.expect(pexpect.EOF)
+    finally:
+        child.close(force=True)
+    first = "\n".join(screen_lines(ANSI.sub("", first)))
+    assert "■ loading tiny/llama: cancelled during import" in first and "nothing was bound" in first, first
+    second = "\n".join(screen_lines(ANSI.sub("", second)))
+    assert "✓ m = tiny/llama@" in second and "partially initialized" not in second, second

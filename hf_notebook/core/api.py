@@ -14,6 +14,7 @@ import errno
 import os
 import shutil
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -148,12 +149,48 @@ def _import_libraries(stages: _Stages) -> None:
     (which libraries) and counted in the record's times, not silent."""
     import sys
 
-    missing = [name for name in LIBRARIES if name not in sys.modules]
+    running = _imports is not None and _imports.is_alive()  # started by %load_ext, or by a load cancelled then
+    missing = [name for name in LIBRARIES if name not in sys.modules or running]
     if not missing:
         return
     stages.start("import", ", ".join(missing))
-    import_libraries()
+    wait_for(start_imports())
     stages.done()
+
+
+_imports_lock = threading.Lock()
+_imports: Optional[threading.Thread] = None  # the thread importing LIBRARIES, once one was started
+_import_error: list = []  # what it raised, if it failed
+
+
+def start_imports() -> threading.Thread:
+    """Import :data:`LIBRARIES` in a thread of their own (the one already at it, if there is one). An import
+    stopped halfway leaves a module half made, in every later cell (torch "partially initialized" until a
+    restart): so a Ctrl-C stops the wait for them, never the imports."""
+    global _imports
+    with _imports_lock:
+        if _imports is None or not (_imports.is_alive() or _import_error):
+            _import_error.clear()
+            _imports = threading.Thread(target=_import_all, name="hf_notebook-imports", daemon=True)
+            _imports.start()
+        return _imports
+
+
+def _import_all() -> None:
+    try:
+        import_libraries()
+    except BaseException as exc:  # noqa: BLE001 - raised again in the thread that waits
+        _import_error.append(exc)
+
+
+def wait_for(imports: threading.Thread, poll: float = 0.05) -> None:
+    """Wait for ``imports`` (a Ctrl-C ends the wait, the imports go on); raise what they raised."""
+    while imports.is_alive():
+        imports.join(poll)
+    if _import_error:
+        error = _import_error[0]
+        _import_error.clear()  # the next load tries again
+        raise error
 
 
 def import_libraries() -> None:
