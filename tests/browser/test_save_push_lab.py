@@ -22,7 +22,8 @@ SOURCES = ["%load_ext hf_notebook", "%load_model tiny/llama --device-map cpu --a
 PUSH_TIMEOUT_MS = 60_000
 
 
-def test_panel_pushes_with_a_typed_token_and_forgets_it(front_end, hub_server, hub_store, hub_token, artifacts):
+def test_panel_pushes_with_a_typed_token_and_forgets_it(front_end, hub_server, hub_store, hub_token, artifacts,
+                                                        tmp_path):
     notebook, page = front_end, front_end.page
     repo_id = f"user/panel-push-{secrets.token_hex(4)}"
     path = notebook.write(f"{notebook.shot_prefix}save_push_panel.ipynb", SOURCES)
@@ -43,6 +44,11 @@ def test_panel_pushes_with_a_typed_token_and_forgets_it(front_end, hub_server, h
         expect(token).to_have_count(1)
 
         # The stand-in really requires the token: a wrong one is refused before anything is sent.
+        # Save first: its record stays when the push that follows ends the panel (each action its own record).
+        notebook.text_field(panel, "folder").fill(str(tmp_path / "saved"))
+        panel.get_by_role("button", name="Save").click()
+        expect(record.filter(has_text="saved model to")).to_have_count(1, timeout=PUSH_TIMEOUT_MS)
+
         repo.fill(repo_id)
         token.fill("hf_not_the_right_token")
         push.click()
@@ -53,17 +59,19 @@ def test_panel_pushes_with_a_typed_token_and_forgets_it(front_end, hub_server, h
         token.fill(hub_token)
         push.click()
         # The push is the last step: the panel gives way to one static line, its records stay below it.
-        expect(cell).to_contain_text(f"Save and push panel for model: closed (pushed to {repo_id} at ",
-                                     timeout=PUSH_TIMEOUT_MS)
+        expect(cell).to_contain_text(f"Save and push panel for model: closed (saved to {tmp_path / 'saved'}; "
+                                     f"pushed to {repo_id} at ", timeout=PUSH_TIMEOUT_MS)
         sha = hub_store.resolve(repo_id, "main")
         expect(cell).to_contain_text(f"pushed to {repo_id} at {sha[:12]})")
         expect(cell.locator(".jupyter-widgets")).to_have_count(0)  # nothing left that needs the kernel to draw
 
-        # The static record beside the panel: the full commit sha and the line that loads it back.
-        expect(record).to_have_count(1)
-        expect(record).to_contain_text(f"pushed to {repo_id}")
-        expect(record).to_contain_text(sha)
-        expect(record).to_contain_text(f"%load_model {repo_id}@{sha} --as model")
+        # The static records beside the panel: the save's, and the push's with the full commit sha and the line
+        # that loads it back.
+        expect(record).to_have_count(2)
+        expect(record.filter(has_text="saved model to")).to_have_count(1)
+        pushed = record.filter(has_text=f"pushed to {repo_id}")
+        expect(pushed).to_contain_text(sha)
+        expect(pushed).to_contain_text(f"%load_model {repo_id}@{sha} --as model")
         expect(cell.locator(".widget-hprogress, .progress-bar")).to_have_count(0)  # no bar left behind
         assert hub_token not in page.content()
 
@@ -78,6 +86,12 @@ def test_panel_pushes_with_a_typed_token_and_forgets_it(front_end, hub_server, h
         assert hub_token not in text  # ...and the token nowhere: not in an output, not in widget state
         assert "application/vnd.jupyter.widget-view+json" not in text  # reopened, no "Error displaying widget"
         assert "hf_not_the_right_token" not in text
+
+        notebook.shut_down_kernel()  # reopened without the kernel: both records, no widget error
+        notebook.open(path)
+        cell = notebook.code_cell(PANEL_CELL)
+        expect(cell.locator(f".jp-OutputArea {RECORD}")).to_have_count(2)
+        expect(page.get_by_text("Error displaying widget")).to_have_count(0)
     finally:
         cell = notebook.code_cell(PANEL_CELL)
         if cell.count():
