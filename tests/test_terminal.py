@@ -46,6 +46,11 @@ def screen_lines(raw: str) -> list[str]:
     return lines
 
 
+def shown(raw: str) -> str:
+    """What the terminal shows for ``raw`` (prompt_toolkit's escapes dropped), as text."""
+    return "\n".join(screen_lines(ANSI.sub("", raw)))
+
+
 def assert_progress_and_record(lines: list[str], sha: str, again: str) -> None:
     """The progress lines in order, then the record, each once."""
     text = "\n".join(lines)
@@ -65,12 +70,16 @@ def assert_progress_and_record(lines: list[str], sha: str, again: str) -> None:
     assert lines[i + 1] == f"  {again}"
 
 
+def terminal_ipython(env: dict, cwd):
+    """``ipython`` in a pseudo-terminal of 50 x 200, as a user at a terminal runs it."""
+    env = {**env, "TERM": "xterm-256color", "PROMPT_TOOLKIT_NO_CPR": "1"}  # no cursor-position query to answer
+    return pexpect.spawn(sys.executable, ["-m", "IPython", "--no-banner", "--colors=NoColor"], env=env,
+                         cwd=str(cwd), dimensions=(50, 200), timeout=TIMEOUT, encoding="utf-8", codec_errors="replace")
+
+
 def tty_output(env: dict, cwd, lines: list[str]) -> str:
     """Type ``lines`` into terminal IPython through a pseudo-terminal; what the last one printed, raw."""
-    env = {**env, "TERM": "xterm-256color", "PROMPT_TOOLKIT_NO_CPR": "1"}  # no cursor-position query to answer
-    child = pexpect.spawn(sys.executable, ["-m", "IPython", "--no-banner", "--colors=NoColor"], env=env,
-                          cwd=str(cwd), dimensions=(50, 200), timeout=TIMEOUT, encoding="utf-8",
-                          codec_errors="replace")
+    child = terminal_ipython(env, cwd)
     try:
         for number, line in enumerate(lines, 1):
             child.expect_exact(f"In [{number}]:")
@@ -149,10 +158,7 @@ def test_tty_first_load_shows_its_imports_and_a_ctrl_c_ends_in_one_line(child_en
     """A fresh terminal's first load is not silent while torch and transformers import (the stage names them and
     its time is counted); Ctrl-C during the download ends in one line that says what a re-run reuses: no frames,
     no source of ours, nothing bound."""
-    env = {**child_env, "TERM": "xterm-256color", "PROMPT_TOOLKIT_NO_CPR": "1"}
-    child = pexpect.spawn(sys.executable, ["-m", "IPython", "--no-banner", "--colors=NoColor"], env=env,
-                          cwd=str(tmp_path), dimensions=(50, 200), timeout=TIMEOUT, encoding="utf-8",
-                          codec_errors="replace")
+    child = terminal_ipython(child_env, tmp_path)
     try:
         child.expect_exact("In [1]:")
         child.sendline("%load_ext hf_notebook")
@@ -174,7 +180,7 @@ def test_tty_first_load_shows_its_imports_and_a_ctrl_c_ends_in_one_line(child_en
     finally:
         hub_server.throttle_bytes_per_s = None
         child.close(force=True)
-    text = "\n".join(screen_lines(ANSI.sub("", drawn)))
+    text = shown(drawn)
     assert "cancelled during fetch" in text and "nothing was bound" in text, text
     assert "Traceback" not in text and "magics.py" not in text and "raise" not in text, text
     assert sum("KeyboardInterrupt" in line for line in text.splitlines()) <= 1, text
@@ -184,10 +190,7 @@ def test_tty_first_load_shows_its_imports_and_a_ctrl_c_ends_in_one_line(child_en
 def test_tty_ctrl_c_while_torch_imports_then_the_next_load_works(child_env, tiny_hub, tmp_path):
     """Ctrl-C in a fresh terminal's import stage ends the load at once, naming the repo; the imports themselves
     go on (one stopped halfway leaves torch "partially initialized" until a restart), so the next load works."""
-    env = {**child_env, "TERM": "xterm-256color", "PROMPT_TOOLKIT_NO_CPR": "1"}
-    child = pexpect.spawn(sys.executable, ["-m", "IPython", "--no-banner", "--colors=NoColor"], env=env,
-                          cwd=str(tmp_path), dimensions=(50, 200), timeout=TIMEOUT, encoding="utf-8",
-                          codec_errors="replace")
+    child = terminal_ipython(child_env, tmp_path)
     try:
         child.expect_exact("In [1]:")
         child.sendline("%load_ext hf_notebook")
@@ -204,7 +207,7 @@ def test_tty_ctrl_c_while_torch_imports_then_the_next_load_works(child_env, tiny
         child.expect(pexpect.EOF)
     finally:
         child.close(force=True)
-    first = "\n".join(screen_lines(ANSI.sub("", first)))
+    first = shown(first)
     assert "■ loading tiny/llama: cancelled during import" in first and "nothing was bound" in first, first
-    second = "\n".join(screen_lines(ANSI.sub("", second)))
+    second = shown(second)
     assert "✓ m = tiny/llama@" in second and "partially initialized" not in second, second

@@ -196,8 +196,9 @@ class LabPage:
     def code_cells(self) -> Any:
         return self.panel.locator(".jp-Notebook .jp-CodeCell")
 
-    def run_new_cell(self, source: str) -> Any:
-        """Add a code cell at the end, run it (as Shift+Enter does) and return it once it has run."""
+    def run_new_cell(self, source: str, fails: bool = False) -> Any:
+        """Add a code cell at the end, run it (as Shift+Enter does) and return it once it has run; it must
+        succeed, or with ``fails`` end in an error (a UsageError, say)."""
         ok = self.page.evaluate("""async source => {
             const app = window.jupyterapp, notebook = app.shell.currentWidget.content;
             notebook.activeCellIndex = notebook.widgets.length - 1;
@@ -205,7 +206,7 @@ class LabPage:
             notebook.activeCell.model.sharedModel.setSource(source);
             return await app.commands.execute('notebook:run-cell');
         }""", source)
-        assert ok is True, f"the new cell failed: {source!r}"
+        assert (ok is not True) if fails else (ok is True), f"the new cell {'ran' if fails else 'failed'}: {source!r}"
         return self.code_cell(source)
 
     def text_field(self, within: Any, description: str) -> Any:

@@ -27,19 +27,6 @@ WORDS = ["%load_ext hf_notebook", OFFLOADED, PLAN, "%load_model tiny/llama --dev
          QUANTIZED, "%models"]
 
 
-def run_failing_cell(notebook, source: str):
-    """Add a cell at the end and run it, expecting it to fail (a UsageError); return the cell."""
-    ok = notebook.page.evaluate("""async source => {
-        const app = window.jupyterapp, notebook = app.shell.currentWidget.content;
-        notebook.activeCellIndex = notebook.widgets.length - 1;
-        await app.commands.execute('notebook:insert-cell-below');
-        notebook.activeCell.model.sharedModel.setSource(source);
-        return await app.commands.execute('notebook:run-cell');
-    }""", source)
-    assert ok is not True, f"expected {source!r} to fail"
-    return notebook.code_cell(source)
-
-
 def row_of(record, page, module: str):
     return record.locator("tr").filter(has=page.locator("code", has_text=re.compile(rf"^{re.escape(module)}$")))
 
@@ -86,9 +73,9 @@ def read_the_words(notebook, artifacts) -> None:
     expect(again).not_to_contain_text("Lock file")
     expect(notebook.code_cell("%models").locator(RECORD)).to_contain_text("int8 weight-only (torchao)")
 
-    typo = run_failing_cell(notebook, "%plan_model tiny/lama")
+    typo = notebook.run_new_cell("%plan_model tiny/lama", fails=True)
     expect(typo.locator(".jp-OutputArea")).to_contain_text("Did you mean tiny/llama?")
-    refused = run_failing_cell(notebook, "%plan_model tiny/llama --max-memory cpu=300KB --no-offload")
+    refused = notebook.run_new_cell("%plan_model tiny/llama --max-memory cpu=300KB --no-offload", fails=True)
     output = refused.locator(".jp-OutputArea")
     expect(output).to_contain_text("does not fit on cpu:")
     expect(output).to_contain_text("--max-memory cpu=1MB")
