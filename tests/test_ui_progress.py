@@ -341,7 +341,11 @@ def test_the_download_total_is_whole_from_the_first_frame():
     panel = LoadPanel(clock=clock, min_interval=0.0)
     names = [f"model-{i:05d}-of-00016.safetensors" for i in range(1, 17)]
     panel(StageStarted("fetch"))
+    panel(FileProgress("model.safetensors.index.json", 0, 10_600))  # read first: it names the shards
+    assert panel.download_row.layout.display == "none" and len(panel.files.children) == 1  # its own row, no total
+    panel(FileProgress("model.safetensors.index.json", 10_600, 10_600))
     panel(FetchPlanned(tuple((n, MB) for n in names), cached=frozenset(names[-2:])))
+    assert panel.download_row.layout.display == "flex"
     assert panel.download_bar.max == 14 * MB and panel.download_bar.value == 0
     assert "0/14 files" in panel.download_info.value and "2 cached" in panel.download_info.value
     for name in names[:4]:

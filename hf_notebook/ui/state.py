@@ -150,9 +150,11 @@ class LoadState:
     # -- derived values -------------------------------------------------------------
     def weight_files(self) -> list[FileState]:
         """The checkpoint's files (weights, generation config) as the fetch announced them, the same files the
-        record counts; without an announcement, the files the fetch stage asked for."""
+        record counts; without an announcement, the files the fetch stage asked for. The shard index comes
+        before the announcement (it names the shards): it shows as a row of its own, never as the total."""
         planned = [f for f in self.files.values() if f.planned]
-        return planned or [f for f in self.files.values() if f.stage == "fetch"]
+        return planned or [f for f in self.files.values()
+                           if f.stage == "fetch" and not f.filename.endswith(".index.json")]
 
     def finished_files(self) -> list[str]:
         return [f.filename for f in self.files.values() if f.finished]
