@@ -289,6 +289,20 @@ def rss_row(table: Table, when: str, base: list[dict], ours: list[dict]) -> None
           f"{median(ours, 'peak_extra') / 1e9:.3f} GB)")
 
 
+def wall_row(table: Table, label: str, base: list[dict], ours: list[dict]) -> None:
+    ratio = median(ours, "seconds") / median(base, "seconds")
+    table.row(f"wall: {label}", f"{median(base, 'seconds'):.3f} s", f"{median(ours, 'seconds'):.3f} s",
+              f"{ratio:.3f}x", f"<= {WALL_TARGET:.2f}x", ratio <= WALL_TARGET, noise(base, ours), cpu_ratio(base, ours))
+
+
+def print_checkpoint(folder: Path, runner: Runner, repeat: int, where: str = "") -> None:
+    shards = sorted(folder.glob("*.safetensors"))
+    size = sum(p.stat().st_size for p in shards) / 1e9
+    print(f"checkpoint: {folder} ({size:.2f} GB float32, {len(shards)} shards), warm page cache{where}\n"
+          f"hf_notebook from {runner.src}; each value is the median of {repeat} fresh processes; "
+          f"baseline = transformers from_pretrained, same run\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size-gb", type=float, default=4, help="checkpoint size in float32 (default 4)")
@@ -319,11 +333,7 @@ def main() -> None:
     runner.run(LOAD_EXT_CHILD)
     runner.others.clear()
 
-    shards = sorted(folder.glob("*.safetensors"))
-    size = sum(p.stat().st_size for p in shards) / 1e9
-    print(f"checkpoint: {folder} ({size:.2f} GB float32, {len(shards)} shards), warm page cache\n"
-          f"hf_notebook from {runner.src}; each value is the median of {args.repeat} fresh processes; "
-          f"baseline = transformers from_pretrained, same run\n")
+    print_checkpoint(folder, runner, args.repeat)
     table = Table()
     cases = [("cpu, float32 (no conversion)", "float32", maps["cpu"]),
              ("cpu, float32 -> bfloat16", "bfloat16", maps["cpu"]),
@@ -339,10 +349,7 @@ def main() -> None:
                 print(f"  {label}: from_pretrained {[round(r['seconds'], 3) for r in base]}, "
                       f"hf_notebook {[round(r['seconds'], 3) for r in ours]}")
             if "wall" in only:
-                ratio = median(ours, "seconds") / median(base, "seconds")
-                table.row(f"wall: {label}", f"{median(base, 'seconds'):.3f} s", f"{median(ours, 'seconds'):.3f} s",
-                          f"{ratio:.3f}x", f"<= {WALL_TARGET:.2f}x", ratio <= WALL_TARGET, noise(base, ours),
-                          cpu_ratio(base, ours))
+                wall_row(table, label, base, ours)
     if "rss" in only:
         label = "cpu, float32 -> bfloat16"
         base, ours = results[label]
@@ -355,10 +362,7 @@ def main() -> None:
         rss_row(table, "modules preloaded", wbase, wours)
         # The wall of that load: the issue's own measure (imports excluded on both sides), where a fixed cost of
         # hf_notebook (its meta model for the plan, the record) is not hidden behind seconds of imports.
-        ratio = median(wours, "seconds") / median(wbase, "seconds")
-        table.row("wall: cpu, float32 -> bfloat16, modules preloaded", f"{median(wbase, 'seconds'):.3f} s",
-                  f"{median(wours, 'seconds'):.3f} s", f"{ratio:.3f}x", f"<= {WALL_TARGET:.2f}x",
-                  ratio <= WALL_TARGET, noise(wbase, wours), cpu_ratio(wbase, wours))
+        wall_row(table, "cpu, float32 -> bfloat16, modules preloaded", wbase, wours)
     if "progress" in only:
         label, dtype, device_map = cases[0]  # the shortest load: the worst case for a fixed cost
         quiet, text = runner.pairs("hf_notebook+none", "hf_notebook+text", folder, dtype, device_map, args.repeat)
@@ -405,18 +409,11 @@ def cuda_main(args) -> None:
     warm_page_cache(folder)
     runner.load("from_pretrained", folder, "bfloat16", "cuda:0")  # byte-code cache, CUDA context: not measured
     runner.others.clear()
-    shards = sorted(folder.glob("*.safetensors"))
-    size = sum(p.stat().st_size for p in shards) / 1e9
-    print(f"checkpoint: {folder} ({size:.2f} GB float32, {len(shards)} shards), warm page cache, to cuda:0\n"
-          f"hf_notebook from {runner.src}; each value is the median of {args.repeat} fresh processes; "
-          f"baseline = transformers from_pretrained, same run\n")
+    print_checkpoint(folder, runner, args.repeat, ", to cuda:0")
     table = Table()
     for label, dtype in (("cuda:0, float32", "float32"), ("cuda:0, float32 -> bfloat16", "bfloat16")):
         base, ours = runner.pairs("from_pretrained", "hf_notebook", folder, dtype, "cuda:0", args.repeat)
-        ratio = median(ours, "seconds") / median(base, "seconds")
-        table.row(f"wall: {label}", f"{median(base, 'seconds'):.3f} s", f"{median(ours, 'seconds'):.3f} s",
-                  f"{ratio:.3f}x", f"<= {WALL_TARGET:.2f}x", ratio <= WALL_TARGET, noise(base, ours),
-                  cpu_ratio(base, ours))
+        wall_row(table, label, base, ours)
         result = median(ours, "result")
         limit = runner.run(H2D_CHILD, str(int(result)))
         print(f"{'':{INFO}}({result / 1e9:.2f} GB on the GPU: from_pretrained {result / median(base, 'seconds') / 1e9:.2f}"
