@@ -195,3 +195,26 @@ def test_models_shows_how_a_model_is_quantized(shell, tiny_hub, hf_cache, capsys
 
     text = models_record(instance(shell).session.models()).text
     assert "int8 weight-only (torchao)" in text
+
+
+def test_a_plan_leaves_torch_init_as_it_found_it(tiny_hub, hf_cache):
+    """The plan's meta model is built with torch's init functions switched off (its tensors have no values);
+    after the plan, and after a plan that failed, a real module is initialized as usual."""
+    import torch
+
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from hf_notebook.core.devices.plan import build_meta_model
+
+    def init_functions():
+        return (torch.nn.init.uniform_, torch.nn.init.kaiming_uniform_, torch.nn.modules.linear.init.kaiming_uniform_)
+
+    originals = init_functions()
+    plan = plan_model("tiny/llama", dtype="float32")
+    assert plan.device_map
+    broken = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=4, vocab_size=-5, bos_token_id=None, eos_token_id=None)
+    with pytest.raises(RuntimeError, match="negative dimension"):  # the build fails half-way
+        build_meta_model(LlamaForCausalLM, broken, "float32")
+    assert init_functions() == originals
+    assert torch.nn.Linear(64, 64).weight.abs().sum() > 0

@@ -112,6 +112,20 @@ def init_contexts(cls: Any, dtype: Any, quantized: bool) -> list:
     return cls.get_init_context(dtype, quantized, False, None)
 
 
+def skipped_init() -> Any:
+    """transformers' ``initialization.no_init_weights``, for a model that stays on the meta device: torch's
+    init functions do nothing while it is built (its values do not exist; they were ~40% of a llama's build).
+    It swaps module attributes for the whole process while it is active, as transformers does under DeepSpeed;
+    a null context where the name is gone."""
+    import contextlib
+
+    try:
+        from transformers.initialization import no_init_weights
+    except ImportError:
+        return contextlib.nullcontext()
+    return no_init_weights()
+
+
 def device_map_for(model: Any, device_map: Any, max_memory: Any, hf_quantizer: Any) -> dict:
     """The device map ``from_pretrained`` would compute (``integrations.accelerate._get_device_map``)."""
     compute = _private("transformers.integrations.accelerate", "_get_device_map")

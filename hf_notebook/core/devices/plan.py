@@ -257,13 +257,14 @@ def _class_hint(config) -> str:
 
 def build_meta_model(cls, config, dtype: str, hf_quantizer=None, device_map: Any = None):
     """Instantiate ``cls(config)`` on the meta device exactly as ``from_pretrained`` does (with a
-    quantizer: its modules replaced as the quantizer replaces them before loading)."""
+    quantizer: its modules replaced as the quantizer replaces them before loading), less the init
+    functions' work on tensors that have no values."""
     from transformers.utils.generic import ContextManagers
 
-    from ..compat import init_contexts
+    from ..compat import init_contexts, skipped_init
     from ..dtypes import torch_dtype
 
-    contexts = init_contexts(cls, torch_dtype(dtype), hf_quantizer is not None)
+    contexts = init_contexts(cls, torch_dtype(dtype), hf_quantizer is not None) + [skipped_init()]
     with ContextManagers(contexts):
         model = cls(copy.deepcopy(config))
         if hf_quantizer is not None:
