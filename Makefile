@@ -5,13 +5,19 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test test-compat lab bench browser-deps binder-check clean
+.PHONY: venv server-extension demo test test-compat lab bench browser-deps binder-check clean
 
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): pyproject.toml constraints.txt jupyter-config/jupyter_server_config.d/hf_notebook.json
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
+	$(MAKE) --no-print-directory server-extension
 	touch $@
+
+# An editable install leaves out the wheel's data files: the Jupyter server extension's config, put in by hand.
+server-extension:
+	install -D -m 644 jupyter-config/jupyter_server_config.d/hf_notebook.json \
+	  $(VENV)/etc/jupyter/jupyter_server_config.d/hf_notebook.json
 
 venv: $(STAMP)
 

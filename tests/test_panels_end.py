@@ -16,9 +16,9 @@ def outputs(shell, monkeypatch):
         if update:
             for entry in kept:
                 if entry[0] == display_id:
-                    entry[1] = data
+                    entry[1:] = [data, metadata or {}]
             return
-        kept.append([display_id, data])
+        kept.append([display_id, data, metadata or {}])
 
     monkeypatch.setattr(shell.display_pub, "publish", publish)
     return kept
@@ -37,8 +37,8 @@ def test_the_editor_ends_as_records_with_the_applied_map(shell, tiny_hub, hf_cac
     assert editor.export(str(tmp_path / "no-such-dir" / "map.json")) is None
     assert "Not exported" in editor.export_line.value and "Not applied" not in editor.status.value
     editor.done()
-    assert all(WIDGET not in data for _, data in outputs)
-    closed, record = (data["text/plain"] for _, data in outputs)
+    assert all(WIDGET not in data for _, data, _ in outputs)
+    closed, record = (data["text/plain"] for _, data, _ in outputs)
     assert closed == "Device-map editor on m: closed, 1 change applied. %edit_device_map m opens it again."
     assert "disk" in record and editor.widget.comm is None
 
@@ -62,8 +62,8 @@ def test_the_save_and_push_panel_keeps_a_record_per_action(shell, tiny_hub, hf_c
     panel.repo.value = "user/ends"
     pushed = panel.push()
     assert pushed is not None and panel.closed  # the push was the last step: the panel gave way to its records
-    assert all(WIDGET not in data for _, data in outputs)
-    closed, records = (data["text/plain"] for _, data in outputs)
+    assert all(WIDGET not in data for _, data, _ in outputs)
+    closed, records = (data["text/plain"] for _, data, _ in outputs)
     assert closed.startswith("Save and push panel for m: closed (saved to ") and "pushed to user/ends" in closed
     assert records.count("saved m to") == 1 and "user/ends" in records  # the save's record and the push's
 
@@ -88,3 +88,76 @@ def test_the_push_panel_says_who_pushes_and_where_they_may_write(shell, tiny_hub
     assert "cannot write to someone-else/" in panel.who.value and hub_token not in panel.who.value
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert "Offline" in SavePushPanel(instance(shell).session, "m").who.value
+
+
+def saved(outputs: list) -> list[dict]:
+    """The outputs as the Jupyter server writes them to the file (its pre-save hook applied)."""
+    from hf_notebook.server_hook import keep_records
+
+    cells = [{"cell_type": "code", "outputs": [{"output_type": "display_data", "data": dict(data),
+                                                "metadata": dict(metadata)} for _, data, metadata in outputs]}]
+    model = {"type": "notebook", "content": {"cells": cells, "metadata": {}, "nbformat": 4, "nbformat_minor": 5}}
+    keep_records(model, path="x.ipynb", contents_manager=None)
+    return model["content"]["cells"][0]["outputs"]
+
+
+def test_panels_saved_while_open_are_a_line_in_the_file_and_live_on_the_page(shell, tiny_hub, hf_cache, outputs):
+    """An editor and a save panel left open (no Done), then the notebook saved: the file has each panel's line in
+    place of its widget, the page still has the widgets (and an Apply keeps the line); a user's own widget in the
+    same notebook is saved as it is."""
+    import ipywidgets
+
+    from hf_notebook import edit_device_map
+    from hf_notebook.magics import instance
+    from hf_notebook.ui.save_push import SavePushPanel
+
+    shell.run_line_magic("load_model", "tiny/llama --device-map cpu --as m")
+    editor = edit_device_map(instance(shell).session.get("m"), name="m")
+    editor.display()
+    assert editor.move([("model.layers.1", "disk")]) and editor.apply()  # the output is redrawn: its line stays
+    SavePushPanel(instance(shell).session, "m").display()
+    shell.display_pub.publish(ipywidgets.IntSlider()._repr_mimebundle_(), transient={"display_id": "mine"})
+    assert [WIDGET in data for _, data, _ in outputs] == [True, False, True, False, True]  # the page's
+
+    file = saved(outputs)
+    assert [WIDGET in o["data"] for o in file] == [False, False, False, False, True]  # the user's slider stays
+    assert file[0]["data"]["text/plain"] == ("Device-map editor on m: open when this notebook was saved. "
+                                             "%edit_device_map m opens it again.")
+    assert file[2]["data"]["text/plain"] == ("Save and push panel for m: open when this notebook was saved. "
+                                             "%save_model m opens it again.")
+    assert "disk" in file[1]["data"]["text/plain"]  # the record of the applied map, below the editor
+    assert all("hf_notebook" not in o["metadata"] for o in file)
+    editor.done()
+    assert all(WIDGET not in o["data"] and o["data"] == data for o, (_, data, _) in zip(saved(outputs)[:2], outputs))
+
+
+def test_the_saved_line_is_text_whatever_the_metadata_says():
+    """A notebook from elsewhere with crafted metadata: the hook writes its line escaped, and leaves outputs it
+    does not know (no widget view, a malformed mark) as they are."""
+    from hf_notebook.server_hook import keep_records
+
+    crafted = {"output_type": "display_data", "data": {WIDGET: {"model_id": "x"}, "text/plain": "w"},
+               "metadata": {"hf_notebook": {"saved": "<img src=x onerror=alert(1)>"}}}
+    odd = [{"output_type": "display_data", "data": {"text/plain": "t"}, "metadata": {"hf_notebook": {"saved": "s"}}},
+           {"output_type": "display_data", "data": {WIDGET: {}}, "metadata": {"hf_notebook": "s"}},
+           {"output_type": "stream", "name": "stdout", "text": "hi"}]
+    model = {"type": "notebook", "content": {"cells": [{"cell_type": "code", "outputs": [crafted, *odd]},
+                                                       {"cell_type": "markdown", "source": ""}]}}
+    before = [dict(o) for o in odd]
+    keep_records(model)
+    assert crafted["data"]["text/html"].count("<") == 2 and "&lt;img" in crafted["data"]["text/html"]
+    assert odd == before
+    keep_records({"type": "file", "content": "text"})  # not a notebook: nothing to do
+
+
+def test_the_jupyter_server_extension_is_enabled_where_the_package_is_installed():
+    """``make venv`` (and Binder's postBuild, and a wheel's data files) enable ``hf_notebook.server_hook``."""
+    import re
+    import subprocess
+    import sys
+
+    found = subprocess.run([sys.executable, "-m", "jupyter", "server", "extension", "list"], capture_output=True,
+                           text=True, timeout=120)
+    listing = re.sub(r"\x1b\[[0-9;]*m", "", found.stdout + found.stderr)
+    assert re.search(r"hf_notebook\.server_hook\s+enabled", listing), listing
+    assert re.search(r"hf_notebook\.server_hook\s+OK", listing), listing

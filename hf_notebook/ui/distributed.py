@@ -190,9 +190,11 @@ class RunPanel:
 
     def display(self) -> None:
         if self.widget is not None:
-            from IPython.display import display
+            from hf_notebook.ui.record import show_panel
 
-            self._handle = display(self.widget, display_id=True)
+            what = f"run of {self.plan.source} on {self.plan.world_size} ranks ({self.plan.target})"
+            self._handle = show_panel(self.widget, f"{what}: {self.stage}…",
+                                      f"The {what} was still going when the notebook was saved.")
         else:
             self._say(f"run of {self.plan.source} on {self.plan.world_size} ranks ({self.plan.target}): "
                       f"{self.stage}…")

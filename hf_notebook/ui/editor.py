@@ -255,7 +255,7 @@ class DeviceMapEditor:
         self.refresh()
         self.update_record()
         if self.widget_handle is not None:  # the text beside the widget (what viewers show) is the applied map
-            self.widget_handle.update(self)
+            self._show_panel()
         return True
 
     def export(self, path: str) -> Optional[str]:
@@ -392,8 +392,16 @@ class DeviceMapEditor:
         """Show the live editor and, beside it, the static record that Apply and Export update."""
         from IPython.display import display
 
-        self.widget_handle = display(self, display_id=True)  # with the map as text for viewers that cannot draw it
+        self._show_panel()
         self.record_handle = display(self.record(), display_id=True)
+
+    def _show_panel(self) -> None:
+        """The widget, the map as text for viewers that cannot draw it, the line a notebook saved open shows."""
+        from hf_notebook.ui.record import show_panel
+
+        self.widget_handle = show_panel(self.widget, self.to_text(), f"Device-map editor on {self.name}: open when "
+                                        f"this notebook was saved. %edit_device_map {self.name} opens it again.",
+                                        handle=self.widget_handle)
 
     def done(self) -> None:
         """Close the editor: its output becomes one static line (a saved notebook shows no widget there), the

@@ -97,9 +97,10 @@ class LoadPanel:
                 self._dirty = True
 
     def display(self) -> None:
-        from IPython.display import display
+        from hf_notebook.ui.record import show_panel
 
-        self._handle = display(self.widget, display_id=True)
+        self._handle = show_panel(self.widget, "\n".join(self.state.text_lines()) or "loading…",
+                                  "This load was still running when the notebook was saved.")
         self.cancel.arm()
 
     def finish(self, record: Any) -> None:

@@ -61,6 +61,7 @@ _PRE = f"margin:0;white-space:pre-wrap;word-break:normal;{_WRAP};user-select:all
 _MEMBER = "display:flex;align-items:baseline"
 _MEMBER_BYTES = "white-space:nowrap;margin-left:auto;padding-left:1em"
 _SIZE = re.compile(r"(\d) (?=(?:B|kB|MB|GB|TB)\b)")
+_OPTION = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]*")
 _LONG = re.compile(r"\S{20,}")  # a path, a pinned spec, a URL: long enough to need breaking inside
 
 
@@ -71,8 +72,10 @@ def _breakable(html: str) -> str:
 
 def html_text(text: str) -> str:
     """``text`` escaped for HTML, each size's number and unit joined by a no-break space (``717 B`` never
-    wraps between the two) and each long token free to break. For prose and cells, not a line to copy."""
-    return _breakable(_SIZE.sub("\\1\u00a0", escape(text)))
+    wraps between the two), an option (``--max-memory``) never broken at its hyphens, and each long token
+    free to break. For prose and cells, not a line to copy."""
+    return _OPTION.sub(r"<span style='white-space:nowrap'>\g<0></span>",
+                       _breakable(_SIZE.sub("\\1\u00a0", escape(text))))
 
 
 def _line(text: str) -> str:
@@ -647,6 +650,24 @@ def measure_record(measured: Any) -> Record:
     html = _box(f"<b>{_h(head)}</b>", _table_html(header, [[_h(c) for c in r] for r in rows], numeric_from=1)
                 + f"<div style='{_MUTED}'>{_h(note)}</div>")
     return Record(html, "\n".join([head] + _text_table(header, rows, numeric_from=1) + [note]))
+
+
+def show_panel(widget: Any, text: str, saved: str, handle: Any = None) -> Any:
+    """Display a live panel (``text`` for viewers that cannot draw ``widget``) and return its display handle;
+    with ``handle``, update that output instead. The output's metadata holds ``saved``: the line that stands for
+    the panel in a notebook saved while it is open (``hf_notebook.server_hook`` writes it there).
+    :func:`end_panel` replaces the output, metadata included."""
+    from IPython.display import display
+
+    from hf_notebook.server_hook import KEY
+
+    bundle = dict(widget._repr_mimebundle_() or {})
+    bundle["text/plain"] = text
+    metadata = {KEY: {"saved": saved}}
+    if handle is not None:
+        handle.update(bundle, raw=True, metadata=metadata)
+        return handle
+    return display(bundle, raw=True, metadata=metadata, display_id=True)
 
 
 def end_panel(handle: Any, widget: Any, line: str) -> None:

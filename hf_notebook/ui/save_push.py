@@ -204,7 +204,10 @@ class SavePushPanel:
         """The live panel and, below it, the static records of what was done in it (every save and push)."""
         from IPython.display import HTML, display
 
-        self.widget_handle = display(self, display_id=True)
+        from hf_notebook.ui.record import show_panel
+
+        self.widget_handle = show_panel(self.widget, self.to_text(), f"Save and push panel for {self.name}: open when "
+                                        f"this notebook was saved. %save_model {self.name} opens it again.")
         self.record_handle = display(HTML(f"<div style='{MUTED}'>nothing saved or pushed yet</div>"),
                                      display_id=True)
 

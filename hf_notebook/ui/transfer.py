@@ -34,9 +34,10 @@ class TransferProgress:
 
     def display(self) -> None:
         if self._bar is not None:
-            from IPython.display import display
+            from hf_notebook.ui.record import show_panel
 
-            self._handle = display(self.widget, display_id=True)
+            self._handle = show_panel(self.widget, f"{self.verb}…",
+                                      "This transfer was still running when the notebook was saved.")
 
     def __call__(self, event: Any) -> None:
         if not isinstance(event, FileProgress):

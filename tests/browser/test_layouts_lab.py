@@ -32,6 +32,8 @@ import secrets
 from pathlib import Path
 
 import pytest
+from layout_checks import (DARK, LAYOUTS, LIGHT, REFLOW, measure, measure_every_layout, problems, set_layout,
+                           set_theme, summary, tables_by_cell, wait_settled)
 
 expect = pytest.importorskip("playwright.sync_api", reason="the playwright Python package is not installed").expect
 
@@ -39,13 +41,6 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 RECORD = ".hf-notebook-record"
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
-LIGHT, DARK = "JupyterLab Light", "JupyterLab Dark"
-# name: (viewport width, file browser open). 'narrow' is the reported case: Lab at 700 px beside its file browser,
-# an output about 330 px wide; 'phone' (400 px, an output under 300 px) is narrower than a table of numbers.
-LAYOUTS = {"wide": (1280, True), "medium": (700, False), "narrow": (700, True), "phone": (400, False)}
-SCROLL_ALLOWED: set[str] = set()  # where a table may scroll sideways inside its own box: nowhere, tables reflow
-REFLOW = {"cell", "align", "fragment", "row"}  # the kinds of problem the reflow tests below report
-MIN_CONTRAST = 3.0  # WCAG's floor for large text; black text on the dark theme is about 1.1, #b71c1c 2.9
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 DOCS_MAX_BYTES = 150_000
 
@@ -79,61 +74,6 @@ RECORD_CELLS = {LOAD: 1, SMALL: 1, PLAN: 1, MODELS: 1, LOCK: 1, LOCK_CHECK: 1, E
 # one for %models, %lock, %lock --check, the editor's record (a load record; its Export adds a record of its own, no
 # table) and the save record's files.
 TABLE_CELLS = {LOAD: 2, SMALL: 2, PLAN: 2, MODELS: 1, LOCK: 1, LOCK_CHECK: 1, EDITOR: 2, SAVE: 1}
-
-# Runs in the page: every problem in the notebook's outputs (see the file for the kinds).
-MEASURE = (Path(__file__).parent / "measure_layout.js").read_text(encoding="utf-8")
-
-
-def set_theme(page, theme: str) -> None:
-    page.evaluate("t => window.jupyterapp.commands.execute('apputils:change-theme', {theme: t})", theme)
-    page.wait_for_function("t => document.body.dataset.jpThemeName === t", arg=theme, timeout=30_000)
-    wait_settled(page)  # the theme's stylesheet applied
-
-
-def set_layout(page, width: int, file_browser: bool, height: int = 900) -> None:
-    page.set_viewport_size({"width": width, "height": height})
-    page.evaluate("open => open ? window.jupyterapp.shell.expandLeft('filebrowser') "
-                  ": window.jupyterapp.shell.collapseLeft()", file_browser)
-    wait_settled(page)  # Lab's panels laid out again
-
-
-# True once the open notebook's box, its height and the theme's colours stayed the same for 5 frames in a row.
-SETTLED = """() => {
-    const nb = document.querySelector('.jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook') || document.body;
-    const box = nb.getBoundingClientRect(), style = getComputedStyle(document.body);
-    const sig = [innerWidth, box.x, box.width, nb.scrollHeight, style.backgroundColor,
-                 style.getPropertyValue('--jp-layout-color0')].join();
-    const last = window.__hfLayout;
-    window.__hfLayout = {sig, same: last && last.sig === sig ? last.same + 1 : 0};
-    return window.__hfLayout.same >= 5;
-}"""
-
-
-def wait_settled(page) -> None:
-    """Wait until the layout stops changing (a resize, a theme or a side panel has been laid out)."""
-    page.evaluate("() => { window.__hfLayout = null; }")
-    page.wait_for_function(SETTLED, polling="raf", timeout=30_000)
-
-
-def measure(notebook) -> dict:
-    return notebook.page.evaluate(MEASURE, [notebook.panel.get_attribute("id"), MIN_CONTRAST])
-
-
-def measure_every_layout(notebook, artifacts: Path, tag: str, themes=(LIGHT, DARK)) -> dict:
-    """{(theme, layout): measurements}; a screenshot of the whole notebook for each."""
-    page, found = notebook.page, {}
-    for theme in themes:
-        set_theme(page, theme)
-        for layout, (width, file_browser) in LAYOUTS.items():
-            set_layout(page, width, file_browser)
-            found[theme, layout] = measure(notebook)
-            # the whole notebook in one picture: a viewport as tall as its content
-            set_layout(page, width, file_browser, height=min(found[theme, layout]["height"] + 160, 9000))
-            notebook.panel.evaluate("panel => panel.querySelectorAll('.jp-WindowedPanel-outer, .jp-Notebook')"
-                                    ".forEach(e => { e.scrollTop = 0; })")
-            page.screenshot(path=artifacts / f"layout-{tag}-{theme.split()[-1].lower()}-{layout}.png")
-    return found
-
 
 def click_and_wait(cell, button: str, text: str) -> None:
     cell.locator(".jp-OutputArea .jupyter-widgets").first.get_by_role("button", name=button).click()
@@ -178,7 +118,7 @@ def rendered(module_notebook, lab, tiny_hub, artifacts):
         if os.environ.get("HF_NOTEBOOK_DOCS") == "1":
             docs_screenshots(notebook)
         click_and_wait(notebook.code_cell(EDITOR), "Export", "load it with")
-        found["trusted"] = measure_every_layout(notebook, artifacts, "trusted")
+        found["trusted"] = measure_every_layout(notebook, artifacts, "layout-trusted")
 
         # The same outputs in a file Lab has not signed: their HTML is sanitized (and no widget can show).
         set_layout(page, 1280, True)
@@ -191,33 +131,11 @@ def rendered(module_notebook, lab, tiny_hub, artifacts):
         (lab.root_dir / untrusted).write_text(json.dumps(nb), encoding="utf-8")
         notebook.open(untrusted)
         assert page.evaluate("() => window.jupyterapp.shell.currentWidget.content.model.cells.get(1).trusted") is False
-        found["untrusted"] = measure_every_layout(notebook, artifacts, "untrusted")
+        found["untrusted"] = measure_every_layout(notebook, artifacts, "layout-untrusted")
         yield found
     finally:
         set_theme(page, LIGHT)  # the theme is a user setting, kept by the server: later tests get the light one
         set_layout(page, 1280, True)
-
-
-def problems(found: dict, *, owners: set[str], cells: set[str] | None = None,
-             scroll_allowed: set[str] = SCROLL_ALLOWED, kinds: set[str] | None = None) -> list[str]:
-    """Every problem of these owners (record, widget), cells and kinds (all but ``REFLOW``'s unless named), but
-    sideways scrolling where it is allowed."""
-    out = []
-    for (theme, layout), m in found.items():
-        for p in m["problems"]:
-            if p["owner"] not in owners or (cells is not None and p["cell"] not in cells):
-                continue
-            if (p["kind"] not in kinds) if kinds is not None else (p["kind"] in REFLOW):
-                continue
-            if p["kind"] == "scroll" and layout in scroll_allowed:
-                continue
-            out.append(f"{theme}, {layout} ({m['outputWidth']} px output) [{p['kind']}] {p['cell']}: {p['what']}")
-    return out
-
-
-def summary(found: dict) -> str:
-    return "; ".join(f"{t.split()[-1]} {layout}: {m['outputWidth']} px, lowest contrast {m['lowest']:.1f}"
-                     for (t, layout), m in found.items())
 
 
 def test_records_fit_wrap_and_read_at_every_width_in_both_themes(rendered):
@@ -249,13 +167,6 @@ def test_editor_and_save_panels_fit_and_read(rendered):
 def test_editor_export_line_wraps_at_spaces(rendered):
     bad = [p for p in problems(rendered["trusted"], owners={"widget"}, cells={EDITOR}) if "[pre]" in p]
     assert not bad, f"{len(bad)} problems:\n" + "\n".join(bad)
-
-
-def tables_by_cell(m: dict) -> dict[str, list[dict]]:
-    found: dict[str, list[dict]] = {}
-    for t in m["tables"]:
-        found.setdefault(t["cell"], []).append(t)
-    return found
 
 
 @pytest.mark.parametrize("trust", ["trusted", "untrusted"])

@@ -8,17 +8,23 @@
   has, Apply, Export with a Copy button in the record beside it, Done) and the save and push panel (who
   pushes, its own words, Save, Done) leave records that a saved notebook, reopened without its kernel, shows
   with no widget error.
+
+Each test ends by measuring its notebook at 1280, 700 and 400 px in the light and the dark theme (the checks of
+``measure_layout.js``: nothing cut, sticking out or scrolled sideways, tables reflowed, names broken at their
+separators, text that reads), with a screenshot of each (``*points-*-{light,dark}-{1280,700,400}px.png``).
 """
 
 import re
 
 import pytest
+from layout_checks import POINT_LAYOUTS, REFLOW, measure_every_layout, problems, summary
 
 expect = pytest.importorskip("playwright.sync_api", reason="the playwright Python package is not installed").expect
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 RECORD = ".hf-notebook-record"
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 OFFLOADED = "%load_model tiny/llama --max-memory cpu=300KB --as off"
 PLAN = "%plan_model tiny/mixtral --max-memory cpu=400KB --plot"
 AGAIN = "%load_model tiny/llama --device-map cpu --dtype bfloat16 --as model"
@@ -83,6 +89,15 @@ def read_the_words(notebook, artifacts) -> None:
     expect(output).not_to_contain_text("Traceback")  # a UsageError: one message, no frames
     expect(page.get_by_text("Error displaying widget")).to_have_count(0)
     page.screenshot(path=artifacts / f"{notebook.shot_prefix}points_words.png", full_page=True)
+    read_at_every_width(notebook, artifacts, "points-words")
+
+
+def read_at_every_width(notebook, artifacts, tag: str) -> None:
+    """Every record (and panel) of the notebook measured at 1280, 700 and 400 px in both themes: no problem."""
+    found = measure_every_layout(notebook, artifacts, f"{notebook.shot_prefix}{tag}", layouts=POINT_LAYOUTS)
+    assert len(found) == 6 and all(m["records"] for m in found.values()), summary(found)
+    bad = problems(found, owners={"record", "widget"}) + problems(found, owners={"record", "widget"}, kinds=REFLOW)
+    assert not bad, f"{len(bad)} problems:\n" + "\n".join(bad) + f"\n({summary(found)})"
 
 
 EDITOR = "%edit_device_map model"
@@ -163,6 +178,7 @@ def test_panels_end_as_records_that_a_reopened_notebook_shows(front_end, lab, ar
     expect(cell).to_contain_text(f"Save and push panel for model: closed (saved to {tmp_path / 'saved'}).")
     expect(cell.locator(RECORD)).to_have_count(1)
     page.screenshot(path=artifacts / f"{notebook.shot_prefix}points_panels.png", full_page=True)
+    read_at_every_width(notebook, artifacts, "points-panels")
 
     notebook.save()
     notebook.shut_down_kernel()
@@ -174,6 +190,43 @@ def test_panels_end_as_records_that_a_reopened_notebook_shows(front_end, lab, ar
     expect(editor_cell.locator(RECORD, has_text="wrote the device map to")).to_have_count(1)
     expect(save_cell.locator(RECORD)).to_contain_text("saved model to")
     expect(page.locator(".jupyter-widgets")).to_have_count(0)
+
+
+OPEN_EDITOR = "Device-map editor on model: open when this notebook was saved. %edit_device_map model opens it again."
+OPEN_SAVE = "Save and push panel for model: open when this notebook was saved. %save_model model opens it again."
+
+
+def test_panels_left_open_are_lines_in_the_saved_file_and_live_on_the_page(front_end):
+    """The editor and the save panel left open (no Done) when the notebook is saved: the page keeps them live
+    (an Apply after the save works), the file has each panel's line in place of its widget (hf_notebook's Jupyter
+    server extension), and the notebook reopened without its kernel shows those lines, the records, no error."""
+    notebook, page = front_end, front_end.page
+    name = f"{notebook.shot_prefix}points_open.ipynb"
+    notebook.open(notebook.write(name, PANELS))
+    notebook.run_all()
+    saved = notebook.save()
+    views = [o for c in saved["cells"] for o in c.get("outputs", []) if WIDGET_VIEW in o.get("data", {})]
+    assert views == [], views
+    texts = ["".join(o.get("data", {}).get("text/plain", "")) for c in saved["cells"] for o in c.get("outputs", [])]
+    lines = [t for t in texts if "open when this notebook was saved" in t]
+    assert lines == [OPEN_EDITOR, OPEN_SAVE]
+
+    editor = notebook.code_cell(EDITOR).locator(".jp-OutputArea .jupyter-widgets").first  # still live
+    lm_head = editor.locator(".widget-hbox").filter(has=page.locator("code", has_text=re.compile(r"^lm_head$")))
+    choice = lm_head.locator("select")
+    choice.select_option(label=next(o for o in choice.locator("option").all_inner_texts() if "(cpu)" in o))
+    editor.get_by_role("button", name="Apply").click()
+    expect(editor).to_contain_text("Re-dispatched in place", timeout=30_000)
+    notebook.save()
+
+    notebook.shut_down_kernel()
+    notebook.open(name)
+    expect(page.get_by_text("Error displaying widget")).to_have_count(0)
+    expect(page.locator(".jupyter-widgets")).to_have_count(0)
+    editor_cell = notebook.code_cell(EDITOR)
+    expect(editor_cell).to_contain_text(OPEN_EDITOR)
+    expect(row_of(editor_cell.locator(RECORD).first, page, "lm_head").locator("td").nth(1)).to_have_text("cpu")
+    expect(notebook.code_cell(SAVE)).to_contain_text(OPEN_SAVE)
 
 
 def test_notebooks_in_one_folder_share_a_lock_without_notes_about_each_other(notebook):

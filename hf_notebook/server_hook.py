@@ -1,0 +1,54 @@
+"""A Jupyter server extension: a notebook saved while one of hf_notebook's panels is open reopens without a
+widget error.
+
+A live panel's output is a widget view. Once the kernel that drew it is gone, JupyterLab and Notebook 7 show
+"Error displaying widget: model not found" there; they never fall back to the output's text. Each panel's
+output carries in its metadata the line that stands for it in a saved file (``{"hf_notebook": {"saved":
+line}}``, see :func:`hf_notebook.ui.record.show_panel`). Before the server writes a notebook, :func:`keep_records`
+puts that line in place of the widget view. The open page keeps its live panel; only the file changes, so a
+page reloaded while the kernel runs shows the line too (run the cell again for the panel). Outputs of other
+widgets are left as they are.
+
+Installed with the package (``etc/jupyter/jupyter_server_config.d/hf_notebook.json``); ``jupyter server
+extension list`` names it. Importing this module imports nothing heavy.
+"""
+
+from __future__ import annotations
+
+from html import escape
+from typing import Any
+
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+KEY = "hf_notebook"  # the output metadata of a live panel: {"saved": the line a saved file shows instead}
+MUTED = "color:var(--jp-ui-font-color2,#777)"  # as hf_notebook.ui.style.MUTED: a closed panel's line
+
+
+def _jupyter_server_extension_points() -> list[dict]:
+    return [{"module": "hf_notebook.server_hook"}]
+
+
+def _load_jupyter_server_extension(serverapp: Any) -> None:
+    serverapp.contents_manager.register_pre_save_hook(keep_records)
+
+
+def keep_records(model: dict, **_: Any) -> None:
+    """``ContentsManager`` pre-save hook: each open hf_notebook panel of a notebook becomes its saved line."""
+    content = model.get("content") if model.get("type") == "notebook" else None
+    if not isinstance(content, dict):
+        return
+    for cell in content.get("cells") or []:
+        for output in cell.get("outputs") or [] if isinstance(cell, dict) else []:
+            line = saved_line(output)
+            if line is not None:
+                output["data"] = {"text/html": f"<div style='{MUTED}'>{escape(line)}</div>", "text/plain": line}
+                output["metadata"] = {k: v for k, v in output["metadata"].items() if k != KEY}
+
+
+def saved_line(output: Any) -> str | None:
+    """The line that stands for this output in a saved file, if it is an open hf_notebook panel."""
+    if not isinstance(output, dict) or not isinstance(output.get("data"), dict):
+        return None
+    mark = (output.get("metadata") or {}).get(KEY) if isinstance(output.get("metadata"), dict) else None
+    if WIDGET_VIEW not in output["data"] or not isinstance(mark, dict) or not isinstance(mark.get("saved"), str):
+        return None
+    return mark["saved"]
