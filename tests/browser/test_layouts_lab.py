@@ -127,6 +127,9 @@ def rendered(module_notebook, lab, tiny_hub, artifacts):
             cell["outputs"] = [o for o in cell.get("outputs", []) if WIDGET_VIEW not in o.get("data", {})]
         nb["metadata"].pop("widgets", None)
         nb["metadata"].pop("signature", None)
+        # Trust is the server's record of each signed file's digest: a byte-identical copy would be trusted too
+        # (the saved file has no widget view left to strip since the server extension replaces open panels).
+        nb["metadata"]["copied_from"] = "a colleague"
         untrusted = f"untrusted-{secrets.token_hex(3)}.ipynb"
         (lab.root_dir / untrusted).write_text(json.dumps(nb), encoding="utf-8")
         notebook.open(untrusted)
