@@ -36,7 +36,7 @@ class CancelButton:
         except Exception:  # noqa: BLE001 - a kernel that cannot make one: no button, the interrupt still works
             return
         self._kernel, self._subshell = kernel, subshell
-        self.widget = W.Button(description="Cancel", icon="stop", tooltip=tooltip, button_style="warning",
+        self.widget = W.Button(description="Cancel", icon="stop", tooltip=tooltip,
                                layout=W.Layout(width="auto"))
         self.widget.comm._reply_subshell_id = subshell  # the front end's clicks go to the subshell's thread
         self.widget.on_click(self._click)

@@ -1,12 +1,14 @@
 """A 16-shard model downloading slowly, in a real JupyterLab and Notebook 7: the download row knows the whole total
 and the file count from its first frame (the plan has every file's size), shows speed and time left, keeps the panel
-short (finished files fold into the count), and the record counts the files the panel counted."""
+short (finished files fold into the count), reads at 1280, 700 and 400 px in both themes while it runs, and the
+record counts the files the panel counted."""
 
 import re
 import secrets
 import time
 
 import pytest
+from layout_checks import POINT_LAYOUTS, REFLOW, measure_every_layout, problems, summary
 
 expect = pytest.importorskip("playwright.sync_api", reason="the playwright Python package is not installed").expect
 
@@ -44,7 +46,7 @@ def test_the_download_total_is_whole_from_the_first_frame(front_end, hub_server,
     load = f"%load_model {repo_id} --as m"
     notebook.open(notebook.write(f"{notebook.shot_prefix}sixteen.ipynb",
                                  ["%load_ext hf_notebook", "import transformers", load]))
-    hub_server.throttle_bytes_per_s = 60_000  # per response: a few shards at once, about 10 s in all
+    hub_server.throttle_bytes_per_s = 40_000  # per response: a few shards at once, about 18 s in all
     try:
         page.evaluate("() => { window.jupyterapp.commands.execute('notebook:run-all-cells'); }")
         cell = notebook.code_cell(load)
@@ -67,6 +69,14 @@ def test_the_download_total_is_whole_from_the_first_frame(front_end, hub_server,
             found = ROW.search(text)
             assert found and found["total"] == total and found["count"] == str(SHARDS + 1), (text, total)
         assert any(re.search(r"[\d.]+ [kMG]?B/s .* left", text) for text in frames), frames  # speed, time left
+        # the live panel at each width and theme (nothing cut, sticking out or unreadable), still downloading after
+        found = measure_every_layout(notebook, artifacts, f"{notebook.shot_prefix}sixteen-downloading",
+                                     layouts=POINT_LAYOUTS)
+        expect(row).to_be_visible()
+        assert all(m["records"].get(load, 0) == 0 for m in found.values()), "the load ended while it was measured"
+        bad = problems(found, owners={"widget"}, cells={load}) + problems(found, owners={"widget"}, cells={load},
+                                                                          kinds=REFLOW)
+        assert not bad, f"{len(bad)} problems:\n" + "\n".join(bad) + f"\n({summary(found)})"
         hub_server.throttle_bytes_per_s = None
         record = cell.locator(".jp-OutputArea .hf-notebook-record")
         expect(record).to_contain_text(f"✓ m = {repo_id}@", timeout=60_000)
