@@ -10,7 +10,7 @@ page reloaded while the kernel runs shows the line too (run the cell again for t
 widgets are left as they are.
 
 Installed with the package (``etc/jupyter/jupyter_server_config.d/hf_notebook.json``); ``jupyter server
-extension list`` names it. Importing this module imports nothing heavy.
+extension list`` names it. Importing this module imports nothing heavy (no IPython, no torch).
 """
 
 from __future__ import annotations
@@ -18,9 +18,10 @@ from __future__ import annotations
 from html import escape
 from typing import Any
 
+from hf_notebook.ui.style import MUTED  # a closed panel's line, as ``end_panel`` writes it
+
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 KEY = "hf_notebook"  # the output metadata of a live panel: {"saved": the line a saved file shows instead}
-MUTED = "color:var(--jp-ui-font-color2,#777)"  # as hf_notebook.ui.style.MUTED: a closed panel's line
 
 
 def _jupyter_server_extension_points() -> list[dict]:
@@ -37,7 +38,7 @@ def keep_records(model: dict, **_: Any) -> None:
     if not isinstance(content, dict):
         return
     for cell in content.get("cells") or []:
-        for output in cell.get("outputs") or [] if isinstance(cell, dict) else []:
+        for output in (cell.get("outputs") or []) if isinstance(cell, dict) else []:
             line = saved_line(output)
             if line is not None:
                 output["data"] = {"text/html": f"<div style='{MUTED}'>{escape(line)}</div>", "text/plain": line}
