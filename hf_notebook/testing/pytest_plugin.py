@@ -4,9 +4,10 @@ Enable with ``pytest_plugins = ["hf_notebook.testing.pytest_plugin"]`` in ``test
 
 At configure time, before any test module imports ``huggingface_hub`` (it reads its environment
 once, on import), the plugin isolates the session: ``HF_HOME`` in a temp dir (so no stored token
-and an empty default cache), no ``HF_TOKEN``, no offline mode, no telemetry, loopback never proxied.
-The client keeps its defaults: Xet on (large files through hf_xet, against the stand-in's own Xet
-storage) and huggingface_hub's shared blob store on; a test that needs the plain HTTP path makes
+and an empty default cache), no ``HF_TOKEN``, no offline mode, loopback never proxied.
+The client keeps its defaults: telemetry on (its user agent names the libraries, as the Hub sees it),
+Xet on (large files through hf_xet, against the stand-in's own Xet storage) and huggingface_hub's
+shared blob store on; a test that needs the plain HTTP path makes
 its repo LFS-only (``hub_store.create_repo(repo_id, xet=False)``). It starts one :class:`HubServer` on a
 temp store and puts its endpoint in ``HF_ENDPOINT``. Everything is restored and removed at unconfigure.
 
@@ -46,8 +47,9 @@ _UNSET = (
     "HUGGINGFACE_CO_STAGING",
     "HF_HUB_DISABLE_XET",  # the client's defaults are what is tested
     "HF_HUB_DISABLE_SHARED_BLOBS",
+    "HF_HUB_DISABLE_TELEMETRY",  # on by default: the user agent then names the libraries, as the Hub sees it
 )
-_SET = ("HF_HOME", "HF_ENDPOINT", "HF_HUB_DISABLE_TELEMETRY", "NO_PROXY", "no_proxy")
+_SET = ("HF_HOME", "HF_ENDPOINT", "NO_PROXY", "no_proxy")
 
 _SERVER = pytest.StashKey[HubServer]()
 _SAVED_ENV = pytest.StashKey[dict]()
@@ -71,7 +73,6 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ.update(
         HF_HOME=str(tmp / "hf-home"),
         HF_ENDPOINT=server.endpoint,
-        HF_HUB_DISABLE_TELEMETRY="1",
         NO_PROXY=f"{loopback},{os.environ['NO_PROXY']}" if os.environ.get("NO_PROXY") else loopback,
         no_proxy=f"{loopback},{os.environ['no_proxy']}" if os.environ.get("no_proxy") else loopback,
     )
