@@ -362,7 +362,7 @@ def main() -> None:
         # load with those imports excluded on both sides (the measure): the same load after
         # a tiny llama was loaded the same way in that process. The first load is shown beside it.
         rss_row(table, "first load", base, ours, target=False)
-        wbase, wours = runner.pairs("from_pretrained", "hf_notebook", folder, "bfloat16", maps["cpu"], 3,
+        wbase, wours = runner.pairs("from_pretrained", "hf_notebook", folder, "bfloat16", maps["cpu"], args.repeat,
                                     warm=build_tiny(folder.parent / "tiny-llama"))
         rss_row(table, "modules preloaded", wbase, wours)
         imports = [(median(first, "peak_extra") - median(warm, "peak_extra")) / 1e9

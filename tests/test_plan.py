@@ -218,3 +218,27 @@ def test_a_plan_leaves_torch_init_as_it_found_it(tiny_hub, hf_cache):
         build_meta_model(LlamaForCausalLM, broken, "float32")
     assert init_functions() == originals
     assert torch.nn.Linear(64, 64).weight.abs().sum() > 0
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "bert", "t5", "qwen2", "mixtral"])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_a_one_device_load_builds_the_model_once_and_sizes_its_plan_from_it(tiny_hub, hf_cache, monkeypatch, arch,
+                                                                            dtype):
+    """A one-device map needs no meta model to place anything: from_pretrained builds the model once, and the
+    load's plan is sized from it. Its modules, blocks, ties and sizes are those a plan made beforehand gives."""
+    import hf_notebook.core.devices.plan as planning
+    from hf_notebook.core.api import load_model
+
+    planned = plan_model(f"tiny/{arch}", dtype=dtype, device_map="cpu")
+    built = []
+    build = planning.build_meta_model
+    monkeypatch.setattr(planning, "build_meta_model", lambda *a, **k: built.append(a[0]) or build(*a, **k))
+    result = load_model(f"tiny/{arch}", dtype=dtype, device_map="cpu")
+    assert built == []
+    assert result.plan.device_map == planned.device_map == {"": "cpu"}
+    for name in ("module_bytes", "blocks", "tied", "no_split", "direct", "budget", "model_class", "dtype"):
+        assert getattr(result.plan, name) == getattr(planned, name), name
+    assert result.placement.bytes_by_device == planned.bytes_by_device
+
+    plan_model(f"tiny/{arch}", dtype=dtype, device_map="auto")  # a map to compute: the plan builds its meta model
+    assert len(built) == 1

@@ -22,7 +22,7 @@ from typing import Any, Optional
 
 from .devices.offloaded import rewrites_weights
 from .devices.placement import Placement
-from .devices.plan import Plan, check_devices_exist, plan_placement
+from .devices.plan import Plan, check_devices_exist, plan_placement, sized_by
 from .errors import HfNotebookError, LoadError, PlanError, wrapped
 from .events import Failed, OnEvent, Resolved, StageDone, StageStarted, emit
 from .hub.fetch import Checkpoint, FileFacts, HubFiles, SourceFiles, source_files
@@ -228,8 +228,9 @@ class _Pipeline:
         self.code: dict[str, str] = {}  # the repo's code files that will run (--trust-remote-code) -> sha256
         self.kw: dict = {}  # --kw arguments for from_pretrained itself (config settings are applied to the config)
 
-    def plan(self, *, read_headers: bool) -> Plan:
-        """Resolve, read the config (and headers when needed), plan."""
+    def plan(self, *, read_headers: bool, for_load: bool = False) -> Plan:
+        """Resolve, read the config (and headers when needed), plan (``for_load``: a one-device map's sizes wait
+        for the loaded model, see ``plan_placement``)."""
         opts, stages = self.opts, self.stages
         stages.start("resolve", str(self.spec))
         self.resolution = resolve(self.spec, offline=opts.offline, cache_dir=opts.cache_dir, token=opts.token)
@@ -261,7 +262,7 @@ class _Pipeline:
                               max_memory=opts.max_memory, no_offload=opts.no_offload, headers=self.headers,
                               source=source, code_folder=str(self.files.config().parent) if self.code else None,
                               quantization=opts.quantization, context=opts.context, batch=opts.batch,
-                              kv_dtype=opts.kv_dtype, fit=opts.fit, reserve=opts.reserve)
+                              kv_dtype=opts.kv_dtype, fit=opts.fit, reserve=opts.reserve, sizes_from_load=for_load)
         check_attention(opts.attn_implementation)
         if opts.fit or opts.context == "max":  # what they chose, as options that give it again
             opts = self.opts = opts.with_(device_map=dict(plan.device_map), fit=False, reserve=None,
@@ -309,7 +310,7 @@ class _Pipeline:
 
     def load(self, name: Optional[str], t0: float) -> LoadResult:
         """The load pipeline proper; a temp offload folder it made is removed if it fails."""
-        plan = self.plan(read_headers=False)
+        plan = self.plan(read_headers=False, for_load=True)
         opts, stages = self.opts, self.stages  # as the plan resolved them (--fit, --context max)
         check_devices_exist(plan.device_map)
 
@@ -338,6 +339,7 @@ class _Pipeline:
                 model = materialize(checkpoint, self.config, plan, offload_folder=offload_folder,
                                     on_event=self.on_event, options=opts, kw=self.kw)
             model.config._name_or_path = self.resolution.repo_id  # the repo, not the cache folder it was read from
+            plan = sized_by(plan, model)
             placement = measure_placement(model, _summary_map(plan, model.hf_device_map))
         except BaseException as exc:
             if owns_offload:

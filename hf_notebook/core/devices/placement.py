@@ -312,12 +312,12 @@ def measure_placement(model: Any, device_map: Optional[Mapping[str, Any]] = None
     units: dict[str, dict[tuple[str, bool], list[int]]] = {}  # unit -> (device, offloaded) -> [params, buffers]
     modules = dict(model.named_modules())
     for mod_name, module in modules.items():
-        owners = _ancestors(mod_name, modules)
         tensors = [(0, n, t) for n, t in module.named_parameters(recurse=False)]
         tensors += [(1, n, t) for n, t in module.named_buffers(recurse=False) if t is not None]
         for kind, local, tensor in tensors:
             full = f"{mod_name}.{local}" if mod_name else local
-            placed = _offloaded(tensor, full, owners, ledger) if tensor.device.type == "meta" else None
+            on_meta = tensor.device.type == "meta"  # offloaded: its owners' hooks say where it is
+            placed = _offloaded(tensor, full, _ancestors(mod_name, modules), ledger) if on_meta else None
             device, nbytes = placed or _resident(tensor, ledger)
             unit = _owner(full, by_specificity) or ""
             slot = units.setdefault(unit, {}).setdefault((device, placed is not None), [0, 0])

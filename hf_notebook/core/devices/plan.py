@@ -1,7 +1,8 @@
 """Placement before loading: a meta-device model, its sizes, and the device map.
 
 The map comes from transformers' own ``_get_device_map`` on a model built the way
-``from_pretrained`` builds it, so a plan and the load that follows agree exactly.
+``from_pretrained`` builds it, so a plan and the load that follows agree exactly. A load onto
+one device has nothing to place: its plan is sized from the model it loads (``sized_by``).
 """
 
 from __future__ import annotations
@@ -278,7 +279,7 @@ def plan_placement(config, *, class_name: Optional[str] = None, dtype: str = "fl
                    no_offload: bool = False, headers: Optional[HeaderInfo] = None, source: str = "",
                    code_folder: Optional[str] = None, quantization: Any = None, context: Any = None,
                    batch: Optional[int] = None, kv_dtype: Optional[str] = None, fit: bool = False,
-                   reserve: Optional[int] = None) -> Plan:
+                   reserve: Optional[int] = None, sizes_from_load: bool = False) -> Plan:
     """Compute the device map ``from_pretrained`` would use for these options, without weights.
 
     ``max_memory`` may name devices this machine lacks: planning for a target machine is fine
@@ -286,12 +287,21 @@ def plan_placement(config, *, class_name: Optional[str] = None, dtype: str = "fl
     ``batch`` sequences and one generate step are planned too, and a strategy's map leaves room for them on
     every device; ``context="max"``: the longest that fits beside the weights where the map puts them.
     ``fit``: the placement that streams the fewest bytes (``fit.py``). ``reserve``: bytes every budget leaves free.
+    ``sizes_from_load`` (a load about to follow): a one-device map with nothing to fit or quantize needs no meta
+    model, since its map is already whole; the plan's sizes are then read from the loaded model (``sized_by``),
+    so the model is built once, by ``from_pretrained``, not twice.
     """
     from transformers.integrations.accelerate import get_max_memory
 
     from ..compat import device_map_for
 
     cls = model_class_for(config, class_name, code_folder)
+    if sizes_from_load and _one_device(device_map) and quantization is None and not context and not fit:
+        with quiet_loggers("accelerate.utils.modeling", "transformers.integrations.accelerate"):
+            room_memory = get_max_memory(max_memory)
+        budget = {device_name(k): int(v) for k, v in room_memory.items()}
+        return Plan(model_class=cls.__name__, dtype=dtype, device_map={"": parse_device(device_map[""])},
+                    max_memory=max_memory, budget=budget, headers=headers, source=source, config=config, model_cls=cls)
     hf_quantizer = None
     if quantization is not None:
         hf_quantizer, config, device_map = _quantizer(config, quantization, device_map)
@@ -312,10 +322,9 @@ def plan_placement(config, *, class_name: Optional[str] = None, dtype: str = "fl
                             "with llm_int8_enable_fp32_cpu_offload and a --device-map.") from None
         budget = {device_name(k): int(v) for k, v in room_memory.items()}
         resolved = {name: parse_device(device) for name, device in resolved.items()}
-        blocks = _blocks(model)
-        module_bytes = _module_bytes(model, _quantized_sizes(model, hf_quantizer))
+        structure = _structure(model, hf_quantizer)
+        blocks, module_bytes, tied = list(structure["blocks"]), structure["module_bytes"], structure["tied"]
         sizes = {name: p + b for name, (p, b) in module_bytes.items()}
-        tied = dict(getattr(model, "all_tied_weights_keys", None) or {})
         kv, layers, step = None, (), None
         if context:
             from .kv_cache import KV_DTYPES, kv_cache
@@ -356,15 +365,33 @@ def plan_placement(config, *, class_name: Optional[str] = None, dtype: str = "fl
 
             room = room_of(blocks, sizes, tied, budgets=_ordered(budget), offload=not no_offload)
             resolved = {name: parse_device(d) for name, d in fitted_map(room, best_placement(room)).items()}
-    plan = Plan(model_class=cls.__name__, dtype=dtype, device_map=resolved, max_memory=max_memory,
-                module_bytes=module_bytes, blocks=tuple(blocks), tied=tied, budget=budget, headers=headers,
-                source=source, no_split=_no_split(model), direct=_direct_tensors(model), config=config,
-                model_cls=cls, quantization=quantization, kv=kv, layer_names=layers, step=step,
-                chosen_by="--fit" if fit else "--context max" if context_max else "")
+    plan = Plan(model_class=cls.__name__, dtype=dtype, device_map=resolved, max_memory=max_memory, budget=budget,
+                headers=headers, source=source, config=config, model_cls=cls, quantization=quantization, kv=kv,
+                layer_names=layers, step=step, chosen_by="--fit" if fit else "--context max" if context_max else "",
+                **structure)
     spilled = plan.spilled
     if no_offload and spilled:
         raise PlanError(_spill_message(plan, spilled), hint=_spill_hint(plan))
     return plan
+
+
+def _one_device(device_map: Any) -> bool:
+    """A map that puts the whole model on one device other than disk (``{"": "cpu"}``, ``{"": 0}``)."""
+    return isinstance(device_map, dict) and list(device_map) == [""] and device_map[""] not in ("disk", "meta")
+
+
+def _structure(model, hf_quantizer=None) -> dict:
+    """What a plan keeps of a model (meta or loaded): every module's bytes, the blocks, ties, whole modules."""
+    return dict(module_bytes=_module_bytes(model, _quantized_sizes(model, hf_quantizer)), blocks=tuple(_blocks(model)),
+                tied=dict(getattr(model, "all_tied_weights_keys", None) or {}), no_split=_no_split(model),
+                direct=_direct_tensors(model))
+
+
+def sized_by(plan: Plan, model) -> Plan:
+    """A ``sizes_from_load`` plan with its sizes read from the model it loaded (already sized: as it is)."""
+    if plan.blocks:
+        return plan
+    return replace(plan, **_structure(model))
 
 
 def _layer_names(blocks: list[str], count: int) -> tuple[str, ...]:
