@@ -233,13 +233,49 @@ def test_a_one_device_load_builds_the_model_once_and_sizes_its_plan_from_it(tiny
     built = []
     build = planning.build_meta_model
     monkeypatch.setattr(planning, "build_meta_model", lambda *a, **k: built.append(a[0]) or build(*a, **k))
+    first = load_model(f"tiny/{arch}", dtype=dtype, device_map="cpu")
+    assert len(built) == 1  # shards to download: the model is built on the meta device before they are
     result = load_model(f"tiny/{arch}", dtype=dtype, device_map="cpu")
-    assert built == []
-    assert result.plan.device_map == planned.device_map == {"": "cpu"}
-    for name in ("module_bytes", "blocks", "tied", "no_split", "direct", "model_class", "dtype"):
-        assert getattr(result.plan, name) == getattr(planned, name), name
-    assert set(result.plan.budget) == set(planned.budget)  # the same devices (the bytes free change as it loads)
-    assert result.placement.bytes_by_device == planned.bytes_by_device
+    assert len(built) == 1  # every shard cached: from_pretrained alone builds it
+    for loaded in (first, result):
+        assert loaded.plan.device_map == planned.device_map == {"": "cpu"}
+        for name in ("module_bytes", "blocks", "tied", "no_split", "direct", "model_class", "dtype"):
+            assert getattr(loaded.plan, name) == getattr(planned, name), name
+        assert set(loaded.plan.budget) == set(planned.budget)  # the same devices (their free bytes change)
+        assert loaded.placement.bytes_by_device == planned.bytes_by_device
 
     plan_model(f"tiny/{arch}", dtype=dtype, device_map="auto")  # a map to compute: the plan builds its meta model
-    assert len(built) == 1
+    assert len(built) == 2
+
+
+def test_a_model_that_cannot_be_built_fails_before_its_weights_are_downloaded(hub_store, hub_server, hub_repo_id,
+                                                                               hf_cache, tmp_path):
+    """The load's plan skips its meta model only when the shards are here already: a config that no model can be
+    built from (a negative vocabulary) fails before a weight byte is fetched, and from a folder with a wrapped
+    error, never torch's own."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from hf_notebook.core.api import load_model
+    from hf_notebook.core.errors import HfNotebookError, LoadError
+
+    config = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=4, vocab_size=256, architectures=["LlamaForCausalLM"])
+    folder = tmp_path / "broken"
+    LlamaForCausalLM(config).save_pretrained(folder, max_shard_size="100KB")
+    written = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**written, "vocab_size": -5}))
+    shards = sorted(folder.glob("*.safetensors"))
+    assert len(shards) > 1
+    hub_store.create_repo(hub_repo_id)
+    hub_store.commit(hub_repo_id, {p.name: p for p in folder.iterdir()}, message="a config no model fits")
+
+    with pytest.raises(HfNotebookError, match="negative dimension"):
+        load_model(hub_repo_id, device_map="cpu")
+    assert hub_server.bytes_served(hub_repo_id) < sum(p.stat().st_size for p in shards) / 4  # config and index
+    assert not list(hf_cache.rglob("*.safetensors"))
+    assert torch.nn.Linear(4, 4).weight.device.type == "cpu"  # the failed meta build left no device context behind
+
+    with pytest.raises(HfNotebookError, match="negative dimension") as raised:  # save_pretrained's folder: no manifest
+        load_model(str(folder), device_map="cpu", no_verify=True)  # shards here: from_pretrained's build finds it
+    assert isinstance(raised.value, LoadError)  # ours, naming torch's error, not torch's error itself

@@ -229,8 +229,9 @@ class _Pipeline:
         self.kw: dict = {}  # --kw arguments for from_pretrained itself (config settings are applied to the config)
 
     def plan(self, *, read_headers: bool, for_load: bool = False) -> Plan:
-        """Resolve, read the config (and headers when needed), plan (``for_load``: a one-device map's sizes wait
-        for the loaded model, see ``plan_placement``)."""
+        """Resolve, read the config (and headers when needed), plan. ``for_load``, with every shard here already:
+        a one-device map's sizes wait for the loaded model (see ``plan_placement``). Weights still to download
+        are planned on a meta model first, so a model that cannot be built fails before the download, not after."""
         opts, stages = self.opts, self.stages
         stages.start("resolve", str(self.spec))
         self.resolution = resolve(self.spec, offline=opts.offline, cache_dir=opts.cache_dir, token=opts.token)
@@ -262,7 +263,8 @@ class _Pipeline:
                               max_memory=opts.max_memory, no_offload=opts.no_offload, headers=self.headers,
                               source=source, code_folder=str(self.files.config().parent) if self.code else None,
                               quantization=opts.quantization, context=opts.context, batch=opts.batch,
-                              kv_dtype=opts.kv_dtype, fit=opts.fit, reserve=opts.reserve, sizes_from_load=for_load)
+                              kv_dtype=opts.kv_dtype, fit=opts.fit, reserve=opts.reserve,
+                              sizes_from_load=for_load and self.files.weights_here())
         check_attention(opts.attn_implementation)
         if opts.fit or opts.context == "max":  # what they chose, as options that give it again
             opts = self.opts = opts.with_(device_map=dict(plan.device_map), fit=False, reserve=None,

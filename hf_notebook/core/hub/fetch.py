@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from ..errors import LoadError, OfflineError, hub_failure
+from ..errors import HfNotebookError, LoadError, OfflineError, hub_failure
 from ..events import FetchPlanned, FileProgress, OnEvent, emit
 from ..integrity import default_memo, digest_of, problem_with
 from ..quiet import small_download_chunks
@@ -161,6 +161,10 @@ class SourceFiles:
     def checkpoint(self, headers: Optional[HeaderInfo] = None) -> Checkpoint:
         raise NotImplementedError
 
+    def weights_here(self) -> bool:
+        """Whether every shard is on this machine already, so that fetching them costs nothing."""
+        return True
+
     def code_files(self) -> dict[str, str]:
         """The repo's Python files (what --trust-remote-code runs), present locally, with their sha256."""
         raise NotImplementedError
@@ -293,6 +297,13 @@ class HubFiles(SourceFiles):
         paths = [self._get(n) for n in sorted(names)]
         self._raise_missing()
         return paths[0].parent if paths else None
+
+    def weights_here(self) -> bool:
+        """Whether the cache holds every shard of the pinned sha (a lookup; a shard list it cannot read: no)."""
+        try:
+            return all(self._cached(name) for name in self.shard_names())
+        except HfNotebookError:  # reported where the weights are fetched, as before
+            return False
 
     def cached_checkpoint(self, headers: Optional[HeaderInfo] = None) -> Optional[Checkpoint]:
         """The checkpoint if every shard is already cached (offline planning), else None."""
