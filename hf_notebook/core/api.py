@@ -22,7 +22,7 @@ from typing import Any, Optional
 
 from .devices.offloaded import rewrites_weights
 from .devices.placement import Placement
-from .devices.plan import Plan, check_devices_exist, plan_placement, sized_by
+from .devices.plan import Plan, check_devices_exist, one_device, plan_placement, sized_by
 from .errors import HfNotebookError, LoadError, PlanError, wrapped
 from .events import Failed, OnEvent, Resolved, StageDone, StageStarted, emit
 from .hub.fetch import Checkpoint, FileFacts, HubFiles, SourceFiles, source_files
@@ -264,7 +264,7 @@ class _Pipeline:
                               source=source, code_folder=str(self.files.config().parent) if self.code else None,
                               quantization=opts.quantization, context=opts.context, batch=opts.batch,
                               kv_dtype=opts.kv_dtype, fit=opts.fit, reserve=opts.reserve,
-                              sizes_from_load=for_load and self.files.weights_here())
+                              sizes_from_load=for_load and one_device(opts.device_map) and self.files.weights_here())
         check_attention(opts.attn_implementation)
         if opts.fit or opts.context == "max":  # what they chose, as options that give it again
             opts = self.opts = opts.with_(device_map=dict(plan.device_map), fit=False, reserve=None,

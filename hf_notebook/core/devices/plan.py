@@ -296,7 +296,7 @@ def plan_placement(config, *, class_name: Optional[str] = None, dtype: str = "fl
     from ..compat import device_map_for
 
     cls = model_class_for(config, class_name, code_folder)
-    if sizes_from_load and _one_device(device_map) and quantization is None and not context and not fit:
+    if sizes_from_load and one_device(device_map) and quantization is None and not context and not fit:
         with quiet_loggers("accelerate.utils.modeling", "transformers.integrations.accelerate"):
             room_memory = get_max_memory(max_memory)
         budget = {device_name(k): int(v) for k, v in room_memory.items()}
@@ -375,7 +375,7 @@ def plan_placement(config, *, class_name: Optional[str] = None, dtype: str = "fl
     return plan
 
 
-def _one_device(device_map: Any) -> bool:
+def one_device(device_map: Any) -> bool:
     """A map that puts the whole model on one device other than disk (``{"": "cpu"}``, ``{"": 0}``)."""
     return isinstance(device_map, dict) and list(device_map) == [""] and device_map[""] not in ("disk", "meta")
 

@@ -299,11 +299,26 @@ class HubFiles(SourceFiles):
         return paths[0].parent if paths else None
 
     def weights_here(self) -> bool:
-        """Whether the cache holds every shard of the pinned sha (a lookup; a shard list it cannot read: no)."""
-        try:
-            return all(self._cached(name) for name in self.shard_names())
-        except HfNotebookError:  # reported where the weights are fetched, as before
+        """Whether the cache holds every shard of the pinned sha: lookups only, nothing is fetched or announced (the
+        fetch stage reads and checks the index; a cached index that cannot be read here answers no)."""
+        from huggingface_hub import try_to_load_from_cache
+
+        if self.force:
             return False
+        names = self._names
+        if names is None:
+            index, single = (self.prefix + n for n in weight_names(self.variant)[:2])
+            found = try_to_load_from_cache(self.res.repo_id, index, cache_dir=self.cache_dir, revision=self.res.sha)
+            if not isinstance(found, str):
+                if index in self.res.file_sizes:  # an index still to fetch
+                    return False
+                names = [single]
+            else:
+                try:
+                    names = [self.prefix + n for n in _weight_map_files(Path(found))]
+                except (HfNotebookError, OSError):
+                    return False
+        return bool(names) and all(self._cached(name) for name in names)
 
     def cached_checkpoint(self, headers: Optional[HeaderInfo] = None) -> Optional[Checkpoint]:
         """The checkpoint if every shard is already cached (offline planning), else None."""
