@@ -491,6 +491,10 @@ def main(argv=None):
         else:
             forward(model, [[0, 1, 2, 3]])
         report("checked")
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.barrier()  # every rank done sending before any tears its process group down (else gloo may abort)
     except BaseException as error:
         report("failed", error=f"{type(error).__name__}: {error}")
         raise
