@@ -301,24 +301,20 @@ class HubFiles(SourceFiles):
     def weights_here(self) -> bool:
         """Whether the cache holds every shard of the pinned sha: lookups only, nothing is fetched or announced (the
         fetch stage reads and checks the index; a cached index that cannot be read here answers no)."""
-        from huggingface_hub import try_to_load_from_cache
-
-        if self.force:
-            return False
         names = self._names
         if names is None:
             index, single = (self.prefix + n for n in weight_names(self.variant)[:2])
-            found = try_to_load_from_cache(self.res.repo_id, index, cache_dir=self.cache_dir, revision=self.res.sha)
-            if not isinstance(found, str):
+            found = self._cached_path(index)
+            if found is None:
                 if index in self.res.file_sizes:  # an index still to fetch
                     return False
                 names = [single]
             else:
                 try:
-                    names = [self.prefix + n for n in _weight_map_files(Path(found))]
+                    names = [self.prefix + n for n in _weight_map_files(found)]
                 except (HfNotebookError, OSError):
                     return False
-        return bool(names) and all(self._cached(name) for name in names)
+        return all(self._cached(name) for name in names)
 
     def cached_checkpoint(self, headers: Optional[HeaderInfo] = None) -> Optional[Checkpoint]:
         """The checkpoint if every shard is already cached (offline planning), else None."""
@@ -330,10 +326,15 @@ class HubFiles(SourceFiles):
 
     def _cached(self, name: str) -> bool:
         """Whether the cache has ``name`` of the pinned sha (a lookup: it is checked when fetched)."""
+        return name in self._paths or self._cached_path(name) is not None
+
+    def _cached_path(self, name: str) -> Optional[Path]:
+        """The cache's copy of ``name`` of the pinned sha, unchecked; None if absent or fetched again anyway."""
         from huggingface_hub import try_to_load_from_cache
 
-        return name in self._paths or not self.force and isinstance(
-            try_to_load_from_cache(self.res.repo_id, name, cache_dir=self.cache_dir, revision=self.res.sha), str)
+        found = None if self.force else try_to_load_from_cache(
+            self.res.repo_id, name, cache_dir=self.cache_dir, revision=self.res.sha)
+        return Path(found) if isinstance(found, str) else None
 
     def _may_exist(self, name: str) -> bool:
         """Online we know the file list; offline we try and accept absence."""
