@@ -108,21 +108,16 @@ def test_the_ctrl_c_waits_for_every_tensor_a_loader_thread_has_taken(shell, medi
 PEAK_SCRIPT = textwrap.dedent("""
     import gc, json, sys
     import hf_notebook.core.api as api
+    from hf_notebook.core.libc import memory_status, reset_peak_rss
 
     medium, tiny = sys.argv[1:3]
     api.load_model(tiny, dtype="bfloat16", device_map={"": "cpu"}, no_verify=True)  # imports and caches first
     gc.collect()
-
-    def resident(field):
-        with open("/proc/self/status") as status:
-            return next(int(line.split()[1]) * 1024 for line in status if line.startswith(field))
-
-    with open("/proc/self/clear_refs", "w") as refs:
-        refs.write("5")  # the peak (VmHWM) counts from here
-    before = resident("VmRSS:")
+    assert reset_peak_rss()  # the peak (VmHWM) counts from here
+    before = memory_status()["VmRSS"]
     model = api.load_model(medium, dtype="bfloat16", device_map={"": "cpu"}, no_verify=True).model
     result = sum(p.numel() * p.element_size() for p in model.parameters())
-    print(json.dumps({"peak_extra": resident("VmHWM:") - before, "result": result}))
+    print(json.dumps({"peak_extra": memory_status()["VmHWM"] - before, "result": result}))
 """)
 
 
