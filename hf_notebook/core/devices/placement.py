@@ -16,6 +16,7 @@ keeps them. torch is never imported here.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional
@@ -216,12 +217,18 @@ def _resident(tensor: Any, ledger: _Ledger) -> tuple[str, int]:
     """(device, new bytes) of a materialized or meta tensor, quantized ones counted as really held:
     a tensor subclass (torchao) by its inner tensors, a bitsandbytes weight with its quantization
     state (absmax blocks, row scales)."""
-    device = device_name(tensor.device)
+    device = _device_label(tensor.device)
     inner = _inner_tensors(tensor)
     if inner is not None:
         return device, sum(_resident(part, ledger)[1] for part in inner)
     nbytes = _storage_bytes(tensor, device, ledger)
     return device, nbytes + sum(_resident(extra, ledger)[1] for extra in _quantization_state(tensor))
+
+
+@functools.lru_cache(maxsize=64)
+def _device_label(device: Any) -> str:
+    """``device_name`` of a ``torch.device``, asked once per device rather than once per tensor."""
+    return device_name(device)
 
 
 def _storage_bytes(tensor: Any, device: str, ledger: _Ledger) -> int:
@@ -286,12 +293,20 @@ def _offloaded(tensor: Any, name: str, owners: list[tuple[str, Any]], ledger: _L
     return None
 
 
-def _owner(name: str, keys: list[str]) -> Optional[str]:
+def _owner(name: str, keys: Mapping[str, Any]) -> Optional[str]:
     """The most specific device-map key that is ``name`` or one of its ancestors."""
-    for key in keys:  # sorted most specific first
-        if key == "" or name == key or name.startswith(key + "."):
-            return key
-    return None
+    while name not in keys:
+        if not name:
+            return None
+        name = name.rpartition(".")[0]
+    return name
+
+
+def own_tensors(tensors: Mapping[str, Any]) -> list[tuple[str, Any]]:
+    """A module's own ``(name, tensor)`` pairs (``_parameters`` or ``_buffers``), as ``named_parameters(recurse=False)``
+    gives them: without empty slots, and a tensor held under two names once."""
+    seen: set = set()
+    return [(k, t) for k, t in tensors.items() if t is not None and not (id(t) in seen or seen.add(id(t)))]
 
 
 def measure_placement(model: Any, device_map: Optional[Mapping[str, Any]] = None) -> Placement:
@@ -306,20 +321,18 @@ def measure_placement(model: Any, device_map: Optional[Mapping[str, Any]] = None
     if set(declared) <= {""}:
         fallback = declared.get("", "")
         declared = {"": ""} | {name: fallback for name, _ in model.named_children()}
-    by_specificity = sorted(declared, key=lambda k: (k.count(".") + bool(k), len(k)), reverse=True)
-
     ledger = _Ledger()
     units: dict[str, dict[tuple[str, bool], list[int]]] = {}  # unit -> (device, offloaded) -> [params, buffers]
     modules = dict(model.named_modules())
     for mod_name, module in modules.items():
-        tensors = [(0, n, t) for n, t in module.named_parameters(recurse=False)]
-        tensors += [(1, n, t) for n, t in module.named_buffers(recurse=False) if t is not None]
+        tensors = [(0, n, t) for n, t in own_tensors(module._parameters)]
+        tensors += [(1, n, t) for n, t in own_tensors(module._buffers)]
         for kind, local, tensor in tensors:
             full = f"{mod_name}.{local}" if mod_name else local
             on_meta = tensor.device.type == "meta"  # offloaded: its owners' hooks say where it is
             placed = _offloaded(tensor, full, _ancestors(mod_name, modules), ledger) if on_meta else None
             device, nbytes = placed or _resident(tensor, ledger)
-            unit = _owner(full, by_specificity) or ""
+            unit = _owner(full, declared) or ""
             slot = units.setdefault(unit, {}).setdefault((device, placed is not None), [0, 0])
             slot[kind] += nbytes
     order = {name: i for i, name in enumerate(modules)}

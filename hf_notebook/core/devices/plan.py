@@ -18,7 +18,7 @@ from ..hub.headers import HeaderInfo
 from ..quiet import quiet_loggers
 from ..units import Device, device_name, format_bytes, parse_device
 from .explain import Finding, explain
-from .placement import Placement, planned_placement, spread_one_device
+from .placement import Placement, own_tensors, planned_placement, spread_one_device
 
 # Default class per task when the config names none we know (order matters: first match wins).
 _AUTO_CLASSES = ("AutoModelForCausalLM", "AutoModelForSeq2SeqLM", "AutoModelForMaskedLM", "AutoModel")
@@ -382,9 +382,21 @@ def one_device(device_map: Any) -> bool:
 
 def _structure(model, hf_quantizer=None) -> dict:
     """What a plan keeps of a model (meta or loaded): every module's bytes, the blocks, ties, whole modules."""
-    return dict(module_bytes=_module_bytes(model, _quantized_sizes(model, hf_quantizer)), blocks=tuple(_blocks(model)),
-                tied=dict(getattr(model, "all_tied_weights_keys", None) or {}), no_split=_no_split(model),
-                direct=_direct_tensors(model))
+    walk = _Walk(model)
+    return dict(module_bytes=_module_bytes(walk, _quantized_sizes(model, hf_quantizer)), blocks=tuple(_blocks(walk)),
+                tied=dict(walk.tied), no_split=_no_split(walk), direct=_direct_tensors(walk))
+
+
+class _Walk:
+    """A model's modules in ``named_modules`` order, each with its own parameters and buffers, read once:
+    the structure's parts all walk the same tree (a 70B model has over a thousand modules)."""
+
+    def __init__(self, model):
+        self.model = model
+        self.modules = list(model.named_modules())
+        self.own = [(own_tensors(module._parameters), own_tensors(module._buffers)) for _, module in self.modules]
+        self.tied = getattr(model, "all_tied_weights_keys", None) or {}
+        self.no_split_classes = set(getattr(model, "_no_split_modules", None) or [])
 
 
 def sized_by(plan: Plan, model) -> Plan:
@@ -505,45 +517,51 @@ def _quantized_sizes(model, hf_quantizer) -> dict[str, int]:
     return quantized_weights(model, hf_quantizer)
 
 
-def _module_bytes(model, sizes: Optional[dict] = None) -> dict[str, tuple[int, int]]:
-    """(parameter, buffer) bytes of every module, in module order; tied copies (untied on meta) count once.
+def _module_bytes(walk: _Walk, sizes: Optional[dict] = None) -> dict[str, tuple[int, int]]:
+    """(parameter, buffer) bytes of every module, in module order; tied copies (untied on meta) count once,
+    and so does a tensor held by two modules (``named_parameters`` order: the first holder has it).
     ``sizes`` overrides the bytes of quantized weights (packed data and quantization state)."""
-    tied = set(getattr(model, "all_tied_weights_keys", None) or {})
-    sizes = sizes or {}
-    totals = {name: [0, 0] for name, _ in model.named_modules()}
-    for kind, tensors in ((0, model.named_parameters()), (1, model.named_buffers())):
-        for full, tensor in tensors:
-            if full in tied:
-                continue
-            nbytes = sizes.get(full, tensor.numel() * tensor.element_size())
-            parts = full.split(".")
-            for cut in range(len(parts)):
-                slot = totals.get(".".join(parts[:cut]))
-                if slot is not None:
-                    slot[kind] += nbytes
+    tied, sizes = walk.tied, sizes or {}
+    totals = {name: [0, 0] for name, _ in walk.modules}
+    seen: tuple[set, set] = (set(), set())
+    for (name, _), own in zip(walk.modules, walk.own):
+        slot = totals[name]
+        for kind in (0, 1):
+            for local, tensor in own[kind]:
+                if id(tensor) in seen[kind]:
+                    continue
+                seen[kind].add(id(tensor))
+                full = f"{name}.{local}" if name else local
+                if full not in tied:
+                    slot[kind] += sizes.get(full, tensor.numel() * tensor.element_size())
+    for name, _ in reversed(walk.modules):  # children follow their parent: each total is whole when it is added
+        parent = name
+        while parent:
+            parent = parent.rpartition(".")[0]
+            if parent in totals:
+                totals[parent][0] += totals[name][0]
+                totals[parent][1] += totals[name][1]
+                break
     return {name: (p, b) for name, (p, b) in totals.items()}
 
 
-def _direct_tensors(model) -> dict[str, dict[str, int]]:
+def _direct_tensors(walk: _Walk) -> dict[str, dict[str, int]]:
     """Tensors held directly by a module that also has children (``cls.predictions.bias``): splitting
     such a module in a device map needs an entry for each of them."""
-    tied = set(getattr(model, "all_tied_weights_keys", None) or {})
     found: dict[str, dict[str, int]] = {}
-    for name, module in model.named_modules():
-        if next(module.children(), None) is None:
+    for (name, module), (params, buffers) in zip(walk.modules, walk.own):
+        if not module._modules:
             continue
-        own = [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]
-        for local, tensor in own:
+        for local, tensor in params + buffers:
             full = f"{name}.{local}" if name else local
-            if tensor is not None and full not in tied:
+            if full not in walk.tied:
                 found.setdefault(name, {})[full] = tensor.numel() * tensor.element_size()
     return found
 
 
-def _no_split(model) -> frozenset:
+def _no_split(walk: _Walk) -> frozenset:
     """Names of the modules whose class is in ``_no_split_modules``: each must stay on one device."""
-    classes = set(getattr(model, "_no_split_modules", None) or [])
-    return frozenset(name for name, module in model.named_modules() if type(module).__name__ in classes)
+    return frozenset(name for name, module in walk.modules if type(module).__name__ in walk.no_split_classes)
 
 
 def _blocks(model) -> list[str]:
@@ -552,19 +570,20 @@ def _blocks(model) -> list[str]:
     or one that must stay whole, is one block. Modules without tensors are left out."""
     from torch import nn
 
-    no_split = set(getattr(model, "_no_split_modules", None) or [])
-    holds_list = {name for name, module in model.named_modules() if isinstance(module, nn.ModuleList)}
+    walk = model if isinstance(model, _Walk) else _Walk(model)
+    holds_list = {name for name, module in walk.modules if isinstance(module, nn.ModuleList)}
     holds_list |= {prefix for name in list(holds_list) for prefix in _prefixes(name)}
+    holding = {name for (name, _), (params, buffers) in zip(walk.modules, walk.own) if params or buffers}
+    holding |= {prefix for name in list(holding) for prefix in _prefixes(name)}
 
     def opened(name: str, module) -> list[str]:
-        if name and (name not in holds_list or type(module).__name__ in no_split):
+        if name and (name not in holds_list or type(module).__name__ in walk.no_split_classes):
             return [name]
         if isinstance(module, nn.ModuleList):
             return [f"{name}.{index}" for index in range(len(module))]
         return [block for sub, child in module.named_children() for block in opened(f"{name}.{sub}" if name else sub, child)]
 
-    return [b for b in opened("", model) if any(True for _ in model.get_submodule(b).parameters())
-            or any(True for _ in model.get_submodule(b).buffers())]
+    return [b for b in opened("", walk.model) if b in holding]
 
 
 def _prefixes(name: str) -> list[str]:
