@@ -550,7 +550,7 @@ def _direct_tensors(walk: _Walk) -> dict[str, dict[str, int]]:
     such a module in a device map needs an entry for each of them."""
     found: dict[str, dict[str, int]] = {}
     for (name, module), (params, buffers) in zip(walk.modules, walk.own):
-        if not module._modules:
+        if all(child is None for child in module._modules.values()):  # a leaf (as `children()` sees it)
             continue
         for local, tensor in params + buffers:
             full = f"{name}.{local}" if name else local
