@@ -6,6 +6,17 @@ import pytest
 pytest_plugins = ["hf_notebook.testing.pytest_plugin"]
 
 
+def pytest_configure(config):
+    """Ctrl-C raises KeyboardInterrupt in this process, however the suite was started. A shell without job
+    control starts a background job (``make test &``) with SIGINT ignored, and Python then installs no
+    handler of its own: the tests that press Ctrl-C (a real SIGINT to the main thread) would wait out the
+    whole download instead, as no notebook user's kernel ever does."""
+    import signal
+
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 @pytest.fixture(scope="session")
 def tiny_hub(hub_store, tmp_path_factory):
     """The tiny models of every architecture, published once into the session's stand-in."""
