@@ -44,9 +44,9 @@ def quantization_config(quantize: Optional[str], *, compute_dtype: Optional[str]
         _need("bitsandbytes", quantize)
         from transformers import BitsAndBytesConfig
 
-        from .quiet import quiet_loggers
+        from .quiet import only_errors_from
 
-        with quiet_loggers("bitsandbytes.backends.cpu.ops"):  # an optional faster CPU kernel it cannot fetch
+        with only_errors_from("bitsandbytes.backends.cpu.ops"):  # an optional faster CPU kernel it cannot fetch
             import bitsandbytes  # noqa: F401
 
         if quantize == "8bit":

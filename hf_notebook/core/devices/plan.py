@@ -15,7 +15,7 @@ from typing import Any, Optional
 
 from ..errors import DeviceError, LoadError, PlanError
 from ..hub.headers import HeaderInfo
-from ..quiet import quiet_loggers
+from ..quiet import only_errors_from
 from ..units import Device, device_name, format_bytes, parse_device
 from .explain import Finding, explain
 from .placement import Placement, own_tensors, planned_placement, spread_one_device
@@ -297,7 +297,7 @@ def plan_placement(config, *, class_name: Optional[str] = None, dtype: str = "fl
 
     cls = model_class_for(config, class_name, code_folder)
     if sizes_from_load and one_device(device_map) and quantization is None and not context and not fit:
-        with quiet_loggers("accelerate.utils.modeling", "transformers.integrations.accelerate"):
+        with only_errors_from("accelerate.utils.modeling", "transformers.integrations.accelerate"):
             room_memory = get_max_memory(max_memory)
         budget = {device_name(k): int(v) for k, v in room_memory.items()}
         return Plan(model_class=cls.__name__, dtype=dtype, device_map={"": parse_device(device_map[""])},
@@ -307,7 +307,7 @@ def plan_placement(config, *, class_name: Optional[str] = None, dtype: str = "fl
         hf_quantizer, config, device_map = _quantizer(config, quantization, device_map)
     model = build_meta_model(cls, config, dtype, hf_quantizer, device_map)
     context_max = context == "max"
-    with quiet_loggers("accelerate.utils.modeling", "transformers.integrations.accelerate"):
+    with only_errors_from("accelerate.utils.modeling", "transformers.integrations.accelerate"):
         room_memory = get_max_memory(max_memory)  # (it warns of devices this machine lacks: planning for another)
         if reserve:
             room_memory = {d: max(0, int(n) - reserve) for d, n in room_memory.items()}

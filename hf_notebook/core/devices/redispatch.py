@@ -30,7 +30,7 @@ from typing import Any, Mapping, Optional
 from .. import libc
 from ..errors import DeviceError, LoadError
 from ..io_threads import InOrder
-from ..quiet import quiet_loggers
+from ..quiet import only_errors_from
 from ..owned import remove_with
 from ..units import Device, device_name, disk_needed, disk_shortfall, parse_device
 from .machine import free_bytes
@@ -214,7 +214,7 @@ class _Move:
     def _dispatch(self, device_map: dict, index: dict, folder: Optional[str]) -> None:
         from accelerate import dispatch_model
 
-        with quiet_loggers("accelerate.big_modeling", "accelerate.utils.modeling"):
+        with only_errors_from("accelerate.big_modeling", "accelerate.utils.modeling"):
             dispatch_model(self.model, device_map, main_device=self.main if device_map is self.new_map else None,
                            offload_dir=folder if index else None, offload_index=index or None,
                            skip_keys=getattr(self.model, "_skip_keys_device_placement", None))

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from ..errors import IncompatibleVersion, PlanError
-from ..quiet import quiet_loggers
+from ..quiet import only_errors_from
 from ..units import format_bytes
 from .targets import Target
 
@@ -295,7 +295,7 @@ def _rules(model: _Model, tp: int, pp: int, ep: int) -> tuple[dict, dict]:
                                   "PreTrainedModel._resolve_parallel_plans, which hf_notebook uses.",
                                   hint="Install the versions hf_notebook was tested with (constraints.txt).")
     try:
-        with quiet_loggers("transformers.distributed.mixin"):
+        with only_errors_from("transformers.distributed.mixin"):
             tp_rules, ep_rules, _ = resolve(DistributedConfig(tp_size=tp, pp_size=pp, ep_size=ep))
     except ValueError as exc:
         raise PlanError(f"transformers refuses tp={tp}, pp={pp}, ep={ep} for {model.model_type}: {exc}",

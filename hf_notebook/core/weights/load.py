@@ -26,7 +26,7 @@ from ..dtypes import converts, torch_dtype
 from ..events import OnEvent, ShardProgress, emit
 from ..hub.fetch import Checkpoint
 from ..hub.headers import HeaderInfo, local_headers
-from ..quiet import interrupts_kept, quiet_loggers
+from ..quiet import interrupts_kept, only_errors_from
 
 
 class _ShardCounter:
@@ -168,7 +168,7 @@ def materialize(checkpoint: Checkpoint, config, plan: Plan, *, offload_folder: s
     pools: list = []
     try:
         with _observing(counters, releaser, plan.dtype), loader_pools() as pools, \
-                quiet_loggers("accelerate.big_modeling"), interrupts_kept():
+                only_errors_from("accelerate.big_modeling"), interrupts_kept():
             model = cls.from_pretrained(str(checkpoint.folder), config=config, dtype=torch_dtype(plan.dtype),
                                         device_map=dict(plan.device_map), offload_folder=offload_folder,
                                         use_safetensors=not pickled, weights_only=True, local_files_only=True,
