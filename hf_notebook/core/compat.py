@@ -36,12 +36,29 @@ def abort_xet_downloads() -> None:
 
 def response_socket(response: Any) -> Optional[socket.socket]:
     """The socket an httpx response is read from (httpcore's ``network_stream`` extension), or None."""
-    stream = getattr(response, "extensions", {}).get("network_stream")
+    return stream_socket(getattr(response, "extensions", {}).get("network_stream"))
+
+
+def stream_socket(stream: Any) -> Optional[socket.socket]:
+    """The socket under an httpcore network stream, or None."""
     try:
         sock = stream.get_extra_info("socket") if stream is not None else None
     except Exception:
         return None
     return sock if isinstance(sock, socket.socket) else None
+
+
+def trace_request(request: Any, trace: Callable[[str, dict], None]) -> None:
+    """Have httpcore report each step of ``request`` to ``trace(event, info)`` (its documented ``trace``
+    request extension), after any trace already set; what ``trace`` raises ends the request."""
+    earlier = request.extensions.get("trace")
+
+    def both(event: str, info: dict) -> None:
+        if earlier is not None:
+            earlier(event, info)
+        trace(event, info)
+
+    request.extensions = {**request.extensions, "trace": both if earlier is not None else trace}
 
 
 def hub_http_client() -> Any:

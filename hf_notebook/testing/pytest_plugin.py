@@ -96,6 +96,7 @@ def _reset(server: HubServer) -> None:
     server.fail_after_bytes = None
     server.ignore_range = False
     server.errors = {}
+    server.answer_delay = {}
     server.retry_after = None
     server.token = None
     server.token_role = "write"

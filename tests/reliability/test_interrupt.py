@@ -73,6 +73,42 @@ def transformers_model(folder):
     return transformers.AutoModelForCausalLM.from_pretrained(folder)
 
 
+@pytest.mark.parametrize("connection", ["new", "used before"])
+def test_a_download_waiting_for_its_answer_stops_at_once(hub_server, tiny_hub, hf_cache, connection):
+    """A call is cancelled while one of its downloads waits for the server's first byte, on a new connection or
+    on one the call used before (the client's pool hands it back): the download ends at once, not when the
+    server answers nor after huggingface_hub's one-second pause before it tries a failed download again."""
+    import huggingface_hub
+    from huggingface_hub import get_session, hf_hub_url
+    from huggingface_hub.file_download import http_get
+
+    from hf_notebook.core.hub.transfer import Downloads, in_parallel
+
+    huggingface_hub.close_session()  # no idle connection from earlier tests: "new" opens one
+    url = lambda name: hf_hub_url("tiny/llama", name, endpoint=hub_server.endpoint)  # noqa: E731
+    hub_server.answer_delay = {"generation_config.json": 5.0}
+    waiting = threading.Event()
+
+    def get(name):
+        if name == "slow":
+            if connection == "used before":
+                get_session().get(url("config.json")).raise_for_status()  # back into the pool, kept alive
+            waiting.set()
+            with open(hf_cache / "slow.part", "wb") as out:
+                http_get(url("generation_config.json"), out)
+        else:
+            waiting.wait(5)
+            time.sleep(0.3)  # the slow request is sent and waits
+            raise RuntimeError("another download of the call failed")
+
+    started = time.perf_counter()
+    with pytest.raises(RuntimeError, match="another download"):
+        in_parallel(get, ["slow", "failing"], Downloads())
+    took = time.perf_counter() - started - 0.3
+    assert took < 0.5, f"the waiting download ended {took:.2f} s after the failure"
+    assert _fetch_threads() == []
+
+
 def test_a_dropped_connection_resumes_where_it_stopped(shell, big_repo_both, hf_cache, hub_server, request):
     """The stand-in cuts a 6 MB shard's body after 2.5 MB. Plain HTTP resumes from its last 64 kB chunk; hf_xet
     fetches the cut xorb range again (one term, not the file)."""

@@ -4,9 +4,11 @@ huggingface_hub fetches a file either over HTTP (``http_get``, reading it in chu
 Xet storage (``xet_get``: hf_xet, a Rust client with threads of its own). Both drive a tqdm-like
 progress object; neither stops early when asked, and an exception raised in hf_xet's progress
 callback is printed and ignored. So :class:`Downloads` stops them from outside: a cancelled call
-aborts hf_xet's session and shuts down the socket of every HTTP response its threads are reading
-(hooks on huggingface_hub's shared client, active only for threads of ours), and those threads end
-with :class:`Cancelled` at once, whatever the link speed.
+aborts hf_xet's session and shuts down the socket of every HTTP connection its threads have used
+(hooks on huggingface_hub's shared client and httpcore's ``trace`` extension, active only for
+threads of ours), and those threads end with :class:`Cancelled` at once, whatever the link speed.
+A cut connection's error becomes :class:`Cancelled` where it is raised: huggingface_hub would
+otherwise take it for a network failure, sleep a second and try again.
 """
 
 from __future__ import annotations
@@ -80,12 +82,24 @@ class Downloads:
         if self.cancelled.wait(seconds):
             raise Cancelled()
 
-    def _opened(self, response: Any) -> None:
-        sock = compat.response_socket(response)
+    def _watch(self, sock: Optional[socket.socket]) -> None:
         if sock is not None:
             with self._lock:
                 self._sockets.add(sock)
+
+    def _opened(self, response: Any) -> None:
+        self._check()
+        self._watch(compat.response_socket(response))
         compat.wrap_response_stream(response, self._check)
+
+    def _trace(self, event: str, info: dict) -> None:
+        """httpcore's report on one step of a request: new connections are watched, and once cancelled, a
+        step that starts or fails raises :class:`Cancelled` (a request waiting on a cut connection, or about to
+        start one). Closing steps are left alone: httpcore must put its connection pool in order."""
+        if event == "connection.connect_tcp.complete":
+            self._watch(compat.stream_socket(info.get("return_value")))
+        if self.cancelled.is_set() and event.endswith((".started", ".failed")) and "close" not in event:
+            raise Cancelled() from info.get("exception")
 
     def _check(self, failure: Optional[BaseException] = None) -> None:
         if self.cancelled.is_set():
@@ -94,8 +108,9 @@ class Downloads:
 
 def _on_request(request: Any) -> None:
     downloads = _WATCHED.get(threading.get_ident())
-    if downloads is not None and downloads.cancelled.is_set():
-        raise Cancelled()
+    if downloads is not None:
+        downloads._check()
+        compat.trace_request(request, downloads._trace)
 
 
 def _on_response(response: Any) -> None:

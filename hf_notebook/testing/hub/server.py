@@ -152,6 +152,7 @@ class HubServer:
         self.fail_after_bytes: int | None = None
         self.ignore_range = False
         self.errors: dict[str, int | list[int]] = {}
+        self.answer_delay: dict[str, float] = {}  # path piece -> seconds before the answer starts (a slow first byte)
         self.retry_after: str | None = None
         self.requests: list[tuple[str, str]] = []
         self.lfs_uploads: list[str] = []
@@ -249,6 +250,12 @@ class HubServer:
                     headers = {"Retry-After": self.retry_after} if self.retry_after is not None else {}
                     raise HttpError(status, None, f"injected error {status}", headers)
 
+    def _delay_answer(self, path: str) -> None:
+        """Wait as long as the ``answer_delay`` knob asks for ``path`` before answering."""
+        with self._lock:
+            delay = max((seconds for piece, seconds in self.answer_delay.items() if piece in path), default=0.0)
+        time.sleep(delay)
+
     def _take_fail_after(self, length: int) -> int | None:
         """Where a body of ``length`` bytes breaks off: the knob's value if below ``length`` (then cleared)."""
         with self._lock:
@@ -327,6 +334,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_json({})
             return
         self.hub._log(self.command, unquote(url.path))
+        self.hub._delay_answer(unquote(url.path))
         try:
             self.hub._injected_error(unquote(url.path))
             handler, params = self._route(url.path)
