@@ -30,8 +30,9 @@ browser-deps:
 	  else echo "chromium missing and not root: browser tests will be skipped"; fi; \
 	fi
 
+# Two pytest runs side by side (the browser tier and notebooks alongside the rest; tests/run_tiers.py).
 test: venv browser-deps
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) tests/run_tiers.py $(PYTEST_ARGS)
 
 # The core suite on the oldest and the newest huggingface_hub and transformers that pyproject.toml allows,
 # each in a venv of its own (.venv-compat-oldest, .venv-compat-newest); versions in compat/oldest.txt, newest.txt.

@@ -24,7 +24,7 @@ RECORD_MIME = {"text/html", "text/plain"}
 EDITOR = re.compile(r"^%edit_device_map \w+\s*$")  # no --set/--export: the widget
 WIDGET_REPRS = ("VBox(", "HBox(", "FloatProgress(", "HTML(value=")  # a widget's text/plain fallback
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.notebooks]
 
 
 @pytest.fixture(scope="module")
