@@ -73,20 +73,51 @@ def transformers_model(folder):
     return transformers.AutoModelForCausalLM.from_pretrained(folder)
 
 
+@pytest.fixture
+def tls_hub(hub_store, tmp_path, monkeypatch):
+    """The session's repos served over HTTPS (as the Hub and its CDN are), its certificate trusted through
+    SSL_CERT_FILE: the client is huggingface_hub's default one, made afresh for the test."""
+    import shutil
+    import ssl
+    import subprocess
+
+    import huggingface_hub
+
+    from hf_notebook.testing.hub import HubServer
+
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl command to make a certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                    "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+    huggingface_hub.close_session()
+    with HubServer(hub_store, tls=context) as server:
+        yield server
+    huggingface_hub.close_session()  # the next test's client trusts the usual certificates again
+
+
 @pytest.mark.parametrize("connection", ["new", "used before"])
-def test_a_download_waiting_for_its_answer_stops_at_once(hub_server, tiny_hub, hf_cache, connection):
+@pytest.mark.parametrize("scheme", ["http", "https"])
+def test_a_download_waiting_for_its_answer_stops_at_once(request, tiny_hub, hf_cache, scheme, connection):
     """A call is cancelled while one of its downloads waits for the server's first byte, on a new connection or
-    on one the call used before (the client's pool hands it back): the download ends at once, not when the
-    server answers nor after huggingface_hub's one-second pause before it tries a failed download again."""
+    on one the call used before (the client's pool hands it back), over HTTP and HTTPS: the download ends at once,
+    not when the server answers nor after huggingface_hub's one-second pause before it tries a failed download
+    again."""
     import huggingface_hub
     from huggingface_hub import get_session, hf_hub_url
     from huggingface_hub.file_download import http_get
 
     from hf_notebook.core.hub.transfer import Downloads, in_parallel
 
+    server = request.getfixturevalue("hub_server" if scheme == "http" else "tls_hub")
+    assert server.endpoint.startswith(f"{scheme}://")
     huggingface_hub.close_session()  # no idle connection from earlier tests: "new" opens one
-    url = lambda name: hf_hub_url("tiny/llama", name, endpoint=hub_server.endpoint)  # noqa: E731
-    hub_server.answer_delay = {"generation_config.json": 5.0}
+    url = lambda name: hf_hub_url("tiny/llama", name, endpoint=server.endpoint)  # noqa: E731
+    server.answer_delay = {"generation_config.json": 5.0}
     waiting = threading.Event()
 
     def get(name):

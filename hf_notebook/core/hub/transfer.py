@@ -88,15 +88,17 @@ class Downloads:
                 self._sockets.add(sock)
 
     def _opened(self, response: Any) -> None:
-        self._check()
         self._watch(compat.response_socket(response))
+        self._check()  # after the watch: a cancel in between still cuts this socket
         compat.wrap_response_stream(response, self._check)
 
     def _trace(self, event: str, info: dict) -> None:
         """httpcore's report on one step of a request: new connections are watched, and once cancelled, a
         step that starts or fails raises :class:`Cancelled` (a request waiting on a cut connection, or about to
-        start one). Closing steps are left alone: httpcore must put its connection pool in order."""
-        if event == "connection.connect_tcp.complete":
+        start one). Closing steps are left alone: httpcore must put its connection pool in order. Not covered:
+        a connection another thread opened (the pool hands it to ours; no step names it) is not cut while our
+        request waits on it for the server's first byte; its answer then raises :class:`Cancelled`."""
+        if event.endswith(("connect_tcp.complete", "start_tls.complete")):  # TLS wraps (and detaches) the socket
             self._watch(compat.stream_socket(info.get("return_value")))
         if self.cancelled.is_set() and event.endswith((".started", ".failed")) and "close" not in event:
             raise Cancelled() from info.get("exception")

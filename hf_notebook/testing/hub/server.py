@@ -24,6 +24,7 @@ import os
 import re
 import secrets
 import socket
+import ssl
 import sys
 import threading
 import time
@@ -112,7 +113,10 @@ class HubServer:
     ``errors`` maps a piece of a request path (``"/resolve/"``, ``"model-00002"``, ``"/api/models/"``) to
     the status to answer instead: an int for every such request, or a list consumed one request at a
     time (``[503, 503]``: fail twice, then serve; a 0 serves that one: ``[0, 503]``); ``retry_after``
-    adds that ``Retry-After`` header. ``requests`` logs ``(method, unquoted path)`` on both hosts.
+    adds that ``Retry-After`` header; ``answer_delay`` maps a path piece to seconds to wait before answering
+    (a slow first byte). ``requests`` logs ``(method, unquoted path)`` on both hosts. With ``tls`` (a
+    server-side ``ssl.SSLContext``) both hosts speak HTTPS, as the Hub and its CDN do: a client trusts
+    its certificate through ``SSL_CERT_FILE``.
 
     Xet, on as on the Hub (``xet = False``: a server without it, no Xet headers nor token routes;
     ``RepoStore.create_repo(..., xet=False)``: one LFS-only repo). Read tokens
@@ -144,6 +148,7 @@ class HubServer:
         host: str = "127.0.0.1",
         port: int = 0,
         token: str | None = None,
+        tls: ssl.SSLContext | None = None,
     ):
         self.store = store if isinstance(store, RepoStore) else RepoStore(store)
         self.token = token
@@ -163,7 +168,11 @@ class HubServer:
         self._bytes: dict[tuple[str, str], int] = {}
         self._lock = threading.Lock()
         self._servers = [_HTTPServer((host, port), _Handler, self, _HUB), _HTTPServer((host, 0), _Handler, self, _CAS)]
-        self.endpoint, self.cas_endpoint = (f"http://{host}:{httpd.server_address[1]}" for httpd in self._servers)
+        if tls is not None:  # the handshake happens in each connection's own thread, on its first read
+            for httpd in self._servers:
+                httpd.socket = tls.wrap_socket(httpd.socket, server_side=True, do_handshake_on_connect=False)
+        scheme = "http" if tls is None else "https"
+        self.endpoint, self.cas_endpoint = (f"{scheme}://{host}:{httpd.server_address[1]}" for httpd in self._servers)
         self._threads: list[threading.Thread] = []
 
     def start(self) -> HubServer:
