@@ -100,8 +100,12 @@ class Downloads:
         request waits on it for the server's first byte; its answer then raises :class:`Cancelled`."""
         if event.endswith(("connect_tcp.complete", "start_tls.complete")):  # TLS wraps (and detaches) the socket
             self._watch(compat.stream_socket(info.get("return_value")))
-        if self.cancelled.is_set() and event.endswith((".started", ".failed")) and "close" not in event:
-            raise Cancelled() from info.get("exception")
+        if not self.cancelled.is_set() or "close" in event:
+            return
+        failure = info.get("exception")
+        # A stream closed early (GeneratorExit) is a close too; our own Cancelled needs no second one.
+        if event.endswith(".started") or (event.endswith(".failed") and isinstance(failure, Exception)):
+            raise Cancelled() from failure
 
     def _check(self, failure: Optional[BaseException] = None) -> None:
         if self.cancelled.is_set():
