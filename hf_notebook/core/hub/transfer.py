@@ -103,8 +103,10 @@ class Downloads:
         if not self.cancelled.is_set() or "close" in event:
             return
         failure = info.get("exception")
-        # A stream closed early (GeneratorExit) is a close too; our own Cancelled needs no second one.
-        if event.endswith(".started") or (event.endswith(".failed") and isinstance(failure, Exception)):
+        # A stream closed early (GeneratorExit) is a close too. Before a TLS handshake httpcore holds a bare socket
+        # it would not close: the next step raises instead, on a connection httpcore closes.
+        started = event.endswith(".started") and "start_tls" not in event
+        if started or (event.endswith(".failed") and isinstance(failure, Exception)):
             raise Cancelled() from failure
 
     def _check(self, failure: Optional[BaseException] = None) -> None:
