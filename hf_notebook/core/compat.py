@@ -50,14 +50,17 @@ def stream_socket(stream: Any) -> Optional[socket.socket]:
 
 def trace_request(request: Any, trace: Callable[[str, dict], None]) -> None:
     """Have httpcore report each step of ``request`` to ``trace(event, info)`` (its documented ``trace``
-    request extension), after any trace already set; what ``trace`` raises ends the request."""
+    request extension), after any trace already set; what ``trace`` raises ends the request. A redirect's
+    request carries the extensions of the first: ``trace`` is not set twice."""
     earlier = request.extensions.get("trace")
+    if earlier == trace or getattr(earlier, "after", None) == trace:
+        return
 
     def both(event: str, info: dict) -> None:
-        if earlier is not None:
-            earlier(event, info)
+        earlier(event, info)
         trace(event, info)
 
+    both.after = trace
     request.extensions = {**request.extensions, "trace": both if earlier is not None else trace}
 
 
