@@ -64,6 +64,16 @@ def trace_request(request: Any, trace: Callable[[str, dict], None]) -> None:
     request.extensions = {**request.extensions, "trace": both if earlier is not None else trace}
 
 
+def module_slots(module: Any) -> tuple[Any, Any]:
+    """A torch module's own parameter and buffer slots, name -> tensor or None (``_parameters`` / ``_buffers``,
+    written against torch 2.13): read directly, a walk over a big model's modules costs half what
+    ``named_parameters(recurse=False)`` does. Without them, the public calls' answers."""
+    try:
+        return module._parameters, module._buffers
+    except AttributeError:
+        return dict(module.named_parameters(recurse=False)), dict(module.named_buffers(recurse=False))
+
+
 def hub_http_client() -> Any:
     """huggingface_hub's shared HTTP client (public: ``huggingface_hub.get_session``)."""
     from huggingface_hub import get_session

@@ -21,6 +21,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional
 
+from ..compat import module_slots
 from ..dtypes import itemsize
 from ..units import device_name, device_sort_key, numel
 from .offloaded import offload_hooks, unwrap
@@ -302,11 +303,15 @@ def _owner(name: str, keys: Mapping[str, Any]) -> Optional[str]:
     return name
 
 
-def own_tensors(tensors: Mapping[str, Any]) -> list[tuple[str, Any]]:
-    """A module's own ``(name, tensor)`` pairs (``_parameters`` or ``_buffers``), as ``named_parameters(recurse=False)``
-    gives them: without empty slots, and a tensor held under two names once."""
+def own_tensors(module: Any) -> tuple[list[tuple[str, Any]], list[tuple[str, Any]]]:
+    """A module's own ``(name, tensor)`` parameters and buffers, as ``named_parameters(recurse=False)`` and
+    ``named_buffers(recurse=False)`` give them: without empty slots, and a tensor held under two names once."""
+    return tuple(_distinct(slots) for slots in module_slots(module))
+
+
+def _distinct(slots: Mapping[str, Any]) -> list[tuple[str, Any]]:
     seen: set = set()
-    return [(k, t) for k, t in tensors.items() if t is not None and not (id(t) in seen or seen.add(id(t)))]
+    return [(k, t) for k, t in slots.items() if t is not None and not (id(t) in seen or seen.add(id(t)))]
 
 
 def measure_placement(model: Any, device_map: Optional[Mapping[str, Any]] = None) -> Placement:
@@ -325,8 +330,8 @@ def measure_placement(model: Any, device_map: Optional[Mapping[str, Any]] = None
     units: dict[str, dict[tuple[str, bool], list[int]]] = {}  # unit -> (device, offloaded) -> [params, buffers]
     modules = dict(model.named_modules())
     for mod_name, module in modules.items():
-        tensors = [(0, n, t) for n, t in own_tensors(module._parameters)]
-        tensors += [(1, n, t) for n, t in own_tensors(module._buffers)]
+        params, buffers = own_tensors(module)
+        tensors = [(0, n, t) for n, t in params] + [(1, n, t) for n, t in buffers]
         for kind, local, tensor in tensors:
             full = f"{mod_name}.{local}" if mod_name else local
             on_meta = tensor.device.type == "meta"  # offloaded: its owners' hooks say where it is

@@ -394,7 +394,7 @@ class _Walk:
     def __init__(self, model):
         self.model = model
         self.modules = list(model.named_modules())
-        self.own = [(own_tensors(module._parameters), own_tensors(module._buffers)) for _, module in self.modules]
+        self.own = [own_tensors(module) for _, module in self.modules]
         self.tied = getattr(model, "all_tied_weights_keys", None) or {}
         self.no_split_classes = set(getattr(model, "_no_split_modules", None) or [])
 
