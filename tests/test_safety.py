@@ -117,3 +117,41 @@ def test_tokenizer_missing_fails_before_the_weights_and_binds_nothing(shell, tin
     with pytest.raises(UsageError, match="has no tokenizer files"):
         shell.run_line_magic("load_model", "tiny/llama --tokenizer --as m")
     assert "m" not in shell.user_ns and "m_tokenizer" not in shell.user_ns
+
+
+def test_a_hub_answering_another_commit_than_the_full_sha_asked_runs_and_fetches_nothing(
+        shell, code_repo, hub_store, hub_server, hf_cache, tmp_path):
+    """A broken mirror or a tampering proxy answers the audited sha with another commit, whose code would run:
+    refused before any file is fetched, and nothing is bound."""
+    repo_id, audited, files = code_repo
+    marker = tmp_path / "ran"
+    evil = dict(files)
+    evil["modeling_tiny.py"] = files["modeling_tiny.py"] + f"\nopen({str(marker)!r}, 'w').close()\n".encode()
+    other = hub_store.commit(repo_id, evil, message="not what was audited")
+    hub_server.answer_commit = {audited: other}
+    hub_server.reset_counters()
+    with pytest.raises(UsageError) as info:
+        shell.run_line_magic("load_model", f"{repo_id}@{audited} --trust-remote-code --as m")
+    assert f"Asked for commit {audited}" in str(info.value) and f"answered commit {other}" in str(info.value)
+    assert "Nothing was downloaded" in str(info.value)
+    assert not marker.exists() and "m" not in shell.user_ns
+    assert hub_server.bytes_served(repo_id) == 0
+    assert not list(hf_cache.rglob("modeling_tiny.py"))
+
+
+def test_a_short_sha_or_a_name_answered_with_an_unrelated_commit_is_refused(shell, tiny_hub, hub_store, hub_server,
+                                                                           hf_cache):
+    v1, main = hub_store.resolve("tiny/llama", "v1"), hub_store.resolve("tiny/llama", "main")
+    hub_server.answer_commit = {v1[:10]: main}
+    with pytest.raises(UsageError, match=f"(?s)Asked for '{v1[:10]}'.*answered commit {main}.*neither"):
+        shell.run_line_magic("load_model", f"tiny/llama@{v1[:10]} --as m")
+    assert "m" not in shell.user_ns
+
+
+def test_a_repo_without_a_commit_says_so(shell, hub_store, hub_repo_id, hf_cache):
+    hub_store.create_repo(hub_repo_id)
+    with pytest.raises(UsageError, match=f"(?s){hub_repo_id} has no commit yet.*Push files to the repo first"):
+        shell.run_line_magic("load_model", f"{hub_repo_id} --as m")
+    with pytest.raises(UsageError, match="has no commit yet"):
+        shell.run_line_magic("plan_model", hub_repo_id)
+    assert "m" not in shell.user_ns

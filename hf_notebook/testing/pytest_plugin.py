@@ -97,6 +97,7 @@ def _reset(server: HubServer) -> None:
     server.ignore_range = False
     server.errors = {}
     server.answer_delay = {}
+    server.answer_commit = {}
     server.retry_after = None
     server.token = None
     server.token_role = "write"

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from ..errors import (AuthError, HfNotebookError, OfflineError, RepoNotFoundError, RevisionNotFoundError, hub_failure,
+from ..errors import (AuthError, HfNotebookError, HubError, OfflineError, RepoNotFoundError, RevisionNotFoundError, hub_failure,
                      redact, status_of)
 from ..events import Resolved
 from ..spec import ModelSpec, is_commit_sha
@@ -65,12 +66,32 @@ def _resolve_online(spec: ModelSpec, token) -> Resolution:
         raise
     except Exception as exc:  # a failing server, network down, DNS, TLS, ...
         raise (hub_failure(exc, f"the lookup of {spec}", _endpoint()) or _unreachable(spec, exc)) from None
+    _check_answer(spec, info.sha)
     kind = _kind_of(spec.revision, info.sha, api, spec.repo_id)
     sizes = {s.rfilename: s.size for s in info.siblings or []}
     hashes = {s.rfilename: s.lfs.sha256 for s in info.siblings or [] if s.lfs is not None and s.lfs.sha256}
     blobs = {s.rfilename: s.blob_id for s in info.siblings or [] if s.lfs is None and s.blob_id}
     return Resolution(pin=Resolved(spec.repo_id, spec.revision, info.sha, kind), file_sizes=sizes, file_hashes=hashes,
                       blob_ids=blobs)
+
+
+_FULL_SHA = re.compile(r"^[0-9a-f]{40}$")
+
+
+def _check_answer(spec: ModelSpec, sha) -> None:
+    """The Hub's commit for ``spec``: a full sha, and the very one asked for when a full sha was asked for.
+    Everything after this trusts it (files by sha, the lock, remote code pinned to it), so nothing is fetched
+    from an answer that names no commit or another one (a broken mirror, a proxy, a tampered answer)."""
+    if sha is None:
+        raise RevisionNotFoundError(f"{spec.repo_id} has no commit yet: there is nothing to load.",
+                                    hint="Push files to the repo first, or check the repo id.")
+    if not (isinstance(sha, str) and _FULL_SHA.match(sha)):
+        raise HubError(f"The Hub at {_endpoint()} answered {spec} with {redact(str(sha))[:60]!r}, not a commit sha.",
+                       hint="Check HF_ENDPOINT (a proxy or mirror in between?); nothing was downloaded.")
+    if spec.revision is not None and _FULL_SHA.match(spec.revision) and sha != spec.revision:
+        raise HubError(f"Asked for commit {spec.revision} of {spec.repo_id}, the Hub at {_endpoint()} answered "
+                       f"commit {sha}.",
+                       hint="Nothing was downloaded. Check HF_ENDPOINT (a proxy or mirror in between?), then try again.")
 
 
 def _kind_of(revision: Optional[str], sha: str, api, repo_id: str) -> str:
@@ -81,7 +102,13 @@ def _kind_of(revision: Optional[str], sha: str, api, repo_id: str) -> str:
     if is_commit_sha(revision) and sha.startswith(revision):
         return "sha"
     refs = with_retries(lambda: api.list_repo_refs(repo_id))
-    return "tag" if revision in {t.name for t in refs.tags} else "branch"
+    if revision.removeprefix("refs/tags/") in {t.name for t in refs.tags}:
+        return "tag"
+    if revision.removeprefix("refs/heads/") in {b.name for b in refs.branches}:
+        return "branch"
+    raise HubError(f"Asked for {revision!r} of {repo_id}, the Hub at {_endpoint()} answered commit {sha}, which "
+                   f"is neither that commit nor a branch or tag of that name.",
+                   hint="Nothing was downloaded. Check HF_ENDPOINT (a proxy or mirror in between?), then try again.")
 
 
 RETRY_WAITS = (0.5, 1.0, 2.0)  # seconds before each retry; a Retry-After up to 30 s wins

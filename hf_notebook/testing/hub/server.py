@@ -114,7 +114,8 @@ class HubServer:
     the status to answer instead: an int for every such request, or a list consumed one request at a
     time (``[503, 503]``: fail twice, then serve; a 0 serves that one: ``[0, 503]``); ``retry_after``
     adds that ``Retry-After`` header; ``answer_delay`` maps a path piece to seconds to wait before answering
-    (a slow first byte). ``requests`` logs ``(method, unquoted path)`` on both hosts. With ``tls`` (a
+    (a slow first byte); ``answer_commit`` maps a revision asked for to another one the server answers
+    with instead (a broken mirror or a tampering proxy: every route that names a revision). ``requests`` logs ``(method, unquoted path)`` on both hosts. With ``tls`` (a
     server-side ``ssl.SSLContext``) both hosts speak HTTPS, as the Hub and its CDN do: a client trusts
     its certificate through ``SSL_CERT_FILE``.
 
@@ -158,6 +159,7 @@ class HubServer:
         self.ignore_range = False
         self.errors: dict[str, int | list[int]] = {}
         self.answer_delay: dict[str, float] = {}  # path piece -> seconds before the answer starts (a slow first byte)
+        self.answer_commit: dict[str, str] = {}  # revision asked for -> the one answered instead (a lying mirror)
         self.retry_after: str | None = None
         self.requests: list[tuple[str, str]] = []
         self.lfs_uploads: list[str] = []
@@ -369,6 +371,8 @@ class _Handler(BaseHTTPRequestHandler):
             if match and self.command in methods:
                 params = {key: unquote(value) for key, value in match.groupdict().items() if value is not None}
                 self.kind = params.pop("kind", None)  # "kernels": the request is for a kernel repo
+                if params.get("rev") in self.hub.answer_commit:
+                    params["rev"] = self.hub.answer_commit[params["rev"]]
                 if name in _WRITES and not self._authorized():
                     raise HttpError(401, None, "Invalid credentials in Authorization header")
                 if name in _WRITES and self.hub.token_role == "read":
