@@ -173,3 +173,63 @@ def test_each_choice_of_weights_has_its_own_entry(shell, repo, hf_cache, capsys)
     keys = set(json.loads(lock_path(shell).read_text())["models"])
     assert keys == {f"{repo_id}@main", f"{repo_id}@main --dtype bfloat16", f"{repo_id}@main --quantize int8-weight"}
     shell.run_line_magic("load_model", f"{repo_id} --dtype bfloat16 --locked --as m")  # found by the same key
+
+
+def _tamper_cached_shard(cache: Path, repo_id: str) -> str:
+    """Change one weight byte of a cached shard and give its blob the name of its new sha256, as someone
+    who knows huggingface_hub's layout would (the cache is then self-consistent). Returns the shard's name."""
+    import hashlib
+    import struct
+
+    repo = cache / ("models--" + repo_id.replace("/", "--"))
+    link = sorted(next((repo / "snapshots").iterdir()).glob("*.safetensors"))[0]
+    blob = Path(os.path.realpath(link))
+    data = bytearray(blob.read_bytes())
+    data[8 + struct.unpack("<Q", data[:8])[0] + 16] ^= 0xFF
+    new = repo / "blobs" / hashlib.sha256(data).hexdigest()
+    new.write_bytes(data)
+    blob.unlink()
+    link.unlink()
+    link.symlink_to(os.path.relpath(new, link.parent))
+    return link.name
+
+
+@pytest.mark.parametrize("offline", [False, True], ids=["online", "offline"])
+def test_locked_refuses_a_file_other_than_the_one_the_lock_recorded(shell, repo, hf_cache, monkeypatch, offline):
+    """--locked pins the files too: a cache changed behind the lock's back (a self-consistent blob swap) is
+    refused, offline, where the lock file is the only record, and online."""
+    repo_id, shas, _ = repo
+    shell.run_line_magic("load_model", f"{repo_id} --as m")
+    name = _tamper_cached_shard(hf_cache, repo_id)
+    if offline:
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+        with pytest.raises(UsageError) as info:
+            shell.run_line_magic("load_model", f"{repo_id} --locked --as again")
+        assert f"{name}: its sha256 is" in str(info.value) and "as the lock file records" in str(info.value)
+    else:  # online the damaged copy is fetched again, and the fresh one is the recorded one
+        shell.run_line_magic("load_model", f"{repo_id} --locked --as again")
+        got, want = shell.user_ns["again"].state_dict(), shell.user_ns["m"].state_dict()
+        assert all(torch.equal(got[k], v) for k, v in want.items())
+    assert offline is ("again" not in shell.user_ns)
+
+
+@pytest.mark.parametrize("offline", [False, True], ids=["online", "offline"])
+def test_locked_refuses_a_lock_entry_whose_hash_was_edited(shell, repo, hf_cache, monkeypatch, offline):
+    repo_id, shas, _ = repo
+    shell.run_line_magic("load_model", f"{repo_id} --as m")
+    data = json.loads(lock_path(shell).read_text())
+    entry = data["models"][f"{repo_id}@main"]
+    name = next(n for n in entry["files"] if n.endswith(".safetensors"))
+    entry["files"][name]["sha256"] = "0" * 64
+    lock_path(shell).write_text(json.dumps(data))
+    if offline:
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(UsageError) as info:
+        shell.run_line_magic("load_model", f"{repo_id} --locked --as again")
+    assert name in str(info.value) and "not 000000000000… as the lock file records" in str(info.value)
+    assert "again" not in shell.user_ns
+    assert json.loads(lock_path(shell).read_text())["models"][f"{repo_id}@main"]["files"][name]["sha256"] == "0" * 64
+    if not offline:  # a plain load records what the Hub's hash vouches for, not the edited one
+        shell.run_line_magic("load_model", f"{repo_id} --as m")
+        fixed = json.loads(lock_path(shell).read_text())["models"][f"{repo_id}@main"]["files"][name]["sha256"]
+        assert fixed != "0" * 64

@@ -235,6 +235,8 @@ class _Pipeline:
         opts, stages = self.opts, self.stages
         stages.start("resolve", str(self.spec))
         self.resolution = resolve(self.spec, offline=opts.offline, cache_dir=opts.cache_dir, token=opts.token)
+        if opts.locked_files:  # --locked: every file read is also checked against the lock file's record
+            self.resolution = replace(self.resolution, locked=dict(opts.locked_files))
         emit(self.on_event, self.resolution.pin)
         if opts.trust_remote_code:
             _check_pinned_for_code(self.spec, self.resolution)

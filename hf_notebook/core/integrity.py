@@ -104,10 +104,10 @@ def default_memo() -> Verified:
 
 
 def problem_with(path: Path, memo: Verified, expected_size: Optional[int] = None,
-                 sha256: Optional[str] = None, git_sha1: Optional[str] = None) -> Optional[str]:
+                 sha256: Optional[str] = None, git_sha1: Optional[str] = None, source: str = "the Hub") -> Optional[str]:
     """Why the cached file at ``path`` is not what it should be, or None when it is: of ``expected_size``, with
-    content of the Hub's ``sha256`` (LFS files) or ``git_sha1`` (the others) when known, else of the digest its
-    repo cache entry's name promises."""
+    content of the ``sha256`` (LFS files) or ``git_sha1`` (the others) that ``source`` records when known, else
+    of the digest its repo cache entry's name promises."""
     blob = Path(os.path.realpath(path))
     promise = ("sha256", sha256) if sha256 else ("git-sha1", git_sha1) if git_sha1 else expected_digest(repo_entry(path))
     try:
@@ -115,7 +115,7 @@ def problem_with(path: Path, memo: Verified, expected_size: Optional[int] = None
     except OSError as exc:
         return f"it cannot be read ({exc.strerror})"
     if expected_size is not None and st.st_size != expected_size:
-        return f"it has {st.st_size} bytes, not {expected_size}"
+        return f"it has {st.st_size} bytes, not {expected_size} as {source} records"
     if promise is None:
         return None
     identity = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, promise[1]]
@@ -124,6 +124,6 @@ def problem_with(path: Path, memo: Verified, expected_size: Optional[int] = None
     kind, oid = promise
     actual = digest_of(blob, kind)
     if actual != oid:
-        return f"its {kind} is {actual[:12]}…, not {oid[:12]}… as the Hub records"
+        return f"its {kind} is {actual[:12]}…, not {oid[:12]}… as {source} records"
     memo.add(blob, identity)
     return None

@@ -50,6 +50,7 @@ class LoadOptions:
     offline: bool = False
     force_download: bool = False
     token: Any = None  # never shown: see __repr__
+    locked_files: Optional[dict] = None  # --locked: file -> {"size", "sha256"} as the lock file records them
 
     @classmethod
     def parse(cls, *, class_name: Optional[str] = None, dtype: Optional[str] = "auto", device_map: Any = "auto",
@@ -86,7 +87,7 @@ class LoadOptions:
         return replace(self, **changes)
 
     def __repr__(self) -> str:
-        shown = {k: v for k, v in self.__dict__.items() if k != "token"}
+        shown = {k: v for k, v in self.__dict__.items() if k not in ("token", "locked_files")}
         token = "" if self.token is None else ", token=<hidden>"
         return f"LoadOptions({', '.join(f'{k}={v!r}' for k, v in shown.items())}{token})"
 

@@ -130,7 +130,9 @@ class Session:
         options = self.options(load=True, tokenizer=bool(tokenizer), **given)
         tokenizer_name = (tokenizer if isinstance(tokenizer, str) and tokenizer else f"{name}_tokenizer") \
             if tokenizer else None
-        spec, key = self._locked_spec(str(spec), options, locked=locked, update=update)
+        spec, key, files = self._locked_spec(str(spec), options, locked=locked, update=update)
+        if files:
+            options = options.with_(locked_files=files)
         return LoadRequest(spec, options, name, tokenizer_name, key, update or locked)
 
     def run(self, request: LoadRequest, *, on_event: Any = None):
@@ -443,7 +445,8 @@ class Session:
         return self.lock_path
 
     def _locked_spec(self, spec: str, options: LoadOptions, *, locked: bool, update: bool) -> tuple:
-        """The spec to load and its lock key: under ``locked``, the locked sha (after checking for drift)."""
+        """The spec to load, its lock key and the files the lock records: under ``locked``, the locked sha (after
+        checking for drift) and its files' sizes and sha256, which the load checks every file it reads against."""
         from .hub import lock
         from .option_table import key_args
         from .spec import parse_spec
@@ -455,12 +458,12 @@ class Session:
             if locked or update:
                 raise OptionError("A local folder has no Hub revision to lock; --locked and --update are for Hub "
                                   "models.")
-            return spec, None
+            return spec, None, None
         key = lock.key_of(parsed.repo_id, parsed.revision, tuple(key_args(options)))
         path = self.lock_path
         entry = lock.read(path).get(key) if path else None  # a damaged lock file is named before the load
         if not locked:
-            return spec, key
+            return spec, key, None
         if entry is None:
             raise LockError(f"The lock file {path} has no entry for {key}.",
                             hint="Load it once without --locked (or with --update) to record it.")
@@ -473,7 +476,7 @@ class Session:
                 raise LockError(f"{key} has moved on the Hub: the lock file pins {entry['sha']}, the Hub now has {now}.",
                                 hint=f"Load the locked commit with %load_model {parsed.repo_id}@{entry['sha']}, or take "
                                      "the new one with --update.")
-        return f"{parsed.repo_id}@{entry['sha']}", key
+        return f"{parsed.repo_id}@{entry['sha']}", key, dict(entry.get("files", {}))
 
     def _record_lock(self, result: Any, key: Optional[str], move: bool) -> Optional[LockUpdate]:
         """Record a Hub load in the lock file; an existing entry moves only with ``move``. The model is bound

@@ -379,7 +379,7 @@ class HubFiles(SourceFiles):
                 self.damaged[name] = f"{problem} ({os.path.realpath(cached)})"
                 return None
             log.warning("%s in the cache is damaged (%s): downloading it again", name, problem)
-            self._drop_plain_pointer(Path(cached))
+            self._drop_pointer(Path(cached))
             force = True
         if self.offline:
             if required and not name.endswith(GENERATION_CONFIG):
@@ -391,6 +391,10 @@ class HubFiles(SourceFiles):
             log.warning("%s came from the cache's shared store damaged (%s): downloading it again", name, problem)
             path, transferred = self._download(name, True)  # huggingface_hub then replaces the store's copy
             problem = self._problem(name, path)
+        if problem is not None and problem.endswith("the lock file records"):
+            raise LoadError(f"{name} of {self.res.repo_id}@{self.res.sha[:12]} is not the file the lock file "
+                            f"recorded: {problem}.", hint="Nothing was bound. Check the lock file (%lock --check), or "
+                            "record what the Hub has now with --update instead of --locked.")
         if problem is not None:
             raise LoadError(f"{name} of {self.res.repo_id}@{self.res.sha[:12]} arrived damaged: {problem}.",
                             hint="Run the cell again; if it keeps happening, the network or a proxy alters downloads.")
@@ -404,16 +408,22 @@ class HubFiles(SourceFiles):
         sha256, git_sha1 = self.res.file_hashes.get(name), self.res.blob_ids.get(name)
         if sha256 is None and git_sha1 is None and not path.is_symlink() and self._links_in_cache():
             return "it is a plain file where huggingface_hub keeps a link to its blob, so it was put there by hand"
-        return problem_with(path, self.memo, self.res.file_sizes.get(name), sha256, git_sha1)
+        problem = problem_with(path, self.memo, self.res.file_sizes.get(name), sha256, git_sha1)
+        facts = self.res.locked.get(name)
+        if problem is None and facts is not None:  # --locked: the file is also the one the lock file recorded
+            problem = problem_with(path, self.memo, facts["size"], facts["sha256"], source="the lock file")
+        return problem
 
-    def _drop_plain_pointer(self, path: Path) -> None:
-        """A plain file in this repo's own snapshot folder stands where huggingface_hub keeps a link, and a forced
-        download would leave it there: remove it (only that: a link, a blob, anything outside is never touched)."""
+    def _drop_pointer(self, path: Path) -> None:
+        """Remove the damaged file's entry in this repo's own snapshot folder, before a forced download: a forced
+        download writes the right blob but leaves an existing entry as it is (a plain file put there by hand, or a
+        link to another blob), which would still be what the load reads. Only the entry goes: what a link points
+        to (a blob, maybe shared with other repos) and anything outside the snapshot folder are never touched."""
         from .resolve import repo_cache_folder
 
         snapshots = Path(os.path.abspath(repo_cache_folder(self.res.repo_id, self.cache_dir) / "snapshots"))
         entry = Path(os.path.abspath(path))
-        if entry.is_relative_to(snapshots) and not entry.is_symlink() and entry.is_file():
+        if entry.is_relative_to(snapshots) and (entry.is_symlink() or entry.is_file()):
             entry.unlink()
 
     def _links_in_cache(self) -> bool:

@@ -143,8 +143,9 @@ def entry_for(result: Any, previous: Optional[dict] = None, options: Optional[li
     files = {}
     for name, local in sorted(result.paths.items()):
         size = os.path.getsize(local)
-        same = known.get(name, {}).get("size") == size and known[name].get("sha256")
-        files[name] = {"size": size, "sha256": same or recorded_sha256(Path(local), result.hashes.get(name))}
+        recorded, hub = known.get(name, {}), result.hashes.get(name)  # hub: what the file was checked against
+        keep = recorded.get("size") == size and recorded.get("sha256") and hub in (None, recorded["sha256"])
+        files[name] = {"size": size, "sha256": recorded["sha256"] if keep else recorded_sha256(Path(local), hub)}
     return {"repo": result.pin.repo_id, "revision": result.pin.revision or "main", "sha": result.pin.sha,
             "class": result.plan.model_class, "dtype": result.dtype, "files": files,
             "versions": {"hf_notebook": __version__, "transformers": transformers.__version__,

@@ -26,6 +26,7 @@ class Resolution:
     local_path: Optional[Path] = None
     file_hashes: dict[str, str] = field(default_factory=dict)  # sha256 of LFS files, from the Hub's metadata
     blob_ids: dict[str, str] = field(default_factory=dict)  # git blob sha1 of the other files, likewise
+    locked: dict[str, dict] = field(default_factory=dict)  # --locked: file -> {"size", "sha256"} the lock file records
 
     @property
     def repo_id(self) -> str:
