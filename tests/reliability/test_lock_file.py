@@ -76,3 +76,33 @@ def test_the_lock_file_is_readable_as_before_and_alone(shell, tiny_hub, hf_cache
     shell.run_line_magic("load_model", "tiny/llama --device-map cpu --as m")
     assert oct(path.stat().st_mode & 0o777) == oct(0o644)
     assert os.listdir(path.parent) == ["hf_notebook.lock.json"]
+
+
+def test_a_lock_file_that_is_a_link_updates_the_file_it_links_to(shell, tiny_hub, hf_cache, tmp_path):
+    """A team keeps one lock file and each notebook folder links to it: the link stays a link, the shared
+    file gets the entry, and two notebooks in different folders lock that one file (not their own folders)."""
+    import threading
+
+    from hf_notebook.core.hub import lock
+
+    shared = tmp_path / "team" / "team.lock.json"
+    shared.parent.mkdir()
+    shared.write_text(json.dumps({"format": lock.FORMAT, "models": {}}))
+    links = []
+    for folder in ("one", "two"):
+        (tmp_path / folder).mkdir()
+        links.append(tmp_path / folder / "hf_notebook.lock.json")
+        links[-1].symlink_to(os.path.relpath(shared, links[-1].parent))
+    shell.run_line_magic("config", f"HFNotebook.lock_file = {str(links[0])!r}")
+    shell.run_line_magic("load_model", "tiny/llama --device-map cpu --as m")
+    assert links[0].is_symlink() and "tiny/llama@main" in json.loads(shared.read_text())["models"]
+    entries = [{"repo": f"org/{i}", "revision": "main", "sha": "a" * 40, "files": {}} for i in range(40)]
+    threads = [threading.Thread(target=lambda part=part, link=link: [lock.update(link, e["repo"] + "@main",
+                                                                           lambda old, e=e: e) for e in part])
+               for part, link in ((entries[:20], links[0]), (entries[20:], links[1]))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(json.loads(shared.read_text())["models"]) == 41
+    assert all(link.is_symlink() for link in links)

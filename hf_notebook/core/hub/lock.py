@@ -101,8 +101,9 @@ def write(path: str | os.PathLike, entries: dict[str, dict]) -> None:
 
 def update(path: str | os.PathLike, key: str, make: Callable[[Optional[dict]], Optional[dict]]) -> tuple:
     """Change one entry under an exclusive lock: read the file as it is now, ``make(old)`` the new entry (None:
-    leave it), write. Two kernels loading at once both keep their entries. Returns ``(old, new)``."""
-    path = Path(path)
+    leave it), write. Two kernels loading at once both keep their entries. Returns ``(old, new)``. A lock file
+    that is a link (a team's shared file) is the file it links to: that file is locked and updated, the link kept."""
+    path = Path(os.path.realpath(path))
     with _locked(path):
         entries = read(path)
         old = entries.get(key)
