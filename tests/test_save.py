@@ -316,3 +316,37 @@ def test_file_region_tells_mapped_unchanged_bytes_from_the_rest(tmp_path):
     assert libc.file_region(anonymous.ctypes.data, anonymous.nbytes) is None
     del view
     mapped.close()
+
+
+@pytest.mark.parametrize("before", ["absent", "a previous save"])
+def test_a_folder_filled_by_someone_else_during_the_save_is_kept(shell, loaded, tiny_hub, hf_cache, work, before):
+    """Another kernel, process or the user puts a file at the target while the save runs: the save is refused
+    at its swap, and their file, the folder and no temporary folder are left behind."""
+    from hf_notebook.core.errors import SaveError
+
+    shell.run_line_magic("load_model", "tiny/llama --device-map cpu --as m")
+    out = work / "out"
+    if before != "absent":
+        shell.run_line_magic("save_model", f"m {out}")
+    theirs = []
+
+    def meanwhile(event):
+        if not theirs:
+            out.mkdir(exist_ok=True)
+            (out / "notes.txt").write_text("mine\n")
+            theirs.append(event)
+
+    with pytest.raises(SaveError, match="changed while this save ran") as info:
+        save_model(loaded.get("m"), out, overwrite=before != "absent", on_event=meanwhile)
+    assert theirs and (out / "notes.txt").read_text() == "mine\n"
+    assert sorted(p.name for p in work.iterdir()) == ["out"]
+    assert ".." not in str(info.value) and info.value.hint
+
+
+def test_a_refused_save_says_its_reason_and_its_hint_once(shell, tiny_hub, hf_cache, work):
+    shell.run_line_magic("load_model", "tiny/llama --device-map cpu --as m")
+    (work / "notes.txt").write_text("mine\n")
+    with pytest.raises(UsageError) as info:
+        shell.run_line_magic("save_model", f"m {work}")
+    text = str(info.value)
+    assert "notes.txt" in text and text.count("Pick a new folder") == 1 and ".." not in text

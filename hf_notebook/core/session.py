@@ -360,6 +360,8 @@ class Session:
                               reads_from=self.folders_in_use(), on_event=on_event)
         except KeyboardInterrupt:
             raise KeyboardInterrupt() from None  # not chained: the frames hold the model's tensors
+        except SaveError:
+            raise  # ours already: its message and its hint as they are
         except OSError as exc:
             raise SaveError(f"Saving into {folder} failed: {exc.strerror or exc}. The folder is as it was.") from None
 

@@ -23,6 +23,7 @@ companion files (tokenizer, chat template, ...) of the pinned snapshot.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -113,7 +114,7 @@ def save_model(result: Any, folder: str | os.PathLike, *, max_shard_size: Any = 
         files = _hashed(tmp, writer.hashes)
         source = result.pin.pinned_spec if result.pin.kind != "local" else result.pin.repo_id
         manifest = _write_manifest(tmp, files, source, out_dtype, model)
-        replaced = _swap_in(tmp, target)
+        replaced = _swap_in(tmp, target, overwrite)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -392,13 +393,34 @@ def _write_manifest(folder: Path, files: tuple[SavedFile, ...], source: str, out
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _swap_in(tmp: Path, target: Path) -> bool:
-    """Rename the finished folder into place; an existing target goes only after the new one is there."""
-    if not target.exists():
-        os.rename(tmp, target)
+def _swap_in(tmp: Path, target: Path, overwrite: bool) -> bool:
+    """Rename the finished folder into place; an existing target goes only after the new one is there. The
+    target is judged again here, as it is now: another kernel or process may have made or filled it while this
+    save ran, and what it put there must not be lost (the save is refused instead)."""
+    appeared = "(it changed while this save ran)"
+    if target.is_symlink() or (target.exists() and not target.is_dir()):
+        raise SaveError(f"{target} is no longer a folder this save can write {appeared}.",
+                        hint="Pick a new folder; the one there was left as it is.")
+    if not target.is_dir() or not any(target.iterdir()):
+        try:
+            os.rename(tmp, target)  # onto nothing, or onto an empty folder; a folder filled meanwhile refuses
+        except OSError as exc:
+            if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                raise
+            raise SaveError(f"{target} was made and filled by someone else {appeared}.",
+                            hint="Pick a new folder; theirs was left as it is.") from None
         return False
+    try:
+        _check_replaceable(target, overwrite)
+    except SaveError as exc:
+        raise SaveError(f"{exc.message.rstrip('.')} {appeared}.", hint=exc.hint) from None
     old = target.parent / f".{target.name}.hf_notebook-old-{os.getpid()}"
     os.rename(target, old)
+    foreign = _not_model_files(old)  # written into it between the check and the rename: it goes back
+    if foreign:
+        os.rename(old, target)
+        raise SaveError(f"{target} got files that are not a saved model ({', '.join(foreign[:5])}) {appeared}.",
+                        hint="Pick a new folder; the one there was left as it is.")
     try:
         os.rename(tmp, target)
     except BaseException:
