@@ -19,7 +19,7 @@ from IPython.core.magic import Magics, line_magic, magics_class
 from IPython.core.magic_arguments import argument, argument_group, magic_arguments, parse_argstring
 from traitlets import Bool, CaselessStrEnum, TraitError, Unicode, validate
 
-from .core.errors import HfNotebookError
+from .core.errors import HfNotebookError, redact
 
 _SPEC_HELP = ("org/name, org/name@REV (branch, tag, commit sha, refs/pr/N), a local folder, or (for %%load_model) "
               "a plan bound by %%plan_model --as NAME, loaded with its (edited) map.")
@@ -51,6 +51,10 @@ def _option_args(load: bool):
     return apply
 
 
+class _HelpShown(Exception):
+    """``--help`` was given: the magic's help is printed and the magic does nothing else."""
+
+
 class Cancelled(KeyboardInterrupt):
     """Ctrl-C (or the kernel's interrupt) ended an action: IPython shows this one line, no frames."""
 
@@ -68,6 +72,10 @@ def _usage_errors(method):
         interrupted = False
         try:
             return method(self, *args, **kwargs)
+        except _HelpShown:
+            return None
+        except UsageError as exc:  # a check of the magic's own: it may quote what was typed
+            raise UsageError(redact(str(exc))) from None
         except HfNotebookError as exc:
             if self.debug:
                 raise
@@ -90,12 +98,24 @@ def _parse(magic, line: str):
     IPython splits magic lines without shell rules, so ``--device-map '{"a": 0}'`` arrives
     with its quotes; users write them to keep spaces together, as in a shell.
     """
+    from IPython.utils._process_common import arg_split  # IPython's own splitter, as parse_argstring's
+
     from .core.option_table import unquote
 
+    name = f"%{magic.__name__}"
+    try:
+        words = arg_split(line, strict=False)
+    except ValueError:
+        words = line.split()
+    if "--help" in words or "-h" in words:  # as for any command line (IPython's parser has no help flag)
+        print(magic.parser.format_help().removeprefix("::\n\n  ").rstrip())  # the docstring's rst marker off
+        raise _HelpShown()
     try:
         args = parse_argstring(magic, line)
     except ValueError as exc:  # the line splitter: an unterminated quote
-        raise UsageError(f"Cannot read the line: {exc}. Close every quote you open.") from None
+        raise UsageError(redact(f"Cannot read the line: {exc}. Close every quote you open.")) from None
+    except UsageError as exc:  # argparse's words, which may quote what was typed (a token in the wrong place)
+        raise UsageError(redact(f"{exc}\nSee {name} --help.")) from None
     for key, value in vars(args).items():
         if isinstance(value, list):  # repeatable options (--set, --kw): each item as a single value
             setattr(args, key, [unquote(v) for v in value])

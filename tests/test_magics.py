@@ -62,6 +62,46 @@ def test_help_documents_every_flag(shell):
         assert flag in doc
 
 
+MAGICS = ("load_model", "plan_model", "launch_model", "models", "measure", "unload_model", "edit_device_map",
+          "save_model", "push_model", "export_model", "lock")
+
+
+@pytest.mark.parametrize("magic", MAGICS)
+def test_every_magic_answers_help_with_its_usage_and_does_nothing_else(shell, magic, capsys, hf_cache, hub_server):
+    hub_server.reset_counters()
+    assert shell.run_line_magic(magic, "--help") is None
+    out = capsys.readouterr().out
+    assert out.startswith(f"%{magic}") and out.strip() in shell.find_line_magic(magic).__doc__
+    assert not hub_server.requests
+    shell.run_line_magic(magic, "-h")
+    assert capsys.readouterr().out == out
+
+
+def test_a_wrong_line_points_to_help(shell):
+    with pytest.raises(UsageError, match="(?s)unrecognized arguments: --nope.*See %models --help"):
+        shell.run_line_magic("models", "--nope")
+
+
+CANARY = "hf_" + "Canary1234567890abcdefXYZ"
+
+
+@pytest.mark.parametrize("line", [
+    "load_model tiny/llama --dtype {t}", "load_model tiny/llama --max-memory cpu={t}",
+    "load_model tiny/llama --device-map {t}", "load_model tiny/llama@{t}", "load_model me/{t}",
+    "load_model tiny/llama --as {t}x!", "plan_model tiny/llama --target {t}", "save_model nosuch /tmp/{t}",
+    "load_model tiny/llama --quantization-config @{t}.json", "models {t} --extra",
+])
+def test_a_token_typed_in_the_wrong_place_is_never_shown_nor_sent(shell, tiny_hub, hf_cache, hub_server, capsys,
+                                                                   line):
+    magic, _, rest = line.format(t=CANARY).partition(" ")
+    hub_server.reset_counters()
+    with pytest.raises(UsageError) as info:
+        shell.run_line_magic(magic, rest)
+    out = capsys.readouterr()
+    assert CANARY not in str(info.value) + out.out + out.err
+    assert not [r for r in hub_server.requests if CANARY in r[1]]
+
+
 @pytest.mark.parametrize("line, fragment", [
     ("org//bad", "not a valid Hub repo id"),
     ("tiny/no-such-model", "does not exist"),

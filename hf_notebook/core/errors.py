@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import re
 
-_TOKEN = re.compile(r"\b(hf_[A-Za-z0-9]{8,}|api_org_[A-Za-z0-9]{8,})")
+# A user or org access token: "hf_" and 34 letters and digits today; 20 and more is token-shaped. Fewer would
+# mask words of our own ("hf_notebook" has 8) and leave messages unreadable.
+_TOKEN = re.compile(r"\b(hf_[A-Za-z0-9]{20,}|api_org_[A-Za-z0-9]{20,})")
 
 
 def redact(text: str) -> str:
@@ -25,9 +27,12 @@ class Secret(dict):
 
 
 class HfNotebookError(Exception):
-    """Base class: a message that states the problem, and a hint that says what to do."""
+    """Base class: a message that states the problem, and a hint that says what to do. Both are masked of
+    anything token-shaped: a message may quote what the user typed, and a token typed in the wrong place
+    (``--dtype hf_...``) must not come back in an output, a log or a saved notebook."""
 
     def __init__(self, message: str, *, hint: str | None = None):
+        message, hint = redact(message), (redact(hint) if hint is not None else None)
         super().__init__(message)
         self.message = message
         self.hint = hint

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from .errors import SpecError
+from .errors import SpecError, redact
 
 # The Hub's rules for repo ids (huggingface_hub.utils.validate_repo_id): an optional
 # namespace, letters, digits, "-", "_", "."; no "--" or ".." and at most 96 characters.
@@ -55,6 +55,10 @@ def parse_spec(text: str) -> ModelSpec:
     if text.startswith((".", "/", "~")) or "\\" in text:
         raise SpecError(f"Folder {text!r} does not exist.", hint="Check the path, or give a Hub repo id as org/name.")
 
+    if redact(text) != text:  # a token pasted into the wrong place: refused before it is sent in a URL
+        raise SpecError("That looks like a Hugging Face token, not a model; it was not sent anywhere.",
+                        hint="Give the model as org/name[@revision]. A token belongs in `hf auth login` (or HF_TOKEN); "
+                             "if this one was shared, revoke it at huggingface.co/settings/tokens.")
     repo_id, sep, revision = text.partition("@")
     if sep and not revision:
         raise SpecError(
