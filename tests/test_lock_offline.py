@@ -130,6 +130,21 @@ def test_offline_at_call_time_sends_no_request(shell, tiny_hub, hf_cache, hub_se
     assert all(torch.equal(got[k], v) for k, v in want.items())
 
 
+def test_unsetting_hf_hub_offline_goes_online_again_even_if_it_was_set_at_import(shell, tiny_hub, hf_cache,
+                                                                                  hub_server, monkeypatch):
+    """A kernel whose first load imported huggingface_hub while HF_HUB_OFFLINE=1 (so its setting froze at
+    offline): once the user unsets the variable, the next load goes online and huggingface_hub with it."""
+    from huggingface_hub import constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # as its import while the variable was set leaves it
+    with pytest.raises(UsageError, match="Offline, and tiny/gpt2 is not in the cache"):
+        shell.run_line_magic("load_model", "tiny/gpt2 --as m")
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    shell.run_line_magic("load_model", "tiny/gpt2 --as m")
+    assert "m" in shell.user_ns and hub_server.requests and constants.HF_HUB_OFFLINE is False
+
+
 def test_offline_cache_miss_names_the_files_and_the_command(shell, repo, hf_cache, hub_server):
     repo_id, shas, _ = repo
     with pytest.raises(UsageError, match=f"(?s)not in the cache.*hf download {repo_id} --revision {shas['first']}"):

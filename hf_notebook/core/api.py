@@ -533,13 +533,15 @@ def _summary_map(plan: Plan, device_map: dict) -> dict:
 
 
 def _hub_offline() -> bool:
-    """HF_HUB_OFFLINE as it is now: huggingface_hub reads it once, at import; a user may set it later."""
+    """HF_HUB_OFFLINE as it is now, with huggingface_hub (and transformers, which asks it) made to follow: it
+    reads the variable once, at its import, which a kernel's first load may do while the variable is set. A
+    user who sets it and later unsets it is online again."""
     from huggingface_hub import constants
 
     value = os.environ.get("HF_HUB_OFFLINE")
-    if value is not None:
-        return value.strip().upper() in ("1", "ON", "YES", "TRUE")
-    return bool(constants.HF_HUB_OFFLINE)
+    offline = value is not None and value.strip().upper() in ("1", "ON", "YES", "TRUE")
+    constants.HF_HUB_OFFLINE = offline  # a public setting of huggingface_hub's, read at each of its requests
+    return offline
 
 
 def _read_config(config_file: Path, trust_remote_code: bool):
