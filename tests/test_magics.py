@@ -102,6 +102,33 @@ def test_a_token_typed_in_the_wrong_place_is_never_shown_nor_sent(shell, tiny_hu
     assert not [r for r in hub_server.requests if CANARY in r[1]]
 
 
+def test_a_ctrl_c_while_the_loaded_model_is_bound_completes_the_load_and_says_so(shell, loaded, tiny_hub, hf_cache,
+                                                                                  monkeypatch, capsys):
+    """A real SIGINT lands between binding the variable and recording the lock: never half bound (the variable
+    set, the registry not, the old model released), and the record does not claim nothing was bound."""
+    import os
+    import signal
+    import time
+
+    from hf_notebook.core.session import Session
+
+    shell.run_line_magic("load_model", "tiny/llama --as m")
+    old = shell.user_ns["m"]
+    real = Session._record_lock
+
+    def pressed(self, *args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.05)  # Python runs a signal's handler between two bytecodes of the main thread: here
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Session, "_record_lock", pressed)
+    capsys.readouterr()
+    shell.run_line_magic("load_model", "tiny/llama --as m")
+    assert shell.user_ns["m"] is not old and loaded.get("m").model is shell.user_ns["m"]
+    assert loaded.get("m").interrupted_late and "Ctrl-C  came as the load ended" in capsys.readouterr().out
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the usual Ctrl-C afterwards
+
+
 @pytest.mark.parametrize("line, fragment", [
     ("org//bad", "not a valid Hub repo id"),
     ("tiny/no-such-model", "does not exist"),

@@ -60,6 +60,7 @@ class LoadResult:
     tokenizer: Any = None  # the tokenizer of the same pinned sha (--tokenizer)
     lock: Any = None  # what the load did to the lock file (a session.LockUpdate), or None
     replaced: Any = None  # the model it replaced under its name (a session.Replaced), or None
+    interrupted_late: bool = False  # a Ctrl-C came while the finished model was being bound: it was bound anyway
 
     @property
     def repo_id(self) -> str:

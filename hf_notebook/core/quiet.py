@@ -136,6 +136,29 @@ def gc_paused():
 
 
 @contextlib.contextmanager
+def interrupts_held():
+    """Hold back a Ctrl-C until the block ends, for a step that must not stop halfway (binding a loaded model:
+    the variable, the registry, the model it replaces). Yields a list that gets an entry per Ctrl-C held; the
+    caller says what became of it. Only the main thread gets Ctrl-C; elsewhere, or where SIGINT is not Python's
+    to handle, nothing is held."""
+    import signal
+
+    held: list = []
+    if threading.current_thread() is not threading.main_thread():
+        yield held
+        return
+    previous = signal.getsignal(signal.SIGINT)
+    if not callable(previous):  # ignored, or not installed from Python
+        yield held
+        return
+    signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
+    try:
+        yield held
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+@contextlib.contextmanager
 def interrupts_kept():
     """Keep a Ctrl-C that Python would drop, and raise it when the block ends.
 

@@ -139,17 +139,20 @@ class Session:
         """Run a checked load; bind the model (and tokenizer) only once it is whole, then record the lock
         entry (``result.lock`` says what became of it)."""
         from .api import load_model
+        from .quiet import interrupts_held
 
         result = load_model(request.spec, request.options, name=request.name, on_event=on_event)
-        previous = self.registry.get(request.name)
-        if self.namespace is not None:
-            self.namespace[request.name] = result.model
-            if request.tokenizer_name:
-                self.namespace[request.tokenizer_name] = result.tokenizer
-        self.registry.add(request.name, result)
-        if previous is not None and previous is not result:
-            result.replaced = _release(previous)
-        result.lock = self._record_lock(result, request.lock_key, request.move_lock)
+        with interrupts_held() as held:  # bound, registered, the old one released and recorded: all or nothing
+            previous = self.registry.get(request.name)
+            if self.namespace is not None:
+                self.namespace[request.name] = result.model
+                if request.tokenizer_name:
+                    self.namespace[request.tokenizer_name] = result.tokenizer
+            self.registry.add(request.name, result)
+            if previous is not None and previous is not result:
+                result.replaced = _release(previous)
+            result.lock = self._record_lock(result, request.lock_key, request.move_lock)
+        result.interrupted_late = bool(held)  # a Ctrl-C as the load ended: it completed, and its record says so
         return result
 
     # -- tensor/pipeline-parallel plans and launches -----------------------------------------------

@@ -394,6 +394,9 @@ def load_record(result: Any, title: str = "") -> Record:
         facts.append(("re-dispatched", f"{times} in place; last: {W.moves_text(result.edits[-1])}"))
     if result.offload_folder and "disk" in result.placement.devices:
         facts.append(("offload folder", result.offload_folder))
+    if getattr(result, "interrupted_late", False):
+        facts.append(("Ctrl-C", "came as the load ended, while the model was being bound: the load completed and "
+                                "the model is bound (%unload_model frees it)"))
     facts = [(k, v) for k, v in facts if v != ""]
     line = W.load_line(result)
     html_facts = [(k, _pin_html(pin) if k == "commit" else _h(v)) for k, v in facts]
