@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -78,7 +79,7 @@ print(digest(load_model({str(folder)!r}, device_map="cpu").model.state_dict()))
     assert got.strip() == want
 
 
-@pytest.mark.parametrize("damage", ["flip", "truncate", "remove"])
+@pytest.mark.parametrize("damage", ["flip", "truncate", "remove", "fifo", "folder"])
 def test_a_tampered_bundle_is_refused_naming_the_file(exported, shell, damage):
     folder, _ = exported
     shard = sorted(folder.glob("*.safetensors"))[0]
@@ -88,6 +89,12 @@ def test_a_tampered_bundle_is_refused_naming_the_file(exported, shell, damage):
         shard.write_bytes(bytes(data))
     elif damage == "truncate":
         shard.write_bytes(shard.read_bytes()[:-100])
+    elif damage == "fifo":  # reading it to hash it would wait for a writer forever
+        shard.unlink()
+        os.mkfifo(shard)
+    elif damage == "folder":
+        shard.unlink()
+        shard.mkdir()
     else:
         shard.unlink()
     with pytest.raises(UsageError, match=f"{shard.name} (in|is missing)"):
@@ -129,3 +136,56 @@ def test_export_refusals(shell, tiny_hub, hf_cache, tmp_path):
     with pytest.raises(UsageError, match="not in the cache"):
         shell.run_line_magic("export_model", f"tiny/gpt2 --to {tmp_path / 'out'} --offline")
     assert not (tmp_path / "out").exists()
+
+
+def _hf_cache_bundle(shell, tmp_path):
+    shell.run_line_magic("export_model", f"tiny/qwen2 --to {tmp_path / 'cache'} --layout hf-cache")
+    return tmp_path / "cache"
+
+
+def test_an_hf_cache_bundle_changed_after_export_is_refused_by_its_manifest(shell, tiny_hub, hf_cache, tmp_path,
+                                                                           monkeypatch):
+    """A blob swapped for another and renamed to its new sha256, the snapshot link moved to it: the cache is
+    self-consistent, and only the bundle's manifest tells. An offline load from it checks every file."""
+    import hashlib
+    import struct
+
+    from huggingface_hub import constants
+
+    bundle = _hf_cache_bundle(shell, tmp_path)
+    sha = tiny_hub["qwen2"].commits["main"]
+    repo = bundle / "models--tiny--qwen2"
+    link = sorted((repo / "snapshots" / sha).glob("*.safetensors"))[0]
+    blob = Path(os.path.realpath(link))
+    data = bytearray(blob.read_bytes())
+    data[8 + struct.unpack("<Q", data[:8])[0] + 16] ^= 0xFF
+    new = repo / "blobs" / hashlib.sha256(data).hexdigest()
+    new.write_bytes(data)
+    blob.unlink()
+    link.unlink()
+    link.symlink_to(os.path.relpath(new, link.parent))
+    monkeypatch.setenv("HF_HUB_CACHE", str(bundle))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(bundle))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(UsageError, match=f"(?s){link.name}: its sha256 is .* as the bundle's manifest records.*"
+                                         "copy it again from its source"):
+        shell.run_line_magic("load_model", f"tiny/qwen2@{sha} --as m")
+    assert "m" not in shell.user_ns
+
+
+def test_an_unchanged_hf_cache_bundle_loads_offline_checked(shell, tiny_hub, hf_cache, tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    bundle = _hf_cache_bundle(shell, tmp_path)
+    sha = tiny_hub["qwen2"].commits["main"]
+    monkeypatch.setenv("HF_HUB_CACHE", str(bundle))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(bundle))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    shell.run_line_magic("load_model", f"tiny/qwen2@{sha} --as m")
+    assert "m" in shell.user_ns
+
+
+def test_an_hf_cache_bundle_given_as_a_folder_says_how_to_load_it(shell, tiny_hub, hf_cache, tmp_path):
+    bundle = _hf_cache_bundle(shell, tmp_path)
+    with pytest.raises(UsageError, match=f"(?s)is an hf-cache bundle of tiny/qwen2@.*HF_HUB_CACHE={bundle}"):
+        shell.run_line_magic("load_model", f"{bundle} --as m")

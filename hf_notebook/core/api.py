@@ -25,6 +25,7 @@ from .devices.placement import Placement
 from .devices.plan import Plan, check_devices_exist, one_device, plan_placement, sized_by
 from .errors import HfNotebookError, LoadError, PlanError, wrapped
 from .events import Failed, OnEvent, Resolved, StageDone, StageStarted, emit
+from .hub.bundle import bundle_records
 from .hub.fetch import Checkpoint, FileFacts, HubFiles, SourceFiles, source_files
 from .hub.kernel import served
 from .hub.resolve import Resolution, record_ref, resolve
@@ -236,8 +237,10 @@ class _Pipeline:
         opts, stages = self.opts, self.stages
         stages.start("resolve", str(self.spec))
         self.resolution = resolve(self.spec, offline=opts.offline, cache_dir=opts.cache_dir, token=opts.token)
-        if opts.locked_files:  # --locked: every file read is also checked against the lock file's record
-            self.resolution = replace(self.resolution, locked=dict(opts.locked_files))
+        records = [("the lock file", dict(opts.locked_files))] if opts.locked_files else []  # --locked
+        records += bundle_records(self.resolution, opts.cache_dir)  # the cache is an hf-cache bundle
+        if records:  # every file read is also checked against these
+            self.resolution = replace(self.resolution, records=tuple(records))
         emit(self.on_event, self.resolution.pin)
         if opts.trust_remote_code:
             _check_pinned_for_code(self.spec, self.resolution)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from pathlib import Path
 from typing import Any, Optional
 
@@ -23,6 +24,10 @@ def verify_folder(folder: Path, memo: Any = None, action: str = "loaded", requir
     if not manifest_path.is_file():
         if not required:
             return None
+        if any(folder.glob("models--*/snapshots")):
+            raise BundleError(f"{folder} is a Hub cache (an hf-cache bundle), not a model folder.",
+                              hint=f"Load it as a cache: HF_HUB_CACHE={folder} HF_HUB_OFFLINE=1, then %load_model "
+                                   "org/name@<sha> --offline (its BUNDLE.md names the model).")
         raise BundleError(f"{folder} has no {MANIFEST}: nothing says its files are the ones that were saved.",
                           hint="If you trust the folder as it is (save_pretrained writes none), load it with "
                                "--no-verify (Python: no_verify=True); the record then says unverified. "
@@ -32,6 +37,10 @@ def verify_folder(folder: Path, memo: Any = None, action: str = "loaded", requir
         files = manifest["files"]
     except (ValueError, KeyError, TypeError):
         raise BundleError(f"{manifest_path} cannot be read.", hint="Export or save the folder again.") from None
+    if isinstance(manifest, dict) and manifest.get("layout") == "hf-cache":
+        raise BundleError(f"{folder} is an hf-cache bundle of {manifest.get('source')}, not a model folder.",
+                          hint=f"Load it as a cache: HF_HUB_CACHE={folder} HF_HUB_OFFLINE=1, then "
+                               f"%load_model {manifest.get('source')} --offline.")
     _check_entries(folder, files, action)
     if memo is None:
         from .integrity import default_memo
@@ -44,6 +53,9 @@ def verify_folder(folder: Path, memo: Any = None, action: str = "loaded", requir
         except OSError:
             raise BundleError(f"{name} is missing from {folder} (its manifest lists it).",
                               hint=f"Copy the whole folder again; nothing was {action}.") from None
+        if not stat.S_ISREG(st.st_mode):  # a FIFO would hang the hash, a folder fail it
+            raise BundleError(f"{name} in {folder} is not a regular file (its manifest lists a file).",
+                              hint=f"Copy the folder again; nothing was {action}.")
         if st.st_size != facts["size"]:
             raise BundleError(f"{name} in {folder} has {st.st_size} bytes, but the manifest says {facts['size']}: "
                               "it is truncated or changed.", hint=f"Copy the folder again; nothing was {action}.")

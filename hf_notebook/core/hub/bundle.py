@@ -7,7 +7,9 @@ files are downloaded), with a manifest
 (every file's size and sha256, the source ``repo@sha``) and ``BUNDLE.md`` saying how to load
 it. ``layout="hf-cache"`` writes a Hub cache tree instead (``models--org--name/blobs``,
 ``snapshots/<sha>``, ``refs``), which plain transformers loads with ``HF_HUB_CACHE=DIR
-HF_HUB_OFFLINE=1``. A load checks the folder against its manifest (``..manifest.verify_folder``).
+HF_HUB_OFFLINE=1``. A load checks the folder against its manifest (``..manifest.verify_folder``); a load
+whose Hub cache is an hf-cache bundle checks every file it reads against the bundle's manifest
+(:func:`bundle_records`).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import LoadError, OptionError
+from ..errors import BundleError, LoadError, OptionError
 from ..events import OnEvent
 from ..folders import temp_sibling
 from ..integrity import MANIFEST, expected_digest, recorded_sha256, repo_entry
@@ -179,3 +181,29 @@ def _how_to_load(resolution: Any, layout: str, target: Path) -> str:
                f"With hf_notebook: `HF_HUB_CACHE={target}` then `%load_model {spec} --offline`.\n")
     return (f"# {resolution.repo_id} at {resolution.sha}\n\nExported by hf_notebook's `%export_model` for a host "
             f"without network.\nEvery file with its size and sha256: `{MANIFEST}`.\n\n{how}")
+
+
+def bundle_records(resolution: Any, cache_dir: Any = None) -> list:
+    """``[("the bundle's manifest", files)]`` when the Hub cache a load reads is an hf-cache bundle of this repo
+    and sha (its manifest at the cache's root), else ``[]``: every file the load reads is checked against it, so a
+    bundle changed after its export (a blob swapped for another, renamed to match) is refused."""
+    from huggingface_hub import constants
+
+    if resolution.local_path is not None:
+        return []
+    path = Path(cache_dir or constants.HF_HUB_CACHE) / MANIFEST
+    if not path.is_file():
+        return []
+    again = "Copy the bundle again from its source; nothing was loaded."
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError):
+        raise BundleError(f"{path} cannot be read.", hint=again) from None
+    if not isinstance(manifest, dict) or manifest.get("layout") != "hf-cache" \
+            or manifest.get("source") != f"{resolution.repo_id}@{resolution.sha}":
+        return []  # another repo's or sha's bundle: it says nothing of these files
+    files = manifest.get("files")
+    if not (isinstance(files, dict) and all(isinstance(f, dict) and isinstance(f.get("size"), int)
+                                            and isinstance(f.get("sha256"), str) for f in files.values())):
+        raise BundleError(f"{path} has no valid size and sha256 for its files.", hint=again)
+    return [("the bundle's manifest", files)]

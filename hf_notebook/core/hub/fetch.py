@@ -395,6 +395,9 @@ class HubFiles(SourceFiles):
             raise LoadError(f"{name} of {self.res.repo_id}@{self.res.sha[:12]} is not the file the lock file "
                             f"recorded: {problem}.", hint="Nothing was bound. Check the lock file (%lock --check), or "
                             "record what the Hub has now with --update instead of --locked.")
+        if problem is not None and problem.endswith("manifest records"):
+            raise LoadError(f"{name} of {self.res.repo_id}@{self.res.sha[:12]} is not the file the bundle's manifest "
+                            f"lists: {problem}.", hint="Nothing was bound. Copy the bundle again from its source.")
         if problem is not None:
             raise LoadError(f"{name} of {self.res.repo_id}@{self.res.sha[:12]} arrived damaged: {problem}.",
                             hint="Run the cell again; if it keeps happening, the network or a proxy alters downloads.")
@@ -409,9 +412,10 @@ class HubFiles(SourceFiles):
         if sha256 is None and git_sha1 is None and not path.is_symlink() and self._links_in_cache():
             return "it is a plain file where huggingface_hub keeps a link to its blob, so it was put there by hand"
         problem = problem_with(path, self.memo, self.res.file_sizes.get(name), sha256, git_sha1)
-        facts = self.res.locked.get(name)
-        if problem is None and facts is not None:  # --locked: the file is also the one the lock file recorded
-            problem = problem_with(path, self.memo, facts["size"], facts["sha256"], source="the lock file")
+        for source, files in self.res.records:  # the lock file (--locked), a bundle's manifest: theirs too
+            facts = files.get(name)
+            if problem is None and facts is not None:
+                problem = problem_with(path, self.memo, facts["size"], facts["sha256"], source=source)
         return problem
 
     def _drop_pointer(self, path: Path) -> None:
@@ -467,9 +471,12 @@ class HubFiles(SourceFiles):
         if self.damaged:
             spec = f"{self.res.repo_id}@{self.res.sha}"
             lines = "; ".join(f"{n}: {why}" for n, why in sorted(self.damaged.items()))
+            hint = (f"On a machine with network run `%load_model {spec} --force-download` and copy its cache here "
+                    "(every file named above).")
+            if "the bundle's manifest records" in lines:
+                hint = "The cache is a bundle that changed after its export: copy it again from its source."
             raise LoadError(f"Offline, and {len(self.damaged)} file(s) of {spec} in the cache are damaged: {lines}.",
-                            hint=f"On a machine with network run `%load_model {spec} --force-download` and copy its "
-                            "cache here (every file named above).")
+                            hint=hint)
         if self.missing:
             spec = f"{self.res.repo_id}@{self.res.sha}"
             missing = sorted(self.missing)  # the fetch threads found them in any order: name them in a stable one

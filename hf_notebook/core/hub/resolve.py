@@ -26,7 +26,9 @@ class Resolution:
     local_path: Optional[Path] = None
     file_hashes: dict[str, str] = field(default_factory=dict)  # sha256 of LFS files, from the Hub's metadata
     blob_ids: dict[str, str] = field(default_factory=dict)  # git blob sha1 of the other files, likewise
-    locked: dict[str, dict] = field(default_factory=dict)  # --locked: file -> {"size", "sha256"} the lock file records
+    # Records files are checked against besides the Hub: (whose, {file: {"size", "sha256"}}), e.g. the lock file's
+    # under --locked, or an hf-cache bundle's manifest when the cache is one.
+    records: tuple = ()
 
     @property
     def repo_id(self) -> str:
