@@ -49,7 +49,7 @@ _RAW = st.fixed_dictionaries({}, optional={
                           _KW_VALUES, max_size=3).map(lambda d: [f"{k}={json.dumps(v)}" for k, v in d.items()]),
     "offload_folder": st.sampled_from(["/tmp/off load", "./off", "~/x"]),
     "cache_dir": st.sampled_from(["/tmp/hf cache", "./cache"]),
-})
+}).filter(lambda raw: "batch" not in raw or "context" in raw)  # --batch alone is refused (it sizes --context's cache)
 
 
 def _same(a: LoadOptions, b: LoadOptions) -> None:

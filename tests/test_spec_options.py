@@ -101,3 +101,26 @@ def test_a_misspelt_repo_gets_a_did_you_mean(shell, tiny_hub, hf_cache):
     with pytest.raises(UsageError) as info:
         shell.run_line_magic("plan_model", "nobody-at-all/zzqq")
     assert "Did you mean" not in str(info.value)  # nothing close: no guess
+
+
+@pytest.mark.parametrize("raw, fragment", [
+    (dict(kw=["output_loading_info=true"]), "return a tuple"),
+    (dict(kw=["gguf_file=x.gguf"]), "safetensors checkpoints"),
+    (dict(kw=["key_mapping=5"]), "JSON object of pattern -> replacement"),
+    (dict(offline=True, force_download=True), "--force-download downloads every file again, and this load is offline"),
+    (dict(batch="2"), "without --context it does nothing"),
+    (dict(batch="0", context="100"), "whole number of at least 1"),
+])
+def test_options_that_would_break_a_load_or_do_nothing_are_refused(raw, fragment):
+    from hf_notebook.core.options import LoadOptions
+
+    with pytest.raises(OptionError, match=fragment):
+        LoadOptions.parse(**raw)
+
+
+def test_a_dependency_error_keeps_the_lines_that_say_what_is_wrong():
+    from hf_notebook.core.errors import wrapped
+
+    error = ValueError("Validation error for field 'hidden_size':\n  expected int, got str 'x'\n\n")
+    assert "expected int, got str 'x'" in str(wrapped(error, "config"))
+    assert len(wrapped(ValueError("x" * 5000), "load").message) < 700

@@ -164,8 +164,10 @@ class LoadError(HfNotebookError, RuntimeError):
 
 
 def wrapped(error: BaseException, stage: str) -> HfNotebookError:
-    """An unexpected error from a dependency, as ours: its type and message (tokens masked), no frames."""
-    message = redact(str(error) or repr(error)).strip()
-    first = message.splitlines()[0] if message else ""
-    return LoadError(f"{stage or 'The call'} failed: {type(error).__name__}: {first}",
+    """An unexpected error from a dependency, as ours: its type and message (tokens masked), no frames. The
+    message's first lines are kept (a validation error says what is wrong on its second), at most 600 characters."""
+    lines = [line.strip() for line in redact(str(error) or repr(error)).splitlines() if line.strip()]
+    text = " ".join(lines[:4])
+    text = text if len(text) <= 600 else text[:599] + "…"
+    return LoadError(f"{stage or 'The call'} failed: {type(error).__name__}: {text}",
                      hint="If this persists, run the cell again with the same options and report the message above.")

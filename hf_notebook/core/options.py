@@ -66,6 +66,11 @@ class LoadOptions:
         """Validate raw values (strings as typed, or already-typed values) into options."""
         from .quant import quantization_config as make_quantization, read_config_file
 
+        if offline and force_download:
+            raise OptionError("--force-download downloads every file again, and this load is offline (--offline, "
+                              "HF_HUB_OFFLINE=1 or %config HFNotebook.offline).",
+                              hint="Leave --force-download out to load from the cache, or go online to download again.")
+
         raw_config = quantization_config if isinstance(quantization_config, dict) else read_config_file(quantization_config)
         quantization = make_quantization(quantize or None, compute_dtype=bnb_compute_dtype,
                                          quant_type=bnb_quant_type or "nf4", double_quant=bool(double_quant),
@@ -76,7 +81,8 @@ class LoadOptions:
                    attn_implementation=_attention(attn_implementation, bool(trust_remote_code), bool(offline)),
                    max_memory=parse_max_memory(max_memory), no_offload=bool(no_offload),
                    fit=bool(fit), reserve=_reserve(reserve),
-                   context=_context(context, bool(fit)), batch=_count(batch, "--batch"), kv_dtype=_kv_dtype(kv_dtype),
+                   context=_context(context, bool(fit)), batch=_batch(batch, context),
+                   kv_dtype=_kv_dtype(kv_dtype),
                    trust_remote_code=bool(trust_remote_code), allow_pickle=bool(allow_pickle),
                    no_verify=bool(no_verify), tokenizer=bool(tokenizer),
                    offload_folder=parse_folder(offload_folder, "--offload-folder"),
@@ -115,6 +121,15 @@ def _reserve(text: Any) -> Optional[int]:
         raise OptionError(f"Cannot read --reserve {text!r} as a size.", hint="Give a size, e.g. --reserve 2GiB.") from None
 
 
+def _batch(text: Any, context: Any) -> Optional[int]:
+    """``--batch``: sequences at once, for the KV cache that ``--context`` keeps room for (alone it means nothing)."""
+    batch = _count(text, "--batch")
+    if batch is not None and context in (None, ""):
+        raise OptionError("--batch sizes the KV cache that --context keeps room for; without --context it does nothing.",
+                          hint="Add --context N (tokens per sequence), or leave --batch out.")
+    return batch
+
+
 def _count(text: Any, flag: str) -> Optional[int]:
     """A whole number of at least 1 (``--context 8192``, ``--batch 4``), or None."""
     if text is None or text == "":
@@ -124,7 +139,8 @@ def _count(text: Any, flag: str) -> Optional[int]:
     except ValueError:
         value = 0
     if value < 1:
-        raise OptionError(f"Cannot read {flag} {text!r}.", hint=f"{flag} takes a whole number, e.g. {flag} 8192.")
+        raise OptionError(f"Cannot read {flag} {text!r}.",
+                          hint=f"{flag} takes a whole number of at least 1, e.g. {flag} {8192 if 'context' in flag else 4}.")
     return value
 
 
@@ -176,6 +192,12 @@ MANAGED = {"device_map": "--device-map", "dtype": "--dtype", "torch_dtype": "--d
            "attn_implementation": "--attn-implementation", "cache_dir": "--cache-dir", "revision": "org/name@REV",
            "local_files_only": "--offline", "token": "your login", "use_safetensors": "--allow-pickle",
            "weights_only": "(always True)", "force_download": "--force-download", "config": "(from the repo)"}
+#: from_pretrained arguments a load cannot take: they change what it returns or read what hf_notebook does not check.
+REFUSED = {"output_loading_info": "it makes from_pretrained return a tuple, and the record already lists what "
+                                  "was loaded, missing or unexpected",
+           "gguf_file": "hf_notebook loads safetensors checkpoints (GGUF files are not checked nor planned)",
+           "state_dict": "the weights come from the pinned files, checked against their hashes",
+           "pretrained_model_name_or_path": "the model is the spec: %load_model org/name@REV"}
 _KERNEL_KEYS = {"use_kernels", "allow_all_kernels", "kernel_config"}  # from_pretrained's switches for Hub kernels
 _TOKEN_KEYS = {"token", "use_auth_token", "hf_token", "api_key", "access_token"}
 
@@ -200,6 +222,12 @@ def parse_kw(items: Any) -> dict:
     for key, value in pairs:
         if key in MANAGED:
             raise OptionError(f"--kw {key}=... is set through hf_notebook's own option.", hint=f"Use {MANAGED[key]}.")
+        if key in REFUSED:
+            raise OptionError(f"--kw {key}=... cannot be given to a load: {REFUSED[key]}.", hint=f"Leave {key} out.")
+        if key == "key_mapping" and not (isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, str)
+                                                                         for k, v in value.items())):
+            raise OptionError("--kw key_mapping=... takes a JSON object of pattern -> replacement strings.",
+                              hint='e.g. --kw key_mapping=\'{"^old\\\\.": "new."}\'')
         if key in _KERNEL_KEYS and value not in (False, None):
             raise OptionError(f"--kw {key}=... would load kernels from the Hub: code downloaded and run, unpinned and "
                               "not in the lock file, so hf_notebook refuses it.",
