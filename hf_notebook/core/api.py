@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import shutil
 import tempfile
 import threading
 import time
@@ -30,7 +29,7 @@ from .hub.fetch import Checkpoint, FileFacts, HubFiles, SourceFiles, source_file
 from .hub.kernel import served
 from .hub.resolve import Resolution, record_ref, resolve
 from .options import LoadOptions
-from .owned import remove_with
+from .owned import own_folder, remove_own, remove_with
 from .quiet import gc_paused, library_bars_off
 from .spec import ModelSpec, parse_spec
 from .units import format_bytes
@@ -47,8 +46,8 @@ class LoadResult:
     seconds: float  # the whole call, resolve to bound
     options: LoadOptions = field(default_factory=LoadOptions)
     files: tuple[FileFacts, ...] = ()
-    offload_folder: Optional[str] = None
-    owns_offload_folder: bool = False  # we made it (a temp folder): unloading removes it
+    offload_folder: Optional[str] = None  # the model's own folder for offloaded weights (made by us), or None
+    owns_offload_folder: bool = False  # we made it (always, when there is one): unloading removes it
     name: Optional[str] = None  # the notebook variable it is bound to
     timings: dict = field(default_factory=dict)  # stage -> seconds
     edits: list = field(default_factory=list)  # one Moved per applied device-map edit, oldest first
@@ -337,11 +336,9 @@ class _Pipeline:
 
         if checkpoint.headers is None and not self.files.pickled:  # read once; the load's progress counts from them
             checkpoint = replace(checkpoint, headers=local_headers(checkpoint.shards))
-        offload_folder, owns_offload = opts.offload_folder, "disk" in plan.devices and opts.offload_folder is None
-        _check_offload_space(plan, self.config, offload_folder, rewrites=self.files.pickled)
-        if owns_offload:
-            offload_folder = tempfile.mkdtemp(prefix="hf_notebook-offload-")
-        before = _entries(offload_folder) if offload_folder and not owns_offload else None
+        _check_offload_space(plan, self.config, opts.offload_folder, rewrites=self.files.pickled)
+        # a folder of its own for what the load writes to disk (inside the user's, which other loads may share)
+        offload_folder = own_folder(opts.offload_folder, name) if "disk" in plan.devices else None
         try:
             with served(kernel) if kernel is not None else contextlib.nullcontext():
                 model = materialize(checkpoint, self.config, plan, offload_folder=offload_folder,
@@ -350,20 +347,19 @@ class _Pipeline:
             plan = sized_by(plan, model)
             placement = measure_placement(model, _summary_map(plan, model.hf_device_map))
         except BaseException as exc:
-            if owns_offload:
-                shutil.rmtree(offload_folder, ignore_errors=True)
-            elif before is not None:  # the user's folder: remove only what this call wrote
-                _remove_new_entries(offload_folder, before)
+            if offload_folder is not None:
+                remove_own(offload_folder)
             if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
-                raise LoadError(f"The disk ran out of space while offloading weights to {offload_folder}.",
+                where = opts.offload_folder or offload_folder
+                raise LoadError(f"The disk ran out of space while offloading weights to {where}.",
                                 hint="Free space there, point --offload-folder at a bigger disk, or raise "
                                 "--max-memory so less goes to disk.") from None
             raise
-        if owns_offload:
+        if offload_folder is not None:
             remove_with(model, offload_folder)
         result = LoadResult(model=model, pin=self.resolution.pin, plan=plan, placement=placement,
                             seconds=time.perf_counter() - t0, options=opts, files=checkpoint.files,
-                            offload_folder=offload_folder, owns_offload_folder=owns_offload, name=name,
+                            offload_folder=offload_folder, owns_offload_folder=offload_folder is not None, name=name,
                             timings=stages.timings, source_folder=str(checkpoint.folder),
                             paths={n: str(p) for n, p in getattr(self.files, "_paths", {}).items()},
                             hashes=dict(self.resolution.file_hashes), code_files=dict(self.code),
@@ -385,7 +381,8 @@ def device_map_editor(target: "LoadResult | Plan"):
         devices = devices_here()
         held = target.placement.bytes_by_device
         given = {device_name(k): v for k, v in (target.options.max_memory or {}).items()}
-        budget = {d: given.get(d, held.get(d, 0) + free_bytes(d, target.offload_folder)) for d in devices}
+        folder = target.offload_folder or target.options.offload_folder
+        budget = {d: given.get(d, held.get(d, 0) + free_bytes(d, folder)) for d in devices}
         auto, max_memory = plan.device_map, target.options.max_memory
     else:
         plan, current = target, target.device_map
@@ -417,8 +414,9 @@ def apply_device_map(target: "LoadResult | Plan", device_map: dict):
     from .devices.redispatch import redispatch
 
     folder = target.offload_folder or target.options.offload_folder
-    try:
-        moved = redispatch(target.model, device_map, offload_folder=folder)
+    try:  # its own folder, or a new one (inside the user's offload folder) if it has none yet
+        moved = redispatch(target.model, device_map, offload_folder=target.offload_folder,
+                           within=target.options.offload_folder, label=target.name)
     except OSError as exc:
         if exc.errno != errno.ENOSPC:
             _raise_ours(exc, "re-dispatch")
@@ -514,19 +512,6 @@ def _check_offload_space(plan: Plan, config, folder: Optional[str], rewrites: bo
                         f"but only {format_bytes(free)} is free there.",
                         hint="Free space there, point --offload-folder at a bigger disk, raise --max-memory, or load "
                         "in the checkpoint's own dtype so the weights are read in place.")
-
-
-def _entries(folder: str) -> set[str]:
-    try:
-        return set(os.listdir(folder))
-    except OSError:
-        return set()
-
-
-def _remove_new_entries(folder: str, before: set[str]) -> None:
-    for name in _entries(folder) - before:
-        path = os.path.join(folder, name)
-        shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) else Path(path).unlink(missing_ok=True)
 
 
 def _summary_map(plan: Plan, device_map: dict) -> dict:

@@ -159,6 +159,14 @@ class IncompatibleVersion(HfNotebookError, RuntimeError):
     """A dependency lacks a private name hf_notebook relies on (see ``compat.py``): named, with its version."""
 
 
+class OffloadConflictError(HfNotebookError, FileExistsError):
+    """A file that hf_notebook did not write is where an offloaded weight would go: it is never overwritten."""
+
+    def __init__(self, message: str, *, hint: str | None = None, path: str | None = None):
+        super().__init__(message, hint=hint)
+        self.path = path
+
+
 class LoadError(HfNotebookError, RuntimeError):
     """Loading failed after the plan was made (bad checkpoint, unsupported format, ...)."""
 

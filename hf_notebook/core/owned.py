@@ -1,17 +1,53 @@
-"""Temporary folders we made for a model live exactly as long as the model.
+"""Folders of our own: made by us, for one model, and removed with it.
+
+``own_folder(parent)`` makes a new folder (``mkdtemp``: a name nobody held, private to this user) for one
+model's offloaded weights, inside the user's offload folder or the system's temporary folder. Everything
+in it was written for that model, so no other model's files, nor a user's, can share a name with ours.
 
 ``remove_with(model, folder)`` removes ``folder`` when ``model`` is garbage collected, or at interpreter
-exit (``weakref.finalize``), whichever comes first. Nothing else (a registry, an ``atexit`` list)
-holds the model for that, so dropping every name of a model frees its memory and its folder.
+exit (``weakref.finalize``), whichever comes first; only if the path still is the very folder it was
+given (not a folder made again under that name, nor a link put in its place). Nothing else (a registry,
+an ``atexit`` list) holds the model for that, so dropping every name of a model frees its memory and its folder.
 """
 
 from __future__ import annotations
 
+import os
+import re
 import shutil
+import stat
+import tempfile
 import weakref
-from typing import Any
+from typing import Any, Optional
+
+PREFIX = "hf_notebook-offload-"
+
+
+def own_folder(parent: Optional[str] = None, label: Optional[str] = None) -> str:
+    """A new, empty folder of ours inside ``parent`` (made if missing; the system's temporary folder when
+    None), named after ``label`` (a model's name) so a user can tell whose it is."""
+    if parent:
+        os.makedirs(parent, exist_ok=True)
+    tag = re.sub(r"[^A-Za-z0-9_.-]+", "_", label or "")[:40]
+    return tempfile.mkdtemp(prefix=PREFIX + (f"{tag}-" if tag else ""), dir=parent or None)
 
 
 def remove_with(model: Any, folder: str) -> None:
-    """Remove ``folder`` (a temporary folder of ours) once ``model`` is gone, or at exit."""
-    weakref.finalize(model, shutil.rmtree, folder, True)
+    """Remove ``folder`` (a folder of ours) once ``model`` is gone, or at exit."""
+    weakref.finalize(model, remove_own, folder, _identity(folder))
+
+
+def remove_own(folder: str, identity: Optional[tuple] = None) -> None:
+    """Remove ``folder`` and what it holds, if it is still the folder of that ``identity`` (when given)."""
+    if identity is not None and _identity(folder) != identity:
+        return
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def _identity(folder: str) -> Optional[tuple]:
+    """(device, inode) of ``folder`` itself (a link is not followed); None if it is not a folder."""
+    try:
+        st = os.lstat(folder)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino) if stat.S_ISDIR(st.st_mode) else None

@@ -191,13 +191,14 @@ def read_tensor(path: str, name: str) -> Any:
     return tensor
 
 
-def write_file(path: str, tensors: dict, metadata: Optional[dict] = None) -> None:
-    """Write cpu ``tensors`` as one safetensors file, their bytes straight from memory."""
+def write_file(path: str, tensors: dict, metadata: Optional[dict] = None, *, exclusive: bool = False) -> None:
+    """Write cpu ``tensors`` as one safetensors file, their bytes straight from memory. ``exclusive``: the file
+    must be new (``FileExistsError`` if ``path`` exists, and nothing is touched)."""
     import torch
 
     entries = order((name, t.dtype) for name, t in tensors.items())
     head, _ = header([(name, dtype, tuple(tensors[name].shape)) for name, dtype in entries], metadata)
-    with open(path, "wb", buffering=0) as f:
+    with open(path, "xb" if exclusive else "wb", buffering=0) as f:
         write_all(f, head)
         for name, _ in entries:
             t = tensors[name].detach().contiguous()

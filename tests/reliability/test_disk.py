@@ -2,6 +2,7 @@
 a clear error and no partial files in the user's folder."""
 
 import errno
+import os
 import shutil
 from collections import namedtuple
 
@@ -32,11 +33,13 @@ def test_too_little_space_is_refused_up_front(shell, tiny_hub, hf_cache, tmp_pat
     assert shell.user_ns["m"] is sentinel and list(folder.iterdir()) == []
 
 
-def test_in_place_offload_needs_no_space(shell, tiny_hub, hf_cache, tmp_path, monkeypatch):
+def test_in_place_offload_needs_no_space(shell, loaded, tiny_hub, hf_cache, tmp_path, monkeypatch):
     """A llama's offloaded weights are read from the checkpoint itself (converted as read): nothing to write."""
     folder = _nearly_full_folder(tmp_path, monkeypatch)
     shell.run_line_magic("load_model", f"tiny/llama --max-memory cpu=100KB --dtype bfloat16 --offload-folder {folder} --as m")
-    assert "disk" in shell.user_ns["m"].hf_device_map.values() and list(folder.iterdir()) == []
+    assert "disk" in shell.user_ns["m"].hf_device_map.values()
+    own = [p for p in folder.iterdir()]  # the model's own folder in it (where its edits would write): empty
+    assert [p.name for p in own] == [os.path.basename(loaded.get("m").offload_folder)] and list(own[0].iterdir()) == []
 
 
 def test_a_full_disk_midway_leaves_no_partial_files(shell, tiny_hub, hf_cache, tmp_path, monkeypatch):

@@ -5,11 +5,15 @@ The model's accelerate hooks come off; every tensor then goes where the new map 
 - to disk: replaced by a meta tensor, so its memory goes back to the system, and read from
   disk when its module runs. A tensor still mapped from its checkpoint (loaded in place,
   unchanged) is read there, as ``from_pretrained`` offloads; any other is written to the
-  offload folder as transformers writes offloaded weights (one safetensors file per tensor,
-  indexed by absolute path), a few files at once, each tensor's memory freed once its file is;
+  model's own offload folder as transformers writes offloaded weights (one safetensors file per
+  tensor, indexed by absolute path), a few files at once, each tensor's memory freed once its file is;
 - from disk: a checkpoint's tensor is mapped again, as a load maps it; one of the offload
   folder is read into fresh memory (only its own bytes, a big one in parts side by side), and
   its file removed.
+The offload folder is the model's own: made by us for it (``owned.own_folder``), inside the user's
+offload folder, so that models sharing that folder never write, or remove, each other's files (nor a
+user's). A file is only ever created new (an existing one is refused, never overwritten), and only files
+this model's moves (or its load) wrote there are removed.
 Tensors already on disk that stay there are not touched. Then accelerate's
 own ``dispatch_model`` attaches the hooks for the new map, exactly as ``from_pretrained`` does
 at the end of a load (same hooks, same ``hf_device_map``). Buffers stay resident on the
@@ -20,7 +24,6 @@ from __future__ import annotations
 
 import gc
 import os
-import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -28,10 +31,10 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional
 
 from .. import libc
-from ..errors import DeviceError, LoadError
+from ..errors import DeviceError, LoadError, OffloadConflictError
 from ..io_threads import InOrder
 from ..quiet import only_errors_from
-from ..owned import remove_with
+from ..owned import own_folder, remove_own, remove_with
 from ..units import Device, device_name, disk_needed, disk_shortfall, parse_device
 from .machine import free_bytes
 from .offloaded import disk_sources
@@ -55,21 +58,24 @@ class Moved:
 
 
 def redispatch(model: Any, device_map: Mapping[str, Any], *, offload_folder: Optional[str] = None,
+               within: Optional[str] = None, label: Optional[str] = None,
                main_device: Optional[Device] = None) -> Moved:
     """Place ``model``'s tensors as ``device_map`` says, in place; see the module docstring.
 
-    ``offload_folder`` is where tensors sent to disk are written (a fresh temporary folder when
-    None and the map needs one). A map naming devices this machine lacks, or one that leaves a
+    ``offload_folder`` is the model's own folder for tensors sent to disk (what its files there are,
+    this model's moves or its load wrote). When None and the map needs one, a new folder of ours is
+    made (named after ``label``) inside ``within`` (the user's offload folder, shared by any number of
+    models) or the system's temporary folder. A map naming devices this machine lacks, or one that leaves a
     weight unplaced, or more bytes for disk than the folder's disk has free, is refused before
     anything moves. If a move fails midway (an error, Ctrl-C), every tensor is put back where it
     was and the old hooks are attached again, then the error is raised.
     """
     t0 = time.perf_counter()
     move = _Move(model, device_map, main_device)
-    move.check(offload_folder)
+    move.check(offload_folder or within)
     made = False
     if move.needs_folder and offload_folder is None:
-        offload_folder, made = tempfile.mkdtemp(prefix="hf_notebook-offload-"), True
+        offload_folder, made = own_folder(within, label), True
     elif offload_folder is not None:
         os.makedirs(offload_folder, exist_ok=True)
     try:
@@ -77,7 +83,7 @@ def redispatch(model: Any, device_map: Mapping[str, Any], *, offload_folder: Opt
     except BaseException:
         move.put_back()
         if made:
-            shutil.rmtree(offload_folder, ignore_errors=True)
+            remove_own(offload_folder)
         raise
     move.tidy(offload_folder)
     if made:
@@ -109,7 +115,7 @@ class _Move:
         self.done: list[tuple[str, Any]] = []  # (name, device it was on) for each tensor moved so far
         self.left_cpu: list[tuple[int, int]] = []  # (address, bytes) of cpu tensors moved away
         self.written = self.read = 0
-        self.files: list[str] = []  # offload files this move writes
+        self.files: list[str] = []  # offload files this move wrote (each one created new)
         self._checkpoints: dict[str, Any] = {}  # checkpoint file -> its safe_open handle, while moving
 
     @property
@@ -156,7 +162,12 @@ class _Move:
             self.written += tensor.numel() * tensor.element_size()
             tensors.pop(name)  # its memory goes back now, while the next files are written
 
-        with InOrder(lambda item: _write(*item, folder), written) as writes:  # a few files at once
+        def write(item: tuple[str, Any]) -> dict:  # in an I/O thread
+            entry = _write(*item, folder)
+            self.files.append(entry["safetensors_file"])  # a file of ours: put_back may remove it
+            return entry
+
+        with InOrder(write, written) as writes:  # a few files at once
             for name, is_param, target in self.plan:
                 tensor, info = tensors[name], self.on_disk.get(name)
                 nbytes = tensor.numel() * tensor.element_size()
@@ -167,7 +178,6 @@ class _Move:
                         self.index[name] = self.in_place[name]
                         self._to_disk(name, tensor)
                     else:
-                        self.files.append(_offload_path(folder, name))  # before it starts: put_back sweeps it
                         writes.add((name, tensor))
                         if tensor.device.type != "cpu":
                             writes.finish()  # its host copy lives while it is written: one at a time
@@ -204,7 +214,7 @@ class _Move:
                 _set(self.model, name, was, _read(self.index[name], was))
             else:
                 _set(self.model, name, was)
-        for path in self.files:  # every file this move wrote or began to write (never a checkpoint)
+        for path in self.files:  # every file this move wrote (never a checkpoint, nor a file it did not create)
             Path(path).unlink(missing_ok=True)
         _retie(self.model, self.tied)
         old_index = {n: info for n, info in self.on_disk.items()}
@@ -351,12 +361,19 @@ def _read(info: dict, device) -> Any:
 def _write(name: str, tensor: Any, folder: str) -> dict:
     """Write ``tensor`` to ``folder`` as transformers writes offloaded weights (one safetensors file per
     tensor, indexed by absolute path); its index entry. Runs in an I/O thread: touches no module.
+    The file is created new: one already there is refused (:class:`OffloadConflictError`), untouched.
     A file it could not finish is removed."""
     from ..safetensors_io import write_file
 
     path = _offload_path(folder, name)
     try:
-        write_file(path, {name: tensor.detach().to("cpu")})
+        write_file(path, {name: tensor.detach().to("cpu")}, exclusive=True)
+    except FileExistsError:
+        raise OffloadConflictError(
+            f"{path} already exists: the weight {name} would be written there, and hf_notebook never overwrites "
+            "a file this move did not write. Nothing was moved.",
+            hint="Move that file elsewhere (or remove it if it is a leftover), or give the model another offload "
+            "folder, then run the edit again.", path=path) from None
     except BaseException:
         Path(path).unlink(missing_ok=True)
         raise
