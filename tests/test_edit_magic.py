@@ -176,3 +176,31 @@ def test_layers_puts_the_first_layers_on_the_fastest_device(shell, m, loaded, ca
         shell.run_line_magic("edit_device_map", "m --layers two")
     assert {m.hf_device_map[f"model.layers.{i}"] for i in (0, 1)} == {"cpu"}
     assert "--layers N|max" in shell.find_line_magic("edit_device_map").__doc__
+
+
+@pytest.mark.parametrize("repo, layers", [("tiny/gpt2", "transformer.h"), ("tiny/qwen2", "model.layers")])
+@pytest.mark.parametrize("how, moved", [("--set {layers}.0=disk", "0"), ("--layers 1", "1")])
+def test_a_bound_plan_of_a_tied_embedding_model_can_be_edited(shell, tiny_hub, hf_cache, capsys, repo, layers, how,
+                                                              moved):
+    """The tied lm_head (0 B: its tensor is the embedding's) stays placed, with its embedding."""
+    shell.run_line_magic("plan_model", f"{repo} --as p")
+    p = shell.user_ns["p"]
+    assert p.device_map == {"": "cpu"}
+    capsys.readouterr()
+    shell.run_line_magic("edit_device_map", f"p {how.format(layers=layers)}")
+    text = capsys.readouterr().out
+    assert p.device_map[f"{layers}.{moved}"] == "disk" and p.device_map["lm_head"] == "cpu"
+    assert "lm_head" in text and "does not place" not in text
+
+
+def test_a_one_device_map_that_leaves_the_head_out_loads_and_edits(shell, tiny_hub, hf_cache, loaded, capsys):
+    """transformers puts what a one-device map leaves out on cpu: the map, the record and edits say so."""
+    shell.run_line_magic("load_model", """tiny/llama --device-map '{"model": "cpu"}' --as m""")
+    m = shell.user_ns["m"]
+    text = capsys.readouterr().out
+    assert m.hf_device_map == {"model": "cpu", "lm_head": "cpu"} and m.lm_head.weight.device.type == "cpu"
+    assert "(whole model)" not in text and "lm_head" in text
+    before = out(m)
+    shell.run_line_magic("edit_device_map", "m --set model.layers.0=disk --set lm_head=disk")
+    assert m.hf_device_map["model.layers.0"] == "disk" and m.hf_device_map["lm_head"] == "disk"
+    assert torch.equal(out(m), before)

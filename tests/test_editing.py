@@ -122,6 +122,51 @@ def test_tie_chains_follow_through_a_shared_embedding():
     assert all(ed.device_of(m) == "disk" for m in ("shared", "encoder.embed_tokens", "decoder.embed_tokens"))
 
 
+@pytest.mark.parametrize("arch, layer, embedding", [("gpt2", "transformer.h.0", "transformer.wte"),
+                                                     ("qwen2", "model.layers.0", "model.embed_tokens")])
+def test_a_tied_head_of_zero_bytes_stays_placed_when_a_one_device_map_is_split(arch, layer, embedding):
+    """The tied lm_head weighs 0 B (its tensor is counted at the embedding) but is still a module to place:
+    splitting {"": "cpu"} keeps an entry for it, with the tensor it shares, as accelerate keeps them."""
+    plan = plan_of(arch, device_map="cpu")
+    assert plan.tied == {"lm_head.weight": f"{embedding}.weight"} and plan.module_sizes["lm_head"] == 0
+    ed = editor_for(plan)
+    ed.set(layer, "disk")
+    assert ed.map["lm_head"] == "cpu" and ed.map[layer] == "disk"
+    assert [(u.name, u.device) for u in ed.units()][-1] == ("lm_head", "cpu")
+    ed.put_layers(0)  # the slider: every layer on the slower device
+    assert ed.device_of("lm_head") == "cpu"
+    change = ed.set(embedding, "disk")  # the embedding moves: its tied head follows
+    assert change.followed == {"lm_head": embedding} and ed.map["lm_head"] == "disk"
+
+
+def test_a_map_without_an_entry_for_a_tied_head_places_it_with_its_partner():
+    """A map written by hand (or by an older version) that leaves the tied head out: placed with its embedding."""
+    plan = plan_of("gpt2", device_map="cpu")
+    ed = editor_for(plan, device_map={"transformer": "cpu"})
+    assert ed.initial == {"transformer": "cpu", "lm_head": "cpu"}
+    assert ed.device_of("lm_head") == "cpu"
+
+
+def test_a_one_device_map_that_leaves_modules_out_places_them_as_from_pretrained_does():
+    """transformers loads what a one-device map leaves out on cpu (it dispatches nothing then): the plan says so,
+    so the record names lm_head, and an edit finds it placed."""
+    plan = plan_of("llama", device_map={"model": "cpu"})
+    assert plan.device_map == {"model": "cpu", "lm_head": "cpu"}
+    assert plan_of("gpt2", device_map={"transformer": "cpu"}).device_map == {"transformer": "cpu", "lm_head": "cpu"}
+    tied = plan_of("qwen2", device_map={"model.embed_tokens": "disk", "model.layers": "cpu", "model.norm": "cpu",
+                                        "model.rotary_emb": "cpu"})
+    assert tied.device_map["lm_head"] == "disk"  # with its embedding, as accelerate keeps tied weights
+
+
+def test_a_map_over_several_devices_that_leaves_weights_out_is_refused():
+    from hf_notebook.core.errors import OptionError
+
+    with pytest.raises(OptionError, match=r"does not place lm_head \(65.5 kB\)") as info:
+        plan_of("llama", device_map={"model.embed_tokens": "cpu", "model.layers": "disk", "model.norm": "cpu",
+                                     "model.rotary_emb": "cpu"})
+    assert '"lm_head": "cpu"' in info.value.hint
+
+
 def test_a_split_module_keeps_its_own_tensors_placed():
     """bert's cls.predictions holds a bias of its own next to its children."""
     plan = plan_of("bert", device_map="cpu")

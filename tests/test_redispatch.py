@@ -285,3 +285,20 @@ def test_weights_of_their_own_go_to_disk_and_back_on_a_few_cores(medium_folder, 
     assert os.listdir(result.offload_folder) == []
     assert all(name.startswith("hf_notebook-io") for name in writers)
     assert "MainThread" in readers and any(name.startswith("hf_notebook-io") for name in readers)
+
+
+@pytest.mark.parametrize("arch, layer, embedding", [("gpt2", "transformer.h.0", "transformer.wte"),
+                                                     ("qwen2", "model.layers.0", "model.embed_tokens")])
+def test_a_tied_model_on_one_device_moves_a_layer_and_its_embedding(folders, arch, layer, embedding):
+    """A one-device map split by an edit keeps the tied head placed; the head follows its embedding to disk."""
+    folder, want = folders[arch]
+    result = load_model(str(folder), no_verify=True, device_map="cpu")
+    edit(result, (layer, "disk"))
+    assert result.device_map[layer] == "disk" and result.device_map["lm_head"] == "cpu"
+    assert torch.equal(logits(result.model, arch), want)
+    edit(result, (embedding, "disk"))
+    assert result.device_map["lm_head"] == "disk" and result.device_map[embedding] == "disk"
+    assert result.model.lm_head.weight is result.model.get_input_embeddings().weight
+    assert torch.equal(logits(result.model, arch), want)
+    edit(result, ("", "cpu"))
+    assert result.device_map == {"": "cpu"} and torch.equal(logits(result.model, arch), want)

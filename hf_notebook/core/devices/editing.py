@@ -88,6 +88,22 @@ class Structure:
             for tensor, nbytes in tensors.items():
                 self.bytes[tensor] = nbytes
                 self.children.setdefault(module, []).append(tensor)
+        # modules holding a tied tensor: its bytes count at its partner (a tied lm_head weighs 0 B), but it must be placed
+        self.tied_holders = {m for pair in self.tied.items() for t in pair for m in ancestors(t)}
+
+    def holds(self, name: str) -> bool:
+        """Whether module ``name`` holds a tensor a map must place: bytes of its own, or a tied tensor."""
+        return bool(self.bytes.get(name, 0)) or name in self.tied_holders
+
+    def partner(self, name: str) -> Optional[str]:
+        """For a module whose only tensors are tied ones: a tensor they share, held outside it (else None)."""
+        if self.bytes.get(name, 0):
+            return None
+        for target, source in self.tied.items():
+            for mine, other in ((target, source), (source, target)):
+                if _within(mine, name) and not _within(other, name):
+                    return other
+        return None
 
     @classmethod
     def of(cls, plan: Any) -> "Structure":
@@ -151,7 +167,7 @@ class MapEditor:
         self.devices = tuple(sorted({device_name(d) for d in devices}, key=device_sort_key))
         self.budget = {device_name(d): int(b) for d, b in (budget or {}).items() if b is not None}
         self.strategies = dict(strategies or {})
-        self.initial = self._ordered({k: parse_device(v) for k, v in device_map.items()})
+        self.initial = self._ordered(place_tied({k: parse_device(v) for k, v in device_map.items()}, structure))
         self.map = dict(self.initial)
         self.history: list[tuple[dict, Change]] = []  # (map before, change) for undo
 
@@ -183,7 +199,8 @@ class MapEditor:
         for key in [name, *ancestors(name)]:
             if key in self.map:
                 return self.map[key]
-        raise MapError(f"The device map does not place {name!r}.")
+        raise MapError(f"The device map does not place {name!r}.",
+                       hint=f"Place it: --set {name}=DEVICE (or reset the map: editor.reset()).")
 
     def totals(self) -> dict[str, int]:
         """Bytes per device label, every offered device listed (accelerators first); an offloaded module's
@@ -418,9 +435,43 @@ def _put(mapping: dict, name: str, device: Device, structure: Structure) -> None
         path = [name, *ancestors(name)]
         for node in reversed(path[: path.index(holder)]):  # from just below the holder down to name
             for sibling in structure.children.get(parent(node), []):
-                if sibling != node and structure.bytes.get(sibling, 0):  # modules without tensors need no entry
+                if sibling != node and structure.holds(sibling):  # modules without tensors need no entry
                     mapping[sibling] = old
     mapping[name] = device
+
+
+def unplaced(mapping: Mapping[str, Any], structure: Structure) -> list[str]:
+    """The outermost modules holding tensors (or tied ones) that no entry of ``mapping`` places: neither an entry
+    for them or a module holding them, nor entries inside them."""
+    found: list[str] = []
+
+    def visit(name: str) -> None:
+        if _covering(mapping, name) is not None or not structure.holds(name):
+            return
+        if not any(name == "" or k.startswith(name + ".") for k in mapping):
+            found.append(name)
+            return
+        for child in structure.children.get(name, []):
+            visit(child)
+
+    visit("")
+    return found
+
+
+def place_tied(mapping: Mapping[str, Any], structure: Structure) -> dict:
+    """``mapping`` with each unplaced module whose only tensors are tied ones (a tied ``lm_head``) placed with
+    the tensor it shares, as accelerate keeps tied weights together. Other unplaced modules stay unplaced."""
+    placed = dict(mapping)
+    for name in unplaced(placed, structure):
+        partner = structure.partner(name)
+        device = _covering(placed, partner) if partner is not None else None
+        if device is not None:
+            placed[name] = device
+    return placed
+
+
+def _within(tensor: str, module: str) -> bool:
+    return module == "" or tensor == module or tensor.startswith(module + ".")
 
 
 def _inside_blocks(mapping: Mapping[str, Device], blocks: tuple[str, ...]) -> dict[str, list[str]]:

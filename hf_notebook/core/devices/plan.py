@@ -365,6 +365,7 @@ def plan_placement(config, *, class_name: Optional[str] = None, dtype: str = "fl
 
             room = room_of(blocks, sizes, tied, budgets=_ordered(budget), offload=not no_offload)
             resolved = {name: parse_device(d) for name, d in fitted_map(room, best_placement(room)).items()}
+    resolved = placed_whole(resolved, structure)
     plan = Plan(model_class=cls.__name__, dtype=dtype, device_map=resolved, max_memory=max_memory, budget=budget,
                 headers=headers, source=source, config=config, model_cls=cls, quantization=quantization, kv=kv,
                 layer_names=layers, step=step, chosen_by="--fit" if fit else "--context max" if context_max else "",
@@ -373,6 +374,29 @@ def plan_placement(config, *, class_name: Optional[str] = None, dtype: str = "fl
     if no_offload and spilled:
         raise PlanError(_spill_message(plan, spilled), hint=_spill_hint(plan))
     return plan
+
+
+def placed_whole(device_map: dict, structure: dict) -> dict:
+    """``device_map`` with every module placed where ``from_pretrained`` puts it: a module holding only tied
+    weights (a tied ``lm_head``) with the tensor it shares, as accelerate keeps them; with one device in the
+    map (not disk), any other module on cpu, where transformers loads what the map leaves out (it dispatches
+    nothing then). A map over several devices that leaves weights out is refused, as accelerate refuses it."""
+    from .editing import Structure, place_tied, unplaced
+
+    shape = Structure(structure["module_bytes"], structure["blocks"], structure["no_split"], structure["tied"],
+                      structure["direct"])
+    placed = place_tied(device_map, shape)
+    left = unplaced(placed, shape)
+    if not left:
+        return placed
+    devices = {device_name(d) for d in placed.values()}
+    if len(devices) > 1 or "disk" in devices:
+        from ..errors import OptionError
+
+        sizes = ", ".join(f"{n or '(the model)'} ({format_bytes(shape.bytes.get(n, 0))})" for n in left[:5])
+        raise OptionError(f"The device map does not place {sizes}{' ...' if len(left) > 5 else ''}.",
+                          hint=f'Add an entry for each, e.g. "{left[0]}": "cpu", or map a module holding it.')
+    return {**placed, **{name: "cpu" for name in left}}
 
 
 def one_device(device_map: Any) -> bool:
