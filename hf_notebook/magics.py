@@ -496,6 +496,7 @@ class HFNotebook(Magics):
         """Push a loaded model (saved to a temporary folder first) or a saved folder (--from DIR) to the Hub in one
         commit: weights through LFS/Xet, a model card when there is none, then the commit sha, its URL and the
         %load_model line that loads it back. The token comes from your login (hf auth login, HF_TOKEN)."""
+        from .core.hub.push import parse_repo_id
         from .ui import _in_kernel
         from .ui.transfer import TransferProgress
 
@@ -506,8 +507,9 @@ class HFNotebook(Magics):
             raise UsageError("Name a loaded model (%push_model NAME owner/repo) or a folder (--from DIR).")
         if args.name:
             self.session.get(args.name)  # a name that is not loaded: said before any panel shows
+        parse_repo_id(args.repo_id)  # so is a repo id that is no repo id
         widget = self.display == "widget" or (self.display == "auto" and _in_kernel(self.shell))
-        progress = TransferProgress("uploaded", widget=widget)
+        progress = TransferProgress("uploaded", widget=widget, title=f"push to {args.repo_id}")
         progress.display()
         try:
             pushed = self.session.push(args.repo_id, model=args.name, folder=args.folder, private=args.private,

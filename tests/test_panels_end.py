@@ -1,6 +1,8 @@
 """Every panel ends as records a saved notebook keeps: Done (or a push, the last step) replaces the live widget
 by a static line, each action leaves its own record, and no output is left that needs the widget's model."""
 
+import re
+
 import pytest
 
 WIDGET = "application/vnd.jupyter.widget-view+json"
@@ -161,3 +163,52 @@ def test_the_jupyter_server_extension_is_enabled_where_the_package_is_installed(
     listing = re.sub(r"\x1b\[[0-9;]*m", "", found.stdout + found.stderr)
     assert re.search(r"hf_notebook\.server_hook\s+enabled", listing), listing
     assert re.search(r"hf_notebook\.server_hook\s+OK", listing), listing
+
+
+@pytest.fixture
+def widget_shell(shell, monkeypatch):
+    """The shell drawing panels as a kernel does (widgets), its outputs kept as a saved notebook keeps them."""
+    shell.run_line_magic("config", "HFNotebook.display = 'widget'")
+    return shell
+
+
+def test_a_failed_push_ends_as_a_record_in_text_and_html(widget_shell, tiny_hub, hf_cache, hub_server, hub_token,
+                                                          outputs, monkeypatch):
+    """The bar of a push the Hub refuses gives way to a record that says what happened in ``text/plain`` and
+    ``text/html`` alike (nbclient keeps both), and no widget."""
+    from IPython.core.error import UsageError
+
+    monkeypatch.setenv("HF_TOKEN", hub_token)
+    widget_shell.run_line_magic("load_model", "tiny/llama --device-map cpu --as m")
+    outputs.clear()
+    with pytest.raises(UsageError, match="cannot create or write repos under 'me'"):
+        widget_shell.run_line_magic("push_model", "m me/x")
+    (_, data, _), = outputs
+    assert WIDGET not in data and set(data) == {"text/html", "text/plain"}
+    assert data["text/plain"] == "✗ push to me/x failed before anything was uploaded"
+    assert "✗ push to me/x failed before anything was uploaded" in data["text/html"]
+    outputs.clear()
+    hub_server.errors = {"/commit/": [507]}  # refused after the upload
+    with pytest.raises(UsageError, match="507"):
+        widget_shell.run_line_magic("push_model", "m user/refused-commit")
+    (_, data, _), = outputs
+    assert WIDGET not in data and data["text/plain"].startswith("✗ push to user/refused-commit failed\n")
+    assert re.search(r"uploaded +\S+ \S+ of \S+ \S+, (\d+) of \1 files? complete", data["text/plain"]), data
+    assert "user/refused-commit failed" in data["text/html"] and "complete" in data["text/html"]
+    assert hub_token not in str(outputs)
+
+
+@pytest.mark.parametrize("repo", ["bad//repo", "owner/na..me"])
+def test_a_malformed_repo_id_is_refused_before_any_panel(widget_shell, tiny_hub, hf_cache, hub_server, hub_token,
+                                                          outputs, monkeypatch, repo):
+    from IPython.core.error import UsageError
+
+    monkeypatch.setenv("HF_TOKEN", hub_token)
+    widget_shell.run_line_magic("load_model", "tiny/llama --device-map cpu --as m")
+    outputs.clear()
+    hub_server.reset_counters()
+    with pytest.raises(UsageError, match=f"'{re.escape(repo)}' is not a valid repo id: ") as info:
+        widget_shell.run_line_magic("push_model", f"m {repo}")
+    assert "Write it as owner/name" in str(info.value) and "repo_type" not in str(info.value)
+    assert outputs == [] and hub_server.requests == []
+

@@ -131,6 +131,10 @@ def test_known_hashes_are_not_read_again(shell, tiny_hub, hf_cache, hub_server, 
     ("write", "m someone-else/x", "cannot create or write repos under 'someone-else'"),
     ("write", "m not a repo", "not a valid repo id|unrecognized arguments"),
     ("write", "m noowner", "has no owner"),
+    ("write", "m bad//repo", "'bad//repo' is not a valid repo id: it has 2 slashes"),
+    ("write", "m /name", "its owner is empty"),
+    ("write", "m user/x --tag v1..2", "'v1..2' is not a valid tag name"),
+    ("write", "m user/x --branch 'a b'", "'a b' is not a valid branch name"),
 ])
 def test_push_refusals_before_any_upload(shell, tiny_hub, hf_cache, hub_server, hub_token, monkeypatch, setup, line,
                                          words):
@@ -146,6 +150,75 @@ def test_push_refusals_before_any_upload(shell, tiny_hub, hf_cache, hub_server, 
         shell.run_line_magic("push_model", line)
     assert not [r for r in hub_server.requests if r[0] in ("POST", "PUT") and "whoami" not in r[1]]
     assert hub_token not in str(info.value) and "hf_wrongwrong" not in str(info.value)
+    assert "repo_type" not in str(info.value)  # our words, not the client's
+
+
+def test_a_tag_that_exists_is_refused_before_anything_is_committed(shell, tiny_hub, hf_cache, hub_server, hub_store,
+                                                                   token, capsys):
+    """Tagging is the push's last step: a tag the repo already has is found before the commit, so the branch does
+    not move and running the cell again cannot pile up commits."""
+    loaded(shell)
+    shell.run_line_magic("push_model", "m user/tag-taken --tag v1 --branch b1")
+    before = hub_store.refs("user/tag-taken")
+    capsys.readouterr()
+    hub_server.reset_counters()
+    for _ in range(2):  # the same answer each time: nothing was made
+        with pytest.raises(UsageError, match="user/tag-taken already has a tag 'v1'") as info:
+            shell.run_line_magic("push_model", "m user/tag-taken --tag v1")
+        assert f"on commit {before['tags']['v1']}" in str(info.value) and "nothing was pushed" in str(info.value)
+        assert "--tag v2" in str(info.value)  # the next step: another tag
+    assert hub_store.refs("user/tag-taken") == before
+    assert not [r for r in hub_server.requests if r[0] in ("POST", "PUT")]
+    out = capsys.readouterr().out
+    assert out.count("✗ push to user/tag-taken failed before anything was uploaded") == 2 and "0 B" not in out
+
+
+def test_a_tag_taken_while_the_push_ran_says_the_commit_it_made(shell, tiny_hub, hf_cache, hub_server, hub_store,
+                                                                token, capsys):
+    """Another push takes the tag between the check and the tag step: the commit stands, and the error says
+    which commit that is, that only the tag is missing, and not to run the cell again; its record is shown."""
+    import threading
+    import time
+
+    loaded(shell)
+    shell.run_line_magic("push_model", "m user/tag-raced --branch b1 --message 'another commit'")
+    hub_server.answer_delay = {"/tag/": 2.0}
+
+    def other_push():  # while our tag request waits, someone else's tag lands
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not any("/tag/" in p for _, p in hub_server.requests):
+            time.sleep(0.01)
+        hub_store.create_tag("user/tag-raced", "v1", revision="b1")
+
+    other = threading.Thread(target=other_push)
+    other.start()
+    capsys.readouterr()
+    try:
+        with pytest.raises(UsageError) as info:
+            shell.run_line_magic("push_model", "m user/tag-raced --tag v1")
+    finally:
+        other.join()
+    refs = hub_store.refs("user/tag-raced")
+    sha, text = refs["branches"]["main"], str(info.value)
+    assert refs["tags"]["v1"] == refs["branches"]["b1"] != sha
+    assert f"as commit {sha}, but the tag 'v1' was not made" in text and "Only the tag is missing" in text
+    assert "Do not run the cell again" in text and f"revision='{sha}'" in text and "tag='v2'" in text
+    out = capsys.readouterr().out
+    assert commit_of(out) == sha and f"%load_model user/tag-raced@{sha}" in out  # the commit's record
+    assert "✗ tag 'v1' not made: the commit above stands" in out
+    assert token not in text + out
+
+
+def test_a_tag_the_hub_refuses_after_the_commit_says_the_commit_it_made(shell, tiny_hub, hf_cache, hub_server,
+                                                                       hub_store, token):
+    loaded(shell)
+    hub_server.errors = {"/tag/": [400]}
+    with pytest.raises(UsageError, match="The Hub answered 400") as info:
+        shell.run_line_magic("push_model", "m user/tag-refused --tag v1")
+    sha = hub_store.refs("user/tag-refused")["branches"]["main"]
+    assert f"as commit {sha}, but the tag 'v1' was not made" in str(info.value)
+    assert f"create_tag('user/tag-refused', tag='v1', revision='{sha}')" in str(info.value)
+    assert "Run the cell again" not in str(info.value)
 
 
 def test_branch_pr_tag_private_message(shell, tiny_hub, hf_cache, hub_server, hub_store, token, capsys):

@@ -20,8 +20,8 @@ from hf_notebook.ui.style import DANGER, WARN
 class TransferProgress:
     """``__call__(event)`` from any thread; ``finish(result)`` or ``fail(error)`` once, in the cell's thread."""
 
-    def __init__(self, verb: str, *, widget: bool, min_interval: float = 0.1, stream: Any = None):
-        self.verb, self.min_interval = verb, min_interval
+    def __init__(self, verb: str, *, widget: bool, min_interval: float = 0.1, stream: Any = None, title: str = ""):
+        self.verb, self.min_interval, self.title = verb, min_interval, title or "transfer"
         self.files: dict[str, tuple[int, Optional[int]]] = {}
         self._lock, self._last, self._said = threading.Lock(), 0.0, set()
         self._stream, self._handle, self._bar, self._label = stream, None, None, None
@@ -75,20 +75,45 @@ class TransferProgress:
             from IPython.display import display
 
             display(result)
+            return
         self._end(result)
 
     def fail(self, error: BaseException) -> None:
-        from IPython.display import HTML
+        """Show what was done before ``error`` stopped the work, in the bar's place (or printed): a static record
+        whose text and HTML say the same. The reason is the error's own, shown once, by the error that follows."""
+        self._end(self.stopped_record(error))
 
-        word = "cancelled" if isinstance(error, KeyboardInterrupt) else "failed"
+    def stopped_record(self, error: BaseException) -> Any:
+        """The record of a transfer that failed or was cancelled: how far it got; a commit that was made
+        (``error.pushed``: only a step after it failed, e.g. the tag) with its own record first."""
+        from hf_notebook.ui.record import Record, _box, _facts_html, _text_facts, html_text, record_of
+        from hf_notebook.ui.style import RULE_DANGER, RULE_WARN
+
+        made = getattr(error, "pushed", None)
+        if made is not None:
+            tag = getattr(error, "tag", None)
+            head = (f"tag {tag!r} not made" if tag else "the last step failed") + ": the commit above stands"
+            shown = record_of(made)
+            return Record(shown.html + _box(f"<b style='{DANGER}'>✗ {html_text(head)}</b>", "", border=RULE_DANGER),
+                          f"{shown.text}\n✗ {head}")
+        cancelled = isinstance(error, KeyboardInterrupt)
+        head = f"{self.title} {'cancelled' if cancelled else 'failed'}"
         done, total, finished = self.totals()
-        text = f"{self.verb} {word} after {format_bytes(done)} of {format_bytes(total)} ({finished} files complete)"
-        style = WARN if word == "cancelled" else DANGER
-        self._end(HTML(f"<div style='{style}'>{escape(text)}</div>") if self._bar is not None else None, text)
+        facts = [(self.verb, f"{format_bytes(done)} of {format_bytes(total)}, {finished} of {len(self.files)} "
+                             f"file{'s' * (len(self.files) != 1)} complete")] if self.files else []
+        if not facts:
+            head += f" before anything was {self.verb}"
+        mark, style = ("■", WARN) if cancelled else ("✗", DANGER)
+        html = _box(f"<b style='{style}'>{mark} {html_text(head)}</b>",
+                    _facts_html([(k, html_text(v)) for k, v in facts]) if facts else "",
+                    border=RULE_WARN if cancelled else RULE_DANGER)
+        return Record(html, "\n".join([f"{mark} {head}"] + _text_facts(facts)))
 
-    def _end(self, shown: Any, text: str = "") -> None:
+    def _end(self, shown: Any) -> None:
         if self._handle is not None:
+            from hf_notebook.ui.style import close_all
+
             self._handle.update(shown)
-            self.widget.close()
-        elif text:
-            print(text, file=self._stream, flush=True)
+            close_all(self.widget)  # the bar and its label too: no comm is left behind
+        else:
+            print(repr(shown), file=self._stream, flush=True)

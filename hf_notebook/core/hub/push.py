@@ -7,11 +7,15 @@ the folder's manifest already holds are handed to the client, so files are not r
 Per-file progress comes from our file reader (LFS) or from hf_xet's own per-file reports (Xet).
 The token is checked (present, allowed to write, owner of the namespace) before any upload,
 and never appears in a result, an error or a repr: errors are rewritten with tokens masked.
+So is what else can be checked cheaply: the repo id, branch and tag names, and that a tag asked for
+does not exist yet. Tagging is the last step, after the commit: should it still fail (another push
+took the tag meanwhile), :class:`TagNotMadeError` carries the commit that was made.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import json
 import os
@@ -52,19 +56,47 @@ class PushResult:
 
 
 def parse_repo_id(text: str) -> str:
-    """``org/name``, validated as the Hub validates it."""
+    """``owner/name``, validated as the Hub's client validates it, refused in our words (what is wrong, how to
+    write it) before anything is shown or sent."""
     from huggingface_hub.errors import HFValidationError
     from huggingface_hub.utils import validate_repo_id
 
     text = (text or "").strip()
+    hint = "Write it as owner/name, e.g. my-user/my-model."
+    if not text:
+        raise OptionError("No repo given to push to.", hint=hint)
+    if "/" not in text:
+        raise OptionError(f"{text!r} has no owner.", hint=hint)
     try:
         validate_repo_id(text)
-    except HFValidationError as exc:
-        raise OptionError(f"{text!r} is not a valid repo id: {str(exc).splitlines()[0]}",
-                          hint="Write it as owner/name, e.g. my-user/my-model.") from None
-    if "/" not in text:
-        raise OptionError(f"{text!r} has no owner.", hint="Write it as owner/name, e.g. my-user/my-model.")
+    except HFValidationError:
+        raise OptionError(f"{text!r} is not a valid repo id: {_repo_id_problem(text)}.", hint=hint) from None
     return text
+
+
+def _repo_id_problem(text: str) -> str:
+    """What is wrong with a repo id the client refused, said as the rule it breaks."""
+    slashes = text.count("/")
+    if slashes > 1:
+        return f"it has {slashes} slashes, and a repo id has one, between the owner and the name"
+    owner, name = text.split("/")
+    if not owner or not name:
+        return f"its {'owner' if not owner else 'name'} is empty"
+    if name.endswith(".git"):
+        return "a name may not end in .git"
+    return ("owner and name hold only letters, digits, '-', '_' and '.', start and end with a letter or digit, "
+            "have no '--' or '..', and the name is at most 96 characters long")
+
+
+def _check_ref_name(kind: str, name: str) -> None:
+    """A branch or tag name git (and so the Hub) accepts, checked before anything is created or sent."""
+    bad = (not name or name != name.strip() or name.startswith(("-", "/", ".")) or name.endswith(("/", ".", ".lock"))
+           or ".." in name or "//" in name or "@{" in name or name == "@"
+           or any(c in name for c in " ~^:?*[\\") or any(ord(c) < 32 or ord(c) == 127 for c in name))
+    if bad:
+        raise OptionError(f"{name!r} is not a valid {kind} name.",
+                          hint=f"Give the {kind} a name of letters, digits, '-', '_', '.' and '/' (e.g. v1.0); "
+                               "nothing was pushed.")
 
 
 def push_folder(folder: str | os.PathLike, repo_id: str, *, private: bool = False, branch: Optional[str] = None,
@@ -76,6 +108,9 @@ def push_folder(folder: str | os.PathLike, repo_id: str, *, private: bool = Fals
     t0 = time.perf_counter()
     folder = Path(folder).expanduser()
     repo_id = parse_repo_id(repo_id)
+    for kind, ref in (("branch", branch), ("tag", tag)):
+        if ref is not None:
+            _check_ref_name(kind, ref)
     if not folder.is_dir():
         raise OptionError(f"{folder} is not a folder.", hint="Save the model first (%save_model NAME DIR), or fix --from.")
     _check_folder(folder)
@@ -83,6 +118,8 @@ def push_folder(folder: str | os.PathLike, repo_id: str, *, private: bool = Fals
     endpoint = constants.ENDPOINT
     try:
         _check_token(api, repo_id, token)
+        if tag:
+            _check_tag_free(api, repo_id, tag, token)
         api.create_repo(repo_id, private=private, exist_ok=True, token=token)
         if branch:
             api.create_branch(repo_id, branch=branch, exist_ok=True, token=token)
@@ -90,17 +127,84 @@ def push_folder(folder: str | os.PathLike, repo_id: str, *, private: bool = Fals
         with library_bars_off(), _xet_file_progress(operations, on_event):  # our events tell the progress
             info = api.create_commit(repo_id, operations, revision=branch, create_pr=create_pr, token=token,
                                      commit_message=message or f"Upload {folder.name} with hf_notebook")
-        sha = info.oid
-        if tag:
-            api.create_tag(repo_id, tag=tag, revision=sha, token=token, exist_ok=False)
     except HfNotebookError:
         raise
     except Exception as exc:  # the client's errors: rewritten, token masked, without their frames
         raise _ours(exc, endpoint) from None
     revision = f"refs/pr/{info.pr_num}" if create_pr and info.pr_num is not None else (branch or "main")
     sent = None if _through_xet() else tuple(uploaded)  # Xet reads the files itself: which bytes it sent is its own
-    return PushResult(repo_id, sha, info.commit_url, revision, tuple(op.path_in_repo for op in operations),
-                      sent, time.perf_counter() - t0, info.pr_url, tag, card, name)
+    pushed = PushResult(repo_id, info.oid, info.commit_url, revision, tuple(op.path_in_repo for op in operations),
+                        sent, time.perf_counter() - t0, info.pr_url, None, card, name)
+    if not tag:
+        return pushed
+    try:
+        api.create_tag(repo_id, tag=tag, revision=pushed.commit_sha, token=token, exist_ok=False)
+    except Exception as exc:  # the commit stands: said with its sha, so no one pushes it again to get the tag
+        error = _tag_not_made(exc, pushed, tag, token, api, endpoint)
+        if error is not None:
+            raise error from None
+    return dataclasses.replace(pushed, tag=tag, seconds=time.perf_counter() - t0)
+
+
+class TagNotMadeError(PushError):
+    """The commit was made, only its tag was not: ``pushed`` is that commit (its record, its sha)."""
+
+    def __init__(self, message: str, *, hint: str | None = None, pushed: PushResult, tag: str):
+        super().__init__(message, hint=hint)
+        self.pushed, self.tag = pushed, tag
+
+
+def _tags(api: Any, repo_id: str, token: Any) -> dict[str, str]:
+    """The repo's tags, name -> commit; none for a repo that does not exist yet."""
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    try:
+        refs = api.list_repo_refs(repo_id, token=token)
+    except RepositoryNotFoundError:
+        return {}
+    return {t.name: t.target_commit for t in refs.tags}
+
+
+def _check_tag_free(api: Any, repo_id: str, tag: str, token: Any) -> None:
+    """A tag asked for must not exist yet: refused before the commit (else the commit stands and the tag fails)."""
+    at = _tags(api, repo_id, token).get(tag)
+    if at is not None:
+        raise PushError(f"{repo_id} already has a tag {tag!r} (on commit {at}); nothing was pushed.",
+                        hint=f"Pick another tag (--tag {_next_tag(tag)}), or push without --tag; a tag is never "
+                             "moved by %push_model.")
+
+
+def _next_tag(tag: str) -> str:
+    """A tag name to suggest instead of ``tag``: its last number one up (v1 -> v2), else ``tag-2``."""
+    import re
+
+    m = re.search(r"(\d+)(\D*)$", tag)
+    return f"{tag[:m.start(1)]}{int(m.group(1)) + 1}{m.group(2)}" if m else f"{tag}-2"
+
+
+def _tag_not_made(exc: BaseException, pushed: PushResult, tag: str, token: Any, api: Any,
+                  endpoint: str) -> Optional[TagNotMadeError]:
+    """The tag step failed after the commit (another push took the tag meanwhile, or the Hub failed): the commit
+    that was made, and that only the tag is missing."""
+    from ..errors import status_of
+
+    status = status_of(exc)
+    at = None
+    if status == 409:  # a conflict: the tag exists; where it points says whether this push made it after all
+        with contextlib.suppress(Exception):  # only to say where the tag points; the error stands without it
+            at = _tags(api, pushed.repo_id, token).get(tag)
+        if at == pushed.commit_sha:
+            return None  # an answer lost on the way, and the tag made by the request that got no answer
+    why = (f"the tag was made on commit {at} while this push ran" if at else _ours(exc, endpoint).message)
+    where = pushed.repo_id + (f" ({pushed.revision})" if pushed.revision != "main" else "")
+    other = _next_tag(tag) if at else tag
+    return TagNotMadeError(
+        f"Pushed to {where} as commit {pushed.commit_sha}, but the tag {tag!r} was not made: {why}. "
+        "Only the tag is missing; the commit is on the Hub.",
+        hint=f"Do not run the cell again (that makes another commit). Tag this commit instead: "
+             f"HfApi().create_tag({pushed.repo_id!r}, tag={other!r}, "
+             f"revision={pushed.commit_sha!r}); load it with {pushed.load_line}",
+        pushed=pushed, tag=tag)
 
 
 def _through_xet() -> bool:
