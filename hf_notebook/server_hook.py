@@ -9,6 +9,11 @@ puts that line in place of the widget view. The open page keeps its live panel; 
 page reloaded while the kernel runs shows the line too (run the cell again for the panel). Outputs of other
 widgets are left as they are.
 
+The same hook empties every password field in the notebook's saved widget state (``metadata.widgets``, written
+by "Save Widget State Automatically" and by nbclient): the save and push panel takes a token out of its field as
+soon as the kernel gets it, but a field the kernel has not answered yet (a busy kernel) still holds what was
+typed, and no password belongs in a file.
+
 Installed with the package (``etc/jupyter/jupyter_server_config.d/hf_notebook.json``); ``jupyter server
 extension list`` names it. Importing this module imports nothing heavy (no IPython, no torch).
 """
@@ -21,6 +26,7 @@ from typing import Any
 from hf_notebook.ui.style import MUTED  # a closed panel's line, as ``end_panel`` writes it
 
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
 KEY = "hf_notebook"  # the output metadata of a live panel: {"saved": the line a saved file shows instead}
 
 
@@ -33,10 +39,12 @@ def _load_jupyter_server_extension(serverapp: Any) -> None:
 
 
 def keep_records(model: dict, **_: Any) -> None:
-    """``ContentsManager`` pre-save hook: each open hf_notebook panel of a notebook becomes its saved line."""
+    """``ContentsManager`` pre-save hook: each open hf_notebook panel of a notebook becomes its saved line, and
+    no password field's value is kept in the saved widget state."""
     content = model.get("content") if model.get("type") == "notebook" else None
     if not isinstance(content, dict):
         return
+    forget_passwords(content.get("metadata"))
     for cell in content.get("cells") or []:
         for output in (cell.get("outputs") or []) if isinstance(cell, dict) else []:
             line = saved_line(output)
@@ -53,3 +61,14 @@ def saved_line(output: Any) -> str | None:
     if WIDGET_VIEW not in output["data"] or not isinstance(mark, dict) or not isinstance(mark.get("saved"), str):
         return None
     return mark["saved"]
+
+
+def forget_passwords(metadata: Any) -> None:
+    """Empty the value of every password field in a notebook's saved widget state (``metadata.widgets``)."""
+    widgets = metadata.get("widgets") if isinstance(metadata, dict) else None
+    saved = widgets.get(WIDGET_STATE) if isinstance(widgets, dict) else None
+    models = saved.get("state") if isinstance(saved, dict) else None
+    for entry in models.values() if isinstance(models, dict) else ():
+        state = entry.get("state") if isinstance(entry, dict) else None
+        if isinstance(state, dict) and entry.get("model_name") == "PasswordModel" and state.get("value"):
+            state["value"] = ""

@@ -212,3 +212,29 @@ def test_a_malformed_repo_id_is_refused_before_any_panel(widget_shell, tiny_hub,
     assert "Write it as owner/name" in str(info.value) and "repo_type" not in str(info.value)
     assert outputs == [] and hub_server.requests == []
 
+
+def test_no_password_is_kept_in_a_saved_notebooks_widget_state(shell, tiny_hub, hf_cache):
+    """The server's pre-save hook empties password fields in ``metadata.widgets`` (the widget state Lab saves):
+    a field the kernel has not emptied yet (busy), or anyone's own password widget; other values stay."""
+    import json
+
+    import ipywidgets
+
+    from hf_notebook.server_hook import keep_records
+
+    mine = ipywidgets.Password(value="hf_typedbutnotsenttothekernel")
+    kept = ipywidgets.Text(value="a note")
+    state = ipywidgets.Widget.get_manager_state(widgets=[mine, kept])
+    assert "hf_typedbutnotsenttothekernel" in json.dumps(state)
+    model = {"type": "notebook", "content": {"cells": [], "nbformat": 4, "nbformat_minor": 5, "metadata": {
+        "widgets": {"application/vnd.jupyter.widget-state+json": state}}}}
+    keep_records(model)
+    saved = model["content"]["metadata"]["widgets"]["application/vnd.jupyter.widget-state+json"]["state"]
+    assert "hf_typedbutnotsenttothekernel" not in json.dumps(model)
+    assert saved[mine.model_id]["state"]["value"] == "" and saved[kept.model_id]["state"]["value"] == "a note"
+    models = {"x": "not a model", "y": {"model_name": "PasswordModel"}}
+    odd = {"type": "notebook", "content": {"cells": [], "metadata": {"widgets": {
+        "application/vnd.jupyter.widget-state+json": {"state": models}}}}}
+    keep_records(odd)  # malformed state: left as it is, no error
+    mine.close()
+    kept.close()

@@ -258,15 +258,60 @@ def test_the_panel_clears_the_token_and_keeps_it_out_of_everything(shell, tiny_h
     panel.folder.value = str(work_dir / "saved")
     assert panel.save() is not None and (work_dir / "saved" / "config.json").exists()
     panel.repo.value, panel.token.value = "user/from-panel", hub_token
-    states = []
-    panel.token.observe(lambda change: states.append(json.dumps([w.get_state() for w in walk(panel.widget)],
-                                                                default=str)), "value")
+    states = [json.dumps([w.get_state() for w in walk(panel.widget)], default=str)]  # as a saved notebook keeps it
     pushed = panel.push()
     assert pushed is not None and pushed.repo_id == "user/from-panel" and panel.token.value == ""
     assert panel.files.children == () and panel.closed  # no bar left behind; the panel gave way to its records
+    assert not panel.has_token  # pushed: forgotten
     seen = [*states, repr(pushed), str(shell.display_formatter.format(pushed)), panel.status.value,
-            capsys.readouterr().out]  # the widget state as a saved notebook would keep it, once the token was read
-    assert states and all(hub_token not in s for s in seen)
+            capsys.readouterr().out]
+    assert all(hub_token not in s for s in seen)
+
+
+def test_a_token_typed_but_not_pushed_is_in_no_widget_state(shell, tiny_hub, hf_cache, hub_server, hub_token,
+                                                            monkeypatch, work_dir):
+    """A token typed in the panel's field and not pushed yet: the front end sends it (Enter, or leaving the field),
+    the panel takes it and empties the field; no widget state (the kernel's, a saved notebook's) and no message
+    to a front end holds it. The push then uses it."""
+    import ipywidgets
+
+    from hf_notebook.magics import instance
+    from hf_notebook.ui.save_push import SavePushPanel
+
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setenv("HF_HOME", str(work_dir / "no-login"))
+    loaded(shell)
+    panel = SavePushPanel(instance(shell).session, "m")
+    sent = []  # what the kernel sends to front ends
+    monkeypatch.setattr(ipywidgets.Widget, "_send",
+                        lambda self, msg, buffers=None: sent.append(json.dumps(msg, default=str)))
+    assert panel.token.continuous_update is False  # sent when typed, not key by key
+    panel.token.set_state({"value": hub_token})  # what the front end sends
+    assert panel.has_token and "token typed in this panel" in panel.who.value
+    assert panel.token.value == "" and "a token is set" in panel.token.placeholder
+    assert hub_token not in json.dumps(ipywidgets.Widget.get_manager_state(), default=str)
+    assert any('"value": ""' in m for m in sent)  # the front end's field emptied too
+    assert sent and all(hub_token not in m for m in sent)
+    panel.repo.value = "user/typed-token"
+    pushed = panel.push()
+    assert pushed is not None and pushed.repo_id == "user/typed-token" and not panel.has_token
+    assert all(hub_token not in m for m in sent)
+
+
+def test_a_token_can_be_forgotten_before_the_push(shell, tiny_hub, hf_cache, hub_server, hub_token, monkeypatch,
+                                                  work_dir):
+    from hf_notebook.magics import instance
+    from hf_notebook.ui.save_push import SavePushPanel
+
+    monkeypatch.setenv("HF_TOKEN", hub_token)
+    loaded(shell)
+    panel = SavePushPanel(instance(shell).session, "m")
+    assert panel.forget_button.layout.display == "none"
+    panel.token.value = "hf_typedtypedtypedtyped"
+    assert panel.has_token and panel.forget_button.layout.display != "none"
+    panel.forget_button.click()
+    assert not panel.has_token and "logged in as" in panel.who.value and panel.forget_button.layout.display == "none"
+
 
 
 def walk(widget):

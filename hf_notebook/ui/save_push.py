@@ -2,9 +2,10 @@
 token to push; per-file progress; and, beside it, the static record of each result.
 
 Only draws and forwards: saving is ``core.weights.save.save_model``, pushing ``core.hub.push.push_folder``
-(through the magics' rules, e.g. never into a folder a loaded model reads from). The token
-field's value is read once and cleared at once, before anything is sent, so it is in no output,
-no log and no saved widget state. Standard ipywidgets only.
+(through the magics' rules, e.g. never into a folder a loaded model reads from). A token typed in
+the password field is taken out of it as soon as it reaches the kernel (Enter, or leaving the field) and
+kept only in the panel's Python object until the push: the widget's value is never the token, so it is
+in no widget state (saved or sent), output or log. Standard ipywidgets only.
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ import tempfile
 import threading
 import time
 from html import escape
-from typing import Any
+from typing import Any, Callable, Optional
 
 import ipywidgets as W
+from traitlets import Unicode, validate
 
 from hf_notebook.core.events import FileProgress
 from hf_notebook.core.units import format_bytes
@@ -27,6 +29,28 @@ from hf_notebook.ui.style import DANGER, MUTED, OK, PANEL_BORDER
 def _wide() -> W.Layout:
     """A field's layout: its own (closing a panel closes its layouts, so none may be shared)."""
     return W.Layout(flex="1 1 16em", min_width="10em")
+
+
+class TokenField(W.Password):
+    """A password field whose value is never the token: what the front end sends is handed to ``take`` and the
+    field is emptied (its value stays ``""``, so no widget state holds the token; the front end gets the
+    empty value back). Only sent on Enter or when the field loses focus, never key by key, and not echoed to
+    other front ends."""
+
+    value = Unicode(help="always empty: a token typed is handed over").tag(sync=True, echo_update=False)
+
+    def __init__(self, take: Callable[[str], None], **kwargs: Any):
+        self._take = take
+        super().__init__(continuous_update=False, **kwargs)
+
+    @validate("value")
+    def _hand_over(self, proposal: Any) -> str:
+        if proposal["value"]:
+            self._take(proposal["value"])
+        return ""
+
+
+_TOKEN_PLACEHOLDER = "empty: your login (hf auth login / HF_TOKEN)"
 
 
 class SavePushPanel:
@@ -59,15 +83,18 @@ class SavePushPanel:
         self.branch = W.Text(placeholder="main", description="branch", style=style, layout=W.Layout(width="16em"))
         self.create_pr = W.Checkbox(value=False, description="open a pull request", indent=False)
         self.message = W.Text(placeholder="Upload with hf_notebook", description="message", style=style, layout=_wide())
-        self.token = W.Password(placeholder="empty: your login (hf auth login / HF_TOKEN)", description="token",
-                                style=style, layout=_wide())
+        self._token: Optional[str] = None  # a token typed here: only in this object, never in a widget
+        self.token = TokenField(self._take_token, placeholder=_TOKEN_PLACEHOLDER, description="token", style=style,
+                                layout=_wide())
+        self.forget_button = W.Button(description="Forget token", icon="times", tooltip="push with your login instead",
+                                      layout=W.Layout(display="none"))
+        self.forget_button.on_click(lambda _: self.forget_token())
         self.push_button = W.Button(description="Push", icon="upload", button_style="primary")
         self.done_button = W.Button(description="Done", icon="check",
                                     tooltip="close the panel: its records stay, so a saved notebook shows them")
         self.done_button.on_click(lambda _: self.done())
         self.who = W.HTML()
         self.repo.observe(lambda _: self._show_who(), "value")
-        self.token.observe(lambda _: self._show_who(), "value")
         self._show_who()
         self.files = W.VBox()
         self.status = W.HTML()
@@ -80,7 +107,8 @@ class SavePushPanel:
             W.HBox([self.folder, self.shard, self.dtype], **row), W.HBox([self.overwrite, self.save_button], **row),
             W.HTML(f"<div style='{MUTED};margin-top:6px'>push to the Hub (saved first if needed)</div>"),
             W.HBox([self.repo, self.private], **row), W.HBox([self.branch, self.create_pr], **row),
-            W.HBox([self.message], **row), W.HBox([self.token, self.push_button, self.done_button], **row),
+            W.HBox([self.message], **row),
+            W.HBox([self.token, self.forget_button, self.push_button, self.done_button], **row),
             self.who,
             self.files, self.status,
         ], layout=W.Layout(border=PANEL_BORDER, padding="6px", max_width="100%"))
@@ -102,9 +130,9 @@ class SavePushPanel:
         return (self.folder.value.strip(), self.shard.value.strip(), self.dtype.value)
 
     def push(self) -> Any:
-        """Push the saved folder (or save into a temporary one first) to the repo field's repo."""
-        token = self.token.value or None
-        self.token.value = ""  # read once: gone from the widget (and any saved state) before anything is sent
+        """Push the saved folder (or save into a temporary one first) to the repo field's repo, with the token
+        typed in the panel (kept for another try if this one fails; forgotten once pushed) or else the login."""
+        token = self._token
         repo = self.repo.value.strip()
         self._start(f"pushing to {repo}…")
         try:
@@ -121,17 +149,38 @@ class SavePushPanel:
         finally:
             token = None
         self._done(f"✓ pushed to {self.pushed.repo_id} at {self.pushed.commit_sha[:12]}", self.pushed)
-        self.done()  # the last step: the panel gives way to its records
+        self.done()  # the last step: the panel gives way to its records (and forgets the token)
         return self.pushed
 
     def _push_options(self) -> dict:
         return dict(private=self.private.value, branch=self.branch.value.strip() or None,
                     create_pr=self.create_pr.value, message=self.message.value.strip() or None, name=self.name)
 
+    def _take_token(self, token: str) -> None:
+        """A token typed in the field (which is emptied at once): kept here, the field says one is set."""
+        self._token = token.strip() or None
+        self._show_token()
+
+    def forget_token(self) -> None:
+        """Drop a token typed in the panel: the push uses the login again."""
+        self._token = None
+        self._show_token()
+
+    @property
+    def has_token(self) -> bool:
+        """Whether a token was typed in the panel (the token itself is never shown)."""
+        return self._token is not None
+
+    def _show_token(self) -> None:
+        self.token.placeholder = ("a token is set (type another to replace it)" if self._token
+                                  else _TOKEN_PLACEHOLDER)
+        self.forget_button.layout.display = None if self._token else "none"
+        self._show_who()
+
     def _show_who(self) -> None:
         """Who the push would be made as, and whether that account may write to the repo typed."""
-        if self.token.value:
-            text, style = "pushing with the token typed above (checked when you push)", MUTED
+        if self._token:
+            text, style = "pushing with the token typed in this panel (checked when you push)", MUTED
         elif self.identity is None:
             text, style = self.identity_problem, DANGER
         else:
@@ -194,10 +243,14 @@ class SavePushPanel:
         return None
 
     def _clear_bars(self) -> None:
-        for bar, _ in self.bars.values():
-            bar.close()
+        """Each file's row goes, closed whole (a row left open with a closed bar in it breaks the kernel's
+        widget state, ``Widget.get_manager_state``)."""
+        from hf_notebook.ui.style import close_all
+
+        rows, self.files.children = self.files.children, ()
         self.bars.clear()
-        self.files.children = ()
+        for row in rows:
+            close_all(row)
 
     # -- output ---------------------------------------------------------------------------------
     def display(self) -> None:
@@ -221,6 +274,7 @@ class SavePushPanel:
     def done(self) -> None:
         """Close the panel: its output becomes one static line (a saved notebook shows no widget there), the
         records stay below it."""
+        self._token = None  # the panel's work is over: a token typed in it goes too
         if self.closed:
             return
         self.closed = True
