@@ -151,16 +151,22 @@ class HFNotebook(Magics):
     display = CaselessStrEnum(("auto", "widget", "text"), "auto", config=True,
                               help="Progress display: widgets in Jupyter, text in a terminal (auto), or forced.")
 
-    @validate("dtype", "device_map", "max_memory")
+    @validate("dtype", "device_map", "max_memory", "cache_dir", "offload_folder", "lock_file")
     def _check_default(self, proposal):
         """``%config HFNotebook.dtype = 'bf17'`` is refused when it is set (the value stays as it was, and
         ``%config`` shows why), not at the next call."""
+        from .core.folders import parse_folder
+        from .core.hub.lock import check_lock_path
         from .core.options import parse_device_map, parse_dtype, parse_max_memory
 
-        check = {"dtype": parse_dtype, "device_map": parse_device_map, "max_memory": parse_max_memory}
         name, value = proposal["trait"].name, proposal["value"]
+        check = {"dtype": parse_dtype, "device_map": parse_device_map,
+                 "max_memory": lambda v: parse_max_memory(v or None),
+                 "cache_dir": lambda v: parse_folder(v, f"HFNotebook.{name}"),
+                 "offload_folder": lambda v: parse_folder(v, f"HFNotebook.{name}"),
+                 "lock_file": lambda v: check_lock_path(v) if v else None}
         try:
-            check[name](value or None) if name == "max_memory" else check[name](value)
+            check[name](value)
         except HfNotebookError as exc:
             raise TraitError(f"HFNotebook.{name} = {value!r} is refused: {exc}") from None  # %config logs it
         return value

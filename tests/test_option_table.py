@@ -108,11 +108,19 @@ def test_a_bound_quantized_plan_loads_quantized(shell, tiny_hub, hf_cache):
 
 @pytest.mark.parametrize("setting, says", [("dtype = 'bf17'", "Unknown dtype"),
                                            ("device_map = 'everywhere'", "Cannot read --device-map"),
-                                           ("max_memory = 'cpu'", "DEVICE=SIZE")])
+                                           ("max_memory = 'cpu'", "DEVICE=SIZE"),
+                                           ("offload_folder = '/etc/passwd'",
+                                            "HFNotebook.offload_folder '/etc/passwd' is not a folder"),
+                                           ("cache_dir = '/dev/null/x'",
+                                            "HFNotebook.cache_dir '/dev/null/x' cannot be created"),
+                                           ("lock_file = '/nonexistent/dir/lock.json'",
+                                            "'/nonexistent/dir' is not a writable folder"),
+                                           ("lock_file = '/tmp'", "'/tmp' is a folder")])
 def test_config_defaults_are_checked_when_set(shell, setting, says, caplog):
     from hf_notebook.magics import instance
 
-    before = {k: getattr(instance(shell), k) for k in ("dtype", "device_map", "max_memory")}
+    before = {k: getattr(instance(shell), k) for k in ("dtype", "device_map", "max_memory", "offload_folder",
+                                                        "cache_dir", "lock_file")}
     shell.run_line_magic("config", f"HFNotebook.{setting}")  # %config shows a configurable's refusal as an error
     assert any(says in r.getMessage() and r.levelname == "ERROR" for r in caplog.records), caplog.text
     assert {k: getattr(instance(shell), k) for k in before} == before  # and the value stays as it was

@@ -51,7 +51,11 @@ def test_a_damaged_lock_file_is_named_before_loading(shell, tiny_hub, hf_cache, 
 
 
 def test_a_lock_path_that_is_a_folder_is_refused_before_loading(shell, tiny_hub, hf_cache, tmp_path):
-    shell.run_line_magic("config", f"HFNotebook.lock_file = {str(tmp_path)!r}")
+    """%config refuses a folder when set; one that became a folder later is named before anything is loaded."""
+    from hf_notebook.magics import instance
+
+    instance(shell).lock_file = str(tmp_path / "lock.json")
+    (tmp_path / "lock.json").mkdir()  # a lock path that became a folder after it was set
     with pytest.raises(UsageError) as info:
         shell.run_line_magic("load_model", "tiny/llama --device-map cpu --as m")
     assert "not a file" in str(info.value) and "m" not in shell.user_ns

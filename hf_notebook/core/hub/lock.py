@@ -32,6 +32,18 @@ def key_of(repo_id: str, revision: Optional[str], loaded: tuple = ()) -> str:
     return " ".join([f"{repo_id}@{revision or 'main'}", *loaded])
 
 
+def check_lock_path(path: str | os.PathLike) -> None:
+    """A path a lock file can be kept at: a file, or a name in an existing writable folder."""
+    path = Path(path).expanduser()
+    folder = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise OptionError(f"The lock file {str(path)!r} is a folder.",
+                          hint="Give a file path, e.g. %config HFNotebook.lock_file = 'hf_notebook.lock.json'.")
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        raise OptionError(f"The lock file {str(path)!r} cannot be written: {str(folder)!r} is not a writable folder.",
+                          hint="Give a path in a folder that exists and you can write to ('' turns the lock file off).")
+
+
 def read(path: str | os.PathLike) -> dict[str, dict]:
     """The entries of the lock file at ``path`` (none if it does not exist), each checked for the fields a
     locked load relies on: a damaged or hand-edited file is refused here, before anything is loaded."""
