@@ -82,6 +82,15 @@ def test_a_wrong_line_points_to_help(shell):
         shell.run_line_magic("models", "--nope")
 
 
+def test_a_budget_for_a_gpu_this_machine_lacks_names_the_budget(shell, tiny_hub, hf_cache):
+    import torch
+
+    missing = torch.cuda.device_count()
+    with pytest.raises(UsageError, match=f"(?s)--max-memory gives a budget to cuda:{missing}.*%plan_model --target"):
+        shell.run_line_magic("load_model", f"tiny/llama --max-memory {missing}=1GiB,cpu=1GiB --as m")
+    assert "m" not in shell.user_ns
+
+
 CANARY = "hf_" + "Canary1234567890abcdefXYZ"
 
 

@@ -319,7 +319,7 @@ class _Pipeline:
         """The load pipeline proper; a temp offload folder it made is removed if it fails."""
         plan = self.plan(read_headers=False, for_load=True)
         opts, stages = self.opts, self.stages  # as the plan resolved them (--fit, --context max)
-        check_devices_exist(plan.device_map)
+        check_devices_exist(plan.device_map, opts.max_memory)
 
         stages.start("fetch")
         checkpoint: Checkpoint = self.files.checkpoint(self.headers)

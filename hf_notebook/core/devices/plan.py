@@ -652,14 +652,19 @@ def _spill_hint(plan: Plan) -> str:
     return "To fit: " + ", or ".join(ways) + "; or drop --no-offload to accept the offload."
 
 
-def check_devices_exist(device_map: dict) -> None:
-    """Refuse a map that names a GPU (or mps) this machine does not have."""
+def check_devices_exist(device_map: dict, max_memory: Optional[dict] = None) -> None:
+    """Refuse a map that names a GPU (or mps) this machine does not have; first a ``--max-memory`` that budgets one
+    (the map then follows it there: naming the budget is what the user can fix)."""
     import torch
 
     count = torch.cuda.device_count()
+    have = f"GPUs 0-{count - 1}" if count else "no GPU"
+    for device in sorted(k for k in (max_memory or {}) if isinstance(k, int) and k >= count):
+        raise DeviceError(f"--max-memory gives a budget to cuda:{device}, but this machine has {have}.",
+                          hint="Budget the devices this machine has (e.g. --max-memory cpu=8GiB); to plan for "
+                               "another machine, use %plan_model --target.")
     for name, device in device_map.items():
         if isinstance(device, int) and device >= count:
-            have = f"GPUs 0-{count - 1}" if count else "no GPU"
             raise DeviceError(f"The device map puts {name or 'the model'!r} on cuda:{device}, but this machine has {have}.",
                               hint="Use --device-map auto (or cpu), or edit the map to devices that exist.")
         if device == "mps" and not torch.backends.mps.is_available():
