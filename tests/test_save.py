@@ -350,3 +350,12 @@ def test_a_refused_save_says_its_reason_and_its_hint_once(shell, tiny_hub, hf_ca
         shell.run_line_magic("save_model", f"m {work}")
     text = str(info.value)
     assert "notes.txt" in text and text.count("Pick a new folder") == 1 and ".." not in text
+
+
+def test_a_save_inside_a_saved_model_folder_is_refused(shell, tiny_hub, hf_cache, work):
+    shell.run_line_magic("load_model", "tiny/llama --device-map cpu --as m")
+    shell.run_line_magic("save_model", f"m {work / 'out'}")
+    with pytest.raises(UsageError, match="(?s)is inside .*out, a saved model folder.*sibling"):
+        shell.run_line_magic("save_model", f"m {work / 'out' / 'sub'}")
+    assert not (work / "out" / "sub").exists()
+    shell.run_line_magic("load_model", f"{work / 'out'} --as again")  # still passes its check

@@ -129,6 +129,7 @@ def _check_target(target: Path, overwrite: bool, reads_from: tuple) -> None:
     _check_not_a_home(target)
     _check_not_read(target, reads_from)
     _check_not_in_a_cache(target)
+    _check_not_in_a_saved_folder(target)
     if target.exists() and not target.is_dir():
         raise SaveError(f"{target} is a file, not a folder.", hint="Give a folder path to save into.")
     if target.is_dir():
@@ -163,6 +164,16 @@ def _linked_folders(folder: Path) -> list[Path]:
                 if path.is_dir():
                     found.append(path.resolve())
     return list(dict.fromkeys(found))
+
+
+def _check_not_in_a_saved_folder(target: Path) -> None:
+    """Not inside a folder a save or an export wrote: its manifest lists exactly its files, so a model saved
+    within would make it fail its check (a load or push of it refused)."""
+    for folder in target.parents:
+        if (folder / MANIFEST).is_file():
+            raise SaveError(f"{target} is inside {folder}, a saved model folder: its manifest lists exactly its files, "
+                            "and a folder added to it would make it fail its check.",
+                            hint="Save next to it instead, e.g. into a sibling folder.")
 
 
 def _check_not_in_a_cache(target: Path) -> None:
