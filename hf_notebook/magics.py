@@ -641,6 +641,10 @@ def _check_name(name: str, shell) -> str:
         raise UsageError(f"--as {name!r} is not a valid Python variable name.")
     if name.startswith("__") or name in shell.user_ns_hidden or name in ("In", "Out", "get_ipython", "exit", "quit"):
         raise UsageError(f"--as {name!r} would replace a name that Python or IPython needs. Pick another name.")
+    import builtins
+
+    if hasattr(builtins, name):
+        raise UsageError(f"--as {name!r} would hide Python's builtin {name}() in this notebook. Pick another name.")
     return name
 
 

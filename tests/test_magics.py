@@ -147,6 +147,7 @@ def test_a_ctrl_c_while_the_loaded_model_is_bound_completes_the_load_and_says_so
     ("tiny/llama --device-map cuda:3", "this machine has"),
     ("tiny/llama --dtype int3", "Unknown dtype"),
     ("tiny/llama --as 1bad", "not a valid Python variable name"),
+    ("tiny/llama --as print", "would hide Python's builtin print()"),
     ("tiny/llama --max-memory cpu=100KB --no-offload", "--no-offload"),
 ])
 def test_errors_are_usage_errors_and_leave_namespace_alone(shell, tiny_hub, hf_cache, line, fragment):
