@@ -204,3 +204,9 @@ def test_a_one_device_map_that_leaves_the_head_out_loads_and_edits(shell, tiny_h
     shell.run_line_magic("edit_device_map", "m --set model.layers.0=disk --set lm_head=disk")
     assert m.hf_device_map["model.layers.0"] == "disk" and m.hf_device_map["lm_head"] == "disk"
     assert torch.equal(out(m), before)
+
+
+def test_more_layers_than_the_model_has_is_refused_not_clamped(shell, tiny_hub, hf_cache):
+    shell.run_line_magic("load_model", "tiny/llama --device-map cpu --as m")
+    with pytest.raises(UsageError, match="(?s)--layers 7: the model has 2 numbered layers.*Give 0 to 2"):
+        shell.run_line_magic("edit_device_map", "m --layers 7")

@@ -281,7 +281,10 @@ class MapEditor:
         if not layers or self.slower is None:
             raise MapError("There are no numbered layers to spread, or only one device on offer.",
                            hint="Move modules with the selectors instead.")
-        count = max(0, min(int(count), len(layers)))
+        if not 0 <= int(count) <= len(layers):
+            raise MapError(f"--layers {count}: the model has {len(layers)} numbered layers.",
+                           hint=f"Give 0 to {len(layers)}, or --layers max (the most that fit).")
+        count = int(count)
         edits = [(layer, self.fastest) for layer in layers[:count]] + [(layer, self.slower) for layer in layers[count:]]
         return self.assign(edits)
 
