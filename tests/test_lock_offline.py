@@ -248,3 +248,25 @@ def test_locked_refuses_a_lock_entry_whose_hash_was_edited(shell, repo, hf_cache
         shell.run_line_magic("load_model", f"{repo_id} --as m")
         fixed = json.loads(lock_path(shell).read_text())["models"][f"{repo_id}@main"]["files"][name]["sha256"]
         assert fixed != "0" * 64
+
+
+@pytest.mark.parametrize("edit", ["file removed", "files removed", "files empty"])
+def test_locked_refuses_files_the_entry_does_not_list(shell, repo, hf_cache, monkeypatch, edit):
+    """An entry edited to vouch for less: what it does not list is not trusted, offline where nothing else is."""
+    repo_id, shas, _ = repo
+    shell.run_line_magic("load_model", f"{repo_id} --as m")
+    data = json.loads(lock_path(shell).read_text())
+    entry = data["models"][f"{repo_id}@main"]
+    name = _tamper_cached_shard(hf_cache, repo_id)
+    if edit == "file removed":
+        del entry["files"][name]
+    elif edit == "files removed":
+        del entry["files"]
+    else:
+        entry["files"] = {}
+    lock_path(shell).write_text(json.dumps(data))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    first = name if edit == "file removed" else "config.json"  # the first file read that the entry does not list
+    with pytest.raises(UsageError, match=f"(?s){first}: it is not among the files the lock file records.*%lock --check"):
+        shell.run_line_magic("load_model", f"{repo_id} --locked --as again")
+    assert "again" not in shell.user_ns

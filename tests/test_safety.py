@@ -155,3 +155,14 @@ def test_a_repo_without_a_commit_says_so(shell, hub_store, hub_repo_id, hf_cache
     with pytest.raises(UsageError, match="has no commit yet"):
         shell.run_line_magic("plan_model", hub_repo_id)
     assert "m" not in shell.user_ns
+
+
+@pytest.mark.parametrize("asked, answered", [("v1", "main"), ("main", "v1"), ("refs/pr/1", "v1")])
+def test_a_tag_branch_or_pr_answered_with_another_commit_is_refused(shell, tiny_hub, hub_store, hub_server, hf_cache,
+                                                                   asked, answered):
+    """The name's own commit (the repo's refs) against the commit the Hub answered for it."""
+    real, other = hub_store.resolve("tiny/llama", asked), hub_store.resolve("tiny/llama", answered)
+    hub_server.answer_commit = {asked: other}
+    with pytest.raises(UsageError, match=f"(?s)tiny/llama@{asked} points to commit {real}.*answered commit {other}"):
+        shell.run_line_magic("load_model", f"tiny/llama@{asked} --as m")
+    assert "m" not in shell.user_ns

@@ -236,7 +236,7 @@ class _Pipeline:
         opts, stages = self.opts, self.stages
         stages.start("resolve", str(self.spec))
         self.resolution = resolve(self.spec, offline=opts.offline, cache_dir=opts.cache_dir, token=opts.token)
-        records = [("the lock file", dict(opts.locked_files))] if opts.locked_files else []  # --locked
+        records = [("the lock file", dict(opts.locked_files))] if opts.locked_files is not None else []  # --locked
         records += bundle_records(self.resolution, opts.cache_dir)  # the cache is an hf-cache bundle
         if records:  # every file read is also checked against these
             self.resolution = replace(self.resolution, records=tuple(records))

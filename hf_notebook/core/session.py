@@ -131,7 +131,7 @@ class Session:
         tokenizer_name = (tokenizer if isinstance(tokenizer, str) and tokenizer else f"{name}_tokenizer") \
             if tokenizer else None
         spec, key, files = self._locked_spec(str(spec), options, locked=locked, update=update)
-        if files:
+        if files is not None:  # --locked: even an entry that lists none (then no file is vouched for)
             options = options.with_(locked_files=files)
         return LoadRequest(spec, options, name, tokenizer_name, key, update or locked)
 

@@ -413,9 +413,11 @@ class HubFiles(SourceFiles):
             return "it is a plain file where huggingface_hub keeps a link to its blob, so it was put there by hand"
         problem = problem_with(path, self.memo, self.res.file_sizes.get(name), sha256, git_sha1)
         for source, files in self.res.records:  # the lock file (--locked), a bundle's manifest: theirs too
-            facts = files.get(name)
-            if problem is None and facts is not None:
-                problem = problem_with(path, self.memo, facts["size"], facts["sha256"], source=source)
+            if problem is not None:
+                break
+            facts = files.get(name)  # a file they do not list is one they do not vouch for
+            problem = (f"it is not among the files {source} records" if facts is None
+                       else problem_with(path, self.memo, facts["size"], facts["sha256"], source=source))
         return problem
 
     def _drop_pointer(self, path: Path) -> None:
@@ -475,6 +477,9 @@ class HubFiles(SourceFiles):
                     "(every file named above).")
             if "the bundle's manifest records" in lines:
                 hint = "The cache is a bundle that changed after its export: copy it again from its source."
+            elif "the lock file records" in lines:
+                hint = ("These are not the files the lock file records: check it (%lock --check), or on a machine "
+                        "with network load with --update to record what the Hub has.")
             raise LoadError(f"Offline, and {len(self.damaged)} file(s) of {spec} in the cache are damaged: {lines}.",
                             hint=hint)
         if self.missing:

@@ -98,17 +98,25 @@ def _check_answer(spec: ModelSpec, sha) -> None:
 
 
 def _kind_of(revision: Optional[str], sha: str, api, repo_id: str) -> str:
+    """What ``revision`` is (branch, tag, pr, sha), its commit checked against the repo's refs: a tag, branch or
+    pull request that points elsewhere than the commit answered is refused (a mirror answering inconsistently).
+    The default branch (no revision) costs no second request and is not cross-checked."""
     if revision is None:
         return "branch"
-    if revision.startswith("refs/pr/"):
-        return "pr"
     if is_commit_sha(revision) and sha.startswith(revision):
         return "sha"
-    refs = with_retries(lambda: api.list_repo_refs(repo_id))
-    if revision.removeprefix("refs/tags/") in {t.name for t in refs.tags}:
-        return "tag"
-    if revision.removeprefix("refs/heads/") in {b.name for b in refs.branches}:
-        return "branch"
+    pr = revision.startswith("refs/pr/")
+    refs = with_retries(lambda: api.list_repo_refs(repo_id, include_pull_requests=pr))
+    groups = [("pr", refs.pull_requests or [])] if pr else [("tag", refs.tags), ("branch", refs.branches)]
+    for kind, found in groups:
+        for ref in found:
+            if revision in (ref.name, ref.ref):
+                if ref.target_commit != sha:
+                    raise HubError(f"{repo_id}@{revision} points to commit {ref.target_commit}, but the Hub at "
+                                   f"{_endpoint()} answered commit {sha}.",
+                                   hint="Nothing was downloaded. If it just moved, run the cell again; else check "
+                                        "HF_ENDPOINT (a proxy or mirror in between?).")
+                return kind
     raise HubError(f"Asked for {revision!r} of {repo_id}, the Hub at {_endpoint()} answered commit {sha}, which "
                    f"is neither that commit nor a branch or tag of that name.",
                    hint="Nothing was downloaded. Check HF_ENDPOINT (a proxy or mirror in between?), then try again.")
