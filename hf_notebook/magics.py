@@ -168,7 +168,7 @@ class HFNotebook(Magics):
         try:
             check[name](value)
         except HfNotebookError as exc:
-            raise TraitError(f"HFNotebook.{name} = {value!r} is refused: {exc}") from None  # %config logs it
+            raise TraitError(redact(f"HFNotebook.{name} = {value!r} is refused: {exc}")) from None  # %config logs it
         return value
 
     def __init__(self, shell=None, **kwargs):
@@ -502,7 +502,7 @@ class HFNotebook(Magics):
         """Push a loaded model (saved to a temporary folder first) or a saved folder (--from DIR) to the Hub in one
         commit: weights through LFS/Xet, a model card when there is none, then the commit sha, its URL and the
         %load_model line that loads it back. The token comes from your login (hf auth login, HF_TOKEN)."""
-        from .core.hub.push import parse_repo_id
+        from .core.hub.push import check_push_words
         from .ui import _in_kernel
         from .ui.transfer import TransferProgress
 
@@ -513,7 +513,7 @@ class HFNotebook(Magics):
             raise UsageError("Name a loaded model (%push_model NAME owner/repo) or a folder (--from DIR).")
         if args.name:
             self.session.get(args.name)  # a name that is not loaded: said before any panel shows
-        parse_repo_id(args.repo_id)  # so is a repo id that is no repo id
+        check_push_words(args.repo_id, branch=args.branch, tag=args.tag, message=args.message)  # and bad words
         widget = self.display == "widget" or (self.display == "auto" and _in_kernel(self.shell))
         progress = TransferProgress("uploaded", widget=widget, title=f"push to {args.repo_id}")
         progress.display()

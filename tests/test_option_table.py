@@ -115,7 +115,8 @@ def test_a_bound_quantized_plan_loads_quantized(shell, tiny_hub, hf_cache):
                                             "HFNotebook.cache_dir '/dev/null/x' cannot be created"),
                                            ("lock_file = '/nonexistent/dir/lock.json'",
                                             "'/nonexistent/dir' is not a writable folder"),
-                                           ("lock_file = '/tmp'", "'/tmp' is a folder")])
+                                           ("lock_file = '/tmp'", "'/tmp' is a folder"),
+                                           ("dtype = 'hf_Canary1234567890abcdefXYZ'", "HFNotebook.dtype = 'hf_***'")])
 def test_config_defaults_are_checked_when_set(shell, setting, says, caplog):
     from hf_notebook.magics import instance
 
@@ -123,6 +124,7 @@ def test_config_defaults_are_checked_when_set(shell, setting, says, caplog):
                                                         "cache_dir", "lock_file")}
     shell.run_line_magic("config", f"HFNotebook.{setting}")  # %config shows a configurable's refusal as an error
     assert any(says in r.getMessage() and r.levelname == "ERROR" for r in caplog.records), caplog.text
+    assert "Canary" not in caplog.text  # a token set by mistake is not logged back
     assert {k: getattr(instance(shell), k) for k in before} == before  # and the value stays as it was
     shell.run_line_magic("config", "HFNotebook.dtype = 'bfloat16'")  # a good one still takes
     assert instance(shell).dtype == "bfloat16"

@@ -35,6 +35,9 @@ def parse_folder(text: Optional[str], flag: str) -> Optional[str]:
     if not text:
         return None
     path = probe = Path(str(text)).expanduser()
+    if path.is_symlink() and not path.exists():
+        raise OptionError(f"{flag} {str(path)!r} is a link to nothing ({os.readlink(path)!r}).",
+                          hint=f"Give {flag} a folder that exists, or remove the link.")
     try:
         probe = nearest_existing(path)
         usable = writable_folder(probe)

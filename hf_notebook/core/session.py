@@ -378,8 +378,9 @@ class Session:
              name: Optional[str] = None, on_event: Any = None):
         """Push a saved ``folder``, or a loaded ``model`` (saved into a temporary folder first), in one commit
         (:func:`~.hub.push.push_folder`). The token comes from the login unless given."""
-        from .hub.push import push_folder
+        from .hub.push import check_push_words, push_folder
 
+        check_push_words(repo_id, branch=branch, tag=tag, message=message)
         if (model is None) == (folder is None):
             raise OptionError("Push either a loaded model or a saved folder.",
                               hint="%push_model NAME owner/repo, or %push_model owner/repo --from DIR.")

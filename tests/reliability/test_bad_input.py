@@ -157,3 +157,11 @@ def test_generated_lines_for_every_other_magic_give_only_usage_errors(shell, tin
     except UsageError:
         assert shell.user_ns.keys() == before.keys(), (magic, line)
         assert sorted(os.listdir(tmp_path)) == cwd_before, (magic, line)  # a refusal leaves nothing behind
+
+
+def test_an_offload_folder_that_is_a_link_to_nothing_is_refused(shell, guarded, tiny_hub, hf_cache, tmp_path):
+    (tmp_path / "offload").symlink_to(tmp_path / "gone")
+    with pytest.raises(UsageError, match="is a link to nothing"):
+        shell.run_line_magic("load_model", f"tiny/llama --offload-folder {tmp_path / 'offload'}")
+    assert not (tmp_path / "gone").exists()
+    guarded()

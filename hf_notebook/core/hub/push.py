@@ -55,6 +55,19 @@ class PushResult:
         return f"PushResult({self.repo_id}@{self.commit_sha})"
 
 
+def check_push_words(repo_id: str, *, branch: Optional[str] = None, tag: Optional[str] = None,
+                     message: Optional[str] = None) -> str:
+    """``repo_id`` parsed (:func:`parse_repo_id`), and every word a push publishes checked for a token: it would
+    become a repo, branch or tag name, or a commit message anyone with access reads. Before anything is sent."""
+    for label, value in (("The repo id", repo_id), ("--branch", branch), ("--tag", tag), ("--message", message)):
+        if isinstance(value, str) and redact(value) != value:
+            raise OptionError(f"{label} holds something shaped like a Hugging Face token, which a push would publish; "
+                              "nothing was sent.",
+                              hint="Remove it: tokens come only from your login (`hf auth login`, HF_TOKEN). If it was "
+                                   "a real token, revoke it at huggingface.co/settings/tokens.")
+    return parse_repo_id(repo_id)
+
+
 def parse_repo_id(text: str) -> str:
     """``owner/name``, validated as the Hub's client validates it, refused in our words (what is wrong, how to
     write it) before anything is shown or sent."""
