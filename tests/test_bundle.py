@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -147,27 +146,17 @@ def test_an_hf_cache_bundle_changed_after_export_is_refused_by_its_manifest(shel
                                                                            monkeypatch):
     """A blob swapped for another and renamed to its new sha256, the snapshot link moved to it: the cache is
     self-consistent, and only the bundle's manifest tells. An offline load from it checks every file."""
-    import hashlib
-    import struct
-
     from huggingface_hub import constants
+
+    from hf_notebook.testing.tamper import swap_cached_shard
 
     bundle = _hf_cache_bundle(shell, tmp_path)
     sha = tiny_hub["qwen2"].commits["main"]
-    repo = bundle / "models--tiny--qwen2"
-    link = sorted((repo / "snapshots" / sha).glob("*.safetensors"))[0]
-    blob = Path(os.path.realpath(link))
-    data = bytearray(blob.read_bytes())
-    data[8 + struct.unpack("<Q", data[:8])[0] + 16] ^= 0xFF
-    new = repo / "blobs" / hashlib.sha256(data).hexdigest()
-    new.write_bytes(data)
-    blob.unlink()
-    link.unlink()
-    link.symlink_to(os.path.relpath(new, link.parent))
+    name = swap_cached_shard(bundle, "tiny/qwen2")
     monkeypatch.setenv("HF_HUB_CACHE", str(bundle))
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(bundle))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(UsageError, match=f"(?s){link.name}: its sha256 is .* as the bundle's manifest records.*"
+    with pytest.raises(UsageError, match=f"(?s){name}: its sha256 is .* as the bundle's manifest records.*"
                                          "copy it again from its source"):
         shell.run_line_magic("load_model", f"tiny/qwen2@{sha} --as m")
     assert "m" not in shell.user_ns

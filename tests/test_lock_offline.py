@@ -11,6 +11,7 @@ import torch
 from IPython.core.error import UsageError
 
 from hf_notebook.testing.models import build_model, model_files, save_model
+from hf_notebook.testing.tamper import swap_cached_shard
 
 
 @pytest.fixture
@@ -190,32 +191,13 @@ def test_each_choice_of_weights_has_its_own_entry(shell, repo, hf_cache, capsys)
     shell.run_line_magic("load_model", f"{repo_id} --dtype bfloat16 --locked --as m")  # found by the same key
 
 
-def _tamper_cached_shard(cache: Path, repo_id: str) -> str:
-    """Change one weight byte of a cached shard and give its blob the name of its new sha256, as someone
-    who knows huggingface_hub's layout would (the cache is then self-consistent). Returns the shard's name."""
-    import hashlib
-    import struct
-
-    repo = cache / ("models--" + repo_id.replace("/", "--"))
-    link = sorted(next((repo / "snapshots").iterdir()).glob("*.safetensors"))[0]
-    blob = Path(os.path.realpath(link))
-    data = bytearray(blob.read_bytes())
-    data[8 + struct.unpack("<Q", data[:8])[0] + 16] ^= 0xFF
-    new = repo / "blobs" / hashlib.sha256(data).hexdigest()
-    new.write_bytes(data)
-    blob.unlink()
-    link.unlink()
-    link.symlink_to(os.path.relpath(new, link.parent))
-    return link.name
-
-
 @pytest.mark.parametrize("offline", [False, True], ids=["online", "offline"])
 def test_locked_refuses_a_file_other_than_the_one_the_lock_recorded(shell, repo, hf_cache, monkeypatch, offline):
     """--locked pins the files too: a cache changed behind the lock's back (a self-consistent blob swap) is
     refused, offline, where the lock file is the only record, and online."""
     repo_id, shas, _ = repo
     shell.run_line_magic("load_model", f"{repo_id} --as m")
-    name = _tamper_cached_shard(hf_cache, repo_id)
+    name = swap_cached_shard(hf_cache, repo_id)
     if offline:
         monkeypatch.setenv("HF_HUB_OFFLINE", "1")
         with pytest.raises(UsageError) as info:
@@ -257,7 +239,7 @@ def test_locked_refuses_files_the_entry_does_not_list(shell, repo, hf_cache, mon
     shell.run_line_magic("load_model", f"{repo_id} --as m")
     data = json.loads(lock_path(shell).read_text())
     entry = data["models"][f"{repo_id}@main"]
-    name = _tamper_cached_shard(hf_cache, repo_id)
+    name = swap_cached_shard(hf_cache, repo_id)
     if edit == "file removed":
         del entry["files"][name]
     elif edit == "files removed":
