@@ -98,7 +98,7 @@ def _parse(magic, line: str):
     IPython splits magic lines without shell rules, so ``--device-map '{"a": 0}'`` arrives
     with its quotes; users write them to keep spaces together, as in a shell.
     """
-    from IPython.utils._process_common import arg_split  # IPython's own splitter, as parse_argstring's
+    from IPython.utils.process import arg_split  # IPython's own splitter, as parse_argstring's
 
     from .core.option_table import unquote
 

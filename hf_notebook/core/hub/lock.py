@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from ..errors import HfNotebookError, OptionError
+from ..folders import writable_folder
 from ..integrity import recorded_sha256
 from ..spec import is_commit_sha
 
@@ -39,7 +40,7 @@ def check_lock_path(path: str | os.PathLike) -> None:
     if path.is_dir():
         raise OptionError(f"The lock file {str(path)!r} is a folder.",
                           hint="Give a file path, e.g. %config HFNotebook.lock_file = 'hf_notebook.lock.json'.")
-    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+    if not writable_folder(folder):
         raise OptionError(f"The lock file {str(path)!r} cannot be written: {str(folder)!r} is not a writable folder.",
                           hint="Give a path in a folder that exists and you can write to ('' turns the lock file off).")
 
