@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import keyword
 import os
+import weakref
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_magic, magics_class
@@ -648,6 +649,10 @@ def _check_name(name: str, shell) -> str:
     return name
 
 
+# shell -> [(name, LoadResult)] of the registry an %unload_ext left, for the next %load_ext in that shell.
+_KEPT: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
 def instance(shell) -> HFNotebook:
     """The ``HFNotebook`` configurable registered with ``shell`` (its registry, its settings)."""
     found = next((c for c in shell.configurables if isinstance(c, HFNotebook)), None)
@@ -661,7 +666,11 @@ def register(shell) -> None:
     in a Jupyter kernel, start importing the libraries a first load needs in the background."""
     from .ui import _in_kernel, register_renderers
 
-    shell.register_magics(HFNotebook(shell=shell))
+    magics = HFNotebook(shell=shell)
+    for name, result in _KEPT.pop(shell, ()):  # %reload_ext: the models still bound to their names
+        if name in shell.user_ns and not result.freed and shell.user_ns[name] is result.model:
+            magics.registry.add(name, result)
+    shell.register_magics(magics)
     register_renderers(shell)
     if _in_kernel(shell):
         import threading
@@ -692,4 +701,6 @@ def unregister(shell) -> None:
         for name in instance.magics["line"]:
             line_magics.pop(name, None)
         shell.magics_manager.registry.pop(type(instance).__name__, None)
-        instance.session.close()  # the models go once the notebook's names go too
+        # Kept (weakly: the models go once the notebook's names go) for a %load_ext again, as %reload_ext does.
+        _KEPT[shell] = instance.registry.items()
+        instance.session.close()

@@ -1,6 +1,9 @@
 """%models lists what was loaded; %unload_model frees it, and the process really shrinks."""
 
 import gc
+import os
+import weakref
+from pathlib import Path
 
 import pytest
 from IPython.core.error import UsageError
@@ -53,3 +56,78 @@ def test_models_name_shows_the_measured_views(shell, loaded, tiny_hub, hf_cache,
     assert format_bytes(placement.bytes_by_device["disk"]) in out
     with pytest.raises(UsageError, match="%models"):
         shell.run_line_magic("models", "nope")
+
+
+def test_deleting_a_models_last_name_frees_it_and_its_offload_folder(shell, loaded, tiny_hub, hf_cache, tmp_path,
+                                                                      capsys):
+    """A notebook user frees a model as any Python object: ``del model``. %models then no longer lists it."""
+    offload = tmp_path / "offload"
+    shell.run_line_magic("load_model", f"tiny/llama --max-memory cpu=300KB --offload-folder {offload} --as m")
+    shell.run_line_magic("load_model", "tiny/gpt2 --as keep")
+    model = weakref.ref(shell.user_ns["m"])
+    folder = loaded.get("m").offload_folder
+    assert os.path.isdir(folder) and loaded.get("m").placement.bytes_by_device.get("disk")
+    shell.run_cell("del m")
+    gc.collect()
+    assert model() is None and not os.path.exists(folder) and os.listdir(offload) == []
+    capsys.readouterr()
+    shell.run_line_magic("models", "")
+    out = capsys.readouterr().out
+    assert "keep" in out and "tiny/llama" not in out
+    assert loaded.names() == ["keep"]
+    with pytest.raises(UsageError, match="freed when its last name went"):
+        shell.run_line_magic("unload_model", "m")
+
+
+def test_a_model_deleted_by_name_gives_its_memory_back(shell, loaded, medium_folder):
+    gc.collect()
+    baseline = process_rss()
+    shell.run_line_magic("load_model", f"{medium_folder} --no-verify --dtype bfloat16 --as big")
+    resident = loaded.get("big").placement.bytes_by_device["cpu"]
+    rss_loaded = process_rss()
+    assert rss_loaded - baseline > 0.8 * resident
+    shell.run_cell("big = None")  # a new value drops the model as del does
+    gc.collect()
+    assert rss_loaded - process_rss() > 0.8 * resident and loaded.names() == []
+
+
+def test_unload_removes_only_the_folder_it_made(shell, loaded, tiny_hub, hf_cache, tmp_path):
+    """The model's own offload folder goes at %unload_model, even while a forgotten reference keeps the model
+    (its hooks are gone: it reads nothing there any more); a folder put in its place is not ours to delete."""
+    offload = tmp_path / "offload"
+    shell.run_line_magic("load_model", f"tiny/llama --max-memory cpu=300KB --offload-folder {offload} --as m")
+    shell.run_line_magic("load_model", f"tiny/llama --max-memory cpu=300KB --offload-folder {offload} --as n")
+    kept = [shell.user_ns["m"]]  # a list the user forgot
+    folder_m, folder_n = loaded.get("m").offload_folder, loaded.get("n").offload_folder
+    shell.run_line_magic("unload_model", "m")
+    assert not os.path.exists(folder_m) and kept
+    os.rename(folder_n, folder_n + ".moved")
+    os.mkdir(folder_n)
+    (Path(folder_n) / "notes.txt").write_text("a user's own file")
+    shell.run_line_magic("unload_model", "n")
+    assert (Path(folder_n) / "notes.txt").read_text() == "a user's own file"
+
+
+def test_the_python_api_without_a_namespace_holds_the_model_it_returns(tiny_hub, hf_cache, tmp_path):
+    from hf_notebook import Session, Settings
+
+    session = Session(Settings(lock_file=""))
+    model = weakref.ref(session.load("tiny/llama", name="m").model)
+    gc.collect()
+    assert model() is not None and session.get("m").model is model()  # no name holds it: the session does
+    session.unload("m")
+    assert model() is None
+
+
+def test_reload_ext_keeps_the_models_still_bound(shell, loaded, tiny_hub, hf_cache, capsys):
+    from hf_notebook.magics import instance
+
+    shell.run_line_magic("load_model", "tiny/llama --as a")
+    shell.run_line_magic("load_model", "tiny/gpt2 --as b")
+    model = weakref.ref(shell.user_ns["a"])
+    shell.run_line_magic("reload_ext", "hf_notebook")
+    shell.user_ns["b"] = "something else"  # rebound after the reload: not b's model any more
+    assert instance(shell).registry.names() == ["a"]
+    capsys.readouterr()
+    shell.run_line_magic("unload_model", "a")
+    assert "unloaded a" in capsys.readouterr().out and model() is None and "a" not in shell.user_ns

@@ -15,6 +15,7 @@ import os
 import tempfile
 import threading
 import time
+import weakref
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Optional
@@ -35,11 +36,31 @@ from .spec import ModelSpec, parse_spec
 from .units import format_bytes
 
 
+class _WeakModel(weakref.ref):
+    """A model held only while something else holds it (:meth:`LoadResult.hold_weakly`)."""
+
+
+class _Model:
+    """``LoadResult.model``: the model, held strongly until :meth:`LoadResult.hold_weakly`; None once freed."""
+
+    def __set_name__(self, owner, name):
+        self.slot = "_" + name
+
+    def __get__(self, obj, owner=None):
+        if obj is None:
+            raise AttributeError(self.slot)  # no class-level default: the dataclass field stays required
+        value = obj.__dict__.get(self.slot)
+        return value() if isinstance(value, _WeakModel) else value
+
+    def __set__(self, obj, value):
+        obj.__dict__[self.slot] = value
+
+
 @dataclass
 class LoadResult:
     """A loaded model and the facts of its load: the pin, the plan, where it really lives."""
 
-    model: Any
+    model: Any = _Model()
     pin: Resolved
     plan: Plan
     placement: Placement
@@ -61,6 +82,22 @@ class LoadResult:
     lock: Any = None  # what the load did to the lock file (a session.LockUpdate), or None
     replaced: Any = None  # the model it replaced under its name (a session.Replaced), or None
     interrupted_late: bool = False  # a Ctrl-C came while the finished model was being bound: it was bound anyway
+
+    def hold_weakly(self) -> None:
+        """Keep the model only while something else holds it (a notebook's names): deleting its last name
+        frees it, and its offload folder, as for any Python object. A model that cannot be weakly referenced
+        stays held."""
+        model = self.__dict__.get("_model")
+        if model is not None and not isinstance(model, _WeakModel):
+            try:
+                self.__dict__["_model"] = _WeakModel(model)
+            except TypeError:
+                pass
+
+    @property
+    def freed(self) -> bool:
+        """The model is gone: unloaded, replaced, or (held weakly) its last name was deleted."""
+        return self.model is None
 
     @property
     def repo_id(self) -> str:

@@ -8,6 +8,7 @@ in it was written for that model, so no other model's files, nor a user's, can s
 exit (``weakref.finalize``), whichever comes first; only if the path still is the very folder it was
 given (not a folder made again under that name, nor a link put in its place). Nothing else (a registry,
 an ``atexit`` list) holds the model for that, so dropping every name of a model frees its memory and its folder.
+``remove_now(model)`` does it at once, for a model unloaded.
 """
 
 from __future__ import annotations
@@ -32,9 +33,20 @@ def own_folder(parent: Optional[str] = None, label: Optional[str] = None) -> str
     return tempfile.mkdtemp(prefix=PREFIX + (f"{tag}-" if tag else ""), dir=parent or None)
 
 
+# model -> the finalizers of its folders, so that unloading it can remove them at once (remove_now)
+_FOLDERS: "weakref.WeakKeyDictionary[Any, list]" = weakref.WeakKeyDictionary()
+
+
 def remove_with(model: Any, folder: str) -> None:
     """Remove ``folder`` (a folder of ours) once ``model`` is gone, or at exit."""
-    weakref.finalize(model, remove_own, folder, _identity(folder))
+    _FOLDERS.setdefault(model, []).append(weakref.finalize(model, remove_own, folder, _identity(folder)))
+
+
+def remove_now(model: Any) -> None:
+    """Remove ``model``'s folders now (it was unloaded: nothing reads them any more), each only if it is still
+    the folder that was made."""
+    for finalizer in _FOLDERS.pop(model, ()):
+        finalizer()
 
 
 def remove_own(folder: str, identity: Optional[tuple] = None) -> None:

@@ -1,7 +1,8 @@
 """The models one shell has loaded, by the variable they are bound to.
 
 A :class:`Registry` belongs to its owner (the ``HFNotebook`` configurable of one shell), never
-to the module: two shells, or two tests, never share models.
+to the module: two shells, or two tests, never share models. In a notebook it does not keep a model
+alive (``LoadResult.hold_weakly``): once a model's last name is deleted, its entry goes too.
 """
 
 from __future__ import annotations
@@ -15,22 +16,39 @@ class Registry:
 
     def __init__(self):
         self._entries: "OrderedDict[str, Any]" = OrderedDict()
+        self._freed: set[str] = set()  # names whose model went with its last name (del model)
 
     def add(self, name: str, result: Any) -> None:
         self._entries.pop(name, None)
         self._entries[name] = result
+        self._freed.discard(name)
 
     def get(self, name: str) -> Any:
+        self._prune()
         return self._entries.get(name)
 
     def pop(self, name: str) -> Any:
+        self._freed.discard(name)
         return self._entries.pop(name, None)
 
     def items(self):
+        self._prune()
         return list(self._entries.items())
 
     def names(self) -> list[str]:
+        self._prune()
         return list(self._entries)
+
+    def was_freed(self, name: str) -> bool:
+        """``name``'s model was freed when the notebook let go of it (not by :meth:`pop`)."""
+        self._prune()
+        return name in self._freed
 
     def clear(self) -> None:
         self._entries.clear()
+        self._freed.clear()
+
+    def _prune(self) -> None:
+        for name in [n for n, r in self._entries.items() if getattr(r, "freed", False)]:
+            del self._entries[name]
+            self._freed.add(name)

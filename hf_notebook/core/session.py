@@ -149,6 +149,8 @@ class Session:
                 if request.tokenizer_name:
                     self.namespace[request.tokenizer_name] = result.tokenizer
             self.registry.add(request.name, result)
+            if self.namespace is not None:
+                result.hold_weakly()  # the notebook's names keep it: `del model` frees it
             if previous is not None and previous is not result:
                 result.replaced = _release(previous)
             result.lock = self._record_lock(result, request.lock_key, request.move_lock)
@@ -262,6 +264,9 @@ class Session:
     def get(self, name: str):
         """The :class:`~.api.LoadResult` of the model loaded as ``name``."""
         result = self.registry.get(name)
+        if result is None and self.registry.was_freed(name):
+            raise NotLoadedError(f"{name!r} is no longer loaded: its model was freed when its last name went "
+                                 "(del or a new value).", hint=f"Load it again with %load_model ... --as {name}.")
         if result is None:
             raise NotLoadedError(f"No model named {name!r} was loaded by hf_notebook (loaded: {self._loaded()}).",
                                  hint="See %models (from Python: session.registry.names()).")

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import gc
 import os
-import shutil
 import weakref
 from dataclasses import dataclass, field
 from typing import Iterable
 
 from .libc import malloc_trim
+from .owned import remove_now
 
 
 @dataclass(frozen=True)
@@ -26,17 +26,17 @@ class UnloadReport:
 
 
 def unload(name: str, result, namespaces: Iterable[dict]) -> UnloadReport:
-    """Drop every reference we know of to ``result.model`` and free its memory."""
+    """Drop every reference we know of to ``result.model`` and free its memory and its own offload folders
+    (only folders that are still the ones made for it: ``core.owned``)."""
     model = result.model
     ref = weakref.ref(model)
     rss_before, cuda_before = process_rss(), _cuda_allocated()
     _remove_hooks(model)
     removed = _unbind(model, namespaces, first=name)
+    remove_now(model)  # its hooks are gone: nothing reads its offloaded weights any more
     result.model = None
     del model
     _release_memory()
-    if result.offload_folder and getattr(result, "owns_offload_folder", False):
-        shutil.rmtree(result.offload_folder, ignore_errors=True)
     return UnloadReport(name=name, pinned=result.pin.pinned_spec if result.pin.kind != "local" else result.pin.repo_id,
                         held=dict(result.placement.bytes_by_device),
                         rss_freed=rss_before - process_rss(), cuda_freed=cuda_before - _cuda_allocated(),
