@@ -146,6 +146,28 @@ def test_unsetting_hf_hub_offline_goes_online_again_even_if_it_was_set_at_import
     assert "m" in shell.user_ns and hub_server.requests and constants.HF_HUB_OFFLINE is False
 
 
+def test_hf_home_set_after_the_import_moves_the_whole_cache_there(shell, tiny_hub, hf_cache, tmp_path,
+                                                                   monkeypatch):
+    """A notebook whose first cell set HF_HOME after huggingface_hub was imported (by %load_ext's background
+    import, say): the next load's files go under the new HF_HOME, Hub cache and Xet cache alike, as a fresh
+    process would put them; nothing lands in the old cache."""
+    from huggingface_hub import constants
+
+    for name in ("HF_HOME", "HF_HUB_CACHE", "HF_ASSETS_CACHE", "HF_XET_CACHE", "HF_TOKEN_PATH",
+                 "HF_STORED_TOKENS_PATH"):
+        monkeypatch.setattr(constants, name, getattr(constants, name))  # restored after the test
+    home = tmp_path / "new-home"
+    monkeypatch.delenv("HF_HUB_CACHE")
+    monkeypatch.setenv("HF_HOME", str(home))
+    shell.run_line_magic("load_model", "tiny/llama --as m")
+    assert (home / "hub" / "models--tiny--llama").is_dir() and list(hf_cache.iterdir()) == []
+    assert (home / "xet").is_dir()  # where hf_xet put its own cache: the same HF_HOME
+    assert constants.HF_TOKEN_PATH == str(home / "token")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    shell.run_line_magic("load_model", "tiny/llama --as again")  # offline, from the new cache
+    assert "again" in shell.user_ns
+
+
 def test_offline_cache_miss_names_the_files_and_the_command(shell, repo, hf_cache, hub_server):
     repo_id, shas, _ = repo
     with pytest.raises(UsageError, match=f"(?s)not in the cache.*hf download {repo_id} --revision {shas['first']}"):

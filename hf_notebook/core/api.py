@@ -25,6 +25,7 @@ from .devices.placement import Placement
 from .devices.plan import Plan, check_devices_exist, one_device, plan_placement, sized_by
 from .errors import HfNotebookError, LoadError, PlanError, wrapped
 from .events import Failed, OnEvent, Resolved, StageDone, StageStarted, emit
+from .hf_env import hub_offline
 from .hub.bundle import bundle_records
 from .hub.fetch import Checkpoint, FileFacts, HubFiles, SourceFiles, source_files
 from .hub.kernel import served
@@ -142,7 +143,7 @@ def _options(options: Optional[LoadOptions], raw: dict) -> LoadOptions:
     if options is not None and raw:
         raise TypeError(f"pass either options or keyword options, not both: {', '.join(raw)}")
     options = options if options is not None else LoadOptions.parse(**raw)
-    return options.with_(offline=True) if not options.offline and _hub_offline() else options
+    return options.with_(offline=True) if not options.offline and hub_offline() else options
 
 
 def plan_model(spec: str | ModelSpec, options: Optional[LoadOptions] = None, *, on_event: OnEvent | None = None,
@@ -556,18 +557,6 @@ def _summary_map(plan: Plan, device_map: dict) -> dict:
     from .devices.placement import spread_one_device
 
     return dict(spread_one_device(device_map, plan.blocks))
-
-
-def _hub_offline() -> bool:
-    """HF_HUB_OFFLINE as it is now, with huggingface_hub (and transformers, which asks it) made to follow: it
-    reads the variable once, at its import, which a kernel's first load may do while the variable is set. A
-    user who sets it and later unsets it is online again."""
-    from huggingface_hub import constants
-
-    value = os.environ.get("HF_HUB_OFFLINE")
-    offline = value is not None and value.strip().upper() in ("1", "ON", "YES", "TRUE")
-    constants.HF_HUB_OFFLINE = offline  # a public setting of huggingface_hub's, read at each of its requests
-    return offline
 
 
 def _read_config(config_file: Path, trust_remote_code: bool):

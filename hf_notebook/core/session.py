@@ -78,14 +78,14 @@ class Session:
         """``LoadOptions`` from the options given (``None``/``False``/``[]``: not given), the settings filling
         the rest; ``HF_HUB_OFFLINE`` is read now (it may be set after import). ``load``: a load (its offload
         folder default too)."""
-        from .api import _hub_offline
+        from .hf_env import hub_offline
 
         s = self.settings
         raw = {k: v for k, v in given.items() if not _absent(v)}
         raw.update(dtype=raw.get("dtype") or s.dtype, device_map=raw.get("device_map") or s.device_map,
                    max_memory=raw.get("max_memory") or s.max_memory or None,
                    cache_dir=raw.get("cache_dir") or s.cache_dir,
-                   offline=bool(raw.get("offline") or s.offline or _hub_offline()))
+                   offline=bool(raw.get("offline") or s.offline or hub_offline()))
         if load:
             raw["offload_folder"] = raw.get("offload_folder") or s.offload_folder
         return LoadOptions.parse(**raw)
@@ -254,11 +254,11 @@ class Session:
 
     def _hub(self, plan: Any) -> dict:
         """Where the plan's files come from: its cache folder and offline switch, or the settings'."""
-        from .api import _hub_offline
+        from .hf_env import hub_offline
 
         opts = plan.options
         return dict(cache_dir=getattr(opts, "cache_dir", None) or self.settings.cache_dir,
-                    offline=bool(getattr(opts, "offline", False) or self.settings.offline or _hub_offline()))
+                    offline=bool(getattr(opts, "offline", False) or self.settings.offline or hub_offline()))
 
     # -- what is loaded --------------------------------------------------------------------------
     def get(self, name: str):
@@ -405,11 +405,11 @@ class Session:
     def whoami(self, token: Any = None):
         """Who pushes (:class:`~.hub.push.Identity`): the login's token, or ``token``; offline, nobody is asked
         (an :class:`~.errors.OfflineError`)."""
-        from .api import _hub_offline
+        from .hf_env import hub_offline
         from .errors import HfNotebookError, OfflineError, wrapped
         from .hub.push import whoami
 
-        if self.settings.offline or _hub_offline():
+        if self.settings.offline or hub_offline():
             raise OfflineError("Offline: the Hub is not asked who you are.", hint="Pushing needs the network.")
         try:
             return whoami(token)
@@ -422,11 +422,11 @@ class Session:
     def export(self, spec: str, folder: str, *, layout: str = "folder", cache_dir: Optional[str] = None,
                offline: bool = False):
         """Write a pinned model's files into ``folder`` for a host without network (:func:`~.hub.bundle.export_bundle`)."""
-        from .api import _hub_offline
+        from .hf_env import hub_offline
         from .hub.bundle import export_bundle
 
         return export_bundle(spec, folder, layout=layout, cache_dir=cache_dir or self.settings.cache_dir,
-                             offline=bool(offline or self.settings.offline or _hub_offline()))
+                             offline=bool(offline or self.settings.offline or hub_offline()))
 
     # -- the lock file ---------------------------------------------------------------------------
     @property
@@ -442,11 +442,11 @@ class Session:
 
     def lock_check(self) -> list:
         """Every entry checked against the Hub (has its revision moved?) and the cache (files, sizes, hashes)."""
-        from .api import _hub_offline
+        from .hf_env import hub_offline
         from .hub import lock
 
         entries = lock.read(self._need_lock())
-        return lock.check(entries, offline=bool(self.settings.offline or _hub_offline()),
+        return lock.check(entries, offline=bool(self.settings.offline or hub_offline()),
                           cache_dir=self.settings.cache_dir)
 
     def _need_lock(self) -> Path:
