@@ -135,7 +135,7 @@ def _check_target(target: Path, overwrite: bool, reads_from: tuple) -> None:
     if target.is_dir():
         _check_replaceable(target, overwrite)
     parent = target.parent
-    if not writable_folder(parent):
+    if not writable_folder(parent) or shutil.disk_usage(parent).total == 0:  # 0: /proc, /sys (even to root)
         raise SaveError(f"Cannot write into {parent}.", hint="Give a folder whose parent exists and is writable.")
 
 
