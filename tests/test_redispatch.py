@@ -164,6 +164,34 @@ def test_a_failed_move_puts_every_weight_back(folders, monkeypatch, failing):
     assert torch.equal(logits(result.model, "llama"), want)
 
 
+def test_a_ctrl_c_while_a_move_removes_old_files_leaves_none_behind(folders, monkeypatch):
+    """Files of weights that came back from disk are removed even when Ctrl-C comes during their removal: a file
+    left there would make that weight's next move to disk refuse to overwrite it."""
+    import signal
+
+    from hf_notebook.core.devices import redispatch as R
+
+    folder, want = folders["llama"]
+    result = load_model(str(folder), no_verify=True, device_map="cpu")
+    own_memory(result.model)  # so moves to disk write files
+    edit(result, ("model.layers.0", "disk"))
+    assert os.listdir(result.offload_folder)
+    real_unlink, pressed = os.unlink, []
+
+    def ctrl_c_then_unlink(path):
+        if not pressed:
+            pressed.append(path)
+            os.kill(os.getpid(), signal.SIGINT)  # a real Ctrl-C, as the first file is being removed
+        real_unlink(path)
+
+    monkeypatch.setattr(R.os, "unlink", ctrl_c_then_unlink)
+    edit(result, ("model.layers.0", "cpu"))
+    monkeypatch.undo()
+    assert pressed and os.listdir(result.offload_folder) == []
+    edit(result, ("model.layers.0", "disk"))  # no leftover refuses it
+    assert torch.equal(logits(result.model, "llama"), want)
+
+
 def test_a_file_cut_short_by_a_full_disk_is_removed(folders, monkeypatch):
     from hf_notebook.core import safetensors_io
 

@@ -260,10 +260,16 @@ class _Move:
             self.left_cpu.append((tensor.data_ptr(), tensor.numel() * tensor.element_size()))
 
     def tidy(self, folder: Optional[str]) -> None:
-        """After a complete move: remove the files of tensors that left the disk, give memory back.
-        Ctrl-C here stops only the tidying (the move is done, and stays done)."""
-        try:
+        """After a complete move: remove the files of tensors that left the disk (a Ctrl-C waits for that: a file
+        left there would refuse that weight's next move to disk), then give memory back, which a Ctrl-C stops
+        (the move is done, and stays done)."""
+        from ..quiet import interrupts_held
+
+        with interrupts_held() as held:
             _drop_stale_files(folder, self.on_disk, self.index)
+        if held:
+            return
+        try:
             self.release()
         except KeyboardInterrupt:
             pass
