@@ -30,6 +30,8 @@ from .xet_format import XetFile
 _REPO_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")
 _HEX_RE = re.compile(r"[0-9a-f]{4,40}")
 _MAX_POINTER_SIZE = 1024  # the LFS spec's limit: bigger blobs are never pointers
+_SHA_RE = re.compile(r"[0-9a-f]{40}")
+_BLOB_CACHE_BYTES = 64 * 2**20  # small files' contents kept in memory (a blob id names its content for ever)
 
 FileContent = bytes | os.PathLike
 
@@ -104,6 +106,7 @@ class RepoStore:
         self.xet = XetStorage(self.root / ".xet-cas")
         self._lock = threading.Lock()
         self._snapshots: dict[tuple[str, str], Snapshot] = {}
+        self._blobs: dict[str, bytes] = {}
         self._kernels: RepoStore | None = None
 
     @property
@@ -275,7 +278,12 @@ class RepoStore:
         """A binary stream of the file's content (read straight from the LFS store for LFS files)."""
         if entry.lfs is not None:
             return open(self.lfs.path(entry.lfs.oid), "rb")
-        return io.BytesIO(run_git(self._git_dir(repo_id), "cat-file", "blob", entry.blob_id))
+        data = self._blobs.get(entry.blob_id)
+        if data is None:
+            data = run_git(self._git_dir(repo_id), "cat-file", "blob", entry.blob_id)
+            if sum(map(len, self._blobs.values())) + len(data) <= _BLOB_CACHE_BYTES:
+                self._blobs[entry.blob_id] = data
+        return io.BytesIO(data)
 
     def xet_file(self, oid: str) -> XetFile:
         """LFS object ``oid`` as a Xet file, uploaded into Xet storage first if it is not there yet."""
@@ -411,8 +419,26 @@ def _hub_date(unix_time: str) -> str:
 
 
 def _read_refs(git_dir: Path) -> dict[str, str]:
-    out = run_git(git_dir, "for-each-ref", "--format=%(refname) %(objectname)")
-    return dict(line.split(" ", 1) for line in out.decode().splitlines())
+    """Every ref -> its sha, as ``git for-each-ref`` lists them, read from git's files (a loose ref over a packed
+    one) rather than a ``git`` process per request: each answer naming a branch or tag reads them."""
+    refs: dict[str, str] = {}
+    try:
+        for line in (git_dir / "packed-refs").read_text().splitlines():
+            if line and line[0] not in "#^":
+                sha, name = line.split(" ", 1)
+                refs[name] = sha
+    except FileNotFoundError:
+        pass
+    for folder, _, names in os.walk(git_dir / "refs"):
+        for name in names:
+            path = Path(folder, name)
+            try:
+                value = path.read_text().strip()
+            except FileNotFoundError:  # deleted meanwhile
+                continue
+            if _SHA_RE.fullmatch(value):  # not a lock file being written, nor a symbolic ref
+                refs[path.relative_to(git_dir).as_posix()] = value
+    return dict(sorted(refs.items()))
 
 
 def _read_snapshot(git_dir: Path, sha: str) -> Snapshot:
