@@ -226,7 +226,10 @@ def test_a_run_on_two_cpu_ranks_matches_one_process_and_the_plan(shell, tiny_hub
     assert run.max_logit_diff is not None and run.max_logit_diff <= 1e-5
     planned = [r.weight_bytes for r in p.ranks]
     assert all(abs(got - want) <= 0.02 * want for got, want in zip(run.rank_param_bytes, planned))
-    assert len(run.rank_param_bytes) == 2 and "--standalone --nproc-per-node 2 run.py" in run.command
+    per_rank, whole = _tp_bytes("llama", 2)  # what each rank really holds, counted without hf_notebook
+    assert run.rank_param_bytes == [per_rank, per_rank] and per_rank < 0.51 * whole  # about half each
+    assert "--standalone --nproc-per-node 2 run.py" in run.command
+    assert len(run.log_tail) == 2 and "Loading weights" in run.log_tail[0]  # each rank's own log, kept
     text = shown[-1]["text/plain"]
     assert text.startswith(f"✓ run of {p.source} on 2 ranks: matches one process") and "+0.00%" in text
     assert not any(WIDGET in data for data in shown)

@@ -2,7 +2,6 @@
 flags, the launch folder (pinned, atomic, never over foreign files), and real 2-process CPU runs."""
 
 import _thread
-import fnmatch
 import json
 import shlex
 import threading
@@ -256,38 +255,6 @@ def tiny_llama(tmp_path_factory):
     from hf_notebook.testing.models import save_model
 
     return save_model("llama", tmp_path_factory.mktemp("llama") / "model")
-
-
-def _expected_tp_bytes(tp):
-    """Each rank's bytes: 1/tp of every weight the model's tp plan shards, plus the replicated ones."""
-    from hf_notebook.testing.models import build_model
-
-    model = build_model("llama")
-    plan = model.tp_plan
-    total = 0
-    for name, param in model.named_parameters():
-        module = name.rpartition(".")[0]
-        sharded = any(fnmatch.fnmatchcase(module, pattern) for pattern in plan)
-        total += param.numel() * param.element_size() // (tp if sharded else 1)
-    return total
-
-
-@pytest.mark.slow
-def test_tensor_parallel_run_matches_one_process(tiny_llama, tmp_path):
-    from hf_notebook.core.distributed.run import RankProgress, run_transformers
-
-    events = []
-    o = _options(repo_id="tiny/llama", dtype="float32", local_folder=tiny_llama)
-    result = run_transformers(o, tmp_path, on_event=events.append, timeout_s=240)
-    assert result.returncode == 0, result.log_tail
-    assert result.max_logit_diff is not None and result.max_logit_diff <= 1e-5
-    expected = _expected_tp_bytes(2)
-    assert result.rank_param_bytes == [expected, expected]
-    assert 2 * expected < sum(p.stat().st_size for p in tiny_llama.glob("*.safetensors"))
-    final = {e.rank: e for e in events if isinstance(e, RankProgress)}
-    assert {r: e.state for r, e in final.items()} == {0: "checked", 1: "checked"}
-    assert "--standalone --nproc-per-node 2 run.py" in result.command and len(result.log_tail) == 2
-    assert "Loading weights" in result.log_tail[0]
 
 
 @pytest.mark.slow

@@ -106,14 +106,14 @@ def tiny_folder(tmp_path_factory):
     return folder
 
 
-@pytest.mark.parametrize("model, dtype, context, batch", [
-    ("tiny", "float32", 2048, 4), ("medium", "float32", 1024, 2), ("medium", "bfloat16", 1024, 2)])
+@pytest.mark.parametrize("model, dtype, context, batch", [("tiny", "float32", 2048, 4), ("medium", "bfloat16", 1024, 2)])
 def test_the_measured_peak_is_the_planned_one_on_cpu(tiny_folder, medium_folder, model, dtype, context, batch):
     """measure's peak (the kernel's peak resident set over one prefill and two decode steps) is within 15% of the
     plan's KV cache + traced activations, in a fresh process as a new kernel is. Steps of 20 MB and more: below
     that, a few MB of cpu kernel workspace and allocator rounding, which no tensor holds, weigh more than 15%
     (figures in the README). A process whose heap keeps freed memory from earlier work reuses it, and its
-    resident set reads that reuse too (up to +50% in this suite's process after other tests)."""
+    resident set reads that reuse too (up to +50% in this suite's process after other tests). One float32 and
+    one bfloat16 case: the medium model in float32 read as the other two (README), and cost 11 s of the suite."""
     import json
     import subprocess
     import sys
