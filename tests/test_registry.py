@@ -58,12 +58,17 @@ def test_models_name_shows_the_measured_views(shell, loaded, tiny_hub, hf_cache,
         shell.run_line_magic("models", "nope")
 
 
+@pytest.mark.parametrize("display", ["text", "widget"])
 def test_deleting_a_models_last_name_frees_it_and_its_offload_folder(shell, loaded, tiny_hub, hf_cache, tmp_path,
-                                                                      capsys):
-    """A notebook user frees a model as any Python object: ``del model``. %models then no longer lists it."""
+                                                                      capsys, display):
+    """A notebook user frees a model as any Python object: ``del model``, even with its panels and editor shown.
+    %models then no longer lists it."""
+    shell.run_line_magic("config", f"HFNotebook.display = {display!r}")
     offload = tmp_path / "offload"
     shell.run_line_magic("load_model", f"tiny/llama --max-memory cpu=300KB --offload-folder {offload} --as m")
     shell.run_line_magic("load_model", "tiny/gpt2 --as keep")
+    shell.run_line_magic("models", "m")
+    shell.run_line_magic("edit_device_map", "m")  # the editor panel (a widget in Jupyter) holds the model's record
     model = weakref.ref(shell.user_ns["m"])
     folder = loaded.get("m").offload_folder
     assert os.path.isdir(folder) and loaded.get("m").placement.bytes_by_device.get("disk")
