@@ -183,6 +183,10 @@ class HFNotebook(Magics):
         """This shell's loaded models (the Session's)."""
         return self.session.registry
 
+    def after_cell(self, result=None) -> None:
+        """IPython's ``post_run_cell``: a model whose name a cell deleted or rebound gives its memory back now."""
+        self.session.release_unbound()
+
     @magic_arguments()
     @argument("spec", help=_SPEC_HELP)
     @argument("--as", dest="name", default=None,
@@ -671,6 +675,7 @@ def register(shell) -> None:
         if name in shell.user_ns and not result.freed and shell.user_ns[name] is result.model:
             magics.registry.add(name, result)
     shell.register_magics(magics)
+    shell.events.register("post_run_cell", magics.after_cell)
     register_renderers(shell)
     if _in_kernel(shell):
         import threading
@@ -698,6 +703,8 @@ def unregister(shell) -> None:
     line_magics = shell.magics_manager.magics["line"]
     for instance in [c for c in shell.configurables if isinstance(c, HFNotebook)]:
         shell.configurables.remove(instance)
+        if instance.after_cell in shell.events.callbacks["post_run_cell"]:
+            shell.events.unregister("post_run_cell", instance.after_cell)
         for name in instance.magics["line"]:
             line_magics.pop(name, None)
         shell.magics_manager.registry.pop(type(instance).__name__, None)

@@ -83,6 +83,7 @@ class LoadResult:
     lock: Any = None  # what the load did to the lock file (a session.LockUpdate), or None
     replaced: Any = None  # the model it replaced under its name (a session.Replaced), or None
     interrupted_late: bool = False  # a Ctrl-C came while the finished model was being bound: it was bound anyway
+    unbound: bool = False  # its name no longer held it after a cell (Session.release_unbound looked once)
 
     def hold_weakly(self) -> None:
         """Keep the model only while something else holds it (a notebook's names): deleting its last name

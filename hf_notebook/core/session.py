@@ -285,6 +285,23 @@ class Session:
         self.registry.pop(name)
         return unload(name, result, [self.namespace] if self.namespace is not None else [])
 
+    def release_unbound(self) -> list[str]:
+        """Give back the memory of models whose name the notebook let go of since the last call (``del model``, a
+        new value): a model with hooks (offloaded, or spread over devices) is a reference cycle, which only the
+        cyclic collector frees, maybe long after. Looks once per model; run after each cell. The names whose model
+        is gone now (their entries go too)."""
+        if self.namespace is None:
+            return []
+        unbound = [(n, r) for n, r in self.registry.items() if not r.unbound and self.namespace.get(n) is not r.model]
+        if not unbound:
+            return []
+        from .unload import release_memory
+
+        for _, result in unbound:
+            result.unbound = True
+        release_memory()
+        return [name for name, result in unbound if result.freed]
+
     def measure(self, name: str, *, context: int, batch: int = 1, steps: int = 4):
         """One prefill of ``context`` random tokens for ``batch`` sequences and ``steps`` decode steps with the
         model loaded as ``name``: the KV cache planned against the cache's own tensors, and the peak each

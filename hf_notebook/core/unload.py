@@ -36,7 +36,7 @@ def unload(name: str, result, namespaces: Iterable[dict]) -> UnloadReport:
     remove_now(model)  # its hooks are gone: nothing reads its offloaded weights any more
     result.model = None
     del model
-    _release_memory()
+    release_memory()
     return UnloadReport(name=name, pinned=result.pin.pinned_spec if result.pin.kind != "local" else result.pin.repo_id,
                         held=dict(result.placement.bytes_by_device),
                         rss_freed=rss_before - process_rss(), cuda_freed=cuda_before - _cuda_allocated(),
@@ -65,7 +65,9 @@ def _unbind(model, namespaces: Iterable[dict], first: str) -> list[str]:
     return sorted(set(removed), key=lambda k: (k != first, k))
 
 
-def _release_memory() -> None:
+def release_memory() -> None:
+    """Collect cyclic garbage (a model with accelerate hooks is a cycle), then give memory back: the CUDA
+    cache, malloc's free pages."""
     gc.collect()
     if _cuda_ready():
         import torch
