@@ -71,7 +71,7 @@ def test_ctrl_c_at_any_moment_of_a_move_to_disk_loses_nothing(llama_folder, tmp_
         R.redispatch(model, {"": "disk"}, offload_folder=str(tmp_path / f"warm-{i}"))
         moves.append(time.perf_counter() - t0)
         R.redispatch(model, {"": "cpu"})
-    one_move = sorted(moves[1:])[1]
+    one_move = min(moves[1:])  # a machine busy during the warm-up must not push the presses past the moves
 
     rng, outcomes = random.Random(0), {"interrupted": 0, "completed": 0}
     for trial in range(60):
@@ -79,6 +79,7 @@ def test_ctrl_c_at_any_moment_of_a_move_to_disk_loses_nothing(llama_folder, tmp_
         folder.mkdir()
         (folder / "kept.txt").write_text("a file of the user's")
         press(rng.random() * one_move)  # anywhere in the move, tidying included
+        t0 = time.perf_counter()
         try:
             R.redispatch(model, {"": "disk"}, offload_folder=str(folder))
         except KeyboardInterrupt:
@@ -90,6 +91,7 @@ def test_ctrl_c_at_any_moment_of_a_move_to_disk_loses_nothing(llama_folder, tmp_
             wrong = [n for n, w in want.items() if got[n].device.type != "cpu" or not torch.equal(got[n], w)]
             assert wrong == [], f"trial {trial}: not put back: {wrong[:3]}"
         else:
+            one_move = min(one_move, time.perf_counter() - t0)  # the machine got quieter: presses come sooner
             disarm()  # it may have come after the move completed, while tidying: the move stands
             outcomes["completed"] += 1
             R.redispatch(model, {"": "cpu"})
