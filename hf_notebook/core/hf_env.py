@@ -21,7 +21,7 @@ def hub_offline() -> bool:
     from huggingface_hub import constants
 
     follow_cache_variables()
-    offline = any((os.environ.get(v) or "").strip().upper() in _TRUE for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    offline = any(_true(v) for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
     constants.HF_HUB_OFFLINE = offline  # a public setting of huggingface_hub's, read at each of its requests
     return offline
 
@@ -33,17 +33,21 @@ def follow_cache_variables() -> None:
     from huggingface_hub import constants
 
     home = _path("HF_HOME")
-    for name, own, legacy, under_home in (("HF_HUB_CACHE", "HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "hub"),
-                                          ("HF_ASSETS_CACHE", "HF_ASSETS_CACHE", "HUGGINGFACE_ASSETS_CACHE", "assets"),
-                                          ("HF_XET_CACHE", "HF_XET_CACHE", None, "xet"),
-                                          ("HF_TOKEN_PATH", "HF_TOKEN_PATH", None, "token")):
-        value = _path(own) or (_path(legacy) if legacy else None) or (os.path.join(home, under_home) if home else None)
+    for name, legacy, under_home in (("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "hub"),
+                                     ("HF_ASSETS_CACHE", "HUGGINGFACE_ASSETS_CACHE", "assets"),
+                                     ("HF_XET_CACHE", None, "xet"),
+                                     ("HF_TOKEN_PATH", None, "token")):
+        value = _path(name) or (_path(legacy) if legacy else None) or (os.path.join(home, under_home) if home else None)
         if value is not None and getattr(constants, name, None) != value:
             setattr(constants, name, value)
             if name == "HF_TOKEN_PATH":
                 constants.HF_STORED_TOKENS_PATH = os.path.join(os.path.dirname(value), "stored_tokens")
     if home is not None:
         constants.HF_HOME = home
+
+
+def _true(variable: str) -> bool:
+    return (os.environ.get(variable) or "").strip().upper() in _TRUE
 
 
 def _path(variable: str):
