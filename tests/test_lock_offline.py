@@ -166,6 +166,11 @@ def test_hf_home_set_after_the_import_moves_the_whole_cache_there(shell, tiny_hu
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     shell.run_line_magic("load_model", "tiny/llama --as again")  # offline, from the new cache
     assert "again" in shell.user_ns
+    monkeypatch.delenv("HF_HOME")  # unset again: back to the default, as a fresh process would have it
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    with pytest.raises(UsageError, match="not in the cache"):
+        shell.run_line_magic("load_model", "tiny/llama --as m")
+    assert constants.HF_HUB_CACHE == str(tmp_path / "xdg" / "huggingface" / "hub")
 
 
 def test_offline_cache_miss_names_the_files_and_the_command(shell, repo, hf_cache, hub_server):

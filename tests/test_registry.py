@@ -138,3 +138,50 @@ def test_reload_ext_keeps_the_models_still_bound(shell, loaded, tiny_hub, hf_cac
     capsys.readouterr()
     shell.run_line_magic("unload_model", "a")
     assert "unloaded a" in capsys.readouterr().out and model() is None and "a" not in shell.user_ns
+
+
+def test_a_model_freed_by_its_del_gives_its_memory_back_at_the_cells_end(shell, loaded, tiny_hub, hf_cache,
+                                                                         monkeypatch):
+    """A model on one device has no hooks: `del` frees it at once, and the cell's end still gives its memory back
+    (malloc's free pages, the CUDA cache), once."""
+    from hf_notebook.core import unload
+
+    calls = []
+    monkeypatch.setattr(unload, "release_memory", lambda: calls.append(1))
+    shell.run_line_magic("load_model", "tiny/llama --device-map cpu --as m")
+    shell.run_cell("x = 1")
+    assert calls == []  # nothing let go of: nothing to do
+    shell.run_cell("del m")
+    shell.run_cell("y = 2")
+    assert calls == [1] and loaded.names() == []
+
+
+def test_an_offloaded_model_held_by_an_alias_goes_when_the_alias_goes(shell, loaded, tiny_hub, hf_cache, tmp_path):
+    offload = tmp_path / "offload"
+    shell.run_line_magic("load_model", f"tiny/llama --max-memory cpu=300KB --offload-folder {offload} --as m")
+    model, folder = weakref.ref(shell.user_ns["m"]), loaded.get("m").offload_folder
+    gc.disable()  # only the cells' ends collect
+    try:
+        for cell in ("alias = m", "del m", "z = 3"):
+            shell.run_cell(cell)
+            assert model() is not None and os.path.isdir(folder)  # the alias still holds it
+        shell.run_cell("del alias")
+    finally:
+        gc.enable()
+    assert model() is None and not os.path.exists(folder) and loaded.names() == []
+
+
+def test_a_panels_record_of_a_model_freed_since_says_so(tiny_hub, hf_cache, tmp_path):
+    """The save panel and the editor keep the load's record; once `del` freed the model, using them says so."""
+    from hf_notebook import Session, Settings
+    from hf_notebook.core.errors import NotLoadedError
+
+    namespace = {}
+    session = Session(Settings(lock_file=""), namespace=namespace)
+    record = session.load("tiny/llama", name="m")
+    del namespace["m"]
+    gc.collect()
+    for action in (lambda: session.save(record, str(tmp_path / "out")), lambda: session.edit(record, ["lm_head=disk"])):
+        with pytest.raises(NotLoadedError, match="m is no longer loaded"):
+            action()
+    assert not (tmp_path / "out").exists()

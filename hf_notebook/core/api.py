@@ -83,7 +83,7 @@ class LoadResult:
     lock: Any = None  # what the load did to the lock file (a session.LockUpdate), or None
     replaced: Any = None  # the model it replaced under its name (a session.Replaced), or None
     interrupted_late: bool = False  # a Ctrl-C came while the finished model was being bound: it was bound anyway
-    unbound: bool = False  # its name no longer held it after a cell (Session.release_unbound looked once)
+    references: int = 0  # while its name no longer holds it: its reference count when last looked at (a cell's end)
 
     def hold_weakly(self) -> None:
         """Keep the model only while something else holds it (a notebook's names): deleting its last name
@@ -100,6 +100,17 @@ class LoadResult:
     def freed(self) -> bool:
         """The model is gone: unloaded, replaced, or (held weakly) its last name was deleted."""
         return self.model is None
+
+    def loaded(self):
+        """The model, or :class:`~.errors.NotLoadedError` when it is gone (a panel or a variable that kept this
+        record of it)."""
+        from .errors import NotLoadedError
+
+        model = self.model
+        if model is None:
+            raise NotLoadedError(f"{self.name or 'This model'} is no longer loaded: it was unloaded, replaced, or freed "
+                                 "when its last name went.", hint="Load it again with %load_model.")
+        return model
 
     @property
     def repo_id(self) -> str:
@@ -416,6 +427,7 @@ def device_map_editor(target: "LoadResult | Plan"):
     from .units import device_name
 
     if isinstance(target, LoadResult):
+        target.loaded()
         plan, current = target.plan, target.device_map
         devices = devices_here()
         held = target.placement.bytes_by_device
@@ -454,7 +466,7 @@ def apply_device_map(target: "LoadResult | Plan", device_map: dict):
 
     folder = target.offload_folder or target.options.offload_folder
     try:  # its own folder, or a new one (inside the user's offload folder) if it has none yet
-        moved = redispatch(target.model, device_map, offload_folder=target.offload_folder,
+        moved = redispatch(target.loaded(), device_map, offload_folder=target.offload_folder,
                            within=target.options.offload_folder, label=target.name)
     except OSError as exc:
         if exc.errno != errno.ENOSPC:

@@ -17,6 +17,7 @@ class Registry:
     def __init__(self):
         self._entries: "OrderedDict[str, Any]" = OrderedDict()
         self._freed: set[str] = set()  # names whose model went with its last name (del model)
+        self._new: list[str] = []  # of those, the ones take_freed has not given yet
 
     def add(self, name: str, result: Any) -> None:
         self._entries.pop(name, None)
@@ -44,11 +45,19 @@ class Registry:
         self._prune()
         return name in self._freed
 
+    def take_freed(self) -> list[str]:
+        """The names whose model was freed since the last call (each named once)."""
+        self._prune()
+        names, self._new = self._new, []
+        return names
+
     def clear(self) -> None:
         self._entries.clear()
         self._freed.clear()
+        self._new = []
 
     def _prune(self) -> None:
         for name in [n for n, r in self._entries.items() if getattr(r, "freed", False)]:
             del self._entries[name]
             self._freed.add(name)
+            self._new.append(name)

@@ -292,15 +292,16 @@ class Session:
         is gone now (their entries go too)."""
         if self.namespace is None:
             return []
-        unbound = [(n, r) for n, r in self.registry.items() if not r.unbound and self.namespace.get(n) is not r.model]
-        if not unbound:
-            return []
         from .unload import release_memory
 
+        freed = self.registry.take_freed()  # went with their `del` (no cycle): their memory still to give back
+        unbound = [(n, r) for n, r in self.registry.items() if self.namespace.get(n) is not r.model]
+        # One still held elsewhere (an alias) is looked at again only once something let go of it.
+        if freed or any(not r.references or _references(r) < r.references for _, r in unbound):
+            release_memory()
         for _, result in unbound:
-            result.unbound = True
-        release_memory()
-        return [name for name, result in unbound if result.freed]
+            result.references = _references(result)
+        return freed + [name for name, result in unbound if result.freed]
 
     def measure(self, name: str, *, context: int, batch: int = 1, steps: int = 4):
         """One prefill of ``context`` random tokens for ``batch`` sequences and ``steps`` decode steps with the
@@ -378,6 +379,7 @@ class Session:
         from .weights.save import parse_shard_size, save_model
 
         result = self.get(model) if isinstance(model, str) else model
+        result.loaded()  # a panel's record of a model freed since
         out_dtype = parse_dtype(dtype) if dtype else None
         shard = parse_shard_size(max_shard_size)
         try:
@@ -548,6 +550,14 @@ class Replaced:
     spec: str
     held: dict
     freed: bool  # False: something else (another variable, an output) still holds it
+
+
+def _references(result: Any) -> int:
+    """How many references hold ``result``'s model (0: none, it is gone)."""
+    import sys
+
+    model = result.model
+    return 0 if model is None else sys.getrefcount(model) - 2  # less this function's and getrefcount's own
 
 
 def _release(previous: Any) -> Replaced:

@@ -429,15 +429,22 @@ def _read_refs(git_dir: Path) -> dict[str, str]:
                 refs[name] = sha
     except FileNotFoundError:
         pass
+    symbolic = {}
     for folder, _, names in os.walk(git_dir / "refs"):
         for name in names:
+            if name.endswith(".lock"):  # a ref being written: git lists the ref itself, as it was
+                continue
             path = Path(folder, name)
             try:
                 value = path.read_text().strip()
             except FileNotFoundError:  # deleted meanwhile
                 continue
-            if _SHA_RE.fullmatch(value):  # not a lock file being written, nor a symbolic ref
-                refs[path.relative_to(git_dir).as_posix()] = value
+            ref = path.relative_to(git_dir).as_posix()
+            if _SHA_RE.fullmatch(value):
+                refs[ref] = value
+            elif value.startswith("ref: "):
+                symbolic[ref] = value.removeprefix("ref: ")
+    refs.update({ref: refs[target] for ref, target in symbolic.items() if target in refs})
     return dict(sorted(refs.items()))
 
 
