@@ -1,5 +1,6 @@
 """%models lists what was loaded; %unload_model frees it, and the process really shrinks."""
 
+import copy
 import gc
 import os
 import weakref
@@ -122,6 +123,10 @@ def test_the_python_api_without_a_namespace_holds_the_model_it_returns(tiny_hub,
     model = weakref.ref(session.load("tiny/llama", name="m").model)
     gc.collect()
     assert model() is not None and session.get("m").model is model()  # no name holds it: the session does
+    namespace = {}
+    noted = Session(Settings(lock_file=""), namespace=namespace).load("tiny/llama", name="n")
+    copied = copy.deepcopy(noted)  # held weakly (a notebook's record): a copy holds a copy of the model
+    assert copied.model is not None and copied.model is not namespace["n"] and copied.repo_id == "tiny/llama"
     session.unload("m")
     assert model() is None
 

@@ -96,6 +96,13 @@ class LoadResult:
             except TypeError:
                 pass
 
+    def __getstate__(self) -> dict:
+        """A copy (``copy.deepcopy``, pickle) holds the model itself: a weak reference cannot be copied."""
+        state = dict(self.__dict__)
+        if isinstance(state.get("_model"), _WeakModel):
+            state["_model"] = state["_model"]()
+        return state
+
     @property
     def freed(self) -> bool:
         """The model is gone: unloaded, replaced, or (held weakly) its last name was deleted."""
