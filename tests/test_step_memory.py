@@ -106,7 +106,8 @@ def tiny_folder(tmp_path_factory):
     return folder
 
 
-@pytest.mark.parametrize("model, dtype, context, batch", [("tiny", "float32", 2048, 4), ("medium", "bfloat16", 1024, 2)])
+@pytest.mark.parametrize("model, dtype, context, batch", [("tiny", "float32", 2048, 4),
+                                                         ("medium", "bfloat16", 1024, 2)])
 def test_the_measured_peak_is_the_planned_one_on_cpu(tiny_folder, medium_folder, model, dtype, context, batch):
     """measure's peak (the kernel's peak resident set over one prefill and two decode steps) is within 15% of the
     plan's KV cache + traced activations, in a fresh process as a new kernel is. Steps of 20 MB and more: below

@@ -115,8 +115,8 @@ class LoadResult:
 
         model = self.model
         if model is None:
-            raise NotLoadedError(f"{self.name or 'This model'} is no longer loaded: it was unloaded, replaced, or freed "
-                                 "when its last name went.", hint="Load it again with %load_model.")
+            raise NotLoadedError(f"{self.name or 'This model'} is no longer loaded: it was unloaded, replaced, or "
+                                 "freed when its last name went.", hint="Load it again with %load_model.")
         return model
 
     @property
