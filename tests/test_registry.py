@@ -170,6 +170,7 @@ def test_an_offloaded_model_held_by_an_alias_goes_when_the_alias_goes(shell, loa
         for cell in ("alias = m", "del m", "z = 3"):
             shell.run_cell(cell)
             assert model() is not None and os.path.isdir(folder)  # the alias still holds it
+        assert loaded.names() == ["alias"] and loaded.get("alias").name == "alias"  # %models lists it by that name
         shell.run_cell("del alias")
     finally:
         gc.enable()
@@ -190,3 +191,15 @@ def test_a_panels_record_of_a_model_freed_since_says_so(tiny_hub, hf_cache, tmp_
         with pytest.raises(NotLoadedError, match="m is no longer loaded"):
             action()
     assert not (tmp_path / "out").exists()
+
+
+def test_a_model_renamed_in_the_notebook_is_unloaded_by_its_new_name(shell, loaded, tiny_hub, hf_cache, capsys):
+    shell.run_line_magic("load_model", "tiny/llama --as m")
+    shell.run_line_magic("load_model", "tiny/gpt2 --as other")
+    shell.run_cell("renamed = m\ndel m")
+    assert loaded.names() == ["renamed", "other"]
+    capsys.readouterr()
+    shell.run_line_magic("models", "")
+    assert "renamed" in capsys.readouterr().out
+    shell.run_line_magic("unload_model", "renamed")
+    assert "renamed" not in shell.user_ns and loaded.names() == ["other"]

@@ -40,6 +40,10 @@ class Registry:
         self._prune()
         return list(self._entries)
 
+    def rename(self, old: str, new: str) -> None:
+        """Keep ``old``'s entry under ``new`` (the name that holds its model now), in its place in the order."""
+        self._entries = OrderedDict((new if n == old else n, r) for n, r in self._entries.items())
+
     def was_freed(self, name: str) -> bool:
         """``name``'s model was freed when the notebook let go of it (not by :meth:`pop`)."""
         self._prune()

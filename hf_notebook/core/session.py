@@ -288,7 +288,8 @@ class Session:
     def release_unbound(self) -> list[str]:
         """Give back the memory of models whose name the notebook let go of since the last call (``del model``, a
         new value): a model with hooks (offloaded, or spread over devices) is a reference cycle, which only the
-        cyclic collector frees, maybe long after. Looks once per model; run after each cell. The names whose model
+        cyclic collector frees, maybe long after. Looks once per model; run after each cell. A model another name
+        still holds (``alias = model; del model``) is listed under that name from then on. The names whose model
         is gone now (their entries go too)."""
         if self.namespace is None:
             return []
@@ -299,9 +300,22 @@ class Session:
         # One still held elsewhere (an alias) is looked at again only once something let go of it.
         if freed or any(not r.references or _references(r) < r.references for _, r in unbound):
             release_memory()
-        for _, result in unbound:
+        for name, result in unbound:
             result.references = _references(result)
+            alias = self._other_name(result, name)
+            if alias is not None:
+                self.registry.rename(name, alias)
+                result.name, result.references = alias, 0
         return freed + [name for name, result in unbound if result.freed]
+
+    def _other_name(self, result: Any, name: str) -> Optional[str]:
+        """The first other public name in the namespace bound to ``result``'s model, if no entry has it yet."""
+        model = result.model
+        if model is None:
+            return None
+        taken = set(self.registry.names())
+        return next((k for k, v in self.namespace.items() if v is model and k != name and not k.startswith("_")
+                     and k not in taken), None)
 
     def measure(self, name: str, *, context: int, batch: int = 1, steps: int = 4):
         """One prefill of ``context`` random tokens for ``batch`` sequences and ``steps`` decode steps with the
