@@ -288,9 +288,10 @@ class Session:
     def release_unbound(self) -> list[str]:
         """Give back the memory of models whose name the notebook let go of since the last call (``del model``, a
         new value): a model with hooks (offloaded, or spread over devices) is a reference cycle, which only the
-        cyclic collector frees, maybe long after. Looks once per model; run after each cell. A model another name
-        still holds (``alias = model; del model``) is listed under that name from then on. The names whose model
-        is gone now (their entries go too)."""
+        cyclic collector frees, maybe long after. Run after each cell; a model still held elsewhere is collected
+        for again only once its reference count has fallen. A model another name still holds (``alias = model;
+        del model``) is listed under that name from then on. The names whose model is gone now (their entries
+        go too)."""
         if self.namespace is None:
             return []
         from .unload import release_memory
